@@ -1,0 +1,249 @@
+//! Stage 6 of the pipeline: PASCAL VOC detection evaluation.
+//!
+//! This follows the VOC devkit (`VOCevaldet.m`) and py-faster-rcnn's
+//! `voc_eval.py`: per class, detections of all images are sorted by
+//! confidence (descending; ties keep input order), each is matched greedily to
+//! the single ground-truth box of its image with the highest IoU (inclusive
+//! pixel convention), and:
+//! - if that IoU is `>= 0.5` (the devkit's test; py-faster-rcnn uses `>`):
+//!   a difficult box makes the detection *ignored*; an unmatched box makes it a
+//!   true positive and marks the box; an already matched box makes it a false
+//!   positive (duplicate);
+//! - otherwise it is a false positive.
+//!
+//! `npos` counts non-difficult boxes. Precision/recall are cumulative, and AP
+//! is the VOC2007 11-point interpolation or the VOC2010+ all-point area. A
+//! class with no non-difficult ground truth has no AP (`None`) and is left out
+//! of the mAP.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::boxes::{iou, BBox};
+use crate::data::voc::Annotation;
+
+/// IoU needed for a match; the comparison is `>=`.
+pub const MIN_OVERLAP: f32 = 0.5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// VOC2007 11-point interpolated AP.
+    #[default]
+    Voc07,
+    /// VOC2010+ all-point (area under the monotone precision envelope).
+    Voc10,
+}
+
+/// One detection of one class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub image_id: String,
+    pub score: f32,
+    pub bbox: BBox,
+}
+
+/// The result for one class.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassAp {
+    pub class: String,
+    /// `None` when the class has no non-difficult ground truth.
+    pub ap: Option<f64>,
+    pub npos: usize,
+    pub detections: usize,
+    pub true_positives: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EvalReport {
+    pub metric: Metric,
+    pub per_class: Vec<ClassAp>,
+    pub map: f64,
+}
+
+/// AP from cumulative recall and precision (in detection order).
+pub fn average_precision(rec: &[f64], prec: &[f64], metric: Metric) -> f64 {
+    match metric {
+        Metric::Voc07 => {
+            let mut ap = 0.0;
+            for t in 0..=10 {
+                let t = t as f64 / 10.0;
+                let p = rec.iter().zip(prec).filter(|(r, _)| **r >= t).map(|(_, p)| *p).fold(0.0, f64::max);
+                ap += p / 11.0;
+            }
+            ap
+        }
+        Metric::Voc10 => {
+            let mut mrec = Vec::with_capacity(rec.len() + 2);
+            mrec.push(0.0);
+            mrec.extend_from_slice(rec);
+            mrec.push(1.0);
+            let mut mpre = Vec::with_capacity(prec.len() + 2);
+            mpre.push(0.0);
+            mpre.extend_from_slice(prec);
+            mpre.push(0.0);
+            for i in (0..mpre.len() - 1).rev() {
+                mpre[i] = mpre[i].max(mpre[i + 1]);
+            }
+            (1..mrec.len()).filter(|&i| mrec[i] != mrec[i - 1]).map(|i| (mrec[i] - mrec[i - 1]) * mpre[i]).sum()
+        }
+    }
+}
+
+/// Ground truth of one class in one image.
+struct ImageGt {
+    boxes: Vec<BBox>,
+    difficult: Vec<bool>,
+    matched: Vec<bool>,
+}
+
+/// Evaluates one class. `class` indexes `Object::class`.
+pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: Metric) -> (Option<f64>, usize, usize) {
+    let mut gt: HashMap<&str, ImageGt> = HashMap::new();
+    let mut npos = 0;
+    for a in anns {
+        let e = gt.entry(a.id.as_str()).or_insert_with(|| ImageGt { boxes: vec![], difficult: vec![], matched: vec![] });
+        for o in a.objects.iter().filter(|o| o.class == class) {
+            e.boxes.push(o.bbox);
+            e.difficult.push(o.difficult);
+            e.matched.push(false);
+            npos += !o.difficult as usize;
+        }
+    }
+    let mut order: Vec<usize> = (0..dets.len()).collect();
+    order.sort_by(|&i, &j| dets[j].score.total_cmp(&dets[i].score));
+    let (mut tp, mut fp) = (Vec::with_capacity(dets.len()), Vec::with_capacity(dets.len()));
+    for &d in &order {
+        let det = &dets[d];
+        let (mut is_tp, mut is_fp) = (false, true);
+        if let Some(g) = gt.get_mut(det.image_id.as_str()) {
+            let mut ovmax = f32::NEG_INFINITY;
+            let mut jmax = 0;
+            for (j, b) in g.boxes.iter().enumerate() {
+                let o = iou(&det.bbox, b);
+                if o > ovmax {
+                    ovmax = o;
+                    jmax = j;
+                }
+            }
+            if ovmax >= MIN_OVERLAP {
+                if g.difficult[jmax] {
+                    is_fp = false; // ignored
+                } else if !g.matched[jmax] {
+                    g.matched[jmax] = true;
+                    is_tp = true;
+                    is_fp = false;
+                }
+            }
+        }
+        // an ignored detection (difficult match) counts as neither
+        tp.push(is_tp as u32 as f64);
+        fp.push(is_fp as u32 as f64);
+    }
+    let ntp = tp.iter().sum::<f64>() as usize;
+    if npos == 0 {
+        return (None, npos, ntp);
+    }
+    let (mut ctp, mut cfp) = (0.0, 0.0);
+    let (mut rec, mut prec) = (Vec::with_capacity(tp.len()), Vec::with_capacity(tp.len()));
+    for (t, f) in tp.iter().zip(&fp) {
+        ctp += t;
+        cfp += f;
+        rec.push(ctp / npos as f64);
+        // an ignored detection leaves tp+fp unchanged; guard 0/0 before the first counted one
+        prec.push(if ctp + cfp > 0.0 { ctp / (ctp + cfp) } else { 0.0 });
+    }
+    (Some(average_precision(&rec, &prec, metric)), npos, ntp)
+}
+
+/// Evaluates all classes. `dets[c]` holds the detections of class `c`.
+pub fn evaluate(anns: &[Annotation], classes: &[String], dets: &[Vec<Detection>], metric: Metric) -> EvalReport {
+    assert_eq!(classes.len(), dets.len(), "one detection list per class");
+    let per_class: Vec<ClassAp> = classes
+        .iter()
+        .enumerate()
+        .map(|(c, name)| {
+            let (ap, npos, ntp) = eval_class(anns, c, &dets[c], metric);
+            ClassAp { class: name.clone(), ap, npos, detections: dets[c].len(), true_positives: ntp }
+        })
+        .collect();
+    let aps: Vec<f64> = per_class.iter().filter_map(|c| c.ap).collect();
+    let map = if aps.is_empty() { 0.0 } else { aps.iter().sum::<f64>() / aps.len() as f64 };
+    EvalReport { metric, per_class, map }
+}
+
+/// File name of one class's results in the VOC results format.
+pub fn results_file_name(class: &str) -> String {
+    format!("comp4_det_test_{class}.txt")
+}
+
+/// Reads `comp4_det_test_<class>.txt` files (lines `<image_id> <score> <x1>
+/// <y1> <x2> <y2>`, 1-based pixels). A missing file means no detections for
+/// that class. Image ids must belong to `anns`.
+pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> Result<Vec<Vec<Detection>>> {
+    if !dir.is_dir() {
+        bail!("detections directory {} does not exist", dir.display());
+    }
+    let ids: std::collections::HashSet<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+    let mut found_any = false;
+    let mut out = Vec::new();
+    for class in classes {
+        let path = dir.join(results_file_name(class));
+        let mut dets = Vec::new();
+        if path.exists() {
+            found_any = true;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() != 6 {
+                    bail!("{}:{}: expected `<image_id> <score> <x1> <y1> <x2> <y2>`, found {} fields", path.display(), n + 1, f.len());
+                }
+                let mut v = [0f32; 5];
+                for k in 0..5 {
+                    v[k] = f[k + 1]
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite())
+                        .with_context(|| format!("{}:{}: {:?} is not a finite number", path.display(), n + 1, f[k + 1]))?;
+                }
+                if !ids.contains(f[0]) {
+                    bail!("{}:{}: image id {:?} is not in the evaluated split", path.display(), n + 1, f[0]);
+                }
+                dets.push(Detection { image_id: f[0].to_string(), score: v[0], bbox: [v[1], v[2], v[3], v[4]] });
+            }
+        }
+        out.push(dets);
+    }
+    if !found_any {
+        bail!("{} holds no comp4_det_test_<class>.txt file for any of the classes {}", dir.display(), classes.join(", "));
+    }
+    Ok(out)
+}
+
+/// Writes detections in the VOC results format, one file per class.
+pub fn write_results_dir(dir: &Path, classes: &[String], dets: &[Vec<Detection>]) -> Result<()> {
+    for (class, ds) in classes.iter().zip(dets) {
+        let mut s = String::new();
+        for d in ds {
+            s.push_str(&format!("{} {:.6} {:.1} {:.1} {:.1} {:.1}\n", d.image_id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
+        }
+        crate::data::voc::write_file(&dir.join(results_file_name(class)), s.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A per-class table for the terminal.
+pub fn format_table(r: &EvalReport) -> String {
+    let mut s = format!("{:<16} {:>8} {:>6} {:>8} {:>6}\n", "class", "AP", "npos", "dets", "TP");
+    for c in &r.per_class {
+        let ap = c.ap.map(|a| format!("{:.4}", a)).unwrap_or_else(|| "-".into());
+        s.push_str(&format!("{:<16} {:>8} {:>6} {:>8} {:>6}\n", c.class, ap, c.npos, c.detections, c.true_positives));
+    }
+    s.push_str(&format!("{:<16} {:>8.4}   ({:?})\n", "mAP", r.map, r.metric));
+    s
+}

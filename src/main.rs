@@ -1,0 +1,17 @@
+//! `harness`: parse arguments, run, turn the result into an exit code.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // A bug must still read as an error message, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error (a bug in ohem-harness): {info}");
+    }));
+    match ohem_harness::cli::run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
