@@ -237,7 +237,11 @@ fn parse_tree(path: &Path, text: &str) -> Result<Element, DataError> {
     let mut stack: Vec<Element> = vec![Element::default()];
     loop {
         let pos = reader.buffer_position() as usize;
-        let ev = reader.read_event().map_err(|e| xml_err(reader.error_position() as usize, e.to_string()))?;
+        let ev = reader.read_event().map_err(|e| {
+            let at_end = reader.buffer_position() as usize >= text.len();
+            let hint = if at_end { " (the file ends early: truncated?)" } else { "" };
+            xml_err(reader.error_position() as usize, format!("{e}{hint}"))
+        })?;
         match ev {
             Event::Start(e) => {
                 let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();

@@ -149,8 +149,12 @@ mod tests {
         let (w, h) = (20, 10);
         let plane: Vec<f32> = (0..w * h).map(|i| if i % w < 10 { 0.0 } else { 255.0 }).collect();
         let img = Planes { w, h, ch: vec![plane.clone(), plane.clone(), plane] };
-        let (labels, n) = segment(&img, 0.8, 100.0, 5);
+        let (labels, n) = segment(&img, 0.0, 100.0, 5);
         assert_eq!(n, 2);
+        // blurred, the step becomes two 1-px column strips (10 px each); a
+        // min_size above that folds them into the halves again
+        assert_eq!(segment(&img, 0.8, 100.0, 5).0.iter().max().map(|m| m + 1), Some(6));
+        assert_eq!(segment(&img, 0.8, 100.0, 11).1, 2);
         assert!(labels.iter().enumerate().all(|(i, &l)| l == if i % w < 10 { labels[0] } else { labels[w - 1] }));
     }
 

@@ -1,0 +1,75 @@
+//! Selective search on the generated data, the cache, and the proposals file format.
+
+use ohem_harness::data::Dataset;
+use ohem_harness::proposals::{compute, from_file, read_proposals_file, recall_report, write_proposals_file, SsParams};
+
+use crate::util::tiny_dataset;
+
+#[test]
+fn selective_search_covers_the_objects_and_the_cache_returns_the_same_boxes() {
+    let ds = Dataset::open(tiny_dataset()).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let params = SsParams::default();
+    let (boxes, stats) = compute(&ds, &anns, &params, Some(cache.path()), false).unwrap();
+    assert_eq!((stats.computed, stats.from_cache), (anns.len(), 0));
+    let r = recall_report(&anns, &boxes);
+    assert!(r.recall_at_05 >= 0.9, "recall@0.5 {} on the tiny test split", r.recall_at_05);
+    assert!(r.recall_at_07 <= r.recall_at_05 && r.abo > 0.5 && r.abo <= 1.0);
+    for (a, bs) in anns.iter().zip(&boxes) {
+        assert!(!bs.is_empty() && bs.len() <= params.max_boxes);
+        for b in bs {
+            assert!(b[0] >= 1.0 && b[1] >= 1.0 && b[2] <= a.width as f32 && b[3] <= a.height as f32, "{b:?} outside {}x{}", a.width, a.height);
+            assert!(b[2] - b[0] + 1.0 >= params.min_side as f32 && b[3] - b[1] + 1.0 >= params.min_side as f32);
+        }
+    }
+    let (again, stats) = compute(&ds, &anns, &params, Some(cache.path()), false).unwrap();
+    assert_eq!((stats.computed, stats.from_cache), (0, anns.len()));
+    assert_eq!(again, boxes);
+    // another parameter set is another cache entry
+    let other = SsParams { max_boxes: 10, ..params };
+    let (few, stats) = compute(&ds, &anns, &other, Some(cache.path()), false).unwrap();
+    assert_eq!(stats.computed, anns.len());
+    assert!(few.iter().zip(&boxes).all(|(f, b)| f.len() <= 10 && b.starts_with(f)), "the cap keeps the best-ranked boxes");
+}
+
+#[test]
+fn recall_report_by_hand() {
+    use ohem_harness::data::{Annotation, Object};
+    let o = |b: [f32; 4], difficult| Object { name: "disc".into(), class: 0, bbox: b, difficult, truncated: false, pose: String::new() };
+    let anns = vec![Annotation { id: "a".into(), filename: String::new(), width: 100, height: 100, depth: 3, objects: vec![o([1., 1., 10., 10.], false), o([50., 50., 59., 59.], false), o([80., 80., 90., 90.], true)] }];
+    // box 1 exact (IoU 1), box 2 covered at IoU 0.6 (60/100), difficult one ignored
+    let props = vec![vec![[1., 1., 10., 10.], [50., 50., 59., 55.]]];
+    let r = recall_report(&anns, &props);
+    assert_eq!(r.gt_boxes, 2);
+    assert!((r.recall_at_05 - 1.0).abs() < 1e-9 && (r.recall_at_07 - 0.5).abs() < 1e-9);
+    assert!((r.abo - 0.8).abs() < 1e-6);
+    assert!((r.mean_boxes_per_image - 2.0).abs() < 1e-9);
+}
+
+#[test]
+fn proposals_file_round_trips_and_rejects_bad_lines() {
+    let ds = Dataset::open(tiny_dataset()).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let boxes: Vec<Vec<[f32; 4]>> = anns.iter().map(|a| vec![[1., 1., a.width as f32, a.height as f32], [2., 3., 20., 30.]]).collect();
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("props.txt");
+    let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+    write_proposals_file(&f, &ids, &boxes).unwrap();
+    assert_eq!(from_file(&f, &anns).unwrap(), boxes);
+
+    let bad = |text: &str, needles: &[&str]| {
+        std::fs::write(&f, text).unwrap();
+        let err = format!("{:#}", read_proposals_file(&f).and_then(|_| from_file(&f, &anns).map(|_| ())).unwrap_err());
+        for n in needles {
+            assert!(err.contains(n), "{err:?} lacks {n:?}");
+        }
+    };
+    bad("# header\n000017 1 1 5\n", &["props.txt:2", "4 fields"]);
+    bad("000017 1 1 five 9\n", &["props.txt:1", "\"five\""]);
+    bad("000017 9 1 5 9\n", &["props.txt:1", "x2 < x1"]);
+    bad("000017 1 1 5 9\n", &["props.txt", "no proposals for image"]);
+    let mut lines: String = ids.iter().map(|id| format!("{id} 1 1 5 5\n")).collect();
+    lines.push_str(&format!("{} 1 1 5000 5\n", ids[0]));
+    bad(&lines, &["props.txt", "outside"]);
+}

@@ -1,0 +1,44 @@
+//! Helpers shared by the test modules.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use ohem_harness::data::synth::{make_dataset, SynthSize};
+
+/// The tiny generated dataset, made once per test binary run.
+pub fn tiny_dataset() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ohem-test-tiny-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        make_dataset(&dir, SynthSize::Tiny, 0, false).expect("tiny dataset");
+        dir
+    })
+}
+
+/// Copies a dataset root into a fresh temporary folder, for tests that break it.
+pub fn copy_of(src: &Path) -> tempfile::TempDir {
+    let t = tempfile::tempdir().unwrap();
+    copy_dir(src, t.path());
+    t
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), to).unwrap();
+        }
+    }
+}
+
+/// Runs the `harness` binary; returns (exit success, stdout, stderr).
+pub fn harness(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_harness")).args(args).arg("--quiet").output().expect("run harness");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
