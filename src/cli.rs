@@ -85,6 +85,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train one configuration; a rerun resumes after the last finished epoch.
+    Train {
+        /// The config file (YAML; see README "Config reference").
+        config: PathBuf,
+        /// Run directory [default: runs/<config file stem>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override a config key, e.g. `--set sampler.fg_fraction=0.5` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Discard what the run directory holds and train from scratch.
+        #[arg(long)]
+        force: bool,
+        /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Benchmarks: selective-search ms per image and evaluation time for 10,000 detections.
     Bench {
         #[arg(value_enum, default_value_t = BenchWhat::All)]
@@ -92,6 +109,12 @@ pub enum Command {
         /// Images for the proposal benchmark.
         #[arg(long, default_value_t = 20)]
         images: usize,
+        /// Timed iterations per configuration of the training benchmark.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Also benchmark vgg16 at 600 px with 2000 RoIs per image (slow on CPU).
+        #[arg(long)]
+        vgg16: bool,
     },
 }
 
@@ -99,6 +122,8 @@ pub enum Command {
 pub enum BenchWhat {
     Proposals,
     Eval,
+    /// ms per training iteration split by stage, peak memory, RoI pooling vs the per-RoI reference.
+    Train,
     All,
 }
 
@@ -166,90 +191,37 @@ pub fn run() -> Result<()> {
                 print!("{}", eval::format_table(&r));
             }
         }
-        Command::Bench { what, images } => {
-            if images == 0 {
-                bail!("--images must be at least 1");
+        Command::Train { config, out, overrides, force, cache_dir } => {
+            let cfg = crate::trainer::TrainConfig::load(&config, &overrides)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
+            let opts = crate::trainer::TrainOptions { progress, force, cache_dir };
+            let rows = crate::trainer::train(&cfg, &out, &opts)?;
+            if let Some(r) = rows.last() {
+                println!(
+                    "{}: {} epochs, mAP VOC07 {}, VOC10 {}, {:.1}s wall; metrics in {}",
+                    out.display(),
+                    r.epoch,
+                    r.map_voc07.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+                    r.map_voc10.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+                    r.wall_s,
+                    out.join(crate::trainer::METRICS).display()
+                );
+            }
+        }
+        Command::Bench { what, images, iters, vgg16 } => {
+            if images == 0 || iters == 0 {
+                bail!("--images and --iters must be at least 1");
             }
             if matches!(what, BenchWhat::Proposals | BenchWhat::All) {
-                bench_proposals(images)?;
+                crate::bench::proposals(images)?;
             }
             if matches!(what, BenchWhat::Eval | BenchWhat::All) {
-                bench_eval()?;
+                crate::bench::eval()?;
+            }
+            if matches!(what, BenchWhat::Train | BenchWhat::All) {
+                crate::bench::train(iters, vgg16)?;
             }
         }
-    }
-    Ok(())
-}
-
-fn bench_proposals(n: usize) -> Result<()> {
-    // Images of the generated default dataset (seed 0), rendered in memory.
-    let mut ms = Vec::new();
-    let mut px = 0usize;
-    for i in 0..n {
-        let (img, _) = synth::render_image(0, i as u64, "bench");
-        px += (img.width() * img.height()) as usize;
-        let p = SsParams::default();
-        let t = Instant::now();
-        let b = proposals::selective_search::selective_search(&img, p.mode, p.sigma, p.min_side, p.max_boxes);
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box(b);
-    }
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "selective search (fast mode, one thread): {n} images of ~{:.0} px: mean {:.1} ms/image, median {:.1} ms",
-        px as f64 / n as f64,
-        ms.iter().sum::<f64>() / n as f64,
-        ms[n / 2]
-    );
-    Ok(())
-}
-
-fn bench_eval() -> Result<()> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let classes: Vec<String> = synth::CLASSES.iter().map(|s| s.to_string()).collect();
-    let anns: Vec<crate::data::Annotation> = (0..500)
-        .map(|i| crate::data::Annotation {
-            id: format!("{i:06}"),
-            filename: String::new(),
-            width: 256,
-            height: 256,
-            depth: 3,
-            objects: (0..4)
-                .map(|_| {
-                    let (x, y) = (rng.random_range(1.0..200.0f32), rng.random_range(1.0..200.0f32));
-                    crate::data::Object {
-                        name: String::new(),
-                        class: rng.random_range(0..classes.len()),
-                        bbox: [x, y, x + rng.random_range(10.0..55.0), y + rng.random_range(10.0..55.0)],
-                        difficult: rng.random::<f32>() < 0.1,
-                        truncated: false,
-                        pose: String::new(),
-                    }
-                })
-                .collect(),
-        })
-        .collect();
-    let mut dets = vec![Vec::new(); classes.len()];
-    for _ in 0..10_000 {
-        let a = &anns[rng.random_range(0..anns.len())];
-        let o = &a.objects[rng.random_range(0..a.objects.len())];
-        let j = |v: f32, r: &mut rand_chacha::ChaCha8Rng| v + r.random_range(-6.0..6.0f32);
-        let c = if rng.random::<f32>() < 0.7 { o.class } else { rng.random_range(0..classes.len()) };
-        let b = [j(o.bbox[0], &mut rng), j(o.bbox[1], &mut rng), j(o.bbox[2], &mut rng), j(o.bbox[3], &mut rng)];
-        dets[c].push(eval::Detection { image_id: a.id.clone(), score: rng.random(), bbox: b });
-    }
-    for metric in [Metric::Voc07, Metric::Voc10] {
-        let reps = 20;
-        let t = Instant::now();
-        let mut map = 0.0;
-        for _ in 0..reps {
-            map = eval::evaluate(&anns, &classes, &dets, metric).map;
-        }
-        println!(
-            "VOC evaluation ({metric:?}): 10,000 detections, 500 images, 6 classes: {:.2} ms per evaluation (mAP {map:.3})",
-            t.elapsed().as_secs_f64() * 1e3 / reps as f64
-        );
     }
     Ok(())
 }

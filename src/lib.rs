@@ -1,15 +1,19 @@
 //! ohem-harness: offline hard-negative mining vs OHEM on one Fast R-CNN trainer.
 //!
 //! The modules follow the pipeline, one stage each:
-//! [`data`] → [`proposals`] → model → sampler → trainer → [`eval`] → harness → report.
+//! [`data`] → [`proposals`] → [`model`] → [`sampler`] → [`trainer`] → [`eval`] → harness → report.
 //! [`boxes`] holds the box geometry every stage shares; [`cli`] is the
 //! command line, kept apart from the library.
 
+pub mod bench;
 pub mod boxes;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod model;
 pub mod proposals;
+pub mod sampler;
+pub mod trainer;
 
 /// A progress bar on stderr, or a hidden one when `show` is false (tests, `--quiet`).
 pub fn progress_bar(len: u64, msg: &'static str, show: bool) -> indicatif::ProgressBar {

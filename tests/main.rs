@@ -3,5 +3,8 @@
 mod cli;
 mod dataset;
 mod evaluation;
+mod model;
+mod sampler;
+mod trainer;
 mod proposals;
 mod util;

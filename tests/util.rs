@@ -42,3 +42,25 @@ pub fn harness(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_harness")).args(args).arg("--quiet").output().expect("run harness");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// A proposal cache shared by the tests of one run.
+pub fn cache_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| std::env::temp_dir().join(format!("ohem-test-cache-{}", std::process::id())))
+}
+
+/// A small, fast training config on the tiny dataset; `extra` is appended YAML.
+pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    let yaml = format!(
+        "seed: 1\ndevice: cpu\ndataset:\n  root: {}\nmodel:\n  fc_dim: 64\ninput:\n  scale: 160\n  max_size: 224\ntrain:\n  epochs: 2\n  iters_per_epoch: 3\n  lr_steps: [1]\n{extra}",
+        tiny_dataset().display()
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Training options for tests: no progress bars, the shared cache.
+pub fn test_opts() -> ohem_harness::trainer::TrainOptions {
+    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()) }
+}

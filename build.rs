@@ -1,0 +1,28 @@
+//! Links the harness against the libtorch that scripts/setup-libtorch.sh installed.
+//!
+//! torch-sys links libtorch but puts no rpath into the final binaries, so they
+//! would not find the shared libraries at run time. We add one. When the CUDA
+//! libraries are present, `--no-as-needed -ltorch` keeps libtorch_cuda linked
+//! even though no symbol of it is referenced directly; without it CUDA reports
+//! as unavailable (tch-rs issue #980).
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+    let Some(libtorch) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        panic!("LIBTORCH is not set: run scripts/setup-libtorch.sh (the README's commands do)");
+    };
+    let lib = libtorch.join("lib");
+    if !lib.join("libtorch_cpu.so").exists() {
+        panic!("{} holds no libtorch_cpu.so: run scripts/setup-libtorch.sh", lib.display());
+    }
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if lib.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+    }
+}

@@ -1,0 +1,191 @@
+//! The project's benchmarks (`harness bench`): figures, never assertions.
+//! Speed-ups are ratios measured in the same run, since these machines are noisy.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+use crate::data::synth;
+use crate::eval::{self, Metric};
+use crate::model::{per_roi_losses, roi_pool, Backbone, FastRcnn, ModelConfig};
+use crate::proposals::{self, SsParams};
+
+pub fn proposals(n: usize) -> Result<()> {
+    // Images of the generated default dataset (seed 0), rendered in memory.
+    let mut ms = Vec::new();
+    let mut px = 0usize;
+    for i in 0..n {
+        let (img, _) = synth::render_image(0, i as u64, "bench");
+        px += (img.width() * img.height()) as usize;
+        let p = SsParams::default();
+        let t = Instant::now();
+        let b = proposals::selective_search::selective_search(&img, p.mode, p.sigma, p.min_side, p.max_boxes);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(b);
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "selective search (fast mode, one thread): {n} images of ~{:.0} px: mean {:.1} ms/image, median {:.1} ms",
+        px as f64 / n as f64,
+        ms.iter().sum::<f64>() / n as f64,
+        ms[n / 2]
+    );
+    Ok(())
+}
+
+pub fn eval() -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let classes: Vec<String> = synth::CLASSES.iter().map(|s| s.to_string()).collect();
+    let anns: Vec<crate::data::Annotation> = (0..500)
+        .map(|i| crate::data::Annotation {
+            id: format!("{i:06}"),
+            filename: String::new(),
+            width: 256,
+            height: 256,
+            depth: 3,
+            objects: (0..4)
+                .map(|_| {
+                    let (x, y) = (rng.random_range(1.0..200.0f32), rng.random_range(1.0..200.0f32));
+                    crate::data::Object {
+                        name: String::new(),
+                        class: rng.random_range(0..classes.len()),
+                        bbox: [x, y, x + rng.random_range(10.0..55.0), y + rng.random_range(10.0..55.0)],
+                        difficult: rng.random::<f32>() < 0.1,
+                        truncated: false,
+                        pose: String::new(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    let mut dets = vec![Vec::new(); classes.len()];
+    for _ in 0..10_000 {
+        let a = &anns[rng.random_range(0..anns.len())];
+        let o = &a.objects[rng.random_range(0..a.objects.len())];
+        let j = |v: f32, r: &mut rand_chacha::ChaCha8Rng| v + r.random_range(-6.0..6.0f32);
+        let c = if rng.random::<f32>() < 0.7 { o.class } else { rng.random_range(0..classes.len()) };
+        let b = [j(o.bbox[0], &mut rng), j(o.bbox[1], &mut rng), j(o.bbox[2], &mut rng), j(o.bbox[3], &mut rng)];
+        dets[c].push(eval::Detection { image_id: a.id.clone(), score: rng.random(), bbox: b });
+    }
+    for metric in [Metric::Voc07, Metric::Voc10] {
+        let reps = 20;
+        let t = Instant::now();
+        let mut map = 0.0;
+        for _ in 0..reps {
+            map = eval::evaluate(&anns, &classes, &dets, metric).map;
+        }
+        println!(
+            "VOC evaluation ({metric:?}): 10,000 detections, 500 images, 6 classes: {:.2} ms per evaluation (mAP {map:.3})",
+            t.elapsed().as_secs_f64() * 1e3 / reps as f64
+        );
+    }
+    Ok(())
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Peak resident memory of this process, from /proc (Linux), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Random proposal boxes `[n, 4]` inside an `h x w` image, 16 px or larger.
+pub fn random_rois(n: i64, h: i64, w: i64, device: Device) -> Tensor {
+    let x1 = Tensor::rand([n], (Kind::Float, device)) * (w - 17) as f64;
+    let y1 = Tensor::rand([n], (Kind::Float, device)) * (h - 17) as f64;
+    let bw = (Tensor::rand([n], (Kind::Float, device)) * (w as f64 * 0.5) + 16.0).minimum(&(-&x1 + (w - 1) as f64));
+    let bh = (Tensor::rand([n], (Kind::Float, device)) * (h as f64 * 0.5) + 16.0).minimum(&(-&y1 + (h - 1) as f64));
+    Tensor::stack(&[x1.shallow_clone(), y1.shallow_clone(), x1 + bw, y1 + bh], 1)
+}
+
+struct Case {
+    name: &'static str,
+    backbone: Backbone,
+    h: i64,
+    w: i64,
+    proposals_per_image: i64,
+    iters: usize,
+}
+
+/// ms per training iteration split into backbone, RoI pooling, head and
+/// backward (+ SGD step), with B = 128 RoIs sampled from the proposals of N = 2 images.
+pub fn train(iters: usize, vgg16: bool) -> Result<()> {
+    let device = Device::cuda_if_available();
+    tch::manual_seed(0);
+    let mut cases = vec![Case { name: "small @ 224x288 (default)", backbone: Backbone::Small, h: 224, w: 288, proposals_per_image: 500, iters }];
+    if vgg16 {
+        cases.push(Case { name: "vgg16 @ 600x800", backbone: Backbone::Vgg16, h: 600, w: 800, proposals_per_image: 2000, iters: iters.min(3) });
+    }
+    println!("training iteration, N = 2 images, B = 128 RoIs, device {device:?}:");
+    for c in cases {
+        let vs = nn::VarStore::new(device);
+        let cfg = ModelConfig { backbone: c.backbone, ..Default::default() };
+        let model = FastRcnn::new(&vs.root(), &cfg, 20);
+        let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&vs, 1e-3)?;
+        let images = Tensor::randn([2, 3, c.h, c.w], (Kind::Float, device));
+        let props: Vec<Tensor> = (0..2).map(|_| random_rois(c.proposals_per_image, c.h, c.w, device)).collect();
+        // 64 RoIs per image, as the fixed-ratio sampler would pick
+        let rois = Tensor::cat(&props.iter().enumerate().map(|(b, p)| Tensor::cat(&[Tensor::full([64, 1], b as f64, (Kind::Float, device)), p.narrow(0, 0, 64)], 1)).collect::<Vec<_>>(), 0);
+        let labels = Tensor::randint(21, [128], (Kind::Int64, device));
+        let targets = Tensor::randn([128, 4], (Kind::Float, device)) * 0.5;
+        let mut t = [0f64; 4];
+        for i in 0..c.iters + 1 {
+            let t0 = Instant::now();
+            let feats = model.features(&images, true);
+            sync(device);
+            let t1 = Instant::now();
+            let pooled = roi_pool::roi_pool(&feats, &rois, cfg.roi_size, cfg.roi_samples, crate::model::backbone::SPATIAL_SCALE);
+            sync(device);
+            let t2 = Instant::now();
+            let (logits, deltas) = model.head_from_pooled(&pooled, true);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, 20);
+            let loss = cls.mean(Kind::Float) + loc.sum(Kind::Float) / 128.0;
+            sync(device);
+            let t3 = Instant::now();
+            opt.backward_step(&loss);
+            sync(device);
+            let t4 = Instant::now();
+            if i > 0 {
+                // the first iteration is a warm-up
+                for (k, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4)].into_iter().enumerate() {
+                    t[k] += (b - a).as_secs_f64() * 1e3 / c.iters as f64;
+                }
+            }
+        }
+        println!(
+            "  {:<28} {:>8.1} ms/iter = backbone {:.1} + RoI pooling {:.1} + head {:.1} + backward/step {:.1}; peak RSS {:.0} MiB",
+            c.name,
+            t.iter().sum::<f64>(),
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            peak_rss_mib().unwrap_or(f64::NAN)
+        );
+    }
+
+    // RoI pooling against the slow per-RoI reference, forward + backward, same inputs.
+    let feats = Tensor::randn([2, 128, 14, 18], (Kind::Float, device)).set_requires_grad(true);
+    let rois = Tensor::cat(&(0..2).map(|b| Tensor::cat(&[Tensor::full([64, 1], b as f64, (Kind::Float, device)), random_rois(64, 224, 288, device)], 1)).collect::<Vec<_>>(), 0);
+    let time = |f: &dyn Fn() -> Tensor, reps: usize| {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f().sum(Kind::Float).backward();
+        }
+        sync(device);
+        t.elapsed().as_secs_f64() * 1e3 / reps as f64
+    };
+    let fast = time(&|| roi_pool::roi_pool(&feats, &rois, 7, 2, 1.0 / 16.0), 20);
+    let slow = time(&|| roi_pool::roi_pool_reference(&feats, &rois, 7, 2, 1.0 / 16.0), 3);
+    println!("RoI pooling, 128 RoIs on [2, 128, 14, 18], forward + backward: {fast:.2} ms vs per-RoI reference {slow:.1} ms: {:.1}x faster", slow / fast);
+    Ok(())
+}

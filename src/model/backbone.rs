@@ -1,0 +1,106 @@
+//! Convolutional backbones (stride 16) and their fc6/fc7 layers.
+//!
+//! `vgg16` follows torchvision's layer layout, so weights converted from
+//! torchvision (`scripts/convert_vgg16.py`) load by name: `features.<i>` for
+//! conv1_1 ... conv5_3 (the last max pool is dropped, stride 16), and
+//! `classifier.0` / `classifier.3` for fc6 / fc7. conv1_x and conv2_x stay
+//! frozen, as in Fast R-CNN.
+//!
+//! `small` is a VGG-style network sized for 2 CPU cores and trained from
+//! scratch: 8 convs of 16-128 channels with batch norm, 4 max pools
+//! (stride 16), a receptive field of 134 px, and fc6/fc7 of `fc_dim` units.
+
+use tch::nn::{self, ModuleT};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backbone {
+    Small,
+    Vgg16,
+}
+
+impl Backbone {
+    /// Channels of the feature map.
+    pub fn channels(self) -> i64 {
+        match self {
+            Backbone::Small => 128,
+            Backbone::Vgg16 => 512,
+        }
+    }
+    /// fc6/fc7 width when the config does not set one.
+    pub fn default_fc_dim(self) -> i64 {
+        match self {
+            Backbone::Small => 256,
+            Backbone::Vgg16 => 4096,
+        }
+    }
+}
+
+pub const SPATIAL_SCALE: f64 = 1.0 / 16.0;
+
+fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, 3, nn::ConvConfig { padding: 1, ..Default::default() })
+}
+
+/// The convolutional trunk. Returns the module and the names of its frozen variables' prefixes.
+pub fn features(p: &nn::Path, backbone: Backbone) -> (nn::SequentialT, Vec<String>) {
+    match backbone {
+        Backbone::Small => {
+            let f = p / "features";
+            let mut s = nn::seq_t();
+            // (in, out, pool after)
+            let plan = [(3, 16, true), (16, 32, true), (32, 64, false), (64, 64, true), (64, 128, false), (128, 128, true), (128, 128, false), (128, 128, false)];
+            for (i, (cin, cout, pool)) in plan.into_iter().enumerate() {
+                s = s
+                    .add(conv(&f / format!("conv{i}"), cin, cout))
+                    .add(nn::batch_norm2d(&f / format!("bn{i}"), cout, Default::default()))
+                    .add_fn(|x| x.relu());
+                if pool {
+                    s = s.add_fn(|x| x.max_pool2d_default(2));
+                }
+            }
+            (s, Vec::new())
+        }
+        Backbone::Vgg16 => {
+            let f = p / "features";
+            let mut s = nn::seq_t();
+            let mut idx = 0;
+            let mut cin = 3;
+            // conv blocks of torchvision's vgg16 ("D" configuration); no pool after block 5
+            let blocks: [(i64, usize); 5] = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)];
+            for (b, (cout, n)) in blocks.into_iter().enumerate() {
+                for _ in 0..n {
+                    s = s.add(conv(&f / idx.to_string(), cin, cout)).add_fn(|x| x.relu());
+                    cin = cout;
+                    idx += 2;
+                }
+                if b < 4 {
+                    s = s.add_fn(|x| x.max_pool2d_default(2));
+                    idx += 1;
+                }
+            }
+            // conv1_1, conv1_2, conv2_1, conv2_2 are frozen
+            (s, ["0", "2", "5", "7"].iter().map(|i| format!("features.{i}.")).collect())
+        }
+    }
+}
+
+/// fc6 and fc7 (ReLU, dropout), named as torchvision's classifier.0 and .3 for vgg16.
+pub fn fc_layers(p: &nn::Path, backbone: Backbone, in_dim: i64, fc_dim: i64, dropout: f64) -> nn::SequentialT {
+    let (p6, p7) = match backbone {
+        Backbone::Vgg16 => (p / "classifier" / "0", p / "classifier" / "3"),
+        Backbone::Small => (p / "fc6", p / "fc7"),
+    };
+    nn::seq_t()
+        .add(nn::linear(p6, in_dim, fc_dim, Default::default()))
+        .add_fn(|x| x.relu())
+        .add_fn_t(move |x, train| x.dropout(dropout, train))
+        .add(nn::linear(p7, fc_dim, fc_dim, Default::default()))
+        .add_fn(|x| x.relu())
+        .add_fn_t(move |x, train| x.dropout(dropout, train))
+}
+
+/// Runs a module in train or eval mode.
+pub fn run(m: &nn::SequentialT, x: &tch::Tensor, train: bool) -> tch::Tensor {
+    m.forward_t(x, train)
+}

@@ -1,0 +1,141 @@
+//! Stage 3 of the pipeline: the Fast R-CNN model.
+//!
+//! Image batch `[N, 3, H, W]` → backbone → features `[N, C, H/16, W/16]`;
+//! RoIs `[R, 5]` → RoI max pooling `[R, C, 7, 7]` → fc6 → fc7 →
+//! `cls_score` `[R, K+1]` and class-specific `bbox_pred` `[R, 4K]`.
+//! [`per_roi_losses`] gives the unreduced losses every sampler ranks or sums.
+
+pub mod backbone;
+pub mod box_coder;
+pub mod roi_pool;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tch::nn::{self, Module};
+use tch::{Kind, Reduction, Tensor};
+
+pub use backbone::Backbone;
+
+/// Model hyperparameters (the `model:` section of a config).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// `small` (CPU default, from scratch) or `vgg16` (torchvision layout).
+    pub backbone: Backbone,
+    /// Safetensors weights to start from (vgg16: converted from torchvision).
+    pub weights: Option<PathBuf>,
+    /// RoI pooling output size (7 in Fast R-CNN).
+    pub roi_size: i64,
+    /// Bilinear samples per bin side in RoI pooling.
+    pub roi_samples: i64,
+    /// fc6/fc7 width; default 256 for small, 4096 for vgg16.
+    pub fc_dim: Option<i64>,
+    pub dropout: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { backbone: Backbone::Small, weights: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.5 }
+    }
+}
+
+impl ModelConfig {
+    pub fn check(&self) -> Result<()> {
+        if !(1..=32).contains(&self.roi_size) {
+            bail!("model.roi_size = {} is outside 1..=32", self.roi_size);
+        }
+        if !(1..=8).contains(&self.roi_samples) {
+            bail!("model.roi_samples = {} is outside 1..=8", self.roi_samples);
+        }
+        if let Some(d) = self.fc_dim {
+            if d < 1 {
+                bail!("model.fc_dim = {d} must be positive");
+            }
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("model.dropout = {} is outside [0, 1)", self.dropout);
+        }
+        if let Some(w) = &self.weights {
+            if !w.is_file() {
+                bail!("model.weights = {}: no such file", w.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fast R-CNN: backbone, RoI pooling, fc6/fc7, classifier and box regressor.
+pub struct FastRcnn {
+    pub cfg: ModelConfig,
+    /// Object classes K (background is class 0 of the scores).
+    pub num_classes: i64,
+    features: nn::SequentialT,
+    fc: nn::SequentialT,
+    cls_score: nn::Linear,
+    bbox_pred: nn::Linear,
+    /// Variable-name prefixes that are not trained.
+    pub frozen: Vec<String>,
+}
+
+impl FastRcnn {
+    pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: usize) -> Self {
+        let k = num_classes as i64;
+        let (features, frozen) = backbone::features(p, cfg.backbone);
+        let fc_dim = cfg.fc_dim.unwrap_or_else(|| cfg.backbone.default_fc_dim());
+        let in_dim = cfg.backbone.channels() * cfg.roi_size * cfg.roi_size;
+        let fc = backbone::fc_layers(p, cfg.backbone, in_dim, fc_dim, cfg.dropout);
+        // Fast R-CNN's initialisation: N(0, 0.01) for scores, N(0, 0.001) for boxes.
+        let cls_score = nn::linear(p / "cls_score", fc_dim, k + 1, nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 }, bs_init: Some(nn::Init::Const(0.0)), bias: true });
+        let bbox_pred = nn::linear(p / "bbox_pred", fc_dim, 4 * k, nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.001 }, bs_init: Some(nn::Init::Const(0.0)), bias: true });
+        FastRcnn { cfg: cfg.clone(), num_classes: k, features, fc, cls_score, bbox_pred, frozen }
+    }
+
+    /// Loads `cfg.weights` (missing head layers are fine) and freezes the frozen layers.
+    pub fn load_and_freeze(&self, vs: &mut nn::VarStore) -> Result<()> {
+        if let Some(w) = &self.cfg.weights {
+            let missing = vs.load_partial(w).with_context(|| format!("loading model.weights {}", w.display()))?;
+            let n_vars = vs.variables().len();
+            if missing.len() == n_vars {
+                bail!("model.weights {}: none of the {} variables of the {:?} model is in the file", w.display(), n_vars, self.cfg.backbone);
+            }
+        }
+        for (name, t) in vs.variables() {
+            if self.frozen.iter().any(|f| name.starts_with(f.as_str())) {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        Ok(())
+    }
+
+    /// `[N, 3, H, W]` → `[N, C, H/16, W/16]`.
+    pub fn features(&self, images: &Tensor, train: bool) -> Tensor {
+        backbone::run(&self.features, images, train)
+    }
+
+    /// RoI pooling plus the head. `rois`: `[R, 5]` → (`[R, K+1]` logits, `[R, 4K]` deltas).
+    pub fn head(&self, feats: &Tensor, rois: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let pooled = roi_pool::roi_pool(feats, rois, self.cfg.roi_size, self.cfg.roi_samples, backbone::SPATIAL_SCALE); // [R, C, 7, 7]
+        self.head_from_pooled(&pooled, train)
+    }
+
+    /// fc6, fc7 and the two outputs on pooled features `[R, C, 7, 7]`.
+    pub fn head_from_pooled(&self, pooled: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let x = backbone::run(&self.fc, &pooled.flatten(1, -1), train); // [R, fc_dim]
+        (self.cls_score.forward(&x), self.bbox_pred.forward(&x))
+    }
+}
+
+/// Unreduced per-RoI losses: `cls` = cross-entropy `[R]`, `loc` = smooth L1
+/// (beta 1) summed over the 4 coordinates of the RoI's own class, 0 for
+/// background `[R]`. `labels`: `[R]` in `0..=K` (0 = background); `targets`:
+/// `[R, 4]` normalised.
+pub fn per_roi_losses(logits: &Tensor, deltas: &Tensor, labels: &Tensor, targets: &Tensor, num_classes: i64) -> (Tensor, Tensor) {
+    let r = logits.size()[0];
+    let cls = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, -100, 0.0); // [R]
+    let slot = (labels - 1).clamp_min(0); // [R]
+    let pred = deltas.view([r, num_classes, 4]).gather(1, &slot.view([r, 1, 1]).expand([r, 1, 4], false), false).squeeze_dim(1); // [R, 4]
+    let fg = labels.gt(0).to_kind(Kind::Float); // [R]
+    let loc = pred.smooth_l1_loss(targets, Reduction::None, 1.0).sum_dim_intlist(1, false, Kind::Float) * fg; // [R]
+    (cls, loc)
+}

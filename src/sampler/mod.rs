@@ -1,0 +1,192 @@
+//! Stage 4 of the pipeline: which RoIs each iteration trains on.
+//!
+//! The trainer assigns every RoI of an image to ground truth ([`assign`]) and
+//! hands the result to a [`Sampler`], which returns the indices to
+//! backpropagate. A sampler can ask for more without the loop changing:
+//! - per-RoI losses from a read-only forward over all RoIs
+//!   ([`Sampler::needs_roi_losses`], used by OHEM);
+//! - the masked training mode, where all RoIs go forward and backward and the
+//!   loss of unselected ones is zeroed ([`Sampler::backprop`]);
+//! - a mining pass over the whole training set with the model frozen, before
+//!   an iteration ([`Sampler::before_iteration`] with a [`Miner`], used by
+//!   offline hard-negative mining).
+//!
+//! Samplers are built from the serde-tagged [`SamplerConfig`]; adding one is a
+//! file, a variant and a match arm.
+
+pub mod fixed_ratio;
+
+use anyhow::Result;
+use tch::{Kind, Tensor};
+
+use crate::model::box_coder;
+
+pub use fixed_ratio::{FixedRatio, FixedRatioConfig};
+
+/// The RoIs of one training image, assigned to its ground truth.
+/// The first `n_proposals` rows are the image's proposals, in proposal-file
+/// order; ground-truth boxes follow.
+pub struct ImageRois {
+    /// Index of the image in the training set.
+    pub image: usize,
+    pub n_proposals: i64,
+    /// `[R, 4]`, 0-based pixels of the (scaled, maybe flipped) input.
+    pub rois: Tensor,
+    /// `[R]` int64: `1..=K` when `max_iou >= fg_thresh`, else 0.
+    pub labels: Tensor,
+    /// `[R]` float: best IoU with any (non-difficult) ground-truth box, 0 when there is none.
+    pub max_iou: Tensor,
+    /// `[R, 4]` normalised regression targets to the best ground-truth box.
+    pub targets: Tensor,
+}
+
+/// Assigns RoIs `[R, 4]` to ground truth `gt` `[G, 4]` with labels `gt_labels` `[G]` (1..=K).
+pub fn assign(image: usize, n_proposals: i64, rois: Tensor, gt: &Tensor, gt_labels: &Tensor, fg_thresh: f64) -> ImageRois {
+    let r = rois.size()[0];
+    let dev = rois.device();
+    if gt.size()[0] == 0 {
+        return ImageRois {
+            image,
+            n_proposals,
+            labels: Tensor::zeros([r], (Kind::Int64, dev)),
+            max_iou: Tensor::zeros([r], (Kind::Float, dev)),
+            targets: Tensor::zeros([r, 4], (Kind::Float, dev)),
+            rois,
+        };
+    }
+    let iou = box_coder::iou_matrix(&rois, gt); // [R, G]
+    let (max_iou, arg) = iou.max_dim(1, false); // [R], [R]
+    let labels = gt_labels.index_select(0, &arg) * max_iou.ge(fg_thresh).to_kind(Kind::Int64); // [R]
+    let targets = box_coder::encode(&rois, &gt.index_select(0, &arg)); // [R, 4]
+    ImageRois { image, n_proposals, rois, labels, max_iou, targets }
+}
+
+/// Per-RoI losses from the read-only forward, for samplers that rank by loss.
+pub struct RoiLosses {
+    /// `[R]` cross-entropy.
+    pub cls: Tensor,
+    /// `[R]` smooth L1 over the RoI's own class (0 for background).
+    pub loc: Tensor,
+}
+
+/// How the selected RoIs are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backprop {
+    /// Only the selected RoIs go through the trained head, forward and backward.
+    Selected,
+    /// All RoIs go forward and backward; the loss of unselected ones is zero.
+    MaskedAll,
+}
+
+/// Where training is, passed to [`Sampler::before_iteration`].
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// 0-based iteration within the epoch.
+    pub iter_in_epoch: usize,
+    /// 0-based iteration since the start of training.
+    pub iteration: usize,
+}
+
+/// The scores of every proposal of one training image under the frozen model.
+pub struct ImageScores {
+    pub image: usize,
+    /// `[P]` labels and best IoU, as in [`ImageRois`] (proposals only).
+    pub labels: Tensor,
+    pub max_iou: Tensor,
+    /// `[P]` the highest foreground class probability.
+    pub fg_score: Tensor,
+    /// `[P]` per-RoI loss (cross-entropy + smooth L1 for foreground).
+    pub loss: Tensor,
+}
+
+/// Scores the training set with the model frozen (no gradient, eval mode).
+/// The trainer provides it; offline mining uses it.
+pub trait Miner {
+    fn score_training_set(&mut self) -> Result<Vec<ImageScores>>;
+}
+
+/// What a mining pass reports.
+#[derive(Debug, Clone, Default)]
+pub struct MiningReport {
+    pub seconds: f64,
+    pub cache_size: usize,
+}
+
+/// Chooses the RoIs to train on.
+pub trait Sampler {
+    /// Picks RoIs of one image; returns `[k]` int64 indices into `rois`, no
+    /// index twice, `k <= per_image`.
+    fn select(&mut self, rois: &ImageRois, losses: Option<&RoiLosses>, per_image: i64) -> Tensor;
+
+    /// Whether [`Sampler::select`] needs [`RoiLosses`] from a read-only forward over all RoIs.
+    fn needs_roi_losses(&self) -> bool {
+        false
+    }
+
+    fn backprop(&self) -> Backprop {
+        Backprop::Selected
+    }
+
+    /// Runs before each iteration; a mining sampler scores the training set here.
+    fn before_iteration(&mut self, _at: Progress, _miner: &mut dyn Miner) -> Result<Option<MiningReport>> {
+        Ok(None)
+    }
+
+    /// The lowest IoU a background RoI may have; the trainer uses it only for diagnostics.
+    fn bg_lo(&self) -> f64;
+}
+
+/// The `sampler:` section of a config, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SamplerConfig {
+    /// Fast R-CNN's fixed-ratio sampler.
+    FixedRatio(FixedRatioConfig),
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig::FixedRatio(FixedRatioConfig::default())
+    }
+}
+
+impl SamplerConfig {
+    /// RoIs per minibatch (B).
+    pub fn batch_size(&self) -> i64 {
+        match self {
+            SamplerConfig::FixedRatio(c) => c.batch_size,
+        }
+    }
+
+    /// The foreground IoU threshold used for labels.
+    pub fn fg_thresh(&self) -> f64 {
+        match self {
+            SamplerConfig::FixedRatio(c) => c.fg_thresh,
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        match self {
+            SamplerConfig::FixedRatio(c) => c.check(),
+        }
+    }
+
+    pub fn build(&self) -> Box<dyn Sampler> {
+        match self {
+            SamplerConfig::FixedRatio(c) => Box::new(FixedRatio::new(c.clone())),
+        }
+    }
+}
+
+/// Up to `k` indices, chosen uniformly without replacement, where `mask` is true.
+pub fn sample_where(mask: &Tensor, k: i64) -> Tensor {
+    let idx = mask.nonzero().squeeze_dim(1);
+    let n = idx.size()[0];
+    if n <= k {
+        return idx;
+    }
+    let perm = Tensor::randperm(n, (Kind::Int64, idx.device())).narrow(0, 0, k);
+    idx.index_select(0, &perm)
+}

@@ -1,0 +1,142 @@
+//! The input side of the trainer: images and proposals held in memory, and
+//! the per-iteration transform (horizontal flip, rescale so the shorter side
+//! is `scale` with the longer side capped at `max_size`, mean/std
+//! normalisation), as tensor operations on the training device.
+
+use anyhow::Result;
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use super::config::InputConfig;
+use crate::boxes::BBox;
+use crate::data::{Annotation, Dataset};
+
+/// One split, decoded once.
+pub struct ImageStore {
+    pub anns: Vec<Annotation>,
+    /// `[3, H, W]` uint8 on the CPU.
+    images: Vec<Tensor>,
+    /// `[P, 4]` float, 0-based pixels of the original image.
+    proposals: Vec<Tensor>,
+    /// `[G, 4]` non-difficult ground truth, 0-based; `[G]` labels in 1..=K.
+    gt: Vec<(Tensor, Tensor)>,
+}
+
+/// VOC 1-based boxes → `[n, 4]` 0-based.
+fn to_tensor(boxes: &[BBox]) -> Tensor {
+    let flat: Vec<f32> = boxes.iter().flat_map(|b| b.map(|v| v - 1.0)).collect();
+    Tensor::from_slice(&flat).view([boxes.len() as i64, 4])
+}
+
+impl ImageStore {
+    pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>) -> Result<Self> {
+        let images: Vec<Tensor> = anns
+            .par_iter()
+            .map(|a| -> Result<Tensor> {
+                let img = ds.load_image(a)?;
+                let (w, h) = (img.width() as i64, img.height() as i64);
+                Ok(Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous())
+            })
+            .collect::<Result<_>>()?;
+        let proposals = proposals.iter().map(|p| to_tensor(p)).collect();
+        let gt = anns
+            .iter()
+            .map(|a| {
+                let keep: Vec<&crate::data::Object> = a.objects.iter().filter(|o| !o.difficult).collect();
+                let boxes: Vec<BBox> = keep.iter().map(|o| o.bbox).collect();
+                let labels: Vec<i64> = keep.iter().map(|o| o.class as i64 + 1).collect();
+                (to_tensor(&boxes), Tensor::from_slice(&labels))
+            })
+            .collect();
+        Ok(ImageStore { anns, images, proposals, gt })
+    }
+
+    /// Keeps the images whose annotation passes `keep`; returns how many were dropped.
+    pub fn keep_where(&mut self, keep: impl Fn(&Annotation) -> bool) -> usize {
+        let flags: Vec<bool> = self.anns.iter().map(&keep).collect();
+        let before = self.anns.len();
+        let mut it = flags.iter();
+        self.anns.retain(|_| *it.next().expect("one flag per image"));
+        for v in [&mut self.images, &mut self.proposals] {
+            let mut it = flags.iter();
+            v.retain(|_| *it.next().expect("one flag per image"));
+        }
+        let mut it = flags.iter();
+        self.gt.retain(|_| *it.next().expect("one flag per image"));
+        before - self.anns.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.anns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anns.is_empty()
+    }
+
+    pub fn n_proposals(&self, i: usize) -> i64 {
+        self.proposals[i].size()[0]
+    }
+}
+
+/// One image ready for the network.
+pub struct Prepared {
+    pub index: usize,
+    /// `[3, h, w]` normalised float.
+    pub image: Tensor,
+    /// Input-size over original-size factor.
+    pub scale: f64,
+    /// `[P, 4]` proposals in input pixels.
+    pub proposals: Tensor,
+    /// `[G, 4]` ground truth in input pixels and `[G]` labels.
+    pub gt: Tensor,
+    pub gt_labels: Tensor,
+}
+
+/// The rescale factor for an `h x w` image.
+pub fn scale_for(cfg: &InputConfig, h: i64, w: i64) -> f64 {
+    let s = cfg.scale as f64 / h.min(w) as f64;
+    if (h.max(w) as f64 * s).round() > cfg.max_size as f64 {
+        cfg.max_size as f64 / h.max(w) as f64
+    } else {
+        s
+    }
+}
+
+fn flip_boxes(b: &Tensor, w: i64) -> Tensor {
+    let x1 = (w - 1) as f64 - b.select(1, 2);
+    let x2 = (w - 1) as f64 - b.select(1, 0);
+    Tensor::stack(&[x1, b.select(1, 1), x2, b.select(1, 3)], 1)
+}
+
+pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, device: Device) -> Prepared {
+    let raw = store.images[i].to_device(device); // [3, H, W] u8
+    let (_, h, w) = raw.size3().expect("[3, H, W]");
+    let mean = Tensor::from_slice(&cfg.pixel_mean.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
+    let std = Tensor::from_slice(&cfg.pixel_std.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
+    let mut img = (raw.to_kind(Kind::Float) - mean) / std; // [3, H, W]
+    let (mut props, mut gt) = (store.proposals[i].to_device(device), store.gt[i].0.to_device(device));
+    if flip {
+        img = img.flip([2]);
+        props = flip_boxes(&props, w);
+        gt = flip_boxes(&gt, w);
+    }
+    let s = scale_for(cfg, h, w);
+    let (nh, nw) = ((h as f64 * s).round() as i64, (w as f64 * s).round() as i64);
+    let image = img.unsqueeze(0).upsample_bilinear2d([nh, nw], false, None, None).squeeze_dim(0); // [3, nh, nw]
+    Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: store.gt[i].1.to_device(device) }
+}
+
+/// Zero-pads images to a common size: `[N, 3, Hmax, Wmax]`.
+pub fn collate(batch: &[Prepared]) -> Tensor {
+    let hmax = batch.iter().map(|p| p.image.size()[1]).max().unwrap_or(1);
+    let wmax = batch.iter().map(|p| p.image.size()[2]).max().unwrap_or(1);
+    let padded: Vec<Tensor> = batch
+        .iter()
+        .map(|p| {
+            let (_, h, w) = p.image.size3().expect("[3, h, w]");
+            p.image.constant_pad_nd([0, wmax - w, 0, hmax - h])
+        })
+        .collect();
+    Tensor::stack(&padded, 0)
+}

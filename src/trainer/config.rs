@@ -1,0 +1,324 @@
+//! The training config (`harness train <config.yaml>`), read once and
+//! validated before any work.
+//!
+//! Loading goes YAML → a generic value → `--set key=value` overrides →
+//! the typed [`TrainConfig`], so that every error names the file and the
+//! dotted key: unknown keys are rejected, and [`TrainConfig::check`] rejects
+//! out-of-range values.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+use crate::model::ModelConfig;
+use crate::proposals::{SsMode, SsParams};
+use crate::sampler::SamplerConfig;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A label for the run (optional).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub seed: u64,
+    /// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    pub dataset: DatasetConfig,
+    #[serde(default)]
+    pub proposals: ProposalConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub input: InputConfig,
+    #[serde(default)]
+    pub train: SolverConfig,
+    #[serde(default)]
+    pub sampler: SamplerConfig,
+    #[serde(default)]
+    pub test: TestConfig,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// A VOC-layout root.
+    pub root: PathBuf,
+    #[serde(default = "default_train_split")]
+    pub train_split: String,
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+}
+
+fn default_train_split() -> String {
+    "trainval".into()
+}
+fn default_test_split() -> String {
+    "test".into()
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProposalConfig {
+    pub mode: SsMode,
+    pub sigma: f32,
+    pub min_side: u32,
+    pub max_boxes: usize,
+    /// Precomputed proposals for the train / test split (the proposals file format) instead of selective search.
+    pub train_file: Option<PathBuf>,
+    pub test_file: Option<PathBuf>,
+}
+
+impl Default for ProposalConfig {
+    fn default() -> Self {
+        let d = SsParams::default();
+        ProposalConfig { mode: d.mode, sigma: d.sigma, min_side: d.min_side, max_boxes: d.max_boxes, train_file: None, test_file: None }
+    }
+}
+
+impl ProposalConfig {
+    pub fn ss_params(&self) -> SsParams {
+        SsParams { mode: self.mode, sigma: self.sigma, min_side: self.min_side, max_boxes: self.max_boxes }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InputConfig {
+    /// Shorter side after rescaling, in pixels (600 in Fast R-CNN).
+    pub scale: u32,
+    /// Cap on the longer side (1000 in Fast R-CNN).
+    pub max_size: u32,
+    /// Random horizontal flips in training.
+    pub flip: bool,
+    /// Per-channel RGB mean and std on a 0-255 scale (torchvision's ImageNet values).
+    pub pixel_mean: [f64; 3],
+    pub pixel_std: [f64; 3],
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig { scale: 224, max_size: 320, flip: true, pixel_mean: [123.675, 116.28, 103.53], pixel_std: [58.395, 57.12, 57.375] }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SolverConfig {
+    pub epochs: usize,
+    /// Images per iteration (N).
+    pub images_per_batch: usize,
+    /// Cap on iterations per epoch (default: one pass over the training images).
+    pub iters_per_epoch: Option<usize>,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Epochs (1-based) after which the learning rate is multiplied by `gamma`.
+    pub lr_steps: Vec<usize>,
+    pub gamma: f64,
+    /// Checkpoints kept in the run directory.
+    pub keep_checkpoints: usize,
+}
+
+impl Default for SolverConfig {
+    fn default() -> Self {
+        SolverConfig { epochs: 8, images_per_batch: 2, iters_per_epoch: None, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![6], gamma: 0.1, keep_checkpoints: 2 }
+    }
+}
+
+impl SolverConfig {
+    /// Learning rate during `epoch` (0-based): a step schedule.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr * self.gamma.powi(self.lr_steps.iter().filter(|&&s| epoch >= s).count() as i32)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestConfig {
+    /// Per-class NMS IoU threshold.
+    pub nms: f32,
+    pub score_thresh: f32,
+    pub max_per_image: usize,
+    /// Evaluate every this many epochs (the last epoch is always evaluated).
+    pub eval_every: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        TestConfig { nms: 0.3, score_thresh: 0.05, max_per_image: 100, eval_every: 1 }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects out-of-range values, naming the key and the value.
+    pub fn check(&self) -> Result<()> {
+        parse_device(&self.device)?;
+        if !self.dataset.root.is_dir() {
+            bail!("dataset.root = {}: no such directory", self.dataset.root.display());
+        }
+        self.proposals.ss_params().check()?;
+        for f in [&self.proposals.train_file, &self.proposals.test_file].into_iter().flatten() {
+            if !f.is_file() {
+                bail!("proposals file {}: no such file", f.display());
+            }
+        }
+        self.model.check()?;
+        let i = &self.input;
+        if i.scale < 16 || i.max_size < i.scale {
+            bail!("input.scale = {} / input.max_size = {}: need 16 <= scale <= max_size", i.scale, i.max_size);
+        }
+        if i.pixel_std.iter().any(|s| *s <= 0.0) {
+            bail!("input.pixel_std = {:?}: every std must be positive", i.pixel_std);
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            bail!("train.epochs = 0: at least one epoch");
+        }
+        if t.images_per_batch == 0 {
+            bail!("train.images_per_batch = 0: at least one image per iteration");
+        }
+        if t.iters_per_epoch == Some(0) {
+            bail!("train.iters_per_epoch = 0: at least one iteration");
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            bail!("train.lr = {}: must be positive", t.lr);
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            bail!("train.momentum = {} is outside [0, 1)", t.momentum);
+        }
+        if t.weight_decay < 0.0 {
+            bail!("train.weight_decay = {} is negative", t.weight_decay);
+        }
+        if !(t.gamma > 0.0 && t.gamma <= 1.0) {
+            bail!("train.gamma = {} is outside (0, 1]", t.gamma);
+        }
+        if t.keep_checkpoints == 0 {
+            bail!("train.keep_checkpoints = 0: the last checkpoint is needed to resume");
+        }
+        self.sampler.check()?;
+        let b = self.sampler.batch_size();
+        if b < t.images_per_batch as i64 {
+            bail!("sampler.batch_size = {b} is below train.images_per_batch = {}: each image needs at least one RoI", t.images_per_batch);
+        }
+        let s = &self.test;
+        if !(0.0..=1.0).contains(&s.nms) {
+            bail!("test.nms = {} is outside [0, 1]", s.nms);
+        }
+        if !(0.0..=1.0).contains(&s.score_thresh) {
+            bail!("test.score_thresh = {} is outside [0, 1]", s.score_thresh);
+        }
+        if s.max_per_image == 0 || s.eval_every == 0 {
+            bail!("test.max_per_image and test.eval_every must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// RoIs per image (B/N).
+    pub fn rois_per_image(&self) -> i64 {
+        self.sampler.batch_size() / self.train.images_per_batch as i64
+    }
+}
+
+/// `auto` | `cpu` | `cuda` | `cuda:N` → a device, or an error naming the value.
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    match s {
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" => parse_device("cuda:0"),
+        _ => {
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| anyhow!("device = {s:?}: expected auto, cpu, cuda or cuda:N"))?;
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                bail!("device = {s:?}: this machine has {count} CUDA device(s)");
+            }
+            Ok(tch::Device::Cuda(n))
+        }
+    }
+}
+
+/// Parses YAML text into a generic value; errors name `origin` (a file), with line and column.
+pub fn parse_yaml(text: &str, origin: &str) -> Result<Value> {
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+}
+
+/// Sets a dotted key (`sampler.fg_fraction`) in a value, creating maps on the way.
+pub fn set_dotted(root: &mut Value, key: &str, value: Value) -> Result<()> {
+    let mut cur = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("bad key {key:?}");
+    }
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            if cur.is_null() {
+                *cur = Value::Object(Default::default());
+            } else {
+                bail!("key {key:?}: {} is not a map", parts[..i].join("."));
+            }
+        }
+        let map = cur.as_object_mut().expect("checked");
+        if i + 1 == parts.len() {
+            map.insert(p.to_string(), value);
+            return Ok(());
+        }
+        cur = map.entry(p.to_string()).or_insert(Value::Null);
+    }
+    unreachable!("loop returns on the last part")
+}
+
+/// Parses `key=value` (the value as YAML: `0.5`, `null`, `[1, 2]`, `fast`).
+pub fn parse_override(s: &str) -> Result<(String, Value)> {
+    let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key=value"))?;
+    let value = parse_yaml(v, &format!("--set {k}"))?;
+    // parse_yaml maps an empty document to {}, but `key=` means null here
+    let value = if v.trim().is_empty() { Value::Null } else { value };
+    Ok((k.trim().to_string(), value))
+}
+
+/// `sampler.kind` defaults to `fixed_ratio` when a `sampler` section names no kind.
+pub fn default_sampler_kind(v: &mut Value) {
+    if let Some(s) = v.get_mut("sampler").and_then(Value::as_object_mut) {
+        s.entry("kind").or_insert_with(|| Value::String("fixed_ratio".into()));
+    }
+}
+
+/// Converts a value into a typed config; unknown keys and bad types name the dotted key.
+pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Result<T> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow!("{origin}: key {path}: {}", e.into_inner())
+    })
+}
+
+impl TrainConfig {
+    /// Reads a config file, applies `key=value` overrides, converts and checks it.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let origin = path.display().to_string();
+        let mut v = parse_yaml(&text, &origin)?;
+        for o in overrides {
+            let (k, val) = parse_override(o)?;
+            set_dotted(&mut v, &k, val)?;
+        }
+        default_sampler_kind(&mut v);
+        let cfg: TrainConfig = from_value(v, &origin)?;
+        cfg.check().with_context(|| format!("{origin}: invalid config"))?;
+        Ok(cfg)
+    }
+
+    /// The config as YAML, as saved in a run directory.
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_saphyr::to_string(self).map_err(|e| anyhow!("serialising the config: {e}"))
+    }
+}

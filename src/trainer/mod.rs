@@ -1,0 +1,429 @@
+//! Stage 5 of the pipeline: the one Fast R-CNN trainer every sampler drives.
+//!
+//! Per iteration: N images are flipped, rescaled and normalised; the backbone
+//! runs once with gradients; each image's RoIs (proposals plus ground truth)
+//! are assigned to ground truth; if the sampler asks, a read-only forward of
+//! the head over all RoIs gives per-RoI losses; the sampler picks RoIs; the
+//! picked RoIs (or all, masked) go through the head; the loss
+//! `mean(cross-entropy) + sum(smooth L1)/R` is backpropagated and SGD steps.
+//! After each epoch: a checkpoint, VOC mAP on the test split, and a row of
+//! `metrics.csv`. A run directory holds the exact config, the metrics and the
+//! checkpoints, and a rerun resumes after the last finished epoch.
+
+pub mod batch;
+pub mod config;
+pub mod detect;
+pub mod sgd;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::eval::{self, Metric};
+use crate::model::{per_roi_losses, FastRcnn};
+use crate::proposals;
+use crate::sampler::{self, Backprop, ImageRois, ImageScores, Miner, Progress, RoiLosses};
+use batch::{collate, prepare, ImageStore};
+pub use config::TrainConfig;
+
+/// One row of `metrics.csv`, written after every epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRow {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Iterations in this epoch.
+    pub iterations: usize,
+    /// Seconds of training (mining excluded).
+    pub train_s: f64,
+    /// Seconds of offline mining (HNM), with training stalled.
+    pub mine_s: f64,
+    /// Seconds of test-set evaluation.
+    pub eval_s: f64,
+    /// Wall-clock seconds since the run started, this epoch included (resumes add up).
+    pub wall_s: f64,
+    /// Mean training loss, and its two terms.
+    pub loss: f64,
+    pub loss_cls: f64,
+    pub loss_bbox: f64,
+    /// Mean RoIs backpropagated per iteration.
+    pub rois_per_iter: f64,
+    /// Foreground fraction among the backpropagated RoIs.
+    pub fg_fraction: f64,
+    /// Mean per-RoI loss (cls + loc) of the backpropagated RoIs.
+    pub sel_loss: f64,
+    /// Mean per-RoI loss over all RoIs, when a read-only pass computed it.
+    pub all_loss: Option<f64>,
+    /// Hard-negative cache size after the epoch (offline mining), else 0.
+    pub cache_size: usize,
+    pub lr: f64,
+    /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
+    pub map_voc07: Option<f64>,
+    pub map_voc10: Option<f64>,
+}
+
+/// Options of a training run that are not part of the experiment.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    pub progress: bool,
+    /// Discard what the run directory holds and start over.
+    pub force: bool,
+    /// Proposal cache folder (None: the default).
+    pub cache_dir: Option<PathBuf>,
+}
+
+pub const METRICS: &str = "metrics.csv";
+pub const CONFIG: &str = "config.yaml";
+pub const CHECKPOINTS: &str = "checkpoints";
+
+/// Reads the finished epochs of a run directory (empty when none).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
+
+/// Rewrites `metrics.csv` atomically, so a kill never leaves a torn row.
+fn write_metrics(path: &Path, rows: &[EpochRow]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::data::voc::write_file(path, &bytes)?;
+    Ok(())
+}
+
+fn checkpoint_path(run_dir: &Path, epoch: usize) -> PathBuf {
+    run_dir.join(CHECKPOINTS).join(format!("epoch_{epoch:03}.safetensors"))
+}
+
+/// Loads a split's annotations and proposals (from the cache, selective search or a file).
+fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Path>, opts: &TrainOptions) -> Result<ImageStore> {
+    let anns = ds.load_split(split)?;
+    if anns.is_empty() {
+        bail!("split {split:?} of {} is empty", ds.root.display());
+    }
+    let props = match file {
+        Some(f) => proposals::from_file(f, &anns)?,
+        None => {
+            let cache = opts.cache_dir.clone().unwrap_or_else(proposals::default_cache_dir);
+            proposals::compute(ds, &anns, &cfg.proposals.ss_params(), Some(&cache), opts.progress)?.0
+        }
+    };
+    ImageStore::load(ds, anns, props)
+}
+
+/// Scores the training set with the current (frozen) model, for offline mining.
+struct FrozenScorer<'a> {
+    model: &'a FastRcnn,
+    store: &'a ImageStore,
+    cfg: &'a TrainConfig,
+    device: Device,
+}
+
+impl Miner for FrozenScorer<'_> {
+    fn score_training_set(&mut self) -> Result<Vec<ImageScores>> {
+        let fg_thresh = self.cfg.sampler.fg_thresh();
+        let k = self.model.num_classes;
+        let mut out = Vec::with_capacity(self.store.len());
+        for i in 0..self.store.len() {
+            let p = prepare(self.store, i, &self.cfg.input, false, self.device);
+            let n = p.proposals.size()[0];
+            let s = tch::no_grad(|| {
+                let feats = self.model.features(&p.image.unsqueeze(0), false);
+                let a = sampler::assign(i, n, p.proposals.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
+                let rois = Tensor::cat(&[Tensor::zeros([n, 1], (Kind::Float, self.device)), p.proposals.shallow_clone()], 1);
+                let (logits, deltas) = self.model.head(&feats, &rois, false);
+                let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
+                let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
+                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc }
+            });
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// Sums over an epoch, turned into an [`EpochRow`].
+#[derive(Default)]
+struct EpochStats {
+    iterations: usize,
+    loss_cls: f64,
+    loss_bbox: f64,
+    rois: f64,
+    fg: f64,
+    sel_loss_sum: f64,
+    all_loss_sum: f64,
+    all_rois: f64,
+    mine_s: f64,
+    cache_size: usize,
+}
+
+/// Result of one training iteration.
+struct IterOut {
+    loss_cls: f64,
+    loss_bbox: f64,
+    rois: i64,
+    fg: i64,
+    sel_loss_sum: f64,
+    /// (sum, count) over all RoIs, when the read-only pass ran.
+    all_loss: Option<(f64, i64)>,
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+/// One SGD iteration on `batch`.
+fn train_step(
+    model: &FastRcnn,
+    opt: &mut sgd::Sgd,
+    lr: f64,
+    sampler: &mut dyn sampler::Sampler,
+    batch: &[batch::Prepared],
+    cfg: &TrainConfig,
+    device: Device,
+) -> Result<IterOut> {
+    let k = model.num_classes;
+    let images = collate(batch); // [N, 3, H, W]
+    let feats = model.features(&images, true); // [N, C, H/16, W/16]
+    let per_image = cfg.rois_per_image();
+    let fg_thresh = cfg.sampler.fg_thresh();
+
+    // Assignment: proposals first, then ground truth as extra RoIs.
+    let assigned: Vec<ImageRois> = batch
+        .iter()
+        .map(|p| {
+            let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
+            sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
+        })
+        .collect();
+    let with_batch = |b: usize, rois: &Tensor| Tensor::cat(&[Tensor::full([rois.size()[0], 1], b as f64, (Kind::Float, device)), rois.shallow_clone()], 1);
+    let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| with_batch(b, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
+    let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
+    let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
+
+    // Read-only forward over all RoIs (no gradient, features detached), when the sampler ranks by loss.
+    let ro_losses: Option<Vec<RoiLosses>> = sampler.needs_roi_losses().then(|| {
+        tch::no_grad(|| {
+            let (logits, deltas) = model.head(&feats.detach(), &all_rois, false);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+            let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
+            cls.split_with_sizes(&sizes, 0).into_iter().zip(loc.split_with_sizes(&sizes, 0)).map(|(cls, loc)| RoiLosses { cls, loc }).collect()
+        })
+    });
+
+    // Selection, as offsets into the concatenated RoIs.
+    let mut offset = 0i64;
+    let mut picked = Vec::with_capacity(batch.len());
+    for (b, a) in assigned.iter().enumerate() {
+        let sel = sampler.select(a, ro_losses.as_ref().map(|l| &l[b]), per_image); // [k]
+        picked.push(sel + offset);
+        offset += a.rois.size()[0];
+    }
+    let sel = Tensor::cat(&picked, 0); // [S]
+    let n_sel = sel.size()[0];
+    if n_sel == 0 {
+        bail!("the sampler selected no RoI in a minibatch (images {:?})", batch.iter().map(|p| p.index).collect::<Vec<_>>());
+    }
+    let sel_labels = all_labels.index_select(0, &sel);
+
+    let (cls, loc, sel_cls, sel_loc) = match sampler.backprop() {
+        Backprop::Selected => {
+            let (logits, deltas) = model.head(&feats, &all_rois.index_select(0, &sel), true);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &sel_labels, &all_targets.index_select(0, &sel), k);
+            (cls.shallow_clone(), loc.shallow_clone(), cls, loc)
+        }
+        Backprop::MaskedAll => {
+            let (logits, deltas) = model.head(&feats, &all_rois, true);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+            let mask = Tensor::zeros_like(&cls).index_fill(0, &sel, 1.0);
+            let (sc, sl) = (cls.index_select(0, &sel), loc.index_select(0, &sel));
+            (cls * &mask, loc * mask, sc, sl)
+        }
+    };
+    let loss_cls = cls.sum(Kind::Float) / n_sel as f64;
+    let loss_bbox = loc.sum(Kind::Float) / n_sel as f64;
+    let loss = &loss_cls + &loss_bbox;
+    loss.backward();
+    opt.step(lr);
+
+    let lc = scalar(&loss_cls);
+    if !lc.is_finite() || !scalar(&loss_bbox).is_finite() {
+        bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {})", scalar(&loss_bbox));
+    }
+    let all_loss = ro_losses.map(|ls| {
+        let s: f64 = ls.iter().map(|l| scalar(&(&l.cls + &l.loc).sum(Kind::Float))).sum();
+        (s, ls.iter().map(|l| l.cls.size()[0]).sum())
+    });
+    Ok(IterOut {
+        loss_cls: lc,
+        loss_bbox: scalar(&loss_bbox),
+        rois: n_sel,
+        fg: scalar(&sel_labels.gt(0).sum(Kind::Int64)) as i64,
+        sel_loss_sum: scalar(&(sel_cls + sel_loc).sum(Kind::Float)),
+        all_loss,
+    })
+}
+
+/// Trains `cfg` in `run_dir`; resumes after the last finished epoch found there.
+pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Vec<EpochRow>> {
+    cfg.check()?;
+    let device = config::parse_device(&cfg.device)?;
+    let metrics_path = run_dir.join(METRICS);
+    let config_path = run_dir.join(CONFIG);
+    let yaml = cfg.to_yaml()?;
+    if opts.force {
+        let _ = std::fs::remove_file(&metrics_path);
+        let _ = std::fs::remove_dir_all(run_dir.join(CHECKPOINTS));
+    } else if config_path.exists() {
+        let old = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        if old != yaml {
+            bail!("{} holds a run of a different config; use another output directory or --force", run_dir.display());
+        }
+    }
+    crate::data::voc::write_file(&config_path, yaml.as_bytes())?;
+    let mut rows = read_metrics(&metrics_path)?;
+    let start_epoch = rows.len();
+    if start_epoch >= cfg.train.epochs {
+        return Ok(rows);
+    }
+
+    let ds = Dataset::open(&cfg.dataset.root)?;
+    let mut train_set = load_split(&ds, cfg, &cfg.dataset.train_split, cfg.proposals.train_file.as_deref(), opts)?;
+    // As py-faster-rcnn's filter_roidb: an image without non-difficult ground truth has no foreground to learn from.
+    let dropped = train_set.keep_where(|a| a.objects.iter().any(|o| !o.difficult));
+    if train_set.is_empty() {
+        bail!("no image of split {:?} has a non-difficult object to train on", cfg.dataset.train_split);
+    }
+    if dropped > 0 && opts.progress {
+        eprintln!("training on {} images ({dropped} without non-difficult objects left out)", train_set.len());
+    }
+    let test_set = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
+
+    tch::manual_seed(cfg.seed as i64);
+    let mut vs = nn::VarStore::new(device);
+    let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+    model.load_and_freeze(&mut vs)?;
+    let mut opt = sgd::Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
+    if start_epoch > 0 {
+        let ck = checkpoint_path(run_dir, start_epoch);
+        vs.load(&ck).with_context(|| format!("resuming from {}", ck.display()))?;
+        opt.load(&ck.with_extension("sgd.safetensors"))?;
+    }
+    let mut sampler = cfg.sampler.build();
+
+    let n_img = cfg.train.images_per_batch;
+    let iters = train_set.len().div_ceil(n_img).min(cfg.train.iters_per_epoch.unwrap_or(usize::MAX));
+    let mut wall = rows.last().map(|r| r.wall_s).unwrap_or(0.0);
+    for epoch in start_epoch..cfg.train.epochs {
+        let t_epoch = Instant::now();
+        let lr = cfg.train.lr_at(epoch);
+        // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
+        tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+        let mut order: Vec<usize> = (0..train_set.len()).collect();
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.random_range(0..=i));
+        }
+        let bar = crate::progress_bar(iters as u64, "training", opts.progress);
+        let mut st = EpochStats::default();
+        for it in 0..iters {
+            let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * iters + it };
+            let mut scorer = FrozenScorer { model: &model, store: &train_set, cfg, device };
+            if let Some(rep) = sampler.before_iteration(at, &mut scorer)? {
+                st.mine_s += rep.seconds;
+                st.cache_size = rep.cache_size;
+            }
+            let idx: Vec<usize> = (0..n_img).map(|j| order[(it * n_img + j) % order.len()]).collect();
+            let prepared: Vec<batch::Prepared> = idx.iter().map(|&i| prepare(&train_set, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), device)).collect();
+            let out = train_step(&model, &mut opt, lr, sampler.as_mut(), &prepared, cfg, device)
+                .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
+            st.iterations += 1;
+            st.loss_cls += out.loss_cls;
+            st.loss_bbox += out.loss_bbox;
+            st.rois += out.rois as f64;
+            st.fg += out.fg as f64;
+            st.sel_loss_sum += out.sel_loss_sum;
+            if let Some((s, n)) = out.all_loss {
+                st.all_loss_sum += s;
+                st.all_rois += n as f64;
+            }
+            bar.set_message(format!("epoch {}/{} loss {:.3}", epoch + 1, cfg.train.epochs, (st.loss_cls + st.loss_bbox) / st.iterations as f64));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_s = t_epoch.elapsed().as_secs_f64() - st.mine_s;
+
+        let ck = checkpoint_path(run_dir, epoch + 1);
+        std::fs::create_dir_all(ck.parent().expect("has parent"))?;
+        // optimizer state first, weights last: the weights file marks a complete checkpoint
+        let sgd_ck = ck.with_extension("sgd.safetensors");
+        opt.save(&sgd_ck.with_extension("tmp"))?;
+        std::fs::rename(sgd_ck.with_extension("tmp"), &sgd_ck)?;
+        let tmp = ck.with_extension("tmp.safetensors");
+        vs.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &ck)?;
+
+        let t_eval = Instant::now();
+        let last = epoch + 1 == cfg.train.epochs;
+        let (map07, map10) = if last || (epoch + 1) % cfg.test.eval_every == 0 {
+            let dets = detect::detect(&model, &test_set, &cfg.input, &cfg.test, device);
+            let m07 = eval::evaluate(&test_set.anns, &ds.classes, &dets, Metric::Voc07).map;
+            let m10 = eval::evaluate(&test_set.anns, &ds.classes, &dets, Metric::Voc10).map;
+            (Some(m07), Some(m10))
+        } else {
+            (None, None)
+        };
+        let eval_s = t_eval.elapsed().as_secs_f64();
+        wall += t_epoch.elapsed().as_secs_f64();
+        let n = st.iterations.max(1) as f64;
+        rows.push(EpochRow {
+            epoch: epoch + 1,
+            iterations: st.iterations,
+            train_s,
+            mine_s: st.mine_s,
+            eval_s,
+            wall_s: wall,
+            loss: (st.loss_cls + st.loss_bbox) / n,
+            loss_cls: st.loss_cls / n,
+            loss_bbox: st.loss_bbox / n,
+            rois_per_iter: st.rois / n,
+            fg_fraction: st.fg / st.rois.max(1.0),
+            sel_loss: st.sel_loss_sum / st.rois.max(1.0),
+            all_loss: (st.all_rois > 0.0).then(|| st.all_loss_sum / st.all_rois),
+            cache_size: st.cache_size,
+            lr,
+            map_voc07: map07,
+            map_voc10: map10,
+        });
+        write_metrics(&metrics_path, &rows)?;
+        // keep the newest checkpoints only
+        for old in 1..=(epoch + 1).saturating_sub(cfg.train.keep_checkpoints) {
+            let _ = std::fs::remove_file(checkpoint_path(run_dir, old));
+            let _ = std::fs::remove_file(checkpoint_path(run_dir, old).with_extension("sgd.safetensors"));
+        }
+        if opts.progress {
+            let r = rows.last().expect("just pushed");
+            eprintln!(
+                "epoch {:>3}: loss {:.4} (cls {:.4}, bbox {:.4}), fg {:.2}, train {:.1}s, eval {:.1}s, mAP07 {}",
+                r.epoch,
+                r.loss,
+                r.loss_cls,
+                r.loss_bbox,
+                r.fg_fraction,
+                r.train_s,
+                r.eval_s,
+                r.map_voc07.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into())
+            );
+        }
+    }
+    Ok(rows)
+}

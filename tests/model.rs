@@ -1,0 +1,164 @@
+//! The model stage: RoI pooling against the slow per-RoI reference (values
+//! and gradients), box coding, IoU, NMS and the per-RoI losses, against hand
+//! computations and brute force.
+
+use ohem_harness::boxes::{iou, nms, BBox};
+use ohem_harness::model::{box_coder, per_roi_losses, roi_pool};
+use rand::{Rng, SeedableRng};
+use tch::{Kind, Tensor};
+
+fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+    a.size() == b.size() && (a - b).abs().max().double_value(&[]) <= tol
+}
+
+fn random_rois(rng: &mut rand_chacha::ChaCha8Rng, n: usize, batch: i64, h: f32, w: f32) -> Tensor {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let b = rng.random_range(0..batch) as f32;
+        // some boxes run past the image, some are tiny
+        let x1 = rng.random_range(-20.0..w);
+        let y1 = rng.random_range(-20.0..h);
+        let (bw, bh) = if rng.random::<f32>() < 0.2 { (rng.random_range(0.0..8.0), rng.random_range(0.0..8.0)) } else { (rng.random_range(8.0..w), rng.random_range(8.0..h)) };
+        v.extend_from_slice(&[b, x1, y1, x1 + bw, y1 + bh]);
+    }
+    Tensor::from_slice(&v).view([n as i64, 5])
+}
+
+#[test]
+fn roi_pool_matches_the_per_roi_reference_in_values_and_gradients() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    tch::manual_seed(3);
+    for &(out, s, chunk) in &[(7, 2, 1i64 << 26), (3, 3, 1i64 << 26), (7, 2, 2000)] {
+        let feats = Tensor::randn([2, 6, 9, 11], (Kind::Double, tch::Device::Cpu)).set_requires_grad(true);
+        let rois = random_rois(&mut rng, 40, 2, 9.0 * 16.0, 11.0 * 16.0);
+        let weights = Tensor::randn([40, 6, out, out], (Kind::Double, tch::Device::Cpu));
+
+        let fast = roi_pool::roi_pool_chunked(&feats, &rois, out, s, 1.0 / 16.0, chunk);
+        (&fast * &weights).sum(Kind::Double).backward();
+        let g_fast = feats.grad().copy();
+        let _ = feats.grad().zero_();
+        let slow = roi_pool::roi_pool_reference(&feats, &rois, out, s, 1.0 / 16.0);
+        (&slow * &weights).sum(Kind::Double).backward();
+        let g_slow = feats.grad().copy();
+
+        assert_eq!(fast.size(), vec![40, 6, out, out]);
+        let diff = (&fast - &slow).abs().max().double_value(&[]);
+        assert!(close(&fast, &slow, 1e-9), "values differ by {diff} (out {out}, s {s}, chunk {chunk})");
+        assert!(close(&g_fast, &g_slow, 1e-9), "gradients differ (out {out}, s {s}, chunk {chunk})");
+        assert!(g_fast.abs().sum(Kind::Double).double_value(&[]) > 0.0);
+    }
+}
+
+#[test]
+fn roi_pool_by_hand() {
+    // a 2x2 feature map [[0, 1], [2, 3]]; a RoI covering it exactly (image px 0..31 at scale 1/16)
+    let feats = Tensor::from_slice(&[0f32, 1., 2., 3.]).view([1, 1, 2, 2]);
+    let roi = Tensor::from_slice(&[0f32, 0., 0., 31., 31.]).view([1, 5]);
+    // one bin, one sample at the centre: the mean of the four cells
+    let one = roi_pool::roi_pool(&feats, &roi, 1, 1, 1.0 / 16.0);
+    assert!((one.double_value(&[0, 0, 0, 0]) - 1.5).abs() < 1e-6);
+    // 2x2 bins, one sample each: exactly at the cell centres
+    let four = roi_pool::roi_pool(&feats, &roi, 2, 1, 1.0 / 16.0).view([4]);
+    assert!(close(&four, &Tensor::from_slice(&[0f32, 1., 2., 3.]), 1e-6), "{four}");
+    // one bin, 2x2 samples at 0.5 and 1.5 cells: the max is the cell of value 3
+    let max = roi_pool::roi_pool(&feats, &roi, 1, 2, 1.0 / 16.0);
+    assert!((max.double_value(&[0, 0, 0, 0]) - 3.0).abs() < 1e-6);
+    // a RoI in another image of the batch reads that image
+    let feats2 = Tensor::cat(&[feats.shallow_clone(), &feats + 10.0], 0);
+    let roi2 = Tensor::from_slice(&[1f32, 0., 0., 31., 31.]).view([1, 5]);
+    assert!((roi_pool::roi_pool(&feats2, &roi2, 1, 1, 1.0 / 16.0).double_value(&[0, 0, 0, 0]) - 11.5).abs() < 1e-6);
+}
+
+#[test]
+fn box_encoding_by_hand_and_round_trip() {
+    // roi 10x10 at the origin; gt shifted right by 5 px, same size: dx = 0.5 -> 5 after /0.1
+    let roi = Tensor::from_slice(&[0f32, 0., 9., 9.]).view([1, 4]);
+    let gt = Tensor::from_slice(&[5f32, 0., 14., 9.]).view([1, 4]);
+    let t = box_coder::encode(&roi, &gt);
+    assert!(close(&t, &Tensor::from_slice(&[5f32, 0., 0., 0.]).view([1, 4]), 1e-5), "{t}");
+    // gt twice as wide about the same centre: dw = ln 2 / 0.2
+    let wide = Tensor::from_slice(&[-5f32, 0., 14., 9.]).view([1, 4]);
+    let t = box_coder::encode(&roi, &wide);
+    assert!((t.double_value(&[0, 2]) - 2f64.ln() / 0.2).abs() < 1e-5);
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let rand_boxes = |rng: &mut rand_chacha::ChaCha8Rng, n| {
+        let v: Vec<f32> = (0..n).flat_map(|_| {
+            let (x, y) = (rng.random_range(0.0..200.0), rng.random_range(0.0..200.0));
+            [x, y, x + rng.random_range(1.0..100.0), y + rng.random_range(1.0..100.0)]
+        }).collect();
+        Tensor::from_slice(&v).view([n as i64, 4])
+    };
+    let rois = rand_boxes(&mut rng, 50);
+    let gts = rand_boxes(&mut rng, 50);
+    let back = box_coder::decode(&rois, &box_coder::encode(&rois, &gts).unsqueeze(1)).squeeze_dim(1);
+    assert!(close(&back, &gts, 1e-3));
+}
+
+#[test]
+fn clip_and_iou_matrix_against_brute_force() {
+    let b = Tensor::from_slice(&[-5f32, 3., 120., 50.]).view([1, 4]);
+    assert!(close(&box_coder::clip(&b, 100, 40), &Tensor::from_slice(&[0f32, 3., 99., 39.]).view([1, 4]), 0.0));
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mk = |rng: &mut rand_chacha::ChaCha8Rng, n: usize| -> Vec<BBox> {
+        (0..n).map(|_| {
+            let (x, y) = (rng.random_range(0..60) as f32, rng.random_range(0..60) as f32);
+            [x, y, x + rng.random_range(0..40) as f32, y + rng.random_range(0..40) as f32]
+        }).collect()
+    };
+    let (a, b) = (mk(&mut rng, 30), mk(&mut rng, 7));
+    let ta = Tensor::from_slice(&a.concat()).view([30, 4]);
+    let tb = Tensor::from_slice(&b.concat()).view([7, 4]);
+    let m = box_coder::iou_matrix(&ta, &tb);
+    for i in 0..30 {
+        for j in 0..7 {
+            assert!((m.double_value(&[i as i64, j as i64]) - iou(&a[i], &b[j]) as f64).abs() < 1e-5);
+        }
+    }
+}
+
+/// Greedy NMS written from its definition: take the best remaining box, drop
+/// every remaining box that overlaps it by more than the threshold, repeat.
+fn nms_reference(boxes: &[BBox], scores: &[f32], t: f32) -> Vec<usize> {
+    let mut left: Vec<usize> = (0..boxes.len()).collect();
+    let mut keep = Vec::new();
+    while !left.is_empty() {
+        // highest score; ties to the lower index
+        let best = *left.iter().max_by(|&&i, &&j| scores[i].total_cmp(&scores[j]).then(j.cmp(&i))).unwrap();
+        keep.push(best);
+        left.retain(|&i| i != best && iou(&boxes[i], &boxes[best]) <= t);
+    }
+    keep
+}
+
+#[test]
+fn nms_against_brute_force() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..50 {
+        let n = rng.random_range(0..40);
+        let boxes: Vec<BBox> = (0..n).map(|_| {
+            let (x, y) = (rng.random_range(0..50) as f32, rng.random_range(0..50) as f32);
+            [x, y, x + rng.random_range(5..30) as f32, y + rng.random_range(5..30) as f32]
+        }).collect();
+        let scores: Vec<f32> = (0..n).map(|_| rng.random_range(0..20) as f32 / 20.0).collect();
+        for t in [0.3, 0.5, 0.7] {
+            assert_eq!(nms(&boxes, &scores, t), nms_reference(&boxes, &scores, t));
+        }
+    }
+}
+
+#[test]
+fn per_roi_losses_by_hand() {
+    // K = 2 classes; RoI 0 is class 1 with uniform logits, RoI 1 is background
+    let logits = Tensor::from_slice(&[0f32, 0., 0., 2., 0., 0.]).view([2, 3]);
+    let deltas = Tensor::from_slice(&[0.5f32, 0., 0., 2., 9., 9., 9., 9., 1., 1., 1., 1., 1., 1., 1., 1.]).view([2, 8]);
+    let labels = Tensor::from_slice(&[1i64, 0]);
+    let targets = Tensor::zeros([2, 4], (Kind::Float, tch::Device::Cpu));
+    let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, 2);
+    // cross-entropy: ln 3; -log(e^2 / (e^2 + 2))
+    let ce1 = -(2f64.exp() / (2f64.exp() + 2.0)).ln();
+    assert!(close(&cls, &Tensor::from_slice(&[3f32.ln(), ce1 as f32]), 1e-6), "{cls}");
+    // smooth L1 on class 1's slots [0.5, 0, 0, 2]: 0.5 * 0.25 + (2 - 0.5) = 1.625; background: 0
+    assert!(close(&loc, &Tensor::from_slice(&[1.625f32, 0.]), 1e-6), "{loc}");
+}

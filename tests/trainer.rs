@@ -1,0 +1,105 @@
+//! The trainer: config validation, determinism, exact resume, run directories.
+
+use ohem_harness::trainer::{read_metrics, train, EpochRow, TrainConfig};
+
+use crate::util::{harness, test_opts, tiny_config, tiny_dataset};
+
+fn load_err(extra_yaml: &str, overrides: &[&str]) -> String {
+    let t = tempfile::tempdir().unwrap();
+    let p = tiny_config(t.path(), extra_yaml);
+    let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    format!("{:#}", TrainConfig::load(&p, &o).unwrap_err())
+}
+
+#[test]
+fn bad_configs_name_the_key_and_value() {
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("", &["model.backbon=small"], &["config.yaml", "model.backbon", "unknown field"]),
+        ("sampler:\n  kind: fixed_ratio\n  fg_fraction: 1.5\n", &[], &["sampler.fg_fraction = 1.5"]),
+        ("sampler:\n  kind: fixed_ratio\n  bg_thresh_lo: 0.6\n  bg_thresh_hi: 0.5\n  fg_thresh: 0.7\n", &[], &["sampler.bg_thresh_lo = 0.6", "0.5"]),
+        ("", &["sampler.batch_size=0"], &["sampler.batch_size = 0"]),
+        ("", &["dataset.root=/no/such/voc"], &["dataset.root = /no/such/voc"]),
+        ("", &["train.images_per_batch=0"], &["train.images_per_batch = 0"]),
+        ("", &["device=tpu"], &["device = \"tpu\""]),
+        ("", &["sampler.kind=magic"], &["sampler", "magic"]),
+        ("", &["train.lr=fast"], &["train.lr", "fast"]),
+        ("oops: [1, 2\n", &[], &["config.yaml", "line"]),
+        ("", &["model.weights=/no/such.safetensors"], &["model.weights = /no/such.safetensors"]),
+        ("", &["novalue"], &["--set \"novalue\"", "key=value"]),
+    ];
+    for (yaml, overrides, needles) in cases {
+        let err = load_err(yaml, overrides);
+        for n in *needles {
+            assert!(err.contains(n), "{yaml:?} {overrides:?}: {err:?} lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn the_cli_rejects_a_bad_config_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let p = tiny_config(t.path(), "sampler:\n  kind: fixed_ratio\n  fg_fraction: -0.5\n");
+    let out = t.path().join("run");
+    let (ok, _, err) = harness(&["train", p.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("sampler.fg_fraction = -0.5") && !err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "nothing is written for a rejected config");
+}
+
+/// The columns that must not depend on timing.
+fn outcome(r: &EpochRow) -> (usize, usize, f64, f64, f64, f64, f64, Option<f64>, Option<f64>) {
+    (r.epoch, r.iterations, r.loss, r.loss_cls, r.loss_bbox, r.fg_fraction, r.lr, r.map_voc07, r.map_voc10)
+}
+
+#[test]
+fn same_seed_same_run_and_exact_resume() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), ""), &[]).unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let ra = train(&cfg, &a, &test_opts()).unwrap();
+    let rb = train(&cfg, &b, &test_opts()).unwrap();
+    assert_eq!(ra.len(), 2);
+    assert_eq!(ra.iter().map(outcome).collect::<Vec<_>>(), rb.iter().map(outcome).collect::<Vec<_>>(), "two CPU runs with one seed differ");
+    assert!(ra.iter().all(|r| r.map_voc07.is_some() && r.rois_per_iter > 0.0 && r.wall_s > 0.0));
+    assert_eq!(read_metrics(&a.join("metrics.csv")).unwrap(), ra);
+    assert!(a.join("config.yaml").exists() && a.join("checkpoints/epoch_002.safetensors").exists());
+
+    // Simulate a kill after epoch 1: drop epoch 2's row and checkpoint, then rerun.
+    let rows = read_metrics(&b.join("metrics.csv")).unwrap();
+    let mut w = csv::Writer::from_path(b.join("metrics.csv")).unwrap();
+    w.serialize(&rows[0]).unwrap();
+    w.flush().unwrap();
+    std::fs::remove_file(b.join("checkpoints/epoch_002.safetensors")).unwrap();
+    std::fs::remove_file(b.join("checkpoints/epoch_002.sgd.safetensors")).unwrap();
+    let resumed = train(&cfg, &b, &test_opts()).unwrap();
+    assert_eq!(resumed.len(), 2);
+    assert_eq!(outcome(&resumed[1]), outcome(&ra[1]), "a resumed epoch differs from the uninterrupted one");
+    assert!(resumed[1].wall_s > resumed[0].wall_s);
+
+    // A finished run is not trained again; a different config in the same directory is refused.
+    let again = train(&cfg, &a, &test_opts()).unwrap();
+    assert_eq!(again, ra);
+    let mut other = cfg.clone();
+    other.seed = 99;
+    let err = train(&other, &a, &test_opts()).unwrap_err().to_string();
+    assert!(err.contains("different config"), "{err}");
+}
+
+#[test]
+fn train_command_writes_a_run_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let p = tiny_config(t.path(), "");
+    let out = t.path().join("run");
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let (ok, stdout, err) = harness(&["train", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.epochs=1", "--cache-dir", &cache]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("mAP VOC07"), "{stdout}");
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let header = text.lines().next().unwrap();
+    for col in ["epoch", "iterations", "train_s", "eval_s", "wall_s", "loss_cls", "loss_bbox", "rois_per_iter", "map_voc07", "map_voc10"] {
+        assert!(header.split(',').any(|c| c == col), "metrics.csv lacks {col}: {header}");
+    }
+    let saved = std::fs::read_to_string(out.join("config.yaml")).unwrap();
+    assert!(saved.contains("epochs: 1"), "the saved config is the exact one run, overrides included:\n{saved}");
+    let _ = tiny_dataset();
+}
