@@ -162,3 +162,56 @@ fn per_roi_losses_by_hand() {
     // smooth L1 on class 1's slots [0.5, 0, 0, 2]: 0.5 * 0.25 + (2 - 0.5) = 1.625; background: 0
     assert!(close(&loc, &Tensor::from_slice(&[1.625f32, 0.]), 1e-6), "{loc}");
 }
+
+#[test]
+fn vgg16_variables_carry_torchvision_names_and_shapes() {
+    use ohem_harness::model::{Backbone, FastRcnn, ModelConfig};
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _m = FastRcnn::new(&vs.root(), &ModelConfig { backbone: Backbone::Vgg16, ..Default::default() }, 20);
+    let vars = vs.variables();
+    // torchvision's vgg16 state_dict: conv layers at these indices of `features`, fc6/fc7 at classifier.0/.3
+    let convs: [(usize, i64, i64); 13] = [(0, 64, 3), (2, 64, 64), (5, 128, 64), (7, 128, 128), (10, 256, 128), (12, 256, 256), (14, 256, 256), (17, 512, 256), (19, 512, 512), (21, 512, 512), (24, 512, 512), (26, 512, 512), (28, 512, 512)];
+    for (i, cout, cin) in convs {
+        assert_eq!(vars[&format!("features.{i}.weight")].size(), vec![cout, cin, 3, 3]);
+        assert_eq!(vars[&format!("features.{i}.bias")].size(), vec![cout]);
+    }
+    assert_eq!(vars["classifier.0.weight"].size(), vec![4096, 25088]);
+    assert_eq!(vars["classifier.3.weight"].size(), vec![4096, 4096]);
+    assert_eq!(vars["cls_score.weight"].size(), vec![21, 4096]);
+    assert_eq!(vars["bbox_pred.weight"].size(), vec![80, 4096]);
+    assert_eq!(vars.len(), 13 * 2 + 4 * 2);
+}
+
+#[test]
+fn weights_load_by_name_and_frozen_layers_stay_fixed() {
+    use ohem_harness::model::{Backbone, FastRcnn, ModelConfig};
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("w.safetensors");
+    // a "pretrained" file holding only the backbone, as the vgg16 converter writes (here: small)
+    let src = tch::nn::VarStore::new(tch::Device::Cpu);
+    let _ = FastRcnn::new(&src.root(), &ModelConfig::default(), 3);
+    let named: Vec<(String, Tensor)> = src.variables().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
+    Tensor::write_safetensors(&named, &file).unwrap();
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let cfg = ModelConfig { weights: Some(file.clone()), ..Default::default() };
+    let m = FastRcnn::new(&vs.root(), &cfg, 3);
+    m.load_and_freeze(&mut vs).unwrap();
+    for (n, t) in &named {
+        assert!(close(&vs.variables()[n], t, 0.0), "{n} not loaded");
+    }
+    // a file with none of the model's variables is an error that names it
+    let junk = t.path().join("junk.safetensors");
+    Tensor::write_safetensors(&[("nothing", Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)))], &junk).unwrap();
+    let mut vs2 = tch::nn::VarStore::new(tch::Device::Cpu);
+    let m2 = FastRcnn::new(&vs2.root(), &ModelConfig { weights: Some(junk.clone()), ..Default::default() }, 3);
+    let err = format!("{:#}", m2.load_and_freeze(&mut vs2).unwrap_err());
+    assert!(err.contains("junk.safetensors"), "{err}");
+    // vgg16 freezes conv1_x and conv2_x
+    let vs3 = tch::nn::VarStore::new(tch::Device::Cpu);
+    let mut vs3 = vs3;
+    let m3 = FastRcnn::new(&vs3.root(), &ModelConfig { backbone: Backbone::Vgg16, fc_dim: Some(8), ..Default::default() }, 2);
+    m3.load_and_freeze(&mut vs3).unwrap();
+    let v = vs3.variables();
+    assert!(!v["features.0.weight"].requires_grad() && !v["features.7.bias"].requires_grad());
+    assert!(v["features.10.weight"].requires_grad() && v["cls_score.weight"].requires_grad());
+}

@@ -122,20 +122,29 @@ pub struct SolverConfig {
     /// Epochs (1-based) after which the learning rate is multiplied by `gamma`.
     pub lr_steps: Vec<usize>,
     pub gamma: f64,
+    /// Linear warm-up: the learning rate rises from lr/10 to lr over this many first iterations.
+    pub warmup_iters: usize,
     /// Checkpoints kept in the run directory.
     pub keep_checkpoints: usize,
 }
 
 impl Default for SolverConfig {
     fn default() -> Self {
-        SolverConfig { epochs: 8, images_per_batch: 2, iters_per_epoch: None, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![6], gamma: 0.1, keep_checkpoints: 2 }
+        SolverConfig { epochs: 8, images_per_batch: 2, iters_per_epoch: None, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![6], gamma: 0.1, warmup_iters: 0, keep_checkpoints: 2 }
     }
 }
 
 impl SolverConfig {
-    /// Learning rate during `epoch` (0-based): a step schedule.
-    pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.lr * self.gamma.powi(self.lr_steps.iter().filter(|&&s| epoch >= s).count() as i32)
+    /// Learning rate at `iteration` (0-based, since the start) of `epoch` (0-based):
+    /// a step schedule, with a linear warm-up from lr/10 over the first `warmup_iters`.
+    pub fn lr_at(&self, epoch: usize, iteration: usize) -> f64 {
+        let lr = self.lr * self.gamma.powi(self.lr_steps.iter().filter(|&&s| epoch >= s).count() as i32);
+        if iteration < self.warmup_iters {
+            let f = iteration as f64 / self.warmup_iters as f64;
+            lr * (0.1 + 0.9 * f)
+        } else {
+            lr
+        }
     }
 }
 

@@ -325,7 +325,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut wall = rows.last().map(|r| r.wall_s).unwrap_or(0.0);
     for epoch in start_epoch..cfg.train.epochs {
         let t_epoch = Instant::now();
-        let lr = cfg.train.lr_at(epoch);
+        let lr_epoch = cfg.train.lr_at(epoch, usize::MAX);
         // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
         tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
@@ -344,7 +344,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             }
             let idx: Vec<usize> = (0..n_img).map(|j| order[(it * n_img + j) % order.len()]).collect();
             let prepared: Vec<batch::Prepared> = idx.iter().map(|&i| prepare(&train_set, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), device)).collect();
-            let out = train_step(&model, &mut opt, lr, sampler.as_mut(), &prepared, cfg, device)
+            let out = train_step(&model, &mut opt, cfg.train.lr_at(epoch, at.iteration), sampler.as_mut(), &prepared, cfg, device)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.iterations += 1;
             st.loss_cls += out.loss_cls;
@@ -400,7 +400,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             sel_loss: st.sel_loss_sum / st.rois.max(1.0),
             all_loss: (st.all_rois > 0.0).then(|| st.all_loss_sum / st.all_rois),
             cache_size: st.cache_size,
-            lr,
+            lr: lr_epoch,
             map_voc07: map07,
             map_voc10: map10,
         });
