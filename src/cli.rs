@@ -124,6 +124,8 @@ pub enum BenchWhat {
     Eval,
     /// ms per training iteration split by stage, peak memory, RoI pooling vs the per-RoI reference.
     Train,
+    /// s per iteration of each sampler (fixed-ratio, OHEM read-only and masked, all RoIs), HNM mining time.
+    Samplers,
     All,
 }
 
@@ -220,6 +222,9 @@ pub fn run() -> Result<()> {
             }
             if matches!(what, BenchWhat::Train | BenchWhat::All) {
                 crate::bench::train(iters, vgg16)?;
+            }
+            if matches!(what, BenchWhat::Samplers | BenchWhat::All) {
+                crate::bench::samplers(iters)?;
             }
         }
     }

@@ -88,3 +88,233 @@ fn fixed_ratio_config_rejects_bad_values() {
     }
     FixedRatioConfig::default().check().unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// OHEM
+
+use ohem_harness::boxes::{nms, BBox};
+use ohem_harness::sampler::hnm::{CachePolicy, FpRule, HnmState};
+use ohem_harness::sampler::ohem::{select_hard, OhemImpl};
+use ohem_harness::sampler::{Backprop, Hnm, HnmConfig, Ohem, OhemConfig, Progress, RoiLosses, SamplerConfig};
+
+fn random_boxes(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<BBox> {
+    (0..n)
+        .map(|_| {
+            let (x, y) = (rng.random_range(0..80) as f32, rng.random_range(0..80) as f32);
+            [x, y, x + rng.random_range(4..40) as f32, y + rng.random_range(4..40) as f32]
+        })
+        .collect()
+}
+
+/// Brute force: full greedy NMS (per label when asked) over all RoIs by loss, then the k hardest survivors.
+fn reference_hard(boxes: &[BBox], loss: &[f32], labels: &[i64], k: usize, t: Option<f64>, per_label: bool) -> Vec<usize> {
+    let mut kept: Vec<usize> = match (t, per_label) {
+        (None, _) => (0..boxes.len()).collect(),
+        (Some(t), false) => nms(boxes, loss, t as f32),
+        (Some(t), true) => {
+            let mut all = Vec::new();
+            let mut ls: Vec<i64> = labels.to_vec();
+            ls.sort();
+            ls.dedup();
+            for l in ls {
+                let idx: Vec<usize> = (0..boxes.len()).filter(|&i| labels[i] == l).collect();
+                let b: Vec<BBox> = idx.iter().map(|&i| boxes[i]).collect();
+                let s: Vec<f32> = idx.iter().map(|&i| loss[i]).collect();
+                all.extend(nms(&b, &s, t as f32).into_iter().map(|j| idx[j]));
+            }
+            all
+        }
+    };
+    kept.sort_by(|&i, &j| loss[j].total_cmp(&loss[i]).then(i.cmp(&j)));
+    kept.truncate(k);
+    kept
+}
+
+#[test]
+fn ohem_picks_the_hardest_survivors_of_nms() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    for trial in 0..60 {
+        let n = rng.random_range(1..300);
+        let boxes = random_boxes(&mut rng, n);
+        // coarse losses, so that ties occur
+        let loss: Vec<f32> = (0..n).map(|_| rng.random_range(0..50) as f32 / 10.0).collect();
+        let labels: Vec<i64> = (0..n).map(|_| rng.random_range(0..3)).collect();
+        let k = [1, 16, 64, 500][trial % 4];
+        for t in [None, Some(0.5), Some(0.7)] {
+            for per_label in [false, true] {
+                let got = select_hard(&boxes, &loss, &labels, k, t, per_label);
+                assert_eq!(got, reference_hard(&boxes, &loss, &labels, k, t, per_label), "trial {trial} t {t:?} per_label {per_label}");
+                assert!(got.len() <= k);
+            }
+        }
+    }
+}
+
+#[test]
+fn ohem_sampler_selects_at_most_b_over_n_without_repeats_and_clamps() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let mut s = Ohem::new(OhemConfig::default());
+    assert!(s.needs_roi_losses() && s.backprop() == Backprop::Selected);
+    assert_eq!(Ohem::new(OhemConfig { implementation: OhemImpl::Masked, ..Default::default() }).backprop(), Backprop::MaskedAll);
+    for n in [10usize, 300] {
+        let boxes = random_boxes(&mut rng, n);
+        let iou: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+        let mut r = rois_with_iou(&iou);
+        r.rois = Tensor::from_slice(&boxes.concat()).view([n as i64, 4]);
+        let cls = Tensor::rand([n as i64], (Kind::Float, tch::Device::Cpu));
+        let loc = Tensor::rand([n as i64], (Kind::Float, tch::Device::Cpu)) * r.labels.gt(0).to_kind(Kind::Float);
+        let sel: Vec<i64> = Vec::try_from(&s.select(&r, Some(&RoiLosses { cls: cls.shallow_clone(), loc: loc.shallow_clone() }), 64)).unwrap();
+        let mut u = sel.clone();
+        u.sort();
+        u.dedup();
+        assert_eq!(u.len(), sel.len());
+        assert!(sel.len() <= 64);
+        // cls+loc is the ranking loss, bg_lo = 0: RoIs of any IoU are eligible
+        let total: Vec<f32> = Vec::try_from(&(&cls + &loc)).unwrap();
+        let labels: Vec<i64> = Vec::try_from(&r.labels).unwrap();
+        let want = select_hard(&boxes, &total, &labels, 64, Some(0.7), false);
+        assert_eq!(sel, want.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        if n == 10 {
+            assert_eq!(sel.len(), select_hard(&boxes, &total, &labels, 10, Some(0.7), false).len(), "fewer RoIs than B/N: all that survive NMS");
+        }
+    }
+}
+
+#[test]
+fn sampler_configs_reject_bad_values() {
+    let bad: Vec<(SamplerConfig, &str)> = vec![
+        (SamplerConfig::Ohem(OhemConfig { nms_iou: Some(0.0), ..Default::default() }), "sampler.nms_iou = 0"),
+        (SamplerConfig::Ohem(OhemConfig { nms_iou: Some(1.5), ..Default::default() }), "sampler.nms_iou = 1.5"),
+        (SamplerConfig::Hnm(HnmConfig { pos_fraction: 0.5, hard_fraction: 0.5, random_fraction: 0.25, ..Default::default() }), "exceeds 1"),
+        (SamplerConfig::Hnm(HnmConfig { mine_every_iters: Some(10), ..Default::default() }), "exactly one of"),
+        (SamplerConfig::Hnm(HnmConfig { mine_every_epochs: Some(0), ..Default::default() }), "at least 1"),
+    ];
+    for (cfg, want) in bad {
+        let err = cfg.check().unwrap_err().to_string();
+        assert!(err.contains(want), "{err:?} lacks {want:?}");
+    }
+    SamplerConfig::Ohem(OhemConfig { nms_iou: None, ..Default::default() }).check().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Offline hard-negative mining
+
+#[test]
+fn hnm_quotas_with_a_cache_and_fixed_ratio_before_mining() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    tch::manual_seed(8);
+    let cfg = HnmConfig::default();
+    let mut s = Hnm::new(cfg.clone());
+    let iou: Vec<f32> = (0..400).map(|_| if rng.random::<f32>() < 0.2 { rng.random_range(0.5..1.0) } else { rng.random_range(0.0..0.5) }).collect();
+    let r = rois_with_iou(&iou);
+    // before mining: fixed ratio (fg up to 16, the rest background)
+    let sel: Vec<i64> = Vec::try_from(&s.select(&r, None, 64)).unwrap();
+    assert_eq!(sel.len(), 64);
+    assert_eq!(sel.iter().filter(|&&i| iou[i as usize] >= 0.5).count(), 16);
+
+    // with a cache of 10 hard negatives: all 10 used (quota 32), randoms fill up to 64 - 16 - 10
+    let bg: Vec<i64> = (0..400).filter(|&i| iou[i as usize] < 0.5).map(|i| i as i64).collect();
+    let cached: Vec<i64> = bg[..10].to_vec();
+    s.state = HnmState { rounds: 1, cache: vec![cached.clone()] };
+    let sel: Vec<i64> = Vec::try_from(&s.select(&r, None, 64)).unwrap();
+    let mut u = sel.clone();
+    u.sort();
+    u.dedup();
+    assert_eq!(u.len(), sel.len(), "an index twice");
+    let n_fg = sel.iter().filter(|&&i| iou[i as usize] >= 0.5).count();
+    let n_hard = sel.iter().filter(|i| cached.contains(i)).count();
+    assert_eq!((n_fg, n_hard, sel.len()), (16, 10, 64));
+
+    // with a big cache: hard negatives capped at half the batch, random ones at a quarter
+    s.state = HnmState { rounds: 1, cache: vec![bg[..200].to_vec()] };
+    let sel: Vec<i64> = Vec::try_from(&s.select(&r, None, 64)).unwrap();
+    let n_hard = sel.iter().filter(|i| bg[..200].contains(i)).count();
+    assert!(n_hard >= 32 && sel.len() == 64, "{n_hard} hard of {}", sel.len());
+}
+
+#[test]
+fn hnm_mines_on_schedule() {
+    struct Count(usize);
+    impl ohem_harness::sampler::Miner for Count {
+        fn score_training_set(&mut self) -> anyhow::Result<Vec<ohem_harness::sampler::ImageScores>> {
+            self.0 += 1;
+            Ok(Vec::new())
+        }
+    }
+    let at = |epoch, iter_in_epoch, iteration| Progress { epoch, iter_in_epoch, iteration };
+    let mut m = Count(0);
+    let mut s = Hnm::new(HnmConfig { mine_every_epochs: Some(2), ..Default::default() });
+    for (e, i, it) in [(0, 0, 0), (1, 0, 10), (2, 0, 20), (2, 1, 21), (3, 0, 30), (4, 0, 40)] {
+        s.before_iteration(at(e, i, it), &mut m).unwrap();
+    }
+    assert_eq!(m.0, 2, "epochs 2 and 4");
+    let mut m = Count(0);
+    let mut s = Hnm::new(HnmConfig { mine_every_epochs: None, mine_every_iters: Some(5), ..Default::default() });
+    for it in 0..16 {
+        s.before_iteration(at(0, it, it), &mut m).unwrap();
+    }
+    assert_eq!(m.0, 3, "iterations 5, 10, 15");
+}
+
+/// The cache holds exactly the false positives of the frozen model: checked
+/// against a slow path that scores each proposal alone and computes IoU in Rust.
+#[test]
+fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
+    use ohem_harness::boxes::iou;
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::sampler::Miner;
+    use ohem_harness::trainer::{batch, load_split, FrozenScorer, TrainConfig};
+
+    let t = tempfile::tempdir().unwrap();
+    let mut cfg = TrainConfig::load(&crate::util::tiny_config(t.path(), "sampler:\n  kind: hnm\n"), &[]).unwrap();
+    cfg.input.flip = false;
+    let ds = Dataset::open(&cfg.dataset.root).unwrap();
+    let mut store = load_split(&ds, &cfg, "trainval", None, &crate::util::test_opts()).unwrap();
+    store.keep_where(|a| a.id == "000002" || a.id == "000005");
+    tch::manual_seed(0);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+    let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device: tch::Device::Cpu }.score_training_set().unwrap();
+
+    // Slow path: every proposal alone through the head; IoU with non-difficult ground truth in Rust.
+    let mut slow: Vec<Vec<(usize, f32)>> = Vec::new(); // (proposal, fg score) of background proposals
+    for i in 0..store.len() {
+        let p = batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu);
+        let feats = tch::no_grad(|| model.features(&p.image.unsqueeze(0), false));
+        let props: Vec<f32> = Vec::try_from(p.proposals.flatten(0, -1)).unwrap();
+        let gts: Vec<f32> = Vec::try_from(p.gt.flatten(0, -1)).unwrap();
+        let mut bg = Vec::new();
+        for (j, b) in props.chunks(4).enumerate() {
+            let b: BBox = [b[0], b[1], b[2], b[3]];
+            let best = gts.chunks(4).map(|g| iou(&b, &[g[0], g[1], g[2], g[3]])).fold(0.0f32, f32::max);
+            if best >= 0.5 {
+                continue;
+            }
+            let roi = Tensor::from_slice(&[0.0, b[0], b[1], b[2], b[3]]).view([1, 5]);
+            let (logits, _) = tch::no_grad(|| model.head(&feats, &roi, false));
+            let fg: f32 = logits.softmax(-1, Kind::Float).narrow(1, 1, ds.classes.len() as i64).max().double_value(&[]) as f32;
+            bg.push((j, fg));
+        }
+        slow.push(bg);
+    }
+    // A threshold in the widest gap between fg scores near the middle, so float noise cannot flip a RoI.
+    let mut all: Vec<f32> = slow.iter().flatten().map(|x| x.1).collect();
+    all.sort_by(f32::total_cmp);
+    let mid = all.len() / 2;
+    let (lo, hi) = (mid.saturating_sub(all.len() / 4), (mid + all.len() / 4).min(all.len() - 1));
+    let g = (lo..hi).max_by(|&a, &b| (all[a + 1] - all[a]).total_cmp(&(all[b + 1] - all[b]))).unwrap();
+    let thresh = (all[g] + all[g + 1]) / 2.0;
+
+    let mut hnm = Hnm::new(HnmConfig { fp_rule: FpRule::Score, fp_score_thresh: thresh as f64, cache: CachePolicy::Replace, cache_cap_per_image: 100_000, ..Default::default() });
+    hnm.update_cache(&scores);
+    for (i, bg) in slow.iter().enumerate() {
+        let mut want: Vec<i64> = bg.iter().filter(|x| x.1 >= thresh).map(|x| x.0 as i64).collect();
+        let mut got = hnm.state.cache[i].clone();
+        want.sort();
+        got.sort();
+        assert!(!want.is_empty() && want.len() < bg.len(), "the threshold should split the background");
+        assert_eq!(got, want, "image {i}");
+    }
+    assert_eq!(hnm.cache_size(), slow.iter().flatten().filter(|x| x.1 >= thresh).count());
+}

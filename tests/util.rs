@@ -64,3 +64,11 @@ pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
 pub fn test_opts() -> ohem_harness::trainer::TrainOptions {
     ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()) }
 }
+
+/// libtorch's CPU random generator is global to the process; tests whose
+/// outcome depends on seeding it hold this lock so parallel tests cannot draw
+/// from it in between.
+pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -66,8 +66,4 @@ impl Sampler for FixedRatio {
         let bg = sample_where(&bg_mask, per_image - fg.size()[0]);
         Tensor::cat(&[fg, bg], 0).to_kind(Kind::Int64)
     }
-
-    fn bg_lo(&self) -> f64 {
-        self.cfg.bg_thresh_lo
-    }
 }

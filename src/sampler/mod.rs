@@ -14,14 +14,20 @@
 //! Samplers are built from the serde-tagged [`SamplerConfig`]; adding one is a
 //! file, a variant and a match arm.
 
+pub mod all;
 pub mod fixed_ratio;
+pub mod hnm;
+pub mod ohem;
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::model::box_coder;
 
+pub use all::{AllConfig, AllRois};
 pub use fixed_ratio::{FixedRatio, FixedRatioConfig};
+pub use hnm::{Hnm, HnmConfig};
+pub use ohem::{Ohem, OhemConfig};
 
 /// The RoIs of one training image, assigned to its ground truth.
 /// The first `n_proposals` rows are the image's proposals, in proposal-file
@@ -111,7 +117,6 @@ pub trait Miner {
 #[derive(Debug, Clone, Default)]
 pub struct MiningReport {
     pub seconds: f64,
-    pub cache_size: usize,
 }
 
 /// Chooses the RoIs to train on.
@@ -134,8 +139,19 @@ pub trait Sampler {
         Ok(None)
     }
 
-    /// The lowest IoU a background RoI may have; the trainer uses it only for diagnostics.
-    fn bg_lo(&self) -> f64;
+    /// Entries in a hard-example cache, for the logs (0 without one).
+    fn cache_size(&self) -> usize {
+        0
+    }
+
+    /// State to checkpoint with the weights (e.g. a mined cache), so a resumed run continues exactly.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    fn restore(&mut self, _state: serde_json::Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The `sampler:` section of a config, tagged by `kind`.
@@ -144,6 +160,12 @@ pub trait Sampler {
 pub enum SamplerConfig {
     /// Fast R-CNN's fixed-ratio sampler.
     FixedRatio(FixedRatioConfig),
+    /// Offline hard-negative mining.
+    Hnm(HnmConfig),
+    /// Online hard example mining (read-only or masked).
+    Ohem(OhemConfig),
+    /// Every RoI, up to B/N per image.
+    All(AllConfig),
 }
 
 impl Default for SamplerConfig {
@@ -157,6 +179,9 @@ impl SamplerConfig {
     pub fn batch_size(&self) -> i64 {
         match self {
             SamplerConfig::FixedRatio(c) => c.batch_size,
+            SamplerConfig::Hnm(c) => c.batch_size,
+            SamplerConfig::Ohem(c) => c.batch_size,
+            SamplerConfig::All(c) => c.batch_size,
         }
     }
 
@@ -164,20 +189,38 @@ impl SamplerConfig {
     pub fn fg_thresh(&self) -> f64 {
         match self {
             SamplerConfig::FixedRatio(c) => c.fg_thresh,
+            SamplerConfig::Hnm(c) => c.fg_thresh,
+            SamplerConfig::Ohem(c) => c.fg_thresh,
+            SamplerConfig::All(c) => c.fg_thresh,
         }
     }
 
     pub fn check(&self) -> Result<()> {
         match self {
             SamplerConfig::FixedRatio(c) => c.check(),
+            SamplerConfig::Hnm(c) => c.check(),
+            SamplerConfig::Ohem(c) => c.check(),
+            SamplerConfig::All(c) => c.check(),
         }
     }
 
     pub fn build(&self) -> Box<dyn Sampler> {
         match self {
             SamplerConfig::FixedRatio(c) => Box::new(FixedRatio::new(c.clone())),
+            SamplerConfig::Hnm(c) => Box::new(Hnm::new(c.clone())),
+            SamplerConfig::Ohem(c) => Box::new(Ohem::new(c.clone())),
+            SamplerConfig::All(c) => Box::new(AllRois::new(c.clone())),
         }
     }
+}
+
+/// A tensor's values on the host, flattened.
+pub(crate) fn host<T>(t: &Tensor) -> Vec<T>
+where
+    Vec<T>: TryFrom<Tensor>,
+    <Vec<T> as TryFrom<Tensor>>::Error: std::fmt::Debug,
+{
+    Vec::try_from(t.to_device(tch::Device::Cpu).flatten(0, -1)).expect("tensor to host")
 }
 
 /// Up to `k` indices, chosen uniformly without replacement, where `mask` is true.

@@ -30,14 +30,19 @@ fn to_tensor(boxes: &[BBox]) -> Tensor {
 
 impl ImageStore {
     pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>) -> Result<Self> {
-        let images: Vec<Tensor> = anns
-            .par_iter()
-            .map(|a| -> Result<Tensor> {
-                let img = ds.load_image(a)?;
+        let images: Vec<image::RgbImage> = anns.par_iter().map(|a| ds.load_image(a)).collect::<Result<_, _>>()?;
+        Ok(Self::from_parts(anns, &images, &proposals))
+    }
+
+    /// A store from decoded images and their proposals (VOC 1-based boxes).
+    pub fn from_parts(anns: Vec<Annotation>, images: &[image::RgbImage], proposals: &[Vec<BBox>]) -> Self {
+        let images = images
+            .iter()
+            .map(|img| {
                 let (w, h) = (img.width() as i64, img.height() as i64);
-                Ok(Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous())
+                Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous()
             })
-            .collect::<Result<_>>()?;
+            .collect();
         let proposals = proposals.iter().map(|p| to_tensor(p)).collect();
         let gt = anns
             .iter()
@@ -48,7 +53,7 @@ impl ImageStore {
                 (to_tensor(&boxes), Tensor::from_slice(&labels))
             })
             .collect();
-        Ok(ImageStore { anns, images, proposals, gt })
+        ImageStore { anns, images, proposals, gt }
     }
 
     /// Keeps the images whose annotation passes `keep`; returns how many were dropped.

@@ -105,7 +105,7 @@ fn checkpoint_path(run_dir: &Path, epoch: usize) -> PathBuf {
 }
 
 /// Loads a split's annotations and proposals (from the cache, selective search or a file).
-fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Path>, opts: &TrainOptions) -> Result<ImageStore> {
+pub fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Path>, opts: &TrainOptions) -> Result<ImageStore> {
     let anns = ds.load_split(split)?;
     if anns.is_empty() {
         bail!("split {split:?} of {} is empty", ds.root.display());
@@ -120,12 +120,13 @@ fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Path>,
     ImageStore::load(ds, anns, props)
 }
 
-/// Scores the training set with the current (frozen) model, for offline mining.
-struct FrozenScorer<'a> {
-    model: &'a FastRcnn,
-    store: &'a ImageStore,
-    cfg: &'a TrainConfig,
-    device: Device,
+/// Scores the training set with the current (frozen) model, for offline mining:
+/// eval mode, no gradient, every proposal of every image, no flip.
+pub struct FrozenScorer<'a> {
+    pub model: &'a FastRcnn,
+    pub store: &'a ImageStore,
+    pub cfg: &'a TrainConfig,
+    pub device: Device,
 }
 
 impl Miner for FrozenScorer<'_> {
@@ -163,26 +164,38 @@ struct EpochStats {
     all_loss_sum: f64,
     all_rois: f64,
     mine_s: f64,
-    cache_size: usize,
 }
 
 /// Result of one training iteration.
-struct IterOut {
-    loss_cls: f64,
-    loss_bbox: f64,
-    rois: i64,
-    fg: i64,
-    sel_loss_sum: f64,
-    /// (sum, count) over all RoIs, when the read-only pass ran.
-    all_loss: Option<(f64, i64)>,
+pub struct IterOut {
+    pub loss_cls: f64,
+    pub loss_bbox: f64,
+    /// RoIs backpropagated, and the foreground among them.
+    pub rois: i64,
+    pub fg: i64,
+    pub sel_loss_sum: f64,
+    /// (sum, count) of per-RoI losses over all RoIs, when they were computed.
+    pub all_loss: Option<(f64, i64)>,
 }
 
 fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
-/// One SGD iteration on `batch`.
-fn train_step(
+/// Splits per-RoI losses `[ΣR]` into the images' pieces.
+fn split_losses(cls: &Tensor, loc: &Tensor, sizes: &[i64]) -> Vec<RoiLosses> {
+    cls.split_with_sizes(sizes, 0).into_iter().zip(loc.split_with_sizes(sizes, 0)).map(|(cls, loc)| RoiLosses { cls, loc }).collect()
+}
+
+/// One SGD iteration on `batch` (public for the tests and the bench).
+///
+/// `Backprop::Selected`: if the sampler ranks by loss, a read-only forward of
+/// the head over all RoIs (no gradient, features detached) gives the losses;
+/// only the selected RoIs then go through the head with gradients.
+/// `Backprop::MaskedAll`: all RoIs go through the head with gradients; the
+/// sampler ranks by those same losses (detached), and the loss of unselected
+/// RoIs is multiplied by zero. Both normalise by the number selected.
+pub fn train_step(
     model: &FastRcnn,
     opt: &mut sgd::Sgd,
     lr: f64,
@@ -205,70 +218,71 @@ fn train_step(
             sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
         })
         .collect();
+    let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
     let with_batch = |b: usize, rois: &Tensor| Tensor::cat(&[Tensor::full([rois.size()[0], 1], b as f64, (Kind::Float, device)), rois.shallow_clone()], 1);
     let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| with_batch(b, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
     let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
     let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
 
-    // Read-only forward over all RoIs (no gradient, features detached), when the sampler ranks by loss.
-    let ro_losses: Option<Vec<RoiLosses>> = sampler.needs_roi_losses().then(|| {
-        tch::no_grad(|| {
-            let (logits, deltas) = model.head(&feats.detach(), &all_rois, false);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-            let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
-            cls.split_with_sizes(&sizes, 0).into_iter().zip(loc.split_with_sizes(&sizes, 0)).map(|(cls, loc)| RoiLosses { cls, loc }).collect()
-        })
-    });
-
     // Selection, as offsets into the concatenated RoIs.
-    let mut offset = 0i64;
-    let mut picked = Vec::with_capacity(batch.len());
-    for (b, a) in assigned.iter().enumerate() {
-        let sel = sampler.select(a, ro_losses.as_ref().map(|l| &l[b]), per_image); // [k]
-        picked.push(sel + offset);
-        offset += a.rois.size()[0];
-    }
-    let sel = Tensor::cat(&picked, 0); // [S]
-    let n_sel = sel.size()[0];
-    if n_sel == 0 {
-        bail!("the sampler selected no RoI in a minibatch (images {:?})", batch.iter().map(|p| p.index).collect::<Vec<_>>());
-    }
-    let sel_labels = all_labels.index_select(0, &sel);
+    let (mode, needs_losses) = (sampler.backprop(), sampler.needs_roi_losses());
+    let mut select = |losses: Option<&[RoiLosses]>| -> Tensor {
+        let mut offset = 0i64;
+        let mut picked = Vec::with_capacity(batch.len());
+        for (b, a) in assigned.iter().enumerate() {
+            picked.push(sampler.select(a, losses.map(|l| &l[b]), per_image) + offset);
+            offset += sizes[b];
+        }
+        Tensor::cat(&picked, 0) // [S]
+    };
 
-    let (cls, loc, sel_cls, sel_loc) = match sampler.backprop() {
+    let (cls, loc, sel, ranked): (Tensor, Tensor, Tensor, Option<Vec<RoiLosses>>) = match mode {
         Backprop::Selected => {
+            let ranked = needs_losses.then(|| {
+                tch::no_grad(|| {
+                    let (logits, deltas) = model.head(&feats.detach(), &all_rois, false);
+                    let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+                    split_losses(&cls, &loc, &sizes)
+                })
+            });
+            let sel = select(ranked.as_deref());
             let (logits, deltas) = model.head(&feats, &all_rois.index_select(0, &sel), true);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &sel_labels, &all_targets.index_select(0, &sel), k);
-            (cls.shallow_clone(), loc.shallow_clone(), cls, loc)
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels.index_select(0, &sel), &all_targets.index_select(0, &sel), k);
+            (cls, loc, sel, ranked)
         }
         Backprop::MaskedAll => {
             let (logits, deltas) = model.head(&feats, &all_rois, true);
             let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+            let ranked = split_losses(&cls.detach(), &loc.detach(), &sizes);
+            let sel = select(Some(&ranked));
             let mask = Tensor::zeros_like(&cls).index_fill(0, &sel, 1.0);
-            let (sc, sl) = (cls.index_select(0, &sel), loc.index_select(0, &sel));
-            (cls * &mask, loc * mask, sc, sl)
+            (cls * &mask, loc * mask, sel, Some(ranked))
         }
     };
+    let n_sel = sel.size()[0];
+    if n_sel == 0 {
+        bail!("the sampler selected no RoI in a minibatch (images {:?})", batch.iter().map(|p| p.index).collect::<Vec<_>>());
+    }
     let loss_cls = cls.sum(Kind::Float) / n_sel as f64;
     let loss_bbox = loc.sum(Kind::Float) / n_sel as f64;
-    let loss = &loss_cls + &loss_bbox;
-    loss.backward();
+    (&loss_cls + &loss_bbox).backward();
     opt.step(lr);
 
-    let lc = scalar(&loss_cls);
-    if !lc.is_finite() || !scalar(&loss_bbox).is_finite() {
-        bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {})", scalar(&loss_bbox));
+    let (lc, lb) = (scalar(&loss_cls), scalar(&loss_bbox));
+    if !lc.is_finite() || !lb.is_finite() {
+        bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {lb})");
     }
-    let all_loss = ro_losses.map(|ls| {
+    let all_loss = ranked.map(|ls| {
         let s: f64 = ls.iter().map(|l| scalar(&(&l.cls + &l.loc).sum(Kind::Float))).sum();
-        (s, ls.iter().map(|l| l.cls.size()[0]).sum())
+        (s, sizes.iter().sum())
     });
     Ok(IterOut {
         loss_cls: lc,
-        loss_bbox: scalar(&loss_bbox),
+        loss_bbox: lb,
         rois: n_sel,
-        fg: scalar(&sel_labels.gt(0).sum(Kind::Int64)) as i64,
-        sel_loss_sum: scalar(&(sel_cls + sel_loc).sum(Kind::Float)),
+        fg: scalar(&all_labels.index_select(0, &sel).gt(0).sum(Kind::Int64)) as i64,
+        // per-RoI loss (cls + loc) of the selected RoIs; in masked mode the others are zero
+        sel_loss_sum: scalar(&(cls + loc).sum(Kind::Float).detach()),
         all_loss,
     })
 }
@@ -319,6 +333,13 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         opt.load(&ck.with_extension("sgd.safetensors"))?;
     }
     let mut sampler = cfg.sampler.build();
+    if start_epoch > 0 {
+        let sp = checkpoint_path(run_dir, start_epoch).with_extension("sampler.json");
+        if sp.exists() {
+            let text = std::fs::read_to_string(&sp).with_context(|| format!("reading {}", sp.display()))?;
+            sampler.restore(serde_json::from_str(&text).with_context(|| format!("parsing {}", sp.display()))?)?;
+        }
+    }
 
     let n_img = cfg.train.images_per_batch;
     let iters = train_set.len().div_ceil(n_img).min(cfg.train.iters_per_epoch.unwrap_or(usize::MAX));
@@ -340,7 +361,6 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             let mut scorer = FrozenScorer { model: &model, store: &train_set, cfg, device };
             if let Some(rep) = sampler.before_iteration(at, &mut scorer)? {
                 st.mine_s += rep.seconds;
-                st.cache_size = rep.cache_size;
             }
             let idx: Vec<usize> = (0..n_img).map(|j| order[(it * n_img + j) % order.len()]).collect();
             let prepared: Vec<batch::Prepared> = idx.iter().map(|&i| prepare(&train_set, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), device)).collect();
@@ -364,7 +384,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
 
         let ck = checkpoint_path(run_dir, epoch + 1);
         std::fs::create_dir_all(ck.parent().expect("has parent"))?;
-        // optimizer state first, weights last: the weights file marks a complete checkpoint
+        // optimizer and sampler state first, weights last: the weights file marks a complete checkpoint
+        let state = sampler.state();
+        if !state.is_null() {
+            crate::data::voc::write_file(&ck.with_extension("sampler.json"), serde_json::to_string(&state)?.as_bytes())?;
+        }
         let sgd_ck = ck.with_extension("sgd.safetensors");
         opt.save(&sgd_ck.with_extension("tmp"))?;
         std::fs::rename(sgd_ck.with_extension("tmp"), &sgd_ck)?;
@@ -399,7 +423,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             fg_fraction: st.fg / st.rois.max(1.0),
             sel_loss: st.sel_loss_sum / st.rois.max(1.0),
             all_loss: (st.all_rois > 0.0).then(|| st.all_loss_sum / st.all_rois),
-            cache_size: st.cache_size,
+            cache_size: sampler.cache_size(),
             lr: lr_epoch,
             map_voc07: map07,
             map_voc10: map10,
@@ -409,6 +433,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         for old in 1..=(epoch + 1).saturating_sub(cfg.train.keep_checkpoints) {
             let _ = std::fs::remove_file(checkpoint_path(run_dir, old));
             let _ = std::fs::remove_file(checkpoint_path(run_dir, old).with_extension("sgd.safetensors"));
+            let _ = std::fs::remove_file(checkpoint_path(run_dir, old).with_extension("sampler.json"));
         }
         if opts.progress {
             let r = rows.last().expect("just pushed");

@@ -1,0 +1,235 @@
+//! Offline hard-negative mining (bootstrapping, as in R-CNN / DPM).
+//!
+//! Training runs on minibatches of fixed ratios: up to `pos_fraction` of B/N
+//! foreground RoIs, up to `hard_fraction` hard negatives drawn from a cache,
+//! and random background RoIs (IoU in `[bg_thresh_lo, bg_thresh_hi)`) for
+//! `random_fraction` plus whatever the hard quota left unfilled. Every
+//! `mine_every_epochs` epochs (or `mine_every_iters` iterations) training
+//! stops, the model is frozen and every training image's proposals are scored
+//! (a full forward under `no_grad`), and the cache is rebuilt from the false
+//! positives:
+//! - `fp_rule: score`: background RoIs whose highest foreground probability is
+//!   at least `fp_score_thresh`;
+//! - `fp_rule: topk`: the `fp_topk` background RoIs of highest loss per image.
+//!
+//! `cache: replace` keeps only the new false positives; `accumulate` also keeps
+//! old entries the current model still gets wrong (under `score`: still above
+//! the threshold; under `topk`: at least as hard as the k-th new one), so easy
+//! negatives are dropped either way. Each image keeps at most
+//! `cache_cap_per_image` entries, the hardest first. Before the first mining
+//! round the sampler is the fixed-ratio one. The trainer logs the mining time
+//! apart from the training time: the stall is what is being measured.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+use super::{host, sample_where, ImageRois, Miner, MiningReport, Progress, RoiLosses, Sampler};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FpRule {
+    Score,
+    Topk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CachePolicy {
+    Replace,
+    Accumulate,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HnmConfig {
+    /// RoIs per minibatch of N images (B).
+    pub batch_size: i64,
+    pub pos_fraction: f64,
+    pub hard_fraction: f64,
+    pub random_fraction: f64,
+    pub fg_thresh: f64,
+    pub bg_thresh_hi: f64,
+    pub bg_thresh_lo: f64,
+    /// Mine every K epochs (from the start of epoch K on) ...
+    pub mine_every_epochs: Option<usize>,
+    /// ... or every M iterations. Exactly one of the two is set.
+    pub mine_every_iters: Option<usize>,
+    pub fp_rule: FpRule,
+    pub fp_score_thresh: f64,
+    pub fp_topk: usize,
+    pub cache: CachePolicy,
+    pub cache_cap_per_image: usize,
+}
+
+impl Default for HnmConfig {
+    fn default() -> Self {
+        HnmConfig {
+            batch_size: 128,
+            pos_fraction: 0.25,
+            hard_fraction: 0.5,
+            random_fraction: 0.25,
+            fg_thresh: 0.5,
+            bg_thresh_hi: 0.5,
+            bg_thresh_lo: 0.0,
+            mine_every_epochs: Some(1),
+            mine_every_iters: None,
+            fp_rule: FpRule::Score,
+            fp_score_thresh: 0.5,
+            fp_topk: 16,
+            cache: CachePolicy::Replace,
+            cache_cap_per_image: 64,
+        }
+    }
+}
+
+impl HnmConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.batch_size < 1 {
+            bail!("sampler.batch_size = {}: at least 1 RoI per minibatch", self.batch_size);
+        }
+        for (k, v) in [("pos_fraction", self.pos_fraction), ("hard_fraction", self.hard_fraction), ("random_fraction", self.random_fraction), ("fg_thresh", self.fg_thresh), ("bg_thresh_hi", self.bg_thresh_hi), ("bg_thresh_lo", self.bg_thresh_lo), ("fp_score_thresh", self.fp_score_thresh)] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("sampler.{k} = {v} is outside [0, 1]");
+            }
+        }
+        let sum = self.pos_fraction + self.hard_fraction + self.random_fraction;
+        if sum > 1.0 + 1e-9 {
+            bail!("sampler.pos_fraction + hard_fraction + random_fraction = {} + {} + {} = {sum} exceeds 1", self.pos_fraction, self.hard_fraction, self.random_fraction);
+        }
+        if self.bg_thresh_lo > self.bg_thresh_hi || self.bg_thresh_hi > self.fg_thresh {
+            bail!("need sampler.bg_thresh_lo <= bg_thresh_hi <= fg_thresh, got {} / {} / {}", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
+        }
+        match (self.mine_every_epochs, self.mine_every_iters) {
+            (Some(0), _) | (_, Some(0)) => bail!("sampler.mine_every_epochs / mine_every_iters must be at least 1"),
+            (Some(_), Some(_)) | (None, None) => bail!("set exactly one of sampler.mine_every_epochs and sampler.mine_every_iters (the other to null)"),
+            _ => {}
+        }
+        if self.fp_topk == 0 || self.cache_cap_per_image == 0 {
+            bail!("sampler.fp_topk and sampler.cache_cap_per_image must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The mined state: per training image, proposal indices of hard negatives, hardest first.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HnmState {
+    pub rounds: usize,
+    pub cache: Vec<Vec<i64>>,
+}
+
+pub struct Hnm {
+    cfg: HnmConfig,
+    pub state: HnmState,
+}
+
+impl Hnm {
+    pub fn new(cfg: HnmConfig) -> Self {
+        Hnm { cfg, state: HnmState::default() }
+    }
+
+    fn due(&self, at: Progress) -> bool {
+        match (self.cfg.mine_every_epochs, self.cfg.mine_every_iters) {
+            (Some(k), _) => at.iter_in_epoch == 0 && at.epoch > 0 && at.epoch % k == 0,
+            (_, Some(m)) => at.iteration > 0 && at.iteration % m == 0,
+            _ => false,
+        }
+    }
+
+    /// Rebuilds the cache from the frozen model's scores of every training image.
+    pub fn update_cache(&mut self, scores: &[super::ImageScores]) {
+        let n_images = scores.iter().map(|s| s.image + 1).max().unwrap_or(0);
+        let mut cache = vec![Vec::new(); n_images.max(self.state.cache.len())];
+        for s in scores {
+            let labels: Vec<i64> = host(&s.labels);
+            let iou: Vec<f32> = host(&s.max_iou);
+            let fg: Vec<f32> = host(&s.fg_score);
+            let loss: Vec<f32> = host(&s.loss);
+            let is_bg = |i: usize| labels[i] == 0 && (iou[i] as f64) < self.cfg.bg_thresh_hi && (iou[i] as f64) >= self.cfg.bg_thresh_lo;
+            let hardness: &[f32] = match self.cfg.fp_rule {
+                FpRule::Score => &fg,
+                FpRule::Topk => &loss,
+            };
+            let mut bg: Vec<usize> = (0..labels.len()).filter(|&i| is_bg(i)).collect();
+            bg.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
+            // new false positives, and the bar an old cache entry must still clear
+            let (new, bar): (Vec<usize>, f32) = match self.cfg.fp_rule {
+                FpRule::Score => {
+                    let t = self.cfg.fp_score_thresh as f32;
+                    (bg.iter().copied().filter(|&i| fg[i] >= t).collect(), t)
+                }
+                FpRule::Topk => {
+                    let top: Vec<usize> = bg.iter().copied().take(self.cfg.fp_topk).collect();
+                    let floor = top.last().map(|&i| loss[i]).unwrap_or(f32::INFINITY);
+                    (top, floor)
+                }
+            };
+            let still_hard = |i: usize| hardness[i] >= bar;
+            let mut entries: Vec<usize> = new;
+            if self.cfg.cache == CachePolicy::Accumulate {
+                if let Some(old) = self.state.cache.get(s.image) {
+                    for &i in old {
+                        let i = i as usize;
+                        if i < labels.len() && is_bg(i) && still_hard(i) && !entries.contains(&i) {
+                            entries.push(i);
+                        }
+                    }
+                }
+            }
+            entries.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
+            entries.truncate(self.cfg.cache_cap_per_image);
+            cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
+        }
+        self.state.cache = cache;
+        self.state.rounds += 1;
+    }
+}
+
+impl Sampler for Hnm {
+    fn select(&mut self, r: &ImageRois, _: Option<&RoiLosses>, per_image: i64) -> Tensor {
+        let k = per_image;
+        let pos = sample_where(&r.max_iou.ge(self.cfg.fg_thresh), (self.cfg.pos_fraction * k as f64).round() as i64);
+        let bg_mask = r.max_iou.lt(self.cfg.bg_thresh_hi).logical_and(&r.max_iou.ge(self.cfg.bg_thresh_lo));
+        let n_pos = pos.size()[0];
+        if self.state.rounds == 0 {
+            // before the first mining round: the fixed-ratio sampler
+            let neg = sample_where(&bg_mask, k - n_pos);
+            return Tensor::cat(&[pos, neg], 0);
+        }
+        let dev = r.max_iou.device();
+        let cached: Vec<i64> = self.state.cache.get(r.image).cloned().unwrap_or_default();
+        let cached: Vec<i64> = cached.into_iter().filter(|&i| i < r.n_proposals).collect();
+        let in_cache = Tensor::zeros_like(&bg_mask).index_fill(0, &Tensor::from_slice(&cached).to_device(dev), 1).to_kind(Kind::Bool);
+        let hard_quota = ((self.cfg.hard_fraction * k as f64).round() as i64).min(k - n_pos);
+        let hard = sample_where(&in_cache.logical_and(&bg_mask), hard_quota);
+        let random_quota = ((self.cfg.random_fraction * k as f64).round() as i64 + hard_quota - hard.size()[0]).min(k - n_pos - hard.size()[0]);
+        let rest = bg_mask.index_fill(0, &hard, 0);
+        let random = sample_where(&rest, random_quota.max(0));
+        Tensor::cat(&[pos, hard, random], 0)
+    }
+
+    fn before_iteration(&mut self, at: Progress, miner: &mut dyn Miner) -> Result<Option<MiningReport>> {
+        if !self.due(at) {
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let scores = miner.score_training_set()?;
+        self.update_cache(&scores);
+        Ok(Some(MiningReport { seconds: t.elapsed().as_secs_f64() }))
+    }
+
+    fn cache_size(&self) -> usize {
+        self.state.cache.iter().map(Vec::len).sum()
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&self.state).expect("state serialises")
+    }
+
+    fn restore(&mut self, v: serde_json::Value) -> Result<()> {
+        self.state = serde_json::from_value(v)?;
+        Ok(())
+    }
+}
