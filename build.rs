@@ -19,6 +19,14 @@ fn main() {
         panic!("{} holds no libtorch_cpu.so: run scripts/setup-libtorch.sh", lib.display());
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // The libtorch version, for run manifests.
+    let version_py = libtorch.join("version.py");
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    let version = std::fs::read_to_string(&version_py)
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=OHEM_LIBTORCH_VERSION={version}");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -101,6 +101,37 @@ pub enum Command {
         /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Run on this device (auto, cpu, cuda:N), whatever the config says; not part of the run's identity.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Run a grid of configs x seeds; skips finished cells, resumes interrupted ones, then reports.
+    Run {
+        /// The grid file (YAML; see README "Grid files").
+        grid: PathBuf,
+        /// Override a config key in every cell, e.g. `--set train.epochs=2` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Print the expanded cells and their ids; run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Cells run at once (one GPU each when several are present).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Rerun finished cells from scratch.
+        #[arg(long)]
+        force: bool,
+        /// Results directory [default: the grid's `results`, else runs/<grid file stem>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Aggregate a results directory into summary.csv, summary.md and charts, from the logs alone.
+    Report {
+        /// A results directory written by `harness run`.
+        results: PathBuf,
     },
     /// Benchmarks: selective-search ms per image and evaluation time for 10,000 detections.
     Bench {
@@ -193,8 +224,12 @@ pub fn run() -> Result<()> {
                 print!("{}", eval::format_table(&r));
             }
         }
-        Command::Train { config, out, overrides, force, cache_dir } => {
-            let cfg = crate::trainer::TrainConfig::load(&config, &overrides)?;
+        Command::Train { config, out, overrides, force, cache_dir, device } => {
+            let mut cfg = crate::trainer::TrainConfig::load(&config, &overrides)?;
+            if let Some(d) = device {
+                crate::trainer::config::parse_device(&d)?;
+                cfg.device = d;
+            }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
             let opts = crate::trainer::TrainOptions { progress, force, cache_dir };
             let rows = crate::trainer::train(&cfg, &out, &opts)?;
@@ -209,6 +244,45 @@ pub fn run() -> Result<()> {
                     out.join(crate::trainer::METRICS).display()
                 );
             }
+        }
+        Command::Run { grid, overrides, dry_run, jobs, force, out, cache_dir } => {
+            if jobs == 0 {
+                bail!("--jobs must be at least 1");
+            }
+            let mut g = crate::harness::Grid::load(&grid, &overrides)?;
+            if let Some(o) = out {
+                g.results = o;
+            }
+            if dry_run {
+                println!("{}: {} cells in {}", g.name, g.cells.len(), g.results.display());
+                for c in &g.cells {
+                    println!("  {}  {:<40} seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
+                }
+                return Ok(());
+            }
+            let opts = crate::harness::RunOptions { jobs, force, progress, cache_dir };
+            let s = crate::harness::run(&g, &opts)?;
+            let rep = crate::report::generate(&g.results)?;
+            println!(
+                "{}: {} cells: {} run, {} already done, {} busy elsewhere, {} failed",
+                g.name,
+                g.cells.len(),
+                s.done,
+                s.skipped,
+                s.busy,
+                s.failed.len()
+            );
+            for (cell, reason) in &s.failed {
+                println!("  failed: {cell}: {reason}");
+            }
+            println!("report: {}", rep.display());
+            if !s.failed.is_empty() {
+                bail!("{} of {} cells failed (see status.json and train.log in each)", s.failed.len(), g.cells.len());
+            }
+        }
+        Command::Report { results } => {
+            let rep = crate::report::generate(&results)?;
+            println!("report: {}", rep.display());
         }
         Command::Bench { what, images, iters, vgg16 } => {
             if images == 0 || iters == 0 {

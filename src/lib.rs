@@ -1,7 +1,7 @@
 //! ohem-harness: offline hard-negative mining vs OHEM on one Fast R-CNN trainer.
 //!
 //! The modules follow the pipeline, one stage each:
-//! [`data`] → [`proposals`] → [`model`] → [`sampler`] → [`trainer`] → [`eval`] → harness → report.
+//! [`data`] → [`proposals`] → [`model`] → [`sampler`] → [`trainer`] → [`eval`] → [`harness`] → [`report`].
 //! [`boxes`] holds the box geometry every stage shares; [`cli`] is the
 //! command line, kept apart from the library.
 
@@ -10,8 +10,10 @@ pub mod boxes;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod harness;
 pub mod model;
 pub mod proposals;
+pub mod report;
 pub mod sampler;
 pub mod trainer;
 

@@ -11,6 +11,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.downcast_ref::<ohem_harness::trainer::RunDirBusy>().is_some() {
+                return ExitCode::from(ohem_harness::harness::EXIT_LOCKED as u8);
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 mod cli;
 mod dataset;
 mod evaluation;
+mod harness;
 mod model;
 mod sampler;
 mod trainer;

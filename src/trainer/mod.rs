@@ -66,6 +66,11 @@ pub struct EpochRow {
     pub map_voc10: Option<f64>,
 }
 
+/// `train` found its run directory locked by another process.
+#[derive(Debug, thiserror::Error)]
+#[error("run directory {0} is in use by another process")]
+pub struct RunDirBusy(pub PathBuf);
+
 /// Options of a training run that are not part of the experiment.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -294,12 +299,22 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let metrics_path = run_dir.join(METRICS);
     let config_path = run_dir.join(CONFIG);
     let yaml = cfg.to_yaml()?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(run_dir.join("lock")).with_context(|| format!("opening {}", run_dir.join("lock").display()))?;
+    if fs2::FileExt::try_lock_exclusive(&lock).is_err() {
+        return Err(RunDirBusy(run_dir.to_path_buf()).into());
+    }
     if opts.force {
         let _ = std::fs::remove_file(&metrics_path);
         let _ = std::fs::remove_dir_all(run_dir.join(CHECKPOINTS));
     } else if config_path.exists() {
-        let old = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-        if old != yaml {
+        let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
+        // the device is where a run happens, not what it is: a cell may resume on another GPU
+        let same = serde_saphyr::from_str::<TrainConfig>(&text).map(|mut old| {
+            old.device = cfg.device.clone();
+            old == *cfg
+        });
+        if !matches!(same, Ok(true)) {
             bail!("{} holds a run of a different config; use another output directory or --force", run_dir.display());
         }
     }

@@ -1,0 +1,241 @@
+//! Grid files: a base config, named arms, axes over dotted keys, and seeds,
+//! expanded into cells (arms × axes × seeds). Everything is checked before
+//! anything runs; errors name the file, the key and the value.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::trainer::config::{default_sampler_kind, from_value, parse_override, parse_yaml, set_dotted};
+use crate::trainer::TrainConfig;
+
+/// The `report:` section of a grid file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Arms against which speed-ups are computed (the first arm when empty).
+    pub baselines: Vec<String>,
+    /// `map_voc07` or `map_voc10`.
+    pub metric: String,
+    /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.
+    pub target_map: Option<f64>,
+    pub target_fraction: f64,
+    /// Bootstrap resamples for confidence intervals.
+    pub bootstrap: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig { baselines: Vec::new(), metric: "map_voc07".into(), target_map: None, target_fraction: 0.9, bootstrap: 2000 }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridFile {
+    #[serde(default)]
+    name: Option<String>,
+    /// Results directory (default `runs/<grid file stem>`), relative to the working directory.
+    #[serde(default)]
+    results: Option<PathBuf>,
+    base: Value,
+    #[serde(default)]
+    arms: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    axes: Option<serde_json::Map<String, Value>>,
+    seeds: Option<Vec<u64>>,
+    #[serde(default)]
+    report: ReportConfig,
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// Stable id: a hash of the canonical config.
+    pub id: String,
+    /// The arm label: the arm name plus any axis values (everything but the seed).
+    pub arm: String,
+    pub seed: u64,
+    pub config: TrainConfig,
+    /// Directory name under `<results>/cells/`.
+    pub dir_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub name: String,
+    pub results: PathBuf,
+    pub cells: Vec<Cell>,
+    /// Arm labels in grid order.
+    pub arms: Vec<String>,
+    pub report: ReportConfig,
+}
+
+/// Deep-merges `over` into `base` (maps merge key by key; anything else replaces).
+pub fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, x, out);
+            }
+        }
+        _ => out.push((prefix.to_string(), v.clone())),
+    }
+}
+
+fn slug(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
+    s.chars().take(60).collect()
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The stable id of a config: SHA-256 of its canonical JSON, 12 hex digits.
+pub fn cell_id(cfg: &TrainConfig) -> String {
+    let canon = serde_json::to_vec(cfg).expect("config serialises");
+    Sha256::digest(&canon).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Grid {
+    /// Reads and expands a grid file; `overrides` (`key=value`) apply to every cell.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Grid> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading grid file {origin}"))?;
+        let raw = parse_yaml(&text, &origin)?;
+        let file: GridFile = from_value(raw, &origin)?;
+        let seeds = file.seeds.clone().ok_or_else(|| anyhow!("{origin}: key seeds is missing: list at least one seed"))?;
+        if seeds.is_empty() {
+            bail!("{origin}: key seeds is an empty list: list at least one seed");
+        }
+        let mut uniq = seeds.clone();
+        uniq.sort();
+        uniq.dedup();
+        if uniq.len() != seeds.len() {
+            bail!("{origin}: key seeds = {seeds:?} repeats a seed");
+        }
+        if !file.base.is_object() {
+            bail!("{origin}: key base must be a map of config keys (as `harness train` takes)");
+        }
+        if !(file.report.metric == "map_voc07" || file.report.metric == "map_voc10") {
+            bail!("{origin}: key report.metric = {:?}: expected map_voc07 or map_voc10", file.report.metric);
+        }
+        if !(file.report.target_fraction > 0.0 && file.report.target_fraction <= 1.0) {
+            bail!("{origin}: key report.target_fraction = {} is outside (0, 1]", file.report.target_fraction);
+        }
+        if file.report.bootstrap == 0 {
+            bail!("{origin}: key report.bootstrap = 0: at least one resample");
+        }
+        let arms: Vec<(String, Value)> = match &file.arms {
+            None => vec![("base".to_string(), Value::Object(Default::default()))],
+            Some(m) if m.is_empty() => bail!("{origin}: key arms is empty: name at least one arm or leave it out"),
+            Some(m) => m.iter().map(|(k, v)| (k.clone(), if v.is_null() { Value::Object(Default::default()) } else { v.clone() })).collect(),
+        };
+        for (name, v) in &arms {
+            if !v.is_object() {
+                bail!("{origin}: key arms.{name} must be a map of config keys, found {v}");
+            }
+            if name.is_empty() || name.contains('/') {
+                bail!("{origin}: arm name {name:?} must be non-empty and contain no '/'");
+            }
+        }
+        // axes: each a non-empty list over a dotted key
+        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
+        if let Some(m) = &file.axes {
+            for (k, v) in m {
+                let vals = v.as_array().ok_or_else(|| anyhow!("{origin}: key axes.{k} must be a list of values, found {v}"))?;
+                if vals.is_empty() {
+                    bail!("{origin}: key axes.{k} is an empty list");
+                }
+                axes.push((k.clone(), vals.clone()));
+            }
+        }
+        let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
+
+        // The cartesian product of axis values.
+        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        for (k, vals) in &axes {
+            combos = combos
+                .into_iter()
+                .flat_map(|c| vals.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push((k.clone(), v.clone()));
+                    c
+                }))
+                .collect();
+        }
+
+        let mut cells = Vec::new();
+        let mut arm_labels = Vec::new();
+        for (arm, arm_over) in &arms {
+            for combo in &combos {
+                let label = std::iter::once(arm.clone())
+                    .chain(combo.iter().map(|(k, v)| format!("{}={}", k.rsplit('.').next().unwrap_or(k), short(v))))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                arm_labels.push(label.clone());
+                for &seed in &seeds {
+                    let mut v = file.base.clone();
+                    merge(&mut v, arm_over);
+                    for (k, x) in combo {
+                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("{origin}: axis {k}"))?;
+                    }
+                    set_dotted(&mut v, "seed", Value::from(seed))?;
+                    for (k, x) in &overrides {
+                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
+                    }
+                    default_sampler_kind(&mut v);
+                    let where_ = if combo.is_empty() { format!("{origin}: arm {arm}") } else { format!("{origin}: arm {arm}, axes {}", combo.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(", ")) };
+                    let config: TrainConfig = from_value(v, &where_)?;
+                    // an axis must name a real key: it has to survive the round trip into the typed config
+                    let mut flat = Vec::new();
+                    flatten("", &serde_json::to_value(&config)?, &mut flat);
+                    for (k, _) in combo {
+                        if !flat.iter().any(|(f, _)| f == k || f.starts_with(&format!("{k}."))) {
+                            bail!("{origin}: key axes.{k}: no such config key");
+                        }
+                    }
+                    config.check().with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
+                    let id = cell_id(&config);
+                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config });
+                }
+            }
+        }
+        let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != cells.len() {
+            bail!("{origin}: two cells have the same config (an arm or axis changes nothing?)");
+        }
+        for b in &file.report.baselines {
+            if !arm_labels.contains(b) {
+                bail!("{origin}: key report.baselines names {b:?}, which is not an arm (arms: {})", arm_labels.join(", "));
+            }
+        }
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
+        Ok(Grid {
+            name: file.name.unwrap_or_else(|| stem.clone()),
+            results: file.results.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
+            cells,
+            arms: arm_labels,
+            report: file.report,
+        })
+    }
+}

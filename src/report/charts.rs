@@ -1,0 +1,231 @@
+//! The report's charts (plotters), each as PNG and SVG, with titles, axis
+//! labels with units, a legend, and one colour per arm throughout. The font
+//! is embedded (Ubuntu Light from `epaint_default_fonts`), so no system
+//! fonts are needed.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::{mean_std, metric, ArmSummary, RunLog, Speedup};
+use crate::harness::GridMeta;
+
+const W: u32 = 900;
+const H: u32 = 560;
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// The colour of arm `i` in every chart.
+pub fn colour(i: usize) -> RGBColor {
+    PALETTE[i % PALETTE.len()]
+}
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT);
+    });
+}
+
+/// Per arm: (epoch, mean, std) of a per-epoch value over seeds.
+type Curve = Vec<(f64, f64, f64)>;
+
+fn curves(arms: &[String], runs: &[&RunLog], value: &dyn Fn(&crate::trainer::EpochRow) -> Option<f64>, x: &dyn Fn(&[&RunLog], usize) -> f64) -> Vec<Curve> {
+    arms.iter()
+        .map(|arm| {
+            let rs: Vec<&RunLog> = runs.iter().copied().filter(|r| &r.arm == arm).collect();
+            let max_epoch = rs.iter().map(|r| r.rows.len()).max().unwrap_or(0);
+            (1..=max_epoch)
+                .filter_map(|e| {
+                    let vals: Vec<f64> = rs.iter().filter_map(|r| r.rows.iter().find(|row| row.epoch == e).and_then(value)).collect();
+                    mean_std(&vals).map(|(m, s)| (x(&rs, e), m, s))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("drawing a chart: {e}")
+}
+
+fn line_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, arms: &[String], data: &[Curve], band: bool) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let xmax = data.iter().flatten().map(|p| p.0).fold(1.0f64, f64::max);
+    let ymax = data.iter().flatten().map(|p| p.1 + p.2).fold(0.05f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax * 1.02, 0.0..ymax)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).draw().map_err(err)?;
+    for (i, (arm, pts)) in arms.iter().zip(data).enumerate() {
+        let c = colour(i);
+        if band && pts.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            poly.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))));
+            chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(err)?;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)).point_size(3))
+            .map_err(err)?
+            .label(arm.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn stacked_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, summaries: &[ArmSummary]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let parts = |s: &ArmSummary| [s.train_s_per_epoch, s.mine_s_per_epoch, s.eval_s_per_epoch].map(|v| v.map(|x| x.0).unwrap_or(0.0));
+    let ymax = summaries.iter().map(|s| parts(s).iter().sum::<f64>()).fold(1.0f64, f64::max) * 1.15;
+    let n = summaries.len().max(1);
+    let labels: Vec<String> = summaries.iter().map(|s| s.arm.clone()).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption("Seconds per epoch: training, mining (training stalled), evaluation", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| labels.get(x.floor() as usize).filter(|_| (x - x.floor() - 0.5).abs() < 0.01).cloned().unwrap_or_default())
+        .x_desc("arm")
+        .y_desc("seconds per epoch (mean over epochs and seeds)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    let names = ["train", "mine", "eval"];
+    let shades = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(127, 127, 127)];
+    for (k, name) in names.iter().enumerate() {
+        let c = shades[k];
+        chart
+            .draw_series(summaries.iter().enumerate().map(|(i, s)| {
+                let p = parts(s);
+                let lo: f64 = p[..k].iter().sum();
+                Rectangle::new([(i as f64 + 0.2, lo), (i as f64 + 0.8, lo + p[k])], c.filled())
+            }))
+            .map_err(err)?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, baseline: &str, rows: &[&Speedup], arms: &[String]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let measures = ["time_to_target", "total_wall_s", "s_per_iter"];
+    let others: Vec<&String> = arms.iter().filter(|a| a.as_str() != baseline).collect();
+    let n = others.len().max(1);
+    let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.15;
+    let labels: Vec<String> = others.iter().map(|s| s.to_string()).collect();
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("Speed-up against {baseline} (baseline / arm; 95% bootstrap CI)"), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| labels.get(x.floor() as usize).filter(|_| (x - x.floor() - 0.5).abs() < 0.01).cloned().unwrap_or_default())
+        .x_desc("arm")
+        .y_desc("speed-up (x)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (n as f64, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
+    for (k, m) in measures.iter().enumerate() {
+        let c = shades[k];
+        let bars: Vec<(f64, f64, Option<(f64, f64)>)> = others
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| rows.iter().find(|s| &&s.arm == a && s.measure == *m).and_then(|s| s.ratio.map(|r| (i as f64 + 0.15 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + 0.2, *r)], c.filled())))
+            .map_err(err)?
+            .label(*m)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+        chart
+            .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + 0.1, lo), (*x + 0.1, hi)], BLACK.stroke_width(2)))))
+            .map_err(err)?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// Draws one chart to `<stem>.png` and `<stem>.svg`.
+macro_rules! both {
+    ($dir:expr, $stem:expr, $files:expr, |$root:ident| $body:expr) => {{
+        let png = $dir.join(format!("{}.png", $stem));
+        {
+            let $root = BitMapBackend::new(&png, (W, H)).into_drawing_area();
+            $body?;
+        }
+        let svg = $dir.join(format!("{}.svg", $stem));
+        {
+            let $root = SVGBackend::new(&svg, (W, H)).into_drawing_area();
+            $body?;
+        }
+        $files.push(format!("{}.png", $stem));
+    }};
+}
+
+/// Draws every chart into `dir`; returns the PNG file names.
+pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmSummary], speedups: &[Speedup], metric_name: &str) -> Result<Vec<String>> {
+    register_font();
+    let arms = &meta.arms;
+    let mut files = Vec::new();
+    let by_epoch = |_: &[&RunLog], e: usize| e as f64;
+    let mean_wall = |rs: &[&RunLog], e: usize| mean_std(&rs.iter().filter_map(|r| r.rows.iter().find(|row| row.epoch == e).map(|row| row.wall_s)).collect::<Vec<_>>()).map(|m| m.0).unwrap_or(0.0);
+    let map_value = |r: &crate::trainer::EpochRow| metric(r, metric_name);
+    let map_epoch = curves(arms, done, &map_value, &by_epoch);
+    let map_wall = curves(arms, done, &map_value, &mean_wall);
+    let fg = curves(arms, done, &|r| Some(r.fg_fraction), &by_epoch);
+    let ylabel = format!("{metric_name} on the test split");
+    both!(dir, "map_vs_epoch", files, |root| line_chart(&root, "mAP against epoch (mean ± std over seeds)", "epoch", &ylabel, arms, &map_epoch, true));
+    both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, "mAP against wall-clock time (evaluation included)", "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
+    both!(dir, "seconds_per_epoch", files, |root| stacked_bars(&root, summaries));
+    let mut baselines: Vec<&str> = speedups.iter().map(|s| s.baseline.as_str()).collect();
+    baselines.dedup();
+    for b in baselines {
+        let rows: Vec<&Speedup> = speedups.iter().filter(|s| s.baseline == b).collect();
+        let stem = format!("speedup_vs_{}", b.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+        both!(dir, stem, files, |root| speedup_bars(&root, b, &rows, arms));
+    }
+    both!(dir, "fg_fraction", files, |root| line_chart(&root, "Foreground fraction of the backpropagated RoIs", "epoch", "foreground fraction", arms, &fg, true));
+    Ok(files)
+}

@@ -1,0 +1,327 @@
+//! Stage 8 of the pipeline: `harness report <results-dir>`, from the logs alone.
+//!
+//! Reads `grid.json` and every cell's `cell.json`, `status.json` and
+//! `metrics.csv`; builds one long table of all epochs of all runs (polars);
+//! aggregates per arm: seeds, final mAP (mean ± std over seeds), seconds per
+//! epoch split into train, mine and eval, seconds per iteration, total
+//! wall-clock time, and time to a target mAP (wall-clock seconds, evaluation
+//! included, until the first evaluated epoch at or above the target). Runs
+//! that never reach the target are did-not-finish (DNF) and are never
+//! dropped. Speed-ups against each baseline arm are ratios of means
+//! (baseline / arm, so > 1 means faster) with a 95% percentile-bootstrap
+//! interval over seeds. Writes `summary.csv`, `speedups.csv`, `runs.csv`,
+//! `summary.md` and the charts (PNG and SVG) into the results directory.
+
+pub mod charts;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use polars::prelude::*;
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{read_status, CellMeta, GridMeta, State, CELLS, GRID_JSON};
+use crate::trainer::{read_metrics, EpochRow, METRICS};
+
+/// One cell's logs.
+#[derive(Debug, Clone)]
+pub struct RunLog {
+    pub arm: String,
+    pub seed: u64,
+    pub state: State,
+    pub reason: Option<String>,
+    pub rows: Vec<EpochRow>,
+    pub epochs: usize,
+}
+
+/// mean ± sample std of values (std 0 for one value); None when empty.
+pub fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let s = if v.len() > 1 { (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+    Some((m, s))
+}
+
+fn metric(r: &EpochRow, name: &str) -> Option<f64> {
+    if name == "map_voc10" {
+        r.map_voc10
+    } else {
+        r.map_voc07
+    }
+}
+
+/// Wall-clock seconds until the first evaluated epoch at or above `target`; None: did not finish.
+pub fn time_to_target(rows: &[EpochRow], metric_name: &str, target: f64) -> Option<f64> {
+    rows.iter().find(|r| metric(r, metric_name).is_some_and(|m| m >= target)).map(|r| r.wall_s)
+}
+
+/// Per-arm aggregates, one row of summary.csv.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArmSummary {
+    pub arm: String,
+    pub seeds: usize,
+    pub failed: usize,
+    pub final_map_mean: Option<f64>,
+    pub final_map_std: Option<f64>,
+    pub train_s_per_epoch: Option<(f64, f64)>,
+    pub mine_s_per_epoch: Option<(f64, f64)>,
+    pub eval_s_per_epoch: Option<(f64, f64)>,
+    pub s_per_iter: Option<(f64, f64)>,
+    pub total_wall_s: Option<(f64, f64)>,
+    /// Time to target of the seeds that reached it, and how many of the seeds did.
+    pub time_to_target: Option<(f64, f64)>,
+    pub reached: usize,
+}
+
+/// One speed-up: baseline / arm, with a 95% bootstrap interval.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Speedup {
+    pub baseline: String,
+    pub arm: String,
+    pub measure: String,
+    pub ratio: Option<f64>,
+    pub ci_lo: Option<f64>,
+    pub ci_hi: Option<f64>,
+    pub note: String,
+}
+
+/// Ratio of means `mean(base) / mean(arm)` and its percentile-bootstrap 95% interval, resampling each arm's seeds.
+pub fn bootstrap_ratio(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64, f64)> {
+    if base.is_empty() || arm.is_empty() {
+        return None;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let ratio = mean(base) / mean(arm);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut draws: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let b: f64 = (0..base.len()).map(|_| base[rng.random_range(0..base.len())]).sum::<f64>() / base.len() as f64;
+            let a: f64 = (0..arm.len()).map(|_| arm[rng.random_range(0..arm.len())]).sum::<f64>() / arm.len() as f64;
+            b / a
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    let q = |p: f64| draws[((p * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+    Some((ratio, q(0.025), q(0.975)))
+}
+
+/// Reads every cell of a results directory.
+pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>)> {
+    let gpath = results.join(GRID_JSON);
+    let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?)
+        .with_context(|| format!("parsing {}", gpath.display()))?;
+    let mut runs = Vec::new();
+    let cells = results.join(CELLS);
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    for d in dirs {
+        let cpath = d.join("cell.json");
+        let Ok(text) = std::fs::read_to_string(&cpath) else { continue };
+        let cell: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", cpath.display()))?;
+        let status = read_status(&d);
+        let rows = read_metrics(&d.join(METRICS))?;
+        runs.push(RunLog {
+            arm: cell.arm,
+            seed: cell.seed,
+            state: status.as_ref().map(|s| s.state).unwrap_or(State::Pending),
+            reason: status.and_then(|s| s.reason),
+            rows,
+            epochs: cell.epochs,
+        });
+    }
+    Ok((meta, runs))
+}
+
+/// The long table of every epoch of every run, as a polars DataFrame.
+pub fn long_table(runs: &[RunLog], metric_name: &str) -> Result<DataFrame> {
+    let rows: Vec<(&RunLog, &EpochRow)> = runs.iter().flat_map(|r| r.rows.iter().map(move |e| (r, e))).collect();
+    let df = df!(
+        "arm" => rows.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
+        "seed" => rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
+        "state" => rows.iter().map(|(r, _)| format!("{:?}", r.state).to_lowercase()).collect::<Vec<_>>(),
+        "epoch" => rows.iter().map(|(_, e)| e.epoch as u64).collect::<Vec<_>>(),
+        "iterations" => rows.iter().map(|(_, e)| e.iterations as u64).collect::<Vec<_>>(),
+        "train_s" => rows.iter().map(|(_, e)| e.train_s).collect::<Vec<_>>(),
+        "mine_s" => rows.iter().map(|(_, e)| e.mine_s).collect::<Vec<_>>(),
+        "eval_s" => rows.iter().map(|(_, e)| e.eval_s).collect::<Vec<_>>(),
+        "wall_s" => rows.iter().map(|(_, e)| e.wall_s).collect::<Vec<_>>(),
+        "s_per_iter" => rows.iter().map(|(_, e)| e.train_s / e.iterations.max(1) as f64).collect::<Vec<_>>(),
+        "loss" => rows.iter().map(|(_, e)| e.loss).collect::<Vec<_>>(),
+        "fg_fraction" => rows.iter().map(|(_, e)| e.fg_fraction).collect::<Vec<_>>(),
+        "sel_loss" => rows.iter().map(|(_, e)| e.sel_loss).collect::<Vec<_>>(),
+        "all_loss" => rows.iter().map(|(_, e)| e.all_loss).collect::<Vec<_>>(),
+        "cache_size" => rows.iter().map(|(_, e)| e.cache_size as u64).collect::<Vec<_>>(),
+        "map" => rows.iter().map(|(_, e)| metric(e, metric_name)).collect::<Vec<_>>()
+    )?;
+    Ok(df)
+}
+
+/// mean ± std of a column over the rows of one arm's finished runs.
+fn column_stats(df: &DataFrame, arm: &str, col: &str) -> Result<Option<(f64, f64)>> {
+    let mask = df.column("arm")?.str()?.equal(arm) & df.column("state")?.str()?.equal("done");
+    let sub = df.filter(&mask)?;
+    let c = sub.column(col)?.f64()?;
+    Ok(c.mean().map(|m| (m, c.std(1).filter(|s| s.is_finite()).unwrap_or(0.0))))
+}
+
+fn fmt_ms(v: Option<(f64, f64)>, digits: usize) -> String {
+    v.map(|(m, s)| format!("{m:.digits$} ± {s:.digits$}")).unwrap_or_else(|| "—".into())
+}
+
+/// Aggregates a results directory; returns the path of summary.md.
+pub fn generate(results: &Path) -> Result<PathBuf> {
+    let (meta, runs) = load_runs(results)?;
+    if runs.is_empty() {
+        bail!("{} holds no cells", results.join(CELLS).display());
+    }
+    let metric_name = meta.report.metric.as_str();
+    let mut long = long_table(&runs, metric_name)?;
+    let done: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Done && !r.rows.is_empty()).collect();
+    let by_arm = |arm: &str| -> Vec<&RunLog> { done.iter().copied().filter(|r| r.arm == arm).collect() };
+
+    // final mAP per arm, then the target
+    let finals: BTreeMap<&str, Vec<f64>> = meta.arms.iter().map(|a| (a.as_str(), by_arm(a).iter().filter_map(|r| r.rows.iter().rev().find_map(|e| metric(e, metric_name))).collect())).collect();
+    let best_final = finals.values().filter_map(|v| mean_std(v).map(|m| m.0)).fold(f64::NAN, f64::max);
+    let (target, target_note) = match meta.report.target_map {
+        Some(t) => (t, format!("{t:.4} (set in the grid file)")),
+        None => (meta.report.target_fraction * best_final, format!("{:.4} = {} × the best final mean {metric_name} ({best_final:.4})", meta.report.target_fraction * best_final, meta.report.target_fraction)),
+    };
+
+    let mut summaries = Vec::new();
+    for arm in &meta.arms {
+        let rs = by_arm(arm);
+        let failed = runs.iter().filter(|r| &r.arm == arm && r.state == State::Failed).count();
+        let ttt: Vec<f64> = rs.iter().filter_map(|r| time_to_target(&r.rows, metric_name, target)).collect();
+        let fm = mean_std(&finals[arm.as_str()]);
+        summaries.push(ArmSummary {
+            arm: arm.clone(),
+            seeds: rs.len(),
+            failed,
+            final_map_mean: fm.map(|m| m.0),
+            final_map_std: fm.map(|m| m.1),
+            train_s_per_epoch: column_stats(&long, arm, "train_s")?,
+            mine_s_per_epoch: column_stats(&long, arm, "mine_s")?,
+            eval_s_per_epoch: column_stats(&long, arm, "eval_s")?,
+            s_per_iter: column_stats(&long, arm, "s_per_iter")?,
+            total_wall_s: mean_std(&rs.iter().map(|r| r.rows.last().map(|e| e.wall_s).unwrap_or(0.0)).collect::<Vec<_>>()),
+            time_to_target: mean_std(&ttt),
+            reached: ttt.len(),
+        });
+    }
+
+    // speed-ups against each baseline
+    let baselines: Vec<String> = if meta.report.baselines.is_empty() { meta.arms.iter().take(1).cloned().collect() } else { meta.report.baselines.clone() };
+    let per_seed = |arm: &str, measure: &str| -> (Vec<f64>, usize) {
+        let rs = by_arm(arm);
+        let v: Vec<f64> = match measure {
+            "time_to_target" => rs.iter().filter_map(|r| time_to_target(&r.rows, metric_name, target)).collect(),
+            "total_wall_s" => rs.iter().filter_map(|r| r.rows.last().map(|e| e.wall_s)).collect(),
+            _ => rs.iter().map(|r| r.rows.iter().map(|e| e.train_s / e.iterations.max(1) as f64).sum::<f64>() / r.rows.len() as f64).collect(),
+        };
+        (v, rs.len())
+    };
+    let mut speedups = Vec::new();
+    for (bi, b) in baselines.iter().enumerate() {
+        for a in meta.arms.iter().filter(|a| *a != b) {
+            for measure in ["time_to_target", "total_wall_s", "s_per_iter"] {
+                let (bv, bn) = per_seed(b, measure);
+                let (av, an) = per_seed(a, measure);
+                let dnf = measure == "time_to_target" && (bv.len() < bn || av.len() < an);
+                let r = if dnf { None } else { bootstrap_ratio(&bv, &av, meta.report.bootstrap, 1000 + bi as u64) };
+                let note = if dnf { format!("DNF: {} of {an} {a} and {} of {bn} {b} seeds reached the target", av.len(), bv.len()) } else if r.is_none() { "no finished seeds".into() } else { String::new() };
+                speedups.push(Speedup { baseline: b.clone(), arm: a.clone(), measure: measure.into(), ratio: r.map(|x| x.0), ci_lo: r.map(|x| x.1), ci_hi: r.map(|x| x.2), note });
+            }
+        }
+    }
+
+    // CSV outputs (polars)
+    let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 });
+    let mut summary_df = df!(
+        "arm" => summaries.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
+        "seeds" => summaries.iter().map(|s| s.seeds as u64).collect::<Vec<_>>(),
+        "failed" => summaries.iter().map(|s| s.failed as u64).collect::<Vec<_>>(),
+        "final_map_mean" => summaries.iter().map(|s| s.final_map_mean).collect::<Vec<_>>(),
+        "final_map_std" => summaries.iter().map(|s| s.final_map_std).collect::<Vec<_>>(),
+        "train_s_mean" => summaries.iter().map(|s| f(s.train_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "train_s_std" => summaries.iter().map(|s| f(s.train_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "mine_s_mean" => summaries.iter().map(|s| f(s.mine_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "mine_s_std" => summaries.iter().map(|s| f(s.mine_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "eval_s_mean" => summaries.iter().map(|s| f(s.eval_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "eval_s_std" => summaries.iter().map(|s| f(s.eval_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "s_per_iter_mean" => summaries.iter().map(|s| f(s.s_per_iter, 0)).collect::<Vec<_>>(),
+        "s_per_iter_std" => summaries.iter().map(|s| f(s.s_per_iter, 1)).collect::<Vec<_>>(),
+        "total_wall_s_mean" => summaries.iter().map(|s| f(s.total_wall_s, 0)).collect::<Vec<_>>(),
+        "total_wall_s_std" => summaries.iter().map(|s| f(s.total_wall_s, 1)).collect::<Vec<_>>(),
+        "time_to_target_mean" => summaries.iter().map(|s| f(s.time_to_target, 0)).collect::<Vec<_>>(),
+        "time_to_target_std" => summaries.iter().map(|s| f(s.time_to_target, 1)).collect::<Vec<_>>(),
+        "reached_target" => summaries.iter().map(|s| s.reached as u64).collect::<Vec<_>>(),
+        "did_not_finish" => summaries.iter().map(|s| (s.seeds - s.reached) as u64).collect::<Vec<_>>()
+    )?;
+    let mut speed_df = df!(
+        "baseline" => speedups.iter().map(|s| s.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => speedups.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
+        "measure" => speedups.iter().map(|s| s.measure.clone()).collect::<Vec<_>>(),
+        "speedup" => speedups.iter().map(|s| s.ratio).collect::<Vec<_>>(),
+        "ci95_lo" => speedups.iter().map(|s| s.ci_lo).collect::<Vec<_>>(),
+        "ci95_hi" => speedups.iter().map(|s| s.ci_hi).collect::<Vec<_>>(),
+        "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
+    )?;
+    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("runs.csv", &mut long)] {
+        let mut buf = Vec::new();
+        CsvWriter::new(&mut buf).finish(df)?;
+        crate::data::voc::write_file(&results.join(name), &buf)?;
+    }
+
+    let chart_files = charts::draw_all(results, &meta, &done, &summaries, &speedups, metric_name)?;
+
+    // summary.md
+    let mut md = format!("# {}: summary\n\nGenerated by `harness report {}` from the logs alone. Metric: {metric_name} on the test split.\n\n", meta.name, results.display());
+    md.push_str(&format!("Target for time-to-target: {target_note}. DNF = did not reach it; never dropped.\n\n"));
+    md.push_str("| arm | seeds | failed | final mAP | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in &summaries {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            s.arm,
+            s.seeds,
+            s.failed,
+            fmt_ms(s.final_map_mean.zip(s.final_map_std), 4),
+            fmt_ms(s.train_s_per_epoch, 1),
+            fmt_ms(s.mine_s_per_epoch, 1),
+            fmt_ms(s.eval_s_per_epoch, 1),
+            fmt_ms(s.s_per_iter, 3),
+            fmt_ms(s.total_wall_s, 0),
+            fmt_ms(s.time_to_target, 0),
+            s.reached,
+            s.seeds
+        ));
+    }
+    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, 95% percentile-bootstrap interval over seeds.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
+    for s in &speedups {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            s.baseline,
+            s.arm,
+            s.measure,
+            s.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+            s.ci_lo.zip(s.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+            s.note
+        ));
+    }
+    let failed: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Failed).collect();
+    if !failed.is_empty() {
+        md.push_str("\nFailed cells:\n\n");
+        for r in failed {
+            md.push_str(&format!("- {} seed {}: {}\n", r.arm, r.seed, r.reason.clone().unwrap_or_default()));
+        }
+    }
+    md.push_str("\nCharts:\n\n");
+    for c in &chart_files {
+        md.push_str(&format!("![{c}]({c})\n"));
+    }
+    let path = results.join("summary.md");
+    crate::data::voc::write_file(&path, md.as_bytes())?;
+    Ok(path)
+}

@@ -1,0 +1,242 @@
+//! The harness: grid expansion, bad grid files, skip and resume, failure
+//! isolation, report aggregation by hand, charts, and an end-to-end grid.
+
+use std::path::Path;
+
+use ohem_harness::harness::{read_status, CellMeta, Grid, GridMeta, ReportConfig, State};
+use ohem_harness::trainer::EpochRow;
+
+use crate::util::{harness, tiny_dataset};
+
+fn write_grid(dir: &Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("grid.yaml");
+    let text = format!(
+        "results: {}\nbase:\n  device: cpu\n  dataset:\n    root: {}\n  model:\n    fc_dim: 64\n  input:\n    scale: 160\n    max_size: 224\n  train:\n    epochs: 1\n    iters_per_epoch: 2\n    lr_steps: []\n{body}",
+        dir.join("results").display(),
+        tiny_dataset().display()
+    );
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn grids_expand_to_arms_times_axes_times_seeds_with_stable_ids() {
+    let t = tempfile::tempdir().unwrap();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  ohem:\n    sampler: {kind: ohem}\naxes:\n  sampler.batch_size: [32, 64]\n  train.lr: [0.01, 0.02, 0.03]\nseeds: [0, 1]\n");
+    let g = Grid::load(&p, &[]).unwrap();
+    assert_eq!(g.cells.len(), 2 * 2 * 3 * 2);
+    assert_eq!(g.arms.len(), 2 * 2 * 3);
+    assert!(g.arms.contains(&"ohem batch_size=64 lr=0.02".to_string()), "{:?}", g.arms);
+    let c = g.cells.iter().find(|c| c.arm == "ohem batch_size=64 lr=0.02" && c.seed == 1).unwrap();
+    assert_eq!((c.config.sampler.batch_size(), c.config.train.lr, c.config.seed), (64, 0.02, 1));
+    // stable: the same file gives the same ids; an override changes every id
+    let again = Grid::load(&p, &[]).unwrap();
+    assert_eq!(g.cells.iter().map(|c| &c.id).collect::<Vec<_>>(), again.cells.iter().map(|c| &c.id).collect::<Vec<_>>());
+    let over = Grid::load(&p, &["train.epochs=3".into()]).unwrap();
+    assert!(over.cells.iter().all(|c| c.config.train.epochs == 3));
+    assert!(over.cells.iter().zip(&g.cells).all(|(a, b)| a.id != b.id));
+    // ids are unique
+    let mut ids: Vec<&String> = g.cells.iter().map(|c| &c.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), g.cells.len());
+}
+
+#[test]
+fn bad_grid_files_are_rejected_with_file_key_and_value() {
+    let cases: &[(&str, &[&str])] = &[
+        ("seeds: [0\n", &["grid.yaml", "line"]),
+        ("seeds: [0]\nbogus: 1\n", &["grid.yaml", "bogus"]),
+        ("seeds: [0]\narms:\n  a:\n    model: {backbon: small}\n", &["grid.yaml", "arm a", "model.backbon"]),
+        ("seeds: [0]\naxes:\n  sampler.nms_iuo: [0.5]\n", &["grid.yaml", "sampler.nms_iuo"]),
+        ("seeds: [0]\naxes:\n  train.lr: []\n", &["grid.yaml", "axes.train.lr", "empty"]),
+        ("seeds: [0]\narms:\n  a: {}\n  a: {}\n", &["grid.yaml", "duplicate", "a"]),
+        ("arms:\n  a: {}\n", &["grid.yaml", "seeds"]),
+        ("seeds: []\n", &["grid.yaml", "seeds", "empty"]),
+        ("seeds: [0]\narms:\n  a:\n    sampler: {kind: fixed_ratio, fg_fraction: 2}\n", &["grid.yaml", "arm a", "sampler.fg_fraction = 2"]),
+        ("seeds: [0]\nreport:\n  baselines: [nope]\n", &["grid.yaml", "report.baselines", "nope"]),
+    ];
+    for (body, needles) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let p = write_grid(t.path(), body);
+        let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+        for n in *needles {
+            assert!(err.contains(n), "{body:?}: {err:?} lacks {n:?}");
+        }
+        // and the CLI says the same, exits non-zero, runs nothing
+        let (ok, _, stderr) = harness(&["run", p.to_str().unwrap()]);
+        assert!(!ok && stderr.contains("grid.yaml") && !stderr.contains("panicked"), "{stderr}");
+        assert!(!t.path().join("results").exists());
+    }
+}
+
+fn row(epoch: usize, wall: f64, map: Option<f64>, train_s: f64, mine_s: f64) -> EpochRow {
+    EpochRow {
+        epoch,
+        iterations: 10,
+        train_s,
+        mine_s,
+        eval_s: 1.0,
+        wall_s: wall,
+        loss: 1.0,
+        loss_cls: 0.7,
+        loss_bbox: 0.3,
+        rois_per_iter: 128.0,
+        fg_fraction: 0.25,
+        sel_loss: 1.0,
+        all_loss: None,
+        cache_size: 0,
+        lr: 0.01,
+        map_voc07: map,
+        map_voc10: map.map(|m| m * 0.9),
+    }
+}
+
+fn fake_cell(results: &Path, arm: &str, seed: u64, state: State, rows: &[EpochRow]) {
+    let dir = results.join("cells").join(format!("{arm}-s{seed}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cell.json"), serde_json::to_string(&CellMeta { id: format!("{arm}{seed}"), arm: arm.into(), seed, epochs: rows.len() }).unwrap()).unwrap();
+    std::fs::write(dir.join("status.json"), format!("{{\"state\": \"{}\", \"reason\": null, \"updated\": \"x\"}}", match state { State::Done => "done", State::Failed => "failed", _ => "running" })).unwrap();
+    let mut w = csv::Writer::from_path(dir.join("metrics.csv")).unwrap();
+    for r in rows {
+        w.serialize(r).unwrap();
+    }
+    w.flush().unwrap();
+}
+
+#[test]
+fn report_aggregates_by_hand() {
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let meta = GridMeta { name: "hand".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.5), ..Default::default() } };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    // arm a: seeds reach 0.5 at wall 20 and 40; finals 0.6 and 0.5
+    fake_cell(res, "a", 0, State::Done, &[row(1, 10.0, Some(0.3), 8.0, 0.0), row(2, 20.0, Some(0.6), 8.0, 0.0)]);
+    fake_cell(res, "a", 1, State::Done, &[row(1, 10.0, Some(0.4), 8.0, 0.0), row(2, 25.0, Some(0.45), 8.0, 0.0), row(3, 40.0, Some(0.5), 8.0, 0.0)]);
+    // arm b: reaches 0.5 at 5 and 15; finals 0.7 and 0.55; mining time 2 s per epoch
+    fake_cell(res, "b", 0, State::Done, &[row(1, 5.0, Some(0.7), 2.0, 2.0)]);
+    fake_cell(res, "b", 1, State::Done, &[row(1, 5.0, Some(0.2), 2.0, 2.0), row(2, 15.0, Some(0.55), 4.0, 2.0)]);
+    // a failed cell is counted, not aggregated
+    fake_cell(res, "b", 2, State::Failed, &[row(1, 5.0, Some(0.9), 2.0, 2.0)]);
+
+    let md = ohem_harness::report::generate(res).unwrap();
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("0.5000 (set in the grid file)"), "{text}");
+
+    let mut r = csv::Reader::from_path(res.join("summary.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> = r.deserialize().map(|x| x.unwrap()).collect();
+    let get = |arm: &str, col: &str| -> f64 { rows.iter().find(|r| r["arm"] == arm).unwrap()[col].parse().unwrap() };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(get("a", "seeds"), 2.0) && close(get("b", "seeds"), 2.0) && close(get("b", "failed"), 1.0));
+    assert!(close(get("a", "final_map_mean"), 0.55));
+    assert!(close(get("a", "final_map_std"), (0.005f64).sqrt())); // sample std of {0.6, 0.5}
+    assert!(close(get("b", "final_map_mean"), 0.625));
+    assert!(close(get("a", "time_to_target_mean"), 30.0) && close(get("b", "time_to_target_mean"), 10.0));
+    assert!(close(get("b", "mine_s_mean"), 2.0) && close(get("a", "mine_s_mean"), 0.0));
+    // train_s of b over its 3 epochs {2, 2, 4}: mean 8/3
+    assert!(close(get("b", "train_s_mean"), 8.0 / 3.0));
+    assert!(close(get("a", "total_wall_s_mean"), 30.0) && close(get("b", "total_wall_s_mean"), 10.0));
+
+    let mut s = csv::Reader::from_path(res.join("speedups.csv")).unwrap();
+    let sp: Vec<std::collections::HashMap<String, String>> = s.deserialize().map(|x| x.unwrap()).collect();
+    let ttt = sp.iter().find(|r| r["arm"] == "b" && r["measure"] == "time_to_target").unwrap();
+    assert!(close(ttt["speedup"].parse().unwrap(), 3.0), "{ttt:?}"); // 30 / 10
+    let (lo, hi): (f64, f64) = (ttt["ci95_lo"].parse().unwrap(), ttt["ci95_hi"].parse().unwrap());
+    // the bootstrap range of mean(a)/mean(b) lies within [20/15, 40/5]
+    assert!(lo <= 3.0 && hi >= 3.0 && lo >= 20.0 / 15.0 - 1e-9 && hi <= 8.0 + 1e-9, "{lo} {hi}");
+
+    // a target nobody reaches: did-not-finish, reported, not dropped
+    let meta2 = GridMeta { report: ReportConfig { target_map: Some(0.95), ..meta.report.clone() }, ..meta };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta2).unwrap()).unwrap();
+    ohem_harness::report::generate(res).unwrap();
+    let mut r = csv::Reader::from_path(res.join("summary.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> = r.deserialize().map(|x| x.unwrap()).collect();
+    assert_eq!(rows.iter().find(|r| r["arm"] == "a").unwrap()["did_not_finish"], "2");
+    let text = std::fs::read_to_string(res.join("speedups.csv")).unwrap();
+    assert!(text.contains("DNF"), "{text}");
+
+    // a chart of every kind, PNG and SVG
+    for stem in ["map_vs_epoch", "map_vs_wallclock", "seconds_per_epoch", "speedup_vs_a", "fg_fraction"] {
+        let png = std::fs::read(res.join(format!("{stem}.png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{stem}.png");
+        let svg = std::fs::read_to_string(res.join(format!("{stem}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<text"), "{stem}.svg has no text");
+    }
+}
+
+#[test]
+fn bootstrap_by_hand() {
+    use ohem_harness::report::{bootstrap_ratio, mean_std, time_to_target};
+    // identical seeds: no spread
+    let r = bootstrap_ratio(&[4.0, 4.0], &[2.0, 2.0], 500, 1).unwrap();
+    assert_eq!((r.0, r.1, r.2), (2.0, 2.0, 2.0));
+    assert_eq!(mean_std(&[1.0, 3.0]), Some((2.0, 2f64.sqrt())));
+    assert_eq!(mean_std(&[5.0]), Some((5.0, 0.0)));
+    let rows = [row(1, 10.0, None, 1.0, 0.0), row(2, 20.0, Some(0.4), 1.0, 0.0), row(3, 30.0, Some(0.6), 1.0, 0.0)];
+    assert_eq!(time_to_target(&rows, "map_voc07", 0.5), Some(30.0));
+    assert_eq!(time_to_target(&rows, "map_voc07", 0.4), Some(20.0));
+    assert_eq!(time_to_target(&rows, "map_voc07", 0.7), None);
+}
+
+/// End to end through the CLI: two arms, two seeds, one epoch on the tiny
+/// data; then a simulated kill and a rerun that resumes, and a failing cell
+/// that does not stop the others.
+#[test]
+fn run_grid_end_to_end_with_resume_and_failure_isolation() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  ohem:\n    sampler: {kind: ohem}\nseeds: [0, 1]\nreport:\n  baselines: [frcn]\n");
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run"]);
+    assert!(ok && out.contains("4 cells"), "{out}{err}");
+    assert!(!t.path().join("results/cells").exists(), "--dry-run runs nothing");
+
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--jobs", "2"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("4 run, 0 already done") && out.contains("0 failed"), "{out}");
+    let res = t.path().join("results");
+    let summary = std::fs::read_to_string(res.join("summary.md")).unwrap();
+    assert!(summary.contains("| frcn | 2 | 0 |") && summary.contains("| ohem | 2 | 0 |"), "{summary}");
+    let cells: Vec<_> = std::fs::read_dir(res.join("cells")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cells.len(), 4);
+    for c in &cells {
+        assert_eq!(read_status(c).unwrap().state, State::Done);
+        let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.join("manifest.json")).unwrap()).unwrap();
+        assert!(m["libtorch"].as_str().unwrap().starts_with("2.13.0") && m["ended"].is_string(), "{m}");
+        assert!(c.join("config.yaml").exists() && c.join("metrics.csv").exists() && c.join("checkpoints").exists());
+    }
+
+    // Rerun: everything is skipped.
+    let (ok, out, _) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache]);
+    assert!(ok && out.contains("0 run, 4 already done"), "{out}");
+
+    // Simulate a SIGKILL in the middle of a cell's second epoch: status left "running", one epoch logged.
+    let p2 = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\nseeds: [0]\n");
+    let (ok, _, err) = harness(&["run", p2.to_str().unwrap(), "--cache-dir", &cache, "--set", "train.epochs=2", "--out", t.path().join("r2").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let cell = std::fs::read_dir(t.path().join("r2/cells")).unwrap().next().unwrap().unwrap().path();
+    let full = std::fs::read_to_string(cell.join("metrics.csv")).unwrap();
+    let first_epoch: String = full.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(cell.join("metrics.csv"), &first_epoch).unwrap();
+    std::fs::remove_file(cell.join("checkpoints/epoch_002.safetensors")).unwrap();
+    std::fs::write(cell.join("status.json"), "{\"state\": \"running\", \"reason\": null, \"updated\": \"x\"}").unwrap();
+    let (ok, out, err) = harness(&["run", p2.to_str().unwrap(), "--cache-dir", &cache, "--set", "train.epochs=2", "--out", t.path().join("r2").to_str().unwrap()]);
+    assert!(ok && out.contains("1 run"), "{out}{err}");
+    let resumed = std::fs::read_to_string(cell.join("metrics.csv")).unwrap();
+    assert_eq!(resumed.lines().count(), 3, "resumed at epoch 2:\n{resumed}");
+    assert_eq!(resumed.lines().nth(1), full.lines().nth(1), "epoch 1 was not redone");
+    // the same CPU run gives the same epoch-2 losses and mAP
+    let cols = |l: &str| l.split(',').enumerate().filter(|(i, _)| ![2, 3, 4, 5].contains(i)).map(|(_, v)| v.to_string()).collect::<Vec<_>>();
+    assert_eq!(cols(resumed.lines().nth(2).unwrap()), cols(full.lines().nth(2).unwrap()));
+
+    // A cell that fails (a corrupt image in its dataset) is marked failed with its reason; the others finish.
+    let broken = crate::util::copy_of(tiny_dataset());
+    std::fs::write(broken.path().join("JPEGImages/000003.jpg"), b"not a jpeg").unwrap();
+    let p3 = write_grid(t.path(), &format!("arms:\n  good:\n    sampler: {{kind: fixed_ratio}}\n  bad:\n    dataset: {{root: {}}}\nseeds: [0]\n", broken.path().display()));
+    let (ok, out, err) = harness(&["run", p3.to_str().unwrap(), "--cache-dir", &cache, "--out", t.path().join("r3").to_str().unwrap()]);
+    assert!(!ok, "a failed cell makes the exit code non-zero");
+    assert!(out.contains("1 run") && out.contains("1 failed") && out.contains("000003.jpg"), "{out}\n{err}");
+    assert!(err.contains("1 of 2 cells failed") && !err.contains("panicked"), "{err}");
+    let statuses: Vec<State> = std::fs::read_dir(t.path().join("r3/cells")).unwrap().map(|e| read_status(&e.unwrap().path()).unwrap().state).collect();
+    assert!(statuses.contains(&State::Done) && statuses.contains(&State::Failed));
+    assert!(std::fs::read_to_string(t.path().join("r3/summary.md")).unwrap().contains("000003.jpg"));
+}
