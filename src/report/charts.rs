@@ -92,32 +92,47 @@ where
     Ok(())
 }
 
-fn stacked_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, summaries: &[ArmSummary]) -> Result<()>
+/// A bar chart over categories (`labels`): category `i` is centred on x = i.
+fn categorical<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    labels: &'a [String],
+    ymax: f64,
+    ydesc: &str,
+) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
-    let parts = |s: &ArmSummary| [s.train_s_per_epoch, s.mine_s_per_epoch, s.eval_s_per_epoch].map(|v| v.map(|x| x.0).unwrap_or(0.0));
-    let ymax = summaries.iter().map(|s| parts(s).iter().sum::<f64>()).fold(1.0f64, f64::max) * 1.15;
-    let n = summaries.len().max(1);
-    let labels: Vec<String> = summaries.iter().map(|s| s.arm.clone()).collect();
+    let n = labels.len().max(1);
     let mut chart = ChartBuilder::on(root)
-        .caption("Seconds per epoch: training, mining (training stalled), evaluation", ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..ymax)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&|x| labels.get(x.floor() as usize).filter(|_| (x - x.floor() - 0.5).abs() < 0.01).cloned().unwrap_or_default())
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
         .x_desc("arm")
-        .y_desc("seconds per epoch (mean over epochs and seeds)")
+        .y_desc(ydesc)
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(err)?;
+    Ok(chart)
+}
+
+fn stacked_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, summaries: &[ArmSummary]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let parts = |s: &ArmSummary| [s.train_s_per_epoch, s.mine_s_per_epoch, s.eval_s_per_epoch].map(|v| v.map(|x| x.0).unwrap_or(0.0));
+    let ymax = summaries.iter().map(|s| parts(s).iter().sum::<f64>()).fold(1.0f64, f64::max) * 1.15;
+    let labels: Vec<String> = summaries.iter().map(|s| s.arm.clone()).collect();
+    let mut chart = categorical(root, "Seconds per epoch: training, mining (training stalled), evaluation", &labels, ymax, "seconds per epoch (mean over epochs and seeds)")?;
     let names = ["train", "mine", "eval"];
     let shades = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(127, 127, 127)];
     for (k, name) in names.iter().enumerate() {
@@ -126,7 +141,7 @@ where
             .draw_series(summaries.iter().enumerate().map(|(i, s)| {
                 let p = parts(s);
                 let lo: f64 = p[..k].iter().sum();
-                Rectangle::new([(i as f64 + 0.2, lo), (i as f64 + 0.8, lo + p[k])], c.filled())
+                Rectangle::new([(i as f64 - 0.3, lo), (i as f64 + 0.3, lo + p[k])], c.filled())
             }))
             .map_err(err)?
             .label(*name)
@@ -141,37 +156,19 @@ fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, baseline: &st
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(err)?;
     let measures = ["time_to_target", "total_wall_s", "s_per_iter"];
-    let others: Vec<&String> = arms.iter().filter(|a| a.as_str() != baseline).collect();
-    let n = others.len().max(1);
+    let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
+    let n = labels.len().max(1);
     let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.15;
-    let labels: Vec<String> = others.iter().map(|s| s.to_string()).collect();
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("Speed-up against {baseline} (baseline / arm; 95% bootstrap CI)"), ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..n as f64, 0.0..ymax)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| labels.get(x.floor() as usize).filter(|_| (x - x.floor() - 0.5).abs() < 0.01).cloned().unwrap_or_default())
-        .x_desc("arm")
-        .y_desc("speed-up (x)")
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
-    chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (n as f64, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% bootstrap CI)"), &labels, ymax, "speed-up (x)")?;
+    chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
     for (k, m) in measures.iter().enumerate() {
         let c = shades[k];
-        let bars: Vec<(f64, f64, Option<(f64, f64)>)> = others
+        let bars: Vec<(f64, f64, Option<(f64, f64)>)> = labels
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| rows.iter().find(|s| &&s.arm == a && s.measure == *m).and_then(|s| s.ratio.map(|r| (i as f64 + 0.15 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
+            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == *m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
             .collect();
         chart
             .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + 0.2, *r)], c.filled())))
