@@ -134,7 +134,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
         let images = Tensor::randn([2, 3, c.h, c.w], (Kind::Float, device));
         let props: Vec<Tensor> = (0..2).map(|_| random_rois(c.proposals_per_image, c.h, c.w, device)).collect();
         // 64 RoIs per image, as the fixed-ratio sampler would pick
-        let rois = Tensor::cat(&props.iter().enumerate().map(|(b, p)| Tensor::cat(&[Tensor::full([64, 1], b as f64, (Kind::Float, device)), p.narrow(0, 0, 64)], 1)).collect::<Vec<_>>(), 0);
+        let rois = Tensor::cat(&props.iter().enumerate().map(|(b, p)| roi_pool::with_batch_index(b as i64, &p.narrow(0, 0, 64))).collect::<Vec<_>>(), 0);
         let labels = Tensor::randint(21, [128], (Kind::Int64, device));
         let targets = Tensor::randn([128, 4], (Kind::Float, device)) * 0.5;
         let mut t = [0f64; 4];
@@ -175,7 +175,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 
     // RoI pooling against the slow per-RoI reference, forward + backward, same inputs.
     let feats = Tensor::randn([2, 128, 14, 18], (Kind::Float, device)).set_requires_grad(true);
-    let rois = Tensor::cat(&(0..2).map(|b| Tensor::cat(&[Tensor::full([64, 1], b as f64, (Kind::Float, device)), random_rois(64, 224, 288, device)], 1)).collect::<Vec<_>>(), 0);
+    let rois = Tensor::cat(&(0..2).map(|b| roi_pool::with_batch_index(b, &random_rois(64, 224, 288, device))).collect::<Vec<_>>(), 0);
     let time = |f: &dyn Fn() -> Tensor, reps: usize| {
         let t = Instant::now();
         for _ in 0..reps {
@@ -239,7 +239,7 @@ pub fn samplers(iters: usize) -> Result<()> {
         for it in 0..iters + 1 {
             let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(&store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
             let t = Instant::now();
-            let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg, device)?;
+            let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg)?;
             sync(device);
             if it > 0 {
                 total += t.elapsed().as_secs_f64();

@@ -130,7 +130,7 @@ fn masked_and_read_only_ohem_make_the_same_update() {
         let mut opt = Sgd::new(&vs, 0.9, 5e-4);
         let mut sampler = cfg.sampler.build();
         let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, i == 3, dev)).collect();
-        let out = train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, cfg, dev).unwrap();
+        let out = train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, cfg).unwrap();
         (vs, out)
     };
     let (vs_ro, out_ro) = run(&ro);

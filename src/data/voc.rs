@@ -178,13 +178,22 @@ impl Dataset {
     }
 }
 
-/// Decodes a JPEG file into RGB8, with errors that name the file.
-pub fn decode_jpeg(path: &Path) -> Result<image::RgbImage, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+/// Reads an image file's bytes; a missing file is [`DataError::MissingImage`].
+pub fn read_image_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::MissingImage { path: path.to_path_buf() },
         _ => DataError::Io { path: path.to_path_buf(), msg: e.to_string() },
-    })?;
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+    })
+}
+
+/// Decodes a JPEG file into RGB8, with errors that name the file.
+pub fn decode_jpeg(path: &Path) -> Result<image::RgbImage, DataError> {
+    decode_jpeg_bytes(path, &read_image_bytes(path)?)
+}
+
+/// Decodes JPEG bytes read from `path` (named in errors) into RGB8.
+pub fn decode_jpeg_bytes(path: &Path, bytes: &[u8]) -> Result<image::RgbImage, DataError> {
+    let img = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
         .map_err(|e| DataError::BadImage { path: path.to_path_buf(), msg: e.to_string() })?;
     Ok(img.to_rgb8())
 }

@@ -21,6 +21,11 @@
 
 use tch::{Kind, Tensor};
 
+/// Prefixes boxes `[R, 4]` with batch index `b`: the `[R, 5]` RoIs [`roi_pool`] takes.
+pub fn with_batch_index(b: i64, boxes: &Tensor) -> Tensor {
+    Tensor::cat(&[Tensor::full([boxes.size()[0], 1], b as f64, (boxes.kind(), boxes.device())), boxes.shallow_clone()], 1)
+}
+
 /// Upper bound on the elements of one chunk's intermediate `T` (64 Mi floats).
 const CHUNK_ELEMS: i64 = 1 << 26;
 

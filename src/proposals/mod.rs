@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::boxes::{iou, BBox};
-use crate::data::voc::{decode_jpeg, write_file, Annotation, Dataset};
+use crate::data::voc::{decode_jpeg_bytes, read_image_bytes, write_file, Annotation, Dataset};
 pub use selective_search::SsMode;
 
 /// Selective-search parameters. Part of the cache key.
@@ -113,10 +113,7 @@ pub fn compute(
         .par_iter()
         .map(|ann| -> Result<(Vec<BBox>, Option<f64>)> {
             let path = ds.image_path(&ann.id);
-            let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => anyhow::anyhow!("image {} is missing", path.display()),
-                _ => anyhow::anyhow!("{}: {e}", path.display()),
-            })?;
+            let bytes = read_image_bytes(&path)?;
             let cache_file = cache_dir.map(|d| {
                 let key = cache_key(&bytes, params);
                 d.join(&key[..2]).join(format!("{key}.txt"))
@@ -125,7 +122,7 @@ pub fn compute(
                 bar.inc(1);
                 return Ok((boxes, None));
             }
-            let img = decode_jpeg(&path)?;
+            let img = decode_jpeg_bytes(&path, &bytes)?;
             let t = Instant::now();
             let boxes = selective_search::selective_search(&img, params.mode, params.sigma, params.min_side, params.max_boxes);
             let ms = t.elapsed().as_secs_f64() * 1e3;

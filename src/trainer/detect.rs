@@ -2,13 +2,13 @@
 //! decoding, then per class a score threshold and NMS, and at most
 //! `max_per_image` detections per image (py-faster-rcnn's `test_net`).
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use super::batch::{prepare, ImageStore};
 use super::config::{InputConfig, TestConfig};
 use crate::boxes::{nms, BBox};
 use crate::eval::Detection;
-use crate::model::{box_coder, FastRcnn};
+use crate::model::{box_coder, roi_pool, FastRcnn};
 
 /// Detections per class (`[K]` lists) over all images of `store`, in VOC 1-based pixels.
 pub fn detect(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device) -> Vec<Vec<Detection>> {
@@ -23,7 +23,7 @@ pub fn detect(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &
         }
         let (probs, boxes) = tch::no_grad(|| {
             let feats = model.features(&p.image.unsqueeze(0), false);
-            let rois = Tensor::cat(&[Tensor::zeros([n, 1], (Kind::Float, device)), p.proposals.shallow_clone()], 1); // [P, 5]
+            let rois = roi_pool::with_batch_index(0, &p.proposals); // [P, 5]
             let (logits, deltas) = model.head(&feats, &rois, false);
             let probs = logits.softmax(-1, Kind::Float); // [P, K+1]
             let boxes = box_coder::decode(&p.proposals, &deltas.view([n, k as i64, 4])) / p.scale; // [P, K, 4]

@@ -25,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::eval::{self, Metric};
-use crate::model::{per_roi_losses, FastRcnn};
+use crate::model::{per_roi_losses, roi_pool, FastRcnn};
 use crate::proposals;
 use crate::sampler::{self, Backprop, ImageRois, ImageScores, Miner, Progress, RoiLosses};
 use batch::{collate, prepare, ImageStore};
@@ -145,7 +145,7 @@ impl Miner for FrozenScorer<'_> {
             let s = tch::no_grad(|| {
                 let feats = self.model.features(&p.image.unsqueeze(0), false);
                 let a = sampler::assign(i, n, p.proposals.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
-                let rois = Tensor::cat(&[Tensor::zeros([n, 1], (Kind::Float, self.device)), p.proposals.shallow_clone()], 1);
+                let rois = roi_pool::with_batch_index(0, &p.proposals);
                 let (logits, deltas) = self.model.head(&feats, &rois, false);
                 let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
                 let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
@@ -207,7 +207,6 @@ pub fn train_step(
     sampler: &mut dyn sampler::Sampler,
     batch: &[batch::Prepared],
     cfg: &TrainConfig,
-    device: Device,
 ) -> Result<IterOut> {
     let k = model.num_classes;
     let images = collate(batch); // [N, 3, H, W]
@@ -224,8 +223,7 @@ pub fn train_step(
         })
         .collect();
     let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
-    let with_batch = |b: usize, rois: &Tensor| Tensor::cat(&[Tensor::full([rois.size()[0], 1], b as f64, (Kind::Float, device)), rois.shallow_clone()], 1);
-    let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| with_batch(b, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
+    let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
     let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
     let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
 
@@ -379,7 +377,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             }
             let idx: Vec<usize> = (0..n_img).map(|j| order[(it * n_img + j) % order.len()]).collect();
             let prepared: Vec<batch::Prepared> = idx.iter().map(|&i| prepare(&train_set, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), device)).collect();
-            let out = train_step(&model, &mut opt, cfg.train.lr_at(epoch, at.iteration), sampler.as_mut(), &prepared, cfg, device)
+            let out = train_step(&model, &mut opt, cfg.train.lr_at(epoch, at.iteration), sampler.as_mut(), &prepared, cfg)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.iterations += 1;
             st.loss_cls += out.loss_cls;
