@@ -27,6 +27,20 @@ fn main() {
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OHEM_LIBTORCH_VERSION={version}");
+    // The CPU RoI-pooling kernel (csrc/roi_pool.cpp), against the same headers and ABI as torch-sys.
+    println!("cargo:rerun-if-changed=csrc/roi_pool.cpp");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(libtorch.join("include"))
+        .include(libtorch.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .opt_level(3)
+        .file("csrc/roi_pool.cpp")
+        .compile("ohem_kernels");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

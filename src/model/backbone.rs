@@ -43,23 +43,29 @@ fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
 }
 
 /// The convolutional trunk. Returns the module and the names of its frozen variables' prefixes.
-pub fn features(p: &nn::Path, backbone: Backbone) -> (nn::SequentialT, Vec<String>) {
+///
+/// `freeze_bn`: batch norm always uses its running statistics (eval mode, in
+/// training too) and its affine parameters are frozen, as detection
+/// fine-tuning from a pre-trained backbone does with N = 2 images per batch.
+pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool) -> (nn::SequentialT, Vec<String>) {
     match backbone {
         Backbone::Small => {
             let f = p / "features";
             let mut s = nn::seq_t();
+            let mut frozen = Vec::new();
             // (in, out, pool after)
             let plan = [(3, 16, true), (16, 32, true), (32, 64, false), (64, 64, true), (64, 128, false), (128, 128, true), (128, 128, false), (128, 128, false)];
             for (i, (cin, cout, pool)) in plan.into_iter().enumerate() {
-                s = s
-                    .add(conv(&f / format!("conv{i}"), cin, cout))
-                    .add(nn::batch_norm2d(&f / format!("bn{i}"), cout, Default::default()))
-                    .add_fn(|x| x.relu());
+                let bn = nn::batch_norm2d(&f / format!("bn{i}"), cout, Default::default());
+                s = s.add(conv(&f / format!("conv{i}"), cin, cout)).add_fn_t(move |x, train| bn.forward_t(x, train && !freeze_bn)).add_fn(|x| x.relu());
+                if freeze_bn {
+                    frozen.push(format!("features.bn{i}."));
+                }
                 if pool {
                     s = s.add_fn(|x| x.max_pool2d_default(2));
                 }
             }
-            (s, Vec::new())
+            (s, frozen)
         }
         Backbone::Vgg16 => {
             let f = p / "features";

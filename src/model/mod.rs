@@ -23,8 +23,14 @@ pub use backbone::Backbone;
 pub struct ModelConfig {
     /// `small` (CPU default, from scratch) or `vgg16` (torchvision layout).
     pub backbone: Backbone,
-    /// Safetensors weights to start from (vgg16: converted from torchvision).
+    /// Where the weights start: `pretrained` (the shared backbone that
+    /// `harness pretrain` makes, see [`crate::pretrain`]) or `scratch`.
+    pub init: Init,
+    /// Safetensors weights to start from instead (vgg16: converted from torchvision).
     pub weights: Option<PathBuf>,
+    /// Batch norm frozen (running statistics, fixed affine) in training.
+    /// Default: frozen when the weights start pre-trained, trained from scratch.
+    pub freeze_bn: Option<bool>,
     /// RoI pooling output size (7 in Fast R-CNN).
     pub roi_size: i64,
     /// Bilinear samples per bin side in RoI pooling.
@@ -34,9 +40,17 @@ pub struct ModelConfig {
     pub dropout: f64,
 }
 
+/// `model.init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    Pretrained,
+    Scratch,
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { backbone: Backbone::Small, weights: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.5 }
+        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.5 }
     }
 }
 
@@ -60,8 +74,21 @@ impl ModelConfig {
             if !w.is_file() {
                 bail!("model.weights = {}: no such file", w.display());
             }
+            if self.init == Init::Scratch {
+                bail!("model.weights = {} contradicts model.init = scratch; drop one of them", w.display());
+            }
         }
         Ok(())
+    }
+
+    /// Whether batch norm is frozen in training (see [`ModelConfig::freeze_bn`]).
+    pub fn bn_frozen(&self) -> bool {
+        self.freeze_bn.unwrap_or(self.init == Init::Pretrained || self.weights.is_some())
+    }
+
+    /// fc6/fc7 width, the backbone's default unless set.
+    pub fn fc_width(&self) -> i64 {
+        self.fc_dim.unwrap_or_else(|| self.backbone.default_fc_dim())
     }
 }
 
@@ -81,8 +108,8 @@ pub struct FastRcnn {
 impl FastRcnn {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: usize) -> Self {
         let k = num_classes as i64;
-        let (features, frozen) = backbone::features(p, cfg.backbone);
-        let fc_dim = cfg.fc_dim.unwrap_or_else(|| cfg.backbone.default_fc_dim());
+        let (features, frozen) = backbone::features(p, cfg.backbone, cfg.bn_frozen());
+        let fc_dim = cfg.fc_width();
         let in_dim = cfg.backbone.channels() * cfg.roi_size * cfg.roi_size;
         let fc = backbone::fc_layers(p, cfg.backbone, in_dim, fc_dim, cfg.dropout);
         // Fast R-CNN's initialisation: N(0, 0.01) for scores, N(0, 0.001) for boxes.
@@ -93,11 +120,18 @@ impl FastRcnn {
 
     /// Loads `cfg.weights` (missing head layers are fine) and freezes the frozen layers.
     pub fn load_and_freeze(&self, vs: &mut nn::VarStore) -> Result<()> {
-        if let Some(w) = &self.cfg.weights {
-            let missing = vs.load_partial(w).with_context(|| format!("loading model.weights {}", w.display()))?;
+        self.load_from_and_freeze(vs, self.cfg.weights.as_deref()).map(|_| ())
+    }
+
+    /// Loads `weights` by name, when given, and freezes the frozen layers.
+    /// Returns the names of the model's variables that the file lacks.
+    pub fn load_from_and_freeze(&self, vs: &mut nn::VarStore, weights: Option<&std::path::Path>) -> Result<Vec<String>> {
+        let mut missing = Vec::new();
+        if let Some(w) = weights {
+            missing = vs.load_partial(w).with_context(|| format!("loading model weights {}", w.display()))?;
             let n_vars = vs.variables().len();
             if missing.len() == n_vars {
-                bail!("model.weights {}: none of the {} variables of the {:?} model is in the file", w.display(), n_vars, self.cfg.backbone);
+                bail!("model weights {}: none of the {} variables of the {:?} model is in the file", w.display(), n_vars, self.cfg.backbone);
             }
         }
         for (name, t) in vs.variables() {
@@ -105,7 +139,7 @@ impl FastRcnn {
                 let _ = t.set_requires_grad(false);
             }
         }
-        Ok(())
+        Ok(missing)
     }
 
     /// `[N, 3, H, W]` → `[N, C, H/16, W/16]`.

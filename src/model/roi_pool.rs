@@ -1,4 +1,6 @@
-//! RoI max pooling as a handful of whole-tensor operations.
+//! RoI max pooling: on the CPU a C++ kernel with its own autograd function
+//! (`csrc/roi_pool.cpp`), elsewhere (CUDA) a handful of whole-tensor operations.
+//! Both compute the same thing, and the tests hold both to the per-RoI reference.
 //!
 //! Every RoI is divided into `out x out` bins; each bin is sampled bilinearly on
 //! a regular `s x s` sub-grid and the bin's value is the max over its samples.
@@ -12,6 +14,12 @@
 //! alike (measured 2-3x faster than `grid_sampler_2d` on CPU, whose backward
 //! scatters). The only Rust loops are over the N images of a batch and over
 //! chunks of RoIs that bound the memory of `T`, never over single RoIs.
+//!
+//! The tensor path's intermediate `T` is `[R, s*out, C, W]`: with thousands
+//! of RoIs (masked OHEM, evaluation) that is hundreds of MB per pass, which is
+//! why the CPU runs the kernel. The kernel reads the features channels-last,
+//! samples each bin's s x s points (4 taps each), keeps the arg-max sample per
+//! output, and backpropagates into that sample's 4 taps.
 //!
 //! Coordinates: a RoI `[b, x1, y1, x2, y2]` is in input-image pixels, 0-based
 //! and inclusive, so it covers the continuous span `[x1, x2 + 1)`. That span,
@@ -51,9 +59,41 @@ fn hat_weights(pos: &Tensor, n: i64) -> Tensor {
 }
 
 /// `feats`: `[N, C, H, W]`; `rois`: `[R, 5]` as `(batch index, x1, y1, x2, y2)`.
-/// Returns `[R, C, out, out]`.
+/// Returns `[R, C, out, out]`. The CPU kernel for float and double features on
+/// the CPU, the tensor path otherwise.
 pub fn roi_pool(feats: &Tensor, rois: &Tensor, out: i64, s: i64, spatial_scale: f64) -> Tensor {
+    if feats.device() == tch::Device::Cpu && matches!(feats.kind(), Kind::Float | Kind::Double) && s <= 8 {
+        roi_pool_kernel(feats, rois, out, s, spatial_scale)
+    } else {
+        roi_pool_tensor(feats, rois, out, s, spatial_scale)
+    }
+}
+
+/// The whole-tensor version (any device).
+pub fn roi_pool_tensor(feats: &Tensor, rois: &Tensor, out: i64, s: i64, spatial_scale: f64) -> Tensor {
     roi_pool_chunked(feats, rois, out, s, spatial_scale, CHUNK_ELEMS)
+}
+
+extern "C" {
+    fn ohem_roi_pool_cpu(result: *mut *mut torch_sys::C_tensor, feats: *const torch_sys::C_tensor, rois: *const torch_sys::C_tensor, out: i64, s: i64, scale: f64) -> *mut std::ffi::c_char;
+    fn ohem_free_message(m: *mut std::ffi::c_char);
+}
+
+/// The CPU kernel (`csrc/roi_pool.cpp`): CPU float or double features, at most 8 samples per bin side.
+/// Panics with libtorch's message on bad input, as tch's own operations do.
+pub fn roi_pool_kernel(feats: &Tensor, rois: &Tensor, out: i64, s: i64, spatial_scale: f64) -> Tensor {
+    let mut result: *mut torch_sys::C_tensor = std::ptr::null_mut();
+    // SAFETY: both pointers are live tensors owned by the caller for the whole call; on
+    // success the kernel returns a new tensor that we own, on failure a message we free.
+    unsafe {
+        let err = ohem_roi_pool_cpu(&mut result, feats.as_ptr(), rois.as_ptr(), out, s, spatial_scale);
+        if !err.is_null() {
+            let msg = std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned();
+            ohem_free_message(err);
+            panic!("RoI pooling kernel: {msg}");
+        }
+        Tensor::from_ptr(result)
+    }
 }
 
 /// [`roi_pool`] with an explicit bound on the elements of one chunk's intermediate.

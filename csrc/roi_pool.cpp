@@ -1,0 +1,200 @@
+// RoI max pooling over bilinear samples, as a CPU kernel with a C++ autograd
+// function. Same definition as the tensor path in src/model/roi_pool.rs (and
+// its per-RoI reference): every RoI is split into out x out bins, each bin is
+// sampled bilinearly on an s x s sub-grid (zero outside the map), and the bin
+// takes the max over its samples. The gradient flows to the 4 taps of the
+// arg-max sample.
+//
+// The features are read channels-last, so the innermost loop of both passes
+// runs over contiguous channels. The forward splits RoIs over threads; the
+// backward splits channels, so no two threads write one gradient cell.
+// Built by build.rs (cc) against the libtorch headers that torch-sys uses.
+
+#include <torch/autograd.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+namespace {
+
+// Runs f(begin, end) over [0, n) in up to at::get_num_threads() contiguous pieces.
+template <typename F>
+void parallel(int64_t n, int64_t min_piece, const F& f) {
+  int64_t threads = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / std::max<int64_t>(min_piece, 1)));
+  if (threads <= 1) {
+    f(0, n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  int64_t piece = (n + threads - 1) / threads;
+  for (int64_t t = 1; t < threads; ++t) {
+    int64_t b = t * piece, e = std::min(n, b + piece);
+    if (b < e) pool.emplace_back([&f, b, e] { f(b, e); });
+  }
+  f(0, std::min(n, piece));
+  for (auto& th : pool) th.join();
+}
+
+// The two taps (index, weight) of a sample at position p (feature cells, centre i + 0.5) on an axis of n cells.
+struct Taps {
+  int64_t i0, i1;
+  double w0, w1;
+};
+
+inline Taps taps(double p, int64_t n) {
+  double q = p - 0.5;
+  double f = std::floor(q);
+  int64_t i0 = (int64_t)f;
+  double a = q - f;
+  Taps t{i0, i0 + 1, 1.0 - a, a};
+  if (t.i0 < 0 || t.i0 >= n) { t.i0 = 0; t.w0 = 0.0; }
+  if (t.i1 < 0 || t.i1 >= n) { t.i1 = 0; t.w1 = 0.0; }
+  return t;
+}
+
+// Sample positions along one axis of one RoI: s * out of them, bin-major here (bin i, sub k).
+inline void positions(double lo, double hi, int64_t out, int64_t s, double scale, std::vector<double>& pos) {
+  double start = lo * scale;
+  double extent = std::max((hi + 1.0) * scale - start, 1.0);
+  pos.resize(out * s);
+  for (int64_t i = 0; i < out; ++i)
+    for (int64_t k = 0; k < s; ++k) pos[i * s + k] = start + extent * ((double)(i * s + k) + 0.5) / (double)(out * s);
+}
+
+template <typename T>
+void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+  parallel(R, 8, [&](int64_t r0, int64_t r1) {
+    std::vector<double> px, py;
+    std::vector<T> acc(C);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* roi = rois + r * 5;
+      const T* fb = f + (int64_t)roi[0] * H * W * C;
+      positions(roi[1], roi[3], out, s, scale, px);
+      positions(roi[2], roi[4], out, s, scale, py);
+      for (int64_t by = 0; by < out; ++by)
+        for (int64_t bx = 0; bx < out; ++bx) {
+          T* yo = y + ((r * out + by) * out + bx) * C;
+          uint8_t* ao = arg + ((r * out + by) * out + bx) * C;
+          for (int64_t ky = 0; ky < s; ++ky) {
+            Taps ty = taps(py[by * s + ky], H);
+            for (int64_t kx = 0; kx < s; ++kx) {
+              Taps tx = taps(px[bx * s + kx], W);
+              const T* p00 = fb + (ty.i0 * W + tx.i0) * C;
+              const T* p01 = fb + (ty.i0 * W + tx.i1) * C;
+              const T* p10 = fb + (ty.i1 * W + tx.i0) * C;
+              const T* p11 = fb + (ty.i1 * W + tx.i1) * C;
+              T w00 = ty.w0 * tx.w0, w01 = ty.w0 * tx.w1, w10 = ty.w1 * tx.w0, w11 = ty.w1 * tx.w1;
+              uint8_t k = (uint8_t)(ky * s + kx);
+              for (int64_t c = 0; c < C; ++c) acc[c] = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+              if (k == 0) {
+                for (int64_t c = 0; c < C; ++c) { yo[c] = acc[c]; ao[c] = 0; }
+              } else {
+                for (int64_t c = 0; c < C; ++c)
+                  if (acc[c] > yo[c]) { yo[c] = acc[c]; ao[c] = k; }
+              }
+            }
+          }
+        }
+    }
+  });
+}
+
+template <typename T>
+void backward_kernel(const T* g, const T* rois, const uint8_t* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+  parallel(C, 16, [&](int64_t c0, int64_t c1) {
+    std::vector<double> px, py;
+    for (int64_t r = 0; r < R; ++r) {
+      const T* roi = rois + r * 5;
+      T* gb = gf + (int64_t)roi[0] * H * W * C;
+      positions(roi[1], roi[3], out, s, scale, px);
+      positions(roi[2], roi[4], out, s, scale, py);
+      for (int64_t by = 0; by < out; ++by)
+        for (int64_t bx = 0; bx < out; ++bx) {
+          const T* go = g + ((r * out + by) * out + bx) * C;
+          const uint8_t* ao = arg + ((r * out + by) * out + bx) * C;
+          // the taps of every sample of this bin
+          Taps tys[8], txs[8];
+          for (int64_t k = 0; k < s; ++k) { tys[k] = taps(py[by * s + k], H); txs[k] = taps(px[bx * s + k], W); }
+          for (int64_t c = c0; c < c1; ++c) {
+            T gv = go[c];
+            if (gv == 0) continue;
+            const Taps& ty = tys[ao[c] / s];
+            const Taps& tx = txs[ao[c] % s];
+            gb[(ty.i0 * W + tx.i0) * C + c] += gv * (T)(ty.w0 * tx.w0);
+            gb[(ty.i0 * W + tx.i1) * C + c] += gv * (T)(ty.w0 * tx.w1);
+            gb[(ty.i1 * W + tx.i0) * C + c] += gv * (T)(ty.w1 * tx.w0);
+            gb[(ty.i1 * W + tx.i1) * C + c] += gv * (T)(ty.w1 * tx.w1);
+          }
+        }
+    }
+  });
+}
+
+struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& feats, const Tensor& rois, int64_t out, int64_t s, double scale) {
+    TORCH_CHECK(feats.device().is_cpu() && feats.dim() == 4, "roi_pool kernel: features must be [N, C, H, W] on the CPU");
+    TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_pool kernel: rois must be [R, 5]");
+    TORCH_CHECK(s >= 1 && s <= 8 && out >= 1, "roi_pool kernel: bad sizes");
+    int64_t N = feats.size(0), C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
+    auto f = feats.detach().permute({0, 2, 3, 1}).contiguous();  // [N, H, W, C]
+    auto r = rois.detach().to(feats.scalar_type()).contiguous();
+    auto b = r.select(1, 0);
+    TORCH_CHECK(R == 0 || (b.min().item<double>() >= 0 && b.max().item<double>() < N), "roi_pool kernel: batch index out of range");
+    auto y = at::empty({R, out, out, C}, f.options());
+    auto arg = at::empty({R, out, out, C}, f.options().dtype(at::kByte));
+    AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
+      forward_kernel<scalar_t>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), R, H, W, C, out, s, scale);
+    });
+    ctx->save_for_backward({r, arg});
+    ctx->saved_data["N"] = N;
+    ctx->saved_data["H"] = H;
+    ctx->saved_data["W"] = W;
+    ctx->saved_data["out"] = out;
+    ctx->saved_data["s"] = s;
+    ctx->saved_data["scale"] = scale;
+    return y.permute({0, 3, 1, 2}).contiguous();  // [R, C, out, out]
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    auto r = saved[0];
+    auto arg = saved[1];
+    int64_t N = ctx->saved_data["N"].toInt(), H = ctx->saved_data["H"].toInt(), W = ctx->saved_data["W"].toInt();
+    int64_t out = ctx->saved_data["out"].toInt(), s = ctx->saved_data["s"].toInt();
+    double scale = ctx->saved_data["scale"].toDouble();
+    auto g = grads[0].permute({0, 2, 3, 1}).contiguous();  // [R, out, out, C]
+    int64_t R = g.size(0), C = g.size(3);
+    auto gf = at::zeros({N, H, W, C}, g.options());
+    AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "roi_pool_backward", [&] {
+      backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), gf.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);
+    });
+    return {gf.permute({0, 3, 1, 2}), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+// C entry point for Rust. `feats` and `rois` are torch::Tensor pointers as tch
+// holds them; on success *result gets a new tensor and the return is null, on
+// failure the return is a malloc'ed message for the caller to free.
+extern "C" char* ohem_roi_pool_cpu(Tensor** result, const Tensor* feats, const Tensor* rois, int64_t out, int64_t s, double scale) {
+  try {
+    *result = new Tensor(RoiPoolFn::apply(*feats, *rois, out, s, scale));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  }
+}
+
+extern "C" void ohem_free_message(char* m) { free(m); }
