@@ -72,11 +72,11 @@ inline void positions(double lo, double hi, int64_t out, int64_t s, double scale
     for (int64_t k = 0; k < s; ++k) pos[i * s + k] = start + extent * ((double)(i * s + k) + 0.5) / (double)(out * s);
 }
 
-template <typename T>
+// ARG: also record, per output, which sample was the max (for the backward).
+template <typename T, bool ARG>
 void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
   parallel(R, 8, [&](int64_t r0, int64_t r1) {
     std::vector<double> px, py;
-    std::vector<T> acc(C);
     for (int64_t r = r0; r < r1; ++r) {
       const T* roi = rois + r * 5;
       const T* fb = f + (int64_t)roi[0] * H * W * C;
@@ -84,24 +84,33 @@ void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, in
       positions(roi[2], roi[4], out, s, scale, py);
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
-          T* yo = y + ((r * out + by) * out + bx) * C;
-          uint8_t* ao = arg + ((r * out + by) * out + bx) * C;
+          T* __restrict yo = y + ((r * out + by) * out + bx) * C;
+          uint8_t* __restrict ao = ARG ? arg + ((r * out + by) * out + bx) * C : nullptr;
           for (int64_t ky = 0; ky < s; ++ky) {
             Taps ty = taps(py[by * s + ky], H);
             for (int64_t kx = 0; kx < s; ++kx) {
               Taps tx = taps(px[bx * s + kx], W);
-              const T* p00 = fb + (ty.i0 * W + tx.i0) * C;
-              const T* p01 = fb + (ty.i0 * W + tx.i1) * C;
-              const T* p10 = fb + (ty.i1 * W + tx.i0) * C;
-              const T* p11 = fb + (ty.i1 * W + tx.i1) * C;
-              T w00 = ty.w0 * tx.w0, w01 = ty.w0 * tx.w1, w10 = ty.w1 * tx.w0, w11 = ty.w1 * tx.w1;
-              uint8_t k = (uint8_t)(ky * s + kx);
-              for (int64_t c = 0; c < C; ++c) acc[c] = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+              const T* __restrict p00 = fb + (ty.i0 * W + tx.i0) * C;
+              const T* __restrict p01 = fb + (ty.i0 * W + tx.i1) * C;
+              const T* __restrict p10 = fb + (ty.i1 * W + tx.i0) * C;
+              const T* __restrict p11 = fb + (ty.i1 * W + tx.i1) * C;
+              const T w00 = ty.w0 * tx.w0, w01 = ty.w0 * tx.w1, w10 = ty.w1 * tx.w0, w11 = ty.w1 * tx.w1;
+              const uint8_t k = (uint8_t)(ky * s + kx);
               if (k == 0) {
-                for (int64_t c = 0; c < C; ++c) { yo[c] = acc[c]; ao[c] = 0; }
+                for (int64_t c = 0; c < C; ++c) yo[c] = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+                if constexpr (ARG) std::memset(ao, 0, C);
+              } else if constexpr (ARG) {
+                for (int64_t c = 0; c < C; ++c) {
+                  T v = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+                  bool gt = v > yo[c];
+                  ao[c] = gt ? k : ao[c];
+                  yo[c] = gt ? v : yo[c];
+                }
               } else {
-                for (int64_t c = 0; c < C; ++c)
-                  if (acc[c] > yo[c]) { yo[c] = acc[c]; ao[c] = k; }
+                for (int64_t c = 0; c < C; ++c) {
+                  T v = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
+                  yo[c] = v > yo[c] ? v : yo[c];
+                }
               }
             }
           }
@@ -141,20 +150,37 @@ void backward_kernel(const T* g, const T* rois, const uint8_t* arg, T* gf, int64
   });
 }
 
+// Checks the inputs; returns the features channels-last [N, H, W, C] and the RoIs in their precision.
+std::pair<Tensor, Tensor> prepare(const Tensor& feats, const Tensor& rois, int64_t out, int64_t s) {
+  TORCH_CHECK(feats.device().is_cpu() && feats.dim() == 4, "roi_pool kernel: features must be [N, C, H, W] on the CPU");
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_pool kernel: rois must be [R, 5]");
+  TORCH_CHECK(s >= 1 && s <= 8 && out >= 1, "roi_pool kernel: bad sizes");
+  auto f = feats.detach().permute({0, 2, 3, 1}).contiguous();
+  auto r = rois.detach().to(feats.scalar_type()).contiguous();
+  auto b = r.select(1, 0);
+  TORCH_CHECK(r.size(0) == 0 || (b.min().item<double>() >= 0 && b.max().item<double>() < feats.size(0)), "roi_pool kernel: batch index out of range");
+  return {f, r};
+}
+
+// The forward alone, when no gradient is wanted (evaluation, OHEM's read-only pass, mining).
+Tensor forward_only(const Tensor& feats, const Tensor& rois, int64_t out, int64_t s, double scale) {
+  auto [f, r] = prepare(feats, rois, out, s);
+  int64_t C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
+  auto y = at::empty({R, out, out, C}, f.options());
+  AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
+    forward_kernel<scalar_t, false>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), nullptr, R, H, W, C, out, s, scale);
+  });
+  return y.permute({0, 3, 1, 2}).contiguous();
+}
+
 struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& feats, const Tensor& rois, int64_t out, int64_t s, double scale) {
-    TORCH_CHECK(feats.device().is_cpu() && feats.dim() == 4, "roi_pool kernel: features must be [N, C, H, W] on the CPU");
-    TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "roi_pool kernel: rois must be [R, 5]");
-    TORCH_CHECK(s >= 1 && s <= 8 && out >= 1, "roi_pool kernel: bad sizes");
+    auto [f, r] = prepare(feats, rois, out, s);
     int64_t N = feats.size(0), C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
-    auto f = feats.detach().permute({0, 2, 3, 1}).contiguous();  // [N, H, W, C]
-    auto r = rois.detach().to(feats.scalar_type()).contiguous();
-    auto b = r.select(1, 0);
-    TORCH_CHECK(R == 0 || (b.min().item<double>() >= 0 && b.max().item<double>() < N), "roi_pool kernel: batch index out of range");
     auto y = at::empty({R, out, out, C}, f.options());
     auto arg = at::empty({R, out, out, C}, f.options().dtype(at::kByte));
     AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
-      forward_kernel<scalar_t>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), R, H, W, C, out, s, scale);
+      forward_kernel<scalar_t, true>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), R, H, W, C, out, s, scale);
     });
     ctx->save_for_backward({r, arg});
     ctx->saved_data["N"] = N;
@@ -190,7 +216,8 @@ struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
 // failure the return is a malloc'ed message for the caller to free.
 extern "C" char* ohem_roi_pool_cpu(Tensor** result, const Tensor* feats, const Tensor* rois, int64_t out, int64_t s, double scale) {
   try {
-    *result = new Tensor(RoiPoolFn::apply(*feats, *rois, out, s, scale));
+    bool grad = at::GradMode::is_enabled() && feats->requires_grad();
+    *result = new Tensor(grad ? RoiPoolFn::apply(*feats, *rois, out, s, scale) : forward_only(*feats, *rois, out, s, scale));
     return nullptr;
   } catch (const std::exception& e) {
     return strdup(e.what());

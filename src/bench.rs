@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::data::synth;
@@ -143,7 +143,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
             let feats = model.features(&images, true);
             sync(device);
             let t1 = Instant::now();
-            let pooled = roi_pool::roi_pool(&feats, &rois, cfg.roi_size, cfg.roi_samples, crate::model::backbone::SPATIAL_SCALE);
+            let pooled = model.pool(&feats, &rois);
             sync(device);
             let t2 = Instant::now();
             let (logits, deltas) = model.head_from_pooled(&pooled, true);
@@ -191,16 +191,94 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 }
 
 /// Seconds per training iteration of each sampler through the real
-/// `train_step`, same model and data, about 2000 proposals per image, measured
-/// in one run; and the offline-mining pass of HNM per 100 images.
-pub fn samplers(iters: usize) -> Result<()> {
-    use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
+/// `train_step`, same model and data, at each proposal count per image,
+/// measured in one run; with `peer`, the same steps in PyTorch + torchvision
+/// (`scripts/bench_peer.py`) and the ratios; and the offline-mining pass of
+/// HNM per 100 images.
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
+    use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
     use crate::trainer::{batch, sgd::Sgd, train_step, FrozenScorer, TrainConfig};
 
     let device = Device::cuda_if_available();
-    let n_props = 2000usize;
-    // Images of the default dataset (rendered in memory) with 2000 random proposals each.
+    let yaml = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
+    let base: TrainConfig = crate::trainer::config::from_value(crate::trainer::config::parse_yaml(yaml, "bench")?, "bench")?;
+    let arms: Vec<(&str, &str, SamplerConfig)> = vec![
+        ("fixed-ratio (FRCN)", "fixed_ratio", SamplerConfig::FixedRatio(FixedRatioConfig::default())),
+        ("OHEM read-only", "ohem", SamplerConfig::Ohem(OhemConfig::default())),
+        ("OHEM masked", "ohem_masked", SamplerConfig::Ohem(OhemConfig { implementation: OhemImpl::Masked, ..Default::default() })),
+        ("all RoIs (B=2048)", "all", SamplerConfig::All(AllConfig::default())),
+    ];
+    let peer_python = if peer { Some(peer_python()?) } else { None };
+    let mut store_for_mining = None;
+    for &n_props in proposal_counts {
+        let store = bench_store(n_props);
+        println!(
+            "seconds per training iteration, small backbone (fc 512, stride {}, batch norm {}), N = 2, {n_props} proposals per image, device {device:?}:",
+            base.model.feature_stride(),
+            if base.model.bn_frozen() { "frozen" } else { "trained" }
+        );
+        let peer_steps = match &peer_python {
+            Some(py) => Some(run_peer(py, n_props, iters, &base, device)?),
+            None => None,
+        };
+        let mut secs = Vec::new();
+        let mut peer_secs = Vec::new();
+        for (name, key, s) in &arms {
+            let mut cfg = base.clone();
+            cfg.sampler = s.clone();
+            tch::manual_seed(0);
+            let vs = nn::VarStore::new(device);
+            let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
+            let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+            let mut sampler = cfg.sampler.build();
+            let mut total = 0.0;
+            let mut rois = 0.0;
+            for it in 0..iters + 1 {
+                let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(&store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
+                let t = Instant::now();
+                let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg)?;
+                sync(device);
+                if it > 0 {
+                    total += t.elapsed().as_secs_f64();
+                    rois += out.rois as f64;
+                }
+            }
+            let s = total / iters as f64;
+            match peer_steps.as_ref().and_then(|p| p.get(*key).and_then(|v| v.as_f64())) {
+                Some(p) => {
+                    println!("  {name:<20} {s:>7.3} s/iter ({:>4.0} RoIs backpropagated)   peer {p:>7.3} s/iter   ours / peer {:.2}", rois / iters as f64, s / p);
+                    peer_secs.push(p);
+                }
+                None => println!("  {name:<20} {s:>7.3} s/iter ({:>4.0} RoIs backpropagated)", rois / iters as f64),
+            }
+            secs.push(s);
+        }
+        println!("  ratio OHEM read-only / fixed-ratio: {:.2}x", secs[1] / secs[0]);
+        print!("  ratio OHEM masked / OHEM read-only: {:.2}x", secs[2] / secs[1]);
+        if peer_secs.len() == arms.len() {
+            print!(" (peer {:.2}x)", peer_secs[2] / peer_secs[1]);
+        }
+        println!(" (the paper reports about 2x for VGG16 at N=2, B=128)");
+        store_for_mining = Some((store, n_props));
+    }
+
+    if let Some((store, n_props)) = store_for_mining {
+        let mut cfg = base.clone();
+        cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
+        let vs = nn::VarStore::new(device);
+        let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
+        let t = Instant::now();
+        let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device }.score_training_set()?;
+        sync(device);
+        let s = t.elapsed().as_secs_f64();
+        println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());
+    }
+    Ok(())
+}
+
+/// Images of the default dataset (rendered in memory) with `n_props` random proposals each.
+fn bench_store(n_props: usize) -> crate::trainer::batch::ImageStore {
     let make = |i: u64| {
         let (img, ann) = synth::render_image(0, i, &format!("{i:06}"));
         let (w, h) = (img.width() as f32, img.height() as f32);
@@ -215,52 +293,90 @@ pub fn samplers(iters: usize) -> Result<()> {
         (img, ann, props)
     };
     let parts: Vec<_> = (0..20u64).map(make).filter(|p| p.1.objects.iter().any(|o| !o.difficult)).collect();
-    let store = batch::ImageStore::from_parts(parts.iter().map(|p| p.1.clone()).collect(), &parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), &parts.iter().map(|p| p.2.clone()).collect::<Vec<_>>());
-    let yaml = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
-    let base: TrainConfig = crate::trainer::config::from_value(crate::trainer::config::parse_yaml(yaml, "bench")?, "bench")?;
-    let arms: Vec<(&str, SamplerConfig)> = vec![
-        ("fixed-ratio (FRCN)", SamplerConfig::FixedRatio(FixedRatioConfig::default())),
-        ("OHEM read-only", SamplerConfig::Ohem(OhemConfig::default())),
-        ("OHEM masked", SamplerConfig::Ohem(OhemConfig { implementation: OhemImpl::Masked, ..Default::default() })),
-        ("all RoIs (B=2048)", SamplerConfig::All(AllConfig::default())),
-    ];
-    println!("seconds per training iteration, small backbone (fc 512), N = 2, {n_props} proposals per image, device {device:?}:");
-    let mut secs = Vec::new();
-    for (name, s) in &arms {
-        let mut cfg = base.clone();
-        cfg.sampler = s.clone();
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(device);
-        let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
-        let mut opt = Sgd::new(&vs, 0.9, 5e-4);
-        let mut sampler = cfg.sampler.build();
-        let mut total = 0.0;
-        let mut rois = 0.0;
-        for it in 0..iters + 1 {
-            let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(&store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
-            let t = Instant::now();
-            let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg)?;
-            sync(device);
-            if it > 0 {
-                total += t.elapsed().as_secs_f64();
-                rois += out.rois as f64;
-            }
-        }
-        let s = total / iters as f64;
-        println!("  {name:<20} {s:>7.3} s/iter ({:.0} RoIs backpropagated per iteration)", rois / iters as f64);
-        secs.push(s);
-    }
-    println!("  ratio OHEM read-only / fixed-ratio: {:.2}x", secs[1] / secs[0]);
-    println!("  ratio OHEM masked / OHEM read-only: {:.2}x (the paper reports about 2x for VGG16 at N=2, B=128)", secs[2] / secs[1]);
+    crate::trainer::batch::ImageStore::from_parts(parts.iter().map(|p| p.1.clone()).collect(), &parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), &parts.iter().map(|p| p.2.clone()).collect::<Vec<_>>())
+}
 
-    let mut cfg = base.clone();
-    cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
-    let vs = nn::VarStore::new(device);
-    let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
-    let t = Instant::now();
-    let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device }.score_training_set()?;
-    sync(device);
-    let s = t.elapsed().as_secs_f64();
-    println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());
+/// The peer's Python: `$OHEM_PEER_PYTHON` (a machine's own PyTorch), else the venv that
+/// `scripts/peer-venv.sh` installs under the cache.
+fn peer_python() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("OHEM_PEER_PYTHON") {
+        return Ok(p.into());
+    }
+    let script = std::path::Path::new("scripts/peer-venv.sh");
+    if !script.is_file() {
+        anyhow::bail!("--peer needs scripts/peer-venv.sh: run `harness bench` from the repository root, or set OHEM_PEER_PYTHON");
+    }
+    let out = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("scripts/peer-venv.sh failed (exit {:?})", out.status.code());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
+}
+
+/// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter).
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::trainer::TrainConfig, device: Device) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("scripts/bench_peer.py")
+        .args(["--proposals", &n_props.to_string(), "--iters", &iters.to_string(), "--stride", &cfg.model.feature_stride().to_string(), "--fc-dim", &cfg.model.fc_width().to_string()])
+        .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
+    if cfg.model.bn_frozen() {
+        cmd.arg("--freeze-bn");
+    }
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {} scripts/bench_peer.py", python.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("scripts/bench_peer.py failed (exit {:?})", out.status.code());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing the peer's JSON")?;
+    println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+    v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))
+}
+
+/// Evaluation against training, in one run: trains `config` for `epochs`
+/// epochs (evaluating after each), then prints each epoch's training and
+/// evaluation seconds with their ratio, and a per-stage breakdown of one more
+/// evaluation pass with the final weights.
+pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
+    use crate::trainer::{self, detect, load_split, TrainConfig, TrainOptions};
+    let mut cfg = TrainConfig::load(config, &[format!("train.epochs={epochs}"), "test.eval_every=1".into()])?;
+    cfg.train.lr_steps.clear();
+    let dir = tempfile_dir("ohem-bench-epoch")?;
+    let opts = TrainOptions { progress: false, force: true, ..Default::default() };
+    let rows = trainer::train(&cfg, &dir, &opts)?;
+    println!("training epoch against test-split evaluation, {} (device {:?}):", config.display(), trainer::config::parse_device(&cfg.device)?);
+    for r in &rows {
+        println!("  epoch {}: train {:.2} s ({} iterations), evaluation {:.2} s: evaluation / training = {:.2}", r.epoch, r.train_s, r.iterations, r.eval_s, r.eval_s / r.train_s);
+    }
+    // the stages of one more pass with the last weights
+    let device = trainer::config::parse_device(&cfg.device)?;
+    let ds = crate::data::Dataset::open(&cfg.dataset.root)?;
+    let test_set = load_split(&ds, &cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), &opts)?;
+    let mut vs = nn::VarStore::new(device);
+    let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+    vs.load(dir.join(trainer::CHECKPOINTS).join(format!("epoch_{epochs:03}.safetensors")))?;
+    let mut t = detect::DetectTimes::default();
+    let start = Instant::now();
+    let dets = detect::detect_timed(&model, &test_set, &cfg.input, &cfg.test, device, Some(&mut t));
+    let total = start.elapsed().as_secs_f64();
+    let n = test_set.len() as f64;
+    let rois: i64 = (0..test_set.len()).map(|i| test_set.n_proposals(i)).sum();
+    println!(
+        "  evaluation pass: {:.1} ms/image ({:.0} RoIs/image, {} detections) = backbone {:.1} + RoI pooling {:.1} + head {:.1} + host {:.1}",
+        total * 1e3 / n,
+        rois as f64 / n,
+        dets.iter().map(|d| d.len()).sum::<usize>(),
+        t.backbone * 1e3 / n,
+        t.roi_pool * 1e3 / n,
+        t.head * 1e3 / n,
+        t.host * 1e3 / n
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A fresh folder under the system's temporary directory.
+fn tempfile_dir(prefix: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -105,6 +105,17 @@ pub enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Pre-train the shared backbone of a training config (`model.init: pretrained`), or find it in the cache.
+    Pretrain {
+        /// A training config (its dataset, model, input and pretrain sections are used).
+        config: PathBuf,
+        /// Override a config key, e.g. `--set pretrain.epochs=4` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Pre-trained backbone cache [default: ~/.cache/ohem-harness/pretrain, or $OHEM_CACHE/pretrain].
+        #[arg(long)]
+        pretrain_dir: Option<PathBuf>,
+    },
     /// Run a grid of configs x seeds; skips finished cells, resumes interrupted ones, then reports.
     Run {
         /// The grid file (YAML; see README "Grid files").
@@ -146,6 +157,18 @@ pub enum Command {
         /// Also benchmark vgg16 at 600 px with 2000 RoIs per image (slow on CPU).
         #[arg(long)]
         vgg16: bool,
+        /// The training config of `bench epoch`.
+        #[arg(long, default_value = "experiments/frcn-quick.yaml")]
+        config: PathBuf,
+        /// Epochs trained (and evaluated) by `bench epoch`.
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// Proposals per image of `bench samplers` (comma-separated counts).
+        #[arg(long, value_delimiter = ',', default_value = "500,2000")]
+        proposals: Vec<usize>,
+        /// `bench samplers`: also time the same steps in PyTorch + torchvision (scripts/bench_peer.py) and print the ratios.
+        #[arg(long)]
+        peer: bool,
     },
 }
 
@@ -157,6 +180,8 @@ pub enum BenchWhat {
     Train,
     /// s per iteration of each sampler (fixed-ratio, OHEM read-only and masked, all RoIs), HNM mining time.
     Samplers,
+    /// Test-split evaluation against a training epoch of a config, in one run (not part of `all`: it needs the data).
+    Epoch,
     All,
 }
 
@@ -231,7 +256,7 @@ pub fn run() -> Result<()> {
                 cfg.device = d;
             }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
-            let opts = crate::trainer::TrainOptions { progress, force, cache_dir };
+            let opts = crate::trainer::TrainOptions { progress, force, cache_dir, pretrain_dir: None };
             let rows = crate::trainer::train(&cfg, &out, &opts)?;
             if let Some(r) = rows.last() {
                 println!(
@@ -244,6 +269,18 @@ pub fn run() -> Result<()> {
                     out.join(crate::trainer::METRICS).display()
                 );
             }
+        }
+        Command::Pretrain { config, overrides, pretrain_dir } => {
+            let cfg = crate::trainer::TrainConfig::load(&config, &overrides)?;
+            let dir = pretrain_dir.unwrap_or_else(crate::pretrain::default_cache_dir);
+            let p = crate::pretrain::ensure(&cfg, &dir, progress)?;
+            let rows = crate::pretrain::read_log(&p.log)?;
+            println!("{} pre-trained backbone: {}", if p.computed { "new" } else { "cached" }, p.weights.display());
+            println!("epoch  crops  loss    accuracy  val_accuracy  seconds");
+            for r in &rows {
+                println!("{:>5}  {:>5}  {:.4}  {:.3}     {:.3}         {:.1}", r.epoch, r.crops, r.loss, r.accuracy, r.val_accuracy, r.seconds);
+            }
+            println!("log: {}", p.log.display());
         }
         Command::Run { grid, overrides, dry_run, jobs, force, out, cache_dir } => {
             if jobs == 0 {
@@ -284,9 +321,12 @@ pub fn run() -> Result<()> {
             let rep = crate::report::generate(&results)?;
             println!("report: {}", rep.display());
         }
-        Command::Bench { what, images, iters, vgg16 } => {
-            if images == 0 || iters == 0 {
-                bail!("--images and --iters must be at least 1");
+        Command::Bench { what, images, iters, vgg16, config, epochs, proposals, peer } => {
+            if images == 0 || iters == 0 || epochs == 0 || proposals.iter().any(|&p| p == 0) {
+                bail!("--images, --iters, --epochs and --proposals must be at least 1");
+            }
+            if matches!(what, BenchWhat::Epoch) {
+                crate::bench::epoch(&config, epochs)?;
             }
             if matches!(what, BenchWhat::Proposals | BenchWhat::All) {
                 crate::bench::proposals(images)?;
@@ -298,7 +338,7 @@ pub fn run() -> Result<()> {
                 crate::bench::train(iters, vgg16)?;
             }
             if matches!(what, BenchWhat::Samplers | BenchWhat::All) {
-                crate::bench::samplers(iters)?;
+                crate::bench::samplers(iters, &proposals, peer)?;
             }
         }
     }

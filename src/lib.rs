@@ -1,7 +1,7 @@
 //! ohem-harness: offline hard-negative mining vs OHEM on one Fast R-CNN trainer.
 //!
 //! The modules follow the pipeline, one stage each:
-//! [`data`] → [`proposals`] → [`model`] → [`sampler`] → [`trainer`] → [`eval`] → [`harness`] → [`report`].
+//! [`data`] → [`proposals`] → [`model`] → [`pretrain`] → [`sampler`] → [`trainer`] → [`eval`] → [`harness`] → [`report`].
 //! [`boxes`] holds the box geometry every stage shares; [`cli`] is the
 //! command line, kept apart from the library.
 
@@ -12,10 +12,25 @@ pub mod data;
 pub mod eval;
 pub mod harness;
 pub mod model;
+pub mod pretrain;
 pub mod proposals;
 pub mod report;
 pub mod sampler;
 pub mod trainer;
+
+/// The project's cache folder: `$OHEM_CACHE`, else `$XDG_CACHE_HOME/ohem-harness`,
+/// else `~/.cache/ohem-harness`. Proposals and pre-trained backbones live under it.
+pub fn cache_root() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(d) = std::env::var_os("OHEM_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("ohem-harness")
+}
 
 /// A progress bar on stderr, or a hidden one when `show` is false (tests, `--quiet`).
 pub fn progress_bar(len: u64, msg: &'static str, show: bool) -> indicatif::ProgressBar {

@@ -11,7 +11,7 @@ use crate::util::{harness, tiny_dataset};
 fn write_grid(dir: &Path, body: &str) -> std::path::PathBuf {
     let p = dir.join("grid.yaml");
     let text = format!(
-        "results: {}\nbase:\n  device: cpu\n  dataset:\n    root: {}\n  model:\n    fc_dim: 64\n  input:\n    scale: 160\n    max_size: 224\n  train:\n    epochs: 1\n    iters_per_epoch: 2\n    lr_steps: []\n{body}",
+        "results: {}\nbase:\n  device: cpu\n  dataset:\n    root: {}\n  model:\n    fc_dim: 64\n    init: scratch\n  input:\n    scale: 160\n    max_size: 224\n  train:\n    epochs: 1\n    iters_per_epoch: 2\n    lr_steps: []\n{body}",
         dir.join("results").display(),
         tiny_dataset().display()
     );

@@ -7,5 +7,6 @@ mod harness;
 mod model;
 mod sampler;
 mod trainer;
+mod pretrain;
 mod proposals;
 mod util;

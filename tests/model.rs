@@ -75,6 +75,9 @@ fn roi_pool_kernel_and_tensor_path_agree() {
     }
     let (a, b) = (&results[0], &results[1]);
     assert!(close(&a.0, &b.0, 1e-4), "values differ by {}", (&a.0 - &b.0).abs().max());
+    // without a gradient (evaluation, OHEM's read-only pass) the kernel skips the arg-max; same values
+    let no_grad = tch::no_grad(|| roi_pool::roi_pool_kernel(&feats, &rois, 7, 2, 1.0 / 16.0));
+    assert!(no_grad.equal(&a.0), "the no-gradient forward differs");
     // Where two samples of a bin are within float rounding of each other, the two paths may
     // pick different arg-max samples and route that output's gradient to different taps, so
     // the gradients agree everywhere but at a few such cells.

@@ -203,3 +203,33 @@ fn every_sampler_lowers_the_training_loss() {
         }
     }
 }
+
+/// Evaluation batches the head over several test images; the detections are
+/// exactly those of one image at a time.
+#[test]
+fn batched_detection_equals_one_image_at_a_time() {
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::trainer::{detect::detect, load_split};
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), ""), &[]).unwrap();
+    let ds = Dataset::open(&cfg.dataset.root).unwrap();
+    let store = load_split(&ds, &cfg, "test", None, &test_opts()).unwrap();
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+    let run = |images_per_batch: usize| {
+        let test = ohem_harness::trainer::config::TestConfig { images_per_batch, score_thresh: 0.0, ..cfg.test.clone() };
+        detect(&model, &store, &cfg.input, &test, tch::Device::Cpu)
+    };
+    let one = run(1);
+    assert!(one.iter().map(|c| c.len()).sum::<usize>() > 100, "an untrained model detects plenty at threshold 0");
+    for n in [3, 8, 100] {
+        let batched = run(n);
+        for (c, (a, b)) in one.iter().zip(&batched).enumerate() {
+            assert_eq!(a.len(), b.len(), "class {c}, {n} images per batch: detection counts differ");
+            for (x, y) in a.iter().zip(b) {
+                assert_eq!((&x.image_id, x.score, x.bbox), (&y.image_id, y.score, y.bbox), "class {c}, {n} images per batch");
+            }
+        }
+    }
+}

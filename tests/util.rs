@@ -53,7 +53,7 @@ pub fn cache_dir() -> &'static Path {
 pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     let yaml = format!(
-        "seed: 1\ndevice: cpu\ndataset:\n  root: {}\nmodel:\n  fc_dim: 64\ninput:\n  scale: 160\n  max_size: 224\ntrain:\n  epochs: 2\n  iters_per_epoch: 3\n  lr_steps: [1]\n{extra}",
+        "seed: 1\ndevice: cpu\ndataset:\n  root: {}\nmodel:\n  fc_dim: 64\n  init: scratch\ninput:\n  scale: 160\n  max_size: 224\ntrain:\n  epochs: 2\n  iters_per_epoch: 3\n  lr: 0.01\n  warmup_iters: 0\n  lr_steps: [1]\n{extra}",
         tiny_dataset().display()
     );
     std::fs::write(&path, yaml).unwrap();
@@ -62,7 +62,7 @@ pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Training options for tests: no progress bars, the shared cache.
 pub fn test_opts() -> ohem_harness::trainer::TrainOptions {
-    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()) }
+    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()), pretrain_dir: Some(cache_dir().join("pretrain")) }
 }
 
 /// libtorch's CPU random generator is global to the process; tests whose

@@ -58,7 +58,7 @@ pub struct SynthManifest {
     pub test: usize,
 }
 
-const GENERATOR: &str = "shapes-in-clutter v1";
+pub(crate) const GENERATOR: &str = "shapes-in-clutter v1";
 
 /// Writes a generated dataset at `out`. Refuses to touch a non-empty folder it
 /// did not make; re-running with the same size and seed is a no-op.

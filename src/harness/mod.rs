@@ -168,6 +168,18 @@ pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
             queue.push_back(i);
         }
     }
+    // The shared pre-trained backbones, each made once before any cell starts (cells then find them cached).
+    for &i in queue.iter() {
+        let c = &grid.cells[i].config;
+        if c.model.init == crate::model::Init::Pretrained && c.model.weights.is_none() {
+            // a failure here is left to the cell, which fails with the reason in its status
+            match crate::pretrain::ensure(c, &crate::pretrain::default_cache_dir(), opts.progress) {
+                Ok(p) if p.computed && opts.progress => eprintln!("pre-trained backbone: {}", p.weights.display()),
+                Ok(_) => {}
+                Err(e) => eprintln!("pre-training for cell {} ({} seed {}) failed: {e:#}", grid.cells[i].id, grid.cells[i].arm, grid.cells[i].seed),
+            }
+        }
+    }
     let multi = indicatif::MultiProgress::new();
     if !opts.progress {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());

@@ -1,4 +1,4 @@
-//! Convolutional backbones (stride 16) and their fc6/fc7 layers.
+//! Convolutional backbones (stride 8 or 16) and their fc6/fc7 layers.
 //!
 //! `vgg16` follows torchvision's layer layout, so weights converted from
 //! torchvision (`scripts/convert_vgg16.py`) load by name: `features.<i>` for
@@ -6,9 +6,10 @@
 //! `classifier.0` / `classifier.3` for fc6 / fc7. conv1_x and conv2_x stay
 //! frozen, as in Fast R-CNN.
 //!
-//! `small` is a VGG-style network sized for 2 CPU cores and trained from
-//! scratch: 8 convs of 16-128 channels with batch norm, 4 max pools
-//! (stride 16), a receptive field of 134 px, and fc6/fc7 of `fc_dim` units.
+//! `small` is a VGG-style network sized for 2 CPU cores: 8 convs of 16-128
+//! channels with batch norm and 3 max pools (stride 8, the default) or 4
+//! (stride 16), and fc6/fc7 of `fc_dim` units. It starts from the shared
+//! pre-trained weights ([`crate::pretrain`]) or from scratch.
 
 use tch::nn::{self, ModuleT};
 
@@ -27,16 +28,21 @@ impl Backbone {
             Backbone::Vgg16 => 512,
         }
     }
+    /// Feature stride when the config does not set one.
+    pub fn default_stride(self) -> i64 {
+        match self {
+            Backbone::Small => 8,
+            Backbone::Vgg16 => 16,
+        }
+    }
     /// fc6/fc7 width when the config does not set one.
     pub fn default_fc_dim(self) -> i64 {
         match self {
-            Backbone::Small => 256,
+            Backbone::Small => 512,
             Backbone::Vgg16 => 4096,
         }
     }
 }
-
-pub const SPATIAL_SCALE: f64 = 1.0 / 16.0;
 
 fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, 3, nn::ConvConfig { padding: 1, ..Default::default() })
@@ -47,7 +53,9 @@ fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
 /// `freeze_bn`: batch norm always uses its running statistics (eval mode, in
 /// training too) and its affine parameters are frozen, as detection
 /// fine-tuning from a pre-trained backbone does with N = 2 images per batch.
-pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool) -> (nn::SequentialT, Vec<String>) {
+///
+/// `stride` 8 (small only) drops the small backbone's last max pool.
+pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool, stride: i64) -> (nn::SequentialT, Vec<String>) {
     match backbone {
         Backbone::Small => {
             let f = p / "features";
@@ -61,7 +69,7 @@ pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool) -> (nn::Seque
                 if freeze_bn {
                     frozen.push(format!("features.bn{i}."));
                 }
-                if pool {
+                if pool && !(stride == 8 && i == 5) {
                     s = s.add_fn(|x| x.max_pool2d_default(2));
                 }
             }

@@ -31,12 +31,18 @@ pub struct ModelConfig {
     /// Batch norm frozen (running statistics, fixed affine) in training.
     /// Default: frozen when the weights start pre-trained, trained from scratch.
     pub freeze_bn: Option<bool>,
+    /// Feature stride: 8 (`small`'s default: its last max pool dropped, so that
+    /// 14-px objects span about two feature cells) or 16 (`small` with every
+    /// pool; `vgg16`'s only stride).
+    pub stride: Option<i64>,
     /// RoI pooling output size (7 in Fast R-CNN).
     pub roi_size: i64,
     /// Bilinear samples per bin side in RoI pooling.
     pub roi_samples: i64,
-    /// fc6/fc7 width; default 256 for small, 4096 for vgg16.
+    /// fc6/fc7 width; default 512 for small, 4096 for vgg16.
     pub fc_dim: Option<i64>,
+    /// Dropout after fc6 and fc7 (0: masked and read-only OHEM then make identical updates;
+    /// Fast R-CNN's VGG16 used 0.5).
     pub dropout: f64,
 }
 
@@ -50,12 +56,16 @@ pub enum Init {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.5 }
+        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, stride: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.0 }
     }
 }
 
 impl ModelConfig {
     pub fn check(&self) -> Result<()> {
+        match (self.backbone, self.feature_stride()) {
+            (_, 16) | (Backbone::Small, 8) => {}
+            (b, s) => bail!("model.stride = {s}: the {b:?} backbone has stride 16{}", if b == Backbone::Small { " or 8" } else { "" }),
+        }
         if !(1..=32).contains(&self.roi_size) {
             bail!("model.roi_size = {} is outside 1..=32", self.roi_size);
         }
@@ -86,6 +96,11 @@ impl ModelConfig {
         self.freeze_bn.unwrap_or(self.init == Init::Pretrained || self.weights.is_some())
     }
 
+    /// The feature stride, the backbone's default unless set.
+    pub fn feature_stride(&self) -> i64 {
+        self.stride.unwrap_or_else(|| self.backbone.default_stride())
+    }
+
     /// fc6/fc7 width, the backbone's default unless set.
     pub fn fc_width(&self) -> i64 {
         self.fc_dim.unwrap_or_else(|| self.backbone.default_fc_dim())
@@ -108,7 +123,7 @@ pub struct FastRcnn {
 impl FastRcnn {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: usize) -> Self {
         let k = num_classes as i64;
-        let (features, frozen) = backbone::features(p, cfg.backbone, cfg.bn_frozen());
+        let (features, frozen) = backbone::features(p, cfg.backbone, cfg.bn_frozen(), cfg.feature_stride());
         let fc_dim = cfg.fc_width();
         let in_dim = cfg.backbone.channels() * cfg.roi_size * cfg.roi_size;
         let fc = backbone::fc_layers(p, cfg.backbone, in_dim, fc_dim, cfg.dropout);
@@ -149,8 +164,12 @@ impl FastRcnn {
 
     /// RoI pooling plus the head. `rois`: `[R, 5]` → (`[R, K+1]` logits, `[R, 4K]` deltas).
     pub fn head(&self, feats: &Tensor, rois: &Tensor, train: bool) -> (Tensor, Tensor) {
-        let pooled = roi_pool::roi_pool(feats, rois, self.cfg.roi_size, self.cfg.roi_samples, backbone::SPATIAL_SCALE); // [R, C, 7, 7]
-        self.head_from_pooled(&pooled, train)
+        self.head_from_pooled(&self.pool(feats, rois), train)
+    }
+
+    /// RoI pooling of `rois` `[R, 5]` over `feats`: `[R, C, 7, 7]`.
+    pub fn pool(&self, feats: &Tensor, rois: &Tensor) -> Tensor {
+        roi_pool::roi_pool(feats, rois, self.cfg.roi_size, self.cfg.roi_samples, 1.0 / self.cfg.feature_stride() as f64)
     }
 
     /// fc6, fc7 and the two outputs on pooled features `[R, C, 7, 7]`.

@@ -55,14 +55,7 @@ impl SsParams {
 /// The default proposal cache: `$OHEM_CACHE/proposals`, else `$XDG_CACHE_HOME`
 /// or `~/.cache`, under `ohem-harness/proposals`.
 pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("OHEM_CACHE") {
-        return PathBuf::from(d).join("proposals");
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("ohem-harness").join("proposals")
+    crate::cache_root().join("proposals")
 }
 
 /// Counters of one proposal computation over a split.

@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::model::ModelConfig;
+use crate::pretrain::PretrainConfig;
 use crate::proposals::{SsMode, SsParams};
 use crate::sampler::SamplerConfig;
 
@@ -31,6 +32,9 @@ pub struct TrainConfig {
     pub proposals: ProposalConfig,
     #[serde(default)]
     pub model: ModelConfig,
+    /// The shared pre-trained backbone (`model.init: pretrained`).
+    #[serde(default)]
+    pub pretrain: PretrainConfig,
     #[serde(default)]
     pub input: InputConfig,
     #[serde(default)]
@@ -130,7 +134,7 @@ pub struct SolverConfig {
 
 impl Default for SolverConfig {
     fn default() -> Self {
-        SolverConfig { epochs: 8, images_per_batch: 2, iters_per_epoch: None, lr: 0.01, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![6], gamma: 0.1, warmup_iters: 0, keep_checkpoints: 2 }
+        SolverConfig { epochs: 12, images_per_batch: 2, iters_per_epoch: None, lr: 0.005, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![9], gamma: 0.1, warmup_iters: 50, keep_checkpoints: 2 }
     }
 }
 
@@ -157,11 +161,13 @@ pub struct TestConfig {
     pub max_per_image: usize,
     /// Evaluate every this many epochs (the last epoch is always evaluated).
     pub eval_every: usize,
+    /// Test images whose RoIs share one head pass (the detections do not depend on it).
+    pub images_per_batch: usize,
 }
 
 impl Default for TestConfig {
     fn default() -> Self {
-        TestConfig { nms: 0.3, score_thresh: 0.05, max_per_image: 100, eval_every: 1 }
+        TestConfig { nms: 0.3, score_thresh: 0.05, max_per_image: 100, eval_every: 1, images_per_batch: 8 }
     }
 }
 
@@ -179,6 +185,7 @@ impl TrainConfig {
             }
         }
         self.model.check()?;
+        self.pretrain.check()?;
         let i = &self.input;
         if i.scale < 16 || i.max_size < i.scale {
             bail!("input.scale = {} / input.max_size = {}: need 16 <= scale <= max_size", i.scale, i.max_size);
@@ -223,8 +230,10 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&s.score_thresh) {
             bail!("test.score_thresh = {} is outside [0, 1]", s.score_thresh);
         }
-        if s.max_per_image == 0 || s.eval_every == 0 {
-            bail!("test.max_per_image and test.eval_every must be at least 1");
+        for (k, v) in [("max_per_image", s.max_per_image), ("eval_every", s.eval_every), ("images_per_batch", s.images_per_batch)] {
+            if v == 0 {
+                bail!("test.{k} = 0: at least 1");
+            }
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::Dataset;
 use crate::eval::{self, Metric};
-use crate::model::{per_roi_losses, roi_pool, FastRcnn};
+use crate::model::{per_roi_losses, roi_pool, FastRcnn, Init};
 use crate::proposals;
 use crate::sampler::{self, Backprop, ImageRois, ImageScores, Miner, Progress, RoiLosses};
 use batch::{collate, prepare, ImageStore};
@@ -79,6 +79,21 @@ pub struct TrainOptions {
     pub force: bool,
     /// Proposal cache folder (None: the default).
     pub cache_dir: Option<PathBuf>,
+    /// Pre-trained backbone cache folder (None: the default, [`crate::pretrain::default_cache_dir`]).
+    pub pretrain_dir: Option<PathBuf>,
+}
+
+/// The weights a run starts from: `model.weights`, the shared pre-trained
+/// backbone (made now if the cache lacks it), or none.
+pub fn initial_weights(cfg: &TrainConfig, opts: &TrainOptions) -> Result<Option<PathBuf>> {
+    Ok(match (&cfg.model.weights, cfg.model.init) {
+        (Some(w), _) => Some(w.clone()),
+        (None, Init::Pretrained) => {
+            let dir = opts.pretrain_dir.clone().unwrap_or_else(crate::pretrain::default_cache_dir);
+            Some(crate::pretrain::ensure(cfg, &dir, opts.progress)?.weights)
+        }
+        (None, Init::Scratch) => None,
+    })
 }
 
 pub const METRICS: &str = "metrics.csv";
@@ -335,10 +350,17 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     }
     let test_set = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
 
+    let weights = initial_weights(cfg, opts)?; // before seeding: pre-training draws from the same generator
     tch::manual_seed(cfg.seed as i64);
     let mut vs = nn::VarStore::new(device);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
-    model.load_and_freeze(&mut vs)?;
+    let missing = model.load_from_and_freeze(&mut vs, weights.as_deref())?;
+    if cfg.model.init == Init::Pretrained && cfg.model.weights.is_none() {
+        let lacking: Vec<&String> = missing.iter().filter(|n| !n.starts_with("cls_score.") && !n.starts_with("bbox_pred.")).collect();
+        if !lacking.is_empty() {
+            bail!("the pre-trained backbone {} lacks {} of the model's variables, e.g. {}", weights.as_deref().unwrap_or(Path::new("?")).display(), lacking.len(), lacking[0]);
+        }
+    }
     let mut opt = sgd::Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
     if start_epoch > 0 {
         let ck = checkpoint_path(run_dir, start_epoch);

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""The peer of `harness bench samplers`: the same Fast R-CNN training step in PyTorch + torchvision.
+
+Builds the same network as the harness's `small` backbone (8 conv + batch norm + ReLU, 16-128
+channels, max pools after convs 1, 2, 4 and 6; stride 8 drops the last pool), fc6/fc7 of --fc-dim
+units, and torchvision's `roi_pool` (7x7) and `nms`. It times the four step kinds on the same shapes:
+N = 2 images, B = 128 RoIs, --proposals random proposals per image, plus ground truth:
+
+  fixed_ratio  25% foreground (IoU >= 0.5), background IoU in [0.1, 0.5)
+  ohem         read-only: a no-grad head over all RoIs, per-RoI loss (cls + smooth L1 for
+               foreground), NMS 0.7 over (RoI, loss) per image, the top B/N per image backpropagated
+  ohem_masked  every RoI forward and backward, the loss of the unselected ones zeroed
+  all          every RoI with IoU >= 0, up to 2048 per minibatch
+
+and prints one JSON object: {"device", "threads", "torch", "torchvision", "steps": {kind: s/iter}}.
+
+  python3 scripts/bench_peer.py [--proposals 2000] [--iters 5] [--device cpu] [--stride 16]
+
+Run it through `harness bench samplers --peer`, which installs torch and torchvision into a venv
+under the project's cache on first use (scripts/peer-venv.sh) and prints both side by side.
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import box_iou, nms, roi_pool
+
+
+class Small(nn.Module):
+    """The harness's `small` backbone with fc6/fc7 and the two outputs."""
+
+    def __init__(self, classes, fc_dim, stride, freeze_bn):
+        super().__init__()
+        plan = [(3, 16, True), (16, 32, True), (32, 64, False), (64, 64, True), (64, 128, False), (128, 128, True), (128, 128, False), (128, 128, False)]
+        layers = []
+        for i, (cin, cout, pool) in enumerate(plan):
+            bn = nn.BatchNorm2d(cout)
+            if freeze_bn:
+                bn.eval()
+                bn.weight.requires_grad_(False)
+                bn.bias.requires_grad_(False)
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), bn, nn.ReLU(inplace=True)]
+            if pool and not (stride == 8 and i == 5):
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.freeze_bn = freeze_bn
+        self.fc = nn.Sequential(nn.Linear(128 * 49, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
+        self.cls_score = nn.Linear(fc_dim, classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4 * classes)
+        self.scale = 1.0 / stride
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.features:
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def head(self, feats, rois):
+        x = roi_pool(feats, rois, (7, 7), self.scale).flatten(1)
+        x = self.fc(x)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+def encode(rois, gt):
+    w, h = rois[:, 2] - rois[:, 0] + 1, rois[:, 3] - rois[:, 1] + 1
+    gw, gh = gt[:, 2] - gt[:, 0] + 1, gt[:, 3] - gt[:, 1] + 1
+    dx = (gt[:, 0] + 0.5 * gw - rois[:, 0] - 0.5 * w) / w
+    dy = (gt[:, 1] + 0.5 * gh - rois[:, 1] - 0.5 * h) / h
+    return torch.stack([dx / 0.1, dy / 0.1, torch.log(gw / w) / 0.2, torch.log(gh / h) / 0.2], 1)
+
+
+def per_roi_losses(logits, deltas, labels, targets, k):
+    cls = F.cross_entropy(logits, labels, reduction="none")
+    slot = (labels - 1).clamp(min=0)
+    pred = deltas.view(-1, k, 4).gather(1, slot.view(-1, 1, 1).expand(-1, 1, 4)).squeeze(1)
+    loc = F.smooth_l1_loss(pred, targets, reduction="none", beta=1.0).sum(1) * (labels > 0).float()
+    return cls, loc
+
+
+def make_inputs(n_props, device, gen):
+    """Two 224x288 images, n_props random proposals each (as the harness bench draws them), 3 objects each."""
+    h, w = 224, 288
+    images = torch.randn(2, 3, h, w, generator=gen).to(device)
+    per_image = []
+    for _ in range(2):
+        x = torch.rand(n_props, generator=gen) * (w - 9) + 1
+        y = torch.rand(n_props, generator=gen) * (h - 9) + 1
+        bw = torch.rand(n_props, generator=gen) * (w * 0.6 - 8) + 8
+        bh = torch.rand(n_props, generator=gen) * (h * 0.6 - 8) + 8
+        props = torch.stack([x, y, (x + bw).clamp(max=w - 1), (y + bh).clamp(max=h - 1)], 1)
+        gx = torch.rand(3, generator=gen) * (w - 80)
+        gy = torch.rand(3, generator=gen) * (h - 80)
+        gs = torch.rand(3, generator=gen) * 60 + 16
+        gt = torch.stack([gx, gy, gx + gs, gy + gs], 1)
+        labels = torch.randint(1, 7, (3,), generator=gen)
+        per_image.append((props.to(device), gt.to(device), labels.to(device)))
+    return images, per_image
+
+
+def assign(props, gt, gt_labels):
+    rois = torch.cat([props, gt], 0)
+    iou = box_iou(rois, gt)
+    max_iou, arg = iou.max(1)
+    labels = gt_labels[arg] * (max_iou >= 0.5).long()
+    return rois, max_iou, labels, encode(rois, gt[arg])
+
+
+def sample_where(mask, k, gen):
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel() > k:
+        idx = idx[torch.randperm(idx.numel(), generator=gen)[:k].to(idx.device)]
+    return idx
+
+
+def step(model, opt, images, per_image, kind, gen, k):
+    feats = model.features(images)
+    assigned = [assign(p, g, l) for p, g, l in per_image]
+    rois = torch.cat([torch.cat([torch.full((a[0].shape[0], 1), float(b), device=a[0].device), a[0]], 1) for b, a in enumerate(assigned)])
+    labels = torch.cat([a[2] for a in assigned])
+    targets = torch.cat([a[3] for a in assigned])
+    sizes = [a[0].shape[0] for a in assigned]
+    offsets = [0, sizes[0]]
+    per = 64
+
+    def ohem_select(cls, loc):
+        picked = []
+        for b, a in enumerate(assigned):
+            loss = (cls + loc)[offsets[b]:offsets[b] + sizes[b]]
+            keep = nms(a[0], loss, 0.7)[:per]
+            picked.append(keep + offsets[b])
+        return torch.cat(picked)
+
+    if kind == "fixed_ratio" or kind == "all":
+        picked = []
+        for b, a in enumerate(assigned):
+            max_iou = a[1]
+            if kind == "fixed_ratio":
+                fg = sample_where(max_iou >= 0.5, 16, gen)
+                bg = sample_where((max_iou < 0.5) & (max_iou >= 0.1), per - fg.numel(), gen)
+                picked.append(torch.cat([fg, bg]) + offsets[b])
+            else:
+                picked.append(sample_where(max_iou >= 0.0, 1024, gen) + offsets[b])
+        sel = torch.cat(picked)
+        logits, deltas = model.head(feats, rois[sel])
+        cls, loc = per_roi_losses(logits, deltas, labels[sel], targets[sel], k)
+    elif kind == "ohem":
+        with torch.no_grad():
+            logits, deltas = model.head(feats.detach(), rois)
+            cls, loc = per_roi_losses(logits, deltas, labels, targets, k)
+        sel = ohem_select(cls, loc)
+        logits, deltas = model.head(feats, rois[sel])
+        cls, loc = per_roi_losses(logits, deltas, labels[sel], targets[sel], k)
+    elif kind == "ohem_masked":
+        logits, deltas = model.head(feats, rois)
+        cls, loc = per_roi_losses(logits, deltas, labels, targets, k)
+        sel = ohem_select(cls.detach(), loc.detach())
+        mask = torch.zeros_like(cls)
+        mask[sel] = 1.0
+        cls, loc = cls * mask, loc * mask
+    n = sel.numel()
+    loss = cls.sum() / n + loc.sum() / n
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--proposals", type=int, default=2000)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fc-dim", type=int, default=512)
+    ap.add_argument("--stride", type=int, default=16, choices=[8, 16])
+    ap.add_argument("--freeze-bn", action="store_true", help="batch norm frozen, as when fine-tuning from pre-trained weights")
+    ap.add_argument("--kinds", default="fixed_ratio,ohem,ohem_masked,all")
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    k = 6
+    model = Small(k, a.fc_dim, a.stride, a.freeze_bn).to(device).train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    inputs = [make_inputs(a.proposals, device, gen) for _ in range(a.iters + 1)]
+    steps = {}
+    for kind in a.kinds.split(","):
+        total = 0.0
+        for it, (images, per_image) in enumerate(inputs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            step(model, opt, images, per_image, kind, gen, k)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if it > 0:  # the first iteration is a warm-up
+                total += time.perf_counter() - t
+        steps[kind] = total / a.iters
+    print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+                      "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps}))
+
+
+if __name__ == "__main__":
+    main()

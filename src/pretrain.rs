@@ -1,0 +1,547 @@
+//! Between model and trainer: the shared pre-trained backbone, the analogue of
+//! the paper's ImageNet initialisation (`harness pretrain`, `model.init: pretrained`).
+//!
+//! The task is supervised classification of boxes in small windows: every
+//! sample is a `window x window` crop, cut from a training image at the
+//! detector's own input scale, and one box in it (a RoI) to classify. The box
+//! is either a jittered ground-truth object (its class, and its regression
+//! target) or a random box that overlaps no object by IoU 0.3 or more
+//! (background, R-CNN's threshold for negatives). The network is the
+//! detector's own: backbone, RoI pooling, fc6/fc7, a classifier and a box
+//! regressor, trained with batch norm in training mode on batches of
+//! `batch_size` windows. Objects keep their native size (a window grows, and is
+//! shrunk, only for objects larger than it), so the backbone learns the scales
+//! it will see in detection. The saved file holds the backbone and fc6/fc7;
+//! the detector's classifier and regressor start fresh, as in Fast R-CNN.
+//!
+//! Sources (`pretrain.source`):
+//! - `dataset`: the configured dataset's training split. It works for any
+//!   VOC-layout root, and never touches the test split.
+//! - `synth`: scenes rendered by the default-data generator with a seed of
+//!   their own (images that no split contains): the six shape classes, their
+//!   near-miss distractors as background, `synth_images` scenes.
+//! - `both` (default): the two together, labels merged by class name (a
+//!   dataset without shape classes gets 6 extra classes to learn). On the
+//!   default data the generated scenes triple the labelled objects; on a
+//!   user's own data the training split keeps the features on its domain.
+//!
+//! A tenth of the source images (`val_fraction`) is held out and gives the
+//! logged validation accuracy. The result is cached under
+//! `<cache>/pretrain/<key>/`, where the key is a SHA-256 of everything that
+//! determines the weights: this config, the model's shape, the input
+//! normalisation and scale, and the bytes of the source images and
+//! annotations. Every arm and seed of a grid therefore shares one file, and it
+//! is computed once. The folder also holds `pretrain.csv` (loss and accuracy
+//! per epoch) and `pretrain.json` (what the key was made of).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::boxes::{iou, BBox};
+use crate::data::{synth, Dataset};
+use crate::model::{box_coder, per_roi_losses, FastRcnn, Init, ModelConfig};
+use crate::trainer::batch::scale_for;
+use crate::trainer::sgd::Sgd;
+use crate::trainer::TrainConfig;
+
+/// Where the pre-training crops come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Dataset,
+    Synth,
+    Both,
+}
+
+/// The `pretrain:` section of a config.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    pub source: Source,
+    /// Seeds the weights, the crops and (for `synth`) the scenes.
+    pub seed: u64,
+    pub epochs: usize,
+    /// Crop side in pixels at the detector's input scale; a multiple of 16.
+    pub window: i64,
+    /// Windows per SGD step.
+    pub batch_size: usize,
+    /// Jittered crops of each object per epoch.
+    pub crops_per_object: usize,
+    /// Share of background boxes among all crops.
+    pub bg_fraction: f64,
+    /// Peak learning rate (linear warm-up over the first 5% of steps, then cosine to 0).
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Source images held out for the validation accuracy.
+    pub val_fraction: f64,
+    /// Scenes rendered for `source: synth`.
+    pub synth_images: usize,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            source: Source::Both,
+            seed: 0,
+            epochs: 8,
+            window: 64,
+            batch_size: 64,
+            crops_per_object: 3,
+            bg_fraction: 0.5,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            val_fraction: 0.1,
+            synth_images: 1000,
+        }
+    }
+}
+
+impl PretrainConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("pretrain.epochs = 0: at least one epoch");
+        }
+        if self.window < 32 || self.window % 16 != 0 {
+            bail!("pretrain.window = {}: a multiple of 16, at least 32", self.window);
+        }
+        if self.batch_size < 2 {
+            bail!("pretrain.batch_size = {}: at least 2 (batch norm needs a batch)", self.batch_size);
+        }
+        if self.crops_per_object == 0 {
+            bail!("pretrain.crops_per_object = 0: at least one crop per object");
+        }
+        if !(0.0..1.0).contains(&self.bg_fraction) {
+            bail!("pretrain.bg_fraction = {} is outside [0, 1)", self.bg_fraction);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("pretrain.lr = {}: must be positive", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("pretrain.momentum = {} is outside [0, 1)", self.momentum);
+        }
+        if self.weight_decay < 0.0 {
+            bail!("pretrain.weight_decay = {} is negative", self.weight_decay);
+        }
+        if !(0.0..0.5).contains(&self.val_fraction) {
+            bail!("pretrain.val_fraction = {} is outside [0, 0.5)", self.val_fraction);
+        }
+        if self.source.uses_synth() && self.synth_images < 10 {
+            bail!("pretrain.synth_images = {}: at least 10", self.synth_images);
+        }
+        Ok(())
+    }
+}
+
+/// The pre-training cache folder: `$OHEM_CACHE/pretrain`, else `~/.cache/ohem-harness/pretrain`.
+pub fn default_cache_dir() -> PathBuf {
+    crate::cache_root().join("pretrain")
+}
+
+/// One source image: `[3, H, W]` uint8, its objects to classify (0-based
+/// boxes, labels 1..=K) and every object box (difficult ones too) that
+/// background boxes must avoid.
+struct SourceImage {
+    image: Tensor,
+    objects: Vec<(BBox, i64)>,
+    avoid: Vec<BBox>,
+}
+
+impl Source {
+    fn uses_dataset(self) -> bool {
+        matches!(self, Source::Dataset | Source::Both)
+    }
+    fn uses_synth(self) -> bool {
+        matches!(self, Source::Synth | Source::Both)
+    }
+}
+
+/// A SHA-256 of the source: the bytes of every training image and annotation
+/// (`dataset`), and the generator's version and settings (`synth`).
+fn fingerprint(cfg: &TrainConfig) -> Result<String> {
+    let mut h = Sha256::new();
+    if cfg.pretrain.source.uses_dataset() {
+        let ds = Dataset::open(&cfg.dataset.root)?;
+        h.update(ds.classes.join("\n").as_bytes());
+        for id in ds.split_ids(&cfg.dataset.train_split)? {
+            let xml = std::fs::read(ds.annotation_path(&id)).with_context(|| format!("reading {}", ds.annotation_path(&id).display()))?;
+            let bytes = crate::data::voc::read_image_bytes(&ds.image_path(&id))?;
+            h.update(id.as_bytes());
+            h.update(Sha256::digest(&xml));
+            h.update(Sha256::digest(&bytes));
+        }
+    }
+    if cfg.pretrain.source.uses_synth() {
+        h.update(format!("{} seed {} images {}", synth::GENERATOR, cfg.pretrain.seed, cfg.pretrain.synth_images).as_bytes());
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The source images and their class names (labels are 1 + an index into them).
+/// With both sources, a generated class takes the label of the dataset's class
+/// of the same name, or a new one.
+fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Vec<String>)> {
+    use rayon::prelude::*;
+    let to0 = |b: BBox| b.map(|v| v - 1.0);
+    let mut out = Vec::new();
+    let mut classes: Vec<String> = Vec::new();
+    if cfg.pretrain.source.uses_dataset() {
+        let ds = Dataset::open(&cfg.dataset.root)?;
+        let anns = ds.load_split(&cfg.dataset.train_split)?;
+        if anns.is_empty() {
+            bail!("pretrain.source = {:?}: split {:?} of {} is empty", cfg.pretrain.source, cfg.dataset.train_split, ds.root.display());
+        }
+        out = anns.par_iter().map(|a| Ok(source_image(&ds.load_image(a)?, a, to0, &|c| c as i64 + 1))).collect::<Result<Vec<_>>>()?;
+        classes = ds.classes.clone();
+    }
+    if cfg.pretrain.source.uses_synth() {
+        let labels: Vec<i64> = synth::CLASSES
+            .iter()
+            .map(|name| {
+                let at = classes.iter().position(|c| c == name).unwrap_or_else(|| {
+                    classes.push(name.to_string());
+                    classes.len() - 1
+                });
+                at as i64 + 1
+            })
+            .collect();
+        // a seed no generated split uses: these scenes are in no train or test split
+        let seed = cfg.pretrain.seed ^ 0x5052_4554_5241_494E;
+        let scenes: Vec<SourceImage> = (0..cfg.pretrain.synth_images as u64)
+            .into_par_iter()
+            .map(|i| {
+                let (img, a) = synth::render_image(seed, i, &format!("pretrain{i:06}"));
+                source_image(&img, &a, to0, &|c| labels[c])
+            })
+            .collect();
+        out.extend(scenes);
+    }
+    if out.iter().all(|s| s.objects.is_empty()) {
+        bail!("pretrain: the {:?} source has no non-difficult object to learn from", cfg.pretrain.source);
+    }
+    Ok((out, classes))
+}
+
+fn source_image(img: &image::RgbImage, a: &crate::data::Annotation, to0: impl Fn(BBox) -> BBox, label: &(dyn Fn(usize) -> i64 + Sync)) -> SourceImage {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    SourceImage {
+        image: Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous(),
+        objects: a.objects.iter().filter(|o| !o.difficult).map(|o| (to0(o.bbox), label(o.class))).collect(),
+        avoid: a.objects.iter().map(|o| to0(o.bbox)).collect(),
+    }
+}
+
+/// One training sample: a window of a source image and a box in it.
+#[derive(Debug, Clone)]
+struct Crop {
+    image: usize,
+    /// Window `[x0, y0, side]` in continuous original-image pixels.
+    window: [f32; 3],
+    flip: bool,
+    /// The box (0-based, inclusive, original pixels), its label, and the object it was jittered from.
+    roi: BBox,
+    label: i64,
+    gt: BBox,
+}
+
+/// Draws one epoch's crops: `crops_per_object` per object, plus background
+/// boxes to make `bg_fraction` of the total, shuffled.
+fn draw_crops(src: &[SourceImage], images: &[usize], cfg: &TrainConfig, rng: &mut ChaCha8Rng) -> Vec<Crop> {
+    let p = &cfg.pretrain;
+    let mut crops = Vec::new();
+    let scale_of = |i: usize| {
+        let (_, h, w) = src[i].image.size3().expect("[3, H, W]");
+        (scale_for(&cfg.input, h, w), h as f32, w as f32)
+    };
+    for &i in images {
+        let (s, _, _) = scale_of(i);
+        for &(b, label) in &src[i].objects {
+            for _ in 0..p.crops_per_object {
+                let (bw, bh) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+                // a jittered box that still overlaps the object by IoU >= 0.7
+                let roi = loop {
+                    let j = |r: &mut ChaCha8Rng, v: f32| r.random_range(-0.08..0.08f32) * v;
+                    let r = [b[0] + j(rng, bw), b[1] + j(rng, bh), b[2] + j(rng, bw), b[3] + j(rng, bh)];
+                    if r[2] - r[0] >= 1.0 && r[3] - r[1] >= 1.0 && iou(&r, &b) >= 0.7 {
+                        break r;
+                    }
+                };
+                // the window: `window` px at input scale, larger for large objects, the object inside
+                let side = (p.window as f32 / s as f32).max(1.25 * bw.max(bh));
+                let (cx, cy) = ((b[0] + b[2] + 1.0) / 2.0, (b[1] + b[3] + 1.0) / 2.0);
+                let (sx, sy) = ((side - bw).max(0.0) * 0.4, (side - bh).max(0.0) * 0.4);
+                let x0 = cx - side / 2.0 + rng.random_range(-sx..=sx);
+                let y0 = cy - side / 2.0 + rng.random_range(-sy..=sy);
+                crops.push(Crop { image: i, window: [x0, y0, side], flip: rng.random(), roi, label, gt: b });
+            }
+        }
+    }
+    let n_fg = crops.len();
+    let n_bg = ((n_fg as f64) * p.bg_fraction / (1.0 - p.bg_fraction)).round() as usize;
+    let mut tries = 0;
+    while crops.len() < n_fg + n_bg && tries < 50 * (n_bg + 1) {
+        tries += 1;
+        let i = images[rng.random_range(0..images.len())];
+        let (s, h, w) = scale_of(i);
+        let side = p.window as f32 / s as f32;
+        let x0 = rng.random_range(-0.25 * side..(w - 0.75 * side).max(-0.25 * side + 1.0));
+        let y0 = rng.random_range(-0.25 * side..(h - 0.75 * side).max(-0.25 * side + 1.0));
+        // a box of 12 px to the whole window (at input scale), aspect 1:2 to 2:1, inside the image
+        let size = (rng.random_range((12.0f32).ln()..(p.window as f32).ln())).exp() / s as f32;
+        let aspect = rng.random_range((0.5f32).ln()..(2.0f32).ln()).exp();
+        let (bw, bh) = (size * aspect.sqrt(), size / aspect.sqrt());
+        let bx = (x0 + rng.random_range(0.0..(side - bw).max(1.0))).clamp(0.0, (w - bw).max(0.0));
+        let by = (y0 + rng.random_range(0.0..(side - bh).max(1.0))).clamp(0.0, (h - bh).max(0.0));
+        let roi = [bx, by, (bx + bw - 1.0).min(w - 1.0), (by + bh - 1.0).min(h - 1.0)];
+        if roi[2] - roi[0] < 1.0 || roi[3] - roi[1] < 1.0 || src[i].avoid.iter().any(|g| iou(&roi, g) >= 0.3) {
+            continue;
+        }
+        crops.push(Crop { image: i, window: [x0, y0, side], flip: rng.random(), roi, label: 0, gt: roi });
+    }
+    for k in (1..crops.len()).rev() {
+        crops.swap(k, rng.random_range(0..=k));
+    }
+    crops
+}
+
+/// Cuts and normalises a batch of crops: (`[B, 3, S, S]` windows, `[B, 5]` RoIs, `[B]` labels, `[B, 4]` targets).
+fn make_batch(src: &[SourceImage], crops: &[Crop], cfg: &TrainConfig, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+    let s = cfg.pretrain.window;
+    let mean = Tensor::from_slice(&cfg.input.pixel_mean.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&cfg.input.pixel_std.map(|v| v as f32)).view([1, 3, 1, 1]);
+    let steps = (Tensor::arange(s, (Kind::Float, Device::Cpu)) + 0.5) / s as f64; // [S] fractions of the window
+    let mut windows = Vec::with_capacity(crops.len());
+    let (mut rois, mut gts) = (Vec::new(), Vec::new());
+    for c in crops {
+        let img = src[c.image].image.unsqueeze(0).to_kind(Kind::Float);
+        let (h, w) = (img.size()[2] as f64, img.size()[3] as f64);
+        let img = (img - &mean) / &std; // zero outside the image: the mean colour, as the detector's padding
+        let [x0, y0, side] = c.window.map(|v| v as f64);
+        // sample points in grid_sampler's [-1, 1] coordinates (align_corners = false)
+        let mut gx = (&steps * side + x0) * (2.0 / w) - 1.0;
+        let gy = (&steps * side + y0) * (2.0 / h) - 1.0;
+        if c.flip {
+            gx = gx.flip([0]);
+        }
+        let grid = Tensor::stack(&[gx.view([1, s]).expand([s, s], false), gy.view([s, 1]).expand([s, s], false)], 2).unsqueeze(0); // [1, S, S, 2]
+        windows.push(img.grid_sampler_2d(&grid, 0, 0, false)); // bilinear, zero padding
+        // boxes into window pixels (0-based inclusive), flipped with the window
+        let k = s as f32 / c.window[2];
+        let map = |b: BBox| {
+            let (a, z) = ((b[0] - c.window[0]) * k, (b[2] + 1.0 - c.window[0]) * k - 1.0);
+            let (x1, x2) = if c.flip { (s as f32 - 1.0 - z, s as f32 - 1.0 - a) } else { (a, z) };
+            [x1, (b[1] - c.window[1]) * k, x2, (b[3] + 1.0 - c.window[1]) * k - 1.0]
+        };
+        rois.extend(map(c.roi));
+        gts.extend(map(c.gt));
+    }
+    let b = crops.len() as i64;
+    let rois = Tensor::from_slice(&rois).view([b, 4]);
+    let gts = Tensor::from_slice(&gts).view([b, 4]);
+    let targets = box_coder::encode(&rois, &gts);
+    let batch_idx = Tensor::arange(b, (Kind::Float, Device::Cpu)).unsqueeze(1);
+    let labels: Vec<i64> = crops.iter().map(|c| c.label).collect();
+    (
+        Tensor::cat(&windows, 0).to_device(device),
+        Tensor::cat(&[batch_idx, rois], 1).to_device(device),
+        Tensor::from_slice(&labels).to_device(device),
+        targets.to_device(device),
+    )
+}
+
+/// One row of `pretrain.csv`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PretrainRow {
+    pub epoch: usize,
+    pub crops: usize,
+    pub seconds: f64,
+    pub lr: f64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+}
+
+/// What [`ensure`] found or made.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// The backbone and fc6/fc7 weights (safetensors).
+    pub weights: PathBuf,
+    /// Per-epoch log.
+    pub log: PathBuf,
+    /// Whether this call trained them (false: the cache had them).
+    pub computed: bool,
+}
+
+/// The model config the pre-training trains: the detector's, from scratch, batch norm in training mode.
+fn pretrain_model_cfg(m: &ModelConfig) -> ModelConfig {
+    ModelConfig { init: Init::Scratch, weights: None, freeze_bn: Some(false), ..m.clone() }
+}
+
+/// The cache key: a SHA-256 of everything that determines the weights.
+fn key_material(cfg: &TrainConfig, fingerprint: &str) -> serde_json::Value {
+    let m = pretrain_model_cfg(&cfg.model);
+    serde_json::json!({
+        "version": "pretrain v1",
+        "pretrain": cfg.pretrain,
+        "model": { "backbone": m.backbone, "stride": m.feature_stride(), "fc_dim": m.fc_width(), "roi_size": m.roi_size, "roi_samples": m.roi_samples, "dropout": m.dropout },
+        "input": { "scale": cfg.input.scale, "max_size": cfg.input.max_size, "pixel_mean": cfg.input.pixel_mean, "pixel_std": cfg.input.pixel_std },
+        "source": { "split": cfg.pretrain.source.uses_dataset().then(|| cfg.dataset.train_split.clone()),
+                     "sha256": fingerprint },
+    })
+}
+
+/// The pre-trained weights for `cfg`: from the cache under `cache_dir`, or trained now
+/// (once, under a lock, so that concurrent cells wait for one computation).
+pub fn ensure(cfg: &TrainConfig, cache_dir: &Path, progress: bool) -> Result<Pretrained> {
+    cfg.pretrain.check()?;
+    let material = key_material(cfg, &fingerprint(cfg)?);
+    let key = format!("{:x}", Sha256::digest(serde_json::to_string(&material)?.as_bytes()));
+    let dir = cache_dir.join(&key[..16]);
+    let found = |computed| Pretrained { weights: dir.join("backbone.safetensors"), log: dir.join("pretrain.csv"), computed };
+    if dir.join("backbone.safetensors").is_file() {
+        return Ok(found(false));
+    }
+    std::fs::create_dir_all(cache_dir).with_context(|| format!("creating {}", cache_dir.display()))?;
+    let lock_path = cache_dir.join(format!("{}.lock", &key[..16]));
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("opening {}", lock_path.display()))?;
+    fs2::FileExt::lock_exclusive(&lock).with_context(|| format!("locking {}", lock_path.display()))?;
+    if dir.join("backbone.safetensors").is_file() {
+        return Ok(found(false)); // another process made it while we waited
+    }
+    let tmp = cache_dir.join(format!("{}.tmp{}", &key[..16], std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::write(tmp.join("pretrain.json"), serde_json::to_string_pretty(&material)?).with_context(|| format!("writing {}", tmp.display()))?;
+    let (src, classes) = load_source(cfg)?;
+    run(cfg, &src, classes.len(), &tmp, progress)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+    Ok(found(true))
+}
+
+/// Trains the classifier on crops and writes `backbone.safetensors` and `pretrain.csv` into `out`.
+fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, progress: bool) -> Result<()> {
+    let p = &cfg.pretrain;
+    let device = crate::trainer::config::parse_device(&cfg.device)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x7072_6574_7261_696E);
+    // hold out every image whose rank in a seeded shuffle falls in the validation share
+    let mut order: Vec<usize> = (0..src.len()).collect();
+    for k in (1..order.len()).rev() {
+        order.swap(k, rng.random_range(0..=k));
+    }
+    let n_val = ((src.len() as f64) * p.val_fraction).round() as usize;
+    let (val_imgs, train_imgs) = order.split_at(n_val.min(src.len().saturating_sub(1)));
+    let val_crops = if val_imgs.is_empty() { Vec::new() } else { draw_crops(src, val_imgs, cfg, &mut rng) };
+
+    tch::manual_seed(p.seed as i64);
+    let mcfg = pretrain_model_cfg(&cfg.model);
+    let vs = nn::VarStore::new(device);
+    let model = FastRcnn::new(&vs.root(), &mcfg, n_classes);
+    let mut opt = Sgd::new(&vs, p.momentum, p.weight_decay);
+    let k = n_classes as i64;
+
+    let epoch_crops = draw_crops(src, train_imgs, cfg, &mut rng.clone()).len();
+    let steps_per_epoch = epoch_crops.div_ceil(p.batch_size);
+    let total = steps_per_epoch * p.epochs;
+    let warmup = (total / 20).max(1);
+    let lr_at = |step: usize| {
+        if step < warmup {
+            p.lr * (step + 1) as f64 / warmup as f64
+        } else {
+            let f = ((step - warmup) as f64 / (total - warmup).max(1) as f64).min(1.0);
+            p.lr * 0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+        }
+    };
+    let bar = crate::progress_bar(total as u64, "pre-training", progress);
+    let mut rows = Vec::new();
+    let mut step = 0;
+    for epoch in 0..p.epochs {
+        let t = Instant::now();
+        let crops = draw_crops(src, train_imgs, cfg, &mut rng);
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for chunk in crops.chunks(p.batch_size).filter(|c| c.len() >= 2) {
+            let (x, rois, labels, targets) = make_batch(src, chunk, cfg, device);
+            let feats = model.features(&x, true);
+            let (logits, deltas) = model.head(&feats, &rois, true);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
+            let loss = cls.mean(Kind::Float) + loc.sum(Kind::Float) / chunk.len() as f64;
+            loss.backward();
+            let lr = lr_at(step);
+            opt.step(lr);
+            step += 1;
+            let l = loss.double_value(&[]);
+            if !l.is_finite() {
+                bail!("pre-training diverged at epoch {} (loss {l}); lower pretrain.lr = {}", epoch + 1, p.lr);
+            }
+            loss_sum += l * chunk.len() as f64;
+            correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            seen += chunk.len();
+            bar.set_message(format!("epoch {}/{} acc {:.3}", epoch + 1, p.epochs, correct as f64 / seen as f64));
+            bar.inc(1);
+        }
+        let (val_loss, val_accuracy) = evaluate(&model, src, &val_crops, cfg, device, k);
+        rows.push(PretrainRow {
+            epoch: epoch + 1,
+            crops: seen,
+            seconds: t.elapsed().as_secs_f64(),
+            lr: lr_at(step.saturating_sub(1)),
+            loss: loss_sum / seen.max(1) as f64,
+            accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_accuracy,
+        });
+        if progress {
+            let r = rows.last().expect("pushed");
+            bar.suspend(|| {
+                eprintln!(
+                    "pretrain epoch {:>2}: {} crops, loss {:.4}, accuracy {:.3}, validation accuracy {:.3}, {:.1}s",
+                    r.epoch, r.crops, r.loss, r.accuracy, r.val_accuracy, r.seconds
+                )
+            });
+        }
+    }
+    bar.finish_and_clear();
+    let mut w = csv::Writer::from_path(out.join("pretrain.csv")).with_context(|| format!("writing {}", out.join("pretrain.csv").display()))?;
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    // the backbone and fc6/fc7; the detector's classifier and regressor start fresh
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| !n.starts_with("cls_score.") && !n.starts_with("bbox_pred.")).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let file = out.join("backbone.safetensors");
+    Tensor::write_safetensors(&named, &file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(())
+}
+
+/// Mean loss and accuracy over fixed crops, in eval mode.
+fn evaluate(model: &FastRcnn, src: &[SourceImage], crops: &[Crop], cfg: &TrainConfig, device: Device, k: i64) -> (f64, f64) {
+    if crops.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let (mut loss, mut correct) = (0.0, 0i64);
+    tch::no_grad(|| {
+        for chunk in crops.chunks(cfg.pretrain.batch_size) {
+            let (x, rois, labels, targets) = make_batch(src, chunk, cfg, device);
+            let (logits, deltas) = model.head(&model.features(&x, false), &rois, false);
+            let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
+            loss += (cls + loc).sum(Kind::Float).double_value(&[]);
+            correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+        }
+    });
+    (loss / crops.len() as f64, correct as f64 / crops.len() as f64)
+}
+
+/// Reads a `pretrain.csv`.
+pub fn read_log(path: &Path) -> Result<Vec<PretrainRow>> {
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
