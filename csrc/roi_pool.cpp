@@ -74,7 +74,7 @@ inline void positions(double lo, double hi, int64_t out, int64_t s, double scale
 
 // ARG: also record, per output, which sample was the max (for the backward).
 template <typename T, bool ARG>
-void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
   parallel(R, 8, [&](int64_t r0, int64_t r1) {
     std::vector<double> px, py;
     for (int64_t r = r0; r < r1; ++r) {
@@ -85,7 +85,7 @@ void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, in
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
           T* __restrict yo = y + ((r * out + by) * out + bx) * C;
-          uint8_t* __restrict ao = ARG ? arg + ((r * out + by) * out + bx) * C : nullptr;
+          T* __restrict ao = ARG ? arg + ((r * out + by) * out + bx) * C : nullptr;
           for (int64_t ky = 0; ky < s; ++ky) {
             Taps ty = taps(py[by * s + ky], H);
             for (int64_t kx = 0; kx < s; ++kx) {
@@ -95,10 +95,11 @@ void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, in
               const T* __restrict p10 = fb + (ty.i1 * W + tx.i0) * C;
               const T* __restrict p11 = fb + (ty.i1 * W + tx.i1) * C;
               const T w00 = ty.w0 * tx.w0, w01 = ty.w0 * tx.w1, w10 = ty.w1 * tx.w0, w11 = ty.w1 * tx.w1;
-              const uint8_t k = (uint8_t)(ky * s + kx);
+              const T k = (T)(ky * s + kx);
               if (k == 0) {
                 for (int64_t c = 0; c < C; ++c) yo[c] = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
-                if constexpr (ARG) std::memset(ao, 0, C);
+                if constexpr (ARG)
+                  for (int64_t c = 0; c < C; ++c) ao[c] = 0;
               } else if constexpr (ARG) {
                 for (int64_t c = 0; c < C; ++c) {
                   T v = w00 * p00[c] + w01 * p01[c] + w10 * p10[c] + w11 * p11[c];
@@ -119,8 +120,10 @@ void forward_kernel(const T* f, const T* rois, T* y, uint8_t* arg, int64_t R, in
   });
 }
 
+// The arg-max sample's 4 taps get the output's gradient. Written per sample
+// with a mask (s*s passes over the channels) so that the channel loop vectorises.
 template <typename T>
-void backward_kernel(const T* g, const T* rois, const uint8_t* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
   parallel(C, 16, [&](int64_t c0, int64_t c1) {
     std::vector<double> px, py;
     for (int64_t r = 0; r < R; ++r) {
@@ -130,20 +133,24 @@ void backward_kernel(const T* g, const T* rois, const uint8_t* arg, T* gf, int64
       positions(roi[2], roi[4], out, s, scale, py);
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
-          const T* go = g + ((r * out + by) * out + bx) * C;
-          const uint8_t* ao = arg + ((r * out + by) * out + bx) * C;
-          // the taps of every sample of this bin
-          Taps tys[8], txs[8];
-          for (int64_t k = 0; k < s; ++k) { tys[k] = taps(py[by * s + k], H); txs[k] = taps(px[bx * s + k], W); }
-          for (int64_t c = c0; c < c1; ++c) {
-            T gv = go[c];
-            if (gv == 0) continue;
-            const Taps& ty = tys[ao[c] / s];
-            const Taps& tx = txs[ao[c] % s];
-            gb[(ty.i0 * W + tx.i0) * C + c] += gv * (T)(ty.w0 * tx.w0);
-            gb[(ty.i0 * W + tx.i1) * C + c] += gv * (T)(ty.w0 * tx.w1);
-            gb[(ty.i1 * W + tx.i0) * C + c] += gv * (T)(ty.w1 * tx.w0);
-            gb[(ty.i1 * W + tx.i1) * C + c] += gv * (T)(ty.w1 * tx.w1);
+          const T* __restrict go = g + ((r * out + by) * out + bx) * C;
+          const T* __restrict ao = arg + ((r * out + by) * out + bx) * C;
+          for (int64_t ky = 0; ky < s; ++ky) {
+            Taps ty = taps(py[by * s + ky], H);
+            for (int64_t kx = 0; kx < s; ++kx) {
+              Taps tx = taps(px[bx * s + kx], W);
+              const T k = (T)(ky * s + kx);
+              // each tap with a weight, one at a time (clamped taps outside the map have weight 0 and
+              // may share a cell with a real one, so they are skipped rather than written)
+              const int64_t cells[4] = {ty.i0 * W + tx.i0, ty.i0 * W + tx.i1, ty.i1 * W + tx.i0, ty.i1 * W + tx.i1};
+              const T weights[4] = {(T)(ty.w0 * tx.w0), (T)(ty.w0 * tx.w1), (T)(ty.w1 * tx.w0), (T)(ty.w1 * tx.w1)};
+              for (int t = 0; t < 4; ++t) {
+                if (weights[t] == (T)0) continue;
+                T* __restrict q = gb + cells[t] * C;
+                const T w = weights[t];
+                for (int64_t c = c0; c < c1; ++c) q[c] += (ao[c] == k ? go[c] : (T)0) * w;
+              }
+            }
           }
         }
     }
@@ -178,9 +185,9 @@ struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
     auto [f, r] = prepare(feats, rois, out, s);
     int64_t N = feats.size(0), C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
     auto y = at::empty({R, out, out, C}, f.options());
-    auto arg = at::empty({R, out, out, C}, f.options().dtype(at::kByte));
+    auto arg = at::empty({R, out, out, C}, f.options());  // the arg-max sample, in the features' type so the loops vectorise
     AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
-      forward_kernel<scalar_t, true>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), R, H, W, C, out, s, scale);
+      forward_kernel<scalar_t, true>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);
     });
     ctx->save_for_backward({r, arg});
     ctx->saved_data["N"] = N;
@@ -203,7 +210,7 @@ struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
     int64_t R = g.size(0), C = g.size(3);
     auto gf = at::zeros({N, H, W, C}, g.options());
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "roi_pool_backward", [&] {
-      backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), arg.data_ptr<uint8_t>(), gf.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);
+      backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), arg.data_ptr<scalar_t>(), gf.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);
     });
     return {gf.permute({0, 3, 1, 2}), Tensor(), Tensor(), Tensor(), Tensor()};
   }

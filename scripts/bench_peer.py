@@ -30,6 +30,26 @@ from torch import nn
 from torchvision.ops import box_iou, nms, roi_pool
 
 
+class Vgg16(nn.Module):
+    """torchvision's VGG16 without the last max pool (stride 16), fc6/fc7 of 4096, conv1_x and conv2_x frozen."""
+
+    def __init__(self, classes, fc_dim):
+        super().__init__()
+        self.features = torchvision.models.vgg16(weights=None).features[:30]
+        for i in (0, 2, 5, 7):
+            for p in self.features[i].parameters():
+                p.requires_grad_(False)
+        self.fc = nn.Sequential(nn.Linear(512 * 49, fc_dim), nn.ReLU(inplace=True), nn.Linear(fc_dim, fc_dim), nn.ReLU(inplace=True))
+        self.cls_score = nn.Linear(fc_dim, classes + 1)
+        self.bbox_pred = nn.Linear(fc_dim, 4 * classes)
+        self.scale = 1.0 / 16
+
+    def head(self, feats, rois):
+        x = roi_pool(feats, rois, (7, 7), self.scale).flatten(1)
+        x = self.fc(x)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
 class Small(nn.Module):
     """The harness's `small` backbone with fc6/fc7 and the two outputs."""
 
@@ -83,9 +103,8 @@ def per_roi_losses(logits, deltas, labels, targets, k):
     return cls, loc
 
 
-def make_inputs(n_props, device, gen):
-    """Two 224x288 images, n_props random proposals each (as the harness bench draws them), 3 objects each."""
-    h, w = 224, 288
+def make_inputs(n_props, device, gen, h, w):
+    """Two h x w images, n_props random proposals each (as the harness bench draws them), 3 objects each."""
     images = torch.randn(2, 3, h, w, generator=gen).to(device)
     per_image = []
     for _ in range(2):
@@ -180,14 +199,17 @@ def main():
     ap.add_argument("--stride", type=int, default=16, choices=[8, 16])
     ap.add_argument("--freeze-bn", action="store_true", help="batch norm frozen, as when fine-tuning from pre-trained weights")
     ap.add_argument("--kinds", default="fixed_ratio,ohem,ohem_masked,all")
+    ap.add_argument("--backbone", default="small", choices=["small", "vgg16"])
+    ap.add_argument("--size", default="224x288", help="input height x width")
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     k = 6
-    model = Small(k, a.fc_dim, a.stride, a.freeze_bn).to(device).train()
+    h, w = (int(v) for v in a.size.split("x"))
+    model = (Vgg16(k, a.fc_dim) if a.backbone == "vgg16" else Small(k, a.fc_dim, a.stride, a.freeze_bn)).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    inputs = [make_inputs(a.proposals, device, gen) for _ in range(a.iters + 1)]
+    inputs = [make_inputs(a.proposals, device, gen, h, w) for _ in range(a.iters + 1)]
     steps = {}
     for kind in a.kinds.split(","):
         total = 0.0
@@ -202,7 +224,7 @@ def main():
                 total += time.perf_counter() - t
         steps[kind] = total / a.iters
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-                      "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps}))
+                      "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps}))
 
 
 if __name__ == "__main__":

@@ -195,31 +195,46 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 /// measured in one run; with `peer`, the same steps in PyTorch + torchvision
 /// (`scripts/bench_peer.py`) and the ratios; and the offline-mining pass of
 /// HNM per 100 images.
-pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool) -> Result<()> {
+///
+/// `vgg16`: the VGG16 backbone (fc 4096, random weights) at 600 px instead of
+/// the small one, and without the all-RoIs step.
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
     use crate::trainer::{batch, sgd::Sgd, train_step, FrozenScorer, TrainConfig};
 
     let device = Device::cuda_if_available();
-    let yaml = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
+    let yaml = if vgg16 {
+        "dataset:\n  root: .\nmodel:\n  backbone: vgg16\n  init: scratch\n  fc_dim: 4096\n  dropout: 0.0\ninput:\n  scale: 600\n  max_size: 1000\n"
+    } else {
+        "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n"
+    };
     let base: TrainConfig = crate::trainer::config::from_value(crate::trainer::config::parse_yaml(yaml, "bench")?, "bench")?;
-    let arms: Vec<(&str, &str, SamplerConfig)> = vec![
+    let mut arms: Vec<(&str, &str, SamplerConfig)> = vec![
         ("fixed-ratio (FRCN)", "fixed_ratio", SamplerConfig::FixedRatio(FixedRatioConfig::default())),
         ("OHEM read-only", "ohem", SamplerConfig::Ohem(OhemConfig::default())),
         ("OHEM masked", "ohem_masked", SamplerConfig::Ohem(OhemConfig { implementation: OhemImpl::Masked, ..Default::default() })),
         ("all RoIs (B=2048)", "all", SamplerConfig::All(AllConfig::default())),
     ];
+    if vgg16 {
+        arms.pop();
+    }
+    let kinds: Vec<&str> = arms.iter().map(|a| a.1).collect();
     let peer_python = if peer { Some(peer_python()?) } else { None };
     let mut store_for_mining = None;
     for &n_props in proposal_counts {
         let store = bench_store(n_props);
+        let first = batch::prepare(&store, 0, &base.input, false, device);
+        let (h, w) = (first.image.size()[1], first.image.size()[2]);
         println!(
-            "seconds per training iteration, small backbone (fc 512, stride {}, batch norm {}), N = 2, {n_props} proposals per image, device {device:?}:",
+            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}:",
+            base.model.backbone,
+            base.model.fc_width(),
             base.model.feature_stride(),
-            if base.model.bn_frozen() { "frozen" } else { "trained" }
+            if base.model.backbone == crate::model::Backbone::Vgg16 { "none" } else if base.model.bn_frozen() { "frozen" } else { "trained" }
         );
         let peer_steps = match &peer_python {
-            Some(py) => Some(run_peer(py, n_props, iters, &base, device)?),
+            Some(py) => Some(run_peer(py, n_props, iters, &base, device, (h, w), &kinds)?),
             None => None,
         };
         let mut secs = Vec::new();
@@ -254,8 +269,11 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool) -> Result<(
             }
             secs.push(s);
         }
-        println!("  ratio OHEM read-only / fixed-ratio: {:.2}x", secs[1] / secs[0]);
-        print!("  ratio OHEM masked / OHEM read-only: {:.2}x", secs[2] / secs[1]);
+        print!("  ratio OHEM read-only / fixed-ratio: {:.2}x", secs[1] / secs[0]);
+        if peer_secs.len() == arms.len() {
+            print!(" (peer {:.2}x)", peer_secs[1] / peer_secs[0]);
+        }
+        print!("\n  ratio OHEM masked / OHEM read-only: {:.2}x", secs[2] / secs[1]);
         if peer_secs.len() == arms.len() {
             print!(" (peer {:.2}x)", peer_secs[2] / peer_secs[1]);
         }
@@ -263,7 +281,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool) -> Result<(
         store_for_mining = Some((store, n_props));
     }
 
-    if let Some((store, n_props)) = store_for_mining {
+    if let (Some((store, n_props)), false) = (store_for_mining, vgg16) {
         let mut cfg = base.clone();
         cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
         let vs = nn::VarStore::new(device);
@@ -314,9 +332,11 @@ fn peer_python() -> Result<std::path::PathBuf> {
 }
 
 /// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter).
-fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::trainer::TrainConfig, device: Device) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::trainer::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut cmd = std::process::Command::new(python);
+    let backbone = if cfg.model.backbone == crate::model::Backbone::Vgg16 { "vgg16" } else { "small" };
     cmd.arg("scripts/bench_peer.py")
+        .args(["--backbone", backbone, "--size", &format!("{h}x{w}"), "--kinds", &kinds.join(",")])
         .args(["--proposals", &n_props.to_string(), "--iters", &iters.to_string(), "--stride", &cfg.model.feature_stride().to_string(), "--fc-dim", &cfg.model.fc_width().to_string()])
         .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
     if cfg.model.bn_frozen() {

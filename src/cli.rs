@@ -14,7 +14,7 @@ use crate::eval::{self, Metric};
 use crate::proposals::{self, SsMode, SsParams};
 
 #[derive(Parser, Debug)]
-#[command(name = "harness", version, about = "Offline hard-negative mining vs OHEM on one Fast R-CNN trainer")]
+#[command(name = "harness", version = concat!(env!("CARGO_PKG_VERSION"), " (libtorch ", env!("OHEM_LIBTORCH_VERSION"), ")"), about = "Offline hard-negative mining vs OHEM on one Fast R-CNN trainer")]
 pub struct Cli {
     /// Hide progress bars.
     #[arg(long, short, global = true)]
@@ -338,7 +338,7 @@ pub fn run() -> Result<()> {
                 crate::bench::train(iters, vgg16)?;
             }
             if matches!(what, BenchWhat::Samplers | BenchWhat::All) {
-                crate::bench::samplers(iters, &proposals, peer)?;
+                crate::bench::samplers(if vgg16 { iters.min(2) } else { iters }, if vgg16 { &[2000] } else { &proposals }, peer, vgg16)?;
             }
         }
     }

@@ -25,32 +25,38 @@ impl Sgd {
     }
 
     /// Applies one update with the gradients of the last backward pass, then clears them.
+    /// In place, without temporaries: the gradient becomes `d` (`g += wd·p`), the buffer
+    /// `μ·buf + d`, and `p += (−lr)·buf`, each an `addcmul_` with a 0-dim scalar.
     pub fn step(&mut self, lr: f64) {
         tch::no_grad(|| {
             for (_, p, buf) in &mut self.params {
-                let g = p.grad();
+                let mut g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                let d = if self.weight_decay != 0.0 { &g + &*p * self.weight_decay } else { g.shallow_clone() };
-                let upd = match buf {
-                    Some(b) if self.momentum != 0.0 => {
-                        let _ = b.g_mul_scalar_(self.momentum).g_add_(&d);
-                        b.shallow_clone()
+                let scalar = |v: f64| Tensor::from(v as f32).to_kind(p.kind()).to_device(p.device());
+                if self.weight_decay != 0.0 {
+                    let _ = g.addcmul_(p, &scalar(self.weight_decay));
+                }
+                let upd = if self.momentum != 0.0 {
+                    match buf {
+                        Some(b) => {
+                            let _ = b.g_mul_scalar_(self.momentum).g_add_(&g);
+                            b.shallow_clone()
+                        }
+                        None => {
+                            let b = g.copy();
+                            *buf = Some(b.shallow_clone());
+                            b
+                        }
                     }
-                    _ if self.momentum != 0.0 => {
-                        let b = d.copy();
-                        *buf = Some(b.shallow_clone());
-                        b
-                    }
-                    _ => d,
+                } else {
+                    g.shallow_clone()
                 };
-                let _ = p.g_sub_(&(upd * lr));
+                let _ = p.addcmul_(&upd, &scalar(-lr));
+                let _ = g.zero_();
             }
         });
-        for (_, p, _) in &mut self.params {
-            p.zero_grad();
-        }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
