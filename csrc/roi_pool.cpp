@@ -120,8 +120,8 @@ void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t 
   });
 }
 
-// The arg-max sample's 4 taps get the output's gradient. Written per sample
-// with a mask (s*s passes over the channels) so that the channel loop vectorises.
+// The arg-max sample's 4 taps get the output's gradient: one pass over the
+// channels per bin (each channel's taps depend on its own arg-max).
 template <typename T>
 void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
   parallel(C, 16, [&](int64_t c0, int64_t c1) {
@@ -133,24 +133,21 @@ void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, 
       positions(roi[2], roi[4], out, s, scale, py);
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
-          const T* __restrict go = g + ((r * out + by) * out + bx) * C;
-          const T* __restrict ao = arg + ((r * out + by) * out + bx) * C;
-          for (int64_t ky = 0; ky < s; ++ky) {
-            Taps ty = taps(py[by * s + ky], H);
-            for (int64_t kx = 0; kx < s; ++kx) {
-              Taps tx = taps(px[bx * s + kx], W);
-              const T k = (T)(ky * s + kx);
-              // each tap with a weight, one at a time (clamped taps outside the map have weight 0 and
-              // may share a cell with a real one, so they are skipped rather than written)
-              const int64_t cells[4] = {ty.i0 * W + tx.i0, ty.i0 * W + tx.i1, ty.i1 * W + tx.i0, ty.i1 * W + tx.i1};
-              const T weights[4] = {(T)(ty.w0 * tx.w0), (T)(ty.w0 * tx.w1), (T)(ty.w1 * tx.w0), (T)(ty.w1 * tx.w1)};
-              for (int t = 0; t < 4; ++t) {
-                if (weights[t] == (T)0) continue;
-                T* __restrict q = gb + cells[t] * C;
-                const T w = weights[t];
-                for (int64_t c = c0; c < c1; ++c) q[c] += (ao[c] == k ? go[c] : (T)0) * w;
-              }
-            }
+          const T* go = g + ((r * out + by) * out + bx) * C;
+          const T* ao = arg + ((r * out + by) * out + bx) * C;
+          Taps tys[8], txs[8];
+          for (int64_t k = 0; k < s; ++k) { tys[k] = taps(py[by * s + k], H); txs[k] = taps(px[bx * s + k], W); }
+          for (int64_t c = c0; c < c1; ++c) {
+            T gv = go[c];
+            if (gv == 0) continue;
+            int64_t k = (int64_t)ao[c];
+            const Taps& ty = tys[k / s];
+            const Taps& tx = txs[k % s];
+            // zero-weight taps (outside the map) add nothing, wherever they point
+            gb[(ty.i0 * W + tx.i0) * C + c] += gv * (T)(ty.w0 * tx.w0);
+            gb[(ty.i0 * W + tx.i1) * C + c] += gv * (T)(ty.w0 * tx.w1);
+            gb[(ty.i1 * W + tx.i0) * C + c] += gv * (T)(ty.w1 * tx.w0);
+            gb[(ty.i1 * W + tx.i1) * C + c] += gv * (T)(ty.w1 * tx.w1);
           }
         }
     }
