@@ -72,10 +72,10 @@ inline void positions(double lo, double hi, int64_t out, int64_t s, double scale
     for (int64_t k = 0; k < s; ++k) pos[i * s + k] = start + extent * ((double)(i * s + k) + 0.5) / (double)(out * s);
 }
 
-// ARG: also record, per output, which sample was the max (for the backward).
+// RoIs r0..r1 of the forward. Always inlined, so that it is compiled for the
+// instruction set of each caller below (baseline x86-64, or AVX2 with FMA).
 template <typename T, bool ARG>
-void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
-  parallel(R, 8, [&](int64_t r0, int64_t r1) {
+__attribute__((always_inline)) inline void forward_range(const T* f, const T* rois, T* y, T* arg, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t r0, int64_t r1) {
     std::vector<double> px, py;
     for (int64_t r = r0; r < r1; ++r) {
       const T* roi = rois + r * 5;
@@ -117,7 +117,28 @@ void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t 
           }
         }
     }
-  });
+}
+
+inline bool has_avx2_fma() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// ARG: also record, per output, which sample was the max (for the backward).
+// RoIs are split over threads; the loops run with AVX2 and FMA where the CPU has them.
+template <typename T, bool ARG>
+void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (has_avx2_fma()) {
+    parallel(R, 8, [&](int64_t r0, int64_t r1) __attribute__((target("avx2,fma"))) { forward_range<T, ARG>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
+    return;
+  }
+#endif
+  parallel(R, 8, [&](int64_t r0, int64_t r1) { forward_range<T, ARG>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
 }
 
 // The arg-max sample's 4 taps get the output's gradient: one pass over the
