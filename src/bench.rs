@@ -84,6 +84,17 @@ pub fn eval() -> Result<()> {
     Ok(())
 }
 
+/// What libtorch reports about CUDA, for the bench headers (a CUDA build on a machine without a GPU says so here).
+pub fn cuda_state() -> String {
+    // libtorch_cuda mapped into this process: a CUDA build, whatever the machine has
+    let cuda_build = std::fs::read_to_string("/proc/self/maps").map(|m| m.contains("libtorch_cuda")).unwrap_or(false);
+    match tch::Cuda::device_count() {
+        0 if cuda_build => "libtorch with CUDA, but no GPU is present".into(),
+        0 => "a CPU-only libtorch".into(),
+        n => format!("{n} CUDA device(s)"),
+    }
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -125,7 +136,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
     if vgg16 {
         cases.push(Case { name: "vgg16 @ 600x800", backbone: Backbone::Vgg16, h: 600, w: 800, proposals_per_image: 2000, iters: iters.min(3) });
     }
-    println!("training iteration, N = 2 images, B = 128 RoIs, device {device:?}:");
+    println!("training iteration, N = 2 images, B = 128 RoIs, device {device:?} ({}):", cuda_state());
     for c in cases {
         let vs = nn::VarStore::new(device);
         let cfg = ModelConfig { backbone: c.backbone, ..Default::default() };
