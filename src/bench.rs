@@ -238,11 +238,12 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         let first = batch::prepare(&store, 0, &base.input, false, device);
         let (h, w) = (first.image.size()[1], first.image.size()[2]);
         println!(
-            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}:",
+            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}, {} libtorch threads:",
             base.model.backbone,
             base.model.fc_width(),
             base.model.feature_stride(),
-            if base.model.backbone == crate::model::Backbone::Vgg16 { "none" } else if base.model.bn_frozen() { "frozen" } else { "trained" }
+            if base.model.backbone == crate::model::Backbone::Vgg16 { "none" } else if base.model.bn_frozen() { "frozen" } else { "trained" },
+            tch::get_num_threads()
         );
         let peer_steps = match &peer_python {
             Some(py) => Some(run_peer(py, n_props, iters, &base, device, (h, w), &kinds)?),

@@ -1,6 +1,6 @@
-//! Stage 3 of the pipeline: the Fast R-CNN model.
+//! Stage 3 of the pipeline: the Fast R-CNN model (its initial weights come from [`crate::pretrain`]).
 //!
-//! Image batch `[N, 3, H, W]` → backbone → features `[N, C, H/16, W/16]`;
+//! Image batch `[N, 3, H, W]` → backbone → features `[N, C, H/s, W/s]` (stride s = 8 or 16);
 //! RoIs `[R, 5]` → RoI max pooling `[R, C, 7, 7]` → fc6 → fc7 →
 //! `cls_score` `[R, K+1]` and class-specific `bbox_pred` `[R, 4K]`.
 //! [`per_roi_losses`] gives the unreduced losses every sampler ranks or sums.
@@ -21,7 +21,7 @@ pub use backbone::Backbone;
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// `small` (CPU default, from scratch) or `vgg16` (torchvision layout).
+    /// `small` (the CPU default) or `vgg16` (torchvision layout).
     pub backbone: Backbone,
     /// Where the weights start: `pretrained` (the shared backbone that
     /// `harness pretrain` makes, see [`crate::pretrain`]) or `scratch`.
