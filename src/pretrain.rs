@@ -369,7 +369,8 @@ pub struct PretrainRow {
     pub val_accuracy: f64,
 }
 
-/// What [`ensure`] found or made.
+/// What [`ensure`] found or made. `pretrain.json` beside the weights records
+/// the cache key's material and the classes the classifier was trained on.
 #[derive(Debug, Clone)]
 pub struct Pretrained {
     /// The backbone and fc6/fc7 weights (safetensors).
@@ -419,8 +420,10 @@ pub fn ensure(cfg: &TrainConfig, cache_dir: &Path, progress: bool) -> Result<Pre
     let tmp = cache_dir.join(format!("{}.tmp{}", &key[..16], std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    std::fs::write(tmp.join("pretrain.json"), serde_json::to_string_pretty(&material)?).with_context(|| format!("writing {}", tmp.display()))?;
     let (src, classes) = load_source(cfg)?;
+    let mut record = material.clone();
+    record["classes"] = serde_json::json!(classes);
+    std::fs::write(tmp.join("pretrain.json"), serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", tmp.display()))?;
     run(cfg, &src, classes.len(), &tmp, progress)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;

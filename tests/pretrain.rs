@@ -12,7 +12,11 @@ use crate::util::{harness, tiny_config};
 
 /// A pre-training config small enough for a test: one short epoch on the tiny data.
 fn tiny_pretrain(dir: &Path, extra: &[&str]) -> TrainConfig {
-    let mut o: Vec<String> = ["model.init=pretrained", "pretrain.epochs=2", "pretrain.window=48", "pretrain.batch_size=16", "pretrain.crops_per_object=1"].iter().map(|s| s.to_string()).collect();
+    // both sources (the default), with 10 generated scenes beside the tiny training split
+    let mut o: Vec<String> = ["model.init=pretrained", "pretrain.source=both", "pretrain.synth_images=10", "pretrain.epochs=2", "pretrain.window=48", "pretrain.batch_size=16", "pretrain.crops_per_object=1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     o.extend(extra.iter().map(|s| s.to_string()));
     TrainConfig::load(&tiny_config(dir, ""), &o).unwrap()
 }
@@ -97,4 +101,25 @@ fn bad_pretrain_configs_name_the_key_and_value() {
         assert!(!ok && stderr.contains(needles[0]) && !stderr.contains("panicked"), "{o}: {stderr}");
         assert!(!cache.exists());
     }
+}
+
+/// With `both`, a dataset's own classes come first and the generated shapes that
+/// it lacks are added after them: a dataset of other classes keeps its own.
+#[test]
+fn both_sources_merge_classes_by_name() {
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    // the tiny data with "disc" renamed "coin": a class the generator does not have
+    let data = crate::util::copy_of(crate::util::tiny_dataset());
+    for e in std::fs::read_dir(data.path().join("Annotations")).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap().replace("<name>disc</name>", "<name>coin</name>");
+        std::fs::write(&p, text).unwrap();
+    }
+    let classes = std::fs::read_to_string(data.path().join("classes.txt")).unwrap().replace("disc", "coin");
+    std::fs::write(data.path().join("classes.txt"), classes).unwrap();
+    let cfg = tiny_pretrain(t.path(), &[&format!("dataset.root={}", data.path().display())]);
+    let p = ensure(&cfg, &t.path().join("cache"), false).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.weights.with_file_name("pretrain.json")).unwrap()).unwrap();
+    assert_eq!(record["classes"], serde_json::json!(["coin", "square", "triangle", "star", "cross", "ring", "disc"]));
 }
