@@ -32,6 +32,15 @@ pub fn cache_root() -> std::path::PathBuf {
     base.join("ohem-harness")
 }
 
+/// Shuffles `v` in place (Fisher–Yates, from the back), the same draws for the same generator state:
+/// the trainer's data order and the pre-training's crops and held-out images.
+pub fn shuffle<T>(v: &mut [T], rng: &mut rand_chacha::ChaCha8Rng) {
+    use rand::Rng;
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+}
+
 /// A progress bar on stderr, or a hidden one when `show` is false (tests, `--quiet`).
 pub fn progress_bar(len: u64, msg: &'static str, show: bool) -> indicatif::ProgressBar {
     if !show {

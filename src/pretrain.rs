@@ -305,9 +305,7 @@ fn draw_crops(src: &[SourceImage], images: &[usize], cfg: &TrainConfig, rng: &mu
         }
         crops.push(Crop { image: i, window: [x0, y0, side], flip: rng.random(), roi, label: 0, gt: roi });
     }
-    for k in (1..crops.len()).rev() {
-        crops.swap(k, rng.random_range(0..=k));
-    }
+    crate::shuffle(&mut crops, rng);
     crops
 }
 
@@ -399,6 +397,12 @@ fn key_material(cfg: &TrainConfig, fingerprint: &str) -> serde_json::Value {
     })
 }
 
+/// What determines `cfg`'s pre-trained weights, short of the source's bytes (no I/O): two
+/// configs with the same identity share one cache entry while the dataset is unchanged.
+pub fn identity(cfg: &TrainConfig) -> String {
+    key_material(cfg, &cfg.dataset.root.display().to_string()).to_string()
+}
+
 /// The pre-trained weights for `cfg`: from the cache under `cache_dir`, or trained now
 /// (once, under a lock, so that concurrent cells wait for one computation).
 pub fn ensure(cfg: &TrainConfig, cache_dir: &Path, progress: bool) -> Result<Pretrained> {
@@ -437,9 +441,7 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x7072_6574_7261_696E);
     // hold out every image whose rank in a seeded shuffle falls in the validation share
     let mut order: Vec<usize> = (0..src.len()).collect();
-    for k in (1..order.len()).rev() {
-        order.swap(k, rng.random_range(0..=k));
-    }
+    crate::shuffle(&mut order, &mut rng);
     let n_val = ((src.len() as f64) * p.val_fraction).round() as usize;
     let (val_imgs, train_imgs) = order.split_at(n_val.min(src.len().saturating_sub(1)));
     let val_crops = if val_imgs.is_empty() { Vec::new() } else { draw_crops(src, val_imgs, cfg, &mut rng) };

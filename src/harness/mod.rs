@@ -168,15 +168,16 @@ pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
             queue.push_back(i);
         }
     }
-    // The shared pre-trained backbones, each made once before any cell starts (cells then find them cached).
+    // The shared pre-trained backbones, each made once (per distinct pre-training) before any
+    // cell starts; the cells then find them cached. A failure here is left to the cells, which
+    // fail with the reason in their status.
+    let mut seen = std::collections::HashSet::new();
+    let train_opts = crate::trainer::TrainOptions { progress: opts.progress, ..Default::default() };
     for &i in queue.iter() {
         let c = &grid.cells[i].config;
-        if c.model.init == crate::model::Init::Pretrained && c.model.weights.is_none() {
-            // a failure here is left to the cell, which fails with the reason in its status
-            match crate::pretrain::ensure(c, &crate::pretrain::default_cache_dir(), opts.progress) {
-                Ok(p) if p.computed && opts.progress => eprintln!("pre-trained backbone: {}", p.weights.display()),
-                Ok(_) => {}
-                Err(e) => eprintln!("pre-training for cell {} ({} seed {}) failed: {e:#}", grid.cells[i].id, grid.cells[i].arm, grid.cells[i].seed),
+        if seen.insert(crate::pretrain::identity(c)) {
+            if let Err(e) = crate::trainer::initial_weights(c, &train_opts) {
+                eprintln!("pre-training for cell {} ({} seed {}) failed: {e:#}", grid.cells[i].id, grid.cells[i].arm, grid.cells[i].seed);
             }
         }
     }

@@ -386,9 +386,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
-        for i in (1..order.len()).rev() {
-            order.swap(i, rng.random_range(0..=i));
-        }
+        crate::shuffle(&mut order, &mut rng);
         let bar = crate::progress_bar(iters as u64, "training", opts.progress);
         let mut st = EpochStats::default();
         for it in 0..iters {
