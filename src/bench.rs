@@ -384,7 +384,7 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     let test_set = load_split(&ds, &cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), &opts)?;
     let mut vs = nn::VarStore::new(device);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
-    vs.load(dir.join(trainer::CHECKPOINTS).join(format!("epoch_{epochs:03}.safetensors")))?;
+    vs.load(dir.join(crate::rundir::CHECKPOINTS).join(format!("epoch_{epochs:03}.safetensors")))?;
     let mut t = detect::DetectTimes::default();
     let start = Instant::now();
     let dets = detect::detect_timed(&model, &test_set, &cfg.input, &cfg.test, device, Some(&mut t));

@@ -209,6 +209,9 @@ pub fn run() -> Result<()> {
         Command::Proposals { dataset, split, mode, max_boxes, min_side, sigma, cache_dir, no_cache, from, out, json } => {
             let ds = Dataset::open(&dataset)?;
             let anns = ds.load_split(&split)?;
+            if anns.is_empty() {
+                bail!("split file {} lists no images", ds.split_path(&split).display());
+            }
             let params = SsParams { mode, sigma, min_side, max_boxes };
             let (boxes, stats) = match &from {
                 Some(f) => (proposals::from_file(f, &anns)?, proposals::ComputeStats { images: anns.len(), ..Default::default() }),
@@ -266,7 +269,7 @@ pub fn run() -> Result<()> {
                     r.map_voc07.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
                     r.map_voc10.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
                     r.wall_s,
-                    out.join(crate::trainer::METRICS).display()
+                    out.join(crate::rundir::METRICS).display()
                 );
             }
         }
@@ -286,7 +289,7 @@ pub fn run() -> Result<()> {
             if jobs == 0 {
                 bail!("--jobs must be at least 1");
             }
-            let mut g = crate::harness::Grid::load(&grid, &overrides)?;
+            let mut g = if dry_run { crate::harness::Grid::load_without_data(&grid, &overrides)? } else { crate::harness::Grid::load(&grid, &overrides)? };
             if let Some(o) = out {
                 g.results = o;
             }
@@ -295,11 +298,22 @@ pub fn run() -> Result<()> {
                 for c in &g.cells {
                     println!("  {}  {:<40} seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
                 }
+                for root in g.missing_datasets() {
+                    let size = match root.file_name().and_then(|n| n.to_str()) {
+                        Some("tiny") => "tiny",
+                        Some("large") => "large",
+                        _ => "small",
+                    };
+                    eprintln!("warning: dataset.root = {} does not exist yet; make it (a generated dataset) with `harness make-dataset --out {} --size {size}`, or point dataset.root at a VOC-layout root", root.display(), root.display());
+                }
                 return Ok(());
             }
             let opts = crate::harness::RunOptions { jobs, force, progress, cache_dir };
             let s = crate::harness::run(&g, &opts)?;
             let rep = crate::report::generate(&g.results)?;
+            for n in &rep.notes {
+                println!("{n}");
+            }
             println!(
                 "{}: {} cells: {} run, {} already done, {} busy elsewhere, {} failed",
                 g.name,
@@ -312,14 +326,17 @@ pub fn run() -> Result<()> {
             for (cell, reason) in &s.failed {
                 println!("  failed: {cell}: {reason}");
             }
-            println!("report: {}", rep.display());
+            println!("report: {}", rep.summary.display());
             if !s.failed.is_empty() {
                 bail!("{} of {} cells failed (see status.json and train.log in each)", s.failed.len(), g.cells.len());
             }
         }
         Command::Report { results } => {
             let rep = crate::report::generate(&results)?;
-            println!("report: {}", rep.display());
+            for n in &rep.notes {
+                println!("{n}");
+            }
+            println!("report: {}", rep.summary.display());
         }
         Command::Bench { what, images, iters, vgg16, config, epochs, proposals, peer } => {
             if images == 0 || iters == 0 || epochs == 0 || proposals.iter().any(|&p| p == 0) {

@@ -15,6 +15,7 @@ pub mod model;
 pub mod pretrain;
 pub mod proposals;
 pub mod report;
+pub mod rundir;
 pub mod sampler;
 pub mod trainer;
 

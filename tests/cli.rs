@@ -63,6 +63,9 @@ fn bad_input_is_a_clear_error() {
     let ds = tiny_dataset().to_str().unwrap();
     assert_clean_failure(&["proposals", "/no/such/root", "--split", "test"], &["/no/such/root"]);
     assert_clean_failure(&["proposals", ds, "--split", "nope"], &["nope.txt"]);
+    let empty = copy_of(tiny_dataset());
+    std::fs::write(empty.path().join("ImageSets/Main/empty.txt"), "").unwrap();
+    assert_clean_failure(&["proposals", empty.path().to_str().unwrap(), "--split", "empty"], &["ImageSets/Main/empty.txt", "lists no images"]);
     assert_clean_failure(&["eval", ds, "--split", "test", "--dets", "/no/such/dets"], &["/no/such/dets"]);
     assert_clean_failure(&["proposals", ds, "--max-boxes", "0", "--no-cache"], &["max_boxes"]);
     assert_clean_failure(&["proposals", ds, "--split", "test", "--from", "/no/such/file.txt"], &["/no/such/file.txt"]);

@@ -3,8 +3,9 @@
 
 use std::path::Path;
 
-use ohem_harness::harness::{read_status, CellMeta, Grid, GridMeta, ReportConfig, State};
-use ohem_harness::trainer::EpochRow;
+use ohem_harness::harness::Grid;
+use ohem_harness::rundir::{read_status, CellMeta, GridMeta, ReportConfig, State, VerdictConfig};
+use ohem_harness::rundir::EpochRow;
 
 use crate::util::{harness, tiny_dataset};
 
@@ -55,6 +56,10 @@ fn bad_grid_files_are_rejected_with_file_key_and_value() {
         ("seeds: []\n", &["grid.yaml", "seeds", "empty"]),
         ("seeds: [0]\narms:\n  a:\n    sampler: {kind: fixed_ratio, fg_fraction: 2}\n", &["grid.yaml", "arm a", "sampler.fg_fraction = 2"]),
         ("seeds: [0]\nreport:\n  baselines: [nope]\n", &["grid.yaml", "report.baselines", "nope"]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  verdicts:\n    - {claim: x, baseline: a, arm: c, measure: s_per_iter}\n", &["grid.yaml", "report.verdicts[0].arm", "\"c\""]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  verdicts:\n    - {claim: x, baseline: a, arm: b, measure: speed}\n", &["grid.yaml", "report.verdicts[0].measure", "speed"]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  verdicts:\n    - {claim: x, baseline: a, arm: b, measure: s_per_iter, tolerance: 0.5}\n", &["grid.yaml", "report.verdicts[0].tolerance = 0.5"]),
+        ("seeds: [0]\nreport:\n  target_map: 1.5\n", &["grid.yaml", "report.target_map = 1.5"]),
     ];
     for (body, needles) in cases {
         let t = tempfile::tempdir().unwrap();
@@ -108,7 +113,8 @@ fn fake_cell(results: &Path, arm: &str, seed: u64, state: State, rows: &[EpochRo
 fn report_aggregates_by_hand() {
     let t = tempfile::tempdir().unwrap();
     let res = t.path();
-    let meta = GridMeta { name: "hand".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.5), ..Default::default() } };
+    let verdict = VerdictConfig { claim: "b is 2x faster than a".into(), baseline: "a".into(), arm: "b".into(), measure: "time_to_target".into(), expected: 2.0, tolerance: 1.25 };
+    let meta = GridMeta { name: "hand".into(), arms: vec!["a".into(), "b".into(), "h".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.5), verdicts: vec![verdict], ..Default::default() } };
     std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
     // arm a: seeds reach 0.5 at wall 20 and 40; finals 0.6 and 0.5
     fake_cell(res, "a", 0, State::Done, &[row(1, 10.0, Some(0.3), 8.0, 0.0), row(2, 20.0, Some(0.6), 8.0, 0.0)]);
@@ -118,10 +124,33 @@ fn report_aggregates_by_hand() {
     fake_cell(res, "b", 1, State::Done, &[row(1, 5.0, Some(0.2), 2.0, 2.0), row(2, 15.0, Some(0.55), 4.0, 2.0)]);
     // a failed cell is counted, not aggregated
     fake_cell(res, "b", 2, State::Failed, &[row(1, 5.0, Some(0.9), 2.0, 2.0)]);
+    // b's two seeds mined: round 1 of 40 and 60 negatives, round 2 (seed 1 only) of 50
+    let mrow = |round: usize, mined: usize, still: Option<f64>| ohem_harness::rundir::MiningRow { round, epoch: round + 1, mined, mined_loss: Some(2.0), random_loss: Some(0.5), prev_still_hard: still, ..Default::default() };
+    ohem_harness::rundir::write_csv(&res.join("cells/b-s0/mining.csv"), &[mrow(1, 40, None)]).unwrap();
+    ohem_harness::rundir::write_csv(&res.join("cells/b-s1/mining.csv"), &[mrow(1, 60, None), mrow(2, 50, Some(0.25))]).unwrap();
+    // arm h: one seed of an offline miner whose cache stayed empty
+    fake_cell(res, "h", 0, State::Done, &[row(1, 9.0, Some(0.4), 4.0, 3.0)]);
 
-    let md = ohem_harness::report::generate(res).unwrap();
-    let text = std::fs::read_to_string(&md).unwrap();
+    let out = ohem_harness::report::generate(res).unwrap();
+    let text = std::fs::read_to_string(&out.summary).unwrap();
     assert!(text.contains("0.5000 (set in the grid file)"), "{text}");
+    // the mining rounds, averaged over the seeds that had them
+    assert!(text.contains("| b | 1 | 50 | 0.0 | 2.000 | 0.500 |") && text.contains("| b | 2 | 50 |") && text.contains("| 0.25 |"), "{text}");
+    assert!(!text.contains("b mined nothing"), "{text}");
+    // one seed: no spread to print
+    assert!(text.contains("| h | 1 | 0 | 0.4000 ± — |"), "{text}");
+    assert!(!text.contains("± 0.0000"), "{text}");
+    // the empty cache is flagged in summary.md and in what the command line prints
+    assert!(text.contains("h mined nothing in 1 of 1 seeds") && text.contains("is fixed-ratio"), "{text}");
+    assert!(out.notes.iter().any(|n| n.starts_with("warning: h mined nothing")), "{:?}", out.notes);
+    // the verdict line: b/a time to target is (16 + 24) / 2 / ((4 + 10) / 2) = 20 / 7
+    assert!(out.notes.iter().any(|n| n.starts_with("verdict: \"b is 2x faster than a\": a/b time_to_target = 2.86x")), "{:?}", out.notes);
+    let mut v = csv::Reader::from_path(res.join("verdicts.csv")).unwrap();
+    let vs: Vec<std::collections::HashMap<String, String>> = v.deserialize().map(|x| x.unwrap()).collect();
+    assert_eq!(vs.len(), 1);
+    assert!(["supported", "contradicted", "not resolved"].contains(&vs[0]["verdict"].as_str()));
+    // final mAP b − a = 0.625 − 0.55
+    assert!((vs[0]["final_map_diff"].parse::<f64>().unwrap() - 0.075).abs() < 1e-9, "{vs:?}");
 
     let mut r = csv::Reader::from_path(res.join("summary.csv")).unwrap();
     let rows: Vec<std::collections::HashMap<String, String>> = r.deserialize().map(|x| x.unwrap()).collect();
@@ -131,7 +160,9 @@ fn report_aggregates_by_hand() {
     assert!(close(get("a", "final_map_mean"), 0.55));
     assert!(close(get("a", "final_map_std"), (0.005f64).sqrt())); // sample std of {0.6, 0.5}
     assert!(close(get("b", "final_map_mean"), 0.625));
-    assert!(close(get("a", "time_to_target_mean"), 30.0) && close(get("b", "time_to_target_mean"), 10.0));
+    // time to target is training time (train + mine through the epoch that reached it), not wall-clock:
+    // a: 8 + 8 = 16 and 8 + 8 + 8 = 24; b: 2 + 2 = 4 and (2 + 2) + (4 + 2) = 10
+    assert!(close(get("a", "time_to_target_mean"), 20.0) && close(get("b", "time_to_target_mean"), 7.0));
     assert!(close(get("b", "mine_s_mean"), 2.0) && close(get("a", "mine_s_mean"), 0.0));
     // train_s of b over its 3 epochs {2, 2, 4}: mean 8/3
     assert!(close(get("b", "train_s_mean"), 8.0 / 3.0));
@@ -140,10 +171,10 @@ fn report_aggregates_by_hand() {
     let mut s = csv::Reader::from_path(res.join("speedups.csv")).unwrap();
     let sp: Vec<std::collections::HashMap<String, String>> = s.deserialize().map(|x| x.unwrap()).collect();
     let ttt = sp.iter().find(|r| r["arm"] == "b" && r["measure"] == "time_to_target").unwrap();
-    assert!(close(ttt["speedup"].parse().unwrap(), 3.0), "{ttt:?}"); // 30 / 10
+    assert!(close(ttt["speedup"].parse().unwrap(), 20.0 / 7.0), "{ttt:?}");
     let (lo, hi): (f64, f64) = (ttt["ci95_lo"].parse().unwrap(), ttt["ci95_hi"].parse().unwrap());
-    // the bootstrap range of mean(a)/mean(b) lies within [20/15, 40/5]
-    assert!(lo <= 3.0 && hi >= 3.0 && lo >= 20.0 / 15.0 - 1e-9 && hi <= 8.0 + 1e-9, "{lo} {hi}");
+    // the bootstrap range of mean(a)/mean(b) lies within [16/10, 24/4]
+    assert!(lo <= 20.0 / 7.0 && hi >= 20.0 / 7.0 && lo >= 1.6 - 1e-9 && hi <= 6.0 + 1e-9, "{lo} {hi}");
 
     // a target nobody reaches: did-not-finish, reported, not dropped
     let meta2 = GridMeta { report: ReportConfig { target_map: Some(0.95), ..meta.report.clone() }, ..meta };
@@ -156,7 +187,7 @@ fn report_aggregates_by_hand() {
     assert!(text.contains("DNF"), "{text}");
 
     // a chart of every kind, PNG and SVG
-    for stem in ["map_vs_epoch", "map_vs_wallclock", "seconds_per_epoch", "speedup_vs_a", "fg_fraction"] {
+    for stem in ["map_vs_epoch", "map_vs_wallclock", "map_vs_training_time", "seconds_per_epoch", "speedup_vs_a", "fg_fraction", "mining"] {
         let png = std::fs::read(res.join(format!("{stem}.png"))).unwrap();
         assert!(png.starts_with(b"\x89PNG") && png.len() > 5000, "{stem}.png");
         let svg = std::fs::read_to_string(res.join(format!("{stem}.svg"))).unwrap();
@@ -171,10 +202,12 @@ fn bootstrap_by_hand() {
     let r = bootstrap_ratio(&[4.0, 4.0], &[2.0, 2.0], 500, 1).unwrap();
     assert_eq!((r.0, r.1, r.2), (2.0, 2.0, 2.0));
     assert_eq!(mean_std(&[1.0, 3.0]), Some((2.0, 2f64.sqrt())));
-    assert_eq!(mean_std(&[5.0]), Some((5.0, 0.0)));
-    let rows = [row(1, 10.0, None, 1.0, 0.0), row(2, 20.0, Some(0.4), 1.0, 0.0), row(3, 30.0, Some(0.6), 1.0, 0.0)];
-    assert_eq!(time_to_target(&rows, "map_voc07", 0.5), Some(30.0));
-    assert_eq!(time_to_target(&rows, "map_voc07", 0.4), Some(20.0));
+    let one = mean_std(&[5.0]).unwrap();
+    assert!(one.0 == 5.0 && one.1.is_nan(), "one seed has no spread: {one:?}");
+    // training time: train + mine, evaluation (the gaps in wall_s) left out
+    let rows = [row(1, 10.0, None, 1.0, 0.5), row(2, 20.0, Some(0.4), 1.0, 0.5), row(3, 30.0, Some(0.6), 1.0, 0.0)];
+    assert_eq!(time_to_target(&rows, "map_voc07", 0.5), Some(4.0));
+    assert_eq!(time_to_target(&rows, "map_voc07", 0.4), Some(3.0));
     assert_eq!(time_to_target(&rows, "map_voc07", 0.7), None);
 }
 
@@ -189,6 +222,11 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run"]);
     assert!(ok && out.contains("4 cells"), "{out}{err}");
     assert!(!t.path().join("results/cells").exists(), "--dry-run runs nothing");
+    // a dataset that does not exist yet: the dry run lists the cells and says how to make it; a real run refuses
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run", "--set", "dataset.root=/no/such/large"]);
+    assert!(ok && out.contains("4 cells") && err.contains("warning: dataset.root = /no/such/large") && err.contains("harness make-dataset --out /no/such/large --size large"), "{out}{err}");
+    let (ok, _, err) = harness(&["run", p.to_str().unwrap(), "--set", "dataset.root=/no/such/large"]);
+    assert!(!ok && err.contains("/no/such/large") && !err.contains("panicked"), "{err}");
 
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--jobs", "2"]);
     assert!(ok, "{out}\n{err}");
@@ -239,4 +277,19 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
     let statuses: Vec<State> = std::fs::read_dir(t.path().join("r3/cells")).unwrap().map(|e| read_status(&e.unwrap().path()).unwrap().state).collect();
     assert!(statuses.contains(&State::Done) && statuses.contains(&State::Failed));
     assert!(std::fs::read_to_string(t.path().join("r3/summary.md")).unwrap().contains("000003.jpg"));
+}
+
+/// Verdict words against hand-worked intervals: the band for "about 2x" with
+/// tolerance 1.25 is [1.6, 2.5].
+#[test]
+fn verdicts_by_hand() {
+    use ohem_harness::report::{judge, Word};
+    assert_eq!(judge(2.0, 1.7, 2.3, 2.0, 1.25, 5), (Word::Supported, None));
+    assert_eq!(judge(1.0, 0.9, 1.1, 2.0, 1.25, 5), (Word::Contradicted, None));
+    assert_eq!(judge(3.0, 2.6, 3.5, 2.0, 1.25, 5), (Word::Contradicted, None));
+    // [1.4, 2.3] straddles 1.6; half-width ln(2.3/1.4)/2 = 0.2482, distance ln(1.8/1.6) = 0.1178:
+    // 5 × (0.2482 / 0.1178)² = 22.2, so 23 seeds
+    assert_eq!(judge(1.8, 1.4, 2.3, 2.0, 1.25, 5), (Word::NotResolved, Some(23)));
+    // exactly on the edge: no number of seeds resolves it
+    assert_eq!(judge(1.6, 1.3, 1.9, 2.0, 1.25, 5).1, None);
 }

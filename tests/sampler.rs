@@ -318,3 +318,58 @@ fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
     }
     assert_eq!(hnm.cache_size(), slow.iter().flatten().filter(|x| x.1 >= thresh).count());
 }
+
+/// The default offline HNM fills its cache from the first round on the tiny
+/// data, even with an untrained model, and what it mines is harder than a
+/// random background RoI. What it reports is checked against a recount from
+/// the frozen model's scores.
+#[test]
+fn default_hnm_mines_negatives_harder_than_random_ones_from_the_first_round() {
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::sampler::Miner;
+    use ohem_harness::trainer::{load_split, FrozenScorer, TrainConfig};
+    use rand::{Rng, SeedableRng};
+
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&crate::util::tiny_config(t.path(), "sampler:\n  kind: hnm\n"), &[]).unwrap();
+    let ds = Dataset::open(&cfg.dataset.root).unwrap();
+    let store = load_split(&ds, &cfg, "trainval", None, &crate::util::test_opts()).unwrap();
+    tch::manual_seed(3);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+    let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device: tch::Device::Cpu }.score_training_set().unwrap();
+
+    let mut hnm = Hnm::new(HnmConfig::default());
+    let rep = hnm.update_cache(&scores);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (mut cached_loss, mut n_cached, mut random_loss, mut n_random, mut all_bg) = (0.0f64, 0usize, 0.0f64, 0usize, 0usize);
+    for s in &scores {
+        let iou: Vec<f32> = Vec::try_from(&s.max_iou).unwrap();
+        let labels: Vec<i64> = Vec::try_from(&s.labels).unwrap();
+        let loss: Vec<f32> = Vec::try_from(&s.loss).unwrap();
+        let bg: Vec<usize> = (0..iou.len()).filter(|&i| labels[i] == 0 && iou[i] < 0.5).collect();
+        all_bg += bg.len();
+        let cache = &hnm.state.cache[s.image];
+        assert!(!cache.is_empty(), "image {}: empty cache after the first round", s.image);
+        assert!(cache.len() <= 64);
+        for &i in cache {
+            assert!(bg.contains(&(i as usize)), "image {}: cache entry {i} is not a background RoI", s.image);
+            cached_loss += loss[i as usize] as f64;
+        }
+        n_cached += cache.len();
+        for _ in 0..cache.len() {
+            random_loss += loss[bg[rng.random_range(0..bg.len())]] as f64;
+        }
+        n_random += cache.len();
+    }
+    let (cached_mean, random_mean) = (cached_loss / n_cached as f64, random_loss / n_random as f64);
+    assert!(cached_mean > random_mean, "mined negatives {cached_mean:.4} vs random {random_mean:.4}");
+    assert_eq!((rep.mined, rep.empty_images, rep.negatives, rep.images), (n_cached, 0, all_bg, scores.len()));
+    assert!((rep.mined_loss.unwrap() - cached_mean).abs() < 1e-4 * cached_mean.max(1.0));
+    assert!(rep.mined_loss.unwrap() > rep.random_loss.unwrap());
+    assert_eq!(rep.prev_still_hard, None, "no previous cache in the first round");
+    // a second round with the same model: every old entry is still as hard as before
+    let rep2 = hnm.update_cache(&scores);
+    assert_eq!(rep2.prev_still_hard, Some(1.0));
+}

@@ -1,6 +1,7 @@
 //! The trainer: config validation, determinism, exact resume, run directories.
 
-use ohem_harness::trainer::{read_metrics, train, EpochRow, TrainConfig};
+use ohem_harness::rundir::{read_metrics, EpochRow};
+use ohem_harness::trainer::{train, TrainConfig};
 use tch::Tensor;
 
 use crate::util::{harness, test_opts, tiny_config, tiny_dataset};
@@ -168,7 +169,7 @@ fn every_sampler_lowers_the_training_loss() {
 
     let samplers = [
         "  kind: fixed_ratio\n",
-        "  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 3\n  fp_score_thresh: 0.2\n",
+        "  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 3\n",
         "  kind: ohem\n",
         "  kind: ohem\n  impl: masked\n",
         "  kind: all\n",
@@ -195,6 +196,12 @@ fn every_sampler_lowers_the_training_loss() {
         assert!(rows.iter().all(|r| r.rois_per_iter > 0.0 && (0.0..=1.0).contains(&r.fg_fraction)));
         if s.contains("hnm") {
             assert!(rows.iter().any(|r| r.mine_s > 0.0), "HNM logs its mining time");
+            // iterations 3, 6 and 9 of 10: three rounds, each logged, each filling the cache
+            let mining: Vec<ohem_harness::rundir::MiningRow> = ohem_harness::rundir::read_csv(&t.path().join("run/mining.csv")).unwrap();
+            assert_eq!(mining.iter().map(|m| (m.round, m.epoch, m.iteration)).collect::<Vec<_>>(), vec![(1, 1, 3), (2, 2, 6), (3, 2, 9)]);
+            assert!(mining.iter().all(|m| m.mined > 0 && m.mined_loss > m.random_loss), "{mining:?}");
+            assert_eq!(rows[1].cache_size, mining[2].mined);
+            assert!(mining[0].prev_still_hard.is_none() && mining[1].prev_still_hard.is_some());
         }
         if s.contains("ohem") {
             let r = &rows[1];

@@ -11,26 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::trainer::config::{default_sampler_kind, from_value, parse_override, parse_yaml, set_dotted};
 use crate::trainer::TrainConfig;
 
-/// The `report:` section of a grid file.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReportConfig {
-    /// Arms against which speed-ups are computed (the first arm when empty).
-    pub baselines: Vec<String>,
-    /// `map_voc07` or `map_voc10`.
-    pub metric: String,
-    /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.
-    pub target_map: Option<f64>,
-    pub target_fraction: f64,
-    /// Bootstrap resamples for confidence intervals.
-    pub bootstrap: usize,
-}
-
-impl Default for ReportConfig {
-    fn default() -> Self {
-        ReportConfig { baselines: Vec::new(), metric: "map_voc07".into(), target_map: None, target_fraction: 0.9, bootstrap: 2000 }
-    }
-}
+pub use crate::rundir::ReportConfig;
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +97,27 @@ pub fn cell_id(cfg: &TrainConfig) -> String {
 
 impl Grid {
     /// Reads and expands a grid file; `overrides` (`key=value`) apply to every cell.
+    /// Loads and checks a grid file, its datasets included.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Grid> {
+        Self::load_impl(path, overrides, true)
+    }
+
+    /// As [`Grid::load`], but a dataset that does not exist yet is no error
+    /// (`--dry-run`: list the cells first, make the data later);
+    /// [`Grid::missing_datasets`] names them.
+    pub fn load_without_data(path: &Path, overrides: &[String]) -> Result<Grid> {
+        Self::load_impl(path, overrides, false)
+    }
+
+    /// The dataset roots the cells name that do not exist, each once.
+    pub fn missing_datasets(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.cells.iter().map(|c| c.config.dataset.root.clone()).filter(|r| !r.is_dir()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn load_impl(path: &Path, overrides: &[String], require_data: bool) -> Result<Grid> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("reading grid file {origin}"))?;
         let raw = parse_yaml(&text, &origin)?;
@@ -212,7 +213,12 @@ impl Grid {
                             bail!("{origin}: key axes.{k}: no such config key");
                         }
                     }
-                    config.check().with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
+                    if require_data {
+                        config.check()
+                    } else {
+                        config.check_values()
+                    }
+                    .with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
                     let id = cell_id(&config);
                     cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config });
                 }
@@ -227,6 +233,27 @@ impl Grid {
         for b in &file.report.baselines {
             if !arm_labels.contains(b) {
                 bail!("{origin}: key report.baselines names {b:?}, which is not an arm (arms: {})", arm_labels.join(", "));
+            }
+        }
+        for (i, v) in file.report.verdicts.iter().enumerate() {
+            for (k, a) in [("baseline", &v.baseline), ("arm", &v.arm)] {
+                if !arm_labels.contains(a) {
+                    bail!("{origin}: key report.verdicts[{i}].{k} names {a:?}, which is not an arm (arms: {})", arm_labels.join(", "));
+                }
+            }
+            if !crate::rundir::MEASURES.contains(&v.measure.as_str()) {
+                bail!("{origin}: key report.verdicts[{i}].measure = {:?}: expected one of {}", v.measure, crate::rundir::MEASURES.join(", "));
+            }
+            if !(v.expected > 0.0 && v.expected.is_finite()) {
+                bail!("{origin}: key report.verdicts[{i}].expected = {}: a speed-up must be positive", v.expected);
+            }
+            if !(v.tolerance > 1.0 && v.tolerance.is_finite()) {
+                bail!("{origin}: key report.verdicts[{i}].tolerance = {}: must be above 1 (the band is [expected / tolerance, expected × tolerance])", v.tolerance);
+            }
+        }
+        if let Some(t) = file.report.target_map {
+            if !(t > 0.0 && t <= 1.0) {
+                bail!("{origin}: key report.target_map = {t} is outside (0, 1]");
             }
         }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());

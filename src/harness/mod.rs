@@ -25,85 +25,12 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
-use crate::data::voc::write_file;
-use crate::trainer::{read_metrics, CONFIG, METRICS};
-pub use grid::{Cell, Grid, ReportConfig};
+pub use crate::rundir::{is_done, read_status, CellMeta, GridMeta, Manifest, ReportConfig, State, Status, CELLS, GRID_JSON};
+use crate::rundir::{now, write_file, write_manifest, write_status, CELL_JSON, CONFIG};
+pub use grid::{Cell, Grid};
 
 /// Exit code of `harness train` when its run directory is locked by another process.
 pub const EXIT_LOCKED: i32 = 75;
-
-pub const CELLS: &str = "cells";
-pub const GRID_JSON: &str = "grid.json";
-
-/// What `cell.json` holds: how the report groups a cell.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct CellMeta {
-    pub id: String,
-    pub arm: String,
-    pub seed: u64,
-    pub epochs: usize,
-}
-
-/// What `grid.json` holds at the top of a results directory.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct GridMeta {
-    pub name: String,
-    pub arms: Vec<String>,
-    pub report: ReportConfig,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Running,
-    Done,
-    Failed,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Status {
-    pub state: State,
-    pub reason: Option<String>,
-    pub updated: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Manifest {
-    pub harness_version: String,
-    pub git_revision: Option<String>,
-    pub libtorch: String,
-    pub device: String,
-    pub host: String,
-    pub started: String,
-    pub ended: Option<String>,
-}
-
-fn now() -> String {
-    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    // seconds since the epoch, UTC, as ISO 8601 (civil-from-days, Howard Hinnant's algorithm)
-    let (days, rem) = (s / 86_400, s % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-pub fn read_status(dir: &Path) -> Option<Status> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).ok()?).ok()
-}
-
-fn write_status(dir: &Path, state: State, reason: Option<String>) -> Result<()> {
-    let s = Status { state, reason, updated: now() };
-    write_file(&dir.join("status.json"), serde_json::to_string_pretty(&s)?.as_bytes())?;
-    Ok(())
-}
 
 fn git_revision() -> Option<String> {
     let out = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
@@ -112,11 +39,6 @@ fn git_revision() -> Option<String> {
 
 fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
-}
-
-/// Whether a cell has finished: `done` and every epoch logged.
-pub fn is_done(dir: &Path, epochs: usize) -> bool {
-    matches!(read_status(dir), Some(Status { state: State::Done, .. })) && read_metrics(&dir.join(METRICS)).map(|r| r.len() >= epochs).unwrap_or(false)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -142,7 +64,7 @@ pub fn prepare(grid: &Grid) -> Result<()> {
     for c in &grid.cells {
         let dir = grid.results.join(CELLS).join(&c.dir_name);
         let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.config.train.epochs };
-        write_file(&dir.join("cell.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        write_file(&dir.join(CELL_JSON), serde_json::to_string_pretty(&meta)?.as_bytes())?;
         if !dir.join(CONFIG).exists() {
             write_file(&dir.join(CONFIG), c.config.to_yaml()?.as_bytes())?;
         }
@@ -252,7 +174,7 @@ fn run_cell(exe: &Path, cell: &Cell, dir: &Path, device: Option<String>, opts: &
     };
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
     write_status(dir, State::Running, None)?;
-    write_file(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest(None))?.as_bytes())?;
+    write_manifest(dir, &manifest(None))?;
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("train.log"))?;
     let mut last_error = None;
     let mut tail = VecDeque::new();
@@ -274,7 +196,7 @@ fn run_cell(exe: &Path, cell: &Cell, dir: &Path, device: Option<String>, opts: &
     if status.code() == Some(EXIT_LOCKED) {
         return Ok(CellOutcome::Busy);
     }
-    write_file(&dir.join("manifest.json"), serde_json::to_string_pretty(&manifest(Some(now())))?.as_bytes())?;
+    write_manifest(dir, &manifest(Some(now())))?;
     if status.success() {
         write_status(dir, State::Done, None)?;
         Ok(CellOutcome::Done)

@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::{mean_std, metric, ArmSummary, RunLog, Speedup};
-use crate::harness::GridMeta;
+use crate::rundir::{EpochRow, GridMeta, MiningRow};
 
 const W: u32 = 900;
 const H: u32 = 560;
@@ -40,7 +40,7 @@ fn register_font() {
 /// Per arm: (epoch, mean, std) of a per-epoch value over seeds.
 type Curve = Vec<(f64, f64, f64)>;
 
-fn curves(arms: &[String], runs: &[&RunLog], value: &dyn Fn(&crate::trainer::EpochRow) -> Option<f64>, x: &dyn Fn(&[&RunLog], usize) -> f64) -> Vec<Curve> {
+fn curves(arms: &[String], runs: &[&RunLog], value: &dyn Fn(&EpochRow) -> Option<f64>, x: &dyn Fn(&[&RunLog], usize) -> f64) -> Vec<Curve> {
     arms.iter()
         .map(|arm| {
             let rs: Vec<&RunLog> = runs.iter().copied().filter(|r| &r.arm == arm).collect();
@@ -48,7 +48,7 @@ fn curves(arms: &[String], runs: &[&RunLog], value: &dyn Fn(&crate::trainer::Epo
             (1..=max_epoch)
                 .filter_map(|e| {
                     let vals: Vec<f64> = rs.iter().filter_map(|r| r.rows.iter().find(|row| row.epoch == e).and_then(value)).collect();
-                    mean_std(&vals).map(|(m, s)| (x(&rs, e), m, s))
+                    mean_std(&vals).map(|(m, s)| (x(&rs, e), m, if s.is_finite() { s } else { 0.0 }))
                 })
                 .collect()
         })
@@ -208,13 +208,16 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
     let mut files = Vec::new();
     let by_epoch = |_: &[&RunLog], e: usize| e as f64;
     let mean_wall = |rs: &[&RunLog], e: usize| mean_std(&rs.iter().filter_map(|r| r.rows.iter().find(|row| row.epoch == e).map(|row| row.wall_s)).collect::<Vec<_>>()).map(|m| m.0).unwrap_or(0.0);
-    let map_value = |r: &crate::trainer::EpochRow| metric(r, metric_name);
+    let map_value = |r: &EpochRow| metric(r, metric_name);
     let map_epoch = curves(arms, done, &map_value, &by_epoch);
     let map_wall = curves(arms, done, &map_value, &mean_wall);
+    let mean_train = |rs: &[&RunLog], e: usize| mean_std(&rs.iter().filter_map(|r| super::training_time(&r.rows).get(e - 1).copied()).collect::<Vec<_>>()).map(|m| m.0).unwrap_or(0.0);
+    let map_train = curves(arms, done, &map_value, &mean_train);
     let fg = curves(arms, done, &|r| Some(r.fg_fraction), &by_epoch);
     let ylabel = format!("{metric_name} on the test split");
     both!(dir, "map_vs_epoch", files, |root| line_chart(&root, "mAP against epoch (mean ± std over seeds)", "epoch", &ylabel, arms, &map_epoch, true));
     both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, "mAP against wall-clock time (evaluation included)", "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
+    both!(dir, "map_vs_training_time", files, |root| line_chart(&root, "mAP against training time (train + mining, evaluation excluded)", "training seconds (mean over seeds)", &ylabel, arms, &map_train, false));
     both!(dir, "seconds_per_epoch", files, |root| stacked_bars(&root, summaries));
     let mut baselines: Vec<&str> = speedups.iter().map(|s| s.baseline.as_str()).collect();
     baselines.dedup();
@@ -224,5 +227,46 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
         both!(dir, stem, files, |root| speedup_bars(&root, b, &rows, arms));
     }
     both!(dir, "fg_fraction", files, |root| line_chart(&root, "Foreground fraction of the backpropagated RoIs", "epoch", "foreground fraction", arms, &fg, true));
+    let miners: Vec<String> = arms.iter().filter(|a| done.iter().any(|r| &r.arm == *a && !r.mining.is_empty())).cloned().collect();
+    if !miners.is_empty() {
+        both!(dir, "mining", files, |root| mining_chart(&root, &miners, done));
+    }
     Ok(files)
+}
+
+/// Per arm and round: the mean over seeds of a mining-round value.
+fn round_curve(arm: &str, runs: &[&RunLog], value: &dyn Fn(&MiningRow) -> Option<f64>) -> Curve {
+    let rs: Vec<&RunLog> = runs.iter().copied().filter(|r| r.arm == arm).collect();
+    let rounds = rs.iter().map(|r| r.mining.len()).max().unwrap_or(0);
+    (0..rounds)
+        .filter_map(|k| {
+            let vals: Vec<f64> = rs.iter().filter_map(|r| r.mining.get(k).and_then(value)).collect();
+            mean_std(&vals).map(|(m, s)| ((k + 1) as f64, m, if s.is_finite() { s } else { 0.0 }))
+        })
+        .collect()
+}
+
+/// Offline mining per round, in three panels: hard negatives mined; their
+/// mean loss against a random negative's; the share of the previous cache
+/// still hard.
+fn mining_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, miners: &[String], runs: &[&RunLog]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let panels = root.split_evenly((1, 3));
+    let count: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| Some(m.mined as f64))).collect();
+    line_chart(&panels[0], "hard negatives mined", "mining round", "cache entries", miners, &count, true)?;
+    let mut labels = Vec::new();
+    let mut loss = Vec::new();
+    for a in miners {
+        labels.push(format!("{a}: mined"));
+        loss.push(round_curve(a, runs, &|m| m.mined_loss));
+        labels.push(format!("{a}: random"));
+        loss.push(round_curve(a, runs, &|m| m.random_loss));
+    }
+    line_chart(&panels[1], "mean loss: mined vs random", "mining round", "per-RoI loss", &labels, &loss, false)?;
+    let still: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| m.prev_still_hard)).collect();
+    line_chart(&panels[2], "previous cache still hard", "mining round", "share", miners, &still, false)?;
+    Ok(())
 }

@@ -4,13 +4,20 @@
 //! `metrics.csv`; builds one long table of all epochs of all runs (polars);
 //! aggregates per arm: seeds, final mAP (mean ± std over seeds), seconds per
 //! epoch split into train, mine and eval, seconds per iteration, total
-//! wall-clock time, and time to a target mAP (wall-clock seconds, evaluation
-//! included, until the first evaluated epoch at or above the target). Runs
-//! that never reach the target are did-not-finish (DNF) and are never
+//! wall-clock time, and time to a target mAP. Time to target is training
+//! time: the cumulative `train_s + mine_s` (mining stalls training, so it
+//! counts; evaluation is the harness's instrument and every arm pays the same,
+//! so it does not) through the first evaluated epoch at or above the target.
+//! Runs that never reach the target are did-not-finish (DNF) and are never
 //! dropped. Speed-ups against each baseline arm are ratios of means
 //! (baseline / arm, so > 1 means faster) with a 95% percentile-bootstrap
-//! interval over seeds. Writes `summary.csv`, `speedups.csv`, `runs.csv`,
-//! `summary.md` and the charts (PNG and SVG) into the results directory.
+//! interval over seeds. The grid's `report.verdicts` turn chosen speed-ups
+//! into verdicts (supported, contradicted, not resolved, with the seeds a
+//! resolution would need). Offline-mining arms whose cache stayed empty are
+//! flagged. Writes `summary.csv`, `speedups.csv`, `verdicts.csv`, `runs.csv`,
+//! `mining.csv` (every round of every cell), `summary.md` and the charts (PNG
+//! and SVG) into the results directory. It reads only the files of
+//! [`crate::rundir`].
 
 pub mod charts;
 
@@ -21,8 +28,7 @@ use anyhow::{bail, Context, Result};
 use polars::prelude::*;
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{read_status, CellMeta, GridMeta, State, CELLS, GRID_JSON};
-use crate::trainer::{read_metrics, EpochRow, METRICS};
+use crate::rundir::{read_csv, read_metrics, read_status, CellMeta, EpochRow, GridMeta, MiningRow, State, CELLS, CELL_JSON, GRID_JSON, METRICS, MINING};
 
 /// One cell's logs.
 #[derive(Debug, Clone)]
@@ -32,16 +38,30 @@ pub struct RunLog {
     pub state: State,
     pub reason: Option<String>,
     pub rows: Vec<EpochRow>,
+    /// Offline mining rounds (`mining.csv`; empty for samplers that do not mine).
+    pub mining: Vec<MiningRow>,
     pub epochs: usize,
 }
 
-/// mean ± sample std of values (std 0 for one value); None when empty.
+impl RunLog {
+    /// Whether the run mined offline (rounds logged, or mining time spent).
+    pub fn mines(&self) -> bool {
+        !self.mining.is_empty() || self.rows.iter().any(|r| r.mine_s > 0.0)
+    }
+
+    /// Whether a mining run's cache stayed empty in every round.
+    pub fn mined_nothing(&self) -> bool {
+        self.mines() && self.mining.iter().all(|m| m.mined == 0) && self.rows.iter().all(|r| r.cache_size == 0)
+    }
+}
+
+/// mean ± sample std of values (std NaN for one value: no spread to speak of); None when empty.
 pub fn mean_std(v: &[f64]) -> Option<(f64, f64)> {
     if v.is_empty() {
         return None;
     }
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    let s = if v.len() > 1 { (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { 0.0 };
+    let s = if v.len() > 1 { (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt() } else { f64::NAN };
     Some((m, s))
 }
 
@@ -53,9 +73,27 @@ fn metric(r: &EpochRow, name: &str) -> Option<f64> {
     }
 }
 
-/// Wall-clock seconds until the first evaluated epoch at or above `target`; None: did not finish.
+/// Training seconds (`train_s + mine_s`, evaluation excluded) through the
+/// first evaluated epoch at or above `target`; None: did not finish.
 pub fn time_to_target(rows: &[EpochRow], metric_name: &str, target: f64) -> Option<f64> {
-    rows.iter().find(|r| metric(r, metric_name).is_some_and(|m| m >= target)).map(|r| r.wall_s)
+    let mut t = 0.0;
+    for r in rows {
+        t += r.train_s + r.mine_s;
+        if metric(r, metric_name).is_some_and(|m| m >= target) {
+            return Some(t);
+        }
+    }
+    None
+}
+
+/// Training seconds (`train_s + mine_s`) through each epoch.
+pub fn training_time(rows: &[EpochRow]) -> Vec<f64> {
+    rows.iter()
+        .scan(0.0, |t, r| {
+            *t += r.train_s + r.mine_s;
+            Some(*t)
+        })
+        .collect()
 }
 
 /// Per-arm aggregates, one row of summary.csv.
@@ -108,6 +146,91 @@ pub fn bootstrap_ratio(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -
     Some((ratio, q(0.025), q(0.975)))
 }
 
+/// Mean difference `mean(arm) - mean(base)` and its percentile-bootstrap 95% interval.
+pub fn bootstrap_diff(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64, f64)> {
+    if base.is_empty() || arm.is_empty() {
+        return None;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut draws: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let b: f64 = (0..base.len()).map(|_| base[rng.random_range(0..base.len())]).sum::<f64>() / base.len() as f64;
+            let a: f64 = (0..arm.len()).map(|_| arm[rng.random_range(0..arm.len())]).sum::<f64>() / arm.len() as f64;
+            a - b
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    let q = |p: f64| draws[((p * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
+    Some((mean(arm) - mean(base), q(0.025), q(0.975)))
+}
+
+/// The word of a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Word {
+    Supported,
+    Contradicted,
+    NotResolved,
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Word::Supported => "supported",
+            Word::Contradicted => "contradicted",
+            Word::NotResolved => "not resolved",
+        })
+    }
+}
+
+/// Judges "about `expected`× (within `tolerance`)" against a ratio's 95%
+/// interval `[lo, hi]` from `seeds` seeds per arm. Supported: the interval
+/// lies inside `[expected / tolerance, expected × tolerance]`; contradicted:
+/// wholly outside; otherwise not resolved, with the seeds per arm that would
+/// resolve it: the interval's half-width (on a log scale) shrinks as
+/// 1/sqrt(seeds), and it must shrink below the distance from the ratio to the
+/// nearest edge of the band. None when that distance is zero.
+pub fn judge(ratio: f64, lo: f64, hi: f64, expected: f64, tolerance: f64, seeds: usize) -> (Word, Option<usize>) {
+    let (band_lo, band_hi) = (expected / tolerance, expected * tolerance);
+    if lo >= band_lo && hi <= band_hi {
+        return (Word::Supported, None);
+    }
+    if hi < band_lo || lo > band_hi {
+        return (Word::Contradicted, None);
+    }
+    let half = (hi.ln() - lo.ln()) / 2.0;
+    let dist = (ratio.ln() - band_lo.ln()).abs().min((ratio.ln() - band_hi.ln()).abs());
+    if !(dist > 1e-9) || !half.is_finite() {
+        return (Word::NotResolved, None);
+    }
+    let need = (seeds.max(1) as f64 * (half / dist).powi(2)).ceil() as usize;
+    (Word::NotResolved, Some(need.max(seeds + 1)))
+}
+
+/// A verdict line of summary.md (a row of verdicts.csv).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verdict {
+    pub claim: String,
+    pub baseline: String,
+    pub arm: String,
+    pub measure: String,
+    pub expected: f64,
+    pub band_lo: f64,
+    pub band_hi: f64,
+    pub ratio: Option<f64>,
+    pub ci_lo: Option<f64>,
+    pub ci_hi: Option<f64>,
+    pub verdict: Word,
+    pub seeds: usize,
+    pub seeds_needed: Option<usize>,
+    /// Final mAP, arm − baseline, with its 95% interval.
+    pub map_diff: Option<f64>,
+    pub map_diff_lo: Option<f64>,
+    pub map_diff_hi: Option<f64>,
+    pub note: String,
+}
+
 /// Reads every cell of a results directory.
 pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>)> {
     let gpath = results.join(GRID_JSON);
@@ -118,12 +241,14 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>)> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     dirs.sort();
     for d in dirs {
-        let cpath = d.join("cell.json");
+        let cpath = d.join(CELL_JSON);
         let Ok(text) = std::fs::read_to_string(&cpath) else { continue };
         let cell: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", cpath.display()))?;
         let status = read_status(&d);
         let rows = read_metrics(&d.join(METRICS))?;
+        let mining = read_csv(&d.join(MINING))?;
         runs.push(RunLog {
+            mining,
             arm: cell.arm,
             seed: cell.seed,
             state: status.as_ref().map(|s| s.state).unwrap_or(State::Pending),
@@ -168,11 +293,24 @@ fn column_stats(df: &DataFrame, arm: &str, col: &str) -> Result<Option<(f64, f64
 }
 
 fn fmt_ms(v: Option<(f64, f64)>, digits: usize) -> String {
-    v.map(|(m, s)| format!("{m:.digits$} ± {s:.digits$}")).unwrap_or_else(|| "—".into())
+    v.map(|(m, s)| if s.is_finite() { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$} ± —") }).unwrap_or_else(|| "—".into())
 }
 
-/// Aggregates a results directory; returns the path of summary.md.
-pub fn generate(results: &Path) -> Result<PathBuf> {
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "—".into())
+}
+
+/// What [`generate`] wrote, and what the command line should say.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The path of summary.md.
+    pub summary: PathBuf,
+    /// The verdict lines and the warnings (e.g. an offline-mining arm that mined nothing).
+    pub notes: Vec<String>,
+}
+
+/// Aggregates a results directory; returns the path of summary.md and the lines to print.
+pub fn generate(results: &Path) -> Result<Generated> {
     let (meta, runs) = load_runs(results)?;
     if runs.is_empty() {
         bail!("{} holds no cells", results.join(CELLS).display());
@@ -190,6 +328,21 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
         None => (meta.report.target_fraction * best_final, format!("{:.4} = {} × the best final mean {metric_name} ({best_final:.4})", meta.report.target_fraction * best_final, meta.report.target_fraction)),
     };
 
+    // offline-mining arms whose cache stayed empty are fixed-ratio in disguise
+    let mut notes = Vec::new();
+    let mut mining_flags = Vec::new();
+    for arm in &meta.arms {
+        let rs: Vec<&RunLog> = by_arm(arm).into_iter().filter(|r| r.mines()).collect();
+        let empty = rs.iter().filter(|r| r.mined_nothing()).count();
+        let first_empty = rs.iter().filter(|r| r.mining.first().is_some_and(|m| m.mined == 0)).count();
+        if empty > 0 {
+            mining_flags.push((arm.clone(), format!("{arm} mined nothing in {empty} of {} seeds: in those seeds this arm is fixed-ratio (plus a mining stall), not hard-negative mining", rs.len())));
+        } else if first_empty > 0 {
+            mining_flags.push((arm.clone(), format!("{arm}: the first mining round left the cache empty in {first_empty} of {} seeds", rs.len())));
+        }
+    }
+    notes.extend(mining_flags.iter().map(|f| format!("warning: {}", f.1)));
+
     let mut summaries = Vec::new();
     for arm in &meta.arms {
         let rs = by_arm(arm);
@@ -201,7 +354,7 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
             seeds: rs.len(),
             failed,
             final_map_mean: fm.map(|m| m.0),
-            final_map_std: fm.map(|m| m.1),
+            final_map_std: fm.map(|m| m.1).filter(|s| s.is_finite()),
             train_s_per_epoch: column_stats(&long, arm, "train_s")?,
             mine_s_per_epoch: column_stats(&long, arm, "mine_s")?,
             eval_s_per_epoch: column_stats(&long, arm, "eval_s")?,
@@ -237,8 +390,80 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
         }
     }
 
+    // verdicts on the claims the grid names
+    let mut verdicts = Vec::new();
+    for (vi, v) in meta.report.verdicts.iter().enumerate() {
+        let (bv, bn) = per_seed(&v.baseline, &v.measure);
+        let (av, an) = per_seed(&v.arm, &v.measure);
+        let seeds = bn.min(an);
+        let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
+        let final_of = |arm: &str| finals.get(arm).cloned().unwrap_or_default();
+        let md = bootstrap_diff(&final_of(&v.baseline), &final_of(&v.arm), meta.report.bootstrap, 7000 + vi as u64);
+        let dnf = v.measure == "time_to_target" && (bv.len() < bn || av.len() < an);
+        let r = if dnf { None } else { bootstrap_ratio(&bv, &av, meta.report.bootstrap, 5000 + vi as u64) };
+        let (word, need, note) = match r {
+            Some((ratio, lo, hi)) => {
+                let (w, n) = judge(ratio, lo, hi, v.expected, v.tolerance, seeds);
+                let note = match (w, n) {
+                    (Word::NotResolved, Some(n)) => format!("about {n} seeds per arm would resolve it at the observed spread"),
+                    (Word::NotResolved, None) => "the ratio sits on the edge of the band: no number of seeds resolves it".into(),
+                    _ => String::new(),
+                };
+                (w, n, note)
+            }
+            None if dnf => (Word::NotResolved, None, format!("DNF: {} of {an} {} and {} of {bn} {} seeds reached the target; lower report.target_map or train longer", av.len(), v.arm, bv.len(), v.baseline)),
+            None => (Word::NotResolved, None, "no finished seeds".into()),
+        };
+        let mut note = note;
+        for (arm, f) in &mining_flags {
+            if *arm == v.arm || *arm == v.baseline {
+                note = format!("{note}{}caution: {f}", if note.is_empty() { "" } else { "; " });
+            }
+        }
+        verdicts.push(Verdict {
+            claim: v.claim.clone(),
+            baseline: v.baseline.clone(),
+            arm: v.arm.clone(),
+            measure: v.measure.clone(),
+            expected: v.expected,
+            band_lo,
+            band_hi,
+            ratio: r.map(|x| x.0),
+            ci_lo: r.map(|x| x.1),
+            ci_hi: r.map(|x| x.2),
+            verdict: word,
+            seeds,
+            seeds_needed: need,
+            map_diff: md.map(|x| x.0),
+            map_diff_lo: md.map(|x| x.1),
+            map_diff_hi: md.map(|x| x.2),
+            note,
+        });
+    }
+    let verdict_line = |v: &Verdict| {
+        format!(
+            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}. Final {metric_name} {} − {} = {} (95% CI {}).",
+            v.claim,
+            v.baseline,
+            v.arm,
+            v.measure,
+            v.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+            v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+            v.band_lo,
+            v.band_hi,
+            v.seeds,
+            v.verdict,
+            if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) },
+            v.arm,
+            v.baseline,
+            v.map_diff.map(|d| format!("{d:+.4}")).unwrap_or_else(|| "—".into()),
+            v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into()),
+        )
+    };
+    notes.extend(verdicts.iter().map(|v| format!("verdict: {}", verdict_line(v).replace("**", ""))));
+
     // CSV outputs (polars)
-    let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 });
+    let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 }).filter(|x| x.is_finite());
     let mut summary_df = df!(
         "arm" => summaries.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
         "seeds" => summaries.iter().map(|s| s.seeds as u64).collect::<Vec<_>>(),
@@ -269,7 +494,42 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
         "ci95_hi" => speedups.iter().map(|s| s.ci_hi).collect::<Vec<_>>(),
         "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
     )?;
-    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("runs.csv", &mut long)] {
+    let mut verdict_df = df!(
+        "claim" => verdicts.iter().map(|v| v.claim.clone()).collect::<Vec<_>>(),
+        "baseline" => verdicts.iter().map(|v| v.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => verdicts.iter().map(|v| v.arm.clone()).collect::<Vec<_>>(),
+        "measure" => verdicts.iter().map(|v| v.measure.clone()).collect::<Vec<_>>(),
+        "expected" => verdicts.iter().map(|v| v.expected).collect::<Vec<_>>(),
+        "band_lo" => verdicts.iter().map(|v| v.band_lo).collect::<Vec<_>>(),
+        "band_hi" => verdicts.iter().map(|v| v.band_hi).collect::<Vec<_>>(),
+        "ratio" => verdicts.iter().map(|v| v.ratio).collect::<Vec<_>>(),
+        "ci95_lo" => verdicts.iter().map(|v| v.ci_lo).collect::<Vec<_>>(),
+        "ci95_hi" => verdicts.iter().map(|v| v.ci_hi).collect::<Vec<_>>(),
+        "verdict" => verdicts.iter().map(|v| v.verdict.to_string()).collect::<Vec<_>>(),
+        "seeds" => verdicts.iter().map(|v| v.seeds as u64).collect::<Vec<_>>(),
+        "seeds_needed" => verdicts.iter().map(|v| v.seeds_needed.map(|n| n as u64)).collect::<Vec<_>>(),
+        "final_map_diff" => verdicts.iter().map(|v| v.map_diff).collect::<Vec<_>>(),
+        "final_map_diff_lo" => verdicts.iter().map(|v| v.map_diff_lo).collect::<Vec<_>>(),
+        "final_map_diff_hi" => verdicts.iter().map(|v| v.map_diff_hi).collect::<Vec<_>>(),
+        "note" => verdicts.iter().map(|v| v.note.clone()).collect::<Vec<_>>()
+    )?;
+    let mining_runs: Vec<(&RunLog, &MiningRow)> = runs.iter().flat_map(|r| r.mining.iter().map(move |m| (r, m))).collect();
+    let mut mining_df = df!(
+        "arm" => mining_runs.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
+        "seed" => mining_runs.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
+        "round" => mining_runs.iter().map(|(_, m)| m.round as u64).collect::<Vec<_>>(),
+        "epoch" => mining_runs.iter().map(|(_, m)| m.epoch as u64).collect::<Vec<_>>(),
+        "seconds" => mining_runs.iter().map(|(_, m)| m.seconds).collect::<Vec<_>>(),
+        "mined" => mining_runs.iter().map(|(_, m)| m.mined as u64).collect::<Vec<_>>(),
+        "negatives" => mining_runs.iter().map(|(_, m)| m.negatives as u64).collect::<Vec<_>>(),
+        "empty_images" => mining_runs.iter().map(|(_, m)| m.empty_images as u64).collect::<Vec<_>>(),
+        "mined_loss" => mining_runs.iter().map(|(_, m)| m.mined_loss).collect::<Vec<_>>(),
+        "random_loss" => mining_runs.iter().map(|(_, m)| m.random_loss).collect::<Vec<_>>(),
+        "mined_fg_score" => mining_runs.iter().map(|(_, m)| m.mined_fg_score).collect::<Vec<_>>(),
+        "random_fg_score" => mining_runs.iter().map(|(_, m)| m.random_fg_score).collect::<Vec<_>>(),
+        "prev_still_hard" => mining_runs.iter().map(|(_, m)| m.prev_still_hard).collect::<Vec<_>>()
+    )?;
+    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("verdicts.csv", &mut verdict_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut long)] {
         let mut buf = Vec::new();
         CsvWriter::new(&mut buf).finish(df)?;
         crate::data::voc::write_file(&results.join(name), &buf)?;
@@ -279,7 +539,22 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
 
     // summary.md
     let mut md = format!("# {}: summary\n\nGenerated by `harness report {}` from the logs alone. Metric: {metric_name} on the test split.\n\n", meta.name, results.display());
-    md.push_str(&format!("Target for time-to-target: {target_note}. DNF = did not reach it; never dropped.\n\n"));
+    if !verdicts.is_empty() {
+        md.push_str("## Verdicts\n\nA claim \"about Rx\" is supported when the 95% interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise.\n\n");
+        for v in &verdicts {
+            md.push_str(&format!("- {}\n", verdict_line(v)));
+        }
+        md.push('\n');
+    }
+    if !mining_flags.is_empty() {
+        md.push_str("## Warnings\n\n");
+        for (_, f) in &mining_flags {
+            md.push_str(&format!("- **{f}**\n"));
+        }
+        md.push('\n');
+    }
+    md.push_str("## Arms\n\n");
+    md.push_str(&format!("Target for time-to-target: {target_note}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed).\n\n"));
     md.push_str("| arm | seeds | failed | final mAP | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in &summaries {
         md.push_str(&format!(
@@ -287,7 +562,7 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
             s.arm,
             s.seeds,
             s.failed,
-            fmt_ms(s.final_map_mean.zip(s.final_map_std), 4),
+            fmt_ms(s.final_map_mean.map(|m| (m, s.final_map_std.unwrap_or(f64::NAN))), 4),
             fmt_ms(s.train_s_per_epoch, 1),
             fmt_ms(s.mine_s_per_epoch, 1),
             fmt_ms(s.eval_s_per_epoch, 1),
@@ -310,6 +585,29 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
             s.note
         ));
     }
+    let miners: Vec<&String> = meta.arms.iter().filter(|a| by_arm(a).iter().any(|r| r.mines())).collect();
+    if !miners.is_empty() {
+        md.push_str("\nOffline mining, per round (mean over seeds): hard negatives in the cache, their mean loss against a random negative's, and the share of the previous round's cache the model still rates hard.\n\n| arm | round | mined | images left empty | mined loss | random loss | mined fg score | random fg score | previous cache still hard |\n|---|---|---|---|---|---|---|---|---|\n");
+        for arm in miners {
+            let rs = by_arm(arm);
+            let rounds = rs.iter().map(|r| r.mining.len()).max().unwrap_or(0);
+            for k in 0..rounds {
+                let ms: Vec<&MiningRow> = rs.iter().filter_map(|r| r.mining.get(k)).collect();
+                let avg = |f: &dyn Fn(&MiningRow) -> Option<f64>| mean_std(&ms.iter().filter_map(|m| f(m)).collect::<Vec<_>>()).map(|x| x.0);
+                md.push_str(&format!(
+                    "| {arm} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    k + 1,
+                    fmt_opt(avg(&|m| Some(m.mined as f64)), 0),
+                    fmt_opt(avg(&|m| Some(m.empty_images as f64)), 1),
+                    fmt_opt(avg(&|m| m.mined_loss), 3),
+                    fmt_opt(avg(&|m| m.random_loss), 3),
+                    fmt_opt(avg(&|m| m.mined_fg_score), 3),
+                    fmt_opt(avg(&|m| m.random_fg_score), 3),
+                    fmt_opt(avg(&|m| m.prev_still_hard), 2),
+                ));
+            }
+        }
+    }
     let failed: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Failed).collect();
     if !failed.is_empty() {
         md.push_str("\nFailed cells:\n\n");
@@ -323,5 +621,5 @@ pub fn generate(results: &Path) -> Result<PathBuf> {
     }
     let path = results.join("summary.md");
     crate::data::voc::write_file(&path, md.as_bytes())?;
-    Ok(path)
+    Ok(Generated { summary: path, notes })
 }

@@ -8,9 +8,17 @@
 //! stops, the model is frozen and every training image's proposals are scored
 //! (a full forward under `no_grad`), and the cache is rebuilt from the false
 //! positives:
+//! - `fp_rule: topk` (the default): the `fp_topk` background RoIs of highest
+//!   loss per image;
 //! - `fp_rule: score`: background RoIs whose highest foreground probability is
-//!   at least `fp_score_thresh`;
-//! - `fp_rule: topk`: the `fp_topk` background RoIs of highest loss per image.
+//!   at least `fp_score_thresh` (R-CNN's rule for an SVM score; with a softmax
+//!   that is still learning, an absolute threshold of 0.5 can mine nothing).
+//!
+//! The default, `topk` with `fp_topk` = 64 = twice the hard quota per image
+//! (`hard_fraction` × B/N = 32), is R-CNN/DPM bootstrapping made scale-free:
+//! what is hard is ranked against the model's own scores of that image, so the
+//! cache is full from the first round whatever the calibration of the softmax,
+//! and the sampler still draws its 32 from a choice of 64.
 //!
 //! `cache: replace` keeps only the new false positives; `accumulate` also keeps
 //! old entries the current model still gets wrong (under `score`: still above
@@ -75,9 +83,9 @@ impl Default for HnmConfig {
             bg_thresh_lo: 0.0,
             mine_every_epochs: Some(1),
             mine_every_iters: None,
-            fp_rule: FpRule::Score,
+            fp_rule: FpRule::Topk,
             fp_score_thresh: 0.5,
-            fp_topk: 16,
+            fp_topk: 64,
             cache: CachePolicy::Replace,
             cache_cap_per_image: 64,
         }
@@ -138,10 +146,14 @@ impl Hnm {
         }
     }
 
-    /// Rebuilds the cache from the frozen model's scores of every training image.
-    pub fn update_cache(&mut self, scores: &[super::ImageScores]) {
+    /// Rebuilds the cache from the frozen model's scores of every training
+    /// image; reports what it mined (`seconds` left 0).
+    pub fn update_cache(&mut self, scores: &[super::ImageScores]) -> MiningReport {
         let n_images = scores.iter().map(|s| s.image + 1).max().unwrap_or(0);
         let mut cache = vec![Vec::new(); n_images.max(self.state.cache.len())];
+        let mut rep = MiningReport { images: scores.len(), ..Default::default() };
+        let (mut sum_loss_all, mut sum_fg_all, mut sum_loss_mined, mut sum_fg_mined) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        let (mut prev_total, mut prev_hard) = (0usize, 0usize);
         for s in scores {
             let labels: Vec<i64> = host(&s.labels);
             let iou: Vec<f32> = host(&s.max_iou);
@@ -167,6 +179,16 @@ impl Hnm {
                 }
             };
             let still_hard = |i: usize| hardness[i] >= bar;
+            rep.negatives += bg.len();
+            sum_loss_all += bg.iter().map(|&i| loss[i] as f64).sum::<f64>();
+            sum_fg_all += bg.iter().map(|&i| fg[i] as f64).sum::<f64>();
+            if self.state.rounds > 0 {
+                if let Some(old) = self.state.cache.get(s.image) {
+                    let old: Vec<usize> = old.iter().map(|&i| i as usize).filter(|&i| i < labels.len() && is_bg(i)).collect();
+                    prev_total += old.len();
+                    prev_hard += old.iter().filter(|&&i| still_hard(i)).count();
+                }
+            }
             let mut entries: Vec<usize> = new;
             if self.cfg.cache == CachePolicy::Accumulate {
                 if let Some(old) = self.state.cache.get(s.image) {
@@ -180,10 +202,21 @@ impl Hnm {
             }
             entries.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
             entries.truncate(self.cfg.cache_cap_per_image);
+            rep.mined += entries.len();
+            rep.empty_images += entries.is_empty() as usize;
+            sum_loss_mined += entries.iter().map(|&i| loss[i] as f64).sum::<f64>();
+            sum_fg_mined += entries.iter().map(|&i| fg[i] as f64).sum::<f64>();
             cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
         }
+        let mean = |sum: f64, n: usize| (n > 0).then(|| sum / n as f64);
+        rep.mined_loss = mean(sum_loss_mined, rep.mined);
+        rep.mined_fg_score = mean(sum_fg_mined, rep.mined);
+        rep.random_loss = mean(sum_loss_all, rep.negatives);
+        rep.random_fg_score = mean(sum_fg_all, rep.negatives);
+        rep.prev_still_hard = mean(prev_hard as f64, prev_total);
         self.state.cache = cache;
         self.state.rounds += 1;
+        rep
     }
 }
 
@@ -216,8 +249,8 @@ impl Sampler for Hnm {
         }
         let t = Instant::now();
         let scores = miner.score_training_set()?;
-        self.update_cache(&scores);
-        Ok(Some(MiningReport { seconds: t.elapsed().as_secs_f64() }))
+        let rep = self.update_cache(&scores);
+        Ok(Some(MiningReport { seconds: t.elapsed().as_secs_f64(), ..rep }))
     }
 
     fn cache_size(&self) -> usize {

@@ -172,18 +172,23 @@ impl Default for TestConfig {
 }
 
 impl TrainConfig {
-    /// Rejects out-of-range values, naming the key and the value.
+    /// Rejects out-of-range values and missing input files, naming the key and the value.
     pub fn check(&self) -> Result<()> {
-        parse_device(&self.device)?;
         if !self.dataset.root.is_dir() {
             bail!("dataset.root = {}: no such directory", self.dataset.root.display());
         }
-        self.proposals.ss_params().check()?;
         for f in [&self.proposals.train_file, &self.proposals.test_file].into_iter().flatten() {
             if !f.is_file() {
                 bail!("proposals file {}: no such file", f.display());
             }
         }
+        self.check_values()
+    }
+
+    /// [`TrainConfig::check`] less the files: what a dry run can check before the data exist.
+    pub fn check_values(&self) -> Result<()> {
+        parse_device(&self.device)?;
+        self.proposals.ss_params().check()?;
         self.model.check()?;
         self.pretrain.check()?;
         let i = &self.input;

@@ -28,48 +28,10 @@ use crate::eval::{self, Metric};
 use crate::model::{per_roi_losses, roi_pool, FastRcnn, Init};
 use crate::proposals;
 use crate::sampler::{self, Backprop, ImageRois, ImageScores, Miner, Progress, RoiLosses};
+use crate::rundir::{read_csv, read_metrics, write_csv, EpochRow, MiningRow, CHECKPOINTS, CONFIG, METRICS, MINING};
+pub use crate::rundir::RunDirBusy;
 use batch::{collate, prepare, ImageStore};
 pub use config::TrainConfig;
-
-/// One row of `metrics.csv`, written after every epoch.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochRow {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Iterations in this epoch.
-    pub iterations: usize,
-    /// Seconds of training (mining excluded).
-    pub train_s: f64,
-    /// Seconds of offline mining (HNM), with training stalled.
-    pub mine_s: f64,
-    /// Seconds of test-set evaluation.
-    pub eval_s: f64,
-    /// Wall-clock seconds since the run started, this epoch included (resumes add up).
-    pub wall_s: f64,
-    /// Mean training loss, and its two terms.
-    pub loss: f64,
-    pub loss_cls: f64,
-    pub loss_bbox: f64,
-    /// Mean RoIs backpropagated per iteration.
-    pub rois_per_iter: f64,
-    /// Foreground fraction among the backpropagated RoIs.
-    pub fg_fraction: f64,
-    /// Mean per-RoI loss (cls + loc) of the backpropagated RoIs.
-    pub sel_loss: f64,
-    /// Mean per-RoI loss over all RoIs, when a read-only pass computed it.
-    pub all_loss: Option<f64>,
-    /// Hard-negative cache size after the epoch (offline mining), else 0.
-    pub cache_size: usize,
-    pub lr: f64,
-    /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
-    pub map_voc07: Option<f64>,
-    pub map_voc10: Option<f64>,
-}
-
-/// `train` found its run directory locked by another process.
-#[derive(Debug, thiserror::Error)]
-#[error("run directory {0} is in use by another process")]
-pub struct RunDirBusy(pub PathBuf);
 
 /// Options of a training run that are not part of the experiment.
 #[derive(Debug, Clone, Default)]
@@ -94,30 +56,6 @@ pub fn initial_weights(cfg: &TrainConfig, opts: &TrainOptions) -> Result<Option<
         }
         (None, Init::Scratch) => None,
     })
-}
-
-pub const METRICS: &str = "metrics.csv";
-pub const CONFIG: &str = "config.yaml";
-pub const CHECKPOINTS: &str = "checkpoints";
-
-/// Reads the finished epochs of a run directory (empty when none).
-pub fn read_metrics(path: &Path) -> Result<Vec<EpochRow>> {
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
-    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
-}
-
-/// Rewrites `metrics.csv` atomically, so a kill never leaves a torn row.
-fn write_metrics(path: &Path, rows: &[EpochRow]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        w.serialize(r)?;
-    }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::data::voc::write_file(path, &bytes)?;
-    Ok(())
 }
 
 fn checkpoint_path(run_dir: &Path, epoch: usize) -> PathBuf {
@@ -313,12 +251,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let config_path = run_dir.join(CONFIG);
     let yaml = cfg.to_yaml()?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(run_dir.join("lock")).with_context(|| format!("opening {}", run_dir.join("lock").display()))?;
-    if fs2::FileExt::try_lock_exclusive(&lock).is_err() {
-        return Err(RunDirBusy(run_dir.to_path_buf()).into());
-    }
+    let _lock = crate::rundir::try_lock(run_dir)?;
     if opts.force {
         let _ = std::fs::remove_file(&metrics_path);
+        let _ = std::fs::remove_file(run_dir.join(MINING));
         let _ = std::fs::remove_dir_all(run_dir.join(CHECKPOINTS));
     } else if config_path.exists() {
         let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
@@ -334,6 +270,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     crate::data::voc::write_file(&config_path, yaml.as_bytes())?;
     let mut rows = read_metrics(&metrics_path)?;
     let start_epoch = rows.len();
+    // mining rounds of the finished epochs (a killed epoch's rounds are redone on resume)
+    let mining_path = run_dir.join(MINING);
+    let mut mining: Vec<MiningRow> = if opts.force { Vec::new() } else { read_csv(&mining_path)? };
+    mining.retain(|m| m.epoch <= start_epoch);
     if start_epoch >= cfg.train.epochs {
         return Ok(rows);
     }
@@ -394,6 +334,33 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             let mut scorer = FrozenScorer { model: &model, store: &train_set, cfg, device };
             if let Some(rep) = sampler.before_iteration(at, &mut scorer)? {
                 st.mine_s += rep.seconds;
+                if opts.progress {
+                    bar.suspend(|| {
+                        eprintln!(
+                            "mining round {}: {} hard negatives in {:.1}s (mean loss {} vs {} for a random negative)",
+                            mining.len() + 1,
+                            rep.mined,
+                            rep.seconds,
+                            rep.mined_loss.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
+                            rep.random_loss.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into())
+                        )
+                    });
+                }
+                mining.push(MiningRow {
+                    round: mining.len() + 1,
+                    epoch: epoch + 1,
+                    iteration: at.iteration,
+                    seconds: rep.seconds,
+                    images: rep.images,
+                    negatives: rep.negatives,
+                    mined: rep.mined,
+                    empty_images: rep.empty_images,
+                    mined_loss: rep.mined_loss,
+                    random_loss: rep.random_loss,
+                    mined_fg_score: rep.mined_fg_score,
+                    random_fg_score: rep.random_fg_score,
+                    prev_still_hard: rep.prev_still_hard,
+                });
             }
             let idx: Vec<usize> = (0..n_img).map(|j| order[(it * n_img + j) % order.len()]).collect();
             let prepared: Vec<batch::Prepared> = idx.iter().map(|&i| prepare(&train_set, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), device)).collect();
@@ -461,7 +428,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             map_voc07: map07,
             map_voc10: map10,
         });
-        write_metrics(&metrics_path, &rows)?;
+        if !mining.is_empty() || mining_path.exists() {
+            write_csv(&mining_path, &mining)?;
+        }
+        write_csv(&metrics_path, &rows)?;
         // keep the newest checkpoints only
         for old in 1..=(epoch + 1).saturating_sub(cfg.train.keep_checkpoints) {
             let _ = std::fs::remove_file(checkpoint_path(run_dir, old));

@@ -1,0 +1,274 @@
+//! The on-disk format of a run directory and of a results directory, in one
+//! place. The trainer writes it, the harness and the report read it; nothing
+//! here depends on the model or the trainer, so `harness report` draws its
+//! charts from these files alone.
+//!
+//! A results directory of `harness run`:
+//! - `grid.json` ([`GridMeta`]): the grid's name, arms and `report:` section;
+//! - `cells/<arm>-s<seed>-<id>/`, one run directory per cell:
+//!   - `cell.json` ([`CellMeta`]): arm, seed and id;
+//!   - `status.json` ([`Status`]): pending, running, done or failed, with the reason;
+//!   - `manifest.json` ([`Manifest`]): versions, device, host, start and end;
+//!   - `config.yaml`: the exact training config;
+//!   - `metrics.csv` ([`EpochRow`]): one row per finished epoch;
+//!   - `mining.csv` ([`MiningRow`]): one row per offline mining round (HNM only);
+//!   - `checkpoints/`, `train.log` and `lock` (held by the training process).
+//!
+//! Every file is replaced atomically ([`write_file`]), so a kill never leaves a torn one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+pub(crate) use crate::data::voc::write_file;
+
+pub const METRICS: &str = "metrics.csv";
+pub const MINING: &str = "mining.csv";
+pub const CONFIG: &str = "config.yaml";
+pub const CHECKPOINTS: &str = "checkpoints";
+pub const CELLS: &str = "cells";
+pub const GRID_JSON: &str = "grid.json";
+pub const STATUS: &str = "status.json";
+pub const MANIFEST: &str = "manifest.json";
+pub const CELL_JSON: &str = "cell.json";
+pub const LOCK: &str = "lock";
+
+/// One row of `metrics.csv`, written after every epoch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochRow {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Iterations in this epoch.
+    pub iterations: usize,
+    /// Seconds of training (mining excluded).
+    pub train_s: f64,
+    /// Seconds of offline mining (HNM), with training stalled.
+    pub mine_s: f64,
+    /// Seconds of test-set evaluation.
+    pub eval_s: f64,
+    /// Wall-clock seconds since the run started, this epoch included (resumes add up).
+    pub wall_s: f64,
+    /// Mean training loss, and its two terms.
+    pub loss: f64,
+    pub loss_cls: f64,
+    pub loss_bbox: f64,
+    /// Mean RoIs backpropagated per iteration.
+    pub rois_per_iter: f64,
+    /// Foreground fraction among the backpropagated RoIs.
+    pub fg_fraction: f64,
+    /// Mean per-RoI loss (cls + loc) of the backpropagated RoIs.
+    pub sel_loss: f64,
+    /// Mean per-RoI loss over all RoIs, when a read-only pass computed it.
+    pub all_loss: Option<f64>,
+    /// Hard-negative cache size after the epoch (offline mining), else 0.
+    pub cache_size: usize,
+    pub lr: f64,
+    /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
+    pub map_voc07: Option<f64>,
+    pub map_voc10: Option<f64>,
+}
+
+/// One row of `mining.csv`: what an offline mining round put in the cache.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MiningRow {
+    /// 1-based mining round.
+    pub round: usize,
+    /// The 1-based epoch the round happened in (before that epoch's iteration `iteration`).
+    pub epoch: usize,
+    /// Global 0-based iteration before which the round ran.
+    pub iteration: usize,
+    /// Seconds the round took (training stalled).
+    pub seconds: f64,
+    /// Training images scored.
+    pub images: usize,
+    /// Background RoIs eligible as negatives, over all images.
+    pub negatives: usize,
+    /// Hard negatives in the cache after the round.
+    pub mined: usize,
+    /// Images whose cache is empty after the round.
+    pub empty_images: usize,
+    /// Mean per-RoI loss (cls + loc) of the mined negatives, and of all eligible
+    /// negatives (what a random negative scores on average).
+    pub mined_loss: Option<f64>,
+    pub random_loss: Option<f64>,
+    /// Mean highest foreground probability of the mined negatives, and of all eligible negatives.
+    pub mined_fg_score: Option<f64>,
+    pub random_fg_score: Option<f64>,
+    /// Of the previous round's cache, the share the current model still rates
+    /// hard (by the round's own rule); empty in the first round.
+    pub prev_still_hard: Option<f64>,
+}
+
+/// Reads a CSV log of a run directory (empty when the file does not exist).
+pub fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
+
+/// Rewrites a CSV log atomically, so a kill never leaves a torn row.
+pub fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_file(path, &bytes)?;
+    Ok(())
+}
+
+/// Reads the finished epochs of a run directory's `metrics.csv` (empty when none).
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochRow>> {
+    read_csv(path)
+}
+
+/// `try_lock` found a run directory locked by another process.
+#[derive(Debug, thiserror::Error)]
+#[error("run directory {0} is in use by another process")]
+pub struct RunDirBusy(pub PathBuf);
+
+/// Takes the run directory's exclusive lock, held until the returned file is dropped.
+pub fn try_lock(run_dir: &Path) -> Result<std::fs::File> {
+    let path = run_dir.join(LOCK);
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    if fs2::FileExt::try_lock_exclusive(&lock).is_err() {
+        return Err(RunDirBusy(run_dir.to_path_buf()).into());
+    }
+    Ok(lock)
+}
+
+/// What `cell.json` holds: how the report groups a cell.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CellMeta {
+    pub id: String,
+    pub arm: String,
+    pub seed: u64,
+    pub epochs: usize,
+}
+
+/// What `grid.json` holds at the top of a results directory.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GridMeta {
+    pub name: String,
+    pub arms: Vec<String>,
+    pub report: ReportConfig,
+}
+
+/// The `report:` section of a grid file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Arms against which speed-ups are computed (the first arm when empty).
+    pub baselines: Vec<String>,
+    /// `map_voc07` or `map_voc10`.
+    pub metric: String,
+    /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.
+    pub target_map: Option<f64>,
+    pub target_fraction: f64,
+    /// Bootstrap resamples for confidence intervals.
+    pub bootstrap: usize,
+    /// Claims the report gives a verdict on.
+    pub verdicts: Vec<VerdictConfig>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig { baselines: Vec::new(), metric: "map_voc07".into(), target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new() }
+    }
+}
+
+/// A claim "`arm` is about `expected`× faster than `baseline` by `measure`".
+/// It is supported when the 95% interval of baseline / arm lies inside
+/// `[expected / tolerance, expected × tolerance]`, contradicted when it lies
+/// wholly outside, and not resolved otherwise.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictConfig {
+    /// The claim in words, e.g. "read-only OHEM is 2x faster per iteration than masked OHEM".
+    pub claim: String,
+    pub baseline: String,
+    pub arm: String,
+    /// `time_to_target`, `total_wall_s` or `s_per_iter`.
+    pub measure: String,
+    #[serde(default = "default_expected")]
+    pub expected: f64,
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_expected() -> f64 {
+    2.0
+}
+
+fn default_tolerance() -> f64 {
+    1.25
+}
+
+/// The measures a speed-up (and a verdict) can be taken on.
+pub const MEASURES: [&str; 3] = ["time_to_target", "total_wall_s", "s_per_iter"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub state: State,
+    pub reason: Option<String>,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    pub harness_version: String,
+    pub git_revision: Option<String>,
+    pub libtorch: String,
+    pub device: String,
+    pub host: String,
+    pub started: String,
+    pub ended: Option<String>,
+}
+
+/// Now, UTC, as ISO 8601.
+pub fn now() -> String {
+    let s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // seconds since the epoch, UTC, as ISO 8601 (civil-from-days, Howard Hinnant's algorithm)
+    let (days, rem) = (s / 86_400, s % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+pub fn read_status(dir: &Path) -> Option<Status> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(STATUS)).ok()?).ok()
+}
+
+pub fn write_status(dir: &Path, state: State, reason: Option<String>) -> Result<()> {
+    let s = Status { state, reason, updated: now() };
+    write_file(&dir.join(STATUS), serde_json::to_string_pretty(&s)?.as_bytes())?;
+    Ok(())
+}
+
+pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
+    write_file(&dir.join(MANIFEST), serde_json::to_string_pretty(m)?.as_bytes())?;
+    Ok(())
+}
+
+/// Whether a cell has finished: `done` and every epoch logged.
+pub fn is_done(dir: &Path, epochs: usize) -> bool {
+    matches!(read_status(dir), Some(Status { state: State::Done, .. })) && read_metrics(&dir.join(METRICS)).map(|r| r.len() >= epochs).unwrap_or(false)
+}
