@@ -29,6 +29,7 @@ fn main() {
     println!("cargo:rustc-env=OHEM_LIBTORCH_VERSION={version}");
     // The CPU RoI-pooling kernel (csrc/roi_pool.cpp), against the same headers and ABI as torch-sys.
     println!("cargo:rerun-if-changed=csrc/roi_pool.cpp");
+    println!("cargo:rerun-if-changed=csrc/rng_state.cpp");
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -40,6 +41,7 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .opt_level(3)
         .file("csrc/roi_pool.cpp")
+        .file("csrc/rng_state.cpp")
         .compile("ohem_kernels");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::data::synth::{self, SynthSize};
@@ -138,6 +138,55 @@ pub enum Command {
         /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// Where the cells run: here (`local`), or as one Slurm job array (`slurm`; README "Running on a cluster").
+        #[arg(long, value_enum, default_value_t = Executor::Local)]
+        executor: Executor,
+        /// slurm: the partition of every task.
+        #[arg(long)]
+        partition: Option<String>,
+        /// slurm: GPUs per task.
+        #[arg(long)]
+        gpus_per_task: Option<u32>,
+        /// slurm: CPUs per task.
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        /// slurm: time limit per task, as sbatch takes it (e.g. 2:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// slurm: tasks of the array running at once.
+        #[arg(long, default_value_t = 16)]
+        max_parallel: usize,
+        /// slurm: an extra sbatch argument, passed as it is (repeatable), e.g. `--sbatch-arg=--account=vision`.
+        #[arg(long = "sbatch-arg", allow_hyphen_values = true)]
+        sbatch_args: Vec<String>,
+        /// slurm: the warning signal before the time limit, SIGNAL@SECONDS; the cell checkpoints and stops on it.
+        #[arg(long, default_value = "USR1@90")]
+        signal: String,
+        /// slurm: do not requeue a task that the warning signal stopped (re-submit the grid instead).
+        #[arg(long)]
+        no_requeue: bool,
+    },
+    /// Run one cell of a results directory (what each Slurm array task runs).
+    Cell {
+        /// A results directory prepared by `harness run` (it holds cells.json).
+        results: PathBuf,
+        /// The cell's index in cells.json ($SLURM_ARRAY_TASK_ID).
+        #[arg(long)]
+        index: usize,
+        /// Rerun the cell from scratch even if it is done.
+        #[arg(long)]
+        force: bool,
+        /// Requeue this Slurm task (scontrol requeue) when a signal stops it after a checkpoint.
+        #[arg(long)]
+        requeue: bool,
+        /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Pending, running, done and failed cells of a results directory, per arm and per cell (local and Slurm runs).
+    Status {
+        /// A results directory written by `harness run`.
+        results: PathBuf,
     },
     /// Aggregate a results directory into summary.csv, summary.md and charts, from the logs alone.
     Report {
@@ -170,6 +219,12 @@ pub enum Command {
         #[arg(long)]
         peer: bool,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -259,7 +314,10 @@ pub fn run() -> Result<()> {
                 cfg.device = d;
             }
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(config.file_stem().unwrap_or_default()));
-            let opts = crate::trainer::TrainOptions { progress, force, cache_dir, pretrain_dir: None };
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            crate::rundir::set_phase_dir(&out);
+            crate::rundir::catch_preemption_signals()?;
+            let opts = crate::trainer::TrainOptions { progress, force, cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP) };
             let rows = crate::trainer::train(&cfg, &out, &opts)?;
             if let Some(r) = rows.last() {
                 println!(
@@ -285,7 +343,7 @@ pub fn run() -> Result<()> {
             }
             println!("log: {}", p.log.display());
         }
-        Command::Run { grid, overrides, dry_run, jobs, force, out, cache_dir } => {
+        Command::Run { grid, overrides, dry_run, jobs, force, out, cache_dir, executor, partition, gpus_per_task, cpus_per_task, time, max_parallel, sbatch_args, signal, no_requeue } => {
             if jobs == 0 {
                 bail!("--jobs must be at least 1");
             }
@@ -308,6 +366,18 @@ pub fn run() -> Result<()> {
                 }
                 return Ok(());
             }
+            if executor == Executor::Slurm {
+                let opts = crate::harness::slurm::SlurmOptions { partition, gpus_per_task, cpus_per_task, time, max_parallel, sbatch_args, signal, requeue: !no_requeue, force, cache_dir };
+                match crate::harness::slurm::submit(&g, &opts)? {
+                    None => println!("{}: all {} cells are done; nothing submitted (report: harness report {})", g.name, g.cells.len(), g.results.display()),
+                    Some(sub) => {
+                        println!("{}: submitted array job {} ({} of {} cells, at most {} at a time) and report job {} (afterany:{})", g.name, sub.array_job, sub.cells.len(), g.cells.len(), max_parallel, sub.report_job, sub.array_job);
+                        println!("watch: harness status {}", g.results.display());
+                        println!("logs:  {}/slurm/", g.results.display());
+                    }
+                }
+                return Ok(());
+            }
             let opts = crate::harness::RunOptions { jobs, force, progress, cache_dir };
             let s = crate::harness::run(&g, &opts)?;
             let rep = crate::report::generate(&g.results)?;
@@ -315,12 +385,13 @@ pub fn run() -> Result<()> {
                 println!("{n}");
             }
             println!(
-                "{}: {} cells: {} run, {} already done, {} busy elsewhere, {} failed",
+                "{}: {} cells: {} run, {} already done, {} busy elsewhere, {} pre-empted, {} failed",
                 g.name,
                 g.cells.len(),
                 s.done,
                 s.skipped,
                 s.busy,
+                s.preempted,
                 s.failed.len()
             );
             for (cell, reason) in &s.failed {
@@ -329,6 +400,47 @@ pub fn run() -> Result<()> {
             println!("report: {}", rep.summary.display());
             if !s.failed.is_empty() {
                 bail!("{} of {} cells failed (see status.json and train.log in each)", s.failed.len(), g.cells.len());
+            }
+            if s.preempted > 0 {
+                return Err(crate::rundir::Preempted { where_: format!("{} cells at their last iteration; rerun the same command to resume them", s.preempted) }.into());
+            }
+        }
+        Command::Cell { results, index, force, requeue, cache_dir } => match crate::harness::run_one(&results, index, force, cache_dir.as_deref())? {
+            crate::harness::CellOutcome::Done => {}
+            crate::harness::CellOutcome::Busy => bail!("cell {index} of {} is running in another process", results.display()),
+            crate::harness::CellOutcome::Failed(reason) => bail!("cell {index} of {} failed: {reason}", results.display()),
+            crate::harness::CellOutcome::Preempted(reason) => {
+                if requeue {
+                    crate::harness::slurm::requeue_self()?;
+                    eprintln!("requeued: the cell resumes from its checkpoint");
+                }
+                return Err(crate::rundir::Preempted { where_: reason }.into());
+            }
+        },
+        Command::Status { results } => {
+            let (name, arms, cells) = crate::harness::status(&results)?;
+            let count = |v: &[&crate::harness::CellState], s: crate::rundir::State| v.iter().filter(|c| c.state == s).count();
+            let all: Vec<&crate::harness::CellState> = cells.iter().collect();
+            use crate::rundir::State::*;
+            println!("{name}: {} cells: {} done, {} running, {} pending, {} failed", cells.len(), count(&all, Done), count(&all, Running), count(&all, Pending), count(&all, Failed));
+            println!("\n{:<24} {:>5} {:>8} {:>8} {:>7}", "arm", "done", "running", "pending", "failed");
+            for a in &arms {
+                let v: Vec<&crate::harness::CellState> = cells.iter().filter(|c| &c.arm == a).collect();
+                println!("{:<24} {:>5} {:>8} {:>8} {:>7}", a, count(&v, Done), count(&v, Running), count(&v, Pending), count(&v, Failed));
+            }
+            println!();
+            for c in &cells {
+                let what = match (c.state, c.stale) {
+                    (Running, true) => "running? (no process holds the cell: interrupted; a rerun resumes it)".to_string(),
+                    (Running, false) => format!("running: {}", c.phase.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "starting".into())),
+                    (Done, _) => format!("done: mAP07 {}", c.last_map.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into())),
+                    (Failed, _) => format!("failed: {}", c.reason.clone().unwrap_or_default()),
+                    (Pending, _) => match &c.reason {
+                        Some(r) => format!("pending ({r})"),
+                        None => "pending".to_string(),
+                    },
+                };
+                println!("{:>4}  {:<24} seed {:<4} {}/{} epochs  {what}", c.index, c.arm, c.seed, c.epochs_done, c.epochs);
             }
         }
         Command::Report { results } => {

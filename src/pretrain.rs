@@ -469,6 +469,7 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
     let mut rows = Vec::new();
     let mut step = 0;
     for epoch in 0..p.epochs {
+        crate::rundir::report_phase("pretraining", epoch + 1, p.epochs, 0, 0);
         let t = Instant::now();
         let crops = draw_crops(src, train_imgs, cfg, &mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);

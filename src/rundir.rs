@@ -234,6 +234,16 @@ pub struct Manifest {
     pub host: String,
     pub started: String,
     pub ended: Option<String>,
+    /// The Slurm job (array job id), array task and restart count, when a Slurm task ran the cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmIds>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SlurmIds {
+    pub job_id: String,
+    pub array_task_id: Option<String>,
+    pub restart_count: u32,
 }
 
 /// Now, UTC, as ISO 8601.
@@ -271,4 +281,115 @@ pub fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
 /// Whether a cell has finished: `done` and every epoch logged.
 pub fn is_done(dir: &Path, epochs: usize) -> bool {
     matches!(read_status(dir), Some(Status { state: State::Done, .. })) && read_metrics(&dir.join(METRICS)).map(|r| r.len() >= epochs).unwrap_or(false)
+}
+
+/// `cells.json` at the top of a results directory: every cell of the grid,
+/// in grid order. `harness cell <results> --index I` runs entry I.
+pub const CELLS_JSON: &str = "cells.json";
+
+/// One entry of `cells.json`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CellEntry {
+    pub index: usize,
+    pub id: String,
+    pub arm: String,
+    pub seed: u64,
+    /// The cell's directory under `cells/`.
+    pub dir: String,
+    pub epochs: usize,
+}
+
+pub fn read_cells(results: &Path) -> Result<Vec<CellEntry>> {
+    let p = results.join(CELLS_JSON);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", p.display(), results.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+}
+
+/// `progress.json` in a run directory: what the training process is doing
+/// now, for `harness run`'s cell lines and `harness status`.
+pub const PROGRESS: &str = "progress.json";
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Phase {
+    /// `pretraining`, `proposals`, `training`, `mining`, `evaluating`, `checkpointing`.
+    pub phase: String,
+    /// 1-based epoch and the epochs in all (training, mining, evaluating, pretraining).
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Steps done of the phase's steps (images, iterations), 0 / 0 when not counted.
+    pub done: usize,
+    pub total: usize,
+    /// Seconds since the Unix epoch when written.
+    pub updated: u64,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = if self.total > 0 { format!(" {}/{}", self.done, self.total) } else { String::new() };
+        match self.phase.as_str() {
+            "training" => write!(f, "epoch {}/{}, iteration{count}", self.epoch, self.epochs),
+            "proposals" => write!(f, "proposals{count}"),
+            "pretraining" => write!(f, "pre-training epoch {}/{}", self.epoch, self.epochs),
+            p => write!(f, "{p}{count} (epoch {}/{})", self.epoch, self.epochs),
+        }
+    }
+}
+
+pub fn read_phase(dir: &Path) -> Option<Phase> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(PROGRESS)).ok()?).ok()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where this process reports its phase (set by `harness train --out DIR`);
+/// stages call [`report_phase`], which writes at most once a second unless the
+/// phase itself changed.
+static PHASE_SINK: std::sync::Mutex<Option<(PathBuf, Option<(String, std::time::Instant)>)>> = std::sync::Mutex::new(None);
+
+/// Sends this process's phase reports to `<dir>/progress.json`.
+pub fn set_phase_dir(dir: &Path) {
+    *PHASE_SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some((dir.join(PROGRESS), None));
+}
+
+/// Reports the current phase (a no-op unless [`set_phase_dir`] was called).
+pub fn report_phase(phase: &str, epoch: usize, epochs: usize, done: usize, total: usize) {
+    // never block a worker thread on another's write
+    let Ok(mut sink) = PHASE_SINK.try_lock() else { return };
+    let Some((path, last)) = sink.as_mut() else { return };
+    let changed = last.as_ref().is_none_or(|(p, _)| p != phase);
+    let due = last.as_ref().is_none_or(|(_, t)| t.elapsed() >= std::time::Duration::from_secs(1));
+    if !(changed || due || done == total) {
+        return;
+    }
+    let p = Phase { phase: phase.to_string(), epoch, epochs, done, total, updated: unix_now() };
+    if let Ok(text) = serde_json::to_string(&p) {
+        let _ = write_file(path, text.as_bytes());
+    }
+    *last = Some((phase.to_string(), std::time::Instant::now()));
+}
+
+/// Exit code of `harness train` (and `harness cell`) when a pre-emption signal
+/// (SIGUSR1 or SIGTERM) stopped it after a checkpoint; a rerun resumes there.
+pub const EXIT_PREEMPTED: i32 = 76;
+
+/// Set by SIGUSR1 / SIGTERM in `harness train` and `harness cell`: finish the
+/// current iteration, checkpoint, exit with [`EXIT_PREEMPTED`].
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Routes SIGUSR1 and SIGTERM to [`STOP`] (Slurm's pre-emption warning, `scancel`).
+pub fn catch_preemption_signals() -> Result<()> {
+    for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, || STOP.store(true, std::sync::atomic::Ordering::SeqCst)) }.context("installing a signal handler")?;
+    }
+    Ok(())
+}
+
+/// The run was stopped by a pre-emption signal after checkpointing.
+#[derive(Debug, thiserror::Error)]
+#[error("pre-empted by a signal: checkpointed {where_}; a rerun resumes there")]
+pub struct Preempted {
+    pub where_: String,
 }

@@ -6,6 +6,7 @@ mod evaluation;
 mod harness;
 mod model;
 mod sampler;
+mod slurm;
 mod trainer;
 mod pretrain;
 mod proposals;

@@ -16,17 +16,18 @@
 //! processes never run the same cell.
 
 pub mod grid;
+pub mod slurm;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
-pub use crate::rundir::{is_done, read_status, CellMeta, GridMeta, Manifest, ReportConfig, State, Status, CELLS, GRID_JSON};
-use crate::rundir::{now, write_file, write_manifest, write_status, CELL_JSON, CONFIG};
+pub use crate::rundir::{is_done, read_status, CellMeta, GridMeta, Manifest, ReportConfig, SlurmIds, State, Status, CELLS, EXIT_PREEMPTED, GRID_JSON};
+use crate::rundir::{now, read_cells, write_file, write_manifest, write_status, CellEntry, CELLS_JSON, CELL_JSON, CONFIG};
 pub use grid::{Cell, Grid};
 
 /// Exit code of `harness train` when its run directory is locked by another process.
@@ -41,6 +42,7 @@ fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
+
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub jobs: usize,
@@ -54,13 +56,26 @@ pub struct RunSummary {
     pub done: usize,
     pub skipped: usize,
     pub busy: usize,
+    /// Cells stopped by a pre-emption signal after a checkpoint (they resume on the next run).
+    pub preempted: usize,
     pub failed: Vec<(String, String)>,
 }
 
-/// Writes the results directory's grid.json and each cell's directory files.
+/// Writes the results directory's grid.json and cells.json, and each cell's directory files.
+/// A results directory of another grid (another `name`) is refused.
 pub fn prepare(grid: &Grid) -> Result<()> {
+    let gpath = grid.results.join(GRID_JSON);
+    if let Ok(text) = std::fs::read_to_string(&gpath) {
+        if let Ok(old) = serde_json::from_str::<GridMeta>(&text) {
+            if old.name != grid.name {
+                bail!("{} holds the results of grid {:?}, not {:?}: use another results directory (--out)", grid.results.display(), old.name, grid.name);
+            }
+        }
+    }
     let meta = GridMeta { name: grid.name.clone(), arms: grid.arms.clone(), report: grid.report.clone() };
-    write_file(&grid.results.join(GRID_JSON), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    write_file(&gpath, serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.config.train.epochs }).collect();
+    write_file(&grid.results.join(CELLS_JSON), serde_json::to_string_pretty(&entries)?.as_bytes())?;
     for c in &grid.cells {
         let dir = grid.results.join(CELLS).join(&c.dir_name);
         let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.config.train.epochs };
@@ -75,9 +90,34 @@ pub fn prepare(grid: &Grid) -> Result<()> {
     Ok(())
 }
 
+/// "1m05s", "2h03m".
+pub fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A cell being run, as the progress watcher sees it.
+struct Running {
+    dir: PathBuf,
+    label: String,
+    line: indicatif::ProgressBar,
+}
+
 /// Runs every cell not yet done, `jobs` at a time.
+///
+/// On a terminal, a grid bar (elapsed time, and an ETA once a cell has
+/// finished) and one line per running cell with its phase, read from the
+/// cell's `progress.json`. Without a terminal, plain lines instead: one per
+/// cell started and finished, and every 30 s the phase of each running cell.
 pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
     prepare(grid)?;
+    crate::rundir::catch_preemption_signals()?;
     let exe = std::env::current_exe().context("locating the harness executable")?;
     let cuda = tch::Cuda::device_count().max(0) as usize;
     let mut queue = VecDeque::new();
@@ -103,95 +143,193 @@ pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
     }
+    let tty = opts.progress && std::io::stderr().is_terminal();
+    let plain = opts.progress && !tty;
     let multi = indicatif::MultiProgress::new();
-    if !opts.progress {
+    if !tty {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let overall = multi.add(indicatif::ProgressBar::new(grid.cells.len() as u64));
-    overall.set_style(indicatif::ProgressStyle::with_template("grid {msg} [{bar:30}] {pos}/{len} cells ({elapsed})").expect("template").progress_chars("=> "));
-    overall.set_message(grid.name.clone());
+    let total = grid.cells.len();
+    let overall = multi.add(indicatif::ProgressBar::new(total as u64));
+    overall.set_style(indicatif::ProgressStyle::with_template("grid {prefix} [{bar:30}] {pos}/{len} cells ({elapsed}){msg}").expect("template").progress_chars("=> "));
+    overall.set_prefix(grid.name.clone());
     overall.inc(summary.skipped as u64);
+    overall.enable_steady_tick(std::time::Duration::from_secs(1));
+    let jobs = opts.jobs.max(1);
     let queue = Mutex::new(queue);
     let summary = Mutex::new(summary);
-    let jobs = opts.jobs.max(1);
+    let running: Mutex<Vec<Running>> = Mutex::new(Vec::new());
+    let durations: Mutex<Vec<f64>> = Mutex::new(Vec::new());
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
     std::thread::scope(|s| {
-        for worker in 0..jobs {
-            let (queue, summary, multi, overall, exe) = (&queue, &summary, &multi, &overall, &exe);
-            s.spawn(move || loop {
-                let Some(i) = queue.lock().expect("queue").pop_front() else { break };
-                let cell = &grid.cells[i];
-                let dir = grid.results.join(CELLS).join(&cell.dir_name);
-                let line = multi.add(indicatif::ProgressBar::new_spinner());
-                line.set_message(format!("{} seed {}: starting", cell.arm, cell.seed));
-                line.enable_steady_tick(std::time::Duration::from_millis(500));
-                // One GPU per job when several are present and the cell says `auto`.
-                let device = (cell.config.device == "auto" && cuda > 1).then(|| format!("cuda:{}", worker % cuda));
-                let outcome = run_cell(exe, cell, &dir, device, opts, &line);
-                line.finish_and_clear();
-                multi.remove(&line);
-                overall.inc(1);
-                let mut sm = summary.lock().expect("summary");
-                match outcome {
-                    Ok(CellOutcome::Done) => sm.done += 1,
-                    Ok(CellOutcome::Busy) => sm.busy += 1,
-                    Ok(CellOutcome::Failed(reason)) => sm.failed.push((cell.dir_name.clone(), reason)),
-                    Err(e) => sm.failed.push((cell.dir_name.clone(), format!("{e:#}"))),
+        // the watcher: phases of the running cells, the ETA, plain lines without a terminal
+        let (running_w, durations_w, finished_w, overall_w, queue_w) = (&running, &durations, &finished, &overall, &queue);
+        s.spawn(move || {
+            let mut last_plain = std::time::Instant::now();
+            while !finished_w.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let run = running_w.lock().expect("running");
+                for r in run.iter() {
+                    if let Some(p) = crate::rundir::read_phase(&r.dir) {
+                        r.line.set_message(format!("{}: {p}", r.label));
+                    }
                 }
-            });
+                let ds = durations_w.lock().expect("durations");
+                let eta = (!ds.is_empty()).then(|| {
+                    let mean = ds.iter().sum::<f64>() / ds.len() as f64;
+                    let left = queue_w.lock().expect("queue").len() + run.len();
+                    mean * left as f64 / jobs.min(left.max(1)) as f64
+                });
+                overall_w.set_message(eta.map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default());
+                if plain && last_plain.elapsed() >= std::time::Duration::from_secs(30) {
+                    last_plain = std::time::Instant::now();
+                    eprintln!("grid {}: {}/{total} cells, {} elapsed{}", grid.name, overall_w.position(), fmt_duration(t0.elapsed().as_secs_f64()), eta.map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default());
+                    for r in run.iter() {
+                        let phase = crate::rundir::read_phase(&r.dir).map(|p| p.to_string()).unwrap_or_else(|| "starting".into());
+                        eprintln!("  {}: {phase}", r.label);
+                    }
+                }
+            }
+        });
+        let workers: Vec<_> = (0..jobs)
+            .map(|worker| {
+                let (queue, summary, multi, overall, exe, running, durations) = (&queue, &summary, &multi, &overall, &exe, &running, &durations);
+                s.spawn(move || loop {
+                    if crate::rundir::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                        break; // pre-empted: start nothing new
+                    }
+                    let Some(i) = queue.lock().expect("queue").pop_front() else { break };
+                    let cell = &grid.cells[i];
+                    let dir = grid.results.join(CELLS).join(&cell.dir_name);
+                    let label = format!("{} seed {}", cell.arm, cell.seed);
+                    let line = multi.add(indicatif::ProgressBar::new_spinner());
+                    line.set_message(format!("{label}: starting"));
+                    line.enable_steady_tick(std::time::Duration::from_millis(500));
+                    if plain {
+                        eprintln!("{label}: started ({})", dir.display());
+                    }
+                    running.lock().expect("running").push(Running { dir: dir.clone(), label: label.clone(), line: line.clone() });
+                    // One GPU per job when several are present and the cell says `auto`.
+                    let device = (cell.config.device == "auto" && cuda > 1).then(|| format!("cuda:{}", worker % cuda));
+                    let t = std::time::Instant::now();
+                    let outcome = run_cell(exe, &dir, device, &cell.config.device, opts.force, opts.cache_dir.as_deref(), &[]);
+                    running.lock().expect("running").retain(|r| r.dir != dir);
+                    line.finish_and_clear();
+                    multi.remove(&line);
+                    overall.inc(1);
+                    if plain {
+                        let what = match &outcome {
+                            Ok(CellOutcome::Done) => "done".to_string(),
+                            Ok(CellOutcome::Busy) => "busy in another process".to_string(),
+                            Ok(CellOutcome::Preempted(w)) => format!("pre-empted ({w})"),
+                            Ok(CellOutcome::Failed(r)) => format!("failed: {r}"),
+                            Err(e) => format!("failed: {e:#}"),
+                        };
+                        eprintln!("{label}: {what} after {}", fmt_duration(t.elapsed().as_secs_f64()));
+                    }
+                    let mut sm = summary.lock().expect("summary");
+                    match outcome {
+                        Ok(CellOutcome::Done) => {
+                            sm.done += 1;
+                            durations.lock().expect("durations").push(t.elapsed().as_secs_f64());
+                        }
+                        Ok(CellOutcome::Busy) => sm.busy += 1,
+                        Ok(CellOutcome::Preempted(_)) => sm.preempted += 1,
+                        Ok(CellOutcome::Failed(reason)) => sm.failed.push((cell.dir_name.clone(), reason)),
+                        Err(e) => sm.failed.push((cell.dir_name.clone(), format!("{e:#}"))),
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
     });
     overall.finish_and_clear();
     Ok(summary.into_inner().expect("summary"))
 }
 
-enum CellOutcome {
+/// How one cell's run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellOutcome {
     Done,
+    /// Another process holds the cell's lock.
     Busy,
+    /// Stopped by a pre-emption signal after a checkpoint; the reason says where.
+    Preempted(String),
     Failed(String),
 }
 
-fn run_cell(exe: &Path, cell: &Cell, dir: &Path, device: Option<String>, opts: &RunOptions, line: &indicatif::ProgressBar) -> Result<CellOutcome> {
+/// Slurm's ids of the task running a cell, for its manifest.
+fn slurm_ids() -> Option<SlurmIds> {
+    let job = std::env::var("SLURM_ARRAY_JOB_ID").or_else(|_| std::env::var("SLURM_JOB_ID")).ok()?;
+    Some(SlurmIds { job_id: job, array_task_id: std::env::var("SLURM_ARRAY_TASK_ID").ok(), restart_count: std::env::var("SLURM_RESTART_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(0) })
+}
+
+/// Runs one cell as its own `harness train` process and records its status and manifest.
+/// SIGUSR1 / SIGTERM to this process ([`crate::rundir::STOP`]) are passed on to the
+/// training process, which checkpoints and stops; the cell is then `pending` again.
+pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str, force: bool, cache_dir: Option<&Path>, extra_args: &[String]) -> Result<CellOutcome> {
     let mut cmd = Command::new(exe);
     cmd.arg("train").arg(dir.join(CONFIG)).arg("--out").arg(dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(d) = &device {
         cmd.args(["--device", d]);
     }
-    if opts.force {
+    if force {
         cmd.arg("--force");
     }
-    if let Some(c) = &opts.cache_dir {
+    if let Some(c) = cache_dir {
         cmd.arg("--cache-dir").arg(c);
     }
+    cmd.args(extra_args);
     let started = now();
     let manifest = |ended: Option<String>| Manifest {
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: git_revision(),
         libtorch: env!("OHEM_LIBTORCH_VERSION").to_string(),
-        device: device.clone().unwrap_or_else(|| cell.config.device.clone()),
+        device: device.clone().unwrap_or_else(|| cfg_device.to_string()),
         host: host(),
         started: started.clone(),
         ended,
+        slurm: slurm_ids(),
     };
+    let _ = std::fs::remove_file(dir.join(crate::rundir::PROGRESS));
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
     write_status(dir, State::Running, None)?;
     write_manifest(dir, &manifest(None))?;
+    let pid = child.id() as i32;
+    let child_done = std::sync::atomic::AtomicBool::new(false);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("train.log"))?;
     let mut last_error = None;
     let mut tail = VecDeque::new();
-    for l in BufReader::new(child.stderr.take().expect("piped")).lines() {
-        let l = l.unwrap_or_default();
-        let _ = writeln!(log, "{l}");
-        if l.starts_with("epoch") {
-            line.set_message(format!("{} seed {}: {l}", cell.arm, cell.seed));
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::scope(|s| {
+        // pass a pre-emption signal on to the training process, once
+        s.spawn(|| {
+            while !child_done.load(std::sync::atomic::Ordering::SeqCst) {
+                if crate::rundir::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                    // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+                    unsafe { libc::kill(pid, libc::SIGUSR1) };
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        });
+        for l in BufReader::new(stderr).lines() {
+            let l = l.unwrap_or_default();
+            let _ = writeln!(log, "{l}");
+            if let Some(e) = l.strip_prefix("error: ") {
+                last_error = Some(e.to_string());
+            }
+            tail.push_back(l);
+            if tail.len() > 5 {
+                tail.pop_front();
+            }
         }
-        if let Some(e) = l.strip_prefix("error: ") {
-            last_error = Some(e.to_string());
-        }
-        tail.push_back(l);
-        if tail.len() > 5 {
-            tail.pop_front();
-        }
-    }
+        child_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
     let status = child.wait()?;
     if status.code() == Some(EXIT_LOCKED) {
         return Ok(CellOutcome::Busy);
@@ -200,6 +338,10 @@ fn run_cell(exe: &Path, cell: &Cell, dir: &Path, device: Option<String>, opts: &
     if status.success() {
         write_status(dir, State::Done, None)?;
         Ok(CellOutcome::Done)
+    } else if status.code() == Some(EXIT_PREEMPTED) {
+        let reason = last_error.unwrap_or_else(|| "pre-empted".into());
+        write_status(dir, State::Pending, Some(reason.clone()))?;
+        Ok(CellOutcome::Preempted(reason))
     } else {
         let reason = last_error.unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
@@ -212,4 +354,97 @@ fn run_cell(exe: &Path, cell: &Cell, dir: &Path, device: Option<String>, opts: &
         write_status(dir, State::Failed, Some(reason.clone()))?;
         Ok(CellOutcome::Failed(reason))
     }
+}
+
+/// `harness cell <results> --index I`: runs cell I of `cells.json` (one Slurm
+/// array task), with the same skip, resume and lock rules as `harness run`.
+pub fn run_one(results: &Path, index: usize, force: bool, cache_dir: Option<&Path>) -> Result<CellOutcome> {
+    crate::rundir::catch_preemption_signals()?;
+    let cells = read_cells(results)?;
+    let Some(c) = cells.get(index) else { bail!("{}: no cell with index {index} ({} cells, 0-{})", results.join(CELLS_JSON).display(), cells.len(), cells.len().saturating_sub(1)) };
+    let dir = results.join(CELLS).join(&c.dir);
+    if !force && is_done(&dir, c.epochs) {
+        eprintln!("{} seed {}: already done ({})", c.arm, c.seed, dir.display());
+        return Ok(CellOutcome::Done);
+    }
+    let cfg = crate::trainer::TrainConfig::load(&dir.join(CONFIG), &[])?;
+    eprintln!("{} seed {}: running in {}", c.arm, c.seed, dir.display());
+    run_cell(&std::env::current_exe().context("locating the harness executable")?, &dir, None, &cfg.device, force, cache_dir, &[])
+}
+
+/// The cells of a results directory written before `cells.json` existed: its
+/// cell directories, in the grid's arm order, then by seed.
+fn cells_from_dirs(results: &Path, arms: &[String]) -> Result<Vec<CellEntry>> {
+    let dir = results.join(CELLS);
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let d = e?.path();
+        let Ok(text) = std::fs::read_to_string(d.join(CELL_JSON)) else { continue };
+        let m: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", d.join(CELL_JSON).display()))?;
+        v.push(CellEntry { index: 0, id: m.id, arm: m.arm, seed: m.seed, dir: d.file_name().unwrap_or_default().to_string_lossy().into_owned(), epochs: m.epochs });
+    }
+    v.sort_by_key(|c| (arms.iter().position(|a| *a == c.arm).unwrap_or(usize::MAX), c.seed));
+    for (i, c) in v.iter_mut().enumerate() {
+        c.index = i;
+    }
+    Ok(v)
+}
+
+/// One cell in `harness status`.
+#[derive(Debug, Clone)]
+pub struct CellState {
+    pub index: usize,
+    pub arm: String,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub state: State,
+    /// A `running` cell whose lock nobody holds: the process is gone.
+    pub stale: bool,
+    pub reason: Option<String>,
+    pub phase: Option<crate::rundir::Phase>,
+    pub epochs_done: usize,
+    pub epochs: usize,
+    pub last_map: Option<f64>,
+}
+
+/// Whether some process holds a run directory's lock (false when there is no lock file).
+fn locked(dir: &Path) -> bool {
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(dir.join(crate::rundir::LOCK)) else { return false };
+    match fs2::FileExt::try_lock_exclusive(&f) {
+        Ok(()) => {
+            let _ = fs2::FileExt::unlock(&f);
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+/// The state of every cell of a results directory, from the run directories alone
+/// (no Slurm accounting needed): `harness status`.
+pub fn status(results: &Path) -> Result<(String, Vec<String>, Vec<CellState>)> {
+    let gpath = results.join(GRID_JSON);
+    let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?).with_context(|| format!("parsing {}", gpath.display()))?;
+    let cells = if results.join(CELLS_JSON).exists() { read_cells(results)? } else { cells_from_dirs(results, &meta.arms)? };
+    let mut out = Vec::new();
+    for c in cells {
+        let dir = results.join(CELLS).join(&c.dir);
+        let st = read_status(&dir);
+        let state = st.as_ref().map(|s| s.state).unwrap_or(State::Pending);
+        let rows = crate::rundir::read_metrics(&dir.join(crate::rundir::METRICS)).unwrap_or_default();
+        let stale = state == State::Running && !locked(&dir);
+        out.push(CellState {
+            index: c.index,
+            arm: c.arm,
+            seed: c.seed,
+            phase: if state == State::Running && !stale { crate::rundir::read_phase(&dir) } else { None },
+            dir,
+            state,
+            stale,
+            reason: st.and_then(|s| s.reason),
+            epochs_done: rows.len(),
+            epochs: c.epochs,
+            last_map: rows.iter().rev().find_map(|r| r.map_voc07),
+        });
+    }
+    Ok((meta.name, meta.arms, out))
 }

@@ -102,6 +102,12 @@ pub fn compute(
 ) -> Result<(Vec<Vec<BBox>>, ComputeStats)> {
     params.check()?;
     let bar = crate::progress_bar(anns.len() as u64, "selective search", progress);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = || {
+        bar.inc(1);
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        crate::rundir::report_phase("proposals", 0, 0, n, anns.len());
+    };
     let results: Vec<(Vec<BBox>, Option<f64>)> = anns
         .par_iter()
         .map(|ann| -> Result<(Vec<BBox>, Option<f64>)> {
@@ -112,7 +118,7 @@ pub fn compute(
                 d.join(&key[..2]).join(format!("{key}.txt"))
             });
             if let Some(boxes) = cache_file.as_deref().and_then(read_cache) {
-                bar.inc(1);
+                tick();
                 return Ok((boxes, None));
             }
             let img = decode_jpeg_bytes(&path, &bytes)?;
@@ -122,7 +128,7 @@ pub fn compute(
             if let Some(f) = &cache_file {
                 write_file(f, boxes_to_text(&boxes).as_bytes())?;
             }
-            bar.inc(1);
+            tick();
             Ok((boxes, Some(ms)))
         })
         .collect::<Result<_>>()?;

@@ -253,6 +253,10 @@ impl Sampler for Hnm {
         Ok(Some(MiningReport { seconds: t.elapsed().as_secs_f64(), ..rep }))
     }
 
+    fn is_due(&self, at: Progress) -> bool {
+        self.due(at)
+    }
+
     fn cache_size(&self) -> usize {
         self.state.cache.iter().map(Vec::len).sum()
     }

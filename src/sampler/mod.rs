@@ -154,6 +154,11 @@ pub trait Sampler {
         Ok(None)
     }
 
+    /// Whether [`Sampler::before_iteration`] will mine at `at` (for progress reports).
+    fn is_due(&self, _at: Progress) -> bool {
+        false
+    }
+
     /// Entries in a hard-example cache, for the logs (0 without one).
     fn cache_size(&self) -> usize {
         0

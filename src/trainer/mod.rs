@@ -13,6 +13,7 @@
 pub mod batch;
 pub mod config;
 pub mod detect;
+pub mod resume;
 pub mod sgd;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::sampler::{self, Backprop, ImageRois, ImageScores, Miner, Progress, Ro
 use crate::rundir::{read_csv, read_metrics, write_csv, EpochRow, MiningRow, CHECKPOINTS, CONFIG, METRICS, MINING};
 pub use crate::rundir::RunDirBusy;
 use batch::{collate, prepare, ImageStore};
+use resume::{EpochStats, Partial};
 pub use config::TrainConfig;
 
 /// Options of a training run that are not part of the experiment.
@@ -43,6 +45,16 @@ pub struct TrainOptions {
     pub cache_dir: Option<PathBuf>,
     /// Pre-trained backbone cache folder (None: the default, [`crate::pretrain::default_cache_dir`]).
     pub pretrain_dir: Option<PathBuf>,
+    /// Stop at the next iteration boundary, checkpoint and return [`crate::rundir::Preempted`]
+    /// once this is set (`harness train` points it at [`crate::rundir::STOP`], which
+    /// SIGUSR1 and SIGTERM set).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+}
+
+impl TrainOptions {
+    fn stopping(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+    }
 }
 
 /// The weights a run starts from: `model.weights`, the shared pre-trained
@@ -108,20 +120,6 @@ impl Miner for FrozenScorer<'_> {
         }
         Ok(out)
     }
-}
-
-/// Sums over an epoch, turned into an [`EpochRow`].
-#[derive(Default)]
-struct EpochStats {
-    iterations: usize,
-    loss_cls: f64,
-    loss_bbox: f64,
-    rois: f64,
-    fg: f64,
-    sel_loss_sum: f64,
-    all_loss_sum: f64,
-    all_rois: f64,
-    mine_s: f64,
 }
 
 /// Result of one training iteration.
@@ -256,6 +254,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         let _ = std::fs::remove_file(&metrics_path);
         let _ = std::fs::remove_file(run_dir.join(MINING));
         let _ = std::fs::remove_dir_all(run_dir.join(CHECKPOINTS));
+        let _ = std::fs::remove_file(run_dir.join(crate::rundir::PROGRESS));
     } else if config_path.exists() {
         let text = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
         // the device is where a run happens, not what it is: a cell may resume on another GPU
@@ -315,11 +314,27 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             sampler.restore(serde_json::from_str(&text).with_context(|| format!("parsing {}", sp.display()))?)?;
         }
     }
+    // a checkpoint inside the epoch that comes next (pre-emption) takes over from the epoch's
+    let partial = resume::read_partial(run_dir, start_epoch)?;
+    if partial.is_some() {
+        let p = |e: &str| resume::partial_path(run_dir, e);
+        vs.load(p("safetensors")).with_context(|| format!("resuming from {}", p("safetensors").display()))?;
+        opt.load(&p("sgd.safetensors"))?;
+        if p("sampler.json").exists() {
+            let text = std::fs::read_to_string(p("sampler.json")).with_context(|| format!("reading {}", p("sampler.json").display()))?;
+            sampler.restore(serde_json::from_str(&text).with_context(|| format!("parsing {}", p("sampler.json").display()))?)?;
+        }
+    }
+    let mut partial = partial;
 
     let n_img = cfg.train.images_per_batch;
     let iters = train_set.len().div_ceil(n_img).min(cfg.train.iters_per_epoch.unwrap_or(usize::MAX));
     let mut wall = rows.last().map(|r| r.wall_s).unwrap_or(0.0);
+    let mut progressed = false; // stop at an epoch boundary only after some work, so every call advances
     for epoch in start_epoch..cfg.train.epochs {
+        if opts.stopping() && progressed {
+            return Err(crate::rundir::Preempted { where_: format!("after epoch {epoch} of {}", cfg.train.epochs) }.into());
+        }
         let t_epoch = Instant::now();
         let lr_epoch = cfg.train.lr_at(epoch, usize::MAX);
         // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
@@ -327,11 +342,31 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         crate::shuffle(&mut order, &mut rng);
-        let bar = crate::progress_bar(iters as u64, "training", opts.progress);
         let mut st = EpochStats::default();
-        for it in 0..iters {
+        let mut first_iter = 0;
+        let mut elapsed_before = 0.0; // seconds of this epoch before a mid-epoch checkpoint
+        if let Some(p) = partial.take() {
+            // continue where the mid-epoch checkpoint left off: the same generators, sums and mining log
+            rng.set_word_pos(p.rng_word_pos.parse::<u128>().with_context(|| format!("{}: rng_word_pos", resume::partial_path(run_dir, "json").display()))?);
+            resume::restore_rng(run_dir, device)?;
+            st = p.stats;
+            first_iter = p.next_iter;
+            elapsed_before = p.elapsed_s;
+            wall = p.wall_s;
+            mining.extend(p.mining);
+            if opts.progress {
+                eprintln!("resuming epoch {} at iteration {}/{iters}", epoch + 1, first_iter + 1);
+            }
+        }
+        let bar = crate::progress_bar(iters as u64, "training", opts.progress);
+        bar.inc(first_iter as u64);
+        for it in first_iter..iters {
+            crate::rundir::report_phase("training", epoch + 1, cfg.train.epochs, it, iters);
             let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * iters + it };
             let mut scorer = FrozenScorer { model: &model, store: &train_set, cfg, device };
+            if sampler.is_due(at) {
+                crate::rundir::report_phase("mining", epoch + 1, cfg.train.epochs, 0, 0);
+            }
             if let Some(rep) = sampler.before_iteration(at, &mut scorer)? {
                 st.mine_s += rep.seconds;
                 if opts.progress {
@@ -367,6 +402,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             let out = train_step(&model, &mut opt, cfg.train.lr_at(epoch, at.iteration), sampler.as_mut(), &prepared, cfg)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.iterations += 1;
+            progressed = true;
             st.loss_cls += out.loss_cls;
             st.loss_bbox += out.loss_bbox;
             st.rois += out.rois as f64;
@@ -378,9 +414,27 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             }
             bar.set_message(format!("epoch {}/{} loss {:.3}", epoch + 1, cfg.train.epochs, (st.loss_cls + st.loss_bbox) / st.iterations as f64));
             bar.inc(1);
+            if opts.stopping() && it + 1 < iters {
+                // pre-empted inside the epoch: checkpoint at this iteration boundary and stop
+                bar.finish_and_clear();
+                crate::rundir::report_phase("checkpointing", epoch + 1, cfg.train.epochs, it + 1, iters);
+                let p = |e: &str| resume::partial_path(run_dir, e);
+                std::fs::create_dir_all(run_dir.join(CHECKPOINTS))?;
+                let state = sampler.state();
+                if !state.is_null() {
+                    crate::data::voc::write_file(&p("sampler.json"), serde_json::to_string(&state)?.as_bytes())?;
+                }
+                opt.save(&p("sgd.safetensors"))?;
+                vs.save(p("safetensors")).with_context(|| format!("writing {}", p("safetensors").display()))?;
+                let this_epoch: Vec<MiningRow> = mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
+                let elapsed = elapsed_before + t_epoch.elapsed().as_secs_f64();
+                let partial = Partial { epoch, next_iter: it + 1, stats: st, elapsed_s: elapsed, wall_s: wall + t_epoch.elapsed().as_secs_f64(), rng_word_pos: rng.get_word_pos().to_string(), mining: this_epoch };
+                resume::write_partial(run_dir, &partial, device)?;
+                return Err(crate::rundir::Preempted { where_: format!("in epoch {}/{} after iteration {}/{iters}", epoch + 1, cfg.train.epochs, it + 1) }.into());
+            }
         }
         bar.finish_and_clear();
-        let train_s = t_epoch.elapsed().as_secs_f64() - st.mine_s;
+        let train_s = elapsed_before + t_epoch.elapsed().as_secs_f64() - st.mine_s;
 
         let ck = checkpoint_path(run_dir, epoch + 1);
         std::fs::create_dir_all(ck.parent().expect("has parent"))?;
@@ -399,6 +453,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         let t_eval = Instant::now();
         let last = epoch + 1 == cfg.train.epochs;
         let (map07, map10) = if last || (epoch + 1) % cfg.test.eval_every == 0 {
+            crate::rundir::report_phase("evaluating", epoch + 1, cfg.train.epochs, 0, 0);
             let dets = detect::detect(&model, &test_set, &cfg.input, &cfg.test, device);
             let m07 = eval::evaluate(&test_set.anns, &ds.classes, &dets, Metric::Voc07).map;
             let m10 = eval::evaluate(&test_set.anns, &ds.classes, &dets, Metric::Voc10).map;
@@ -432,6 +487,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
             write_csv(&mining_path, &mining)?;
         }
         write_csv(&metrics_path, &rows)?;
+        resume::remove_partial(run_dir);
         // keep the newest checkpoints only
         for old in 1..=(epoch + 1).saturating_sub(cfg.train.keep_checkpoints) {
             let _ = std::fs::remove_file(checkpoint_path(run_dir, old));
