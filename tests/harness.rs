@@ -151,6 +151,14 @@ fn report_aggregates_by_hand() {
     assert!(["supported", "contradicted", "not resolved"].contains(&vs[0]["verdict"].as_str()));
     // final mAP b − a = 0.625 − 0.55
     assert!((vs[0]["final_map_diff"].parse::<f64>().unwrap() - 0.075).abs() < 1e-9, "{vs:?}");
+    let mut d = csv::Reader::from_path(res.join("map_diffs.csv")).unwrap();
+    let ds: Vec<std::collections::HashMap<String, String>> = d.deserialize().map(|x| x.unwrap()).collect();
+    let ba = ds.iter().find(|r| r["baseline"] == "a" && r["arm"] == "b").unwrap();
+    assert!((ba["final_map_diff"].parse::<f64>().unwrap() - 0.075).abs() < 1e-9, "{ba:?}");
+    // the bootstrap interval of a difference of means lies within [min(b) − max(a), max(b) − min(a)] = [0.55 − 0.6, 0.7 − 0.5]
+    let (lo, hi): (f64, f64) = (ba["ci95_lo"].parse().unwrap(), ba["ci95_hi"].parse().unwrap());
+    assert!(lo >= -0.05 - 1e-9 && hi <= 0.2 + 1e-9 && lo <= 0.075 && hi >= 0.075, "{lo} {hi}");
+    assert!(text.contains("| a | b | +0.0750 |"), "{text}");
 
     let mut r = csv::Reader::from_path(res.join("summary.csv")).unwrap();
     let rows: Vec<std::collections::HashMap<String, String>> = r.deserialize().map(|x| x.unwrap()).collect();
