@@ -414,7 +414,9 @@ pub fn run() -> Result<()> {
                     crate::harness::slurm::requeue_self()?;
                     eprintln!("requeued: the cell resumes from its checkpoint");
                 }
-                return Err(crate::rundir::Preempted { where_: reason }.into());
+                // the trainer's own message, without its frame (the error adds it back)
+                let where_ = reason.strip_prefix("pre-empted by a signal: checkpointed ").and_then(|r| r.strip_suffix("; a rerun resumes there")).unwrap_or(&reason).to_string();
+                return Err(crate::rundir::Preempted { where_ }.into());
             }
         },
         Command::Status { results } => {
