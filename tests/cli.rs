@@ -63,6 +63,13 @@ fn bad_input_is_a_clear_error() {
     let ds = tiny_dataset().to_str().unwrap();
     assert_clean_failure(&["proposals", "/no/such/root", "--split", "test"], &["/no/such/root"]);
     assert_clean_failure(&["proposals", ds, "--split", "nope"], &["nope.txt"]);
+    // the Slurm executor's own inputs, refused before anything is submitted
+    assert_clean_failure(&["cell", "/no/such/results", "--index", "0"], &["/no/such/results/cells.json"]);
+    let g = tempfile::tempdir().unwrap();
+    let grid = g.path().join("g.yaml");
+    std::fs::write(&grid, format!("results: {}\nbase:\n  dataset: {{root: {ds}}}\nseeds: [0]\n", g.path().join("res").display())).unwrap();
+    assert_clean_failure(&["run", grid.to_str().unwrap(), "--executor", "slurm", "--signal", "KILL@5"], &["--signal", "KILL@5"]);
+    assert_clean_failure(&["run", grid.to_str().unwrap(), "--executor", "slurm", "--signal", "USR1"], &["--signal", "SIGNAL@SECONDS"]);
     let empty = copy_of(tiny_dataset());
     std::fs::write(empty.path().join("ImageSets/Main/empty.txt"), "").unwrap();
     assert_clean_failure(&["proposals", empty.path().to_str().unwrap(), "--split", "empty"], &["ImageSets/Main/empty.txt", "lists no images"]);
