@@ -126,43 +126,34 @@ pub struct Speedup {
     pub note: String,
 }
 
-/// Ratio of means `mean(base) / mean(arm)` and its percentile-bootstrap 95% interval, resampling each arm's seeds.
-pub fn bootstrap_ratio(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64, f64)> {
+/// A statistic of the two arms' means, `stat(mean(base), mean(arm))`, and its
+/// percentile-bootstrap 95% interval, resampling each arm's seeds.
+fn bootstrap(base: &[f64], arm: &[f64], resamples: usize, seed: u64, stat: fn(f64, f64) -> f64) -> Option<(f64, f64, f64)> {
     if base.is_empty() || arm.is_empty() {
         return None;
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let ratio = mean(base) / mean(arm);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut draws: Vec<f64> = (0..resamples)
         .map(|_| {
             let b: f64 = (0..base.len()).map(|_| base[rng.random_range(0..base.len())]).sum::<f64>() / base.len() as f64;
             let a: f64 = (0..arm.len()).map(|_| arm[rng.random_range(0..arm.len())]).sum::<f64>() / arm.len() as f64;
-            b / a
+            stat(b, a)
         })
         .collect();
     draws.sort_by(f64::total_cmp);
     let q = |p: f64| draws[((p * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
-    Some((ratio, q(0.025), q(0.975)))
+    Some((stat(mean(base), mean(arm)), q(0.025), q(0.975)))
+}
+
+/// Ratio of means `mean(base) / mean(arm)` and its percentile-bootstrap 95% interval, resampling each arm's seeds.
+pub fn bootstrap_ratio(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64, f64)> {
+    bootstrap(base, arm, resamples, seed, |b, a| b / a)
 }
 
 /// Mean difference `mean(arm) - mean(base)` and its percentile-bootstrap 95% interval.
 pub fn bootstrap_diff(base: &[f64], arm: &[f64], resamples: usize, seed: u64) -> Option<(f64, f64, f64)> {
-    if base.is_empty() || arm.is_empty() {
-        return None;
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut draws: Vec<f64> = (0..resamples)
-        .map(|_| {
-            let b: f64 = (0..base.len()).map(|_| base[rng.random_range(0..base.len())]).sum::<f64>() / base.len() as f64;
-            let a: f64 = (0..arm.len()).map(|_| arm[rng.random_range(0..arm.len())]).sum::<f64>() / arm.len() as f64;
-            a - b
-        })
-        .collect();
-    draws.sort_by(f64::total_cmp);
-    let q = |p: f64| draws[((p * (draws.len() - 1) as f64).round() as usize).min(draws.len() - 1)];
-    Some((mean(arm) - mean(base), q(0.025), q(0.975)))
+    bootstrap(base, arm, resamples, seed, |b, a| a - b)
 }
 
 /// The word of a verdict.
