@@ -4,11 +4,14 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::synth;
 use crate::eval::{self, Metric};
-use crate::model::{per_roi_losses, roi_pool, Backbone, FastRcnn, ModelConfig};
+use crate::config::TrainConfig;
+use crate::model::sgd::Sgd;
+use crate::model::{per_roi_losses, roi_pool, Backbone, FastRcnn};
+use crate::trainer::{build_model, minibatch_loss};
 use crate::proposals::{self, SsParams};
 
 pub fn proposals(n: usize) -> Result<()> {
@@ -129,6 +132,8 @@ struct Case {
 
 /// ms per training iteration split into backbone, RoI pooling, head and
 /// backward (+ SGD step), with B = 128 RoIs sampled from the proposals of N = 2 images.
+/// The model, its frozen layers, the loss and the optimiser are the trainer's
+/// ([`build_model`], [`minibatch_loss`], [`Sgd`]); the weights are random.
 pub fn train(iters: usize, vgg16: bool) -> Result<()> {
     let device = Device::cuda_if_available();
     tch::manual_seed(0);
@@ -138,10 +143,10 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
     }
     println!("training iteration, N = 2 images, B = 128 RoIs, device {device:?} ({}):", cuda_state());
     for c in cases {
-        let vs = nn::VarStore::new(device);
-        let cfg = ModelConfig { backbone: c.backbone, ..Default::default() };
-        let model = FastRcnn::new(&vs.root(), &cfg, 20);
-        let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 5e-4, nesterov: false }.build(&vs, 1e-3)?;
+        let mut cfg = bench_config(if c.backbone == Backbone::Vgg16 { VGG16 } else { SMALL })?;
+        cfg.model.fc_dim = None; // the backbone's own width (512 small, 4096 VGG16)
+        let (vs, model) = build_model(&cfg, device, 20, None)?;
+        let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
         let images = Tensor::randn([2, 3, c.h, c.w], (Kind::Float, device));
         let props: Vec<Tensor> = (0..2).map(|_| random_rois(c.proposals_per_image, c.h, c.w, device)).collect();
         // 64 RoIs per image, as the fixed-ratio sampler would pick
@@ -159,10 +164,11 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
             let t2 = Instant::now();
             let (logits, deltas) = model.head_from_pooled(&pooled, true);
             let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, 20);
-            let loss = cls.mean(Kind::Float) + loc.sum(Kind::Float) / 128.0;
+            let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, 128);
             sync(device);
             let t3 = Instant::now();
-            opt.backward_step(&loss);
+            (loss_cls + loss_bbox).backward();
+            opt.step(1e-3);
             sync(device);
             let t4 = Instant::now();
             if i > 0 {
@@ -212,15 +218,10 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
-    use crate::trainer::{batch, sgd::Sgd, train_step, FrozenScorer, TrainConfig};
+    use crate::trainer::{batch, train_step, FrozenScorer};
 
     let device = Device::cuda_if_available();
-    let yaml = if vgg16 {
-        "dataset:\n  root: .\nmodel:\n  backbone: vgg16\n  init: scratch\n  fc_dim: 4096\n  dropout: 0.0\ninput:\n  scale: 600\n  max_size: 1000\n"
-    } else {
-        "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n"
-    };
-    let base: TrainConfig = crate::trainer::config::from_value(crate::trainer::config::parse_yaml(yaml, "bench")?, "bench")?;
+    let base = bench_config(if vgg16 { VGG16 } else { SMALL })?;
     let mut arms: Vec<(&str, &str, SamplerConfig)> = vec![
         ("fixed-ratio (FRCN)", "fixed_ratio", SamplerConfig::FixedRatio(FixedRatioConfig::default())),
         ("OHEM read-only", "ohem", SamplerConfig::Ohem(OhemConfig::default())),
@@ -254,9 +255,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         for (name, key, s) in &arms {
             let mut cfg = base.clone();
             cfg.sampler = s.clone();
-            tch::manual_seed(0);
-            let vs = nn::VarStore::new(device);
-            let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
+            let (vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
             let mut opt = Sgd::new(&vs, 0.9, 5e-4);
             let mut sampler = cfg.sampler.build();
             let mut total = 0.0;
@@ -296,8 +295,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
     if let (Some((store, n_props)), false) = (store_for_mining, vgg16) {
         let mut cfg = base.clone();
         cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
-        let vs = nn::VarStore::new(device);
-        let model = FastRcnn::new(&vs.root(), &cfg.model, synth::CLASSES.len());
+        let (_vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
         let t = Instant::now();
         let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device }.score_training_set()?;
         sync(device);
@@ -344,7 +342,7 @@ fn peer_python() -> Result<std::path::PathBuf> {
 }
 
 /// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter).
-fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::trainer::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut cmd = std::process::Command::new(python);
     let backbone = if cfg.model.backbone == crate::model::Backbone::Vgg16 { "vgg16" } else { "small" };
     cmd.arg("scripts/bench_peer.py")
@@ -368,18 +366,19 @@ fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate:
 /// evaluation seconds with their ratio, and a per-stage breakdown of one more
 /// evaluation pass with the final weights.
 pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
-    use crate::trainer::{self, detect, load_split, TrainConfig, TrainOptions};
+    use crate::config::TrainConfig;
+    use crate::trainer::{self, detect, load_split, TrainOptions};
     let mut cfg = TrainConfig::load(config, &[format!("train.epochs={epochs}"), "test.eval_every=1".into()])?;
     cfg.train.lr_steps.clear();
     let dir = tempfile_dir("ohem-bench-epoch")?;
     let opts = TrainOptions { progress: false, force: true, ..Default::default() };
     let rows = trainer::train(&cfg, &dir, &opts)?;
-    println!("training epoch against test-split evaluation, {} (device {:?}):", config.display(), trainer::config::parse_device(&cfg.device)?);
+    println!("training epoch against test-split evaluation, {} (device {:?}):", config.display(), crate::config::parse_device(&cfg.device)?);
     for r in &rows {
         println!("  epoch {}: train {:.2} s ({} iterations), evaluation {:.2} s: evaluation / training = {:.2}", r.epoch, r.train_s, r.iterations, r.eval_s, r.eval_s / r.train_s);
     }
     // the stages of one more pass with the last weights
-    let device = trainer::config::parse_device(&cfg.device)?;
+    let device = crate::config::parse_device(&cfg.device)?;
     let ds = crate::data::Dataset::open(&cfg.dataset.root)?;
     let test_set = load_split(&ds, &cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), &opts)?;
     let mut vs = nn::VarStore::new(device);
@@ -403,6 +402,16 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The training config the benches time: the default data's small backbone
+/// (batch norm frozen, as the pre-trained trainer runs it), or VGG16 at 600 px
+/// (conv1_x and conv2_x frozen), with random weights (no pre-training file).
+const SMALL: &str = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
+const VGG16: &str = "dataset:\n  root: .\nmodel:\n  backbone: vgg16\n  fc_dim: 4096\n  dropout: 0.0\ninput:\n  scale: 600\n  max_size: 1000\n";
+
+fn bench_config(yaml: &str) -> Result<TrainConfig> {
+    crate::config::from_value(crate::config::parse_yaml(yaml, "bench")?, "bench")
 }
 
 /// A fresh folder under the system's temporary directory.

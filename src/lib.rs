@@ -2,12 +2,15 @@
 //!
 //! The modules follow the pipeline, one stage each:
 //! [`data`] → [`proposals`] → [`model`] → [`pretrain`] → [`sampler`] → [`trainer`] → [`eval`] → [`harness`] → [`report`].
-//! [`boxes`] holds the box geometry every stage shares; [`cli`] is the
-//! command line, kept apart from the library.
+//! Beneath them all: [`config`] (the typed configuration every stage reads),
+//! [`boxes`] (the box geometry every stage shares) and [`rundir`] (the
+//! on-disk format of run and results directories). [`cli`] is the command
+//! line, kept apart from the library.
 
 pub mod bench;
 pub mod boxes;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod eval;
 pub mod harness;

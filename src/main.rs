@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ohem_harness::trainer::RunDirBusy>().is_some() {
+            if e.downcast_ref::<ohem_harness::rundir::RunDirBusy>().is_some() {
                 return ExitCode::from(ohem_harness::harness::EXIT_LOCKED as u8);
             }
             if e.downcast_ref::<ohem_harness::rundir::Preempted>().is_some() {

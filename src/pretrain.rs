@@ -45,100 +45,10 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::boxes::{iou, BBox};
 use crate::data::{synth, Dataset};
+pub use crate::config::{PretrainConfig, Source};
+use crate::config::{parse_device, TrainConfig};
+use crate::model::sgd::Sgd;
 use crate::model::{box_coder, per_roi_losses, FastRcnn, Init, ModelConfig};
-use crate::trainer::batch::scale_for;
-use crate::trainer::sgd::Sgd;
-use crate::trainer::TrainConfig;
-
-/// Where the pre-training crops come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Dataset,
-    Synth,
-    Both,
-}
-
-/// The `pretrain:` section of a config.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PretrainConfig {
-    pub source: Source,
-    /// Seeds the weights, the crops and (for `synth`) the scenes.
-    pub seed: u64,
-    pub epochs: usize,
-    /// Crop side in pixels at the detector's input scale; a multiple of 16.
-    pub window: i64,
-    /// Windows per SGD step.
-    pub batch_size: usize,
-    /// Jittered crops of each object per epoch.
-    pub crops_per_object: usize,
-    /// Share of background boxes among all crops.
-    pub bg_fraction: f64,
-    /// Peak learning rate (linear warm-up over the first 5% of steps, then cosine to 0).
-    pub lr: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// Source images held out for the validation accuracy.
-    pub val_fraction: f64,
-    /// Scenes rendered for `source: synth`.
-    pub synth_images: usize,
-}
-
-impl Default for PretrainConfig {
-    fn default() -> Self {
-        PretrainConfig {
-            source: Source::Both,
-            seed: 0,
-            epochs: 8,
-            window: 64,
-            batch_size: 64,
-            crops_per_object: 3,
-            bg_fraction: 0.5,
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            val_fraction: 0.1,
-            synth_images: 1000,
-        }
-    }
-}
-
-impl PretrainConfig {
-    pub fn check(&self) -> Result<()> {
-        if self.epochs == 0 {
-            bail!("pretrain.epochs = 0: at least one epoch");
-        }
-        if self.window < 32 || self.window % 16 != 0 {
-            bail!("pretrain.window = {}: a multiple of 16, at least 32", self.window);
-        }
-        if self.batch_size < 2 {
-            bail!("pretrain.batch_size = {}: at least 2 (batch norm needs a batch)", self.batch_size);
-        }
-        if self.crops_per_object == 0 {
-            bail!("pretrain.crops_per_object = 0: at least one crop per object");
-        }
-        if !(0.0..1.0).contains(&self.bg_fraction) {
-            bail!("pretrain.bg_fraction = {} is outside [0, 1)", self.bg_fraction);
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("pretrain.lr = {}: must be positive", self.lr);
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            bail!("pretrain.momentum = {} is outside [0, 1)", self.momentum);
-        }
-        if self.weight_decay < 0.0 {
-            bail!("pretrain.weight_decay = {} is negative", self.weight_decay);
-        }
-        if !(0.0..0.5).contains(&self.val_fraction) {
-            bail!("pretrain.val_fraction = {} is outside [0, 0.5)", self.val_fraction);
-        }
-        if self.source.uses_synth() && self.synth_images < 10 {
-            bail!("pretrain.synth_images = {}: at least 10", self.synth_images);
-        }
-        Ok(())
-    }
-}
 
 /// The pre-training cache folder: `$OHEM_CACHE/pretrain`, else `~/.cache/ohem-harness/pretrain`.
 pub fn default_cache_dir() -> PathBuf {
@@ -154,14 +64,6 @@ struct SourceImage {
     avoid: Vec<BBox>,
 }
 
-impl Source {
-    fn uses_dataset(self) -> bool {
-        matches!(self, Source::Dataset | Source::Both)
-    }
-    fn uses_synth(self) -> bool {
-        matches!(self, Source::Synth | Source::Both)
-    }
-}
 
 /// A SHA-256 of the source: the bytes of every training image and annotation
 /// (`dataset`), and the generator's version and settings (`synth`).
@@ -258,7 +160,7 @@ fn draw_crops(src: &[SourceImage], images: &[usize], cfg: &TrainConfig, rng: &mu
     let mut crops = Vec::new();
     let scale_of = |i: usize| {
         let (_, h, w) = src[i].image.size3().expect("[3, H, W]");
-        (scale_for(&cfg.input, h, w), h as f32, w as f32)
+        (cfg.input.scale_for(h, w), h as f32, w as f32)
     };
     for &i in images {
         let (s, _, _) = scale_of(i);
@@ -437,7 +339,7 @@ pub fn ensure(cfg: &TrainConfig, cache_dir: &Path, progress: bool) -> Result<Pre
 /// Trains the classifier on crops and writes `backbone.safetensors` and `pretrain.csv` into `out`.
 fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, progress: bool) -> Result<()> {
     let p = &cfg.pretrain;
-    let device = crate::trainer::config::parse_device(&cfg.device)?;
+    let device = parse_device(&cfg.device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x7072_6574_7261_696E);
     // hold out every image whose rank in a seeded shuffle falls in the validation share
     let mut order: Vec<usize> = (0..src.len()).collect();
@@ -469,7 +371,7 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
     let mut rows = Vec::new();
     let mut step = 0;
     for epoch in 0..p.epochs {
-        crate::rundir::report_phase("pretraining", epoch + 1, p.epochs, 0, 0);
+        crate::rundir::report_phase(crate::rundir::PhaseKind::Pretraining, epoch + 1, p.epochs, 0, 0);
         let t = Instant::now();
         let crops = draw_crops(src, train_imgs, cfg, &mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-pub(crate) use crate::data::voc::write_file;
 
 pub const METRICS: &str = "metrics.csv";
 pub const MINING: &str = "mining.csv";
@@ -32,6 +31,33 @@ pub const STATUS: &str = "status.json";
 pub const MANIFEST: &str = "manifest.json";
 pub const CELL_JSON: &str = "cell.json";
 pub const LOCK: &str = "lock";
+
+/// The VOC mAP of a run: the VOC2007 11-point or the VOC2010+ all-point
+/// metric ([`crate::eval`] computes both; `metrics.csv` has a column for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// VOC2007 11-point interpolated AP.
+    #[default]
+    Voc07,
+    /// VOC2010+ all-point (area under the monotone precision envelope).
+    Voc10,
+}
+
+impl Metric {
+    /// The metric's column in `metrics.csv` and its name in grid files: `map_voc07` or `map_voc10`.
+    pub fn column(self) -> &'static str {
+        match self {
+            Metric::Voc07 => "map_voc07",
+            Metric::Voc10 => "map_voc10",
+        }
+    }
+
+    /// The metric a [`Metric::column`] name stands for.
+    pub fn from_column(name: &str) -> Option<Metric> {
+        [Metric::Voc07, Metric::Voc10].into_iter().find(|m| m.column() == name)
+    }
+}
 
 /// One row of `metrics.csv`, written after every epoch.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -68,7 +94,19 @@ pub struct EpochRow {
     pub map_voc10: Option<f64>,
 }
 
-/// One row of `mining.csv`: what an offline mining round put in the cache.
+impl EpochRow {
+    /// The epoch's mAP by `metric`, when it was evaluated.
+    pub fn map(&self, metric: Metric) -> Option<f64> {
+        match metric {
+            Metric::Voc07 => self.map_voc07,
+            Metric::Voc10 => self.map_voc10,
+        }
+    }
+}
+
+/// One row of `mining.csv`: when an offline mining round ran, and what it put
+/// in the cache. The columns are `round,epoch,iteration` and then the fields
+/// of [`MiningStats`], in that order.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MiningRow {
     /// 1-based mining round.
@@ -77,6 +115,13 @@ pub struct MiningRow {
     pub epoch: usize,
     /// Global 0-based iteration before which the round ran.
     pub iteration: usize,
+    #[serde(flatten)]
+    pub stats: MiningStats,
+}
+
+/// What a mining round found: the sampler returns it, and [`MiningRow`] embeds it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MiningStats {
     /// Seconds the round took (training stalled).
     pub seconds: f64,
     /// Training images scored.
@@ -99,6 +144,43 @@ pub struct MiningRow {
     pub prev_still_hard: Option<f64>,
 }
 
+/// The `round,epoch,iteration` columns of a [`MiningRow`] (csv writes no nested or flattened struct).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MiningWhen {
+    round: usize,
+    epoch: usize,
+    iteration: usize,
+}
+
+/// Reads a run directory's `mining.csv` (empty when the file does not exist).
+pub fn read_mining(path: &Path) -> Result<Vec<MiningRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let headers = r.headers().with_context(|| format!("reading {}", path.display()))?.clone();
+    let mut rows = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let at = || format!("{}: row {}", path.display(), i + 2);
+        let rec = rec.with_context(at)?;
+        let when: MiningWhen = rec.deserialize(Some(&headers)).with_context(at)?;
+        let stats: MiningStats = rec.deserialize(Some(&headers)).with_context(at)?;
+        rows.push(MiningRow { round: when.round, epoch: when.epoch, iteration: when.iteration, stats });
+    }
+    Ok(rows)
+}
+
+/// Rewrites a run directory's `mining.csv` atomically.
+pub fn write_mining(path: &Path, rows: &[MiningRow]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize((MiningWhen { round: r.round, epoch: r.epoch, iteration: r.iteration }, &r.stats))?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_file(path, &bytes)?;
+    Ok(())
+}
+
 /// Reads a CSV log of a run directory (empty when the file does not exist).
 pub fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     if !path.exists() {
@@ -117,6 +199,31 @@ pub fn write_csv<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
     write_file(path, &bytes)?;
     Ok(())
+}
+
+/// A failed [`write_file`]: the file and the operating system's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Writes a file atomically: a temporary file beside it, then a rename, creating
+/// the parent folders. A failed write (a full disk) removes its temporary file
+/// and leaves any previous version of `path` as it was.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteError> {
+    let fail = |source| WriteError { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(fail)
 }
 
 /// Reads the finished epochs of a run directory's `metrics.csv` (empty when none).
@@ -163,7 +270,8 @@ pub struct ReportConfig {
     /// Arms against which speed-ups are computed (the first arm when empty).
     pub baselines: Vec<String>,
     /// `map_voc07` or `map_voc10`.
-    pub metric: String,
+    #[serde(with = "metric_column")]
+    pub metric: Metric,
     /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.
     pub target_map: Option<f64>,
     pub target_fraction: f64,
@@ -175,7 +283,7 @@ pub struct ReportConfig {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        ReportConfig { baselines: Vec::new(), metric: "map_voc07".into(), target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new() }
+        ReportConfig { baselines: Vec::new(), metric: Metric::Voc07, target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new() }
     }
 }
 
@@ -190,8 +298,7 @@ pub struct VerdictConfig {
     pub claim: String,
     pub baseline: String,
     pub arm: String,
-    /// `time_to_target`, `total_wall_s` or `s_per_iter`.
-    pub measure: String,
+    pub measure: Measure,
     #[serde(default = "default_expected")]
     pub expected: f64,
     #[serde(default = "default_tolerance")]
@@ -206,8 +313,52 @@ fn default_tolerance() -> f64 {
     1.25
 }
 
-/// The measures a speed-up (and a verdict) can be taken on.
-pub const MEASURES: [&str; 3] = ["time_to_target", "total_wall_s", "s_per_iter"];
+/// `report.metric` as grid files and `grid.json` spell it ([`Metric::column`]).
+mod metric_column {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    use super::Metric;
+
+    pub fn serialize<S: Serializer>(m: &Metric, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.column())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Metric, D::Error> {
+        let name = String::deserialize(d)?;
+        Metric::from_column(&name).ok_or_else(|| D::Error::custom(format!("unknown metric {name:?}, expected map_voc07 or map_voc10")))
+    }
+}
+
+/// What a speed-up (and a verdict) is taken on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Measure {
+    /// Training seconds (train + mine) to the target mAP.
+    TimeToTarget,
+    /// Wall-clock seconds of the whole run, evaluation included.
+    TotalWallS,
+    /// Training seconds per iteration.
+    SPerIter,
+}
+
+impl Measure {
+    pub const ALL: [Measure; 3] = [Measure::TimeToTarget, Measure::TotalWallS, Measure::SPerIter];
+
+    /// The name grid files and the report's tables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::TimeToTarget => "time_to_target",
+            Measure::TotalWallS => "total_wall_s",
+            Measure::SPerIter => "s_per_iter",
+        }
+    }
+}
+
+impl std::fmt::Display for Measure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -309,10 +460,38 @@ pub fn read_cells(results: &Path) -> Result<Vec<CellEntry>> {
 /// now, for `harness run`'s cell lines and `harness status`.
 pub const PROGRESS: &str = "progress.json";
 
+/// What a training process is doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseKind {
+    Pretraining,
+    Proposals,
+    #[default]
+    Training,
+    Mining,
+    Evaluating,
+    Checkpointing,
+    /// Stopped by a pre-emption signal after a checkpoint (the last phase of such a process).
+    Preempted,
+}
+
+impl PhaseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PhaseKind::Pretraining => "pretraining",
+            PhaseKind::Proposals => "proposals",
+            PhaseKind::Training => "training",
+            PhaseKind::Mining => "mining",
+            PhaseKind::Evaluating => "evaluating",
+            PhaseKind::Checkpointing => "checkpointing",
+            PhaseKind::Preempted => "pre-empted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Phase {
-    /// `pretraining`, `proposals`, `training`, `mining`, `evaluating`, `checkpointing`.
-    pub phase: String,
+    pub phase: PhaseKind,
     /// 1-based epoch and the epochs in all (training, mining, evaluating, pretraining).
     pub epoch: usize,
     pub epochs: usize,
@@ -326,11 +505,12 @@ pub struct Phase {
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let count = if self.total > 0 { format!(" {}/{}", self.done, self.total) } else { String::new() };
-        match self.phase.as_str() {
-            "training" => write!(f, "epoch {}/{}, iteration{count}", self.epoch, self.epochs),
-            "proposals" => write!(f, "proposals{count}"),
-            "pretraining" => write!(f, "pre-training epoch {}/{}", self.epoch, self.epochs),
-            p => write!(f, "{p}{count} (epoch {}/{})", self.epoch, self.epochs),
+        match self.phase {
+            PhaseKind::Training => write!(f, "epoch {}/{}, iteration{count}", self.epoch, self.epochs),
+            PhaseKind::Proposals => write!(f, "proposals{count}"),
+            PhaseKind::Pretraining => write!(f, "pre-training epoch {}/{}", self.epoch, self.epochs),
+            PhaseKind::Preempted => write!(f, "{}", Preempted::at(self).where_),
+            p => write!(f, "{}{count} (epoch {}/{})", p.name(), self.epoch, self.epochs),
         }
     }
 }
@@ -346,7 +526,7 @@ fn unix_now() -> u64 {
 /// Where this process reports its phase (set by `harness train --out DIR`);
 /// stages call [`report_phase`], which writes at most once a second unless the
 /// phase itself changed.
-static PHASE_SINK: std::sync::Mutex<Option<(PathBuf, Option<(String, std::time::Instant)>)>> = std::sync::Mutex::new(None);
+static PHASE_SINK: std::sync::Mutex<Option<(PathBuf, Option<(PhaseKind, std::time::Instant)>)>> = std::sync::Mutex::new(None);
 
 /// Sends this process's phase reports to `<dir>/progress.json`.
 pub fn set_phase_dir(dir: &Path) {
@@ -354,20 +534,34 @@ pub fn set_phase_dir(dir: &Path) {
 }
 
 /// Reports the current phase (a no-op unless [`set_phase_dir`] was called).
-pub fn report_phase(phase: &str, epoch: usize, epochs: usize, done: usize, total: usize) {
+pub fn report_phase(phase: PhaseKind, epoch: usize, epochs: usize, done: usize, total: usize) {
     // never block a worker thread on another's write
     let Ok(mut sink) = PHASE_SINK.try_lock() else { return };
     let Some((path, last)) = sink.as_mut() else { return };
-    let changed = last.as_ref().is_none_or(|(p, _)| p != phase);
+    let changed = last.as_ref().is_none_or(|(p, _)| *p != phase);
     let due = last.as_ref().is_none_or(|(_, t)| t.elapsed() >= std::time::Duration::from_secs(1));
     if !(changed || due || done == total) {
         return;
     }
-    let p = Phase { phase: phase.to_string(), epoch, epochs, done, total, updated: unix_now() };
+    let p = Phase { phase, epoch, epochs, done, total, updated: unix_now() };
     if let Ok(text) = serde_json::to_string(&p) {
         let _ = write_file(path, text.as_bytes());
     }
-    *last = Some((phase.to_string(), std::time::Instant::now()));
+    *last = Some((phase, std::time::Instant::now()));
+}
+
+/// Records that this process stopped on a pre-emption signal after a checkpoint
+/// (the phase [`PhaseKind::Preempted`], written whatever the rate limit) and
+/// returns the error to stop with. `harness run` and `harness cell` read it back
+/// from `progress.json` when the process exits with [`EXIT_PREEMPTED`].
+/// `total` 0: at the end of epoch `epoch`; else in epoch `epoch` after iteration `done` of `total`.
+pub fn preempted(epoch: usize, epochs: usize, done: usize, total: usize) -> Preempted {
+    let p = Phase { phase: PhaseKind::Preempted, epoch, epochs, done, total, updated: unix_now() };
+    let sink = PHASE_SINK.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some((path, _)), Ok(text)) = (sink.as_ref(), serde_json::to_string(&p)) {
+        let _ = write_file(path, text.as_bytes());
+    }
+    Preempted::at(&p)
 }
 
 /// Exit code of `harness train` (and `harness cell`) when a pre-emption signal
@@ -388,8 +582,25 @@ pub fn catch_preemption_signals() -> Result<()> {
 }
 
 /// The run was stopped by a pre-emption signal after checkpointing.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("pre-empted by a signal: checkpointed {where_}; a rerun resumes there")]
 pub struct Preempted {
     pub where_: String,
+}
+
+impl Preempted {
+    /// Where a [`PhaseKind::Preempted`] phase says the checkpoint was taken.
+    pub fn at(p: &Phase) -> Preempted {
+        let where_ = if p.total > 0 { format!("in epoch {}/{} after iteration {}/{}", p.epoch, p.epochs, p.done, p.total) } else { format!("after epoch {} of {}", p.epoch, p.epochs) };
+        Preempted { where_ }
+    }
+
+    /// What a run directory's `progress.json` says of a process that exited with
+    /// [`EXIT_PREEMPTED`]; a bare reason when it recorded nothing.
+    pub fn read(dir: &Path) -> Preempted {
+        match read_phase(dir) {
+            Some(p) if p.phase == PhaseKind::Preempted => Preempted::at(&p),
+            _ => Preempted { where_: "at its last checkpoint".into() },
+        }
+    }
 }

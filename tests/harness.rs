@@ -113,7 +113,7 @@ fn fake_cell(results: &Path, arm: &str, seed: u64, state: State, rows: &[EpochRo
 fn report_aggregates_by_hand() {
     let t = tempfile::tempdir().unwrap();
     let res = t.path();
-    let verdict = VerdictConfig { claim: "b is 2x faster than a".into(), baseline: "a".into(), arm: "b".into(), measure: "time_to_target".into(), expected: 2.0, tolerance: 1.25 };
+    let verdict = VerdictConfig { claim: "b is 2x faster than a".into(), baseline: "a".into(), arm: "b".into(), measure: ohem_harness::rundir::Measure::TimeToTarget, expected: 2.0, tolerance: 1.25 };
     let meta = GridMeta { name: "hand".into(), arms: vec!["a".into(), "b".into(), "h".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.5), verdicts: vec![verdict], ..Default::default() } };
     std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
     // arm a: seeds reach 0.5 at wall 20 and 40; finals 0.6 and 0.5
@@ -125,9 +125,9 @@ fn report_aggregates_by_hand() {
     // a failed cell is counted, not aggregated
     fake_cell(res, "b", 2, State::Failed, &[row(1, 5.0, Some(0.9), 2.0, 2.0)]);
     // b's two seeds mined: round 1 of 40 and 60 negatives, round 2 (seed 1 only) of 50
-    let mrow = |round: usize, mined: usize, still: Option<f64>| ohem_harness::rundir::MiningRow { round, epoch: round + 1, mined, mined_loss: Some(2.0), random_loss: Some(0.5), prev_still_hard: still, ..Default::default() };
-    ohem_harness::rundir::write_csv(&res.join("cells/b-s0/mining.csv"), &[mrow(1, 40, None)]).unwrap();
-    ohem_harness::rundir::write_csv(&res.join("cells/b-s1/mining.csv"), &[mrow(1, 60, None), mrow(2, 50, Some(0.25))]).unwrap();
+    let mrow = |round: usize, mined: usize, still: Option<f64>| ohem_harness::rundir::MiningRow { round, epoch: round + 1, iteration: 0, stats: ohem_harness::rundir::MiningStats { mined, mined_loss: Some(2.0), random_loss: Some(0.5), prev_still_hard: still, ..Default::default() } };
+    ohem_harness::rundir::write_mining(&res.join("cells/b-s0/mining.csv"), &[mrow(1, 40, None)]).unwrap();
+    ohem_harness::rundir::write_mining(&res.join("cells/b-s1/mining.csv"), &[mrow(1, 60, None), mrow(2, 50, Some(0.25))]).unwrap();
     // arm h: one seed of an offline miner whose cache stayed empty
     fake_cell(res, "h", 0, State::Done, &[row(1, 9.0, Some(0.4), 4.0, 3.0)]);
 
@@ -214,9 +214,9 @@ fn bootstrap_by_hand() {
     assert!(one.0 == 5.0 && one.1.is_nan(), "one seed has no spread: {one:?}");
     // training time: train + mine, evaluation (the gaps in wall_s) left out
     let rows = [row(1, 10.0, None, 1.0, 0.5), row(2, 20.0, Some(0.4), 1.0, 0.5), row(3, 30.0, Some(0.6), 1.0, 0.0)];
-    assert_eq!(time_to_target(&rows, "map_voc07", 0.5), Some(4.0));
-    assert_eq!(time_to_target(&rows, "map_voc07", 0.4), Some(3.0));
-    assert_eq!(time_to_target(&rows, "map_voc07", 0.7), None);
+    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.5), Some(4.0));
+    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.4), Some(3.0));
+    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.7), None);
 }
 
 /// End to end through the CLI: two arms, two seeds, one epoch on the tiny

@@ -10,4 +10,5 @@ mod slurm;
 mod trainer;
 mod pretrain;
 mod proposals;
+mod rundir;
 mod util;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ohem_harness::model::FastRcnn;
 use ohem_harness::pretrain::ensure;
-use ohem_harness::trainer::TrainConfig;
+use ohem_harness::config::TrainConfig;
 use tch::Tensor;
 
 use crate::util::{harness, tiny_config};

@@ -185,7 +185,7 @@ fn sampler_configs_reject_bad_values() {
     let bad: Vec<(SamplerConfig, &str)> = vec![
         (SamplerConfig::Ohem(OhemConfig { nms_iou: Some(0.0), ..Default::default() }), "sampler.nms_iou = 0"),
         (SamplerConfig::Ohem(OhemConfig { nms_iou: Some(1.5), ..Default::default() }), "sampler.nms_iou = 1.5"),
-        (SamplerConfig::Hnm(HnmConfig { pos_fraction: 0.5, hard_fraction: 0.5, random_fraction: 0.25, ..Default::default() }), "exceeds 1"),
+        (SamplerConfig::Hnm(HnmConfig { fg_fraction: 0.5, hard_fraction: 0.5, random_fraction: 0.25, ..Default::default() }), "exceeds 1"),
         (SamplerConfig::Hnm(HnmConfig { mine_every_iters: Some(10), ..Default::default() }), "exactly one of"),
         (SamplerConfig::Hnm(HnmConfig { mine_every_epochs: Some(0), ..Default::default() }), "at least 1"),
     ];
@@ -264,7 +264,8 @@ fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
     use ohem_harness::sampler::Miner;
-    use ohem_harness::trainer::{batch, load_split, FrozenScorer, TrainConfig};
+    use ohem_harness::config::TrainConfig;
+    use ohem_harness::trainer::{batch, load_split, FrozenScorer};
 
     let t = tempfile::tempdir().unwrap();
     let mut cfg = TrainConfig::load(&crate::util::tiny_config(t.path(), "sampler:\n  kind: hnm\n"), &[]).unwrap();
@@ -328,7 +329,8 @@ fn default_hnm_mines_negatives_harder_than_random_ones_from_the_first_round() {
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
     use ohem_harness::sampler::Miner;
-    use ohem_harness::trainer::{load_split, FrozenScorer, TrainConfig};
+    use ohem_harness::config::TrainConfig;
+    use ohem_harness::trainer::{load_split, FrozenScorer};
     use rand::{Rng, SeedableRng};
 
     let t = tempfile::tempdir().unwrap();

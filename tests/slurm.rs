@@ -132,7 +132,7 @@ fn slurm_array_runs_reports_preempts_and_resumes() {
     loop {
         let p = ohem_harness::rundir::read_phase(&dir);
         // well inside the cell: training in epoch 2 (phase reports come at most once a second within a phase)
-        if p.as_ref().is_some_and(|p| p.phase == "training" && p.epoch >= 2) {
+        if p.as_ref().is_some_and(|p| p.phase == ohem_harness::rundir::PhaseKind::Training && p.epoch >= 2) {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(300), "the long cell never got to epoch 2: {p:?}");

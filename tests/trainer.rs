@@ -1,7 +1,8 @@
 //! The trainer: config validation, determinism, exact resume, run directories.
 
 use ohem_harness::rundir::{read_metrics, EpochRow};
-use ohem_harness::trainer::{train, TrainConfig};
+use ohem_harness::config::TrainConfig;
+use ohem_harness::trainer::train;
 use tch::Tensor;
 
 use crate::util::{harness, test_opts, tiny_config, tiny_dataset};
@@ -120,7 +121,7 @@ fn preempted_at_every_iteration_resumes_exactly() {
         let key = |r: &EpochRow| (outcome(r), r.sel_loss, r.all_loss, r.cache_size, r.rois_per_iter);
         assert_eq!(rows.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>(), "{sampler}: a pre-empted run differs from an uninterrupted one");
         let mining = |d: &str| -> Vec<(usize, usize, usize, Option<f64>)> {
-            ohem_harness::rundir::read_csv::<ohem_harness::rundir::MiningRow>(&t.path().join(d).join("mining.csv")).unwrap().iter().map(|m| (m.round, m.iteration, m.mined, m.mined_loss)).collect()
+            ohem_harness::rundir::read_mining(&t.path().join(d).join("mining.csv")).unwrap().iter().map(|m| (m.round, m.iteration, m.stats.mined, m.stats.mined_loss)).collect()
         };
         assert_eq!(mining("cut"), mining("whole"), "{sampler}");
         assert!(!cut.join("checkpoints/partial.json").exists(), "a finished epoch removes its mid-epoch checkpoint");
@@ -153,7 +154,8 @@ fn masked_and_read_only_ohem_make_the_same_update() {
     let _rng = crate::util::torch_rng_lock();
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
-    use ohem_harness::trainer::{batch, load_split, sgd::Sgd, train_step};
+    use ohem_harness::model::sgd::Sgd;
+    use ohem_harness::trainer::{batch, load_split, train_step};
     use tch::nn::VarStore;
 
     let t = tempfile::tempdir().unwrap();
@@ -236,11 +238,11 @@ fn every_sampler_lowers_the_training_loss() {
         if s.contains("hnm") {
             assert!(rows.iter().any(|r| r.mine_s > 0.0), "HNM logs its mining time");
             // iterations 3, 6 and 9 of 10: three rounds, each logged, each filling the cache
-            let mining: Vec<ohem_harness::rundir::MiningRow> = ohem_harness::rundir::read_csv(&t.path().join("run/mining.csv")).unwrap();
+            let mining: Vec<ohem_harness::rundir::MiningRow> = ohem_harness::rundir::read_mining(&t.path().join("run/mining.csv")).unwrap();
             assert_eq!(mining.iter().map(|m| (m.round, m.epoch, m.iteration)).collect::<Vec<_>>(), vec![(1, 1, 3), (2, 2, 6), (3, 2, 9)]);
-            assert!(mining.iter().all(|m| m.mined > 0 && m.mined_loss > m.random_loss), "{mining:?}");
-            assert_eq!(rows[1].cache_size, mining[2].mined);
-            assert!(mining[0].prev_still_hard.is_none() && mining[1].prev_still_hard.is_some());
+            assert!(mining.iter().all(|m| m.stats.mined > 0 && m.stats.mined_loss > m.stats.random_loss), "{mining:?}");
+            assert_eq!(rows[1].cache_size, mining[2].stats.mined);
+            assert!(mining[0].stats.prev_still_hard.is_none() && mining[1].stats.prev_still_hard.is_some());
         }
         if s.contains("ohem") {
             let r = &rows[1];
@@ -265,7 +267,7 @@ fn batched_detection_equals_one_image_at_a_time() {
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
     let run = |images_per_batch: usize| {
-        let test = ohem_harness::trainer::config::TestConfig { images_per_batch, score_thresh: 0.0, ..cfg.test.clone() };
+        let test = ohem_harness::config::TestConfig { images_per_batch, score_thresh: 0.0, ..cfg.test.clone() };
         detect(&model, &store, &cfg.input, &test, tch::Device::Cpu)
     };
     let one = run(1);
@@ -286,7 +288,7 @@ fn batched_detection_equals_one_image_at_a_time() {
 /// several steps, frozen variables untouched.
 #[test]
 fn sgd_matches_libtorchs_sgd() {
-    use ohem_harness::trainer::sgd::Sgd;
+    use ohem_harness::model::sgd::Sgd;
     use tch::nn::{Module, OptimizerConfig};
     let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(11);

@@ -22,7 +22,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::voc::{annotation_xml, write_file, Annotation, Dataset, Object};
+use super::voc::{annotation_xml, Annotation, Dataset, Object};
+use crate::rundir::write_file;
 
 /// The object classes of the generated data.
 pub const CLASSES: [&str; 6] = ["disc", "square", "triangle", "star", "cross", "ring"];
@@ -356,20 +357,37 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
     let w: u32 = rng.random_range(224..=288);
     let h: u32 = rng.random_range(176..=224);
-    let npx = (w * h) as usize;
-    let mut canvas = vec![[0f32; 3]; npx];
+    let mut canvas = paint_background(&mut rng, w, h);
+    let items = place_items(&mut rng, w, h);
+    let order = {
+        let mut o: Vec<usize> = (0..items.len()).collect();
+        for i in (1..o.len()).rev() {
+            let j = rng.random_range(0..=i);
+            o.swap(i, j);
+        }
+        o
+    };
 
-    // Background: low-frequency noise between two palette colours, then
-    // textured patches and clutter strokes in the same palette.
+    let (owner, full_area) = draw_items(&mut rng, &mut canvas, &items, &order, w, h);
+    let objects = annotate(&items, &owner, &full_area, w, h);
+    let img = quantise(&mut rng, &canvas, w, h);
+    let ann = Annotation { id: id.to_string(), filename: format!("{id}.jpg"), width: w, height: h, depth: 3, objects };
+    (img, ann)
+}
+
+/// The background: low-frequency noise between two palette colours, then
+/// textured patches in the same palette. `[h * w]` RGB on a 0-255 scale.
+fn paint_background(rng: &mut ChaCha8Rng, w: u32, h: u32) -> Vec<[f32; 3]> {
+    let mut canvas = vec![[0f32; 3]; (w * h) as usize];
     let bg_cell = rng.random_range(24.0..64.0);
-    let bg = Texture::Noise { a: palette_colour(&mut rng), b: palette_colour(&mut rng), grid: ValueNoise::new(&mut rng, w, h, bg_cell) };
+    let bg = Texture::Noise { a: palette_colour(rng), b: palette_colour(rng), grid: ValueNoise::new(rng, w, h, bg_cell) };
     for y in 0..h {
         for x in 0..w {
             canvas[(y * w + x) as usize] = bg.at(x as f32, y as f32);
         }
     }
     for _ in 0..rng.random_range(2..5) {
-        let tex = Texture::random(&mut rng, w, h);
+        let tex = Texture::random(rng, w, h);
         let (x0, y0) = (rng.random_range(0..w), rng.random_range(0..h));
         let (pw, ph) = (rng.random_range(30..120), rng.random_range(30..120));
         let alpha = rng.random_range(0.3..0.8);
@@ -384,7 +402,12 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
         }
     }
 
-    // Objects and distractors, drawn in a random order so each can occlude the other.
+    canvas
+}
+
+/// The objects (1 to 5, of the six classes), their near-miss distractors and
+/// a few clutter strokes, each placed, sized, turned and textured at random.
+fn place_items(rng: &mut ChaCha8Rng, w: u32, h: u32) -> Vec<Placed> {
     let n_obj = rng.random_range(1..=5);
     let n_dis = rng.random_range(3..=9);
     let mut items: Vec<Placed> = Vec::new();
@@ -402,8 +425,8 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
         // allow centres slightly outside the image, so some objects are truncated
         let m = diam * 0.3;
         items.push(Placed {
-            test: ShapeTest::new(shape, &mut rng),
-            texture: Texture::random(&mut rng, w, h),
+            test: ShapeTest::new(shape, rng),
+            texture: Texture::random(rng, w, h),
             cx: rng.random_range(-m..w as f32 + m),
             cy: rng.random_range(-m..h as f32 + m),
             ru: diam / 2.0 * aspect.sqrt(),
@@ -418,8 +441,8 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
         let theta: f32 = rng.random_range(0.0..std::f32::consts::TAU);
         let len = rng.random_range(30.0..150.0);
         items.push(Placed {
-            test: ShapeTest::new(Shape::Bar, &mut rng),
-            texture: Texture::random(&mut rng, w, h),
+            test: ShapeTest::new(Shape::Bar, rng),
+            texture: Texture::random(rng, w, h),
             cx: rng.random_range(0.0..w as f32),
             cy: rng.random_range(0.0..h as f32),
             ru: len / 2.0,
@@ -429,18 +452,17 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
             class: None,
         });
     }
-    let order = {
-        let mut o: Vec<usize> = (0..items.len()).collect();
-        for i in (1..o.len()).rev() {
-            let j = rng.random_range(0..=i);
-            o.swap(i, j);
-        }
-        o
-    };
+    items
+}
 
+/// Draws the items in `order` (each can occlude the ones before it), shaded by
+/// a gentle light gradient. Returns, per pixel, the item that covers most of
+/// it (`usize::MAX`: none), and each item's full area, off the image included.
+fn draw_items(rng: &mut ChaCha8Rng, canvas: &mut [[f32; 3]], items: &[Placed], order: &[usize], w: u32, h: u32) -> (Vec<usize>, Vec<f32>) {
+    let npx = (w * h) as usize;
     let mut owner = vec![usize::MAX; npx];
     let mut full_area = vec![0f32; items.len()];
-    for &idx in &order {
+    for &idx in order {
         let it = &items[idx];
         let e = it.extent();
         let (x0, x1) = ((it.cx - e).floor() as i64, (it.cx + e).ceil() as i64);
@@ -476,7 +498,13 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
         }
     }
 
-    // Annotations from the visible pixels.
+    (owner, full_area)
+}
+
+/// The annotations, from the visible pixels: a box around what each object
+/// owns; hidden objects (under 12 px or 10% visible) are left out, as in VOC,
+/// and small or mostly hidden ones are difficult.
+fn annotate(items: &[Placed], owner: &[usize], full_area: &[f32], w: u32, h: u32) -> Vec<Object> {
     let mut objects = Vec::new();
     for (idx, it) in items.iter().enumerate() {
         let Some(class) = it.class else { continue };
@@ -514,7 +542,11 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
         });
     }
 
-    // Sensor noise, then quantise.
+    objects
+}
+
+/// Sensor noise, then 8-bit quantisation.
+fn quantise(rng: &mut ChaCha8Rng, canvas: &[[f32; 3]], w: u32, h: u32) -> RgbImage {
     let mut img = RgbImage::new(w, h);
     for y in 0..h {
         for x in 0..w {
@@ -523,8 +555,7 @@ pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annota
             img.put_pixel(x, y, Rgb([q(p[0] + n), q(p[1] + n), q(p[2] + n)]));
         }
     }
-    let ann = Annotation { id: id.to_string(), filename: format!("{id}.jpg"), width: w, height: h, depth: 3, objects };
-    (img, ann)
+    img
 }
 
 fn in_image_area(it: &Placed, w: u32, h: u32) -> f32 {

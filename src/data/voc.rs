@@ -174,7 +174,7 @@ impl Dataset {
     /// Writes `classes.txt`, an annotation and its image. Used by the generator.
     pub fn write_classes(&self) -> Result<(), DataError> {
         let path = self.root.join("classes.txt");
-        write_file(&path, (self.classes.join("\n") + "\n").as_bytes())
+        Ok(crate::rundir::write_file(&path, (self.classes.join("\n") + "\n").as_bytes())?)
     }
 }
 
@@ -203,15 +203,10 @@ pub(crate) fn read_to_string(path: &Path) -> Result<String, DataError> {
         .map_err(|e| DataError::Io { path: path.to_path_buf(), msg: e.to_string() })
 }
 
-/// Writes a file atomically (temporary file, then rename), creating parents.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let io = |e: std::io::Error| DataError::Io { path: path.to_path_buf(), msg: e.to_string() };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+impl From<crate::rundir::WriteError> for DataError {
+    fn from(e: crate::rundir::WriteError) -> Self {
+        DataError::Io { path: e.path, msg: e.source.to_string() }
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 // ---------------------------------------------------------------------------

@@ -27,15 +27,8 @@ use crate::data::voc::Annotation;
 /// IoU needed for a match; the comparison is `>=`.
 pub const MIN_OVERLAP: f32 = 0.5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// VOC2007 11-point interpolated AP.
-    #[default]
-    Voc07,
-    /// VOC2010+ all-point (area under the monotone precision envelope).
-    Voc10,
-}
+/// Which mAP: defined with the run-directory format, whose `metrics.csv` has a column for each.
+pub use crate::rundir::Metric;
 
 /// One detection of one class.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,26 +188,11 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
         if path.exists() {
             found_any = true;
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            for (n, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
+            for (line, id, v) in crate::data::parse_records::<5>(&path, &text, "<image_id> <score> <x1> <y1> <x2> <y2>")? {
+                if !ids.contains(id.as_str()) {
+                    bail!("{}:{line}: image id {id:?} is not in the evaluated split", path.display());
                 }
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() != 6 {
-                    bail!("{}:{}: expected `<image_id> <score> <x1> <y1> <x2> <y2>`, found {} fields", path.display(), n + 1, f.len());
-                }
-                let mut v = [0f32; 5];
-                for k in 0..5 {
-                    v[k] = f[k + 1]
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|x| x.is_finite())
-                        .with_context(|| format!("{}:{}: {:?} is not a finite number", path.display(), n + 1, f[k + 1]))?;
-                }
-                if !ids.contains(f[0]) {
-                    bail!("{}:{}: image id {:?} is not in the evaluated split", path.display(), n + 1, f[0]);
-                }
-                dets.push(Detection { image_id: f[0].to_string(), score: v[0], bbox: [v[1], v[2], v[3], v[4]] });
+                dets.push(Detection { image_id: id, score: v[0], bbox: [v[1], v[2], v[3], v[4]] });
             }
         }
         out.push(dets);
@@ -232,7 +210,7 @@ pub fn write_results_dir(dir: &Path, classes: &[String], dets: &[Vec<Detection>]
         for d in ds {
             s.push_str(&format!("{} {:.6} {:.1} {:.1} {:.1} {:.1}\n", d.image_id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
         }
-        crate::data::voc::write_file(&dir.join(results_file_name(class)), s.as_bytes())?;
+        crate::rundir::write_file(&dir.join(results_file_name(class)), s.as_bytes())?;
     }
     Ok(())
 }

@@ -8,8 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::trainer::config::{default_sampler_kind, from_value, parse_override, parse_yaml, set_dotted};
-use crate::trainer::TrainConfig;
+use crate::config::{default_sampler_kind, from_value, parse_override, parse_yaml, set_dotted, TrainConfig};
 
 pub use crate::rundir::ReportConfig;
 
@@ -119,10 +118,62 @@ impl Grid {
 
     fn load_impl(path: &Path, overrides: &[String], require_data: bool) -> Result<Grid> {
         let origin = path.display().to_string();
+        let file = GridFile::read(path)?;
+        let seeds = file.seeds.clone().unwrap_or_default(); // present: checked by GridFile::read
+        let arms = file.arms(&origin)?;
+        let axes = file.axes(&origin)?;
+        let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
+        let mut cells = Vec::new();
+        let mut arm_labels = Vec::new();
+        for (arm, arm_over) in &arms {
+            for combo in &combos(&axes) {
+                let label = std::iter::once(arm.clone())
+                    .chain(combo.iter().map(|(k, v)| format!("{}={}", k.rsplit('.').next().unwrap_or(k), short(v))))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                arm_labels.push(label.clone());
+                let where_ = if combo.is_empty() { format!("{origin}: arm {arm}") } else { format!("{origin}: arm {arm}, axes {}", combo.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(", ")) };
+                for &seed in &seeds {
+                    let mut v = file.base.clone();
+                    merge(&mut v, arm_over);
+                    for (k, x) in combo {
+                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("{origin}: axis {k}"))?;
+                    }
+                    set_dotted(&mut v, "seed", Value::from(seed))?;
+                    for (k, x) in &overrides {
+                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
+                    }
+                    let config = cell_config(v, &origin, &where_, combo, seed, require_data)?;
+                    let id = cell_id(&config);
+                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config });
+                }
+            }
+        }
+        let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != cells.len() {
+            bail!("{origin}: two cells have the same config (an arm or axis changes nothing?)");
+        }
+        check_report(&file.report, &arm_labels, &origin)?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
+        Ok(Grid {
+            name: file.name.unwrap_or_else(|| stem.clone()),
+            results: file.results.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
+            cells,
+            arms: arm_labels,
+            report: file.report,
+        })
+    }
+}
+
+impl GridFile {
+    /// Reads a grid file and checks what needs no expansion: seeds, base and the report's numbers.
+    fn read(path: &Path) -> Result<GridFile> {
+        let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("reading grid file {origin}"))?;
-        let raw = parse_yaml(&text, &origin)?;
-        let file: GridFile = from_value(raw, &origin)?;
-        let seeds = file.seeds.clone().ok_or_else(|| anyhow!("{origin}: key seeds is missing: list at least one seed"))?;
+        let file: GridFile = from_value(parse_yaml(&text, &origin)?, &origin)?;
+        let seeds = file.seeds.as_ref().ok_or_else(|| anyhow!("{origin}: key seeds is missing: list at least one seed"))?;
         if seeds.is_empty() {
             bail!("{origin}: key seeds is an empty list: list at least one seed");
         }
@@ -135,16 +186,19 @@ impl Grid {
         if !file.base.is_object() {
             bail!("{origin}: key base must be a map of config keys (as `harness train` takes)");
         }
-        if !(file.report.metric == "map_voc07" || file.report.metric == "map_voc10") {
-            bail!("{origin}: key report.metric = {:?}: expected map_voc07 or map_voc10", file.report.metric);
+        let r = &file.report;
+        if !(r.target_fraction > 0.0 && r.target_fraction <= 1.0) {
+            bail!("{origin}: key report.target_fraction = {} is outside (0, 1]", r.target_fraction);
         }
-        if !(file.report.target_fraction > 0.0 && file.report.target_fraction <= 1.0) {
-            bail!("{origin}: key report.target_fraction = {} is outside (0, 1]", file.report.target_fraction);
-        }
-        if file.report.bootstrap == 0 {
+        if r.bootstrap == 0 {
             bail!("{origin}: key report.bootstrap = 0: at least one resample");
         }
-        let arms: Vec<(String, Value)> = match &file.arms {
+        Ok(file)
+    }
+
+    /// The arms, each a map of config keys over the base (one arm `base` when none is named).
+    fn arms(&self, origin: &str) -> Result<Vec<(String, Value)>> {
+        let arms: Vec<(String, Value)> = match &self.arms {
             None => vec![("base".to_string(), Value::Object(Default::default()))],
             Some(m) if m.is_empty() => bail!("{origin}: key arms is empty: name at least one arm or leave it out"),
             Some(m) => m.iter().map(|(k, v)| (k.clone(), if v.is_null() { Value::Object(Default::default()) } else { v.clone() })).collect(),
@@ -157,112 +211,81 @@ impl Grid {
                 bail!("{origin}: arm name {name:?} must be non-empty and contain no '/'");
             }
         }
-        // axes: each a non-empty list over a dotted key
-        let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
-        if let Some(m) = &file.axes {
-            for (k, v) in m {
-                let vals = v.as_array().ok_or_else(|| anyhow!("{origin}: key axes.{k} must be a list of values, found {v}"))?;
-                if vals.is_empty() {
-                    bail!("{origin}: key axes.{k} is an empty list");
-                }
-                axes.push((k.clone(), vals.clone()));
-            }
-        }
-        let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
+        Ok(arms)
+    }
 
-        // The cartesian product of axis values.
-        let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
-        for (k, vals) in &axes {
-            combos = combos
-                .into_iter()
-                .flat_map(|c| vals.iter().map(move |v| {
+    /// The axes: each a non-empty list of values over a dotted key.
+    fn axes(&self, origin: &str) -> Result<Vec<(String, Vec<Value>)>> {
+        let mut axes = Vec::new();
+        for (k, v) in self.axes.iter().flatten() {
+            let vals = v.as_array().ok_or_else(|| anyhow!("{origin}: key axes.{k} must be a list of values, found {v}"))?;
+            if vals.is_empty() {
+                bail!("{origin}: key axes.{k} is an empty list");
+            }
+            axes.push((k.clone(), vals.clone()));
+        }
+        Ok(axes)
+    }
+}
+
+/// The cartesian product of the axes' values.
+fn combos(axes: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
+    let mut combos: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+    for (k, vals) in axes {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                vals.iter().map(move |v| {
                     let mut c = c.clone();
                     c.push((k.clone(), v.clone()));
                     c
-                }))
-                .collect();
-        }
-
-        let mut cells = Vec::new();
-        let mut arm_labels = Vec::new();
-        for (arm, arm_over) in &arms {
-            for combo in &combos {
-                let label = std::iter::once(arm.clone())
-                    .chain(combo.iter().map(|(k, v)| format!("{}={}", k.rsplit('.').next().unwrap_or(k), short(v))))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                arm_labels.push(label.clone());
-                for &seed in &seeds {
-                    let mut v = file.base.clone();
-                    merge(&mut v, arm_over);
-                    for (k, x) in combo {
-                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("{origin}: axis {k}"))?;
-                    }
-                    set_dotted(&mut v, "seed", Value::from(seed))?;
-                    for (k, x) in &overrides {
-                        set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
-                    }
-                    default_sampler_kind(&mut v);
-                    let where_ = if combo.is_empty() { format!("{origin}: arm {arm}") } else { format!("{origin}: arm {arm}, axes {}", combo.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(", ")) };
-                    let config: TrainConfig = from_value(v, &where_)?;
-                    // an axis must name a real key: it has to survive the round trip into the typed config
-                    let mut flat = Vec::new();
-                    flatten("", &serde_json::to_value(&config)?, &mut flat);
-                    for (k, _) in combo {
-                        if !flat.iter().any(|(f, _)| f == k || f.starts_with(&format!("{k}."))) {
-                            bail!("{origin}: key axes.{k}: no such config key");
-                        }
-                    }
-                    if require_data {
-                        config.check()
-                    } else {
-                        config.check_values()
-                    }
-                    .with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
-                    let id = cell_id(&config);
-                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config });
-                }
-            }
-        }
-        let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
-        ids.sort();
-        ids.dedup();
-        if ids.len() != cells.len() {
-            bail!("{origin}: two cells have the same config (an arm or axis changes nothing?)");
-        }
-        for b in &file.report.baselines {
-            if !arm_labels.contains(b) {
-                bail!("{origin}: key report.baselines names {b:?}, which is not an arm (arms: {})", arm_labels.join(", "));
-            }
-        }
-        for (i, v) in file.report.verdicts.iter().enumerate() {
-            for (k, a) in [("baseline", &v.baseline), ("arm", &v.arm)] {
-                if !arm_labels.contains(a) {
-                    bail!("{origin}: key report.verdicts[{i}].{k} names {a:?}, which is not an arm (arms: {})", arm_labels.join(", "));
-                }
-            }
-            if !crate::rundir::MEASURES.contains(&v.measure.as_str()) {
-                bail!("{origin}: key report.verdicts[{i}].measure = {:?}: expected one of {}", v.measure, crate::rundir::MEASURES.join(", "));
-            }
-            if !(v.expected > 0.0 && v.expected.is_finite()) {
-                bail!("{origin}: key report.verdicts[{i}].expected = {}: a speed-up must be positive", v.expected);
-            }
-            if !(v.tolerance > 1.0 && v.tolerance.is_finite()) {
-                bail!("{origin}: key report.verdicts[{i}].tolerance = {}: must be above 1 (the band is [expected / tolerance, expected × tolerance])", v.tolerance);
-            }
-        }
-        if let Some(t) = file.report.target_map {
-            if !(t > 0.0 && t <= 1.0) {
-                bail!("{origin}: key report.target_map = {t} is outside (0, 1]");
-            }
-        }
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
-        Ok(Grid {
-            name: file.name.unwrap_or_else(|| stem.clone()),
-            results: file.results.unwrap_or_else(|| PathBuf::from("runs").join(stem)),
-            cells,
-            arms: arm_labels,
-            report: file.report,
-        })
+                })
+            })
+            .collect();
     }
+    combos
+}
+
+/// A cell's typed, checked config from its merged value. An axis must name a
+/// real key: it has to survive the round trip into the typed config.
+fn cell_config(mut v: Value, origin: &str, where_: &str, combo: &[(String, Value)], seed: u64, require_data: bool) -> Result<TrainConfig> {
+    default_sampler_kind(&mut v);
+    let config: TrainConfig = from_value(v, where_)?;
+    let mut flat = Vec::new();
+    flatten("", &serde_json::to_value(&config)?, &mut flat);
+    for (k, _) in combo {
+        if !flat.iter().any(|(f, _)| f == k || f.starts_with(&format!("{k}."))) {
+            bail!("{origin}: key axes.{k}: no such config key");
+        }
+    }
+    if require_data { config.check() } else { config.check_values() }.with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
+    Ok(config)
+}
+
+/// The report section against the arms it names: baselines and verdicts.
+fn check_report(report: &ReportConfig, arm_labels: &[String], origin: &str) -> Result<()> {
+    for b in &report.baselines {
+        if !arm_labels.contains(b) {
+            bail!("{origin}: key report.baselines names {b:?}, which is not an arm (arms: {})", arm_labels.join(", "));
+        }
+    }
+    for (i, v) in report.verdicts.iter().enumerate() {
+        for (k, a) in [("baseline", &v.baseline), ("arm", &v.arm)] {
+            if !arm_labels.contains(a) {
+                bail!("{origin}: key report.verdicts[{i}].{k} names {a:?}, which is not an arm (arms: {})", arm_labels.join(", "));
+            }
+        }
+        if !(v.expected > 0.0 && v.expected.is_finite()) {
+            bail!("{origin}: key report.verdicts[{i}].expected = {}: a speed-up must be positive", v.expected);
+        }
+        if !(v.tolerance > 1.0 && v.tolerance.is_finite()) {
+            bail!("{origin}: key report.verdicts[{i}].tolerance = {}: must be above 1 (the band is [expected / tolerance, expected × tolerance])", v.tolerance);
+        }
+    }
+    if let Some(t) = report.target_map {
+        if !(t > 0.0 && t <= 1.0) {
+            bail!("{origin}: key report.target_map = {t} is outside (0, 1]");
+        }
+    }
+    Ok(())
 }

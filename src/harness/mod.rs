@@ -17,17 +17,20 @@
 
 pub mod grid;
 pub mod slurm;
+pub mod status;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 pub use crate::rundir::{is_done, read_status, CellMeta, GridMeta, Manifest, ReportConfig, SlurmIds, State, Status, CELLS, EXIT_PREEMPTED, GRID_JSON};
-use crate::rundir::{now, read_cells, write_file, write_manifest, write_status, CellEntry, CELLS_JSON, CELL_JSON, CONFIG};
+use crate::rundir::{now, read_cells, write_file, write_manifest, write_status, CellEntry, Preempted, CELLS_JSON, CELL_JSON, CONFIG};
 pub use grid::{Cell, Grid};
 
 /// Exit code of `harness train` when its run directory is locked by another process.
@@ -118,24 +121,36 @@ struct Running {
 pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
     prepare(grid)?;
     crate::rundir::catch_preemption_signals()?;
-    let exe = std::env::current_exe().context("locating the harness executable")?;
-    let cuda = tch::Cuda::device_count().max(0) as usize;
-    let mut queue = VecDeque::new();
     let mut summary = RunSummary::default();
+    let mut queue = VecDeque::new();
     for (i, c) in grid.cells.iter().enumerate() {
-        let dir = grid.results.join(CELLS).join(&c.dir_name);
-        if !opts.force && is_done(&dir, c.config.train.epochs) {
+        if !opts.force && is_done(&grid.results.join(CELLS).join(&c.dir_name), c.config.train.epochs) {
             summary.skipped += 1;
         } else {
             queue.push_back(i);
         }
     }
-    // The shared pre-trained backbones, each made once (per distinct pre-training) before any
-    // cell starts; the cells then find them cached. A failure here is left to the cells, which
-    // fail with the reason in their status.
+    pretrain_once(grid, &queue, opts);
+    let pool = Pool::new(grid, opts, queue, summary)?;
+    std::thread::scope(|s| {
+        s.spawn(|| pool.watch());
+        let workers: Vec<_> = (0..pool.jobs).map(|w| (w, &pool)).map(|(w, pool)| s.spawn(move || pool.work(w))).collect();
+        for w in workers {
+            let _ = w.join();
+        }
+        pool.finished.store(true, Ordering::SeqCst);
+    });
+    pool.overall.finish_and_clear();
+    Ok(pool.summary.into_inner().expect("summary"))
+}
+
+/// The shared pre-trained backbones, each made once (per distinct pre-training)
+/// before any cell starts; the cells then find them cached. A failure here is
+/// left to the cells, which fail with the reason in their status.
+fn pretrain_once(grid: &Grid, queue: &VecDeque<usize>, opts: &RunOptions) {
     let mut seen = std::collections::HashSet::new();
     let train_opts = crate::trainer::TrainOptions { progress: opts.progress, ..Default::default() };
-    for &i in queue.iter() {
+    for &i in queue {
         let c = &grid.cells[i].config;
         if seen.insert(crate::pretrain::identity(c)) {
             if let Err(e) = crate::trainer::initial_weights(c, &train_opts) {
@@ -143,112 +158,141 @@ pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
     }
-    let tty = opts.progress && std::io::stderr().is_terminal();
-    let plain = opts.progress && !tty;
-    let multi = indicatif::MultiProgress::new();
-    if !tty {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+}
+
+/// What the workers and the watcher of a local run share.
+struct Pool<'a> {
+    grid: &'a Grid,
+    opts: &'a RunOptions,
+    exe: PathBuf,
+    cuda: usize,
+    jobs: usize,
+    /// Plain progress lines (no terminal).
+    plain: bool,
+    queue: Mutex<VecDeque<usize>>,
+    summary: Mutex<RunSummary>,
+    running: Mutex<Vec<Running>>,
+    /// Seconds of each cell done.
+    durations: Mutex<Vec<f64>>,
+    finished: AtomicBool,
+    multi: indicatif::MultiProgress,
+    overall: indicatif::ProgressBar,
+    t0: Instant,
+}
+
+impl<'a> Pool<'a> {
+    fn new(grid: &'a Grid, opts: &'a RunOptions, queue: VecDeque<usize>, summary: RunSummary) -> Result<Self> {
+        let tty = opts.progress && std::io::stderr().is_terminal();
+        let multi = indicatif::MultiProgress::new();
+        if !tty {
+            multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let overall = multi.add(indicatif::ProgressBar::new(grid.cells.len() as u64));
+        overall.set_style(indicatif::ProgressStyle::with_template("grid {prefix} [{bar:30}] {pos}/{len} cells ({elapsed}){msg}").expect("template").progress_chars("=> "));
+        overall.set_prefix(grid.name.clone());
+        overall.inc(summary.skipped as u64);
+        overall.enable_steady_tick(Duration::from_secs(1));
+        Ok(Pool {
+            grid,
+            opts,
+            exe: std::env::current_exe().context("locating the harness executable")?,
+            cuda: tch::Cuda::device_count().max(0) as usize,
+            jobs: opts.jobs.max(1),
+            plain: opts.progress && !tty,
+            queue: Mutex::new(queue),
+            summary: Mutex::new(summary),
+            running: Mutex::new(Vec::new()),
+            durations: Mutex::new(Vec::new()),
+            finished: AtomicBool::new(false),
+            multi,
+            overall,
+            t0: Instant::now(),
+        })
     }
-    let total = grid.cells.len();
-    let overall = multi.add(indicatif::ProgressBar::new(total as u64));
-    overall.set_style(indicatif::ProgressStyle::with_template("grid {prefix} [{bar:30}] {pos}/{len} cells ({elapsed}){msg}").expect("template").progress_chars("=> "));
-    overall.set_prefix(grid.name.clone());
-    overall.inc(summary.skipped as u64);
-    overall.enable_steady_tick(std::time::Duration::from_secs(1));
-    let jobs = opts.jobs.max(1);
-    let queue = Mutex::new(queue);
-    let summary = Mutex::new(summary);
-    let running: Mutex<Vec<Running>> = Mutex::new(Vec::new());
-    let durations: Mutex<Vec<f64>> = Mutex::new(Vec::new());
-    let finished = std::sync::atomic::AtomicBool::new(false);
-    let t0 = std::time::Instant::now();
-    std::thread::scope(|s| {
-        // the watcher: phases of the running cells, the ETA, plain lines without a terminal
-        let (running_w, durations_w, finished_w, overall_w, queue_w) = (&running, &durations, &finished, &overall, &queue);
-        s.spawn(move || {
-            let mut last_plain = std::time::Instant::now();
-            while !finished_w.load(std::sync::atomic::Ordering::SeqCst) {
-                std::thread::sleep(std::time::Duration::from_millis(500));
-                let run = running_w.lock().expect("running");
-                for r in run.iter() {
-                    if let Some(p) = crate::rundir::read_phase(&r.dir) {
-                        r.line.set_message(format!("{}: {p}", r.label));
-                    }
-                }
-                let ds = durations_w.lock().expect("durations");
-                let eta = (!ds.is_empty()).then(|| {
-                    let mean = ds.iter().sum::<f64>() / ds.len() as f64;
-                    let left = queue_w.lock().expect("queue").len() + run.len();
-                    mean * left as f64 / jobs.min(left.max(1)) as f64
-                });
-                overall_w.set_message(eta.map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default());
-                if plain && last_plain.elapsed() >= std::time::Duration::from_secs(30) {
-                    last_plain = std::time::Instant::now();
-                    eprintln!("grid {}: {}/{total} cells, {} elapsed{}", grid.name, overall_w.position(), fmt_duration(t0.elapsed().as_secs_f64()), eta.map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default());
-                    for r in run.iter() {
-                        let phase = crate::rundir::read_phase(&r.dir).map(|p| p.to_string()).unwrap_or_else(|| "starting".into());
-                        eprintln!("  {}: {phase}", r.label);
-                    }
+
+    /// The estimated time left: the mean time of a finished cell, times the cells left, over the jobs.
+    fn eta(&self, running: usize) -> Option<f64> {
+        let ds = self.durations.lock().expect("durations");
+        (!ds.is_empty()).then(|| {
+            let mean = ds.iter().sum::<f64>() / ds.len() as f64;
+            let left = self.queue.lock().expect("queue").len() + running;
+            mean * left as f64 / self.jobs.min(left.max(1)) as f64
+        })
+    }
+
+    /// The watcher: phases of the running cells, the ETA, plain lines without a terminal.
+    fn watch(&self) {
+        let mut last_plain = Instant::now();
+        while !self.finished.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            let run = self.running.lock().expect("running");
+            for r in run.iter() {
+                if let Some(p) = crate::rundir::read_phase(&r.dir) {
+                    r.line.set_message(format!("{}: {p}", r.label));
                 }
             }
-        });
-        let workers: Vec<_> = (0..jobs)
-            .map(|worker| {
-                let (queue, summary, multi, overall, exe, running, durations) = (&queue, &summary, &multi, &overall, &exe, &running, &durations);
-                s.spawn(move || loop {
-                    if crate::rundir::STOP.load(std::sync::atomic::Ordering::SeqCst) {
-                        break; // pre-empted: start nothing new
-                    }
-                    let Some(i) = queue.lock().expect("queue").pop_front() else { break };
-                    let cell = &grid.cells[i];
-                    let dir = grid.results.join(CELLS).join(&cell.dir_name);
-                    let label = format!("{} seed {}", cell.arm, cell.seed);
-                    let line = multi.add(indicatif::ProgressBar::new_spinner());
-                    line.set_message(format!("{label}: starting"));
-                    line.enable_steady_tick(std::time::Duration::from_millis(500));
-                    if plain {
-                        eprintln!("{label}: started ({})", dir.display());
-                    }
-                    running.lock().expect("running").push(Running { dir: dir.clone(), label: label.clone(), line: line.clone() });
-                    // One GPU per job when several are present and the cell says `auto`.
-                    let device = (cell.config.device == "auto" && cuda > 1).then(|| format!("cuda:{}", worker % cuda));
-                    let t = std::time::Instant::now();
-                    let outcome = run_cell(exe, &dir, device, &cell.config.device, opts.force, opts.cache_dir.as_deref(), &[]);
-                    running.lock().expect("running").retain(|r| r.dir != dir);
-                    line.finish_and_clear();
-                    multi.remove(&line);
-                    overall.inc(1);
-                    if plain {
-                        let what = match &outcome {
-                            Ok(CellOutcome::Done) => "done".to_string(),
-                            Ok(CellOutcome::Busy) => "busy in another process".to_string(),
-                            Ok(CellOutcome::Preempted(w)) => format!("pre-empted ({w})"),
-                            Ok(CellOutcome::Failed(r)) => format!("failed: {r}"),
-                            Err(e) => format!("failed: {e:#}"),
-                        };
-                        eprintln!("{label}: {what} after {}", fmt_duration(t.elapsed().as_secs_f64()));
-                    }
-                    let mut sm = summary.lock().expect("summary");
-                    match outcome {
-                        Ok(CellOutcome::Done) => {
-                            sm.done += 1;
-                            durations.lock().expect("durations").push(t.elapsed().as_secs_f64());
-                        }
-                        Ok(CellOutcome::Busy) => sm.busy += 1,
-                        Ok(CellOutcome::Preempted(_)) => sm.preempted += 1,
-                        Ok(CellOutcome::Failed(reason)) => sm.failed.push((cell.dir_name.clone(), reason)),
-                        Err(e) => sm.failed.push((cell.dir_name.clone(), format!("{e:#}"))),
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
+            let eta = self.eta(run.len()).map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default();
+            self.overall.set_message(eta.clone());
+            if self.plain && last_plain.elapsed() >= Duration::from_secs(30) {
+                last_plain = Instant::now();
+                eprintln!("grid {}: {}/{} cells, {} elapsed{eta}", self.grid.name, self.overall.position(), self.grid.cells.len(), fmt_duration(self.t0.elapsed().as_secs_f64()));
+                for r in run.iter() {
+                    let phase = crate::rundir::read_phase(&r.dir).map(|p| p.to_string()).unwrap_or_else(|| "starting".into());
+                    eprintln!("  {}: {phase}", r.label);
+                }
+            }
         }
-        finished.store(true, std::sync::atomic::Ordering::SeqCst);
-    });
-    overall.finish_and_clear();
-    Ok(summary.into_inner().expect("summary"))
+    }
+
+    /// A worker: takes cells off the queue until it is empty or a pre-emption signal came.
+    fn work(&self, worker: usize) {
+        while !crate::rundir::STOP.load(Ordering::SeqCst) {
+            let Some(i) = self.queue.lock().expect("queue").pop_front() else { break };
+            self.run_one(i, worker);
+        }
+    }
+
+    fn run_one(&self, i: usize, worker: usize) {
+        let cell = &self.grid.cells[i];
+        let dir = self.grid.results.join(CELLS).join(&cell.dir_name);
+        let label = format!("{} seed {}", cell.arm, cell.seed);
+        let line = self.multi.add(indicatif::ProgressBar::new_spinner());
+        line.set_message(format!("{label}: starting"));
+        line.enable_steady_tick(Duration::from_millis(500));
+        if self.plain {
+            eprintln!("{label}: started ({})", dir.display());
+        }
+        self.running.lock().expect("running").push(Running { dir: dir.clone(), label: label.clone(), line: line.clone() });
+        // One GPU per job when several are present and the cell says `auto`.
+        let device = (cell.config.device == "auto" && self.cuda > 1).then(|| format!("cuda:{}", worker % self.cuda));
+        let t = Instant::now();
+        let outcome = run_cell(&self.exe, &dir, device, &cell.config.device, self.opts.force, self.opts.cache_dir.as_deref(), &[]);
+        self.running.lock().expect("running").retain(|r| r.dir != dir);
+        line.finish_and_clear();
+        self.multi.remove(&line);
+        self.overall.inc(1);
+        if self.plain {
+            let what = match &outcome {
+                Ok(CellOutcome::Done) => "done".to_string(),
+                Ok(CellOutcome::Busy) => "busy in another process".to_string(),
+                Ok(CellOutcome::Preempted(w)) => format!("pre-empted ({w})"),
+                Ok(CellOutcome::Failed(r)) => format!("failed: {r}"),
+                Err(e) => format!("failed: {e:#}"),
+            };
+            eprintln!("{label}: {what} after {}", fmt_duration(t.elapsed().as_secs_f64()));
+        }
+        let mut sm = self.summary.lock().expect("summary");
+        match outcome {
+            Ok(CellOutcome::Done) => {
+                sm.done += 1;
+                self.durations.lock().expect("durations").push(t.elapsed().as_secs_f64());
+            }
+            Ok(CellOutcome::Busy) => sm.busy += 1,
+            Ok(CellOutcome::Preempted(_)) => sm.preempted += 1,
+            Ok(CellOutcome::Failed(reason)) => sm.failed.push((cell.dir_name.clone(), reason)),
+            Err(e) => sm.failed.push((cell.dir_name.clone(), format!("{e:#}"))),
+        }
+    }
 }
 
 /// How one cell's run ended.
@@ -257,8 +301,8 @@ pub enum CellOutcome {
     Done,
     /// Another process holds the cell's lock.
     Busy,
-    /// Stopped by a pre-emption signal after a checkpoint; the reason says where.
-    Preempted(String),
+    /// Stopped by a pre-emption signal after a checkpoint, where the training process recorded it.
+    Preempted(Preempted),
     Failed(String),
 }
 
@@ -339,9 +383,9 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
         write_status(dir, State::Done, None)?;
         Ok(CellOutcome::Done)
     } else if status.code() == Some(EXIT_PREEMPTED) {
-        let reason = last_error.unwrap_or_else(|| "pre-empted".into());
-        write_status(dir, State::Pending, Some(reason.clone()))?;
-        Ok(CellOutcome::Preempted(reason))
+        let p = Preempted::read(dir);
+        write_status(dir, State::Pending, Some(p.to_string()))?;
+        Ok(CellOutcome::Preempted(p))
     } else {
         let reason = last_error.unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
@@ -367,84 +411,8 @@ pub fn run_one(results: &Path, index: usize, force: bool, cache_dir: Option<&Pat
         eprintln!("{} seed {}: already done ({})", c.arm, c.seed, dir.display());
         return Ok(CellOutcome::Done);
     }
-    let cfg = crate::trainer::TrainConfig::load(&dir.join(CONFIG), &[])?;
+    let cfg = crate::config::TrainConfig::load(&dir.join(CONFIG), &[])?;
     eprintln!("{} seed {}: running in {}", c.arm, c.seed, dir.display());
     run_cell(&std::env::current_exe().context("locating the harness executable")?, &dir, None, &cfg.device, force, cache_dir, &[])
 }
 
-/// The cells of a results directory written before `cells.json` existed: its
-/// cell directories, in the grid's arm order, then by seed.
-fn cells_from_dirs(results: &Path, arms: &[String]) -> Result<Vec<CellEntry>> {
-    let dir = results.join(CELLS);
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let d = e?.path();
-        let Ok(text) = std::fs::read_to_string(d.join(CELL_JSON)) else { continue };
-        let m: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", d.join(CELL_JSON).display()))?;
-        v.push(CellEntry { index: 0, id: m.id, arm: m.arm, seed: m.seed, dir: d.file_name().unwrap_or_default().to_string_lossy().into_owned(), epochs: m.epochs });
-    }
-    v.sort_by_key(|c| (arms.iter().position(|a| *a == c.arm).unwrap_or(usize::MAX), c.seed));
-    for (i, c) in v.iter_mut().enumerate() {
-        c.index = i;
-    }
-    Ok(v)
-}
-
-/// One cell in `harness status`.
-#[derive(Debug, Clone)]
-pub struct CellState {
-    pub index: usize,
-    pub arm: String,
-    pub seed: u64,
-    pub dir: PathBuf,
-    pub state: State,
-    /// A `running` cell whose lock nobody holds: the process is gone.
-    pub stale: bool,
-    pub reason: Option<String>,
-    pub phase: Option<crate::rundir::Phase>,
-    pub epochs_done: usize,
-    pub epochs: usize,
-    pub last_map: Option<f64>,
-}
-
-/// Whether some process holds a run directory's lock (false when there is no lock file).
-fn locked(dir: &Path) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new().write(true).open(dir.join(crate::rundir::LOCK)) else { return false };
-    match fs2::FileExt::try_lock_exclusive(&f) {
-        Ok(()) => {
-            let _ = fs2::FileExt::unlock(&f);
-            false
-        }
-        Err(_) => true,
-    }
-}
-
-/// The state of every cell of a results directory, from the run directories alone
-/// (no Slurm accounting needed): `harness status`.
-pub fn status(results: &Path) -> Result<(String, Vec<String>, Vec<CellState>)> {
-    let gpath = results.join(GRID_JSON);
-    let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?).with_context(|| format!("parsing {}", gpath.display()))?;
-    let cells = if results.join(CELLS_JSON).exists() { read_cells(results)? } else { cells_from_dirs(results, &meta.arms)? };
-    let mut out = Vec::new();
-    for c in cells {
-        let dir = results.join(CELLS).join(&c.dir);
-        let st = read_status(&dir);
-        let state = st.as_ref().map(|s| s.state).unwrap_or(State::Pending);
-        let rows = crate::rundir::read_metrics(&dir.join(crate::rundir::METRICS)).unwrap_or_default();
-        let stale = state == State::Running && !locked(&dir);
-        out.push(CellState {
-            index: c.index,
-            arm: c.arm,
-            seed: c.seed,
-            phase: if state == State::Running && !stale { crate::rundir::read_phase(&dir) } else { None },
-            dir,
-            state,
-            stale,
-            reason: st.and_then(|s| s.reason),
-            epochs_done: rows.len(),
-            epochs: c.epochs,
-            last_map: rows.iter().rev().find_map(|r| r.map_voc07),
-        });
-    }
-    Ok((meta.name, meta.arms, out))
-}

@@ -29,8 +29,8 @@ pub struct SlurmOptions {
     pub max_parallel: usize,
     /// Passed to sbatch as they are (repeatable `--sbatch-arg`).
     pub sbatch_args: Vec<String>,
-    /// The warning signal and its lead time, as sbatch's `--signal` (without `B:`), e.g. `USR1@90`.
-    pub signal: String,
+    /// The warning signal and its lead time, as sbatch's `--signal` (without `B:`).
+    pub signal: WarningSignal,
     /// Requeue a task that a signal stopped.
     pub requeue: bool,
     pub force: bool,
@@ -39,7 +39,37 @@ pub struct SlurmOptions {
 
 impl Default for SlurmOptions {
     fn default() -> Self {
-        SlurmOptions { partition: None, gpus_per_task: None, cpus_per_task: None, time: None, max_parallel: 16, sbatch_args: Vec::new(), signal: "USR1@90".into(), requeue: true, force: false, cache_dir: None }
+        SlurmOptions { partition: None, gpus_per_task: None, cpus_per_task: None, time: None, max_parallel: 16, sbatch_args: Vec::new(), signal: WarningSignal { signal: "USR1", lead_s: 90 }, requeue: true, force: false, cache_dir: None }
+    }
+}
+
+/// Slurm's warning before a task's time limit: a signal the trainer checkpoints
+/// on (USR1 or TERM) and its lead in seconds, written `USR1@90` as sbatch's `--signal` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WarningSignal {
+    /// `USR1` or `TERM`.
+    pub signal: &'static str,
+    pub lead_s: u32,
+}
+
+impl std::str::FromStr for WarningSignal {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let Some((sig, lead)) = s.split_once('@') else { return Err(format!("{s:?}: expected SIGNAL@SECONDS, e.g. USR1@90")) };
+        let signal = match sig {
+            "USR1" | "SIGUSR1" => "USR1",
+            "TERM" | "SIGTERM" => "TERM",
+            _ => return Err(format!("{s:?}: expected USR1@SECONDS or TERM@SECONDS (the signals the trainer checkpoints on)")),
+        };
+        let lead_s = lead.parse().map_err(|_| format!("{s:?}: expected USR1@SECONDS or TERM@SECONDS, SECONDS a whole number"))?;
+        Ok(WarningSignal { signal, lead_s })
+    }
+}
+
+impl std::fmt::Display for WarningSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.signal, self.lead_s)
     }
 }
 
@@ -91,16 +121,10 @@ fn sbatch(args: &[String]) -> Result<String> {
     Ok(id)
 }
 
-/// Checks the options and the results directory, then submits the array of
-/// not-done cells and the report job; `None` when every cell is done.
+/// Checks the results directory, then submits the array of not-done cells and
+/// the report job; `None` when every cell is done. The options were validated
+/// by the command line (`max_parallel` at least 1).
 pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
-    if opts.max_parallel == 0 {
-        bail!("--max-parallel 0: at least one task must be allowed to run");
-    }
-    let Some((sig, lead)) = opts.signal.split_once('@') else { bail!("--signal {:?}: expected SIGNAL@SECONDS, e.g. USR1@90", opts.signal) };
-    if !matches!(sig, "USR1" | "SIGUSR1" | "TERM" | "SIGTERM") || lead.parse::<u32>().is_err() {
-        bail!("--signal {:?}: expected USR1@SECONDS or TERM@SECONDS (the signals the trainer checkpoints on)", opts.signal);
-    }
     if find_on_path("sbatch").is_none() {
         bail!("sbatch is not on PATH: --executor slurm needs the Slurm client commands (or run locally, without --executor)");
     }
@@ -113,7 +137,29 @@ pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
     let exe = std::env::current_exe().context("locating the harness executable")?;
     let slurm_dir = results.join("slurm");
     std::fs::create_dir_all(&slurm_dir).with_context(|| format!("creating {}", slurm_dir.display()))?;
-    // the batch script: one cell per task; `exec`, so Slurm's warning signal reaches the harness
+    let script = write_task_script(&exe, &results, &slurm_dir, opts)?;
+    let array_job = sbatch(&array_args(grid, opts, &todo, &slurm_dir, &script))?;
+    let mut rargs = vec![
+        "--parsable".to_string(),
+        format!("--job-name=harness-{}-report", grid.name),
+        format!("--dependency=afterany:{array_job}"),
+        format!("--output={}/report_%j.out", slurm_dir.display()),
+    ];
+    rargs.extend(common_args(opts));
+    rargs.extend(opts.sbatch_args.iter().cloned());
+    rargs.push(format!("--wrap=exec {} report {}", sh_quote(&exe.to_string_lossy()), sh_quote(&results.to_string_lossy())));
+    let report_job = sbatch(&rargs)?;
+    let sub = Submission { array_job, report_job, cells: todo, submitted: crate::rundir::now() };
+    let log = slurm_dir.join("submissions.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.push_str(&serde_json::to_string(&sub)?);
+    text.push('\n');
+    crate::rundir::write_file(&log, text.as_bytes())?;
+    Ok(Some(sub))
+}
+
+/// The batch script of every task: one cell each; `exec`, so Slurm's warning signal reaches the harness.
+fn write_task_script(exe: &std::path::Path, results: &std::path::Path, slurm_dir: &std::path::Path, opts: &SlurmOptions) -> Result<PathBuf> {
     let mut cell_cmd = format!("exec {} cell {} --index \"$SLURM_ARRAY_TASK_ID\"", sh_quote(&exe.to_string_lossy()), sh_quote(&results.to_string_lossy()));
     if opts.requeue {
         cell_cmd.push_str(" --requeue");
@@ -126,6 +172,11 @@ pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
     }
     let script = slurm_dir.join("cell.sh");
     crate::rundir::write_file(&script, format!("#!/bin/sh\n# Written by `harness run --executor slurm`: one array task runs one cell of cells.json.\n{cell_cmd}\n").as_bytes())?;
+    Ok(script)
+}
+
+/// The partition and time limit, which the report job shares with the array.
+fn common_args(opts: &SlurmOptions) -> Vec<String> {
     let mut common = Vec::new();
     if let Some(p) = &opts.partition {
         common.push(format!("--partition={p}"));
@@ -133,18 +184,23 @@ pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
     if let Some(t) = &opts.time {
         common.push(format!("--time={t}"));
     }
+    common
+}
+
+/// sbatch's arguments for the array of cells `todo`.
+fn array_args(grid: &Grid, opts: &SlurmOptions, todo: &[usize], slurm_dir: &std::path::Path, script: &std::path::Path) -> Vec<String> {
     let mut args = vec![
         "--parsable".to_string(),
         format!("--job-name=harness-{}", grid.name),
-        format!("--array={}%{}", array_spec(&todo), opts.max_parallel),
+        format!("--array={}%{}", array_spec(todo), opts.max_parallel),
         format!("--output={}/%A_%a.out", slurm_dir.display()),
         "--open-mode=append".to_string(),
-        format!("--signal=B:{}", opts.signal.trim_start_matches("SIG")),
+        format!("--signal=B:{}", opts.signal),
     ];
     if opts.requeue {
         args.push("--requeue".into());
     }
-    args.extend(common.iter().cloned());
+    args.extend(common_args(opts));
     if let Some(g) = opts.gpus_per_task {
         args.push(format!("--gpus-per-task={g}"));
     }
@@ -153,24 +209,7 @@ pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
     }
     args.extend(opts.sbatch_args.iter().cloned());
     args.push(script.to_string_lossy().into_owned());
-    let array_job = sbatch(&args)?;
-    let mut rargs = vec![
-        "--parsable".to_string(),
-        format!("--job-name=harness-{}-report", grid.name),
-        format!("--dependency=afterany:{array_job}"),
-        format!("--output={}/report_%j.out", slurm_dir.display()),
-    ];
-    rargs.extend(common);
-    rargs.extend(opts.sbatch_args.iter().cloned());
-    rargs.push(format!("--wrap=exec {} report {}", sh_quote(&exe.to_string_lossy()), sh_quote(&results.to_string_lossy())));
-    let report_job = sbatch(&rargs)?;
-    let sub = Submission { array_job, report_job, cells: todo, submitted: crate::rundir::now() };
-    let log = slurm_dir.join("submissions.jsonl");
-    let mut text = std::fs::read_to_string(&log).unwrap_or_default();
-    text.push_str(&serde_json::to_string(&sub)?);
-    text.push('\n');
-    crate::rundir::write_file(&log, text.as_bytes())?;
-    Ok(Some(sub))
+    args
 }
 
 /// After a pre-emption: asks Slurm to requeue this array task (it resumes from its checkpoint).

@@ -8,6 +8,7 @@
 pub mod backbone;
 pub mod box_coder;
 pub mod roi_pool;
+pub mod sgd;
 
 use std::path::PathBuf;
 

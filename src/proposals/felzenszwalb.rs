@@ -28,31 +28,7 @@ pub fn gaussian_blur(p: &Planes, sigma: f32) -> Planes {
     let ch = p
         .ch
         .iter()
-        .map(|src| {
-            let mut tmp = vec![0f32; src.len()];
-            for y in 0..h {
-                for x in 0..w {
-                    let mut acc = 0.0;
-                    for (t, kv) in k.iter().enumerate() {
-                        let xx = (x + t as i64 - r).clamp(0, w - 1);
-                        acc += kv * src[(y * w + xx) as usize];
-                    }
-                    tmp[(y * w + x) as usize] = acc;
-                }
-            }
-            let mut out = vec![0f32; src.len()];
-            for y in 0..h {
-                for x in 0..w {
-                    let mut acc = 0.0;
-                    for (t, kv) in k.iter().enumerate() {
-                        let yy = (y + t as i64 - r).clamp(0, h - 1);
-                        acc += kv * tmp[(yy * w + x) as usize];
-                    }
-                    out[(y * w + x) as usize] = acc;
-                }
-            }
-            out
-        })
+        .map(|src| blur_pass(&blur_pass(src, w, h, &k, r, true), w, h, &k, r, false))
         .collect();
     Planes { w: p.w, h: p.h, ch }
 }
@@ -167,4 +143,21 @@ mod tests {
         assert_eq!(segment(&img, 0.0, 50.0, 1).1, 2);
         assert_eq!(segment(&img, 0.0, 50.0, 10).1, 1);
     }
+}
+
+/// One pass of a separable blur with kernel `k` of radius `r`, along x or
+/// along y, the border pixels repeated.
+fn blur_pass(src: &[f32], w: i64, h: i64, k: &[f32], r: i64, along_x: bool) -> Vec<f32> {
+    let mut out = vec![0f32; src.len()];
+    for y in 0..h {
+        for x in 0..w {
+            let mut acc = 0.0;
+            for (t, kv) in k.iter().enumerate() {
+                let at = if along_x { y * w + (x + t as i64 - r).clamp(0, w - 1) } else { (y + t as i64 - r).clamp(0, h - 1) * w + x };
+                acc += kv * src[at as usize];
+            }
+            out[(y * w + x) as usize] = acc;
+        }
+    }
+    out
 }

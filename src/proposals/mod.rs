@@ -18,7 +18,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::boxes::{iou, BBox};
-use crate::data::voc::{decode_jpeg_bytes, read_image_bytes, write_file, Annotation, Dataset};
+use crate::data::voc::{decode_jpeg_bytes, read_image_bytes, Annotation, Dataset};
+use crate::rundir::{write_file, PhaseKind};
 pub use selective_search::SsMode;
 
 /// Selective-search parameters. Part of the cache key.
@@ -106,7 +107,7 @@ pub fn compute(
     let tick = || {
         bar.inc(1);
         let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        crate::rundir::report_phase("proposals", 0, 0, n, anns.len());
+        crate::rundir::report_phase(PhaseKind::Proposals, 0, 0, n, anns.len());
     };
     let results: Vec<(Vec<BBox>, Option<f64>)> = anns
         .par_iter()
@@ -152,27 +153,11 @@ pub fn compute(
 pub fn read_proposals_file(path: &Path) -> Result<HashMap<String, Vec<BBox>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading proposals file {}", path.display()))?;
     let mut out: HashMap<String, Vec<BBox>> = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 5 {
-            bail!("{}:{}: expected `<image_id> <x1> <y1> <x2> <y2>`, found {} fields", path.display(), n + 1, f.len());
-        }
-        let mut b = [0f32; 4];
-        for k in 0..4 {
-            b[k] = f[k + 1]
-                .parse::<f32>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .with_context(|| format!("{}:{}: coordinate {:?} is not a number", path.display(), n + 1, f[k + 1]))?;
-        }
+    for (line, id, b) in crate::data::parse_records::<4>(path, &text, "<image_id> <x1> <y1> <x2> <y2>")? {
         if b[2] < b[0] || b[3] < b[1] {
-            bail!("{}:{}: box {:?} has x2 < x1 or y2 < y1", path.display(), n + 1, b);
+            bail!("{}:{line}: box {:?} has x2 < x1 or y2 < y1", path.display(), b);
         }
-        out.entry(f[0].to_string()).or_default().push(b);
+        out.entry(id).or_default().push(b);
     }
     Ok(out)
 }

@@ -9,8 +9,9 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::{mean_std, metric, ArmSummary, RunLog, Speedup};
-use crate::rundir::{EpochRow, GridMeta, MiningRow};
+use super::{mean_std, ArmSummary, RunLog, Speedup};
+use crate::eval::Metric;
+use crate::rundir::{EpochRow, GridMeta, Measure, MiningRow};
 
 const W: u32 = 900;
 const H: u32 = 560;
@@ -156,24 +157,23 @@ fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, baseline: &st
 where
     DB::ErrorType: 'static,
 {
-    let measures = ["time_to_target", "total_wall_s", "s_per_iter"];
     let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
     let n = labels.len().max(1);
     let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.15;
     let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% bootstrap CI)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-    for (k, m) in measures.iter().enumerate() {
+    for (k, m) in Measure::ALL.into_iter().enumerate() {
         let c = shades[k];
         let bars: Vec<(f64, f64, Option<(f64, f64)>)> = labels
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == *m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
+            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
             .collect();
         chart
             .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + 0.2, *r)], c.filled())))
             .map_err(err)?
-            .label(*m)
+            .label(m.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         chart
             .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + 0.1, lo), (*x + 0.1, hi)], BLACK.stroke_width(2)))))
@@ -202,19 +202,19 @@ macro_rules! both {
 }
 
 /// Draws every chart into `dir`; returns the PNG file names.
-pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmSummary], speedups: &[Speedup], metric_name: &str) -> Result<Vec<String>> {
+pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmSummary], speedups: &[Speedup], metric: Metric) -> Result<Vec<String>> {
     register_font();
     let arms = &meta.arms;
     let mut files = Vec::new();
     let by_epoch = |_: &[&RunLog], e: usize| e as f64;
     let mean_wall = |rs: &[&RunLog], e: usize| mean_std(&rs.iter().filter_map(|r| r.rows.iter().find(|row| row.epoch == e).map(|row| row.wall_s)).collect::<Vec<_>>()).map(|m| m.0).unwrap_or(0.0);
-    let map_value = |r: &EpochRow| metric(r, metric_name);
+    let map_value = |r: &EpochRow| r.map(metric);
     let map_epoch = curves(arms, done, &map_value, &by_epoch);
     let map_wall = curves(arms, done, &map_value, &mean_wall);
     let mean_train = |rs: &[&RunLog], e: usize| mean_std(&rs.iter().filter_map(|r| super::training_time(&r.rows).get(e - 1).copied()).collect::<Vec<_>>()).map(|m| m.0).unwrap_or(0.0);
     let map_train = curves(arms, done, &map_value, &mean_train);
     let fg = curves(arms, done, &|r| Some(r.fg_fraction), &by_epoch);
-    let ylabel = format!("{metric_name} on the test split");
+    let ylabel = format!("{} on the test split", metric.column());
     both!(dir, "map_vs_epoch", files, |root| line_chart(&root, "mAP against epoch (mean ± std over seeds)", "epoch", &ylabel, arms, &map_epoch, true));
     both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, "mAP against wall-clock time (evaluation included)", "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
     both!(dir, "map_vs_training_time", files, |root| line_chart(&root, "mAP against training time (train + mining, evaluation excluded)", "training seconds (mean over seeds)", &ylabel, arms, &map_train, false));
@@ -255,18 +255,18 @@ where
 {
     root.fill(&WHITE).map_err(err)?;
     let panels = root.split_evenly((1, 3));
-    let count: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| Some(m.mined as f64))).collect();
+    let count: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| Some(m.stats.mined as f64))).collect();
     line_chart(&panels[0], "hard negatives mined", "mining round", "cache entries", miners, &count, true)?;
     let mut labels = Vec::new();
     let mut loss = Vec::new();
     for a in miners {
         labels.push(format!("{a}: mined"));
-        loss.push(round_curve(a, runs, &|m| m.mined_loss));
+        loss.push(round_curve(a, runs, &|m| m.stats.mined_loss));
         labels.push(format!("{a}: random"));
-        loss.push(round_curve(a, runs, &|m| m.random_loss));
+        loss.push(round_curve(a, runs, &|m| m.stats.random_loss));
     }
     line_chart(&panels[1], "mean loss: mined vs random", "mining round", "per-RoI loss", &labels, &loss, false)?;
-    let still: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| m.prev_still_hard)).collect();
+    let still: Vec<Curve> = miners.iter().map(|a| round_curve(a, runs, &|m| m.stats.prev_still_hard)).collect();
     line_chart(&panels[2], "previous cache still hard", "mining round", "share", miners, &still, false)?;
     Ok(())
 }

@@ -60,10 +60,30 @@ impl FixedRatio {
 
 impl Sampler for FixedRatio {
     fn select(&mut self, r: &ImageRois, _: Option<&RoiLosses>, per_image: i64) -> Tensor {
-        let fg_quota = (self.cfg.fg_fraction * per_image as f64).round() as i64;
-        let fg = sample_where(&r.max_iou.ge(self.cfg.fg_thresh), fg_quota);
-        let bg_mask = r.max_iou.lt(self.cfg.bg_thresh_hi).logical_and(&r.max_iou.ge(self.cfg.bg_thresh_lo));
-        let bg = sample_where(&bg_mask, per_image - fg.size()[0]);
-        Tensor::cat(&[fg, bg], 0).to_kind(Kind::Int64)
+        let c = &self.cfg;
+        pick(r, c.fg_thresh, c.fg_fraction, (c.bg_thresh_lo, c.bg_thresh_hi), per_image)
     }
+}
+
+/// The RoIs' share of B/N that a fraction asks for: `round(fraction × per_image)`.
+pub fn quota(fraction: f64, per_image: i64) -> i64 {
+    (fraction * per_image as f64).round() as i64
+}
+
+/// Up to `quota(fg_fraction, per_image)` foreground RoIs (IoU >= `fg_thresh`), drawn uniformly.
+pub fn foreground(r: &ImageRois, fg_thresh: f64, fg_fraction: f64, per_image: i64) -> Tensor {
+    sample_where(&r.max_iou.ge(fg_thresh), quota(fg_fraction, per_image))
+}
+
+/// The background RoIs: IoU in `[lo, hi)`.
+pub fn background_mask(r: &ImageRois, (lo, hi): (f64, f64)) -> Tensor {
+    r.max_iou.lt(hi).logical_and(&r.max_iou.ge(lo))
+}
+
+/// Fast R-CNN's pick: [`foreground`] RoIs, then background RoIs (IoU in
+/// `[bg.0, bg.1)`) drawn uniformly to fill the image's B/N.
+pub fn pick(r: &ImageRois, fg_thresh: f64, fg_fraction: f64, bg: (f64, f64), per_image: i64) -> Tensor {
+    let fg = foreground(r, fg_thresh, fg_fraction, per_image);
+    let bg = sample_where(&background_mask(r, bg), per_image - fg.size()[0]);
+    Tensor::cat(&[fg, bg], 0).to_kind(Kind::Int64)
 }

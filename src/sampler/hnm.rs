@@ -1,6 +1,6 @@
 //! Offline hard-negative mining (bootstrapping, as in R-CNN / DPM).
 //!
-//! Training runs on minibatches of fixed ratios: up to `pos_fraction` of B/N
+//! Training runs on minibatches of fixed ratios: up to `fg_fraction` of B/N
 //! foreground RoIs, up to `hard_fraction` hard negatives drawn from a cache,
 //! and random background RoIs (IoU in `[bg_thresh_lo, bg_thresh_hi)`) for
 //! `random_fraction` plus whatever the hard quota left unfilled. Every
@@ -33,7 +33,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::{host, sample_where, ImageRois, Miner, MiningReport, Progress, RoiLosses, Sampler};
+use super::{fixed_ratio, host, sample_where, ImageRois, Miner, MiningStats, Progress, RoiLosses, Sampler};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,7 +54,9 @@ pub enum CachePolicy {
 pub struct HnmConfig {
     /// RoIs per minibatch of N images (B).
     pub batch_size: i64,
-    pub pos_fraction: f64,
+    /// Share of B/N for foreground RoIs (`pos_fraction` is read as the same key).
+    #[serde(alias = "pos_fraction")]
+    pub fg_fraction: f64,
     pub hard_fraction: f64,
     pub random_fraction: f64,
     pub fg_thresh: f64,
@@ -75,7 +77,7 @@ impl Default for HnmConfig {
     fn default() -> Self {
         HnmConfig {
             batch_size: 128,
-            pos_fraction: 0.25,
+            fg_fraction: 0.25,
             hard_fraction: 0.5,
             random_fraction: 0.25,
             fg_thresh: 0.5,
@@ -97,14 +99,14 @@ impl HnmConfig {
         if self.batch_size < 1 {
             bail!("sampler.batch_size = {}: at least 1 RoI per minibatch", self.batch_size);
         }
-        for (k, v) in [("pos_fraction", self.pos_fraction), ("hard_fraction", self.hard_fraction), ("random_fraction", self.random_fraction), ("fg_thresh", self.fg_thresh), ("bg_thresh_hi", self.bg_thresh_hi), ("bg_thresh_lo", self.bg_thresh_lo), ("fp_score_thresh", self.fp_score_thresh)] {
+        for (k, v) in [("fg_fraction", self.fg_fraction), ("hard_fraction", self.hard_fraction), ("random_fraction", self.random_fraction), ("fg_thresh", self.fg_thresh), ("bg_thresh_hi", self.bg_thresh_hi), ("bg_thresh_lo", self.bg_thresh_lo), ("fp_score_thresh", self.fp_score_thresh)] {
             if !(0.0..=1.0).contains(&v) {
                 bail!("sampler.{k} = {v} is outside [0, 1]");
             }
         }
-        let sum = self.pos_fraction + self.hard_fraction + self.random_fraction;
+        let sum = self.fg_fraction + self.hard_fraction + self.random_fraction;
         if sum > 1.0 + 1e-9 {
-            bail!("sampler.pos_fraction + hard_fraction + random_fraction = {} + {} + {} = {sum} exceeds 1", self.pos_fraction, self.hard_fraction, self.random_fraction);
+            bail!("sampler.fg_fraction + hard_fraction + random_fraction = {} + {} + {} = {sum} exceeds 1", self.fg_fraction, self.hard_fraction, self.random_fraction);
         }
         if self.bg_thresh_lo > self.bg_thresh_hi || self.bg_thresh_hi > self.fg_thresh {
             bail!("need sampler.bg_thresh_lo <= bg_thresh_hi <= fg_thresh, got {} / {} / {}", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
@@ -148,10 +150,10 @@ impl Hnm {
 
     /// Rebuilds the cache from the frozen model's scores of every training
     /// image; reports what it mined (`seconds` left 0).
-    pub fn update_cache(&mut self, scores: &[super::ImageScores]) -> MiningReport {
+    pub fn update_cache(&mut self, scores: &[super::ImageScores]) -> MiningStats {
         let n_images = scores.iter().map(|s| s.image + 1).max().unwrap_or(0);
         let mut cache = vec![Vec::new(); n_images.max(self.state.cache.len())];
-        let mut rep = MiningReport { images: scores.len(), ..Default::default() };
+        let mut rep = MiningStats { images: scores.len(), ..Default::default() };
         let (mut sum_loss_all, mut sum_fg_all, mut sum_loss_mined, mut sum_fg_mined) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut prev_total, mut prev_hard) = (0usize, 0usize);
         for s in scores {
@@ -222,35 +224,35 @@ impl Hnm {
 
 impl Sampler for Hnm {
     fn select(&mut self, r: &ImageRois, _: Option<&RoiLosses>, per_image: i64) -> Tensor {
-        let k = per_image;
-        let pos = sample_where(&r.max_iou.ge(self.cfg.fg_thresh), (self.cfg.pos_fraction * k as f64).round() as i64);
-        let bg_mask = r.max_iou.lt(self.cfg.bg_thresh_hi).logical_and(&r.max_iou.ge(self.cfg.bg_thresh_lo));
-        let n_pos = pos.size()[0];
+        let (k, c) = (per_image, &self.cfg);
+        let bg = (c.bg_thresh_lo, c.bg_thresh_hi);
         if self.state.rounds == 0 {
             // before the first mining round: the fixed-ratio sampler
-            let neg = sample_where(&bg_mask, k - n_pos);
-            return Tensor::cat(&[pos, neg], 0);
+            return fixed_ratio::pick(r, c.fg_thresh, c.fg_fraction, bg, k);
         }
+        let pos = fixed_ratio::foreground(r, c.fg_thresh, c.fg_fraction, k);
+        let bg_mask = fixed_ratio::background_mask(r, bg);
+        let n_pos = pos.size()[0];
         let dev = r.max_iou.device();
         let cached: Vec<i64> = self.state.cache.get(r.image).cloned().unwrap_or_default();
         let cached: Vec<i64> = cached.into_iter().filter(|&i| i < r.n_proposals).collect();
         let in_cache = Tensor::zeros_like(&bg_mask).index_fill(0, &Tensor::from_slice(&cached).to_device(dev), 1).to_kind(Kind::Bool);
-        let hard_quota = ((self.cfg.hard_fraction * k as f64).round() as i64).min(k - n_pos);
+        let hard_quota = fixed_ratio::quota(c.hard_fraction, k).min(k - n_pos);
         let hard = sample_where(&in_cache.logical_and(&bg_mask), hard_quota);
-        let random_quota = ((self.cfg.random_fraction * k as f64).round() as i64 + hard_quota - hard.size()[0]).min(k - n_pos - hard.size()[0]);
+        let random_quota = (fixed_ratio::quota(c.random_fraction, k) + hard_quota - hard.size()[0]).min(k - n_pos - hard.size()[0]);
         let rest = bg_mask.index_fill(0, &hard, 0);
         let random = sample_where(&rest, random_quota.max(0));
         Tensor::cat(&[pos, hard, random], 0)
     }
 
-    fn before_iteration(&mut self, at: Progress, miner: &mut dyn Miner) -> Result<Option<MiningReport>> {
+    fn before_iteration(&mut self, at: Progress, miner: &mut dyn Miner) -> Result<Option<MiningStats>> {
         if !self.due(at) {
             return Ok(None);
         }
         let t = Instant::now();
         let scores = miner.score_training_set()?;
         let rep = self.update_cache(&scores);
-        Ok(Some(MiningReport { seconds: t.elapsed().as_secs_f64(), ..rep }))
+        Ok(Some(MiningStats { seconds: t.elapsed().as_secs_f64(), ..rep }))
     }
 
     fn is_due(&self, at: Progress) -> bool {

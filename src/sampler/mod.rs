@@ -23,6 +23,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::model::box_coder;
+pub use crate::rundir::MiningStats;
 
 pub use all::{AllConfig, AllRois};
 pub use fixed_ratio::{FixedRatio, FixedRatioConfig};
@@ -113,27 +114,6 @@ pub trait Miner {
     fn score_training_set(&mut self) -> Result<Vec<ImageScores>>;
 }
 
-/// What a mining pass reports (a row of the run directory's `mining.csv`,
-/// [`crate::rundir::MiningRow`], less where it happened).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MiningReport {
-    pub seconds: f64,
-    pub images: usize,
-    /// Eligible background RoIs over all images.
-    pub negatives: usize,
-    /// Cache entries after the round.
-    pub mined: usize,
-    /// Images left with an empty cache.
-    pub empty_images: usize,
-    /// Mean loss and foreground score of the mined negatives and of all eligible ones.
-    pub mined_loss: Option<f64>,
-    pub random_loss: Option<f64>,
-    pub mined_fg_score: Option<f64>,
-    pub random_fg_score: Option<f64>,
-    /// Share of the previous cache the model still rates hard (None in the first round).
-    pub prev_still_hard: Option<f64>,
-}
-
 /// Chooses the RoIs to train on.
 pub trait Sampler {
     /// Picks RoIs of one image; returns `[k]` int64 indices into `rois`, no
@@ -149,8 +129,9 @@ pub trait Sampler {
         Backprop::Selected
     }
 
-    /// Runs before each iteration; a mining sampler scores the training set here.
-    fn before_iteration(&mut self, _at: Progress, _miner: &mut dyn Miner) -> Result<Option<MiningReport>> {
+    /// Runs before each iteration; a mining sampler scores the training set here
+    /// and returns what the round found (a row of the run's `mining.csv`).
+    fn before_iteration(&mut self, _at: Progress, _miner: &mut dyn Miner) -> Result<Option<MiningStats>> {
         Ok(None)
     }
 

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
-use super::config::InputConfig;
+use crate::config::InputConfig;
 use crate::boxes::BBox;
 use crate::data::{Annotation, Dataset};
 
@@ -98,16 +98,6 @@ pub struct Prepared {
     pub gt_labels: Tensor,
 }
 
-/// The rescale factor for an `h x w` image.
-pub fn scale_for(cfg: &InputConfig, h: i64, w: i64) -> f64 {
-    let s = cfg.scale as f64 / h.min(w) as f64;
-    if (h.max(w) as f64 * s).round() > cfg.max_size as f64 {
-        cfg.max_size as f64 / h.max(w) as f64
-    } else {
-        s
-    }
-}
-
 fn flip_boxes(b: &Tensor, w: i64) -> Tensor {
     let x1 = (w - 1) as f64 - b.select(1, 2);
     let x2 = (w - 1) as f64 - b.select(1, 0);
@@ -126,7 +116,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
         props = flip_boxes(&props, w);
         gt = flip_boxes(&gt, w);
     }
-    let s = scale_for(cfg, h, w);
+    let s = cfg.scale_for(h, w);
     let (nh, nw) = ((h as f64 * s).round() as i64, (w as f64 * s).round() as i64);
     let image = img.unsqueeze(0).upsample_bilinear2d([nh, nw], false, None, None).squeeze_dim(0); // [3, nh, nw]
     Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: store.gt[i].1.to_device(device) }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use super::batch::{prepare, ImageStore};
-use super::config::{InputConfig, TestConfig};
+use crate::config::{InputConfig, TestConfig};
 use crate::boxes::{nms, BBox};
 use crate::eval::Detection;
 use crate::model::{box_coder, roi_pool, FastRcnn};

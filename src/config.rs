@@ -1,5 +1,8 @@
-//! The training config (`harness train <config.yaml>`), read once and
-//! validated before any work.
+//! The experiment's configuration, below every stage that reads it: the
+//! training config (`harness train <config.yaml>`) with its sections for the
+//! data, proposals, model, pre-training, input, solver, sampler and test, and
+//! the YAML plumbing that grid files share. Read once and validated before
+//! any work.
 //!
 //! Loading goes YAML → a generic value → `--set key=value` overrides →
 //! the typed [`TrainConfig`], so that every error names the file and the
@@ -12,7 +15,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::model::ModelConfig;
-use crate::pretrain::PretrainConfig;
 use crate::proposals::{SsMode, SsParams};
 use crate::sampler::SamplerConfig;
 
@@ -47,6 +49,105 @@ pub struct TrainConfig {
 
 fn default_device() -> String {
     "auto".into()
+}
+
+/// Where the pre-training crops come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Dataset,
+    Synth,
+    Both,
+}
+
+/// The `pretrain:` section of a config.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    pub source: Source,
+    /// Seeds the weights, the crops and (for `synth`) the scenes.
+    pub seed: u64,
+    pub epochs: usize,
+    /// Crop side in pixels at the detector's input scale; a multiple of 16.
+    pub window: i64,
+    /// Windows per SGD step.
+    pub batch_size: usize,
+    /// Jittered crops of each object per epoch.
+    pub crops_per_object: usize,
+    /// Share of background boxes among all crops.
+    pub bg_fraction: f64,
+    /// Peak learning rate (linear warm-up over the first 5% of steps, then cosine to 0).
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Source images held out for the validation accuracy.
+    pub val_fraction: f64,
+    /// Scenes rendered for `source: synth`.
+    pub synth_images: usize,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            source: Source::Both,
+            seed: 0,
+            epochs: 8,
+            window: 64,
+            batch_size: 64,
+            crops_per_object: 3,
+            bg_fraction: 0.5,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            val_fraction: 0.1,
+            synth_images: 1000,
+        }
+    }
+}
+
+impl PretrainConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("pretrain.epochs = 0: at least one epoch");
+        }
+        if self.window < 32 || self.window % 16 != 0 {
+            bail!("pretrain.window = {}: a multiple of 16, at least 32", self.window);
+        }
+        if self.batch_size < 2 {
+            bail!("pretrain.batch_size = {}: at least 2 (batch norm needs a batch)", self.batch_size);
+        }
+        if self.crops_per_object == 0 {
+            bail!("pretrain.crops_per_object = 0: at least one crop per object");
+        }
+        if !(0.0..1.0).contains(&self.bg_fraction) {
+            bail!("pretrain.bg_fraction = {} is outside [0, 1)", self.bg_fraction);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("pretrain.lr = {}: must be positive", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            bail!("pretrain.momentum = {} is outside [0, 1)", self.momentum);
+        }
+        if self.weight_decay < 0.0 {
+            bail!("pretrain.weight_decay = {} is negative", self.weight_decay);
+        }
+        if !(0.0..0.5).contains(&self.val_fraction) {
+            bail!("pretrain.val_fraction = {} is outside [0, 0.5)", self.val_fraction);
+        }
+        if self.source.uses_synth() && self.synth_images < 10 {
+            bail!("pretrain.synth_images = {}: at least 10", self.synth_images);
+        }
+        Ok(())
+    }
+}
+
+impl Source {
+    pub fn uses_dataset(self) -> bool {
+        matches!(self, Source::Dataset | Source::Both)
+    }
+    pub fn uses_synth(self) -> bool {
+        matches!(self, Source::Synth | Source::Both)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -109,6 +210,18 @@ pub struct InputConfig {
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig { scale: 224, max_size: 320, flip: true, pixel_mean: [123.675, 116.28, 103.53], pixel_std: [58.395, 57.12, 57.375] }
+    }
+}
+
+impl InputConfig {
+    /// The rescale factor for an `h x w` image: shorter side to `scale`, longer side capped at `max_size`.
+    pub fn scale_for(&self, h: i64, w: i64) -> f64 {
+        let s = self.scale as f64 / h.min(w) as f64;
+        if (h.max(w) as f64 * s).round() > self.max_size as f64 {
+            self.max_size as f64 / h.max(w) as f64
+        } else {
+            s
+        }
     }
 }
 

@@ -1,0 +1,141 @@
+//! Stage 1 of the report: the logs per arm. One long polars table of every
+//! epoch of every run, each arm's final mAP over its seeds, the time-to-target
+//! target, and the per-arm rows of summary.csv.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use super::{mean_std, time_to_target, RunLog};
+use crate::eval::Metric;
+use crate::rundir::{EpochRow, GridMeta, Measure, State};
+
+/// Per-arm aggregates, one row of summary.csv.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArmSummary {
+    pub arm: String,
+    pub seeds: usize,
+    pub failed: usize,
+    pub final_map_mean: Option<f64>,
+    pub final_map_std: Option<f64>,
+    pub train_s_per_epoch: Option<(f64, f64)>,
+    pub mine_s_per_epoch: Option<(f64, f64)>,
+    pub eval_s_per_epoch: Option<(f64, f64)>,
+    pub s_per_iter: Option<(f64, f64)>,
+    pub total_wall_s: Option<(f64, f64)>,
+    /// Time to target of the seeds that reached it, and how many of the seeds did.
+    pub time_to_target: Option<(f64, f64)>,
+    pub reached: usize,
+}
+
+/// The runs of a results directory, aggregated per arm: what every later stage reads.
+pub struct Aggregate<'a> {
+    pub meta: &'a GridMeta,
+    pub runs: &'a [RunLog],
+    /// Finished runs with at least one epoch.
+    pub done: Vec<&'a RunLog>,
+    /// Every epoch of every run (`runs.csv`).
+    pub long: DataFrame,
+    /// Per arm, the final mAP of each finished seed.
+    pub finals: BTreeMap<String, Vec<f64>>,
+    /// The mAP of time to target, and how it was set (for summary.md).
+    pub target: f64,
+    pub target_note: String,
+    /// One per arm, in grid order.
+    pub summaries: Vec<ArmSummary>,
+}
+
+impl<'a> Aggregate<'a> {
+    pub fn metric(&self) -> Metric {
+        self.meta.report.metric
+    }
+
+    /// The finished runs of `arm`.
+    pub fn by_arm(&self, arm: &str) -> Vec<&'a RunLog> {
+        self.done.iter().copied().filter(|r| r.arm == arm).collect()
+    }
+
+    /// The final mAP of each finished seed of `arm`.
+    pub fn finals_of(&self, arm: &str) -> Vec<f64> {
+        self.finals.get(arm).cloned().unwrap_or_default()
+    }
+
+    /// `measure` for each finished seed of `arm` that has it, and how many finished seeds there are.
+    pub fn per_seed(&self, arm: &str, measure: Measure) -> (Vec<f64>, usize) {
+        let rs = self.by_arm(arm);
+        (rs.iter().filter_map(|r| r.measure(measure, self.metric(), self.target)).collect(), rs.len())
+    }
+}
+
+/// Aggregates the runs of a grid.
+pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate<'a>> {
+    let metric = meta.report.metric;
+    let done: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Done && !r.rows.is_empty()).collect();
+    let by_arm = |arm: &str| -> Vec<&RunLog> { done.iter().copied().filter(|r| r.arm == arm).collect() };
+    let finals: BTreeMap<String, Vec<f64>> = meta.arms.iter().map(|a| (a.clone(), by_arm(a).iter().filter_map(|r| r.final_map(metric)).collect())).collect();
+    let best_final = finals.values().filter_map(|v| mean_std(v).map(|m| m.0)).fold(f64::NAN, f64::max);
+    let (target, target_note) = match meta.report.target_map {
+        Some(t) => (t, format!("{t:.4} (set in the grid file)")),
+        None => {
+            let t = meta.report.target_fraction * best_final;
+            (t, format!("{t:.4} = {} × the best final mean {} ({best_final:.4})", meta.report.target_fraction, metric.column()))
+        }
+    };
+    let long = long_table(runs, metric)?;
+    let mut summaries = Vec::new();
+    for arm in &meta.arms {
+        let rs = by_arm(arm);
+        let failed = runs.iter().filter(|r| &r.arm == arm && r.state == State::Failed).count();
+        let ttt: Vec<f64> = rs.iter().filter_map(|r| time_to_target(&r.rows, metric, target)).collect();
+        let fm = mean_std(&finals[arm]);
+        summaries.push(ArmSummary {
+            arm: arm.clone(),
+            seeds: rs.len(),
+            failed,
+            final_map_mean: fm.map(|m| m.0),
+            final_map_std: fm.map(|m| m.1).filter(|s| s.is_finite()),
+            train_s_per_epoch: column_stats(&long, arm, "train_s")?,
+            mine_s_per_epoch: column_stats(&long, arm, "mine_s")?,
+            eval_s_per_epoch: column_stats(&long, arm, "eval_s")?,
+            s_per_iter: column_stats(&long, arm, "s_per_iter")?,
+            total_wall_s: mean_std(&rs.iter().map(|r| r.rows.last().map(|e| e.wall_s).unwrap_or(0.0)).collect::<Vec<_>>()),
+            time_to_target: mean_std(&ttt),
+            reached: ttt.len(),
+        });
+    }
+    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries })
+}
+
+/// The long table of every epoch of every run, as a polars DataFrame.
+pub fn long_table(runs: &[RunLog], metric: Metric) -> Result<DataFrame> {
+    let rows: Vec<(&RunLog, &EpochRow)> = runs.iter().flat_map(|r| r.rows.iter().map(move |e| (r, e))).collect();
+    let df = df!(
+        "arm" => rows.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
+        "seed" => rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
+        "state" => rows.iter().map(|(r, _)| format!("{:?}", r.state).to_lowercase()).collect::<Vec<_>>(),
+        "epoch" => rows.iter().map(|(_, e)| e.epoch as u64).collect::<Vec<_>>(),
+        "iterations" => rows.iter().map(|(_, e)| e.iterations as u64).collect::<Vec<_>>(),
+        "train_s" => rows.iter().map(|(_, e)| e.train_s).collect::<Vec<_>>(),
+        "mine_s" => rows.iter().map(|(_, e)| e.mine_s).collect::<Vec<_>>(),
+        "eval_s" => rows.iter().map(|(_, e)| e.eval_s).collect::<Vec<_>>(),
+        "wall_s" => rows.iter().map(|(_, e)| e.wall_s).collect::<Vec<_>>(),
+        "s_per_iter" => rows.iter().map(|(_, e)| e.train_s / e.iterations.max(1) as f64).collect::<Vec<_>>(),
+        "loss" => rows.iter().map(|(_, e)| e.loss).collect::<Vec<_>>(),
+        "fg_fraction" => rows.iter().map(|(_, e)| e.fg_fraction).collect::<Vec<_>>(),
+        "sel_loss" => rows.iter().map(|(_, e)| e.sel_loss).collect::<Vec<_>>(),
+        "all_loss" => rows.iter().map(|(_, e)| e.all_loss).collect::<Vec<_>>(),
+        "cache_size" => rows.iter().map(|(_, e)| e.cache_size as u64).collect::<Vec<_>>(),
+        "map" => rows.iter().map(|(_, e)| e.map(metric)).collect::<Vec<_>>()
+    )?;
+    Ok(df)
+}
+
+/// mean ± std of a column over the rows of one arm's finished runs.
+fn column_stats(df: &DataFrame, arm: &str, col: &str) -> Result<Option<(f64, f64)>> {
+    let mask = df.column("arm")?.str()?.equal(arm) & df.column("state")?.str()?.equal("done");
+    let sub = df.filter(&mask)?;
+    let c = sub.column(col)?.f64()?;
+    Ok(c.mean().map(|m| (m, c.std(1).filter(|s| s.is_finite()).unwrap_or(0.0))))
+}
+

@@ -1,0 +1,227 @@
+//! Stage 3 of the report: the writers. The CSV tables (polars) and the text
+//! of summary.md; the charts are in [`super::charts`].
+
+use std::path::Path;
+
+use anyhow::Result;
+use polars::prelude::*;
+
+use super::aggregate::Aggregate;
+use super::compare::{MapDiff, Speedup, Verdict, Warning};
+use super::{mean_std, RunLog};
+use crate::eval::Metric;
+use crate::rundir::{write_file, MiningRow};
+
+fn fmt_ms(v: Option<(f64, f64)>, digits: usize) -> String {
+    v.map(|(m, s)| if s.is_finite() { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$} ± —") }).unwrap_or_else(|| "—".into())
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "—".into())
+}
+
+/// A verdict as one line of summary.md (bold verdict word).
+pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
+    let metric_name = metric.column();
+    format!(
+            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}. Final {metric_name} {} − {} = {} (95% CI {}).",
+            v.claim,
+            v.baseline,
+            v.arm,
+            v.measure,
+            v.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+            v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+            v.band_lo,
+            v.band_hi,
+            v.seeds,
+            v.verdict,
+            if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) },
+            v.arm,
+            v.baseline,
+            v.map_diff.map(|d| format!("{d:+.4}")).unwrap_or_else(|| "—".into()),
+            v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into()),
+        )
+}
+
+/// Writes summary.csv, speedups.csv, map_diffs.csv, verdicts.csv, mining.csv and runs.csv (polars).
+pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict]) -> Result<()> {
+    let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 }).filter(|x| x.is_finite());
+    let mut summary_df = df!(
+        "arm" => agg.summaries.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
+        "seeds" => agg.summaries.iter().map(|s| s.seeds as u64).collect::<Vec<_>>(),
+        "failed" => agg.summaries.iter().map(|s| s.failed as u64).collect::<Vec<_>>(),
+        "final_map_mean" => agg.summaries.iter().map(|s| s.final_map_mean).collect::<Vec<_>>(),
+        "final_map_std" => agg.summaries.iter().map(|s| s.final_map_std).collect::<Vec<_>>(),
+        "train_s_mean" => agg.summaries.iter().map(|s| f(s.train_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "train_s_std" => agg.summaries.iter().map(|s| f(s.train_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "mine_s_mean" => agg.summaries.iter().map(|s| f(s.mine_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "mine_s_std" => agg.summaries.iter().map(|s| f(s.mine_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "eval_s_mean" => agg.summaries.iter().map(|s| f(s.eval_s_per_epoch, 0)).collect::<Vec<_>>(),
+        "eval_s_std" => agg.summaries.iter().map(|s| f(s.eval_s_per_epoch, 1)).collect::<Vec<_>>(),
+        "s_per_iter_mean" => agg.summaries.iter().map(|s| f(s.s_per_iter, 0)).collect::<Vec<_>>(),
+        "s_per_iter_std" => agg.summaries.iter().map(|s| f(s.s_per_iter, 1)).collect::<Vec<_>>(),
+        "total_wall_s_mean" => agg.summaries.iter().map(|s| f(s.total_wall_s, 0)).collect::<Vec<_>>(),
+        "total_wall_s_std" => agg.summaries.iter().map(|s| f(s.total_wall_s, 1)).collect::<Vec<_>>(),
+        "time_to_target_mean" => agg.summaries.iter().map(|s| f(s.time_to_target, 0)).collect::<Vec<_>>(),
+        "time_to_target_std" => agg.summaries.iter().map(|s| f(s.time_to_target, 1)).collect::<Vec<_>>(),
+        "reached_target" => agg.summaries.iter().map(|s| s.reached as u64).collect::<Vec<_>>(),
+        "did_not_finish" => agg.summaries.iter().map(|s| (s.seeds - s.reached) as u64).collect::<Vec<_>>()
+    )?;
+    let mut speed_df = df!(
+        "baseline" => speedups.iter().map(|s| s.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => speedups.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
+        "measure" => speedups.iter().map(|s| s.measure.name()).collect::<Vec<_>>(),
+        "speedup" => speedups.iter().map(|s| s.ratio).collect::<Vec<_>>(),
+        "ci95_lo" => speedups.iter().map(|s| s.ci_lo).collect::<Vec<_>>(),
+        "ci95_hi" => speedups.iter().map(|s| s.ci_hi).collect::<Vec<_>>(),
+        "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
+    )?;
+    let mut verdict_df = df!(
+        "claim" => verdicts.iter().map(|v| v.claim.clone()).collect::<Vec<_>>(),
+        "baseline" => verdicts.iter().map(|v| v.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => verdicts.iter().map(|v| v.arm.clone()).collect::<Vec<_>>(),
+        "measure" => verdicts.iter().map(|v| v.measure.name()).collect::<Vec<_>>(),
+        "expected" => verdicts.iter().map(|v| v.expected).collect::<Vec<_>>(),
+        "band_lo" => verdicts.iter().map(|v| v.band_lo).collect::<Vec<_>>(),
+        "band_hi" => verdicts.iter().map(|v| v.band_hi).collect::<Vec<_>>(),
+        "ratio" => verdicts.iter().map(|v| v.ratio).collect::<Vec<_>>(),
+        "ci95_lo" => verdicts.iter().map(|v| v.ci_lo).collect::<Vec<_>>(),
+        "ci95_hi" => verdicts.iter().map(|v| v.ci_hi).collect::<Vec<_>>(),
+        "verdict" => verdicts.iter().map(|v| v.verdict.to_string()).collect::<Vec<_>>(),
+        "seeds" => verdicts.iter().map(|v| v.seeds as u64).collect::<Vec<_>>(),
+        "seeds_needed" => verdicts.iter().map(|v| v.seeds_needed.map(|n| n as u64)).collect::<Vec<_>>(),
+        "final_map_diff" => verdicts.iter().map(|v| v.map_diff).collect::<Vec<_>>(),
+        "final_map_diff_lo" => verdicts.iter().map(|v| v.map_diff_lo).collect::<Vec<_>>(),
+        "final_map_diff_hi" => verdicts.iter().map(|v| v.map_diff_hi).collect::<Vec<_>>(),
+        "note" => verdicts.iter().map(|v| v.note.clone()).collect::<Vec<_>>()
+    )?;
+    let mining_runs: Vec<(&RunLog, &MiningRow)> = agg.runs.iter().flat_map(|r| r.mining.iter().map(move |m| (r, m))).collect();
+    let mut mining_df = df!(
+        "arm" => mining_runs.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
+        "seed" => mining_runs.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
+        "round" => mining_runs.iter().map(|(_, m)| m.round as u64).collect::<Vec<_>>(),
+        "epoch" => mining_runs.iter().map(|(_, m)| m.epoch as u64).collect::<Vec<_>>(),
+        "seconds" => mining_runs.iter().map(|(_, m)| m.stats.seconds).collect::<Vec<_>>(),
+        "mined" => mining_runs.iter().map(|(_, m)| m.stats.mined as u64).collect::<Vec<_>>(),
+        "negatives" => mining_runs.iter().map(|(_, m)| m.stats.negatives as u64).collect::<Vec<_>>(),
+        "empty_images" => mining_runs.iter().map(|(_, m)| m.stats.empty_images as u64).collect::<Vec<_>>(),
+        "mined_loss" => mining_runs.iter().map(|(_, m)| m.stats.mined_loss).collect::<Vec<_>>(),
+        "random_loss" => mining_runs.iter().map(|(_, m)| m.stats.random_loss).collect::<Vec<_>>(),
+        "mined_fg_score" => mining_runs.iter().map(|(_, m)| m.stats.mined_fg_score).collect::<Vec<_>>(),
+        "random_fg_score" => mining_runs.iter().map(|(_, m)| m.stats.random_fg_score).collect::<Vec<_>>(),
+        "prev_still_hard" => mining_runs.iter().map(|(_, m)| m.stats.prev_still_hard).collect::<Vec<_>>()
+    )?;
+    let mut diff_df = df!(
+        "baseline" => map_diffs.iter().map(|d| d.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => map_diffs.iter().map(|d| d.arm.clone()).collect::<Vec<_>>(),
+        "final_map_diff" => map_diffs.iter().map(|d| d.diff.map(|x| x.0)).collect::<Vec<_>>(),
+        "ci95_lo" => map_diffs.iter().map(|d| d.diff.map(|x| x.1)).collect::<Vec<_>>(),
+        "ci95_hi" => map_diffs.iter().map(|d| d.diff.map(|x| x.2)).collect::<Vec<_>>(),
+        "baseline_seeds" => map_diffs.iter().map(|d| d.baseline_seeds as u64).collect::<Vec<_>>(),
+        "arm_seeds" => map_diffs.iter().map(|d| d.arm_seeds as u64).collect::<Vec<_>>()
+    )?;
+    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
+        let mut buf = Vec::new();
+        CsvWriter::new(&mut buf).finish(df)?;
+        write_file(&results.join(name), &buf)?;
+    }
+
+    Ok(())
+}
+
+/// The text of summary.md.
+pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], warnings: &[Warning], charts: &[String]) -> String {
+    let metric_name = agg.metric().column();
+    let mut md = format!("# {}: summary\n\nGenerated by `harness report {}` from the logs alone. Metric: {metric_name} on the test split.\n\n", agg.meta.name, results.display());
+    if !verdicts.is_empty() {
+        md.push_str("## Verdicts\n\nA claim \"about Rx\" is supported when the 95% interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise.\n\n");
+        for v in verdicts {
+            md.push_str(&format!("- {}\n", verdict_line(v, agg.metric())));
+        }
+        md.push('\n');
+    }
+    if !warnings.is_empty() {
+        md.push_str("## Warnings\n\n");
+        for w in warnings {
+            md.push_str(&format!("- **{}**\n", w.text));
+        }
+        md.push('\n');
+    }
+    md.push_str("## Arms\n\n");
+    md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed).\n\n", agg.target_note));
+    md.push_str("| arm | seeds | failed | final mAP | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for s in &agg.summaries {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
+            s.arm,
+            s.seeds,
+            s.failed,
+            fmt_ms(s.final_map_mean.map(|m| (m, s.final_map_std.unwrap_or(f64::NAN))), 4),
+            fmt_ms(s.train_s_per_epoch, 1),
+            fmt_ms(s.mine_s_per_epoch, 1),
+            fmt_ms(s.eval_s_per_epoch, 1),
+            fmt_ms(s.s_per_iter, 3),
+            fmt_ms(s.total_wall_s, 0),
+            fmt_ms(s.time_to_target, 0),
+            s.reached,
+            s.seeds
+        ));
+    }
+    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, 95% percentile-bootstrap interval over seeds.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
+    for s in speedups {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            s.baseline,
+            s.arm,
+            s.measure,
+            s.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+            s.ci_lo.zip(s.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+            s.note
+        ));
+    }
+    md.push_str(&format!("\nFinal {metric_name}, arm − baseline (mean over seeds, 95% percentile-bootstrap interval over seeds; an interval that excludes 0 is a difference these seeds resolve).\n\n| baseline | arm | difference | 95% CI |\n|---|---|---|---|\n"));
+    for d in map_diffs {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            d.baseline,
+            d.arm,
+            d.diff.map(|x| format!("{:+.4}", x.0)).unwrap_or_else(|| "—".into()),
+            d.diff.map(|x| format!("[{:+.4}, {:+.4}]", x.1, x.2)).unwrap_or_else(|| "—".into())
+        ));
+    }
+    let miners: Vec<&String> = agg.meta.arms.iter().filter(|a| agg.by_arm(a).iter().any(|r| r.mines())).collect();
+    if !miners.is_empty() {
+        md.push_str("\nOffline mining, per round (mean over seeds): hard negatives in the cache, their mean loss against a random negative's, and the share of the previous round's cache the model still rates hard.\n\n| arm | round | mined | images left empty | mined loss | random loss | mined fg score | random fg score | previous cache still hard |\n|---|---|---|---|---|---|---|---|---|\n");
+        for arm in miners {
+            let rs = agg.by_arm(arm);
+            let rounds = rs.iter().map(|r| r.mining.len()).max().unwrap_or(0);
+            for k in 0..rounds {
+                let ms: Vec<&MiningRow> = rs.iter().filter_map(|r| r.mining.get(k)).collect();
+                let avg = |f: &dyn Fn(&MiningRow) -> Option<f64>| mean_std(&ms.iter().filter_map(|m| f(m)).collect::<Vec<_>>()).map(|x| x.0);
+                md.push_str(&format!(
+                    "| {arm} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    k + 1,
+                    fmt_opt(avg(&|m| Some(m.stats.mined as f64)), 0),
+                    fmt_opt(avg(&|m| Some(m.stats.empty_images as f64)), 1),
+                    fmt_opt(avg(&|m| m.stats.mined_loss), 3),
+                    fmt_opt(avg(&|m| m.stats.random_loss), 3),
+                    fmt_opt(avg(&|m| m.stats.mined_fg_score), 3),
+                    fmt_opt(avg(&|m| m.stats.random_fg_score), 3),
+                    fmt_opt(avg(&|m| m.stats.prev_still_hard), 2),
+                ));
+            }
+        }
+    }
+    let failed: Vec<&RunLog> = agg.runs.iter().filter(|r| r.state == crate::rundir::State::Failed).collect();
+    if !failed.is_empty() {
+        md.push_str("\nFailed cells:\n\n");
+        for r in failed {
+            md.push_str(&format!("- {} seed {}: {}\n", r.arm, r.seed, r.reason.clone().unwrap_or_default()));
+        }
+    }
+    md.push_str("\nCharts:\n\n");
+    for c in charts {
+        md.push_str(&format!("![{c}]({c})\n"));
+    }
+    md
+}

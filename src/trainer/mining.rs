@@ -1,0 +1,44 @@
+//! Offline mining's view of the model: every proposal of every training
+//! image scored by the frozen model, for a sampler that mines
+//! ([`crate::sampler::Miner`]).
+
+use anyhow::Result;
+use tch::{Device, Kind};
+
+use super::batch::{prepare, ImageStore};
+use crate::config::TrainConfig;
+use crate::model::{per_roi_losses, roi_pool, FastRcnn};
+use crate::sampler::{self, ImageScores, Miner};
+
+/// Scores the training set with the current (frozen) model, for offline mining:
+/// eval mode, no gradient, every proposal of every image, no flip.
+pub struct FrozenScorer<'a> {
+    pub model: &'a FastRcnn,
+    pub store: &'a ImageStore,
+    pub cfg: &'a TrainConfig,
+    pub device: Device,
+}
+
+impl Miner for FrozenScorer<'_> {
+    fn score_training_set(&mut self) -> Result<Vec<ImageScores>> {
+        let fg_thresh = self.cfg.sampler.fg_thresh();
+        let k = self.model.num_classes;
+        let mut out = Vec::with_capacity(self.store.len());
+        for i in 0..self.store.len() {
+            let p = prepare(self.store, i, &self.cfg.input, false, self.device);
+            let n = p.proposals.size()[0];
+            let s = tch::no_grad(|| {
+                let feats = self.model.features(&p.image.unsqueeze(0), false);
+                let a = sampler::assign(i, n, p.proposals.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
+                let rois = roi_pool::with_batch_index(0, &p.proposals);
+                let (logits, deltas) = self.model.head(&feats, &rois, false);
+                let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
+                let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
+                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc }
+            });
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+

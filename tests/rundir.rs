@@ -1,0 +1,78 @@
+//! The run-directory format: files written atomically and cleaned up on failure,
+//! `mining.csv` unchanged column for column, pre-emption recorded as a typed phase.
+
+use ohem_harness::rundir::{read_mining, read_phase, write_file, write_mining, MiningRow, MiningStats, Phase, PhaseKind, Preempted, PROGRESS};
+
+#[test]
+fn a_failed_atomic_write_leaves_no_temporary_file_and_the_old_file_intact() {
+    let t = tempfile::tempdir().unwrap();
+    // the target is a non-empty directory: writing the temporary file works, the rename fails
+    let target = t.path().join("manifest.json");
+    std::fs::create_dir_all(target.join("inside")).unwrap();
+    let err = write_file(&target, b"{}").unwrap_err().to_string();
+    assert!(err.contains("manifest.json"), "{err}");
+    let left: Vec<String> = std::fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec!["manifest.json".to_string()], "a temporary file was left behind");
+    assert!(target.join("inside").is_dir(), "the old entry was touched");
+    // and a successful write replaces a file whole
+    let f = t.path().join("status.json");
+    write_file(&f, b"old").unwrap();
+    write_file(&f, b"new").unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"new");
+    assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn committed_mining_logs_read_and_write_back_byte_for_byte() {
+    let cells = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/speedup/cells");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&cells).unwrap() {
+        let path = e.unwrap().path().join("mining.csv");
+        if !path.exists() {
+            continue;
+        }
+        let rows = read_mining(&path).unwrap();
+        assert!(!rows.is_empty() && rows.iter().all(|r| r.stats.mined > 0), "{}", path.display());
+        let t = tempfile::tempdir().unwrap();
+        let copy = t.path().join("mining.csv");
+        write_mining(&copy, &rows).unwrap();
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), std::fs::read_to_string(&path).unwrap(), "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} committed mining logs found");
+}
+
+#[test]
+fn mining_columns_are_when_then_the_stats() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("mining.csv");
+    let row = MiningRow { round: 2, epoch: 3, iteration: 17, stats: MiningStats { seconds: 1.5, images: 4, negatives: 100, mined: 8, empty_images: 1, mined_loss: Some(0.5), random_loss: None, ..Default::default() } };
+    write_mining(&p, std::slice::from_ref(&row)).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let header = text.lines().next().unwrap();
+    assert_eq!(header, "round,epoch,iteration,seconds,images,negatives,mined,empty_images,mined_loss,random_loss,mined_fg_score,random_fg_score,prev_still_hard");
+    assert_eq!(text.lines().nth(1).unwrap(), "2,3,17,1.5,4,100,8,1,0.5,,,,");
+    assert_eq!(read_mining(&p).unwrap(), vec![row]);
+}
+
+#[test]
+fn a_preemption_phase_reads_back_as_the_same_error() {
+    // what `rundir::preempted` writes into progress.json (the sink is process-global, so the
+    // test writes the phase itself; the Slurm test runs the real signal through `harness cell`)
+    let t = tempfile::tempdir().unwrap();
+    let write = |p: &Phase| write_file(&t.path().join(PROGRESS), serde_json::to_string(p).unwrap().as_bytes()).unwrap();
+    let mid = Phase { phase: PhaseKind::Preempted, epoch: 2, epochs: 6, done: 5, total: 8, updated: 0 };
+    write(&mid);
+    assert_eq!(read_phase(t.path()).unwrap(), mid);
+    let e = Preempted::read(t.path());
+    assert_eq!(e.to_string(), "pre-empted by a signal: checkpointed in epoch 2/6 after iteration 5/8; a rerun resumes there");
+    assert_eq!(mid.to_string(), e.where_);
+    write(&Phase { phase: PhaseKind::Preempted, epoch: 3, epochs: 6, done: 0, total: 0, updated: 0 });
+    assert_eq!(Preempted::read(t.path()).where_, "after epoch 3 of 6");
+    // a process that was still training, or recorded nothing
+    write(&Phase { phase: PhaseKind::Training, epoch: 3, epochs: 6, done: 1, total: 8, updated: 0 });
+    assert_eq!(Preempted::read(t.path()).where_, "at its last checkpoint");
+    let text = std::fs::read_to_string(t.path().join(PROGRESS)).unwrap();
+    assert!(text.contains("\"phase\":\"training\""), "{text}");
+    assert_eq!(Preempted::read(tempfile::tempdir().unwrap().path()).where_, "at its last checkpoint");
+}
