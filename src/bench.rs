@@ -370,7 +370,8 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     use crate::trainer::{self, detect, load_split, TrainOptions};
     let mut cfg = TrainConfig::load(config, &[format!("train.epochs={epochs}"), "test.eval_every=1".into()])?;
     cfg.train.lr_steps.clear();
-    let dir = tempfile_dir("ohem-bench-epoch")?;
+    let tmp = tempfile::Builder::new().prefix("ohem-bench-epoch").tempdir().context("creating a temporary folder")?;
+    let dir = tmp.path().to_path_buf();
     let opts = TrainOptions { progress: false, force: true, ..Default::default() };
     let rows = trainer::train(&cfg, &dir, &opts)?;
     println!("training epoch against test-split evaluation, {} (device {:?}):", config.display(), crate::config::parse_device(&cfg.device)?);
@@ -400,7 +401,6 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
         t.head * 1e3 / n,
         t.host * 1e3 / n
     );
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -414,10 +414,3 @@ fn bench_config(yaml: &str) -> Result<TrainConfig> {
     crate::config::from_value(crate::config::parse_yaml(yaml, "bench")?, "bench")
 }
 
-/// A fresh folder under the system's temporary directory.
-fn tempfile_dir(prefix: &str) -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}

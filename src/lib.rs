@@ -59,3 +59,39 @@ pub fn progress_bar(len: u64, msg: &'static str, show: bool) -> indicatif::Progr
     bar.set_message(msg);
     bar
 }
+
+/// "1m05s", "2h03m".
+pub fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Plain progress lines for a process without a terminal (a log file, a Slurm
+/// task): [`PlainLines::due`] is true at the first call and then once every
+/// `every`, so a watcher sees a line at the start and at that pace after.
+pub struct PlainLines {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl PlainLines {
+    /// Lines every `every` when `show` and stderr is not a terminal (a terminal has the bar).
+    pub fn new(show: bool, every: std::time::Duration) -> Option<Self> {
+        use std::io::IsTerminal;
+        (show && !std::io::stderr().is_terminal()).then_some(PlainLines { every, last: None })
+    }
+
+    pub fn due(&mut self) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed() >= self.every);
+        if due {
+            self.last = Some(std::time::Instant::now());
+        }
+        due
+    }
+}

@@ -368,10 +368,11 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
         }
     };
     let bar = crate::progress_bar(total as u64, "pre-training", progress);
+    let mut plain = crate::PlainLines::new(progress, std::time::Duration::from_secs(30));
+    let started = Instant::now();
     let mut rows = Vec::new();
     let mut step = 0;
     for epoch in 0..p.epochs {
-        crate::rundir::report_phase(crate::rundir::PhaseKind::Pretraining, epoch + 1, p.epochs, 0, 0);
         let t = Instant::now();
         let crops = draw_crops(src, train_imgs, cfg, &mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
@@ -394,6 +395,12 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
             seen += chunk.len();
             bar.set_message(format!("epoch {}/{} acc {:.3}", epoch + 1, p.epochs, correct as f64 / seen as f64));
             bar.inc(1);
+            crate::rundir::report_phase(crate::rundir::PhaseKind::Pretraining, epoch + 1, p.epochs, step, total);
+            if plain.as_mut().is_some_and(|l| l.due()) {
+                let secs = started.elapsed().as_secs_f64();
+                let eta = secs / step as f64 * (total - step) as f64;
+                eprintln!("pre-training the shared backbone: epoch {}/{}, step {step}/{total}, accuracy {:.3}, {} elapsed, ETA {}", epoch + 1, p.epochs, correct as f64 / seen as f64, crate::fmt_duration(secs), crate::fmt_duration(eta));
+            }
         }
         let (val_loss, val_accuracy) = evaluate(&model, src, &val_crops, cfg, device, k);
         rows.push(PretrainRow {

@@ -92,6 +92,10 @@ pub struct EpochRow {
     /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
     pub map_voc07: Option<f64>,
     pub map_voc10: Option<f64>,
+    /// Mean RoIs per training image before sampling (proposals and ground truth): the
+    /// regime a timing was taken in. Absent in logs that predate it.
+    #[serde(default)]
+    pub rois_per_image: Option<f64>,
 }
 
 impl EpochRow {
@@ -303,6 +307,88 @@ pub struct VerdictConfig {
     pub expected: f64,
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+    /// The setting the claim was made in, as far as it is known; the verdict
+    /// line says in what the measured regime differs from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regime: Option<Regime>,
+}
+
+/// The setting a timing was measured in, or a claim was made in (each field
+/// optional: a claim states what it knows).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Regime {
+    /// `small`, `vgg16`.
+    pub backbone: Option<String>,
+    /// Width of fc6/fc7 (the RoI head).
+    pub fc_width: Option<i64>,
+    /// Mean RoIs per training image before sampling (proposals and ground truth).
+    pub rois_per_image: Option<f64>,
+    /// Shorter side of the input, in pixels.
+    pub input_scale: Option<u32>,
+    /// `cpu` or `gpu`.
+    pub device: Option<String>,
+    /// The CPU or GPU model.
+    pub processor: Option<String>,
+    pub dataset: Option<String>,
+}
+
+impl Regime {
+    /// "small backbone, fc 512, 480 RoIs/image, 224 px, cpu (AMD EPYC), dataset default".
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(b) = &self.backbone {
+            parts.push(format!("{b} backbone"));
+        }
+        if let Some(f) = self.fc_width {
+            parts.push(format!("fc {f}"));
+        }
+        if let Some(r) = self.rois_per_image {
+            parts.push(format!("{r:.0} RoIs/image"));
+        }
+        if let Some(s) = self.input_scale {
+            parts.push(format!("{s} px"));
+        }
+        match (&self.device, &self.processor) {
+            (Some(d), Some(p)) => parts.push(format!("{d} ({p})")),
+            (Some(d), None) => parts.push(d.clone()),
+            (None, Some(p)) => parts.push(p.clone()),
+            (None, None) => {}
+        }
+        if let Some(d) = &self.dataset {
+            parts.push(format!("dataset {d}"));
+        }
+        parts.join(", ")
+    }
+
+    /// What of a claim's regime this (measured) one differs in: the claim's
+    /// stated fields only; RoIs per image differ beyond a factor of 1.25.
+    pub fn differs_from(&self, claim: &Regime) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let lower = |s: &Option<String>| s.as_ref().map(|s| s.to_lowercase());
+        if claim.backbone.is_some() && lower(&claim.backbone) != lower(&self.backbone) {
+            out.push("backbone");
+        }
+        if claim.fc_width.is_some() && claim.fc_width != self.fc_width {
+            out.push("head width");
+        }
+        if let Some(c) = claim.rois_per_image {
+            if self.rois_per_image.is_none_or(|m| !(c / 1.25..=c * 1.25).contains(&m)) {
+                out.push("RoIs per image");
+            }
+        }
+        if claim.input_scale.is_some() && claim.input_scale != self.input_scale {
+            out.push("input scale");
+        }
+        let kind = |d: &Option<String>| d.as_ref().map(|d| if d.starts_with("cuda") || d.starts_with("gpu") { "gpu" } else { "cpu" });
+        if claim.device.is_some() && kind(&claim.device) != kind(&self.device) {
+            out.push("device");
+        }
+        if claim.dataset.is_some() && lower(&claim.dataset) != lower(&self.dataset) {
+            out.push("dataset");
+        }
+        out
+    }
 }
 
 fn default_expected() -> f64 {
@@ -381,13 +467,50 @@ pub struct Manifest {
     pub harness_version: String,
     pub git_revision: Option<String>,
     pub libtorch: String,
+    /// The device the config asks for (`auto`, `cpu`, `cuda:N`), and the one it resolved to.
     pub device: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_used: Option<String>,
     pub host: String,
     pub started: String,
     pub ended: Option<String>,
     /// The Slurm job (array job id), array task and restart count, when a Slurm task ran the cell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slurm: Option<SlurmIds>,
+    /// The CPU model (`/proc/cpuinfo`) and the cores the process may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<usize>,
+    /// The 1-minute load average when the cell started and when it ended: a load above
+    /// `cores` means the cell shared the machine, and its timing is suspect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_start: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_end: Option<f64>,
+}
+
+impl Manifest {
+    /// Whether the machine was loaded beyond its cores at the start or the end of the cell.
+    pub fn overloaded(&self) -> bool {
+        let cores = self.cores.unwrap_or(usize::MAX) as f64;
+        self.load_start.into_iter().chain(self.load_end).any(|l| l > cores)
+    }
+}
+
+/// The CPU model as `/proc/cpuinfo` names it (None off Linux).
+pub fn cpu_model() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string()))
+}
+
+/// The 1-minute load average (None off Linux).
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
+pub fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).ok()?).ok()
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -508,7 +631,7 @@ impl std::fmt::Display for Phase {
         match self.phase {
             PhaseKind::Training => write!(f, "epoch {}/{}, iteration{count}", self.epoch, self.epochs),
             PhaseKind::Proposals => write!(f, "proposals{count}"),
-            PhaseKind::Pretraining => write!(f, "pre-training epoch {}/{}", self.epoch, self.epochs),
+            PhaseKind::Pretraining => write!(f, "pre-training epoch {}/{}{}", self.epoch, self.epochs, if self.total > 0 { format!(", step{count}") } else { String::new() }),
             PhaseKind::Preempted => write!(f, "{}", Preempted::at(self).where_),
             p => write!(f, "{}{count} (epoch {}/{})", p.name(), self.epoch, self.epochs),
         }

@@ -7,6 +7,7 @@ mod harness;
 mod model;
 mod sampler;
 mod slurm;
+mod stats;
 mod trainer;
 mod pretrain;
 mod proposals;

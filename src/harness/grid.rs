@@ -47,6 +47,7 @@ pub struct Cell {
 pub struct Grid {
     pub name: String,
     pub results: PathBuf,
+    /// In run order: seed-major (each seed of every arm before the next seed).
     pub cells: Vec<Cell>,
     /// Arm labels in grid order.
     pub arms: Vec<String>,
@@ -149,6 +150,10 @@ impl Grid {
                 }
             }
         }
+        // Seed-major: every arm's seed 0, then every arm's seed 1, … (arms in grid order within a
+        // seed), so that no arm runs all its seeds in one stretch and a machine that slows down
+        // during the grid slows every arm alike. cells.json and the Slurm array take this order.
+        cells.sort_by_key(|c| seeds.iter().position(|s| *s == c.seed));
         let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
         ids.sort();
         ids.dedup();

@@ -93,29 +93,58 @@ pub fn prepare(grid: &Grid) -> Result<()> {
     Ok(())
 }
 
-/// "1m05s", "2h03m".
-pub fn fmt_duration(s: f64) -> String {
-    let s = s.max(0.0).round() as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
-}
+pub use crate::fmt_duration;
 
 /// A cell being run, as the progress watcher sees it.
 struct Running {
     dir: PathBuf,
     label: String,
     line: indicatif::ProgressBar,
+    started: Instant,
+}
+
+/// A running cell as the ETA sees it: seconds since it started, and the share
+/// of its training done (from its phase), once known.
+#[derive(Debug, Clone, Copy)]
+pub struct CellClock {
+    pub elapsed: f64,
+    pub done: Option<f64>,
+}
+
+/// Seconds left in a grid: each running cell's own projection (its elapsed
+/// time over the share done, less the elapsed time) once it has trained a
+/// tenth of itself, else the mean time of a finished cell less its elapsed
+/// time; the queued cells at the mean time of a cell (finished ones, else the
+/// running cells' projections); all over the jobs. None while nothing is known.
+pub fn eta_seconds(running: &[CellClock], queued: usize, mean_done: Option<f64>, jobs: usize) -> Option<f64> {
+    let projected: Vec<f64> = running.iter().filter_map(|c| c.done.filter(|f| *f >= 0.1).map(|f| c.elapsed / f)).collect();
+    let per_cell = mean_done.or_else(|| (!projected.is_empty()).then(|| projected.iter().sum::<f64>() / projected.len() as f64))?;
+    let left_running: f64 = running
+        .iter()
+        .map(|c| match c.done.filter(|f| *f >= 0.1) {
+            Some(f) => c.elapsed / f - c.elapsed,
+            None => per_cell - c.elapsed,
+        })
+        .map(|s| s.max(0.0))
+        .sum();
+    let cells = running.len() + queued;
+    Some((left_running + queued as f64 * per_cell) / jobs.min(cells.max(1)) as f64)
+}
+
+/// The share of a cell's training done, from its phase: epochs done plus the iterations of this one.
+fn share_done(p: &crate::rundir::Phase) -> Option<f64> {
+    use crate::rundir::PhaseKind::*;
+    if p.epochs == 0 || !matches!(p.phase, Training | Mining | Evaluating | Checkpointing) {
+        return None;
+    }
+    let within = if p.phase == Training && p.total > 0 { p.done as f64 / p.total as f64 } else if p.phase == Evaluating { 1.0 } else { 0.0 };
+    Some(((p.epoch.saturating_sub(1)) as f64 + within) / p.epochs as f64)
 }
 
 /// Runs every cell not yet done, `jobs` at a time.
 ///
-/// On a terminal, a grid bar (elapsed time, and an ETA once a cell has
-/// finished) and one line per running cell with its phase, read from the
+/// On a terminal, a grid bar (elapsed time, and an ETA that counts down, see
+/// [`eta_seconds`]) and one line per running cell with its phase, read from the
 /// cell's `progress.json`. Without a terminal, plain lines instead: one per
 /// cell started and finished, and every 30 s the phase of each running cell.
 pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
@@ -210,14 +239,12 @@ impl<'a> Pool<'a> {
         })
     }
 
-    /// The estimated time left: the mean time of a finished cell, times the cells left, over the jobs.
-    fn eta(&self, running: usize) -> Option<f64> {
+    /// The estimated time left ([`eta_seconds`]); it counts down as the running cells advance.
+    fn eta(&self, running: &[Running]) -> Option<f64> {
         let ds = self.durations.lock().expect("durations");
-        (!ds.is_empty()).then(|| {
-            let mean = ds.iter().sum::<f64>() / ds.len() as f64;
-            let left = self.queue.lock().expect("queue").len() + running;
-            mean * left as f64 / self.jobs.min(left.max(1)) as f64
-        })
+        let mean = (!ds.is_empty()).then(|| ds.iter().sum::<f64>() / ds.len() as f64);
+        let clocks: Vec<CellClock> = running.iter().map(|r| CellClock { elapsed: r.started.elapsed().as_secs_f64(), done: crate::rundir::read_phase(&r.dir).as_ref().and_then(share_done) }).collect();
+        eta_seconds(&clocks, self.queue.lock().expect("queue").len(), mean, self.jobs)
     }
 
     /// The watcher: phases of the running cells, the ETA, plain lines without a terminal.
@@ -231,7 +258,7 @@ impl<'a> Pool<'a> {
                     r.line.set_message(format!("{}: {p}", r.label));
                 }
             }
-            let eta = self.eta(run.len()).map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default();
+            let eta = self.eta(&run).map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default();
             self.overall.set_message(eta.clone());
             if self.plain && last_plain.elapsed() >= Duration::from_secs(30) {
                 last_plain = Instant::now();
@@ -262,7 +289,7 @@ impl<'a> Pool<'a> {
         if self.plain {
             eprintln!("{label}: started ({})", dir.display());
         }
-        self.running.lock().expect("running").push(Running { dir: dir.clone(), label: label.clone(), line: line.clone() });
+        self.running.lock().expect("running").push(Running { dir: dir.clone(), label: label.clone(), line: line.clone(), started: Instant::now() });
         // One GPU per job when several are present and the cell says `auto`.
         let device = (cell.config.device == "auto" && self.cuda > 1).then(|| format!("cuda:{}", worker % self.cuda));
         let t = Instant::now();
@@ -329,20 +356,29 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
     }
     cmd.args(extra_args);
     let started = now();
-    let manifest = |ended: Option<String>| Manifest {
+    let load_start = crate::rundir::load_average();
+    let manifest = |ended: Option<String>, load_end: Option<f64>| Manifest {
         harness_version: env!("CARGO_PKG_VERSION").to_string(),
         git_revision: git_revision(),
         libtorch: env!("OHEM_LIBTORCH_VERSION").to_string(),
         device: device.clone().unwrap_or_else(|| cfg_device.to_string()),
+        device_used: crate::config::parse_device(device.as_deref().unwrap_or(cfg_device)).ok().map(|d| match d {
+            tch::Device::Cuda(i) => format!("cuda:{i}"),
+            _ => "cpu".to_string(),
+        }),
         host: host(),
         started: started.clone(),
         ended,
         slurm: slurm_ids(),
+        cpu: crate::rundir::cpu_model(),
+        cores: std::thread::available_parallelism().ok().map(|n| n.get()),
+        load_start,
+        load_end,
     };
     let _ = std::fs::remove_file(dir.join(crate::rundir::PROGRESS));
     let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
     write_status(dir, State::Running, None)?;
-    write_manifest(dir, &manifest(None))?;
+    write_manifest(dir, &manifest(None, None))?;
     let pid = child.id() as i32;
     let child_done = std::sync::atomic::AtomicBool::new(false);
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("train.log"))?;
@@ -378,7 +414,7 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
     if status.code() == Some(EXIT_LOCKED) {
         return Ok(CellOutcome::Busy);
     }
-    write_manifest(dir, &manifest(Some(now())))?;
+    write_manifest(dir, &manifest(Some(now()), crate::rundir::load_average()))?;
     if status.success() {
         write_status(dir, State::Done, None)?;
         Ok(CellOutcome::Done)

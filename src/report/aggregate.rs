@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use polars::prelude::*;
 
+use super::stats::Seeded;
 use super::{mean_std, time_to_target, RunLog};
 use crate::eval::Metric;
-use crate::rundir::{EpochRow, GridMeta, Measure, State};
+use crate::rundir::{EpochRow, GridMeta, Measure, Regime, State};
 
 /// Per-arm aggregates, one row of summary.csv.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -38,7 +39,7 @@ pub struct Aggregate<'a> {
     /// Every epoch of every run (`runs.csv`).
     pub long: DataFrame,
     /// Per arm, the final mAP of each finished seed.
-    pub finals: BTreeMap<String, Vec<f64>>,
+    pub finals: BTreeMap<String, Vec<Seeded>>,
     /// The mAP of time to target, and how it was set (for summary.md).
     pub target: f64,
     pub target_note: String,
@@ -57,14 +58,40 @@ impl<'a> Aggregate<'a> {
     }
 
     /// The final mAP of each finished seed of `arm`.
-    pub fn finals_of(&self, arm: &str) -> Vec<f64> {
+    pub fn finals_of(&self, arm: &str) -> Vec<Seeded> {
         self.finals.get(arm).cloned().unwrap_or_default()
     }
 
     /// `measure` for each finished seed of `arm` that has it, and how many finished seeds there are.
-    pub fn per_seed(&self, arm: &str, measure: Measure) -> (Vec<f64>, usize) {
+    pub fn per_seed(&self, arm: &str, measure: Measure) -> (Vec<Seeded>, usize) {
+        self.per_seed_at(arm, measure, self.target)
+    }
+
+    /// The regime `arm` was measured in: its model, input and data (the first
+    /// finished cell's config), its device and processor (the manifest), and
+    /// the mean RoIs per image over its seeds and epochs.
+    pub fn regime(&self, arm: &str) -> Regime {
         let rs = self.by_arm(arm);
-        (rs.iter().filter_map(|r| r.measure(measure, self.metric(), self.target)).collect(), rs.len())
+        let mut g = Regime::default();
+        if let Some(c) = rs.iter().find_map(|r| r.config.as_ref()) {
+            g.backbone = Some(format!("{:?}", c.model.backbone).to_lowercase());
+            g.fc_width = Some(c.model.fc_width());
+            g.input_scale = Some(c.input.scale);
+            g.dataset = c.dataset.root.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        if let Some(m) = rs.iter().find_map(|r| r.manifest.as_ref()) {
+            g.device = Some(m.device_used.clone().map(|d| if d.starts_with("cuda") { "gpu".into() } else { d }).unwrap_or_else(|| m.device.clone()));
+            g.processor = m.cpu.clone().filter(|_| g.device.as_deref() == Some("cpu"));
+        }
+        let rois: Vec<f64> = rs.iter().flat_map(|r| r.rows.iter().filter_map(|e| e.rois_per_image)).collect();
+        g.rois_per_image = mean_std(&rois).map(|m| m.0);
+        g
+    }
+
+    /// As [`Aggregate::per_seed`], with time to target taken at `target`.
+    pub fn per_seed_at(&self, arm: &str, measure: Measure, target: f64) -> (Vec<Seeded>, usize) {
+        let rs = self.by_arm(arm);
+        (rs.iter().filter_map(|r| r.measure(measure, self.metric(), target).map(|v| (r.seed, v))).collect(), rs.len())
     }
 }
 
@@ -73,8 +100,9 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
     let metric = meta.report.metric;
     let done: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Done && !r.rows.is_empty()).collect();
     let by_arm = |arm: &str| -> Vec<&RunLog> { done.iter().copied().filter(|r| r.arm == arm).collect() };
-    let finals: BTreeMap<String, Vec<f64>> = meta.arms.iter().map(|a| (a.clone(), by_arm(a).iter().filter_map(|r| r.final_map(metric)).collect())).collect();
-    let best_final = finals.values().filter_map(|v| mean_std(v).map(|m| m.0)).fold(f64::NAN, f64::max);
+    let finals: BTreeMap<String, Vec<Seeded>> = meta.arms.iter().map(|a| (a.clone(), by_arm(a).iter().filter_map(|r| r.final_map(metric).map(|m| (r.seed, m))).collect())).collect();
+    let values = |v: &[Seeded]| v.iter().map(|x| x.1).collect::<Vec<f64>>();
+    let best_final = finals.values().filter_map(|v| mean_std(&values(v)).map(|m| m.0)).fold(f64::NAN, f64::max);
     let (target, target_note) = match meta.report.target_map {
         Some(t) => (t, format!("{t:.4} (set in the grid file)")),
         None => {
@@ -88,7 +116,7 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
         let rs = by_arm(arm);
         let failed = runs.iter().filter(|r| &r.arm == arm && r.state == State::Failed).count();
         let ttt: Vec<f64> = rs.iter().filter_map(|r| time_to_target(&r.rows, metric, target)).collect();
-        let fm = mean_std(&finals[arm]);
+        let fm = mean_std(&values(&finals[arm]));
         summaries.push(ArmSummary {
             arm: arm.clone(),
             seeds: rs.len(),
@@ -131,11 +159,20 @@ pub fn long_table(runs: &[RunLog], metric: Metric) -> Result<DataFrame> {
     Ok(df)
 }
 
-/// mean ± std of a column over the rows of one arm's finished runs.
+/// Mean and std over seeds of a column's per-seed mean over the epochs of one
+/// arm's finished runs (std NaN with one seed: no spread to speak of).
 fn column_stats(df: &DataFrame, arm: &str, col: &str) -> Result<Option<(f64, f64)>> {
     let mask = df.column("arm")?.str()?.equal(arm) & df.column("state")?.str()?.equal("done");
     let sub = df.filter(&mask)?;
-    let c = sub.column(col)?.f64()?;
-    Ok(c.mean().map(|m| (m, c.std(1).filter(|s| s.is_finite()).unwrap_or(0.0))))
+    let seeds = sub.column("seed")?.u64()?;
+    let mut uniq: Vec<u64> = seeds.iter().flatten().collect();
+    uniq.sort_unstable();
+    uniq.dedup();
+    let mut per_seed = Vec::new();
+    for s in uniq {
+        let rows = sub.filter(&seeds.equal(s))?;
+        per_seed.extend(rows.column(col)?.f64()?.mean());
+    }
+    Ok(mean_std(&per_seed))
 }
 

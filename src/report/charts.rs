@@ -9,6 +9,7 @@ use anyhow::{anyhow, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::compare::TargetPoint;
 use super::{mean_std, ArmSummary, RunLog, Speedup};
 use crate::eval::Metric;
 use crate::rundir::{EpochRow, GridMeta, Measure, MiningRow};
@@ -160,7 +161,7 @@ where
     let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
     let n = labels.len().max(1);
     let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.15;
-    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% bootstrap CI)"), &labels, ymax, "speed-up (x)")?;
+    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
     for (k, m) in Measure::ALL.into_iter().enumerate() {
@@ -217,7 +218,7 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
     let ylabel = format!("{} on the test split", metric.column());
     both!(dir, "map_vs_epoch", files, |root| line_chart(&root, "mAP against epoch (mean ± std over seeds)", "epoch", &ylabel, arms, &map_epoch, true));
     both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, "mAP against wall-clock time (evaluation included)", "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
-    both!(dir, "map_vs_training_time", files, |root| line_chart(&root, "mAP against training time (train + mining, evaluation excluded)", "training seconds (mean over seeds)", &ylabel, arms, &map_train, false));
+    both!(dir, "map_vs_training_time", files, |root| line_chart(&root, "mAP against training time (mean ± std over seeds; train + mining, evaluation excluded)", "training seconds (mean over seeds)", &ylabel, arms, &map_train, true));
     both!(dir, "seconds_per_epoch", files, |root| stacked_bars(&root, summaries));
     let mut baselines: Vec<&str> = speedups.iter().map(|s| s.baseline.as_str()).collect();
     baselines.dedup();
@@ -232,6 +233,53 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
         both!(dir, "mining", files, |root| mining_chart(&root, &miners, done));
     }
     Ok(files)
+}
+
+/// `ttt_ratio_vs_target.png`: the time-to-target ratio (baseline / arm) and its
+/// 95% interval against the target, one line per compared pair.
+pub fn draw_target_curve(dir: &Path, points: &[TargetPoint]) -> Result<String> {
+    register_font();
+    let mut pairs: Vec<(String, String)> = points.iter().map(|p| (p.baseline.clone(), p.arm.clone())).collect();
+    pairs.dedup();
+    let mut files = Vec::new();
+    both!(dir, "ttt_ratio_vs_target", files, |root| target_chart(&root, &pairs, points));
+    Ok(files.remove(0))
+}
+
+fn target_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, pairs: &[(String, String)], points: &[TargetPoint]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let (x0, x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.target), b.max(p.target)));
+    let ymax = points.iter().map(|p| p.ci.map(|c| c.1).unwrap_or(p.ratio)).fold(1.2f64, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption("Time-to-target ratio against the target (baseline / arm, 95% CI)", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - 0.01)..(x1 + 0.01), 0.0..ymax)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("target mAP").y_desc("time-to-target ratio (x)").label_style(("sans-serif", 15)).draw().map_err(err)?;
+    chart.draw_series(std::iter::once(PathElement::new(vec![(x0 - 0.01, 1.0), (x1 + 0.01, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    for (i, (b, a)) in pairs.iter().enumerate() {
+        let c = colour(i);
+        let pts: Vec<&TargetPoint> = points.iter().filter(|p| &p.baseline == b && &p.arm == a).collect();
+        let with_ci: Vec<(f64, (f64, f64))> = pts.iter().filter_map(|p| p.ci.map(|ci| (p.target, ci))).collect();
+        if with_ci.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = with_ci.iter().map(|(x, ci)| (*x, ci.1)).collect();
+            poly.extend(with_ci.iter().rev().map(|(x, ci)| (*x, ci.0)));
+            chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(err)?;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.target, p.ratio)), c.stroke_width(2)).point_size(3))
+            .map_err(err)?
+            .label(format!("{b} / {a}"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
 }
 
 /// Per arm and round: the mean over seeds of a mining-round value.

@@ -3,10 +3,11 @@
 //! mined nothing, and verdicts on the claims the grid file names.
 
 use super::aggregate::Aggregate;
-use super::{bootstrap_diff, bootstrap_ratio, judge, RunLog};
-use crate::rundir::Measure;
+use super::stats::{compare, seeds_needed, Estimate, Scale, Seeded};
+use super::{judge, RunLog};
+use crate::rundir::{Measure, Regime};
 
-/// One speed-up: baseline / arm, with a 95% bootstrap interval.
+/// One speed-up: baseline / arm, with its 95% t-interval over seeds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Speedup {
     pub baseline: String,
@@ -23,8 +24,7 @@ pub struct Speedup {
 pub struct MapDiff {
     pub baseline: String,
     pub arm: String,
-    /// (difference, interval low, interval high)
-    pub diff: Option<(f64, f64, f64)>,
+    pub diff: Option<Estimate>,
     pub baseline_seeds: usize,
     pub arm_seeds: usize,
 }
@@ -76,6 +76,9 @@ pub struct Verdict {
     pub map_diff_lo: Option<f64>,
     pub map_diff_hi: Option<f64>,
     pub note: String,
+    /// The regime of the arm's measurement, and what of the claim's stated regime it differs in.
+    pub regime: Regime,
+    pub differs: Vec<&'static str>,
 }
 
 /// The baselines of the speed-ups and differences: `report.baselines`, else the first arm.
@@ -89,22 +92,22 @@ fn baselines(agg: &Aggregate) -> Vec<String> {
 }
 
 /// Whether a time-to-target comparison has seeds that never reached the target.
-fn dnf(measure: Measure, (bv, bn): (&[f64], usize), (av, an): (&[f64], usize)) -> bool {
+fn dnf(measure: Measure, (bv, bn): (&[Seeded], usize), (av, an): (&[Seeded], usize)) -> bool {
     measure == Measure::TimeToTarget && (bv.len() < bn || av.len() < an)
 }
 
 /// Every arm against every baseline, on every measure.
 pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
     let mut out = Vec::new();
-    for (bi, b) in baselines(agg).iter().enumerate() {
+    for b in &baselines(agg) {
         for a in agg.meta.arms.iter().filter(|a| *a != b) {
             for measure in Measure::ALL {
                 let (bv, bn) = agg.per_seed(b, measure);
                 let (av, an) = agg.per_seed(a, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
-                let r = if dnf { None } else { bootstrap_ratio(&bv, &av, agg.meta.report.bootstrap, 1000 + bi as u64) };
+                let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
                 let note = if dnf { format!("DNF: {} of {an} {a} and {} of {bn} {b} seeds reached the target", av.len(), bv.len()) } else if r.is_none() { "no finished seeds".into() } else { String::new() };
-                out.push(Speedup { baseline: b.clone(), arm: a.clone(), measure, ratio: r.map(|x| x.0), ci_lo: r.map(|x| x.1), ci_hi: r.map(|x| x.2), note });
+                out.push(Speedup { baseline: b.clone(), arm: a.clone(), measure, ratio: r.map(|x| x.value), ci_lo: r.and_then(|x| x.ci).map(|c| c.0), ci_hi: r.and_then(|x| x.ci).map(|c| c.1), note });
             }
         }
     }
@@ -114,18 +117,33 @@ pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
 /// Final-mAP differences against each baseline (what an ablation reads).
 pub fn map_diffs(agg: &Aggregate) -> Vec<MapDiff> {
     let mut out = Vec::new();
-    for (bi, b) in baselines(agg).iter().enumerate() {
-        for (ai, a) in agg.meta.arms.iter().enumerate().filter(|(_, a)| *a != b) {
+    for b in &baselines(agg) {
+        for a in agg.meta.arms.iter().filter(|a| *a != b) {
             let (bv, av) = (agg.finals_of(b), agg.finals_of(a));
-            let diff = bootstrap_diff(&bv, &av, agg.meta.report.bootstrap, 9000 + (bi * 1000 + ai) as u64);
+            let diff = compare(&bv, &av, Scale::Difference);
             out.push(MapDiff { baseline: b.clone(), arm: a.clone(), diff, baseline_seeds: bv.len(), arm_seeds: av.len() });
         }
     }
     out
 }
 
+/// What makes an arm's figures suspect: offline mining whose cache stayed
+/// empty (fixed-ratio in disguise), and cells that shared the machine (a load
+/// above the core count when they started or ended).
+pub fn warnings(agg: &Aggregate) -> Vec<Warning> {
+    let mut out = mining_warnings(agg);
+    for arm in &agg.meta.arms {
+        let rs = agg.by_arm(arm);
+        let loaded = rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.overloaded())).count();
+        if loaded > 0 {
+            out.push(Warning { arm: arm.clone(), text: format!("{arm}: {loaded} of {} cells ran under a 1-minute load above the core count (at their start or end): their timings are suspect", rs.len()) });
+        }
+    }
+    out
+}
+
 /// Offline-mining arms whose cache stayed empty: fixed-ratio in disguise.
-pub fn mining_warnings(agg: &Aggregate) -> Vec<Warning> {
+fn mining_warnings(agg: &Aggregate) -> Vec<Warning> {
     let mut out = Vec::new();
     for arm in &agg.meta.arms {
         let rs: Vec<&RunLog> = agg.by_arm(arm).into_iter().filter(|r| r.mines()).collect();
@@ -146,26 +164,44 @@ pub fn mining_warnings(agg: &Aggregate) -> Vec<Warning> {
 /// The verdicts on the claims of `report.verdicts`, with the warnings on the arms they use.
 pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
     let mut out = Vec::new();
-    for (vi, v) in agg.meta.report.verdicts.iter().enumerate() {
+    for v in &agg.meta.report.verdicts {
         let (bv, bn) = agg.per_seed(&v.baseline, v.measure);
         let (av, an) = agg.per_seed(&v.arm, v.measure);
         let seeds = bn.min(an);
-        let md = bootstrap_diff(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), agg.meta.report.bootstrap, 7000 + vi as u64);
+        // a final mAP is comparable only between arms trained for as long
+        let epochs = |arm: &str| agg.by_arm(arm).iter().map(|r| r.epochs).max();
+        let same_length = epochs(&v.baseline) == epochs(&v.arm);
+        let md = if same_length { compare(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference) } else { None };
         let dnf = dnf(v.measure, (&bv, bn), (&av, an));
-        let r = if dnf { None } else { bootstrap_ratio(&bv, &av, agg.meta.report.bootstrap, 5000 + vi as u64) };
-        let (word, need, mut note) = match r {
-            Some((ratio, lo, hi)) => {
-                let (w, n) = judge(ratio, lo, hi, v.expected, v.tolerance, seeds);
-                let note = match (w, n) {
-                    (Word::NotResolved, Some(n)) => format!("about {n} seeds per arm would resolve it at the observed spread"),
+        let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
+        let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
+        let regime = agg.regime(&v.arm);
+        let (word, need, mut note) = match (r, r.and_then(|x| x.ci)) {
+            (Some(est), Some((lo, hi))) => {
+                let w = judge(lo, hi, v.expected, v.tolerance);
+                // the nearest band edge is the one a resolution has to clear
+                let edge = if (est.value.ln() - band_lo.ln()).abs() <= (est.value.ln() - band_hi.ln()).abs() { band_lo } else { band_hi };
+                let need = (w == Word::NotResolved).then(|| seeds_needed(&est, edge, seeds)).flatten();
+                let note = match (w, need) {
+                    (Word::NotResolved, Some(n)) => format!("about {n} seeds per arm would resolve it with 80% power, if the ratio and the spread stay as observed"),
                     (Word::NotResolved, None) => "the ratio sits on the edge of the band: no number of seeds resolves it".into(),
                     _ => String::new(),
                 };
-                (w, n, note)
+                (w, need, note)
             }
-            None if dnf => (Word::NotResolved, None, format!("DNF: {} of {an} {} and {} of {bn} {} seeds reached the target; lower report.target_map or train longer", av.len(), v.arm, bv.len(), v.baseline)),
-            None => (Word::NotResolved, None, "no finished seeds".into()),
+            (Some(_), None) => (Word::NotResolved, None, "one seed per arm: no interval".into()),
+            (None, _) if dnf => (Word::NotResolved, None, format!("DNF: {} of {an} {} and {} of {bn} {} seeds reached the target; lower report.target_map or train longer", av.len(), v.arm, bv.len(), v.baseline)),
+            (None, _) => (Word::NotResolved, None, "no finished seeds".into()),
         };
+        if !same_length {
+            let (eb, ea) = (epochs(&v.baseline).unwrap_or(0), epochs(&v.arm).unwrap_or(0));
+            note = format!("{note}{}final mAP not compared: {} ran {eb} epochs and {} {ea}", if note.is_empty() { "" } else { "; " }, v.baseline, v.arm);
+        }
+        if v.measure == Measure::TimeToTarget {
+            if let Some(range) = target_range(agg, &v.baseline, &v.arm) {
+                note = format!("{note}{}{range}", if note.is_empty() { "" } else { "; " });
+            }
+        }
         for w in warnings.iter().filter(|w| w.arm == v.arm || w.arm == v.baseline) {
             note = format!("{note}{}caution: {}", if note.is_empty() { "" } else { "; " }, w.text);
         }
@@ -175,19 +211,72 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
             arm: v.arm.clone(),
             measure: v.measure,
             expected: v.expected,
-            band_lo: v.expected / v.tolerance,
-            band_hi: v.expected * v.tolerance,
-            ratio: r.map(|x| x.0),
-            ci_lo: r.map(|x| x.1),
-            ci_hi: r.map(|x| x.2),
+            band_lo,
+            band_hi,
+            ratio: r.map(|x| x.value),
+            ci_lo: r.and_then(|x| x.ci).map(|c| c.0),
+            ci_hi: r.and_then(|x| x.ci).map(|c| c.1),
             verdict: word,
             seeds,
             seeds_needed: need,
-            map_diff: md.map(|x| x.0),
-            map_diff_lo: md.map(|x| x.1),
-            map_diff_hi: md.map(|x| x.2),
+            map_diff: md.map(|x| x.value),
+            map_diff_lo: md.and_then(|x| x.ci).map(|c| c.0),
+            map_diff_hi: md.and_then(|x| x.ci).map(|c| c.1),
             note,
+            differs: v.regime.as_ref().map(|c| regime.differs_from(c)).unwrap_or_default(),
+            regime,
         });
     }
     out
+}
+
+/// One point of the time-to-target curve: the ratio baseline / arm at a target.
+#[derive(Debug, Clone)]
+pub struct TargetPoint {
+    pub baseline: String,
+    pub arm: String,
+    pub target: f64,
+    pub ratio: f64,
+    pub ci: Option<(f64, f64)>,
+    /// Seeds of each arm that reached the target, of those that finished.
+    pub reached: (usize, usize),
+    pub seeds: (usize, usize),
+}
+
+/// The time-to-target ratio of `arm` against `baseline` at every target (a
+/// 0.01 grid) that both arms reach in at least 80% of their seeds; the ratio
+/// uses the seeds that reached it. Targets that every seed of both arms
+/// reaches at its first evaluation are left out: they compare only the first
+/// epoch's speed.
+pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoint> {
+    let first_map = |r: &&RunLog| r.rows.iter().find_map(|e| e.map(agg.metric()));
+    let first: Vec<f64> = agg.by_arm(baseline).iter().chain(agg.by_arm(arm).iter()).map(|r| first_map(r).unwrap_or(0.0)).collect();
+    let mut out = Vec::new();
+    for k in 1..100 {
+        let target = k as f64 / 100.0;
+        if first.iter().all(|m| *m >= target) {
+            continue;
+        }
+        let (bv, bn) = agg.per_seed_at(baseline, Measure::TimeToTarget, target);
+        let (av, an) = agg.per_seed_at(arm, Measure::TimeToTarget, target);
+        let enough = |reached: usize, n: usize| n > 0 && reached as f64 >= 0.8 * n as f64;
+        if !(enough(bv.len(), bn) && enough(av.len(), an)) {
+            continue;
+        }
+        if let Some(e) = compare(&bv, &av, Scale::Ratio) {
+            out.push(TargetPoint { baseline: baseline.into(), arm: arm.into(), target, ratio: e.value, ci: e.ci, reached: (bv.len(), av.len()), seeds: (bn, an) });
+        }
+    }
+    out
+}
+
+/// "over targets 0.40–0.47 …, the ratio runs 0.65–0.94x": how the verdict depends on the target.
+fn target_range(agg: &Aggregate, baseline: &str, arm: &str) -> Option<String> {
+    let c = target_curve(agg, baseline, arm);
+    let (first, last) = (c.first()?, c.last()?);
+    let (lo, hi) = c.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.ratio), h.max(p.ratio)));
+    Some(format!(
+        "over the targets {:.2}–{:.2} that both arms reach in at least 80% of seeds, the ratio runs {lo:.2}–{hi:.2}x (target_curve.csv)",
+        first.target, last.target
+    ))
 }

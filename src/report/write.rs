@@ -7,13 +7,22 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use super::aggregate::Aggregate;
-use super::compare::{MapDiff, Speedup, Verdict, Warning};
+use super::compare::{MapDiff, Speedup, TargetPoint, Verdict, Warning};
 use super::{mean_std, RunLog};
 use crate::eval::Metric;
 use crate::rundir::{write_file, MiningRow};
 
 fn fmt_ms(v: Option<(f64, f64)>, digits: usize) -> String {
     v.map(|(m, s)| if s.is_finite() { format!("{m:.digits$} ± {s:.digits$}") } else { format!("{m:.digits$} ± —") }).unwrap_or_else(|| "—".into())
+}
+
+/// How an interval was made: "paired t, 4 df" or "Welch t, 5.3 df".
+fn interval_kind(e: super::stats::Estimate) -> String {
+    match (e.ci, e.paired) {
+        (None, _) => String::new(),
+        (Some(_), true) => format!("paired t, {:.0} df", e.df),
+        (Some(_), false) => format!("Welch t, {:.1} df", e.df),
+    }
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
@@ -24,7 +33,7 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
     let metric_name = metric.column();
     format!(
-            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}. Final {metric_name} {} − {} = {} (95% CI {}).",
+            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}. Final {metric_name} {} − {} = {} (95% CI {}). Measured in: {}.",
             v.claim,
             v.baseline,
             v.arm,
@@ -35,12 +44,34 @@ pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
             v.band_hi,
             v.seeds,
             v.verdict,
+            if v.differs.is_empty() { String::new() } else { format!(" in this regime (the claim's differs in {})", v.differs.join(", ")) },
             if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) },
             v.arm,
             v.baseline,
             v.map_diff.map(|d| format!("{d:+.4}")).unwrap_or_else(|| "—".into()),
             v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into()),
+            v.regime.describe(),
         )
+}
+
+/// Writes `target_curve.csv`: the time-to-target ratio of each time-to-target verdict at every target both arms reach.
+pub fn target_curve_csv(results: &Path, points: &[TargetPoint]) -> Result<()> {
+    let mut df = df!(
+        "baseline" => points.iter().map(|p| p.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => points.iter().map(|p| p.arm.clone()).collect::<Vec<_>>(),
+        "target" => points.iter().map(|p| p.target).collect::<Vec<_>>(),
+        "ratio" => points.iter().map(|p| p.ratio).collect::<Vec<_>>(),
+        "ci95_lo" => points.iter().map(|p| p.ci.map(|c| c.0)).collect::<Vec<_>>(),
+        "ci95_hi" => points.iter().map(|p| p.ci.map(|c| c.1)).collect::<Vec<_>>(),
+        "baseline_reached" => points.iter().map(|p| p.reached.0 as u64).collect::<Vec<_>>(),
+        "baseline_seeds" => points.iter().map(|p| p.seeds.0 as u64).collect::<Vec<_>>(),
+        "arm_reached" => points.iter().map(|p| p.reached.1 as u64).collect::<Vec<_>>(),
+        "arm_seeds" => points.iter().map(|p| p.seeds.1 as u64).collect::<Vec<_>>()
+    )?;
+    let mut buf = Vec::new();
+    CsvWriter::new(&mut buf).finish(&mut df)?;
+    write_file(&results.join("target_curve.csv"), &buf)?;
+    Ok(())
 }
 
 /// Writes summary.csv, speedups.csv, map_diffs.csv, verdicts.csv, mining.csv and runs.csv (polars).
@@ -93,7 +124,9 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "final_map_diff" => verdicts.iter().map(|v| v.map_diff).collect::<Vec<_>>(),
         "final_map_diff_lo" => verdicts.iter().map(|v| v.map_diff_lo).collect::<Vec<_>>(),
         "final_map_diff_hi" => verdicts.iter().map(|v| v.map_diff_hi).collect::<Vec<_>>(),
-        "note" => verdicts.iter().map(|v| v.note.clone()).collect::<Vec<_>>()
+        "note" => verdicts.iter().map(|v| v.note.clone()).collect::<Vec<_>>(),
+        "regime" => verdicts.iter().map(|v| v.regime.describe()).collect::<Vec<_>>(),
+        "claim_regime_differs_in" => verdicts.iter().map(|v| v.differs.join("; ")).collect::<Vec<_>>()
     )?;
     let mining_runs: Vec<(&RunLog, &MiningRow)> = agg.runs.iter().flat_map(|r| r.mining.iter().map(move |m| (r, m))).collect();
     let mut mining_df = df!(
@@ -114,9 +147,10 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
     let mut diff_df = df!(
         "baseline" => map_diffs.iter().map(|d| d.baseline.clone()).collect::<Vec<_>>(),
         "arm" => map_diffs.iter().map(|d| d.arm.clone()).collect::<Vec<_>>(),
-        "final_map_diff" => map_diffs.iter().map(|d| d.diff.map(|x| x.0)).collect::<Vec<_>>(),
-        "ci95_lo" => map_diffs.iter().map(|d| d.diff.map(|x| x.1)).collect::<Vec<_>>(),
-        "ci95_hi" => map_diffs.iter().map(|d| d.diff.map(|x| x.2)).collect::<Vec<_>>(),
+        "final_map_diff" => map_diffs.iter().map(|d| d.diff.map(|x| x.value)).collect::<Vec<_>>(),
+        "ci95_lo" => map_diffs.iter().map(|d| d.diff.and_then(|x| x.ci).map(|c| c.0)).collect::<Vec<_>>(),
+        "ci95_hi" => map_diffs.iter().map(|d| d.diff.and_then(|x| x.ci).map(|c| c.1)).collect::<Vec<_>>(),
+        "interval" => map_diffs.iter().map(|d| d.diff.map(interval_kind).unwrap_or_default()).collect::<Vec<_>>(),
         "baseline_seeds" => map_diffs.iter().map(|d| d.baseline_seeds as u64).collect::<Vec<_>>(),
         "arm_seeds" => map_diffs.iter().map(|d| d.arm_seeds as u64).collect::<Vec<_>>()
     )?;
@@ -148,7 +182,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
         md.push('\n');
     }
     md.push_str("## Arms\n\n");
-    md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed).\n\n", agg.target_note));
+    md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed); for the per-epoch and per-iteration columns, the std over seeds of each seed's mean over its epochs.\n\n", agg.target_note));
     md.push_str("| arm | seeds | failed | final mAP | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for s in &agg.summaries {
         md.push_str(&format!(
@@ -167,7 +201,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             s.seeds
         ));
     }
-    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, 95% percentile-bootstrap interval over seeds.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
+    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, with a 95% t-interval on the log scale (delta method), paired by seed when both arms ran the same seeds and Welch's otherwise; — with one seed.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
     for s in speedups {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
@@ -179,14 +213,15 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             s.note
         ));
     }
-    md.push_str(&format!("\nFinal {metric_name}, arm − baseline (mean over seeds, 95% percentile-bootstrap interval over seeds; an interval that excludes 0 is a difference these seeds resolve).\n\n| baseline | arm | difference | 95% CI |\n|---|---|---|---|\n"));
+    md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with a 95% t-interval (paired by seed when both arms ran the same seeds, Welch's otherwise). An interval that excludes 0 is a difference these seeds resolve; one that spans 0 is not resolved.\n\n| baseline | arm | difference | 95% CI | interval |\n|---|---|---|---|---|\n"));
     for d in map_diffs {
         md.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             d.baseline,
             d.arm,
-            d.diff.map(|x| format!("{:+.4}", x.0)).unwrap_or_else(|| "—".into()),
-            d.diff.map(|x| format!("[{:+.4}, {:+.4}]", x.1, x.2)).unwrap_or_else(|| "—".into())
+            d.diff.map(|x| format!("{:+.4}", x.value)).unwrap_or_else(|| "—".into()),
+            d.diff.and_then(|x| x.ci).map(|c| format!("[{:+.4}, {:+.4}]", c.0, c.1)).unwrap_or_else(|| "—".into()),
+            d.diff.map(interval_kind).unwrap_or_default()
         ));
     }
     let miners: Vec<&String> = agg.meta.arms.iter().filter(|a| agg.by_arm(a).iter().any(|r| r.mines())).collect();

@@ -94,6 +94,11 @@ pub struct EpochStats {
     pub all_loss_sum: f64,
     pub all_rois: f64,
     pub mine_s: f64,
+    /// Images and RoIs (before sampling) seen; absent in checkpoints that predate them.
+    #[serde(default)]
+    pub images: f64,
+    #[serde(default)]
+    pub rois_all: f64,
 }
 
 impl EpochStats {
@@ -109,6 +114,8 @@ impl EpochStats {
             self.all_loss_sum += s;
             self.all_rois += n as f64;
         }
+        self.images += out.images as f64;
+        self.rois_all += out.rois_all as f64;
     }
 
     /// Mean training loss so far.
@@ -137,6 +144,7 @@ impl EpochStats {
             lr,
             map_voc07: None,
             map_voc10: None,
+            rois_per_image: (self.images > 0.0).then(|| self.rois_all / self.images),
         }
     }
 }

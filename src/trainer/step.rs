@@ -21,6 +21,9 @@ pub struct IterOut {
     pub sel_loss_sum: f64,
     /// (sum, count) of per-RoI losses over all RoIs, when they were computed.
     pub all_loss: Option<(f64, i64)>,
+    /// The images of the minibatch and their RoIs (proposals and ground truth), before sampling.
+    pub images: i64,
+    pub rois_all: i64,
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -133,6 +136,8 @@ pub fn train_step(
         // per-RoI loss (cls + loc) of the selected RoIs; in masked mode the others are zero
         sel_loss_sum: scalar(&(cls + loc).sum(Kind::Float).detach()),
         all_loss,
+        images: batch.len() as i64,
+        rois_all: sizes.iter().sum(),
     })
 }
 

@@ -1,0 +1,141 @@
+//! The report's intervals against their promise: simulated seeds with a known
+//! true difference and ratio, at the seed counts people use.
+
+use ohem_harness::report::bootstrap_diff;
+use ohem_harness::report::stats::{compare, seeds_needed, t_quantile, Scale, Seeded};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Dist {
+    Normal,
+    LogNormal,
+}
+
+/// Draws `n` seeds per arm: base with mean `mb`, arm with mean `ma`, relative spreads
+/// `cb` and `ca`; `shared` of the variance is a per-seed effect both arms see (pairing).
+fn draw(rng: &mut ChaCha8Rng, dist: Dist, n: usize, (mb, cb): (f64, f64), (ma, ca): (f64, f64), shared: f64) -> (Vec<Seeded>, Vec<Seeded>) {
+    let mut b = Vec::new();
+    let mut a = Vec::new();
+    for seed in 0..n as u64 {
+        let s = normal(rng);
+        let zb = shared.sqrt() * s + (1.0 - shared).sqrt() * normal(rng);
+        let za = shared.sqrt() * s + (1.0 - shared).sqrt() * normal(rng);
+        let (x, y) = match dist {
+            Dist::Normal => (mb * (1.0 + cb * zb), ma * (1.0 + ca * za)),
+            // lognormal with mean m: exp(ln m − σ²/2 + σ z)
+            Dist::LogNormal => ((mb.ln() - cb * cb / 2.0 + cb * zb).exp(), (ma.ln() - ca * ca / 2.0 + ca * za).exp()),
+        };
+        b.push((seed, x));
+        a.push((seed, y));
+    }
+    (b, a)
+}
+
+/// Share of `reps` simulated studies whose 95% interval covers the true value.
+fn coverage(dist: Dist, n: usize, scale: Scale, shared: f64, reps: usize, seed: u64) -> f64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (base, arm) = ((100.0, 0.3), (70.0, 0.2));
+    let truth = match scale {
+        Scale::Difference => arm.0 - base.0,
+        Scale::Ratio => base.0 / arm.0,
+    };
+    let mut hit = 0;
+    for _ in 0..reps {
+        let (b, a) = draw(&mut rng, dist, n, base, arm, shared);
+        // unpaired: the arms ran different seeds
+        let a: Vec<Seeded> = if shared == 0.0 { a.iter().map(|(s, v)| (s + 1000, *v)).collect() } else { a };
+        let (lo, hi) = compare(&b, &a, scale).unwrap().ci.unwrap();
+        hit += (lo <= truth && truth <= hi) as usize;
+    }
+    hit as f64 / reps as f64
+}
+
+#[test]
+fn t_intervals_cover_95_percent_at_3_5_and_10_seeds() {
+    let mut report = Vec::new();
+    for (i, dist) in [Dist::Normal, Dist::LogNormal].into_iter().enumerate() {
+        for (j, scale) in [Scale::Difference, Scale::Ratio].into_iter().enumerate() {
+            // shared 0: Welch (different seeds); 0.6: paired by seed
+            for (k, shared) in [0.0, 0.6].into_iter().enumerate() {
+                for n in [3, 5, 10] {
+                    let c = coverage(dist, n, scale, shared, 2000, (i * 100 + j * 10 + k) as u64 * 1000 + n as u64);
+                    report.push(format!("{dist:?} {scale:?} shared {shared} n {n}: {c:.3}"));
+                    assert!(c >= 0.93, "coverage {c:.3} < 0.93 for {dist:?} {scale:?} shared {shared} n {n}\n{}", report.join("\n"));
+                }
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+#[test]
+fn the_old_percentile_bootstrap_under_covers_at_3_seeds() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (reps, mut hit) = (2000, 0);
+    for r in 0..reps {
+        let (b, a) = draw(&mut rng, Dist::Normal, 3, (100.0, 0.3), (70.0, 0.2), 0.0);
+        let v = |x: &[Seeded]| x.iter().map(|p| p.1).collect::<Vec<f64>>();
+        let (_, lo, hi) = bootstrap_diff(&v(&b), &v(&a), 2000, r).unwrap();
+        hit += (lo <= -30.0 && -30.0 <= hi) as usize;
+    }
+    let c = hit as f64 / reps as f64;
+    assert!(c < 0.93, "the percentile bootstrap covered {c:.3} at 3 seeds");
+    eprintln!("percentile bootstrap, 3 seeds: coverage {c:.3}");
+}
+
+#[test]
+fn t_quantiles_match_the_table() {
+    // Student's t, 0.975 quantile: the printed table values
+    for (df, t) in [(1.0, 12.706), (2.0, 4.303), (4.0, 2.776), (10.0, 2.228), (30.0, 2.042), (1e6, 1.960)] {
+        assert!((t_quantile(0.95, df) - t).abs() < 1e-3, "t(0.975, {df}) = {}", t_quantile(0.95, df));
+    }
+    assert!((t_quantile(0.60, 4.0) - 0.941).abs() < 1e-3); // t(0.80, 4)
+}
+
+#[test]
+fn hand_computed_intervals() {
+    // paired difference: per-seed differences 1, 2, 3 → mean 2, sd 1, se 1/√3, t(0.975, 2) = 4.3027
+    let b = [(0, 10.0), (1, 20.0), (2, 30.0)];
+    let a = [(0, 11.0), (1, 22.0), (2, 33.0)];
+    let e = compare(&b, &a, Scale::Difference).unwrap();
+    let half = 4.302653 / 3f64.sqrt();
+    assert!(e.paired && (e.value - 2.0).abs() < 1e-12);
+    let (lo, hi) = e.ci.unwrap();
+    assert!((lo - (2.0 - half)).abs() < 1e-4 && (hi - (2.0 + half)).abs() < 1e-4, "{lo} {hi}");
+    // Welch: other seeds; var 100 and 121 over 3 each → se √(221/3); df = se⁴ / ((100/3)²/2 + (121/3)²/2)
+    let a2: Vec<Seeded> = a.iter().map(|(s, v)| (s + 10, *v)).collect();
+    let w = compare(&b, &a2, Scale::Difference).unwrap();
+    let se2 = 221.0 / 3.0;
+    let df = se2 * se2 / ((100.0f64 / 3.0).powi(2) / 2.0 + (121.0f64 / 3.0).powi(2) / 2.0);
+    assert!(!w.paired && (w.df - df).abs() < 1e-9 && (w.se - se2.sqrt()).abs() < 1e-12);
+    // one seed: a value, no interval
+    assert!(compare(&[(0, 1.0)], &[(0, 2.0)], Scale::Ratio).unwrap().ci.is_none());
+    // a ratio is symmetric on the log scale around the ratio of the means
+    let r = compare(&b, &a2, Scale::Ratio).unwrap();
+    let (lo, hi) = r.ci.unwrap();
+    assert!((r.value - 20.0 / 22.0).abs() < 1e-12 && ((lo * hi).sqrt() - r.value).abs() < 1e-9);
+}
+
+#[test]
+fn seeds_needed_is_the_first_count_with_80_percent_power() {
+    let b: Vec<Seeded> = (0..5).map(|s| (s, 100.0 + 10.0 * (s as f64 - 2.0))).collect();
+    let a: Vec<Seeded> = (0..5).map(|s| (s + 100, 95.0 + 10.0 * (s as f64 - 2.0))).collect();
+    let e = compare(&b, &a, Scale::Difference).unwrap();
+    let n = seeds_needed(&e, 0.0, 5).unwrap();
+    // at n the projected distance clears (t(0.975) + t(0.80)) standard errors, at n − 1 it does not
+    let clears = |n: usize| {
+        let df = 2.0 * n as f64 - 2.0;
+        e.value.abs() >= (t_quantile(0.95, df) + t_quantile(0.60, df)) * e.se * (5.0 / n as f64).sqrt()
+    };
+    assert!(clears(n) && !clears(n - 1), "n = {n}");
+    // about 2 × (1.96 + 0.84)² × σ² / d² = 2 × 7.84 × 250 / 25 ≈ 157 per arm for σ² = 250, d = 5 (normal approximation)
+    assert!((140..=175).contains(&n), "n = {n}");
+    assert_eq!(seeds_needed(&e, e.value, 5), None);
+}
