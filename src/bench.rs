@@ -218,7 +218,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
-    use crate::trainer::{batch, train_step, FrozenScorer};
+    use crate::trainer::{batch, FrozenScorer};
 
     let device = Device::cuda_if_available();
     let base = bench_config(if vgg16 { VGG16 } else { SMALL })?;
@@ -255,28 +255,13 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         for (name, key, s) in &arms {
             let mut cfg = base.clone();
             cfg.sampler = s.clone();
-            let (vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
-            let mut opt = Sgd::new(&vs, 0.9, 5e-4);
-            let mut sampler = cfg.sampler.build();
-            let mut total = 0.0;
-            let mut rois = 0.0;
-            for it in 0..iters + 1 {
-                let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(&store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
-                let t = Instant::now();
-                let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg)?;
-                sync(device);
-                if it > 0 {
-                    total += t.elapsed().as_secs_f64();
-                    rois += out.rois as f64;
-                }
-            }
-            let s = total / iters as f64;
+            let (s, rois, _) = time_step(&cfg, &store, iters, device)?;
             match peer_steps.as_ref().and_then(|p| p.get(*key).and_then(|v| v.as_f64())) {
                 Some(p) => {
-                    println!("  {name:<20} {s:>7.3} s/iter ({:>4.0} RoIs backpropagated)   peer {p:>7.3} s/iter   ours / peer {:.2}", rois / iters as f64, s / p);
+                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated)   peer {p:>7.3} s/iter   ours / peer {:.2}", s / p);
                     peer_secs.push(p);
                 }
-                None => println!("  {name:<20} {s:>7.3} s/iter ({:>4.0} RoIs backpropagated)", rois / iters as f64),
+                None => println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated)"),
             }
             secs.push(s);
         }
@@ -302,6 +287,138 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         let s = t.elapsed().as_secs_f64();
         println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());
     }
+    Ok(())
+}
+
+/// Seconds per iteration of `cfg`'s sampler through the trainer's own model and
+/// step, over `iters` iterations after one warm-up, with the RoIs backpropagated
+/// and the RoIs per image before sampling (proposals and ground truth), per iteration.
+fn time_step(cfg: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters: usize, device: Device) -> Result<(f64, f64, f64)> {
+    use crate::trainer::{batch, train_step};
+    let (vs, model) = build_model(cfg, device, synth::CLASSES.len(), None)?;
+    let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+    let mut sampler = cfg.sampler.build();
+    let (mut total, mut rois, mut per_image) = (0.0, 0.0, 0.0);
+    for it in 0..iters + 1 {
+        let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
+        let t = Instant::now();
+        let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, cfg)?;
+        sync(device);
+        if it > 0 {
+            total += t.elapsed().as_secs_f64();
+            rois += out.rois as f64;
+            per_image += out.rois_all as f64 / out.images as f64;
+        }
+    }
+    let n = iters as f64;
+    Ok((total / n, rois / n, per_image / n))
+}
+
+/// One point of the claim-(a) sweep: masked against read-only OHEM at one RoI count.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClaimAPoint {
+    pub backbone: String,
+    pub fc_width: i64,
+    pub input_scale: u32,
+    pub proposals: usize,
+    pub rois_per_image: f64,
+    pub read_only_s: f64,
+    pub masked_s: f64,
+    pub ratio: f64,
+    pub peer_read_only_s: Option<f64>,
+    pub peer_masked_s: Option<f64>,
+    pub peer_ratio: Option<f64>,
+    pub device: String,
+    pub processor: String,
+    pub threads: i32,
+}
+
+/// Claim (a) across regimes (`harness bench claim-a`): masked / read-only OHEM
+/// seconds per iteration against RoIs per image, for the small backbone at each
+/// head width in `fc_widths` and, with `vgg16`, VGG16 (fc 4096) at 600 px; with
+/// `peer`, PyTorch + torchvision on the same shapes in the same run. Writes
+/// `claim_a.csv`, `claim_a.md` and `claim_a.png`/`.svg` (the [1.6, 2.5] band
+/// of "about 2x" drawn) into `out`.
+pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], fc_widths: &[i64], vgg16: bool, peer: bool) -> Result<()> {
+    use crate::sampler::ohem::OhemImpl;
+    use crate::sampler::{OhemConfig, SamplerConfig};
+    let device = Device::cuda_if_available();
+    let peer_python = if peer { Some(peer_python()?) } else { None };
+    let mut configs: Vec<TrainConfig> = fc_widths.iter().map(|&fc| bench_config(SMALL).map(|mut c| { c.model.fc_dim = Some(fc); c })).collect::<Result<_>>()?;
+    if vgg16 {
+        configs.push(bench_config(VGG16)?);
+    }
+    let processor = crate::rundir::cpu_model().filter(|_| !device.is_cuda()).unwrap_or_else(|| "GPU".into());
+    let mut points = Vec::new();
+    for base in &configs {
+        for &n_props in proposal_counts {
+            let store = bench_store(n_props);
+            let first = crate::trainer::batch::prepare(&store, 0, &base.input, false, device);
+            let (h, w) = (first.image.size()[1], first.image.size()[2]);
+            let mut secs = Vec::new();
+            for imp in [OhemImpl::ReadOnly, OhemImpl::Masked] {
+                let cfg = TrainConfig { sampler: SamplerConfig::Ohem(OhemConfig { implementation: imp, ..Default::default() }), ..base.clone() };
+                secs.push(time_step(&cfg, &store, iters, device)?);
+            }
+            let peer_steps = match &peer_python {
+                Some(py) => Some(run_peer(py, n_props, iters, base, device, (h, w), &["ohem", "ohem_masked"])?),
+                None => None,
+            };
+            let p = |k: &str| peer_steps.as_ref().and_then(|s| s.get(k).and_then(|v| v.as_f64()));
+            let (pr, pm) = (p("ohem"), p("ohem_masked"));
+            let point = ClaimAPoint {
+                backbone: format!("{:?}", base.model.backbone).to_lowercase(),
+                fc_width: base.model.fc_width(),
+                input_scale: base.input.scale,
+                proposals: n_props,
+                rois_per_image: secs[0].2,
+                read_only_s: secs[0].0,
+                masked_s: secs[1].0,
+                ratio: secs[1].0 / secs[0].0,
+                peer_read_only_s: pr,
+                peer_masked_s: pm,
+                peer_ratio: pr.zip(pm).map(|(r, m)| m / r),
+                device: if device.is_cuda() { "gpu".into() } else { "cpu".into() },
+                processor: processor.clone(),
+                threads: tch::get_num_threads(),
+            };
+            println!(
+                "{} fc {} at {} px, {:.0} RoIs/image: read-only {:.3} s/iter, masked {:.3}: masked / read-only {:.2}x{}",
+                point.backbone,
+                point.fc_width,
+                point.input_scale,
+                point.rois_per_image,
+                point.read_only_s,
+                point.masked_s,
+                point.ratio,
+                point.peer_ratio.map(|r| format!(" (peer {r:.2}x)")).unwrap_or_default()
+            );
+            points.push(point);
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for p in &points {
+        w.serialize(p)?;
+    }
+    crate::rundir::write_file(&out.join("claim_a.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let mut md = String::from("| backbone | fc | px | RoIs/image | read-only s/iter | masked s/iter | masked / read-only | peer ratio |\n|---|---|---|---|---|---|---|---|\n");
+    for p in &points {
+        md.push_str(&format!("| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.2}x | {} |\n", p.backbone, p.fc_width, p.input_scale, p.rois_per_image, p.read_only_s, p.masked_s, p.ratio, p.peer_ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into())));
+    }
+    crate::rundir::write_file(&out.join("claim_a.md"), md.as_bytes())?;
+    let mut series = Vec::new();
+    for base in &configs {
+        let label = format!("{:?} fc {}", base.model.backbone, base.model.fc_width()).to_lowercase();
+        let mine: Vec<&ClaimAPoint> = points.iter().filter(|p| p.fc_width == base.model.fc_width() && p.input_scale == base.input.scale).collect();
+        series.push((format!("{label} (ours)"), mine.iter().map(|p| (p.rois_per_image, p.ratio)).collect::<Vec<_>>(), false));
+        let theirs: Vec<(f64, f64)> = mine.iter().filter_map(|p| p.peer_ratio.map(|r| (p.rois_per_image, r))).collect();
+        if !theirs.is_empty() {
+            series.push((format!("{label} (PyTorch + torchvision)"), theirs, true));
+        }
+    }
+    crate::report::charts::draw_sweep(out, "claim_a", "Masked / read-only OHEM, seconds per iteration (N = 2, B = 128)", "RoIs per image (log scale)", "masked / read-only (x)", &series, (1.6, 2.5))?;
+    println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
     Ok(())
 }
 
@@ -407,10 +524,10 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
 /// The training config the benches time: the default data's small backbone
 /// (batch norm frozen, as the pre-trained trainer runs it), or VGG16 at 600 px
 /// (conv1_x and conv2_x frozen), with random weights (no pre-training file).
-const SMALL: &str = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
-const VGG16: &str = "dataset:\n  root: .\nmodel:\n  backbone: vgg16\n  fc_dim: 4096\n  dropout: 0.0\ninput:\n  scale: 600\n  max_size: 1000\n";
+pub const SMALL: &str = "dataset:\n  root: .\nmodel:\n  fc_dim: 512\n  dropout: 0.0\n";
+pub const VGG16: &str = "dataset:\n  root: .\nmodel:\n  backbone: vgg16\n  fc_dim: 4096\n  dropout: 0.0\ninput:\n  scale: 600\n  max_size: 1000\n";
 
-fn bench_config(yaml: &str) -> Result<TrainConfig> {
+pub fn bench_config(yaml: &str) -> Result<TrainConfig> {
     crate::config::from_value(crate::config::parse_yaml(yaml, "bench")?, "bench")
 }
 

@@ -260,6 +260,15 @@ pub struct BenchArgs {
     /// `bench samplers`: also time the same steps in PyTorch + torchvision (scripts/bench_peer.py) and print the ratios.
     #[arg(long)]
     peer: bool,
+    /// `bench claim-a`: proposals per image of the sweep (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
+    rois: Vec<usize>,
+    /// `bench claim-a`: head widths (fc6/fc7) of the small backbone (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "512,4096")]
+    fc: Vec<i64>,
+    /// `bench claim-a`: the output folder.
+    #[arg(long, default_value = "results/claim-a")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -278,6 +287,8 @@ pub enum BenchWhat {
     Samplers,
     /// Test-split evaluation against a training epoch of a config, in one run (not part of `all`: it needs the data).
     Epoch,
+    /// Claim (a) across regimes: masked / read-only OHEM against RoIs per image and head width, written to --out (not part of `all`).
+    ClaimA,
     All,
 }
 
@@ -297,8 +308,8 @@ impl Command {
                 Ok(())
             }
             Command::Bench(a) => {
-                if a.images == 0 || a.iters == 0 || a.epochs == 0 || a.proposals.contains(&0) {
-                    bail!("--images, --iters, --epochs and --proposals must be at least 1");
+                if a.images == 0 || a.iters == 0 || a.epochs == 0 || a.proposals.contains(&0) || a.rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
+                    bail!("--images, --iters, --epochs, --proposals, --rois and --fc must be at least 1");
                 }
                 Ok(())
             }
@@ -532,6 +543,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     let all = a.what == BenchWhat::All;
     if a.what == BenchWhat::Epoch {
         crate::bench::epoch(&a.config, a.epochs)?;
+    }
+    if a.what == BenchWhat::ClaimA {
+        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16, a.peer)?;
     }
     if all || a.what == BenchWhat::Proposals {
         crate::bench::proposals(a.images)?;

@@ -253,3 +253,43 @@ fn weights_load_by_name_and_frozen_layers_stay_fixed() {
     assert!(!v["features.0.weight"].requires_grad() && !v["features.7.bias"].requires_grad());
     assert!(v["features.10.weight"].requires_grad() && v["cls_score.weight"].requires_grad());
 }
+
+/// The benches build the network the trainer trains: the same constructor, and the same
+/// frozen layers with random weights as with a weights file (small: batch norm; VGG16:
+/// conv1_x and conv2_x).
+#[test]
+fn the_bench_trains_the_trainers_variables() {
+    use ohem_harness::bench::{bench_config, SMALL, VGG16};
+    use ohem_harness::trainer::build_model;
+    let trainable = |vs: &tch::nn::VarStore| -> Vec<String> {
+        let mut v: Vec<String> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+        v.sort();
+        v
+    };
+    for yaml in [SMALL, VGG16] {
+        let mut cfg = bench_config(yaml).unwrap();
+        cfg.model.fc_dim = Some(64); // the head's width does not change what is frozen
+        let (bench_vs, _) = build_model(&cfg, tch::Device::Cpu, 6, None).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("w.safetensors");
+        let named: Vec<(String, Tensor)> = bench_vs.variables().into_iter().collect();
+        Tensor::write_safetensors(&named, &file).unwrap();
+        let mut with_weights = cfg.clone();
+        with_weights.model.weights = Some(file.clone());
+        let (train_vs, _) = build_model(&with_weights, tch::Device::Cpu, 6, Some(&file)).unwrap();
+        assert_eq!(trainable(&bench_vs), trainable(&train_vs), "{:?}", cfg.model.backbone);
+        let all = bench_vs.variables().len();
+        let frozen: Vec<String> = bench_vs.variables().into_iter().filter(|(_, t)| !t.requires_grad()).map(|(n, _)| n).collect();
+        assert!(!frozen.is_empty() && frozen.len() < all, "{:?}: {frozen:?}", cfg.model.backbone);
+        if cfg.model.backbone == ohem_harness::model::Backbone::Vgg16 {
+            // conv1_x and conv2_x: torchvision's features.0, .2, .5 and .7
+            for i in [0, 2, 5, 7] {
+                assert!(frozen.contains(&format!("features.{i}.weight")), "features.{i} trains: {frozen:?}");
+            }
+            assert!(!frozen.contains(&"features.10.weight".to_string()));
+        } else {
+            // batch norm (features.bnN.*) frozen, as the pre-trained trainer runs it; everything else trains
+            assert!(frozen.iter().all(|n| n.starts_with("features.bn")) && trainable(&bench_vs).iter().all(|n| !n.starts_with("features.bn")), "{frozen:?}");
+        }
+    }
+}

@@ -75,7 +75,15 @@ where
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..xmax * 1.02, 0.0..ymax)
         .map_err(err)?;
-    chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).draw().map_err(err)?;
+    // epochs and mining rounds are whole numbers: ticks at integers only
+    let integer_x = data.iter().flatten().all(|p| p.0.fract() == 0.0);
+    let whole = |x: &f64| if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { String::new() };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15));
+    if integer_x {
+        mesh.x_labels((xmax as usize + 1).min(21)).x_label_formatter(&whole);
+    }
+    mesh.draw().map_err(err)?;
     for (i, (arm, pts)) in arms.iter().zip(data).enumerate() {
         let c = colour(i);
         if band && pts.len() > 1 {
@@ -278,6 +286,47 @@ where
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// A ratio against a count on a log-scale x axis, one line per series (dashed:
+/// a peer's), with the band `[lo, hi]` shaded and 1 drawn: `<stem>.png`/`.svg`.
+pub fn draw_sweep(dir: &Path, stem: &str, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>, bool)], band: (f64, f64)) -> Result<()> {
+    register_font();
+    let mut files = Vec::new();
+    both!(dir, stem, files, |root| sweep_chart(&root, title, xlabel, ylabel, series, band));
+    Ok(())
+}
+
+fn sweep_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>, bool)], band: (f64, f64)) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (x0, x1, y1) = pts.fold((f64::INFINITY, 0.0f64, band.1), |(a, b, c), p| (a.min(p.0), b.max(p.0), c.max(p.1)));
+    let (x0, x1) = (x0.min(x1) / 1.3, x1 * 1.3);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1 * 1.1)
+        .map_err(err)?;
+    chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
+    chart.draw_series(std::iter::once(Rectangle::new([(x0, band.0), (x1, band.1)], RGBColor(44, 160, 44).mix(0.12).filled()))).map_err(err)?;
+    chart.draw_series(std::iter::once(PathElement::new(vec![(x0, 1.0), (x1, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    for (i, (label, pts, dashed)) in series.iter().enumerate() {
+        let c = colour(i / 2);
+        let style = if *dashed { c.mix(0.6).stroke_width(2) } else { c.stroke_width(3) };
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), style).point_size(if *dashed { 2 } else { 4 }))
+            .map_err(err)?
+            .label(label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }

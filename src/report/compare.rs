@@ -153,12 +153,25 @@ fn mining_warnings(agg: &Aggregate) -> Vec<Warning> {
             format!("{arm} mined nothing in {empty} of {} seeds: in those seeds this arm is fixed-ratio (plus a mining stall), not hard-negative mining", rs.len())
         } else if first_empty > 0 {
             format!("{arm}: the first mining round left the cache empty in {first_empty} of {} seeds", rs.len())
+        } else if let Some((thin, quota)) = thin_cache(&rs) {
+            format!("{arm}: in {thin} of {} seeds a mining round left fewer hard negatives per image than the hard quota ({quota} per image): the rest of the quota is random negatives", rs.len())
         } else {
             continue;
         };
         out.push(Warning { arm: arm.clone(), text });
     }
     out
+}
+
+/// Seeds of offline-mining runs in which a round's cache held fewer hard
+/// negatives per image than the hard quota (`hard_fraction` × B/N), and that quota.
+fn thin_cache(rs: &[&RunLog]) -> Option<(usize, i64)> {
+    let quota = |r: &RunLog| match r.config.as_ref().map(|c| (&c.sampler, c.rois_per_image())) {
+        Some((crate::sampler::SamplerConfig::Hnm(h), per_image)) => Some(crate::sampler::fixed_ratio::quota(h.hard_fraction, per_image)),
+        _ => None,
+    };
+    let thin = rs.iter().filter(|r| quota(r).is_some_and(|q| r.mining.iter().any(|m| m.stats.images > 0 && (m.stats.mined as f64 / m.stats.images as f64) < q as f64))).count();
+    (thin > 0).then(|| (thin, rs.iter().find_map(|r| quota(r)).unwrap_or(0)))
 }
 
 /// The verdicts on the claims of `report.verdicts`, with the warnings on the arms they use.
