@@ -326,6 +326,9 @@ pub fn ensure(cfg: &TrainConfig, cache_dir: &Path, progress: bool) -> Result<Pre
     let tmp = cache_dir.join(format!("{}.tmp{}", &key[..16], std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    if progress {
+        eprintln!("pre-training the shared backbone (once; cached in {}): loading the {} source", dir.display(), format!("{:?}", cfg.pretrain.source).to_lowercase());
+    }
     let (src, classes) = load_source(cfg)?;
     let mut record = material.clone();
     record["classes"] = serde_json::json!(classes);
