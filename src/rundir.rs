@@ -279,7 +279,8 @@ pub struct ReportConfig {
     /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.
     pub target_map: Option<f64>,
     pub target_fraction: f64,
-    /// Bootstrap resamples for confidence intervals.
+    /// Ignored: the report's intervals are t-based ([`crate::report::stats`]); read so that
+    /// older grid files and `grid.json` files still load.
     pub bootstrap: usize,
     /// Claims the report gives a verdict on.
     pub verdicts: Vec<VerdictConfig>,
@@ -482,8 +483,7 @@ pub struct Manifest {
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<usize>,
-    /// The 1-minute load average when the cell started and when it ended: a load above
-    /// `cores` means the cell shared the machine, and its timing is suspect.
+    /// The 1-minute load average when the cell started and when it ended (see [`Manifest::overloaded`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_start: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -491,10 +491,14 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Whether the machine was loaded beyond its cores at the start or the end of the cell.
+    /// Whether the cell shared the machine: a 1-minute load above the core count
+    /// plus one at its start or end. A training process keeps about `cores`
+    /// threads busy, so a quiet machine's load sits near the core count while a
+    /// cell runs (and just after the one before it); one more whole core of load
+    /// means another busy process, and suspect timings.
     pub fn overloaded(&self) -> bool {
         let cores = self.cores.unwrap_or(usize::MAX) as f64;
-        self.load_start.into_iter().chain(self.load_end).any(|l| l > cores)
+        self.load_start.into_iter().chain(self.load_end).any(|l| l > cores + 1.0)
     }
 }
 

@@ -76,3 +76,17 @@ fn a_preemption_phase_reads_back_as_the_same_error() {
     assert!(text.contains("\"phase\":\"training\""), "{text}");
     assert_eq!(Preempted::read(tempfile::tempdir().unwrap().path()).where_, "at its last checkpoint");
 }
+
+#[test]
+fn a_cell_is_flagged_only_when_another_process_shared_the_machine() {
+    let m = |start: f64, end: f64| -> ohem_harness::rundir::Manifest {
+        serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": null, "libtorch": "x", "device": "auto", "host": "h", "started": "s", "ended": "e", "cores": 2, "load_start": start, "load_end": end})).unwrap()
+    };
+    // a quiet 2-core machine running one cell: the cell's own threads keep the load near 2
+    assert!(!m(1.3, 2.08).overloaded() && !m(2.08, 2.0).overloaded() && !m(2.0, 3.0).overloaded());
+    // a build beside the cell: one more busy core at least
+    assert!(m(3.4, 2.1).overloaded() && m(2.0, 3.9).overloaded());
+    // a manifest from before the fields existed is never flagged
+    let old: ohem_harness::rundir::Manifest = serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": null, "libtorch": "x", "device": "auto", "host": "h", "started": "s", "ended": null})).unwrap();
+    assert!(!old.overloaded());
+}

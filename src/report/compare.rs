@@ -136,7 +136,7 @@ pub fn warnings(agg: &Aggregate) -> Vec<Warning> {
         let rs = agg.by_arm(arm);
         let loaded = rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.overloaded())).count();
         if loaded > 0 {
-            out.push(Warning { arm: arm.clone(), text: format!("{arm}: {loaded} of {} cells ran under a 1-minute load above the core count (at their start or end): their timings are suspect", rs.len()) });
+            out.push(Warning { arm: arm.clone(), text: format!("{arm}: {loaded} of {} cells ran under a 1-minute load above the core count plus one (at their start or end: another busy process): their timings are suspect", rs.len()) });
         }
     }
     out
