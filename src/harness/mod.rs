@@ -249,7 +249,7 @@ impl<'a> Pool<'a> {
 
     /// The watcher: phases of the running cells, the ETA, plain lines without a terminal.
     fn watch(&self) {
-        let mut last_plain = Instant::now();
+        let mut lines = crate::PlainLines::new(self.plain, Duration::from_secs(30));
         while !self.finished.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
             let run = self.running.lock().expect("running");
@@ -260,8 +260,7 @@ impl<'a> Pool<'a> {
             }
             let eta = self.eta(&run).map(|e| format!(", ETA {}", fmt_duration(e))).unwrap_or_default();
             self.overall.set_message(eta.clone());
-            if self.plain && last_plain.elapsed() >= Duration::from_secs(30) {
-                last_plain = Instant::now();
+            if lines.as_mut().is_some_and(|l| l.due()) {
                 eprintln!("grid {}: {}/{} cells, {} elapsed{eta}", self.grid.name, self.overall.position(), self.grid.cells.len(), fmt_duration(self.t0.elapsed().as_secs_f64()));
                 for r in run.iter() {
                     let phase = crate::rundir::read_phase(&r.dir).map(|p| p.to_string()).unwrap_or_else(|| "starting".into());
