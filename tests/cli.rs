@@ -70,6 +70,12 @@ fn bad_input_is_a_clear_error() {
     std::fs::write(&grid, format!("results: {}\nbase:\n  dataset: {{root: {ds}}}\nseeds: [0]\n", g.path().join("res").display())).unwrap();
     assert_clean_failure(&["run", grid.to_str().unwrap(), "--executor", "slurm", "--signal", "KILL@5"], &["--signal", "KILL@5"]);
     assert_clean_failure(&["run", grid.to_str().unwrap(), "--executor", "slurm", "--signal", "USR1"], &["--signal", "SIGNAL@SECONDS"]);
+    // bench claim-a's sweep values, refused before any work
+    assert_clean_failure(&["bench", "claim-a", "--rois", "0"], &["--rois"]);
+    assert_clean_failure(&["bench", "claim-a", "--fc", "0"], &["--fc"]);
+    // a verdict's claimed regime: unknown keys are named
+    std::fs::write(&grid, format!("results: {}\nbase:\n  dataset: {{root: {ds}}}\nseeds: [0]\nreport:\n  verdicts:\n    - {{claim: x, baseline: base, arm: base, measure: s_per_iter, regime: {{gpus: 8}}}}\n", g.path().join("res").display())).unwrap();
+    assert_clean_failure(&["run", grid.to_str().unwrap(), "--dry-run"], &["g.yaml", "report.verdicts[0].regime", "gpus"]);
     let empty = copy_of(tiny_dataset());
     std::fs::write(empty.path().join("ImageSets/Main/empty.txt"), "").unwrap();
     assert_clean_failure(&["proposals", empty.path().to_str().unwrap(), "--split", "empty"], &["ImageSets/Main/empty.txt", "lists no images"]);
