@@ -8,6 +8,7 @@ mod model;
 mod sampler;
 mod slurm;
 mod stats;
+mod strategies;
 mod trainer;
 mod pretrain;
 mod proposals;

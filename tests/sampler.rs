@@ -39,6 +39,7 @@ pub fn rois_with_iou(iou: &[f32]) -> ImageRois {
         labels: max_iou.ge(0.5).to_kind(Kind::Int64),
         max_iou,
         targets: Tensor::zeros([n, 4], (Kind::Float, tch::Device::Cpu)),
+        gt_index: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)),
     }
 }
 
@@ -163,7 +164,7 @@ fn ohem_sampler_selects_at_most_b_over_n_without_repeats_and_clamps() {
         r.rois = Tensor::from_slice(&boxes.concat()).view([n as i64, 4]);
         let cls = Tensor::rand([n as i64], (Kind::Float, tch::Device::Cpu));
         let loc = Tensor::rand([n as i64], (Kind::Float, tch::Device::Cpu)) * r.labels.gt(0).to_kind(Kind::Float);
-        let sel: Vec<i64> = Vec::try_from(&s.select(&r, Some(&RoiLosses { cls: cls.shallow_clone(), loc: loc.shallow_clone() }), 64)).unwrap();
+        let sel: Vec<i64> = Vec::try_from(&s.select(&r, Some(&RoiLosses { cls: cls.shallow_clone(), loc: loc.shallow_clone(), logits: Tensor::zeros([n as i64, 3], (Kind::Float, tch::Device::Cpu)), deltas: Tensor::zeros([n as i64, 8], (Kind::Float, tch::Device::Cpu)) }), 64)).unwrap();
         let mut u = sel.clone();
         u.sort();
         u.dedup();

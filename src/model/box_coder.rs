@@ -62,3 +62,12 @@ pub fn iou_matrix(a: &Tensor, b: &Tensor) -> Tensor {
     let union = aa.unsqueeze(1) + ab.unsqueeze(0) - &inter;
     inter / union.clamp_min(1e-6)
 }
+
+/// IoU of paired boxes `a[i]`, `b[i]` (`[R, 4]` each) → `[R]`, with the +1 convention.
+pub fn aligned_iou(a: &Tensor, b: &Tensor) -> Tensor {
+    let area = |t: &Tensor| (t.select(1, 2) - t.select(1, 0) + 1.0).clamp_min(0.0) * (t.select(1, 3) - t.select(1, 1) + 1.0).clamp_min(0.0);
+    let iw = (a.select(1, 2).minimum(&b.select(1, 2)) - a.select(1, 0).maximum(&b.select(1, 0)) + 1.0).clamp_min(0.0);
+    let ih = (a.select(1, 3).minimum(&b.select(1, 3)) - a.select(1, 1).maximum(&b.select(1, 1)) + 1.0).clamp_min(0.0);
+    let inter = iw * ih;
+    &inter / (area(a) + area(b) - &inter).clamp_min(1e-6)
+}

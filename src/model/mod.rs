@@ -3,10 +3,11 @@
 //! Image batch `[N, 3, H, W]` → backbone → features `[N, C, H/s, W/s]` (stride s = 8 or 16);
 //! RoIs `[R, 5]` → RoI max pooling `[R, C, 7, 7]` → fc6 → fc7 →
 //! `cls_score` `[R, K+1]` and class-specific `bbox_pred` `[R, 4K]`.
-//! [`per_roi_losses`] gives the unreduced losses every sampler ranks or sums.
+//! [`loss`]: the unreduced per-RoI losses every sampler ranks or sums, and the minibatch loss.
 
 pub mod backbone;
 pub mod box_coder;
+pub mod loss;
 pub mod roi_pool;
 pub mod sgd;
 
@@ -14,9 +15,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use tch::nn::{self, Module};
-use tch::{Kind, Reduction, Tensor};
+use tch::Tensor;
 
 pub use backbone::Backbone;
+pub use loss::{minibatch_loss, per_roi_losses};
 
 /// Model hyperparameters (the `model:` section of a config).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -178,18 +180,4 @@ impl FastRcnn {
         let x = backbone::run(&self.fc, &pooled.flatten(1, -1), train); // [R, fc_dim]
         (self.cls_score.forward(&x), self.bbox_pred.forward(&x))
     }
-}
-
-/// Unreduced per-RoI losses: `cls` = cross-entropy `[R]`, `loc` = smooth L1
-/// (beta 1) summed over the 4 coordinates of the RoI's own class, 0 for
-/// background `[R]`. `labels`: `[R]` in `0..=K` (0 = background); `targets`:
-/// `[R, 4]` normalised.
-pub fn per_roi_losses(logits: &Tensor, deltas: &Tensor, labels: &Tensor, targets: &Tensor, num_classes: i64) -> (Tensor, Tensor) {
-    let r = logits.size()[0];
-    let cls = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::None, -100, 0.0); // [R]
-    let slot = (labels - 1).clamp_min(0); // [R]
-    let pred = deltas.view([r, num_classes, 4]).gather(1, &slot.view([r, 1, 1]).expand([r, 1, 4], false), false).squeeze_dim(1); // [R, 4]
-    let fg = labels.gt(0).to_kind(Kind::Float); // [R]
-    let loc = pred.smooth_l1_loss(targets, Reduction::None, 1.0).sum_dim_intlist(1, false, Kind::Float) * fg; // [R]
-    (cls, loc)
 }

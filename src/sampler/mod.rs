@@ -11,24 +11,41 @@
 //!   an iteration ([`Sampler::before_iteration`] with a [`Miner`], used by
 //!   offline hard-negative mining).
 //!
+//! - per-RoI classification-loss weights with the indices
+//!   ([`Sampler::select_weighted`], used by PISA), and a loss other than
+//!   Fast R-CNN's ([`Sampler::loss`]: the focal loss, ISR-P, CARL; see
+//!   [`crate::model::loss`]).
+//!
 //! Samplers are built from the serde-tagged [`SamplerConfig`]; adding one is a
-//! file, a variant and a match arm.
+//! file, a variant and a match arm. The strategies, each in its file:
+//! `fixed_ratio` (Fast R-CNN), `hnm` (offline hard-negative mining), `ohem`
+//! (the paper's, and mmdetection's `OHEMSampler` as a preset), `iou_balanced`
+//! (Libra R-CNN), `focal` (RetinaNet's loss over all RoIs), `pisa` (ScoreHLR,
+//! ISR-P and CARL) and `all`.
 
 pub mod all;
 pub mod fixed_ratio;
+pub mod focal;
 pub mod hnm;
+pub mod iou_balanced;
 pub mod ohem;
+pub mod pisa;
 
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use crate::boxes::{iou, BBox};
 use crate::model::box_coder;
+use crate::model::loss::LossConfig;
 pub use crate::rundir::MiningStats;
 
 pub use all::{AllConfig, AllRois};
 pub use fixed_ratio::{FixedRatio, FixedRatioConfig};
+pub use focal::{Focal, FocalConfig};
 pub use hnm::{Hnm, HnmConfig};
+pub use iou_balanced::{IouBalanced, IouBalancedConfig};
 pub use ohem::{Ohem, OhemConfig};
+pub use pisa::{Pisa, PisaConfig};
 
 /// The RoIs of one training image, assigned to its ground truth.
 /// The first `n_proposals` rows are the image's proposals, in proposal-file
@@ -45,6 +62,8 @@ pub struct ImageRois {
     pub max_iou: Tensor,
     /// `[R, 4]` normalised regression targets to the best ground-truth box.
     pub targets: Tensor,
+    /// `[R]` int64: the index of that box in the image's ground truth (0 when there is none).
+    pub gt_index: Tensor,
 }
 
 /// Assigns RoIs `[R, 4]` to ground truth `gt` `[G, 4]` with labels `gt_labels` `[G]` (1..=K).
@@ -58,6 +77,7 @@ pub fn assign(image: usize, n_proposals: i64, rois: Tensor, gt: &Tensor, gt_labe
             labels: Tensor::zeros([r], (Kind::Int64, dev)),
             max_iou: Tensor::zeros([r], (Kind::Float, dev)),
             targets: Tensor::zeros([r, 4], (Kind::Float, dev)),
+            gt_index: Tensor::zeros([r], (Kind::Int64, dev)),
             rois,
         };
     }
@@ -65,7 +85,7 @@ pub fn assign(image: usize, n_proposals: i64, rois: Tensor, gt: &Tensor, gt_labe
     let (max_iou, arg) = iou.max_dim(1, false); // [R], [R]
     let labels = gt_labels.index_select(0, &arg) * max_iou.ge(fg_thresh).to_kind(Kind::Int64); // [R]
     let targets = box_coder::encode(&rois, &gt.index_select(0, &arg)); // [R, 4]
-    ImageRois { image, n_proposals, rois, labels, max_iou, targets }
+    ImageRois { image, n_proposals, rois, labels, max_iou, targets, gt_index: arg }
 }
 
 /// Per-RoI losses from the read-only forward, for samplers that rank by loss.
@@ -74,6 +94,18 @@ pub struct RoiLosses {
     pub cls: Tensor,
     /// `[R]` smooth L1 over the RoI's own class (0 for background).
     pub loc: Tensor,
+    /// `[R, K+1]` class logits and `[R, 4K]` box deltas of the same forward (detached).
+    pub logits: Tensor,
+    pub deltas: Tensor,
+}
+
+/// A sampler's pick for one image.
+pub struct Picked {
+    /// `[k]` int64 indices into the image's RoIs, no index twice.
+    pub idx: Tensor,
+    /// `[k]` float weights of those RoIs' classification loss (mmdetection's
+    /// `label_weights`); `None` means 1 for every RoI.
+    pub weight: Option<Tensor>,
 }
 
 /// How the selected RoIs are trained.
@@ -119,6 +151,17 @@ pub trait Sampler {
     /// Picks RoIs of one image; returns `[k]` int64 indices into `rois`, no
     /// index twice, `k <= per_image`.
     fn select(&mut self, rois: &ImageRois, losses: Option<&RoiLosses>, per_image: i64) -> Tensor;
+
+    /// The pick with per-RoI classification-loss weights; the trainer calls this.
+    /// By default [`Sampler::select`] with no weights (every weight 1).
+    fn select_weighted(&mut self, rois: &ImageRois, losses: Option<&RoiLosses>, per_image: i64) -> Picked {
+        Picked { idx: self.select(rois, losses, per_image), weight: None }
+    }
+
+    /// How the selected RoIs' losses make the minibatch loss (default: Fast R-CNN's).
+    fn loss(&self) -> LossConfig {
+        LossConfig::default()
+    }
 
     /// Whether [`Sampler::select`] needs [`RoiLosses`] from a read-only forward over all RoIs.
     fn needs_roi_losses(&self) -> bool {
@@ -167,6 +210,12 @@ pub enum SamplerConfig {
     Ohem(OhemConfig),
     /// Every RoI, up to B/N per image.
     All(AllConfig),
+    /// Libra R-CNN's IoU-balanced negatives and instance-balanced positives.
+    IouBalanced(IouBalancedConfig),
+    /// The focal loss over every RoI.
+    Focal(FocalConfig),
+    /// PISA: ScoreHLR negatives, ISR-P and CARL.
+    Pisa(PisaConfig),
 }
 
 impl Default for SamplerConfig {
@@ -183,6 +232,9 @@ impl SamplerConfig {
             SamplerConfig::Hnm(c) => c.batch_size,
             SamplerConfig::Ohem(c) => c.batch_size,
             SamplerConfig::All(c) => c.batch_size,
+            SamplerConfig::IouBalanced(c) => c.batch_size,
+            SamplerConfig::Focal(c) => c.batch_size,
+            SamplerConfig::Pisa(c) => c.batch_size,
         }
     }
 
@@ -193,6 +245,9 @@ impl SamplerConfig {
             SamplerConfig::Hnm(c) => c.fg_thresh,
             SamplerConfig::Ohem(c) => c.fg_thresh,
             SamplerConfig::All(c) => c.fg_thresh,
+            SamplerConfig::IouBalanced(c) => c.fg_thresh,
+            SamplerConfig::Focal(c) => c.fg_thresh,
+            SamplerConfig::Pisa(c) => c.fg_thresh,
         }
     }
 
@@ -202,6 +257,9 @@ impl SamplerConfig {
             SamplerConfig::Hnm(c) => c.check(),
             SamplerConfig::Ohem(c) => c.check(),
             SamplerConfig::All(c) => c.check(),
+            SamplerConfig::IouBalanced(c) => c.check(),
+            SamplerConfig::Focal(c) => c.check(),
+            SamplerConfig::Pisa(c) => c.check(),
         }
     }
 
@@ -211,6 +269,9 @@ impl SamplerConfig {
             SamplerConfig::Hnm(c) => Box::new(Hnm::new(c.clone())),
             SamplerConfig::Ohem(c) => Box::new(Ohem::new(c.clone())),
             SamplerConfig::All(c) => Box::new(AllRois::new(c.clone())),
+            SamplerConfig::IouBalanced(c) => Box::new(IouBalanced::new(c.clone())),
+            SamplerConfig::Focal(c) => Box::new(Focal::new(c.clone())),
+            SamplerConfig::Pisa(c) => Box::new(Pisa::new(c.clone())),
         }
     }
 }
@@ -233,4 +294,64 @@ pub fn sample_where(mask: &Tensor, k: i64) -> Tensor {
     }
     let perm = Tensor::randperm(n, (Kind::Int64, idx.device())).narrow(0, 0, k);
     idx.index_select(0, &perm)
+}
+
+/// Up to `k` of `items`, chosen uniformly without replacement (libtorch's RNG, so a
+/// run's seed fixes the draws), in the order drawn; all of them when there are at most `k`.
+pub fn random_choice(items: &[i64], k: usize) -> Vec<i64> {
+    if items.len() <= k {
+        return items.to_vec();
+    }
+    let perm: Vec<i64> = host(&Tensor::randperm(items.len() as i64, (Kind::Int64, tch::Device::Cpu)).narrow(0, 0, k as i64));
+    perm.into_iter().map(|i| items[i as usize]).collect()
+}
+
+/// Hierarchical local ranks (PISA's HLR): each item is first ranked within its
+/// `group` by `key`, highest first (its local rank); all items are then ordered
+/// by local rank, and within one local rank by key, highest first. Returns each
+/// item's position in that order (0 = most important). Ties go to the lower index.
+pub fn hierarchical_ranks(group: &[i64], key: &[f32]) -> Vec<usize> {
+    let n = key.len();
+    let by_key = |&i: &usize, &j: &usize| key[j].total_cmp(&key[i]).then(i.cmp(&j));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|i, j| group[*i].cmp(&group[*j]).then(by_key(i, j)));
+    let mut local = vec![0usize; n];
+    for (pos, &i) in order.iter().enumerate() {
+        local[i] = if pos > 0 && group[order[pos - 1]] == group[i] { local[order[pos - 1]] + 1 } else { 0 };
+    }
+    order.sort_by(|i, j| local[*i].cmp(&local[*j]).then(by_key(i, j)));
+    let mut rank = vec![0usize; n];
+    for (pos, i) in order.into_iter().enumerate() {
+        rank[i] = pos;
+    }
+    rank
+}
+
+/// mmcv's `nms_match`: boxes in descending score; each box not yet taken opens
+/// a group and takes every later untaken box with IoU >= `thresh`. Returns each
+/// box's group id (groups numbered in the order they open).
+pub fn nms_match(boxes: &[BBox], score: &[f32], thresh: f64) -> Vec<i64> {
+    let mut order: Vec<usize> = (0..score.len()).collect();
+    order.sort_by(|&i, &j| score[j].total_cmp(&score[i]).then(i.cmp(&j)));
+    let mut group = vec![-1i64; score.len()];
+    let mut next = 0;
+    for (a, &i) in order.iter().enumerate() {
+        if group[i] >= 0 {
+            continue;
+        }
+        group[i] = next;
+        for &j in &order[a + 1..] {
+            if group[j] < 0 && iou(&boxes[i], &boxes[j]) as f64 >= thresh {
+                group[j] = next;
+            }
+        }
+        next += 1;
+    }
+    group
+}
+
+/// `[R, 4]` boxes to host boxes.
+pub(crate) fn host_boxes(t: &Tensor) -> Vec<BBox> {
+    let v: Vec<f32> = host(&t.to_kind(Kind::Float));
+    v.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }

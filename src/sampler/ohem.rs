@@ -13,6 +13,14 @@
 //! official code also splits it by label. `nms_per_label: false` (default)
 //! follows the paper, `true` the code.
 //!
+//! mmdetection's `OHEMSampler` is a different algorithm, reachable with options:
+//! it keeps a foreground share (`fg_fraction: 0.25`: the hardest foreground RoIs
+//! by loss up to that share, then the hardest background to fill B/N), ranks by
+//! classification loss only (`loss: cls`) and uses no NMS (`nms_iou: null`).
+//! That preset, `{kind: ohem, loss: cls, nms_iou: null, fg_fraction: 0.25}`, is
+//! the README's "OHEM (mmdetection)". `bg_thresh_lo` (default 0) restricts the
+//! eligible background as Fast R-CNN's sampler does.
+//!
 //! `impl: read_only` trains only the selected RoIs (the paper's design);
 //! `impl: masked` forwards and backpropagates all RoIs with the loss of the
 //! unselected ones set to zero (the naive design the paper compares with).
@@ -21,7 +29,8 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::{host, Backprop, ImageRois, RoiLosses, Sampler};
+use super::fixed_ratio::quota;
+use super::{host, host_boxes, Backprop, ImageRois, RoiLosses, Sampler};
 use crate::boxes::{iou, BBox};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -51,11 +60,18 @@ pub struct OhemConfig {
     pub loss: OhemLoss,
     #[serde(rename = "impl")]
     pub implementation: OhemImpl,
+    /// A foreground share of B/N, filled with the hardest foreground RoIs
+    /// (mmdetection's variant); `null` (default): no share, as in the paper.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fg_fraction: Option<f64>,
+    /// Background RoIs need IoU >= this to be eligible (default 0: every RoI, as in the paper).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bg_thresh_lo: Option<f64>,
 }
 
 impl Default for OhemConfig {
     fn default() -> Self {
-        OhemConfig { batch_size: 128, fg_thresh: 0.5, nms_iou: Some(0.7), nms_per_label: false, loss: OhemLoss::ClsLoc, implementation: OhemImpl::ReadOnly }
+        OhemConfig { batch_size: 128, fg_thresh: 0.5, nms_iou: Some(0.7), nms_per_label: false, loss: OhemLoss::ClsLoc, implementation: OhemImpl::ReadOnly, fg_fraction: None, bg_thresh_lo: None }
     }
 }
 
@@ -66,6 +82,18 @@ impl OhemConfig {
         }
         if !(0.0..=1.0).contains(&self.fg_thresh) {
             bail!("sampler.fg_thresh = {} is outside [0, 1]", self.fg_thresh);
+        }
+        for (k, v) in [("fg_fraction", self.fg_fraction), ("bg_thresh_lo", self.bg_thresh_lo)] {
+            if let Some(v) = v {
+                if !(0.0..=1.0).contains(&v) {
+                    bail!("sampler.{k} = {v} is outside [0, 1]");
+                }
+            }
+        }
+        if let Some(lo) = self.bg_thresh_lo {
+            if lo > self.fg_thresh {
+                bail!("sampler.bg_thresh_lo = {lo} is above sampler.fg_thresh = {}", self.fg_thresh);
+            }
         }
         if let Some(t) = self.nms_iou {
             if !(t > 0.0 && t <= 1.0) {
@@ -116,10 +144,31 @@ impl Sampler for Ohem {
             OhemLoss::Cls => l.cls.shallow_clone(),
             OhemLoss::ClsLoc => &l.cls + &l.loc,
         };
-        let boxes: Vec<f32> = host(&r.rois.to_kind(Kind::Float));
-        let boxes: Vec<BBox> = boxes.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-        let labels: Vec<i64> = host(&r.labels);
-        let keep = select_hard(&boxes, &host::<f32>(&score.to_kind(Kind::Float)), &labels, per_image.max(0) as usize, self.cfg.nms_iou, self.cfg.nms_per_label);
+        let (c, per_image) = (&self.cfg, per_image.max(0) as usize);
+        let boxes = host_boxes(&r.rois);
+        let (labels, score): (Vec<i64>, Vec<f32>) = (host(&r.labels), host(&score.to_kind(Kind::Float)));
+        let hardest = |among: &[usize], k: usize| -> Vec<usize> {
+            let sub = |v: &[f32]| among.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let keep = select_hard(&among.iter().map(|&i| boxes[i]).collect::<Vec<_>>(), &sub(&score), &among.iter().map(|&i| labels[i]).collect::<Vec<_>>(), k, c.nms_iou, c.nms_per_label);
+            keep.into_iter().map(|j| among[j]).collect()
+        };
+        let keep = match (c.fg_fraction, c.bg_thresh_lo) {
+            (None, None) => select_hard(&boxes, &score, &labels, per_image, c.nms_iou, c.nms_per_label),
+            (fg_fraction, lo) => {
+                let iou: Vec<f32> = host(&r.max_iou);
+                let lo = lo.unwrap_or(0.0) as f32;
+                let eligible: Vec<usize> = (0..iou.len()).filter(|&i| labels[i] > 0 || iou[i] >= lo).collect();
+                match fg_fraction {
+                    None => hardest(&eligible, per_image),
+                    Some(f) => {
+                        let (fg, bg): (Vec<usize>, Vec<usize>) = eligible.into_iter().partition(|&i| labels[i] > 0);
+                        let mut keep = hardest(&fg, quota(f, per_image as i64) as usize);
+                        keep.extend(hardest(&bg, per_image - keep.len()));
+                        keep
+                    }
+                }
+            }
+        };
         let keep: Vec<i64> = keep.into_iter().map(|i| i as i64).collect();
         Tensor::from_slice(&keep).to_device(r.rois.device())
     }

@@ -8,8 +8,10 @@ use tch::{Kind, Tensor};
 use super::batch::{self, collate};
 use crate::config::TrainConfig;
 use crate::model::sgd::Sgd;
+pub use crate::model::minibatch_loss;
+use crate::model::loss::{self, LossConfig};
 use crate::model::{per_roi_losses, roi_pool, FastRcnn};
-use crate::sampler::{self, Backprop, ImageRois, RoiLosses};
+use crate::sampler::{self, Backprop, ImageRois, Picked, RoiLosses};
 
 /// Result of one training iteration.
 pub struct IterOut {
@@ -30,16 +32,10 @@ fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
 }
 
-/// The minibatch loss from per-RoI losses `[S]` of the `n_sel` selected RoIs:
-/// (`sum(cls) / n_sel`, `sum(loc) / n_sel`), Fast R-CNN's normalisation (the
-/// unselected RoIs of the masked mode contribute zeros to the sums).
-pub fn minibatch_loss(cls: &Tensor, loc: &Tensor, n_sel: i64) -> (Tensor, Tensor) {
-    (cls.sum(Kind::Float) / n_sel as f64, loc.sum(Kind::Float) / n_sel as f64)
-}
-
-/// Splits per-RoI losses `[ΣR]` into the images' pieces.
-fn split_losses(cls: &Tensor, loc: &Tensor, sizes: &[i64]) -> Vec<RoiLosses> {
-    cls.split_with_sizes(sizes, 0).into_iter().zip(loc.split_with_sizes(sizes, 0)).map(|(cls, loc)| RoiLosses { cls, loc }).collect()
+/// Splits per-RoI losses `[ΣR]` and the (detached) outputs they came from into the images' pieces.
+fn split_losses(cls: &Tensor, loc: &Tensor, logits: &Tensor, deltas: &Tensor, sizes: &[i64]) -> Vec<RoiLosses> {
+    let (cls, loc, logits, deltas) = (cls.split_with_sizes(sizes, 0), loc.split_with_sizes(sizes, 0), logits.split_with_sizes(sizes, 0), deltas.split_with_sizes(sizes, 0));
+    cls.into_iter().zip(loc).zip(logits.into_iter().zip(deltas)).map(|((cls, loc), (logits, deltas))| RoiLosses { cls, loc, logits, deltas }).collect()
 }
 
 /// One SGD iteration on `batch` (public for the tests and the bench).
@@ -76,47 +72,61 @@ pub fn train_step(
     let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
     let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
     let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
+    let loss_cfg = sampler.loss();
 
     // Selection, as offsets into the concatenated RoIs.
     let (mode, needs_losses) = (sampler.backprop(), sampler.needs_roi_losses());
-    let mut select = |losses: Option<&[RoiLosses]>| -> Tensor {
+    // Weights: `None` unless some image's pick carries them (then 1 for the others).
+    let mut select = |losses: Option<&[RoiLosses]>| -> (Tensor, Option<Tensor>) {
         let mut offset = 0i64;
-        let mut picked = Vec::with_capacity(batch.len());
-        for (b, a) in assigned.iter().enumerate() {
-            picked.push(sampler.select(a, losses.map(|l| &l[b]), per_image) + offset);
+        let picks: Vec<Picked> = assigned.iter().enumerate().map(|(b, a)| sampler.select_weighted(a, losses.map(|l| &l[b]), per_image)).collect();
+        let weighted = picks.iter().any(|p| p.weight.is_some());
+        let (mut idx, mut weight) = (Vec::with_capacity(picks.len()), Vec::with_capacity(picks.len()));
+        for (b, p) in picks.into_iter().enumerate() {
+            if weighted {
+                weight.push(p.weight.unwrap_or_else(|| Tensor::ones([p.idx.size()[0]], (Kind::Float, p.idx.device()))));
+            }
+            idx.push(p.idx + offset);
             offset += sizes[b];
         }
-        Tensor::cat(&picked, 0) // [S]
+        (Tensor::cat(&idx, 0), weighted.then(|| Tensor::cat(&weight, 0))) // [S], [S]
     };
 
-    let (cls, loc, sel, ranked): (Tensor, Tensor, Tensor, Option<Vec<RoiLosses>>) = match mode {
+    let (loss_cls, loss_bbox, cls, loc, sel, ranked): (Tensor, Tensor, Tensor, Tensor, Tensor, Option<Vec<RoiLosses>>) = match mode {
         Backprop::Selected => {
             let ranked = needs_losses.then(|| {
                 tch::no_grad(|| {
                     let (logits, deltas) = model.head(&feats.detach(), &all_rois, false);
                     let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-                    split_losses(&cls, &loc, &sizes)
+                    split_losses(&cls, &loc, &logits, &deltas, &sizes)
                 })
             });
-            let sel = select(ranked.as_deref());
+            let (sel, weight) = select(ranked.as_deref());
+            empty_check(&sel, batch)?;
             let (logits, deltas) = model.head(&feats, &all_rois.index_select(0, &sel), true);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels.index_select(0, &sel), &all_targets.index_select(0, &sel), k);
-            (cls, loc, sel, ranked)
+            let gt = all_gt_index(&assigned, batch).index_select(0, &sel);
+            let boxes = all_rois.index_select(0, &sel).narrow(1, 1, 4);
+            let (labels, targets) = (all_labels.index_select(0, &sel), all_targets.index_select(0, &sel));
+            let s = loss::Selected { logits: &logits, deltas: &deltas, labels: &labels, targets: &targets, boxes: &boxes, gt: &gt, weight: weight.as_ref() };
+            let (loss_cls, loss_bbox, cls, loc) = loss::minibatch(&s, &loss_cfg, k);
+            (loss_cls, loss_bbox, cls, loc, sel, ranked)
         }
         Backprop::MaskedAll => {
+            if loss_cfg != LossConfig::default() {
+                bail!("the masked mode trains with Fast R-CNN's loss only (the sampler asks for {loss_cfg:?})");
+            }
             let (logits, deltas) = model.head(&feats, &all_rois, true);
             let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-            let ranked = split_losses(&cls.detach(), &loc.detach(), &sizes);
-            let sel = select(Some(&ranked));
-            let mask = Tensor::zeros_like(&cls).index_fill(0, &sel, 1.0);
-            (cls * &mask, loc * mask, sel, Some(ranked))
+            let ranked = split_losses(&cls.detach(), &loc.detach(), &logits.detach(), &deltas.detach(), &sizes);
+            let (sel, weight) = select(Some(&ranked));
+            empty_check(&sel, batch)?;
+            let mask = Tensor::zeros_like(&cls).index_copy(0, &sel, &weight.unwrap_or_else(|| Tensor::ones([sel.size()[0]], (Kind::Float, cls.device()))));
+            let (cls, loc) = (cls * &mask, loc * mask.gt(0.0).to_kind(Kind::Float));
+            let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, sel.size()[0]);
+            (loss_cls, loss_bbox, cls, loc, sel, Some(ranked))
         }
     };
     let n_sel = sel.size()[0];
-    if n_sel == 0 {
-        bail!("the sampler selected no RoI in a minibatch (images {:?})", batch.iter().map(|p| p.index).collect::<Vec<_>>());
-    }
-    let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, n_sel);
     (&loss_cls + &loss_bbox).backward();
     opt.step(lr);
 
@@ -141,3 +151,25 @@ pub fn train_step(
     })
 }
 
+
+fn empty_check(sel: &Tensor, batch: &[batch::Prepared]) -> Result<()> {
+    if sel.size()[0] == 0 {
+        bail!("the sampler selected no RoI in a minibatch (images {:?})", batch.iter().map(|p| p.index).collect::<Vec<_>>());
+    }
+    Ok(())
+}
+
+/// `[ΣR]` each RoI's best ground-truth box as a minibatch-wide index (image offsets added).
+fn all_gt_index(assigned: &[ImageRois], batch: &[batch::Prepared]) -> Tensor {
+    let mut offset = 0i64;
+    let parts: Vec<Tensor> = assigned
+        .iter()
+        .zip(batch)
+        .map(|(a, p)| {
+            let t = &a.gt_index + offset;
+            offset += p.gt.size()[0];
+            t
+        })
+        .collect();
+    Tensor::cat(&parts, 0)
+}
