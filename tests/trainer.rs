@@ -198,6 +198,59 @@ fn masked_and_read_only_ohem_make_the_same_update() {
     assert!(changed > 10, "only {changed} tensors changed");
 }
 
+/// A sampler that returns a weight of 1 for every RoI trains exactly as one that
+/// returns none: the same losses and the same parameters, bit for bit.
+#[test]
+fn weights_of_one_reproduce_the_unweighted_step_exactly() {
+    let _rng = crate::util::torch_rng_lock();
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::sgd::Sgd;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::sampler::{ImageRois, Picked, RoiLosses, Sampler};
+    use ohem_harness::trainer::{batch, load_split, train_step};
+    use tch::nn::VarStore;
+
+    struct Ones(Box<dyn Sampler>);
+    impl Sampler for Ones {
+        fn select(&mut self, r: &ImageRois, l: Option<&RoiLosses>, k: i64) -> tch::Tensor {
+            self.0.select(r, l, k)
+        }
+        fn select_weighted(&mut self, r: &ImageRois, l: Option<&RoiLosses>, k: i64) -> Picked {
+            let idx = self.0.select(r, l, k);
+            let weight = Some(tch::Tensor::ones([idx.size()[0]], (tch::Kind::Float, tch::Device::Cpu)));
+            Picked { idx, weight }
+        }
+        fn needs_roi_losses(&self) -> bool {
+            self.0.needs_roi_losses()
+        }
+    }
+    for kind in ["fixed_ratio", "ohem"] {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n  kind: {kind}\n")), &[]).unwrap();
+        let ds = Dataset::open(&cfg.dataset.root).unwrap();
+        let store = load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
+        let run = |weighted: bool| {
+            tch::manual_seed(11);
+            let vs = VarStore::new(tch::Device::Cpu);
+            let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+            let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+            let mut sampler: Box<dyn Sampler> = if weighted { Box::new(Ones(cfg.sampler.build())) } else { cfg.sampler.build() };
+            let mut losses = Vec::new();
+            for step in 0..3 {
+                let prepared: Vec<batch::Prepared> = [step, step + 2].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu)).collect();
+                let out = train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, &cfg).unwrap();
+                losses.push((out.loss_cls, out.loss_bbox, out.rois, out.fg));
+            }
+            (vs, losses)
+        };
+        let ((vs0, l0), (vs1, l1)) = (run(false), run(true));
+        assert_eq!(l0, l1, "{kind}: losses differ");
+        for (name, a) in vs0.variables() {
+            assert!(a.equal(&vs1.variables()[&name]), "{kind}: {name} differs");
+        }
+    }
+}
+
 /// Each sampler, trained briefly on the tiny data, lowers the loss over all
 /// proposals of the training set (the same yardstick for every sampler).
 #[test]
@@ -214,6 +267,10 @@ fn every_sampler_lowers_the_training_loss() {
         "  kind: ohem\n",
         "  kind: ohem\n  impl: masked\n",
         "  kind: all\n",
+        "  kind: ohem\n  loss: cls\n  nms_iou: null\n  fg_fraction: 0.25\n",
+        "  kind: iou_balanced\n",
+        "  kind: focal\n",
+        "  kind: pisa\n",
     ];
     for s in samplers {
         let t = tempfile::tempdir().unwrap();
