@@ -293,3 +293,34 @@ fn the_bench_trains_the_trainers_variables() {
         }
     }
 }
+
+/// The focal loss's prior (RetinaNet, Sec. 4.1), on a softmax over K + 1: the background bias is
+/// ln((1 - π) K / π), so with the other logits at 0 the background probability is
+/// e^b / (e^b + K) = 1 - π. Other strategies keep Fast R-CNN's zero bias.
+#[test]
+fn the_focal_prior_starts_every_roi_at_background_probability_one_minus_pi() {
+    use ohem_harness::bench::{bench_config, SMALL};
+    use ohem_harness::sampler::{FocalConfig, SamplerConfig};
+    use ohem_harness::trainer::build_model;
+    let k = 6usize;
+    let mut cfg = bench_config(SMALL).unwrap();
+    cfg.model.fc_dim = Some(64);
+    let (vs, _) = build_model(&cfg, tch::Device::Cpu, k, None).unwrap();
+    assert_eq!(vs.variables()["cls_score.bias"].abs().max().double_value(&[]), 0.0, "fixed ratio: zero bias");
+    for pi in [0.01, 0.2] {
+        cfg.sampler = SamplerConfig::Focal(FocalConfig { prior_prob: Some(pi), ..FocalConfig::default() });
+        let (vs, _) = build_model(&cfg, tch::Device::Cpu, k, None).unwrap();
+        let b = vs.variables()["cls_score.bias"].copy();
+        let bias = |i: i64| b.double_value(&[i]);
+        // by hand: K = 6, pi = 0.01 -> ln(0.99 * 6 / 0.01) = ln 594
+        let want = ((1.0 - pi) * k as f64 / pi).ln();
+        assert!((bias(0) - want).abs() < 1e-5, "background bias {} against {want}", bias(0));
+        assert!((1..=k as i64).all(|i| bias(i) == 0.0), "object biases stay 0");
+        let zeros = Tensor::zeros([1, (k + 1) as i64], (tch::Kind::Float, tch::Device::Cpu)) + &b;
+        let p_bg = zeros.softmax(-1, tch::Kind::Float).double_value(&[0, 0]);
+        assert!((p_bg - (1.0 - pi)).abs() < 1e-5, "p_bg {p_bg}");
+    }
+    cfg.sampler = SamplerConfig::Focal(FocalConfig { prior_prob: None, ..FocalConfig::default() });
+    let (vs, _) = build_model(&cfg, tch::Device::Cpu, k, None).unwrap();
+    assert_eq!(vs.variables()["cls_score.bias"].abs().max().double_value(&[]), 0.0, "prior_prob: null keeps the zero bias");
+}

@@ -160,6 +160,20 @@ impl FastRcnn {
         Ok(missing)
     }
 
+    /// RetinaNet's prior initialisation, for a softmax head: the background
+    /// bias is set to `ln((1 - π) K / π)`, so that with the other logits near 0
+    /// (their weights start at N(0, 0.01)) every RoI starts at background
+    /// probability about `1 - π` and the many easy background RoIs do not
+    /// swamp the first iterations of a focal loss.
+    pub fn set_background_prior(&self, pi: f64) {
+        let bias = ((1.0 - pi) * self.num_classes as f64 / pi).ln();
+        tch::no_grad(|| {
+            if let Some(b) = &self.cls_score.bs {
+                let _ = b.get(0).fill_(bias);
+            }
+        });
+    }
+
     /// `[N, 3, H, W]` → `[N, C, H/16, W/16]`.
     pub fn features(&self, images: &Tensor, train: bool) -> Tensor {
         backbone::run(&self.features, images, train)

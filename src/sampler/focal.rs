@@ -13,7 +13,11 @@
 //! class; the Fast R-CNN head here is a softmax over K + 1, so `p_t` is the
 //! softmax probability of the RoI's label and α weights its foreground or
 //! background role (the paper's softmax variant, Sec. 3 and Appendix).
-//! `normalise: selected` divides by the RoIs trained instead.
+//! `normalise: selected` divides by the RoIs trained instead. As in RetinaNet,
+//! the classifier starts from the prior π = 0.01 (`prior_prob`): the background
+//! bias is set so that every RoI starts at background probability about 0.99,
+//! which keeps the many easy background RoIs from swamping the first
+//! iterations (Lin et al., Sec. 4.1).
 
 use anyhow::{bail, Result};
 use tch::Tensor;
@@ -39,11 +43,14 @@ pub struct FocalConfig {
     /// Foreground weight α (background 1 - α); `null`: no α-balancing.
     pub alpha: Option<f64>,
     pub normalise: FocalNorm,
+    /// RetinaNet's prior π: the classifier starts at foreground probability π
+    /// (background bias `ln((1 - π) K / π)`); `null` keeps Fast R-CNN's zero bias.
+    pub prior_prob: Option<f64>,
 }
 
 impl Default for FocalConfig {
     fn default() -> Self {
-        FocalConfig { batch_size: 2048, fg_thresh: 0.5, bg_thresh_lo: 0.0, gamma: 2.0, alpha: Some(0.25), normalise: FocalNorm::Foreground }
+        FocalConfig { batch_size: 2048, fg_thresh: 0.5, bg_thresh_lo: 0.0, gamma: 2.0, alpha: Some(0.25), normalise: FocalNorm::Foreground, prior_prob: Some(0.01) }
     }
 }
 
@@ -64,6 +71,11 @@ impl FocalConfig {
         if let Some(a) = self.alpha {
             if !(0.0..=1.0).contains(&a) {
                 bail!("sampler.alpha = {a} is outside [0, 1] (null turns it off)");
+            }
+        }
+        if let Some(p) = self.prior_prob {
+            if !(p > 0.0 && p < 1.0) {
+                bail!("sampler.prior_prob = {p} is outside (0, 1) (null turns it off)");
             }
         }
         Ok(())

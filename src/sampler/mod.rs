@@ -251,6 +251,15 @@ impl SamplerConfig {
         }
     }
 
+    /// The classifier's initial background probability that the strategy asks for
+    /// (the focal loss's prior, RetinaNet's π = 0.01), applied when the model is built.
+    pub fn background_prior(&self) -> Option<f64> {
+        match self {
+            SamplerConfig::Focal(c) => c.prior_prob,
+            _ => None,
+        }
+    }
+
     pub fn check(&self) -> Result<()> {
         match self {
             SamplerConfig::FixedRatio(c) => c.check(),

@@ -101,6 +101,9 @@ pub fn build_model(cfg: &TrainConfig, device: Device, num_classes: usize, weight
     let mut vs = nn::VarStore::new(device);
     let model = FastRcnn::new(&vs.root(), &cfg.model, num_classes);
     let missing = model.load_from_and_freeze(&mut vs, weights)?;
+    if let Some(pi) = cfg.sampler.background_prior() {
+        model.set_background_prior(pi);
+    }
     if cfg.model.init == Init::Pretrained && cfg.model.weights.is_none() {
         let lacking: Vec<&String> = missing.iter().filter(|n| !n.starts_with("cls_score.") && !n.starts_with("bbox_pred.")).collect();
         if !lacking.is_empty() {
