@@ -102,9 +102,13 @@ fn row(epoch: usize, wall: f64, map: Option<f64>, train_s: f64, mine_s: f64) -> 
 }
 
 fn fake_cell(results: &Path, arm: &str, seed: u64, state: State, rows: &[EpochRow]) {
+    fake_cell_of(results, arm, seed, 3, state, rows)
+}
+
+fn fake_cell_of(results: &Path, arm: &str, seed: u64, epochs: usize, state: State, rows: &[EpochRow]) {
     let dir = results.join("cells").join(format!("{arm}-s{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cell.json"), serde_json::to_string(&CellMeta { id: format!("{arm}{seed}"), arm: arm.into(), seed, epochs: 3 }).unwrap()).unwrap();
+    std::fs::write(dir.join("cell.json"), serde_json::to_string(&CellMeta { id: format!("{arm}{seed}"), arm: arm.into(), seed, epochs }).unwrap()).unwrap();
     std::fs::write(dir.join("status.json"), format!("{{\"state\": \"{}\", \"reason\": null, \"updated\": \"x\"}}", match state { State::Done => "done", State::Failed => "failed", _ => "running" })).unwrap();
     let mut w = csv::Writer::from_path(dir.join("metrics.csv")).unwrap();
     for r in rows {
@@ -213,6 +217,36 @@ fn report_aggregates_by_hand() {
         let svg = std::fs::read_to_string(res.join(format!("{stem}.svg"))).unwrap();
         assert!(svg.contains("<svg") && svg.contains("<text"), "{stem}.svg has no text");
     }
+}
+
+/// A one-epoch timing arm (masked OHEM in experiments/speedup.yaml) has no final mAP to compare
+/// with full runs: map_diffs.csv leaves its pairs out, and its verdict says why and prints no
+/// mAP difference; pairs of equal length stay.
+#[test]
+fn final_maps_are_compared_only_between_arms_trained_as_long() {
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let verdict = VerdictConfig { claim: "m is slower".into(), baseline: "m".into(), arm: "a".into(), measure: ohem_harness::rundir::Measure::SPerIter, expected: 2.0, tolerance: 1.25, regime: None };
+    let meta = GridMeta { name: "len".into(), arms: vec!["a".into(), "b".into(), "m".into()], report: ReportConfig { baselines: vec!["a".into(), "m".into()], verdicts: vec![verdict], ..Default::default() } };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    for seed in 0..2 {
+        let full = |m: f64| [row(1, 10.0, Some(m - 0.1), 8.0, 0.0), row(2, 20.0, Some(m - 0.05), 8.0, 0.0), row(3, 30.0, Some(m), 8.0, 0.0)];
+        fake_cell_of(res, "a", seed, 3, State::Done, &full(0.5 + seed as f64 * 0.01));
+        fake_cell_of(res, "b", seed, 3, State::Done, &full(0.6 + seed as f64 * 0.02));
+        fake_cell_of(res, "m", seed, 1, State::Done, &[row(1, 20.0, Some(0.2), 16.0, 0.0)]);
+    }
+    let out = ohem_harness::report::generate(res).unwrap();
+    let mut d = csv::Reader::from_path(res.join("map_diffs.csv")).unwrap();
+    let ds: Vec<std::collections::HashMap<String, String>> = d.deserialize().map(|x| x.unwrap()).collect();
+    let pairs: Vec<(String, String)> = ds.iter().map(|r| (r["baseline"].clone(), r["arm"].clone())).collect();
+    assert_eq!(pairs, vec![("a".to_string(), "b".to_string())], "only a and b trained 3 epochs each");
+    // b − a = (0.6 + 0.62) / 2 − (0.5 + 0.51) / 2 = 0.105
+    assert!((ds[0]["final_map_diff"].parse::<f64>().unwrap() - 0.105).abs() < 1e-9, "{ds:?}");
+    let line = out.notes.iter().find(|n| n.starts_with("verdict: \"m is slower\"")).unwrap();
+    assert!(line.contains("final mAP not compared: m ran 1 epoch and a 3 epochs") && !line.contains("Final map_voc07"), "{line}");
+    let text = std::fs::read_to_string(&out.summary).unwrap();
+    let diffs = text.split("| baseline | arm | difference |").nth(1).unwrap().split("\n\n").next().unwrap();
+    assert!(diffs.contains("| a | b | +0.1050 |") && !diffs.contains("| m |") && !diffs.contains("| a | m |"), "{diffs}");
 }
 
 #[test]

@@ -168,7 +168,8 @@ where
 {
     let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
     let n = labels.len().max(1);
-    let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.15;
+    // headroom above the highest whisker for the legend (upper left), so that it never hides one
+    let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
     let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];

@@ -118,13 +118,29 @@ pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
 pub fn map_diffs(agg: &Aggregate) -> Vec<MapDiff> {
     let mut out = Vec::new();
     for b in &baselines(agg) {
-        for a in agg.meta.arms.iter().filter(|a| *a != b) {
+        for a in agg.meta.arms.iter().filter(|a| *a != b && same_length(agg, b, a)) {
             let (bv, av) = (agg.finals_of(b), agg.finals_of(a));
             let diff = compare(&bv, &av, Scale::Difference);
             out.push(MapDiff { baseline: b.clone(), arm: a.clone(), diff, baseline_seeds: bv.len(), arm_seeds: av.len() });
         }
     }
     out
+}
+
+/// The most epochs any cell of `arm` trained.
+fn epochs_of(agg: &Aggregate, arm: &str) -> Option<usize> {
+    agg.by_arm(arm).iter().map(|r| r.epochs).max()
+}
+
+/// A final mAP is comparable only between arms trained for as long: the
+/// differences leave out pairs such as a one-epoch timing arm against full runs.
+pub fn same_length(agg: &Aggregate, baseline: &str, arm: &str) -> bool {
+    epochs_of(agg, baseline) == epochs_of(agg, arm)
+}
+
+/// "1 epoch", "4 epochs".
+fn epochs_text(n: usize) -> String {
+    format!("{n} epoch{}", if n == 1 { "" } else { "s" })
 }
 
 /// What makes an arm's figures suspect: offline mining whose cache stayed
@@ -181,9 +197,7 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
         let (bv, bn) = agg.per_seed(&v.baseline, v.measure);
         let (av, an) = agg.per_seed(&v.arm, v.measure);
         let seeds = bn.min(an);
-        // a final mAP is comparable only between arms trained for as long
-        let epochs = |arm: &str| agg.by_arm(arm).iter().map(|r| r.epochs).max();
-        let same_length = epochs(&v.baseline) == epochs(&v.arm);
+        let same_length = same_length(agg, &v.baseline, &v.arm);
         let md = if same_length { compare(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference) } else { None };
         let dnf = dnf(v.measure, (&bv, bn), (&av, an));
         let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
@@ -207,8 +221,8 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
             (None, _) => (Word::NotResolved, None, "no finished seeds".into()),
         };
         if !same_length {
-            let (eb, ea) = (epochs(&v.baseline).unwrap_or(0), epochs(&v.arm).unwrap_or(0));
-            note = format!("{note}{}final mAP not compared: {} ran {eb} epochs and {} {ea}", if note.is_empty() { "" } else { "; " }, v.baseline, v.arm);
+            let (eb, ea) = (epochs_of(agg, &v.baseline).unwrap_or(0), epochs_of(agg, &v.arm).unwrap_or(0));
+            note = format!("{note}{}final mAP not compared: {} ran {} and {} {}", if note.is_empty() { "" } else { "; " }, v.baseline, epochs_text(eb), v.arm, epochs_text(ea));
         }
         if v.measure == Measure::TimeToTarget {
             if let Some(range) = target_range(agg, &v.baseline, &v.arm) {

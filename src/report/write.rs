@@ -32,8 +32,18 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 /// A verdict as one line of summary.md (bold verdict word).
 pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
     let metric_name = metric.column();
+    // no mAP sentence when the final mAPs were not compared (the note says why)
+    let map_sentence = match v.map_diff {
+        Some(d) => format!(
+            " Final {metric_name} {} − {} = {d:+.4} (95% CI {}).",
+            v.arm,
+            v.baseline,
+            v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into())
+        ),
+        None => String::new(),
+    };
     format!(
-            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}. Final {metric_name} {} − {} = {} (95% CI {}). Measured in: {}.",
+            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}.{map_sentence} Measured in: {}.",
             v.claim,
             v.baseline,
             v.arm,
@@ -46,10 +56,6 @@ pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
             v.verdict,
             if v.differs.is_empty() { String::new() } else { format!(" in this regime (the claim's differs in {})", v.differs.join(", ")) },
             if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) },
-            v.arm,
-            v.baseline,
-            v.map_diff.map(|d| format!("{d:+.4}")).unwrap_or_else(|| "—".into()),
-            v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into()),
             v.regime.describe(),
         )
 }
@@ -213,7 +219,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             s.note
         ));
     }
-    md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with a 95% t-interval (paired by seed when both arms ran the same seeds, Welch's otherwise). An interval that excludes 0 is a difference these seeds resolve; one that spans 0 is not resolved.\n\n| baseline | arm | difference | 95% CI | interval |\n|---|---|---|---|---|\n"));
+    md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with a 95% t-interval (paired by seed when both arms ran the same seeds, Welch's otherwise). An interval that excludes 0 is a difference these seeds resolve; one that spans 0 is not resolved. Pairs of arms trained for different numbers of epochs are left out.\n\n| baseline | arm | difference | 95% CI | interval |\n|---|---|---|---|---|\n"));
     for d in map_diffs {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
