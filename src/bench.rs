@@ -106,10 +106,57 @@ fn sync(device: Device) {
 
 /// Peak resident memory of this process, from /proc (Linux), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
+    proc_status_mib("VmHWM:")
+}
+
+/// Current resident memory of this process (VmRSS), in MiB.
+pub fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+fn proc_status_mib(key: &str) -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Resets the peak resident memory (VmHWM) to the current one, by writing 5 to
+/// /proc/self/clear_refs (Linux 4.0 on), so that a peak can be taken per step
+/// kind within one process. False where the kernel does not allow it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The peak memory of one step kind, in MiB: the process's peak RSS while it
+/// ran (what `bench samplers` prints: the paper's Table 5 gives a process's
+/// memory too), and that peak less the RSS just before. The second is not the
+/// kind's own working set: the RSS at its start holds the libtorch runtime and
+/// what earlier kinds left in the allocator. On the CPU only: on CUDA the
+/// tensors live in the device allocator, which this build cannot query, so
+/// both are `None` there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeakMemory {
+    pub peak_mib: Option<f64>,
+    pub above_start_mib: Option<f64>,
+}
+
+impl std::fmt::Display for PeakMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.peak_mib, self.above_start_mib) {
+            (Some(p), _) => write!(f, "peak RSS {p:.0} MiB"),
+            (None, _) => write!(f, "peak RSS —"),
+        }
+    }
+}
+
+/// Runs `f` and measures its [`PeakMemory`] (CPU only).
+pub fn measure_peak<T>(device: Device, f: impl FnOnce() -> T) -> (T, PeakMemory) {
+    let ok = device == Device::Cpu && reset_peak_rss();
+    let start = if ok { rss_mib() } else { None };
+    let out = f();
+    let peak = if ok { proc_status_mib("VmHWM:") } else { None };
+    (out, PeakMemory { peak_mib: peak, above_start_mib: peak.zip(start).map(|(p, s)| (p - s).max(0.0)) })
 }
 
 /// Random proposal boxes `[n, 4]` inside an `h x w` image, 16 px or larger.
@@ -255,13 +302,14 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         for (name, key, s) in &arms {
             let mut cfg = base.clone();
             cfg.sampler = s.clone();
-            let (s, rois, _) = time_step(&cfg, &store, iters, device)?;
+            let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
+            let (s, rois, _) = timed?;
             match peer_steps.as_ref().and_then(|p| p.get(*key).and_then(|v| v.as_f64())) {
                 Some(p) => {
-                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated)   peer {p:>7.3} s/iter   ours / peer {:.2}", s / p);
+                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter   ours / peer {:.2}", s / p);
                     peer_secs.push(p);
                 }
-                None => println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated)"),
+                None => println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}"),
             }
             secs.push(s);
         }

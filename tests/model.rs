@@ -324,3 +324,43 @@ fn the_focal_prior_starts_every_roi_at_background_probability_one_minus_pi() {
     let (vs, _) = build_model(&cfg, tch::Device::Cpu, k, None).unwrap();
     assert_eq!(vs.variables()["cls_score.bias"].abs().max().double_value(&[]), 0.0, "prior_prob: null keeps the zero bias");
 }
+
+/// `harness bench samplers` takes a peak RSS per step kind in one process: the peak is reset
+/// before each kind (/proc/self/clear_refs), so a later, smaller kind does not inherit an
+/// earlier one's peak. Run in a child process of its own, where no other test allocates.
+#[test]
+fn peak_memory_is_taken_per_step_kind() {
+    use ohem_harness::bench::{measure_peak, reset_peak_rss};
+    if std::env::var_os("OHEM_PEAK_CHILD").is_some() {
+        if !reset_peak_rss() {
+            // the kernel does not allow it: the bench must then print no figure
+            let ((), m) = measure_peak(tch::Device::Cpu, || ());
+            assert!(m.peak_mib.is_none() && m.to_string() == "peak RSS —");
+            println!("peak checked: unsupported");
+            return;
+        }
+        // 256 MiB touched and freed inside the measured closure
+        let ((), big) = measure_peak(tch::Device::Cpu, || {
+            let t = Tensor::ones([64 * 1024 * 1024], (Kind::Float, tch::Device::Cpu));
+            assert_eq!(t.sum(Kind::Float).double_value(&[]), 64.0 * 1024.0 * 1024.0);
+        });
+        let d = big.above_start_mib.unwrap();
+        assert!((240.0..=256.0 + 64.0).contains(&d), "a 256 MiB tensor raised the peak by {d} MiB");
+        // a small step afterwards: without the reset its peak would still hold the 256 MiB
+        let ((), small) = measure_peak(tch::Device::Cpu, || {
+            let t = Tensor::ones([1024 * 1024], (Kind::Float, tch::Device::Cpu));
+            let _ = t.sum(Kind::Float).double_value(&[]);
+        });
+        assert!(small.above_start_mib.unwrap() < 32.0, "small step: +{:?} MiB", small.above_start_mib);
+        assert!(small.peak_mib.unwrap() < big.peak_mib.unwrap() - 200.0, "{small:?} against {big:?}");
+        println!("peak checked: {big} then {small}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["model::peak_memory_is_taken_per_step_kind", "--exact", "--test-threads=1", "--nocapture"])
+        .env("OHEM_PEAK_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("peak checked"), "{text}");
+}
