@@ -12,7 +12,8 @@ N = 2 images, B = 128 RoIs, --proposals random proposals per image, plus ground 
   ohem_masked  every RoI forward and backward, the loss of the unselected ones zeroed
   all          every RoI with IoU >= 0, up to 2048 per minibatch
 
-and prints one JSON object: {"device", "threads", "torch", "torchvision", "steps": {kind: s/iter}}.
+and prints one JSON object: {"device", "threads", "torch", "torchvision", "steps": {kind: s/iter},
+"peak_mib": {kind: peak RSS on the CPU, the allocator's peak on CUDA, in MiB}}.
 
   python3 scripts/bench_peer.py [--proposals 2000] [--iters 5] [--device cpu] [--stride 16]
 
@@ -190,6 +191,31 @@ def step(model, opt, images, per_image, kind, gen, k):
     return loss.item()
 
 
+def reset_peak(device):
+    """Resets the peak memory before a step kind, as `harness bench samplers` does: on the CPU the
+    process's peak RSS (VmHWM, through /proc/self/clear_refs), on CUDA the allocator's peak."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def read_peak(device):
+    """The peak since reset_peak, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proposals", type=int, default=2000)
@@ -211,7 +237,9 @@ def main():
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
     inputs = [make_inputs(a.proposals, device, gen, h, w) for _ in range(a.iters + 1)]
     steps = {}
+    peak_mib = {}
     for kind in a.kinds.split(","):
+        reset = reset_peak(device)
         total = 0.0
         for it, (images, per_image) in enumerate(inputs):
             if device.type == "cuda":
@@ -223,8 +251,10 @@ def main():
             if it > 0:  # the first iteration is a warm-up
                 total += time.perf_counter() - t
         steps[kind] = total / a.iters
+        peak_mib[kind] = read_peak(device) if reset else None
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-                      "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps}))
+                      "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps,
+                      "peak_mib": peak_mib}))
 
 
 if __name__ == "__main__":

@@ -304,9 +304,10 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
             cfg.sampler = s.clone();
             let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
             let (s, rois, _) = timed?;
-            match peer_steps.as_ref().and_then(|p| p.get(*key).and_then(|v| v.as_f64())) {
+            match peer_steps.as_ref().and_then(|p| p.secs(key)) {
                 Some(p) => {
-                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter   ours / peer {:.2}", s / p);
+                    let peer_mem = peer_steps.as_ref().and_then(|ps| ps.peak(key)).map(|m| format!(", {m:.0} MiB")).unwrap_or_default();
+                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter{peer_mem}   ours / peer {:.2}", s / p);
                     peer_secs.push(p);
                 }
                 None => println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}"),
@@ -412,7 +413,7 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
                 Some(py) => Some(run_peer(py, n_props, iters, base, device, (h, w), &["ohem", "ohem_masked"])?),
                 None => None,
             };
-            let p = |k: &str| peer_steps.as_ref().and_then(|s| s.get(k).and_then(|v| v.as_f64()));
+            let p = |k: &str| peer_steps.as_ref().and_then(|s| s.secs(k));
             let (pr, pm) = (p("ohem"), p("ohem_masked"));
             let point = ClaimAPoint {
                 backbone: format!("{:?}", base.model.backbone).to_lowercase(),
@@ -506,8 +507,23 @@ fn peer_python() -> Result<std::path::PathBuf> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().into())
 }
 
-/// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter).
-fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<serde_json::Map<String, serde_json::Value>> {
+/// What the peer measured per step kind: seconds per iteration and peak memory (MiB).
+struct PeerSteps {
+    steps: serde_json::Map<String, serde_json::Value>,
+    peak_mib: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PeerSteps {
+    fn secs(&self, kind: &str) -> Option<f64> {
+        self.steps.get(kind).and_then(|v| v.as_f64())
+    }
+    fn peak(&self, kind: &str) -> Option<f64> {
+        self.peak_mib.get(kind).and_then(|v| v.as_f64())
+    }
+}
+
+/// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter) and `peak_mib`.
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<PeerSteps> {
     let mut cmd = std::process::Command::new(python);
     let backbone = if cfg.model.backbone == crate::model::Backbone::Vgg16 { "vgg16" } else { "small" };
     cmd.arg("scripts/bench_peer.py")
@@ -523,7 +539,8 @@ fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate:
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing the peer's JSON")?;
     println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
-    v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))
+    let steps = v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))?;
+    Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default() })
 }
 
 /// Evaluation against training, in one run: trains `config` for `epochs`
