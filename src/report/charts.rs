@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -199,8 +199,14 @@ macro_rules! both {
     ($dir:expr, $stem:expr, $files:expr, |$root:ident| $body:expr) => {{
         let png = $dir.join(format!("{}.png", $stem));
         {
-            let $root = BitMapBackend::new(&png, (W, H)).into_drawing_area();
-            $body?;
+            // drawn into memory and encoded by the `image` crate the data stage uses
+            // (plotters' own encoder would compile a second, older `image`)
+            let mut rgb = vec![0u8; (W * H * 3) as usize];
+            {
+                let $root = BitMapBackend::with_buffer(&mut rgb, (W, H)).into_drawing_area();
+                $body?;
+            }
+            image::save_buffer(&png, &rgb, W, H, image::ExtendedColorType::Rgb8).with_context(|| format!("writing {}", png.display()))?;
         }
         let svg = $dir.join(format!("{}.svg", $stem));
         {
