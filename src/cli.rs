@@ -157,6 +157,14 @@ pub struct PretrainArgs {
     /// Pre-trained backbone cache [default: ~/.cache/ohem-harness/pretrain, or $OHEM_CACHE/pretrain].
     #[arg(long)]
     pretrain_dir: Option<PathBuf>,
+    /// Train anew (cache and shipped folder ignored) and compare, tensor by tensor, with the
+    /// weights that runs are served; bit-identical only on the CPU that made them.
+    #[arg(long, conflicts_with = "ship")]
+    verify: bool,
+    /// Write the backbone (trained first if the cache lacks it) into pretrained/<key>/ of the
+    /// source tree, with its SHA-256 and CPU, for first runs to find.
+    #[arg(long)]
+    ship: bool,
 }
 
 #[derive(Args, Debug)]
@@ -429,15 +437,40 @@ fn train(a: TrainArgs, progress: bool) -> Result<()> {
 fn pretrain(a: PretrainArgs, progress: bool) -> Result<()> {
     let cfg = TrainConfig::load(&a.config, &a.overrides)?;
     let dir = a.pretrain_dir.unwrap_or_else(crate::pretrain::default_cache_dir);
+    if a.ship {
+        let to = crate::pretrain::ship(&cfg, &dir, &crate::pretrain::shipped_dir(), progress)?;
+        println!("shipped: {} (commit it; the code stamp {} is part of its key)", to.display(), crate::pretrain::code_stamp());
+        return Ok(());
+    }
+    if a.verify {
+        let v = crate::pretrain::verify(&cfg, &dir, Some(&crate::pretrain::shipped_dir()), progress)?;
+        println!("served ({}): {}", origin_name(v.served.origin), v.served.weights.display());
+        println!("validation accuracy: served {:.4}, trained anew {:.4}", v.val_accuracy.0, v.val_accuracy.1);
+        if v.identical() {
+            println!("identical: all {} tensors equal, bit for bit", v.tensors);
+        } else {
+            println!("different: {} of {} tensors differ, max |difference| {:.3e}{}", v.differing, v.tensors, v.max_abs_diff, if v.missing.is_empty() { String::new() } else { format!(", {} names in one file only (e.g. {})", v.missing.len(), v.missing[0]) });
+            println!("(bit-identical weights are expected only on the CPU that made the served ones; its pretrain.json names it)");
+        }
+        return Ok(());
+    }
     let p = crate::pretrain::ensure(&cfg, &dir, progress)?;
     let rows = crate::pretrain::read_log(&p.log)?;
-    println!("{} pre-trained backbone: {}", if p.computed { "new" } else { "cached" }, p.weights.display());
+    println!("{} pre-trained backbone: {}", origin_name(p.origin), p.weights.display());
     println!("epoch  crops  loss    accuracy  val_accuracy  seconds");
     for r in &rows {
         println!("{:>5}  {:>5}  {:.4}  {:.3}     {:.3}         {:.1}", r.epoch, r.crops, r.loss, r.accuracy, r.val_accuracy, r.seconds);
     }
     println!("log: {}", p.log.display());
     Ok(())
+}
+
+fn origin_name(o: crate::pretrain::Origin) -> &'static str {
+    match o {
+        crate::pretrain::Origin::Cache => "cached",
+        crate::pretrain::Origin::Shipped => "shipped",
+        crate::pretrain::Origin::Trained => "new",
+    }
 }
 
 /// `--dry-run`: the cells, and the datasets still to be made.

@@ -123,3 +123,117 @@ fn both_sources_merge_classes_by_name() {
     let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p.weights.with_file_name("pretrain.json")).unwrap()).unwrap();
     assert_eq!(record["classes"], serde_json::json!(["coin", "square", "triangle", "star", "cross", "ring", "disc"]));
 }
+
+/// The code's stamp ignores comments, blank lines and unit tests, and nothing else.
+#[test]
+fn the_code_stamp_sees_code_and_not_comments() {
+    use ohem_harness::pretrain::code_only;
+    let a = "fn f() -> i32 {\n    // one\n    1\n}\n";
+    let commented = "/// f\nfn f() -> i32 {\n\n    // the one\n      1\n}\n#[cfg(test)]\nmod tests { fn g() {} }\n";
+    let changed = "fn f() -> i32 {\n    // one\n    2\n}\n";
+    assert_eq!(code_only(a), "fn f() -> i32 {\n1\n}");
+    assert_eq!(code_only(a), code_only(commented));
+    assert_ne!(code_only(a), code_only(changed));
+    let stamp = ohem_harness::pretrain::code_stamp();
+    assert_eq!(stamp.len(), 16);
+    assert!(stamp.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+/// `--ship` writes a folder that a fresh cache is then served from, checked by
+/// SHA-256; a damaged file is refused with its path, and a folder of another
+/// key is never served.
+#[test]
+fn a_shipped_backbone_is_served_checked_and_only_for_its_key() {
+    use ohem_harness::pretrain::{ensure_with, ship, Origin};
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_pretrain(t.path(), &[]);
+    let shipped = t.path().join("shipped");
+    let to = ship(&cfg, &t.path().join("maker"), &shipped, false).unwrap();
+    let made = t.path().join("maker").read_dir().unwrap().filter_map(|e| e.ok()).find(|e| e.path().is_dir()).unwrap().path();
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(to.join("pretrain.json")).unwrap()).unwrap();
+    assert_eq!(record["code"], ohem_harness::pretrain::code_stamp());
+    assert_eq!(record["weights_sha256"].as_str().unwrap(), ohem_harness::pretrain::sha256_of(&to.join("backbone.safetensors")).unwrap());
+
+    // a fresh cache: served from the shipped folder, the same bytes, then from the cache
+    let p = ensure_with(&cfg, &t.path().join("fresh"), Some(&shipped), false).unwrap();
+    assert_eq!((p.origin, p.computed), (Origin::Shipped, false));
+    assert_eq!(std::fs::read(&p.weights).unwrap(), std::fs::read(made.join("backbone.safetensors")).unwrap());
+    assert_eq!(ensure_with(&cfg, &t.path().join("fresh"), Some(&shipped), false).unwrap().origin, Origin::Cache);
+
+    // a damaged shipped file: refused, naming it; nothing left in the cache
+    let bytes = std::fs::read(to.join("backbone.safetensors")).unwrap();
+    let mut bad = bytes.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(to.join("backbone.safetensors"), &bad).unwrap();
+    let err = format!("{:#}", ensure_with(&cfg, &t.path().join("fresh2"), Some(&shipped), false).unwrap_err());
+    assert!(err.contains("backbone.safetensors") && err.contains("SHA-256"), "{err}");
+    assert!(!t.path().join("fresh2").join(&p.key).exists());
+    std::fs::write(to.join("backbone.safetensors"), &bytes).unwrap();
+
+    // another pre-training (another key) does not take this folder: it trains
+    let other = tiny_pretrain(t.path(), &["pretrain.seed=3"]);
+    let q = ensure_with(&other, &t.path().join("fresh3"), Some(&shipped), false).unwrap();
+    assert_eq!(q.origin, Origin::Trained);
+    assert_ne!(q.key, p.key);
+}
+
+/// `harness pretrain --verify` trains anew and compares: the same code on the
+/// same CPU gives the same bits; a changed served file is reported different.
+#[test]
+fn verify_retrains_and_compares_with_the_served_weights() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(t.path(), "");
+    let cache = t.path().join("cache");
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = vec!["pretrain".into(), cfg.to_str().unwrap().into(), "--pretrain-dir".into(), cache.to_str().unwrap().into()];
+        for o in ["model.init=pretrained", "pretrain.synth_images=10", "pretrain.epochs=1", "pretrain.window=48", "pretrain.batch_size=16", "pretrain.crops_per_object=1"] {
+            v.extend(["--set".to_string(), o.to_string()]);
+        }
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        harness(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+    };
+    let (ok, out, err) = run(&["--verify"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("identical: all") && out.contains("served (new)"), "{out}");
+    // change one weight of the served file: reported, with the size of the difference
+    let dir = std::fs::read_dir(&cache).unwrap().filter_map(|e| e.ok()).find(|e| e.path().join("backbone.safetensors").is_file()).unwrap().path();
+    let file = dir.join("backbone.safetensors");
+    let mut named: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&file).unwrap();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let _ = named[0].1.view([-1]).get(0).fill_(1000.0);
+    tch::Tensor::write_safetensors(&named, &file).unwrap();
+    let (ok, out, err) = run(&["--verify"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("served (cached)") && out.contains("different: 1 of") && out.contains("e3"), "{out}");
+}
+
+/// The folder in `pretrained/` is what the main job's cells are served on the
+/// bundled default data: made by this code (its stamp), intact (its SHA-256),
+/// and under the key of `experiments/quick.yaml` on `make-dataset --size small
+/// --seed 0`. When this fails after a change to the pre-training's sources,
+/// remake it: `harness pretrain experiments/frcn-quick.yaml --ship`, delete the
+/// old folder and commit the new one.
+#[test]
+fn the_shipped_backbone_is_the_default_datas_and_this_codes() {
+    use ohem_harness::pretrain;
+    let shipped = pretrain::shipped_dir();
+    let folders: Vec<std::path::PathBuf> = std::fs::read_dir(&shipped).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    for f in &folders {
+        let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f.join("pretrain.json")).unwrap()).unwrap();
+        assert_eq!(record["code"], pretrain::code_stamp(), "{}: made by other code; remake it with `harness pretrain experiments/frcn-quick.yaml --ship`", f.display());
+        assert_eq!(record["weights_sha256"].as_str().unwrap(), pretrain::sha256_of(&f.join("backbone.safetensors")).unwrap(), "{}", f.display());
+    }
+    let data = tempfile::tempdir().unwrap();
+    ohem_harness::data::synth::make_dataset(data.path(), ohem_harness::data::synth::SynthSize::Small, 0, false).unwrap();
+    let root = format!("dataset.root={}", data.path().display());
+    let grid = ohem_harness::harness::Grid::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/quick.yaml"), &[root]).unwrap();
+    for c in &grid.cells {
+        let (key, _) = pretrain::key_of(&c.config).unwrap();
+        assert!(shipped.join(&key).join("backbone.safetensors").is_file(), "cell {}: no shipped backbone for key {key} in {}", c.arm, shipped.display());
+    }
+}

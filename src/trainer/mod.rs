@@ -208,6 +208,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut obs = Console::new(opts.progress, cfg.train.epochs);
     let data = Data::load(cfg, opts, &mut obs)?;
     let weights = initial_weights(cfg, opts)?; // before seeding: pre-training draws from the same generator
+    if let Some(w) = &weights {
+        // into the cell's train.log: which backbone this run started from, by content
+        eprintln!("initial weights: {} (SHA-256 {})", w.display(), crate::pretrain::sha256_of(w)?);
+    }
     let (mut vs, model) = build_model(cfg, device, data.classes.len(), weights.as_deref())?;
     let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
     let mut sampler = cfg.sampler.build();
