@@ -262,7 +262,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 ///
 /// `vgg16`: the VGG16 backbone (fc 4096, random weights) at 600 px instead of
 /// the small one, and without the all-RoIs step.
-pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool) -> Result<()> {
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
     use crate::trainer::{batch, FrozenScorer};
@@ -280,37 +280,57 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
     }
     let kinds: Vec<&str> = arms.iter().map(|a| a.1).collect();
     let peer_python = if peer { Some(peer_python()?) } else { None };
+    let rounds = rounds.max(1);
     let mut store_for_mining = None;
     for &n_props in proposal_counts {
         let store = bench_store(n_props);
         let first = batch::prepare(&store, 0, &base.input, false, device);
         let (h, w) = (first.image.size()[1], first.image.size()[2]);
         println!(
-            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}, {} libtorch threads:",
+            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}, {} libtorch threads{}:",
             base.model.backbone,
             base.model.fc_width(),
             base.model.feature_stride(),
             if base.model.backbone == crate::model::Backbone::Vgg16 { "none" } else if base.model.bn_frozen() { "frozen" } else { "trained" },
-            tch::get_num_threads()
+            tch::get_num_threads(),
+            if rounds > 1 { format!(", medians of {rounds} rounds{}", if peer { " (ours and the peer in alternating order)" } else { "" }) } else { String::new() }
         );
-        let peer_steps = match &peer_python {
-            Some(py) => Some(run_peer(py, n_props, iters, &base, device, (h, w), &kinds)?),
-            None => None,
-        };
+        // per kind, per round: (s/iter, RoIs backpropagated, peak memory); the peer's per round
+        let mut ours: Vec<Vec<(f64, f64, PeakMemory)>> = vec![Vec::new(); arms.len()];
+        let mut peers: Vec<PeerSteps> = Vec::new();
+        for round in 0..rounds {
+            let peer_first = round % 2 == 0;
+            if let (Some(py), true) = (&peer_python, peer_first) {
+                peers.push(run_peer(py, n_props, iters, &base, device, (h, w), &kinds, peers.is_empty())?);
+            }
+            for (k, (_, _, s)) in arms.iter().enumerate() {
+                let mut cfg = base.clone();
+                cfg.sampler = s.clone();
+                let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
+                let (s, rois, _) = timed?;
+                ours[k].push((s, rois, mem));
+            }
+            if let (Some(py), false) = (&peer_python, peer_first) {
+                peers.push(run_peer(py, n_props, iters, &base, device, (h, w), &kinds, peers.is_empty())?);
+            }
+        }
         let mut secs = Vec::new();
         let mut peer_secs = Vec::new();
-        for (name, key, s) in &arms {
-            let mut cfg = base.clone();
-            cfg.sampler = s.clone();
-            let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
-            let (s, rois, _) = timed?;
-            match peer_steps.as_ref().and_then(|p| p.secs(key)) {
-                Some(p) => {
-                    let peer_mem = peer_steps.as_ref().and_then(|ps| ps.peak(key)).map(|m| format!(", {m:.0} MiB")).unwrap_or_default();
-                    println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter{peer_mem}   ours / peer {:.2}", s / p);
-                    peer_secs.push(p);
-                }
-                None => println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}"),
+        for (k, (name, key, _)) in arms.iter().enumerate() {
+            let s = median(&ours[k].iter().map(|o| o.0).collect::<Vec<_>>());
+            let rois = ours[k][0].1;
+            let mem = ours[k].iter().map(|o| o.2).last().expect("one round at least");
+            let peer_s: Vec<f64> = peers.iter().filter_map(|p| p.secs(key)).collect();
+            if peer_s.len() == rounds {
+                let p = median(&peer_s);
+                let peer_mem = peers.last().and_then(|ps| ps.peak(key)).map(|m| format!(", {m:.0} MiB")).unwrap_or_default();
+                // the ratio of each round, ours and the peer's of the same round
+                let ratios: Vec<f64> = ours[k].iter().zip(&peer_s).map(|(o, p)| o.0 / p).collect();
+                let range = if rounds > 1 { format!(" (rounds {:.2}-{:.2})", ratios.iter().cloned().fold(f64::INFINITY, f64::min), ratios.iter().cloned().fold(0.0, f64::max)) } else { String::new() };
+                println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter{peer_mem}   ours / peer {:.2}{range}", s / p);
+                peer_secs.push(p);
+            } else {
+                println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}");
             }
             secs.push(s);
         }
@@ -337,6 +357,14 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());
     }
     Ok(())
+}
+
+/// The median of a non-empty sample (the mean of the middle two for an even count).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// Seconds per iteration of `cfg`'s sampler through the trainer's own model and
@@ -410,7 +438,7 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
                 secs.push(time_step(&cfg, &store, iters, device)?);
             }
             let peer_steps = match &peer_python {
-                Some(py) => Some(run_peer(py, n_props, iters, base, device, (h, w), &["ohem", "ohem_masked"])?),
+                Some(py) => Some(run_peer(py, n_props, iters, base, device, (h, w), &["ohem", "ohem_masked"], true)?),
                 None => None,
             };
             let p = |k: &str| peer_steps.as_ref().and_then(|s| s.secs(k));
@@ -523,7 +551,7 @@ impl PeerSteps {
 }
 
 /// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter) and `peak_mib`.
-fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str]) -> Result<PeerSteps> {
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str], announce: bool) -> Result<PeerSteps> {
     let mut cmd = std::process::Command::new(python);
     let backbone = if cfg.model.backbone == crate::model::Backbone::Vgg16 { "vgg16" } else { "small" };
     cmd.arg("scripts/bench_peer.py")
@@ -538,7 +566,9 @@ fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate:
         anyhow::bail!("scripts/bench_peer.py failed (exit {:?})", out.status.code());
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing the peer's JSON")?;
-    println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+    if announce {
+        println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+    }
     let steps = v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))?;
     Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default() })
 }

@@ -268,6 +268,11 @@ pub struct BenchArgs {
     /// `bench samplers`: also time the same steps in PyTorch + torchvision (scripts/bench_peer.py) and print the ratios.
     #[arg(long)]
     peer: bool,
+    /// `bench samplers`: rounds per proposal count, the order of ours and the peer alternating
+    /// (peer first in odd rounds), so that a machine's drift falls on both; medians are printed,
+    /// with the range of the per-round ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// `bench claim-a`: proposals per image of the sweep (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
     rois: Vec<usize>,
@@ -591,7 +596,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if all || a.what == BenchWhat::Samplers {
         let (iters, counts) = if a.vgg16 { (a.iters.min(2), vec![2000]) } else { (a.iters, a.proposals.clone()) };
-        crate::bench::samplers(iters, &counts, a.peer, a.vgg16)?;
+        crate::bench::samplers(iters, &counts, a.peer, a.vgg16, a.rounds as usize)?;
     }
     Ok(())
 }

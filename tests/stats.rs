@@ -139,3 +139,13 @@ fn seeds_needed_is_the_first_count_with_80_percent_power() {
     assert!((140..=175).contains(&n), "n = {n}");
     assert_eq!(seeds_needed(&e, e.value, 5), None);
 }
+
+/// The bench's median (of rounds): by hand, odd and even counts, order-free.
+#[test]
+fn the_bench_median_is_the_middle_value() {
+    use ohem_harness::bench::median;
+    assert_eq!(median(&[0.3]), 0.3);
+    assert_eq!(median(&[0.9, 0.1, 0.5]), 0.5);
+    assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+    assert_eq!(median(&[1.0, 100.0, 2.0]), 2.0, "one slow round does not move it");
+}
