@@ -364,3 +364,118 @@ fn peak_memory_is_taken_per_step_kind() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("peak checked"), "{text}");
 }
+
+/// The small backbone (stride 8, batch norm frozen) written out op by op,
+/// out of place: conv, batch norm with running statistics, ReLU, max pools
+/// after convs 0, 1, 3 (and not 5, stride 8).
+fn small_backbone_reference(x: &Tensor, vars: &std::collections::HashMap<String, Tensor>) -> Tensor {
+    let mut x = x.shallow_clone();
+    for i in 0..8 {
+        let v = |n: &str| vars[&format!("features.{n}")].shallow_clone();
+        x = x.conv2d(&v(&format!("conv{i}.weight")), Some(&v(&format!("conv{i}.bias"))), [1, 1], [1, 1], [1, 1], 1);
+        x = x.batch_norm(Some(&v(&format!("bn{i}.weight"))), Some(&v(&format!("bn{i}.bias"))), Some(&v(&format!("bn{i}.running_mean"))), Some(&v(&format!("bn{i}.running_var"))), false, 0.1, 1e-5, false);
+        x = x.relu();
+        if [0, 1, 3].contains(&i) {
+            x = x.max_pool2d_default(2);
+        }
+    }
+    x
+}
+
+/// A small-backbone detector with batch norm frozen, `fold_bn` as given, and
+/// non-trivial batch-norm statistics and affine parameters (seeded).
+fn small_frozen_bn(fold_bn: bool) -> (tch::nn::VarStore, ohem_harness::model::FastRcnn) {
+    use ohem_harness::model::{FastRcnn, ModelConfig};
+    tch::manual_seed(5);
+    let mut vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let cfg = ModelConfig { freeze_bn: Some(true), fold_bn, fc_dim: Some(32), ..Default::default() };
+    let model = FastRcnn::new(&vs.root(), &cfg, 3);
+    model.load_from_and_freeze(&mut vs, None).unwrap();
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.contains(".bn") {
+                let (lo, hi) = if name.ends_with("running_var") { (0.3, 2.0) } else if name.ends_with("running_mean") { (-0.3, 0.3) } else if name.ends_with("weight") { (0.5, 1.5) } else { (-0.2, 0.2) };
+                let _ = t.uniform_(lo, hi);
+            }
+        }
+    });
+    (vs, model)
+}
+
+/// Outputs and the conv variables' gradients of `features` for a fixed input
+/// and a fixed random weighting of the outputs.
+fn features_and_grads(model: &ohem_harness::model::FastRcnn, vs: &tch::nn::VarStore, x: &Tensor) -> (Tensor, Vec<(String, Tensor)>) {
+    let y = model.features(x, true);
+    tch::manual_seed(11);
+    let w = Tensor::randn(y.size(), (Kind::Float, tch::Device::Cpu));
+    let loss = (&y * w).sum(Kind::Float);
+    let mut names: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, t)| n.starts_with("features.") && t.requires_grad()).collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let grads = Tensor::run_backward(&[loss], &names.iter().map(|(_, t)| t.shallow_clone()).collect::<Vec<_>>(), false, false);
+    (y, names.into_iter().map(|(n, _)| n).zip(grads).collect())
+}
+
+/// In-place ReLUs change no bit: the backbone's outputs and its conv
+/// variables' gradients equal those of the op-by-op, out-of-place reference.
+#[test]
+fn the_backbone_with_in_place_relus_matches_the_out_of_place_reference_bit_for_bit() {
+    let _rng = crate::util::torch_rng_lock();
+    let (vs, model) = small_frozen_bn(false);
+    tch::manual_seed(3);
+    let x = Tensor::randn([2, 3, 40, 56], (Kind::Float, tch::Device::Cpu));
+    let (y, grads) = features_and_grads(&model, &vs, &x);
+    let vars = vs.variables();
+    let r = small_backbone_reference(&x, &vars);
+    assert!(y.equal(&r), "outputs differ: max {}", (&y - &r).abs().max().double_value(&[]));
+    tch::manual_seed(11);
+    let w = Tensor::randn(r.size(), (Kind::Float, tch::Device::Cpu));
+    let ts: Vec<Tensor> = grads.iter().map(|(n, _)| vars[n].shallow_clone()).collect();
+    let rg = Tensor::run_backward(&[(&r * w).sum(Kind::Float)], &ts, false, false);
+    assert_eq!(grads.len(), 16, "8 conv weights and biases train; batch norm is frozen");
+    for ((n, g), rg) in grads.iter().zip(&rg) {
+        assert!(g.equal(rg), "{n}: gradients differ");
+    }
+}
+
+/// Batch norm folded into the convolutions: the same outputs and gradients for
+/// the same trainable variables (within float rounding), and a checkpoint of
+/// the folded network loads into the unfolded one and gives its outputs.
+#[test]
+fn folded_batch_norm_gives_the_same_outputs_gradients_variables_and_checkpoints() {
+    let _rng = crate::util::torch_rng_lock();
+    let (vs, model) = small_frozen_bn(false);
+    let (mut fvs, folded) = small_frozen_bn(true);
+    let names = |v: &tch::nn::VarStore| {
+        let mut n: Vec<(String, bool)> = v.variables().into_iter().map(|(n, t)| (n, t.requires_grad())).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&vs), names(&fvs), "the same variables, the same ones trained");
+    tch::no_grad(|| {
+        for (n, mut t) in fvs.variables() {
+            t.copy_(&vs.variables()[&n]);
+        }
+    });
+    tch::manual_seed(3);
+    let x = Tensor::randn([2, 3, 40, 56], (Kind::Float, tch::Device::Cpu));
+    let (y, g) = features_and_grads(&model, &vs, &x);
+    let (fy, fg) = features_and_grads(&folded, &fvs, &x);
+    let rel = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]) / b.abs().max().double_value(&[]).max(1e-12);
+    assert!(!fy.equal(&y), "folding is a different computation (else this test checks nothing)");
+    assert!(rel(&fy, &y) < 1e-5, "outputs: relative difference {}", rel(&fy, &y));
+    for ((n, a), (_, b)) in fg.iter().zip(&g) {
+        assert!(rel(a, b) < 1e-5, "{n}: gradient relative difference {}", rel(a, b));
+    }
+    // eval mode folds too
+    let (ye, fye) = (model.features(&x, false), folded.features(&x, false));
+    assert!(rel(&fye, &ye) < 1e-5);
+
+    // a checkpoint of the folded network is today's format: the unfolded weights
+    let t = tempfile::tempdir().unwrap();
+    let file = t.path().join("folded.safetensors");
+    fvs.save(&file).unwrap();
+    let (mut uvs, unfolded) = small_frozen_bn(false);
+    uvs.load(&file).unwrap();
+    assert!(unfolded.features(&x, false).equal(&ye), "the folded network's checkpoint loads unfolded and gives the unfolded outputs");
+    fvs.load(&file).unwrap();
+}

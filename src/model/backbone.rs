@@ -48,6 +48,38 @@ fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, 3, nn::ConvConfig { padding: 1, ..Default::default() })
 }
 
+/// Batch norm's ε (torch's default, set explicitly because folding needs it).
+pub const BN_EPS: f64 = 1e-5;
+
+/// ReLU on a fresh activation, in place.
+fn relu_in_place(x: &tch::Tensor) -> tch::Tensor {
+    let mut y = x.shallow_clone();
+    y.relu_()
+}
+
+/// A 3×3 convolution (padding 1) followed by batch norm with running statistics,
+/// as one convolution: w' = w·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β. The
+/// folded weights are computed from the variables at every call, so gradients
+/// reach `c.ws` and `c.bs` (through the scale) and checkpoints keep the
+/// unfolded weights.
+pub fn conv_bn_folded(x: &tch::Tensor, c: &nn::Conv2D, bn: &nn::BatchNorm) -> tch::Tensor {
+    let scale = (&bn.running_var + BN_EPS).rsqrt();
+    let scale = match &bn.ws {
+        Some(g) => scale * g,
+        None => scale,
+    };
+    let w = &c.ws * scale.view([-1, 1, 1, 1]);
+    let b = match &c.bs {
+        Some(b) => (b - &bn.running_mean) * &scale,
+        None => -&bn.running_mean * &scale,
+    };
+    let b = match &bn.bs {
+        Some(beta) => b + beta,
+        None => b,
+    };
+    x.conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1)
+}
+
 /// The convolutional trunk. Returns the module and the names of its frozen variables' prefixes.
 ///
 /// `freeze_bn`: batch norm always uses its running statistics (eval mode, in
@@ -55,7 +87,14 @@ fn conv(p: nn::Path, cin: i64, cout: i64) -> nn::Conv2D {
 /// fine-tuning from a pre-trained backbone does with N = 2 images per batch.
 ///
 /// `stride` 8 (small only) drops the small backbone's last max pool.
-pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool, stride: i64) -> (nn::SequentialT, Vec<String>) {
+///
+/// `fold_bn` (small, with `freeze_bn`): each batch norm folded into its
+/// convolution at every forward ([`conv_bn_folded`]).
+///
+/// ReLUs are in place, as torchvision's: none of the ops before them keeps its
+/// output for the backward (convolution, linear and batch norm keep their
+/// inputs), so autograd allows it, and the numbers are the same bits.
+pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool, stride: i64, fold_bn: bool) -> (nn::SequentialT, Vec<String>) {
     match backbone {
         Backbone::Small => {
             let f = p / "features";
@@ -64,8 +103,14 @@ pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool, stride: i64) 
             // (in, out, pool after)
             let plan = [(3, 16, true), (16, 32, true), (32, 64, false), (64, 64, true), (64, 128, false), (128, 128, true), (128, 128, false), (128, 128, false)];
             for (i, (cin, cout, pool)) in plan.into_iter().enumerate() {
-                let bn = nn::batch_norm2d(&f / format!("bn{i}"), cout, Default::default());
-                s = s.add(conv(&f / format!("conv{i}"), cin, cout)).add_fn_t(move |x, train| bn.forward_t(x, train && !freeze_bn)).add_fn(|x| x.relu());
+                let bn = nn::batch_norm2d(&f / format!("bn{i}"), cout, nn::BatchNormConfig { eps: BN_EPS, ..Default::default() });
+                let c = conv(&f / format!("conv{i}"), cin, cout);
+                s = if fold_bn && freeze_bn {
+                    s.add_fn(move |x| conv_bn_folded(x, &c, &bn))
+                } else {
+                    s.add(c).add_fn_t(move |x, train| bn.forward_t(x, train && !freeze_bn))
+                };
+                s = s.add_fn(relu_in_place);
                 if freeze_bn {
                     frozen.push(format!("features.bn{i}."));
                 }
@@ -84,7 +129,7 @@ pub fn features(p: &nn::Path, backbone: Backbone, freeze_bn: bool, stride: i64) 
             let blocks: [(i64, usize); 5] = [(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)];
             for (b, (cout, n)) in blocks.into_iter().enumerate() {
                 for _ in 0..n {
-                    s = s.add(conv(&f / idx.to_string(), cin, cout)).add_fn(|x| x.relu());
+                    s = s.add(conv(&f / idx.to_string(), cin, cout)).add_fn(relu_in_place);
                     cin = cout;
                     idx += 2;
                 }
@@ -107,10 +152,10 @@ pub fn fc_layers(p: &nn::Path, backbone: Backbone, in_dim: i64, fc_dim: i64, dro
     };
     nn::seq_t()
         .add(nn::linear(p6, in_dim, fc_dim, Default::default()))
-        .add_fn(|x| x.relu())
+        .add_fn(relu_in_place)
         .add_fn_t(move |x, train| x.dropout(dropout, train))
         .add(nn::linear(p7, fc_dim, fc_dim, Default::default()))
-        .add_fn(|x| x.relu())
+        .add_fn(relu_in_place)
         .add_fn_t(move |x, train| x.dropout(dropout, train))
 }
 

@@ -47,6 +47,16 @@ pub struct ModelConfig {
     /// Dropout after fc6 and fc7 (0: masked and read-only OHEM then make identical updates;
     /// Fast R-CNN's VGG16 used 0.5).
     pub dropout: f64,
+    /// Fold each frozen batch norm into the convolution before it, at every forward
+    /// (`small` with frozen batch norm only): w' = w·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β.
+    /// The same function up to float rounding and the same trainable variables and
+    /// checkpoints (the unfolded weights stay the variables); one op per layer less
+    /// forward and backward. Off by default: it changes the last bits, and training
+    /// carries them into the results, so the committed studies would no longer
+    /// reproduce bit for bit from their grid files. Left out of a config's identity
+    /// when off, so existing cell ids stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fold_bn: bool,
 }
 
 /// `model.init`.
@@ -59,7 +69,7 @@ pub enum Init {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, stride: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.0 }
+        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, stride: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.0, fold_bn: false }
     }
 }
 
@@ -126,7 +136,7 @@ pub struct FastRcnn {
 impl FastRcnn {
     pub fn new(p: &nn::Path, cfg: &ModelConfig, num_classes: usize) -> Self {
         let k = num_classes as i64;
-        let (features, frozen) = backbone::features(p, cfg.backbone, cfg.bn_frozen(), cfg.feature_stride());
+        let (features, frozen) = backbone::features(p, cfg.backbone, cfg.bn_frozen(), cfg.feature_stride(), cfg.fold_bn);
         let fc_dim = cfg.fc_width();
         let in_dim = cfg.backbone.channels() * cfg.roi_size * cfg.roi_size;
         let fc = backbone::fc_layers(p, cfg.backbone, in_dim, fc_dim, cfg.dropout);
