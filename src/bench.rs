@@ -262,7 +262,7 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 ///
 /// `vgg16`: the VGG16 backbone (fc 4096, random weights) at 600 px instead of
 /// the small one, and without the all-RoIs step.
-pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize) -> Result<()> {
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize, fold_ab: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
     use crate::trainer::{batch, FrozenScorer};
@@ -297,6 +297,8 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         );
         // per kind, per round: (s/iter, RoIs backpropagated, peak memory); the peer's per round
         let mut ours: Vec<Vec<(f64, f64, PeakMemory)>> = vec![Vec::new(); arms.len()];
+        // --fold-bn: the same kinds with model.fold_bn on, in the same rounds (s/iter per round)
+        let mut folded: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
         let mut peers: Vec<PeerSteps> = Vec::new();
         for round in 0..rounds {
             let peer_first = round % 2 == 0;
@@ -306,9 +308,18 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
             for (k, (_, _, s)) in arms.iter().enumerate() {
                 let mut cfg = base.clone();
                 cfg.sampler = s.clone();
+                let mut fold_cfg = cfg.clone();
+                fold_cfg.model.fold_bn = true;
+                // folded first in odd rounds
+                if fold_ab && round % 2 == 1 {
+                    folded[k].push(time_step(&fold_cfg, &store, iters, device)?.0);
+                }
                 let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
                 let (s, rois, _) = timed?;
                 ours[k].push((s, rois, mem));
+                if fold_ab && round % 2 == 0 {
+                    folded[k].push(time_step(&fold_cfg, &store, iters, device)?.0);
+                }
             }
             if let (Some(py), false) = (&peer_python, peer_first) {
                 peers.push(run_peer(py, n_props, iters, &base, device, (h, w), &kinds, peers.is_empty())?);
@@ -333,6 +344,15 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
                 println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}");
             }
             secs.push(s);
+        }
+        if fold_ab {
+            println!("  batch norm folded (model.fold_bn), the same rounds, folded / unfolded:");
+            for (k, (name, _, _)) in arms.iter().enumerate() {
+                let f = median(&folded[k]);
+                let ratios: Vec<f64> = folded[k].iter().zip(&ours[k]).map(|(f, o)| f / o.0).collect();
+                let (lo, hi) = (ratios.iter().cloned().fold(f64::INFINITY, f64::min), ratios.iter().cloned().fold(0.0, f64::max));
+                println!("    {name:<20} {f:>7.3} s/iter   {:.3} (rounds {lo:.3}-{hi:.3})", f / secs[k]);
+            }
         }
         print!("  ratio OHEM read-only / fixed-ratio: {:.2}x", secs[1] / secs[0]);
         if peer_secs.len() == arms.len() {

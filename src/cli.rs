@@ -273,6 +273,10 @@ pub struct BenchArgs {
     /// with the range of the per-round ratios.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// `bench samplers` (small backbone): also time every kind with model.fold_bn on, in the
+    /// same rounds (alternating which goes first), and print folded / unfolded.
+    #[arg(long)]
+    fold_bn: bool,
     /// `bench claim-a`: proposals per image of the sweep (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
     rois: Vec<usize>,
@@ -596,7 +600,10 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if all || a.what == BenchWhat::Samplers {
         let (iters, counts) = if a.vgg16 { (a.iters.min(2), vec![2000]) } else { (a.iters, a.proposals.clone()) };
-        crate::bench::samplers(iters, &counts, a.peer, a.vgg16, a.rounds as usize)?;
+        if a.fold_bn && a.vgg16 {
+            anyhow::bail!("--fold-bn: VGG16 has no batch norm to fold; drop --vgg16");
+        }
+        crate::bench::samplers(iters, &counts, a.peer, a.vgg16, a.rounds as usize, a.fold_bn)?;
     }
     Ok(())
 }
