@@ -140,7 +140,7 @@ fn the_code_stamp_sees_code_and_not_comments() {
 }
 
 /// `--ship` writes a folder that a fresh cache is then served from, checked by
-/// SHA-256; a damaged file is refused with its path, and a folder of another
+/// SHA-256; a damaged file or an unparsable record is refused with its path, and a folder of another
 /// key is never served.
 #[test]
 fn a_shipped_backbone_is_served_checked_and_only_for_its_key() {
@@ -170,6 +170,14 @@ fn a_shipped_backbone_is_served_checked_and_only_for_its_key() {
     assert!(err.contains("backbone.safetensors") && err.contains("SHA-256"), "{err}");
     assert!(!t.path().join("fresh2").join(&p.key).exists());
     std::fs::write(to.join("backbone.safetensors"), &bytes).unwrap();
+
+    // an unparsable record: refused, naming it; nothing left in the cache
+    let record_text = std::fs::read(to.join("pretrain.json")).unwrap();
+    std::fs::write(to.join("pretrain.json"), "{\"weights_sha256\": ").unwrap();
+    let err = format!("{:#}", ensure_with(&cfg, &t.path().join("fresh2"), Some(&shipped), false).unwrap_err());
+    assert!(err.contains("parsing") && err.contains("pretrain.json"), "{err}");
+    assert!(!t.path().join("fresh2").join(&p.key).exists());
+    std::fs::write(to.join("pretrain.json"), &record_text).unwrap();
 
     // another pre-training (another key) does not take this folder: it trains
     let other = tiny_pretrain(t.path(), &["pretrain.seed=3"]);
