@@ -252,6 +252,13 @@ fn weights_load_by_name_and_frozen_layers_stay_fixed() {
     let v = vs3.variables();
     assert!(!v["features.0.weight"].requires_grad() && !v["features.7.bias"].requires_grad());
     assert!(v["features.10.weight"].requires_grad() && v["cls_score.weight"].requires_grad());
+    // so autograd records nothing for conv1_x and conv2_x (an image needs no gradient): their
+    // output, conv3_1's input, carries no graph, and running them under no_grad saves nothing
+    let x = Tensor::randn([1, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+    let conv = |x: &Tensor, i: i64| x.conv2d(&v[&format!("features.{i}.weight")], Some(&v[&format!("features.{i}.bias")]), [1, 1], [1, 1], [1, 1], 1).relu();
+    let prefix = conv(&conv(&conv(&conv(&x, 0), 2).max_pool2d_default(2), 5), 7).max_pool2d_default(2);
+    assert!(!prefix.requires_grad());
+    assert!(conv(&prefix, 10).requires_grad());
 }
 
 /// The benches build the network the trainer trains: the same constructor, and the same
