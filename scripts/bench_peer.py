@@ -17,6 +17,13 @@ and prints one JSON object: {"device", "threads", "torch", "torchvision", "steps
 
   python3 scripts/bench_peer.py [--proposals 2000] [--iters 5] [--device cpu] [--stride 16]
 
+--profile prints instead, per step kind, where the step's time goes (torch.profiler, self time of
+each op, the warm-up iteration left out), in kernel families: the convolutions, the fully
+connected layers, max pooling, batch norm, ReLU, RoI pooling and the rest (the optimiser's element-wise
+updates, indexing, losses, NMS). The
+first three are the same libtorch kernels on the same shapes in the harness's step, so their
+share is a floor that no saving outside those kernels can go below.
+
 Run it through `harness bench samplers --peer`, which installs torch and torchvision into a venv
 under the project's cache on first use (scripts/peer-venv.sh) and prints both side by side.
 """
@@ -216,6 +223,35 @@ def read_peak(device):
     return None
 
 
+# op name (torch.profiler) -> kernel family, by prefix; the first match wins
+FAMILIES = [
+    ("convolution", ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d", "aten::cudnn_convolution", "aten::thnn_conv2d")),
+    ("fully connected", ("aten::addmm", "aten::mm")),
+    ("max pool", ("aten::max_pool2d_with_indices",)),
+    ("batch norm", ("aten::native_batch_norm", "aten::batch_norm", "aten::_batch_norm")),
+    ("ReLU", ("aten::relu", "aten::threshold_backward", "aten::clamp_min")),
+    ("RoI pooling", ("torchvision::roi_pool", "torchvision::_roi_pool_backward", "GeneratedBackwardFor_torchvision_roi_pool")),
+]
+SHARED = ("convolution", "fully connected", "max pool")
+
+
+def profile_kind(model, opt, inputs, kind, gen, k):
+    """{family: share of the step's self CPU time} over inputs[1:] (inputs[0] warms up), and s/iter."""
+    from torch.profiler import ProfilerActivity, profile
+    step(model, opt, *inputs[0], kind, gen, k)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for images, per_image in inputs[1:]:
+            step(model, opt, images, per_image, kind, gen, k)
+    shares = {name: 0.0 for name, _ in FAMILIES}
+    shares["other"] = 0.0
+    for e in prof.key_averages():
+        fam = next((name for name, prefixes in FAMILIES if e.key.startswith(prefixes)), "other")
+        # self time: an op's own time, without the ops it calls (the optimiser's element-wise ops fall in "other")
+        shares[fam] += e.self_cpu_time_total
+    total = sum(shares.values())
+    return {f: v / total for f, v in shares.items()}, total / 1e6 / (len(inputs) - 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proposals", type=int, default=2000)
@@ -227,6 +263,7 @@ def main():
     ap.add_argument("--kinds", default="fixed_ratio,ohem,ohem_masked,all")
     ap.add_argument("--backbone", default="small", choices=["small", "vgg16"])
     ap.add_argument("--size", default="224x288", help="input height x width")
+    ap.add_argument("--profile", action="store_true", help="print where each step kind's time goes instead of the JSON")
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.manual_seed(0)
@@ -236,6 +273,17 @@ def main():
     model = (Vgg16(k, a.fc_dim) if a.backbone == "vgg16" else Small(k, a.fc_dim, a.stride, a.freeze_bn)).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
     inputs = [make_inputs(a.proposals, device, gen, h, w) for _ in range(a.iters + 1)]
+    if a.profile:
+        families = [name for name, _ in FAMILIES] + ["other"]
+        print(f"where the peer's step goes: {a.backbone} @ {a.size}, {a.proposals} proposals/image, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}, {a.iters} iterations per kind (self CPU time, profiled)")
+        print(f"  {'kind':<12} {'s/iter':>7}  " + "  ".join(f"{f:>15}" for f in families) + f"  {'shared floor':>12}")
+        for kind in a.kinds.split(","):
+            shares, secs = profile_kind(model, opt, inputs, kind, gen, k)
+            floor = sum(shares[f] for f in SHARED)
+            print(f"  {kind:<12} {secs:>7.3f}  " + "  ".join(f"{100 * shares[f]:>14.1f}%" for f in families) + f"  {100 * floor:>11.1f}%")
+        print(f"  shared floor: {' + '.join(SHARED)}, the kernels that the harness's step runs on the same shapes")
+        return
     steps = {}
     peak_mib = {}
     for kind in a.kinds.split(","):

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The exact savings of issue 19, measured on the small backbone's forward + backward in the same
 libtorch (PyTorch 2.13) as the harness, in one process, interleaved: in-place ReLU, batch norm folded
-into the convolutions, channels-last memory format, and their combinations.
+into the convolutions, channels-last memory format, and their combinations; and two rewrites of the
+kernels that `bench_peer.py --profile` counts in the shared floor: 2x2 max pooling as two
+max-with-index reductions over a view (the same maxima, the gradient to the first maximum, as
+max_pool2d's), and the first convolution (3 input channels) as unfold + matmul.
 
 The network is the small backbone (8 convs of 16-128 channels, frozen batch norm, stride 8) on N = 2
 images of 224x298; batch-norm statistics and affine parameters are random but fixed; the gradient is
@@ -38,11 +41,28 @@ def build():
     return convs, bns
 
 
-def forward(x, convs, bns, fold=False, inplace=False, channels_last=False):
+def max_pool_reduce(x):
+    """2x2 max pooling as two reductions over a view: along the width, then the height (an odd last
+    row or column dropped, as max_pool2d does)."""
+    _, _, h, w = x.shape
+    x = x[:, :, : h - h % 2, : w - w % 2].unflatten(3, (w // 2, 2)).unflatten(2, (h // 2, 2))
+    return x.max(5).values.max(3).values
+
+
+def conv_unfold(x, c):
+    """A 3x3 convolution (padding 1) as unfold + matmul."""
+    n, _, h, w = x.shape
+    cols = F.unfold(x, 3, padding=1)  # [n, cin*9, h*w]
+    return (c.weight.view(c.out_channels, -1) @ cols + c.bias.view(1, -1, 1)).view(n, c.out_channels, h, w)
+
+
+def forward(x, convs, bns, fold=False, inplace=False, channels_last=False, pool_reduce=False, conv1_unfold=False):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for k, ((_, _, pool), c, bn) in enumerate(zip(PLAN, convs, bns)):
-        if fold:
+        if conv1_unfold and k == 0:
+            x = bn(conv_unfold(x, c))
+        elif fold:
             s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             w = c.weight * s.view(-1, 1, 1, 1)
             if channels_last:
@@ -52,7 +72,7 @@ def forward(x, convs, bns, fold=False, inplace=False, channels_last=False):
             x = bn(c(x))
         x = F.relu_(x) if inplace else F.relu(x)
         if pool and k != 5:  # stride 8: no pool after conv 5
-            x = F.max_pool2d(x, 2)
+            x = max_pool_reduce(x) if pool_reduce else F.max_pool2d(x, 2)
     return x
 
 
@@ -71,6 +91,8 @@ def main():
         ("channels-last", dict(channels_last=True)),
         ("folded + in-place", dict(fold=True, inplace=True)),
         ("all three", dict(fold=True, channels_last=True, inplace=True)),
+        ("max pool reductions", dict(pool_reduce=True)),
+        ("conv1 unfold+matmul", dict(conv1_unfold=True)),
     ]
     ref = forward(x, convs, bns)
     gref = torch.autograd.grad(ref.sum() * 1e-3, weights)
