@@ -6,8 +6,12 @@
 // arg-max sample.
 //
 // The features are read channels-last, so the innermost loop of both passes
-// runs over contiguous channels. The forward splits RoIs over threads; the
-// backward splits channels, so no two threads write one gradient cell.
+// runs over contiguous channels. The output and its gradient keep the
+// [R, C, out, out] layout that the head flattens: each RoI is transposed
+// through a small buffer inside the kernel, in cache and in parallel, rather
+// than by a whole-tensor copy before or after it. The forward splits RoIs over
+// threads; the backward splits channels, so no two threads write one gradient
+// cell.
 // Built by build.rs (cc) against the libtorch headers that torch-sys uses.
 
 #include <torch/autograd.h>
@@ -20,6 +24,7 @@
 #include <cstring>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 using at::Tensor;
@@ -72,11 +77,13 @@ inline void positions(double lo, double hi, int64_t out, int64_t s, double scale
     for (int64_t k = 0; k < s; ++k) pos[i * s + k] = start + extent * ((double)(i * s + k) + 0.5) / (double)(out * s);
 }
 
-// RoIs r0..r1 of the forward. Always inlined, so that it is compiled for the
+// RoIs r0..r1 of the forward: y [R, C, out, out] (each RoI computed
+// channels-last in a buffer, then transposed), arg [R, out, out, C]. Always inlined, so that it is compiled for the
 // instruction set of each caller below (baseline x86-64, or AVX2 with FMA).
 template <typename T, bool ARG>
 __attribute__((always_inline)) inline void forward_range(const T* f, const T* rois, T* y, T* arg, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t r0, int64_t r1) {
     std::vector<double> px, py;
+    std::vector<T> buf(out * out * C);  // one RoI's output, bin-major [out, out, C]
     for (int64_t r = r0; r < r1; ++r) {
       const T* roi = rois + r * 5;
       const T* fb = f + (int64_t)roi[0] * H * W * C;
@@ -84,7 +91,7 @@ __attribute__((always_inline)) inline void forward_range(const T* f, const T* ro
       positions(roi[2], roi[4], out, s, scale, py);
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
-          T* __restrict yo = y + ((r * out + by) * out + bx) * C;
+          T* __restrict yo = buf.data() + (by * out + bx) * C;
           T* __restrict ao = ARG ? arg + ((r * out + by) * out + bx) * C : nullptr;
           for (int64_t ky = 0; ky < s; ++ky) {
             Taps ty = taps(py[by * s + ky], H);
@@ -116,6 +123,11 @@ __attribute__((always_inline)) inline void forward_range(const T* f, const T* ro
             }
           }
         }
+      // into y's layout [C, out, out], while the buffer is in cache
+      T* __restrict yr = y + r * C * out * out;
+      const T* __restrict b = buf.data();
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t k = 0; k < out * out; ++k) yr[c * out * out + k] = b[k * C + c];
     }
 }
 
@@ -141,38 +153,81 @@ void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t 
   parallel(R, 8, [&](int64_t r0, int64_t r1) { forward_range<T, ARG>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
 }
 
-// The arg-max sample's 4 taps get the output's gradient: one pass over the
-// channels per bin (each channel's taps depend on its own arg-max).
+// Channels c0..c1 of the backward, g [R, C, out, out]: the arg-max sample's 4 taps get the
+// output's gradient. Per bin and sample k, the gradient of the channels whose
+// arg-max is k (zero for the others) goes to each of k's 4 taps in turn, in
+// loops without data-dependent addresses, which vectorise. Adding zero changes
+// no value, and a channel has one arg-max, so every gradient cell receives the
+// same non-zero terms in the same order as one scattered add per channel
+// would give (RoIs, then bins, then the taps 00, 01, 10, 11): the same bits.
+// A product and a sum are rounded apart (never fused into one FMA), as in
+// that scalar form. Bins whose gradient is zero in these channels (masked
+// OHEM's unselected RoIs) are skipped. Always inlined, as forward_range is,
+// for each instruction set.
 template <typename T>
-void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
-  parallel(C, 16, [&](int64_t c0, int64_t c1) {
+__attribute__((always_inline)) inline void backward_range(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t c0, int64_t c1) {
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    const int64_t n = c1 - c0, bins = out * out;
     std::vector<double> px, py;
+    std::vector<T> gk_buf(n), gr_buf(bins * n);
+    T* __restrict gk = gk_buf.data() - c0;  // gk[c] for c in c0..c1
     for (int64_t r = 0; r < R; ++r) {
       const T* roi = rois + r * 5;
       T* gb = gf + (int64_t)roi[0] * H * W * C;
       positions(roi[1], roi[3], out, s, scale, px);
       positions(roi[2], roi[4], out, s, scale, py);
+      // this RoI's gradient for channels c0..c1, bin-major: gr_buf[bin * n + c - c0]
+      const T* __restrict gr = g + r * C * bins;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t k = 0; k < bins; ++k) gr_buf[k * n + c - c0] = gr[c * bins + k];
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
-          const T* go = g + ((r * out + by) * out + bx) * C;
-          const T* ao = arg + ((r * out + by) * out + bx) * C;
-          Taps tys[8], txs[8];
-          for (int64_t k = 0; k < s; ++k) { tys[k] = taps(py[by * s + k], H); txs[k] = taps(px[bx * s + k], W); }
+          const T* __restrict go = gr_buf.data() + (by * out + bx) * n - c0;
+          const T* __restrict ao = arg + ((r * out + by) * out + bx) * C;
+          // any non-zero gradient? (an OR of the bits without the sign: a loop that vectorises)
+          U bits = 0;
           for (int64_t c = c0; c < c1; ++c) {
-            T gv = go[c];
-            if (gv == 0) continue;
-            int64_t k = (int64_t)ao[c];
-            const Taps& ty = tys[k / s];
-            const Taps& tx = txs[k % s];
-            // zero-weight taps (outside the map) add nothing, wherever they point
-            gb[(ty.i0 * W + tx.i0) * C + c] += gv * (T)(ty.w0 * tx.w0);
-            gb[(ty.i0 * W + tx.i1) * C + c] += gv * (T)(ty.w0 * tx.w1);
-            gb[(ty.i1 * W + tx.i0) * C + c] += gv * (T)(ty.w1 * tx.w0);
-            gb[(ty.i1 * W + tx.i1) * C + c] += gv * (T)(ty.w1 * tx.w1);
+            U b;
+            std::memcpy(&b, &go[c], sizeof(T));
+            bits |= b << 1;
+          }
+          if (bits == 0) continue;
+          for (int64_t ky = 0; ky < s; ++ky) {
+            Taps ty = taps(py[by * s + ky], H);
+            for (int64_t kx = 0; kx < s; ++kx) {
+              Taps tx = taps(px[bx * s + kx], W);
+              const T k = (T)(ky * s + kx);
+              for (int64_t c = c0; c < c1; ++c) gk[c] = ao[c] == k ? go[c] : (T)0;
+              // zero-weight taps (outside the map) add nothing, wherever they point
+              const int64_t cells[4] = {ty.i0 * W + tx.i0, ty.i0 * W + tx.i1, ty.i1 * W + tx.i0, ty.i1 * W + tx.i1};
+              const T ws[4] = {(T)(ty.w0 * tx.w0), (T)(ty.w0 * tx.w1), (T)(ty.w1 * tx.w0), (T)(ty.w1 * tx.w1)};
+              for (int t = 0; t < 4; ++t) {
+                T* __restrict p = gb + cells[t] * C;
+                const T w = ws[t];
+                for (int64_t c = c0; c < c1; ++c) {
+                  T prod = gk[c] * w;
+                  p[c] = p[c] + prod;
+                }
+              }
+            }
           }
         }
     }
-  });
+}
+
+// Channels are split over threads, so no two threads write one gradient cell
+// and each cell's sum runs in the same order whatever the thread count. AVX2
+// without FMA: the compiler has no fused multiply-add to contract into (the
+// forward's target has one, and uses it).
+template <typename T>
+void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (has_avx2_fma()) {
+    parallel(C, 16, [&](int64_t c0, int64_t c1) __attribute__((target("avx2"))) { backward_range<T>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
+    return;
+  }
+#endif
+  parallel(C, 16, [&](int64_t c0, int64_t c1) { backward_range<T>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
 }
 
 // Checks the inputs; returns the features channels-last [N, H, W, C] and the RoIs in their precision.
@@ -191,18 +246,18 @@ std::pair<Tensor, Tensor> prepare(const Tensor& feats, const Tensor& rois, int64
 Tensor forward_only(const Tensor& feats, const Tensor& rois, int64_t out, int64_t s, double scale) {
   auto [f, r] = prepare(feats, rois, out, s);
   int64_t C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
-  auto y = at::empty({R, out, out, C}, f.options());
+  auto y = at::empty({R, C, out, out}, f.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
     forward_kernel<scalar_t, false>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), nullptr, R, H, W, C, out, s, scale);
   });
-  return y.permute({0, 3, 1, 2}).contiguous();
+  return y;
 }
 
 struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& feats, const Tensor& rois, int64_t out, int64_t s, double scale) {
     auto [f, r] = prepare(feats, rois, out, s);
     int64_t N = feats.size(0), C = feats.size(1), H = feats.size(2), W = feats.size(3), R = rois.size(0);
-    auto y = at::empty({R, out, out, C}, f.options());
+    auto y = at::empty({R, C, out, out}, f.options());
     auto arg = at::empty({R, out, out, C}, f.options());  // the arg-max sample, in the features' type so the loops vectorise
     AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "roi_pool_forward", [&] {
       forward_kernel<scalar_t, true>(f.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), arg.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);
@@ -214,7 +269,7 @@ struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
     ctx->saved_data["out"] = out;
     ctx->saved_data["s"] = s;
     ctx->saved_data["scale"] = scale;
-    return y.permute({0, 3, 1, 2}).contiguous();  // [R, C, out, out]
+    return y;  // [R, C, out, out]
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -224,8 +279,8 @@ struct RoiPoolFn : public torch::autograd::Function<RoiPoolFn> {
     int64_t N = ctx->saved_data["N"].toInt(), H = ctx->saved_data["H"].toInt(), W = ctx->saved_data["W"].toInt();
     int64_t out = ctx->saved_data["out"].toInt(), s = ctx->saved_data["s"].toInt();
     double scale = ctx->saved_data["scale"].toDouble();
-    auto g = grads[0].permute({0, 2, 3, 1}).contiguous();  // [R, out, out, C]
-    int64_t R = g.size(0), C = g.size(3);
+    auto g = grads[0].contiguous();  // [R, C, out, out]
+    int64_t R = g.size(0), C = g.size(1);
     auto gf = at::zeros({N, H, W, C}, g.options());
     AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "roi_pool_backward", [&] {
       backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), arg.data_ptr<scalar_t>(), gf.data_ptr<scalar_t>(), R, H, W, C, out, s, scale);

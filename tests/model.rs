@@ -87,6 +87,32 @@ fn roi_pool_kernel_and_tensor_path_agree() {
     assert!(off * 1000 <= b.1.numel() as i64, "gradients differ in {off} of {} cells", b.1.numel());
 }
 
+/// The CPU kernel's backward gives the same bits whether an unselected RoI is left out or kept
+/// with a zero gradient (masked OHEM keeps every RoI and zeroes the loss of the others): each
+/// gradient cell receives the same non-zero terms in the same order. Float, with enough
+/// channels to split them over threads.
+#[test]
+fn roi_pool_kernel_gradient_ignores_zero_gradient_rois_bit_for_bit() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    tch::manual_seed(9);
+    let feats = Tensor::randn([2, 64, 14, 18], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let rois = random_rois(&mut rng, 600, 2, 14.0 * 16.0, 18.0 * 16.0);
+    let weights = Tensor::randn([600, 64, 7, 7], (Kind::Float, tch::Device::Cpu));
+    let keep: Vec<i64> = (0..600).filter(|i| i % 5 == 0 || i % 7 == 3).collect();
+    let keep = Tensor::from_slice(&keep);
+    let mask = Tensor::zeros([600, 1, 1, 1], (Kind::Float, tch::Device::Cpu)).index_fill(0, &keep, 1.0);
+    let all = roi_pool::roi_pool_kernel(&feats, &rois, 7, 2, 1.0 / 16.0);
+    (&all * (&weights * &mask)).sum(Kind::Float).backward();
+    let masked = feats.grad().copy();
+    let _ = feats.grad().zero_();
+    let some = roi_pool::roi_pool_kernel(&feats, &rois.index_select(0, &keep), 7, 2, 1.0 / 16.0);
+    (&some * weights.index_select(0, &keep)).sum(Kind::Float).backward();
+    let subset = feats.grad().copy();
+    assert!(some.equal(&all.index_select(0, &keep)), "the forward of a subset differs");
+    assert!(masked.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    assert!(masked.equal(&subset), "gradients differ by {}", (&masked - &subset).abs().max());
+}
+
 #[test]
 fn roi_pool_by_hand() {
     // a 2x2 feature map [[0, 1], [2, 3]]; a RoI covering it exactly (image px 0..31 at scale 1/16)
