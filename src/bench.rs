@@ -251,6 +251,33 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
     let fast = time(&|| roi_pool::roi_pool(&feats, &rois, 7, 2, 1.0 / 16.0), 20);
     let slow = time(&|| roi_pool::roi_pool_reference(&feats, &rois, 7, 2, 1.0 / 16.0), 3);
     println!("RoI pooling, 128 RoIs on [2, 128, 14, 18], forward + backward: {fast:.2} ms vs per-RoI reference {slow:.1} ms: {:.1}x faster", slow / fast);
+
+    // RoI pooling alone at the trainer's sizes: the default model's features (stride 8 on
+    // 224x288), as many RoIs as fixed ratio, the default proposals plus ground truth, and all RoIs
+    let feats = Tensor::randn([2, 128, 28, 36], (Kind::Float, device)).set_requires_grad(true);
+    println!("RoI pooling on [2, 128, 28, 36] (the default model's features), medians of 7:");
+    for per_image in [64, 500, 1024] {
+        let rois = Tensor::cat(&(0..2).map(|b| roi_pool::with_batch_index(b, &random_rois(per_image, 224, 288, device))).collect::<Vec<_>>(), 0);
+        let grad = Tensor::randn([2 * per_image, 128, 7, 7], (Kind::Float, device));
+        let (mut fwd, mut fwd_only, mut both) = (Vec::<f64>::new(), Vec::<f64>::new(), Vec::<f64>::new());
+        for _ in 0..8 {
+            let t = Instant::now();
+            let y = roi_pool::roi_pool(&feats, &rois, 7, 2, 1.0 / 8.0);
+            sync(device);
+            fwd.push(t.elapsed().as_secs_f64() * 1e3);
+            // a weighted sum: the gradient arrives [R, C, 7, 7], contiguous, as the head hands it over
+            (y * &grad).sum(Kind::Float).backward();
+            sync(device);
+            both.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            let _ = std::hint::black_box(tch::no_grad(|| roi_pool::roi_pool(&feats, &rois, 7, 2, 1.0 / 8.0)));
+            sync(device);
+            fwd_only.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let m = |v: &Vec<f64>| median(&v[1..]); // the first round warms up
+        let (f, b) = (m(&fwd), m(&both));
+        println!("  {:>5} RoIs: forward {f:.1} ms, then a weighted sum and the backward {:.1} ms; forward without a gradient {:.1} ms", 2 * per_image, b - f, m(&fwd_only));
+    }
     Ok(())
 }
 
