@@ -8,8 +8,9 @@
 // The features are read channels-last, so the innermost loop of both passes
 // runs over contiguous channels. The output and its gradient keep the
 // [R, C, out, out] layout that the head flattens: each RoI is transposed
-// through a small buffer inside the kernel, in cache and in parallel, rather
-// than by a whole-tensor copy before or after it. The forward splits RoIs over
+// through a small buffer inside the kernel (8 x 8 blocks in AVX2 registers),
+// in cache and in parallel, rather than by a whole-tensor copy before or
+// after it. The forward splits RoIs over
 // threads; the backward splits channels, so no two threads write one gradient
 // cell.
 // Built by build.rs (cc) against the libtorch headers that torch-sys uses.
@@ -19,6 +20,9 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -77,10 +81,59 @@ inline void positions(double lo, double hi, int64_t out, int64_t s, double scale
     for (int64_t k = 0; k < s; ++k) pos[i * s + k] = start + extent * ((double)(i * s + k) + 0.5) / (double)(out * s);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+// out[j * out_stride + i] = in[i * in_stride + j] for i < rows, j < cols, in 8 x 8
+// blocks transposed in AVX2 registers (the rest element by element). A call, not
+// inlined: only the AVX2 paths below make it.
+__attribute__((target("avx2"), noinline)) void transpose_avx2(const float* in, float* out, int64_t rows, int64_t cols, int64_t in_stride, int64_t out_stride) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+      const float* a = in + i * in_stride + j;
+      __m256 r0 = _mm256_loadu_ps(a), r1 = _mm256_loadu_ps(a + in_stride), r2 = _mm256_loadu_ps(a + 2 * in_stride), r3 = _mm256_loadu_ps(a + 3 * in_stride);
+      __m256 r4 = _mm256_loadu_ps(a + 4 * in_stride), r5 = _mm256_loadu_ps(a + 5 * in_stride), r6 = _mm256_loadu_ps(a + 6 * in_stride), r7 = _mm256_loadu_ps(a + 7 * in_stride);
+      __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+      __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5), t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+      __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+      __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+      __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+      __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+      float* b = out + j * out_stride + i;  // column j of the block becomes row j
+      _mm256_storeu_ps(b, _mm256_permute2f128_ps(s0, s4, 0x20));
+      _mm256_storeu_ps(b + out_stride, _mm256_permute2f128_ps(s1, s5, 0x20));
+      _mm256_storeu_ps(b + 2 * out_stride, _mm256_permute2f128_ps(s2, s6, 0x20));
+      _mm256_storeu_ps(b + 3 * out_stride, _mm256_permute2f128_ps(s3, s7, 0x20));
+      _mm256_storeu_ps(b + 4 * out_stride, _mm256_permute2f128_ps(s0, s4, 0x31));
+      _mm256_storeu_ps(b + 5 * out_stride, _mm256_permute2f128_ps(s1, s5, 0x31));
+      _mm256_storeu_ps(b + 6 * out_stride, _mm256_permute2f128_ps(s2, s6, 0x31));
+      _mm256_storeu_ps(b + 7 * out_stride, _mm256_permute2f128_ps(s3, s7, 0x31));
+    }
+    for (; j < cols; ++j)
+      for (int64_t k = i; k < i + 8; ++k) out[j * out_stride + k] = in[k * in_stride + j];
+  }
+  for (; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * out_stride + i] = in[i * in_stride + j];
+}
+#endif
+
+// out[j * out_stride + i] = in[i * in_stride + j]: with AVX2 in registers for float, else element by element.
+template <typename T, bool AVX2>
+__attribute__((always_inline)) inline void transpose(const T* in, T* out, int64_t rows, int64_t cols, int64_t in_stride, int64_t out_stride) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if constexpr (AVX2 && std::is_same_v<T, float>) {
+    transpose_avx2(in, out, rows, cols, in_stride, out_stride);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * out_stride + i] = in[i * in_stride + j];
+}
+
 // RoIs r0..r1 of the forward: y [R, C, out, out] (each RoI computed
 // channels-last in a buffer, then transposed), arg [R, out, out, C]. Always inlined, so that it is compiled for the
 // instruction set of each caller below (baseline x86-64, or AVX2 with FMA).
-template <typename T, bool ARG>
+template <typename T, bool ARG, bool AVX2>
 __attribute__((always_inline)) inline void forward_range(const T* f, const T* rois, T* y, T* arg, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t r0, int64_t r1) {
     std::vector<double> px, py;
     std::vector<T> buf(out * out * C);  // one RoI's output, bin-major [out, out, C]
@@ -124,10 +177,7 @@ __attribute__((always_inline)) inline void forward_range(const T* f, const T* ro
           }
         }
       // into y's layout [C, out, out], while the buffer is in cache
-      T* __restrict yr = y + r * C * out * out;
-      const T* __restrict b = buf.data();
-      for (int64_t c = 0; c < C; ++c)
-        for (int64_t k = 0; k < out * out; ++k) yr[c * out * out + k] = b[k * C + c];
+      transpose<T, AVX2>(buf.data(), y + r * C * out * out, out * out, C, C, out * out);
     }
 }
 
@@ -146,11 +196,11 @@ template <typename T, bool ARG>
 void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (has_avx2_fma()) {
-    parallel(R, 8, [&](int64_t r0, int64_t r1) __attribute__((target("avx2,fma"))) { forward_range<T, ARG>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
+    parallel(R, 8, [&](int64_t r0, int64_t r1) __attribute__((target("avx2,fma"))) { forward_range<T, ARG, true>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
     return;
   }
 #endif
-  parallel(R, 8, [&](int64_t r0, int64_t r1) { forward_range<T, ARG>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
+  parallel(R, 8, [&](int64_t r0, int64_t r1) { forward_range<T, ARG, false>(f, rois, y, arg, H, W, C, out, s, scale, r0, r1); });
 }
 
 // Channels c0..c1 of the backward, g [R, C, out, out]: the arg-max sample's 4 taps get the
@@ -164,7 +214,7 @@ void forward_kernel(const T* f, const T* rois, T* y, T* arg, int64_t R, int64_t 
 // that scalar form. Bins whose gradient is zero in these channels (masked
 // OHEM's unselected RoIs) are skipped. Always inlined, as forward_range is,
 // for each instruction set.
-template <typename T>
+template <typename T, bool AVX2>
 __attribute__((always_inline)) inline void backward_range(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t c0, int64_t c1) {
     using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     const int64_t n = c1 - c0, bins = out * out;
@@ -177,9 +227,7 @@ __attribute__((always_inline)) inline void backward_range(const T* g, const T* r
       positions(roi[1], roi[3], out, s, scale, px);
       positions(roi[2], roi[4], out, s, scale, py);
       // this RoI's gradient for channels c0..c1, bin-major: gr_buf[bin * n + c - c0]
-      const T* __restrict gr = g + r * C * bins;
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t k = 0; k < bins; ++k) gr_buf[k * n + c - c0] = gr[c * bins + k];
+      transpose<T, AVX2>(g + (r * C + c0) * bins, gr_buf.data(), n, bins, bins, n);
       for (int64_t by = 0; by < out; ++by)
         for (int64_t bx = 0; bx < out; ++bx) {
           const T* __restrict go = gr_buf.data() + (by * out + bx) * n - c0;
@@ -223,11 +271,11 @@ template <typename T>
 void backward_kernel(const T* g, const T* rois, const T* arg, T* gf, int64_t R, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (has_avx2_fma()) {
-    parallel(C, 16, [&](int64_t c0, int64_t c1) __attribute__((target("avx2"))) { backward_range<T>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
+    parallel(C, 16, [&](int64_t c0, int64_t c1) __attribute__((target("avx2"))) { backward_range<T, true>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
     return;
   }
 #endif
-  parallel(C, 16, [&](int64_t c0, int64_t c1) { backward_range<T>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
+  parallel(C, 16, [&](int64_t c0, int64_t c1) { backward_range<T, false>(g, rois, arg, gf, R, H, W, C, out, s, scale, c0, c1); });
 }
 
 // Checks the inputs; returns the features channels-last [N, H, W, C] and the RoIs in their precision.
