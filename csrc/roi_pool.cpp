@@ -10,9 +10,8 @@
 // [R, C, out, out] layout that the head flattens: each RoI is transposed
 // through a small buffer inside the kernel (8 x 8 blocks in AVX2 registers),
 // in cache and in parallel, rather than by a whole-tensor copy before or
-// after it. The forward splits RoIs over
-// threads; the backward splits channels, so no two threads write one gradient
-// cell.
+// after it. The forward splits RoIs over threads; the backward splits
+// channels, so no two threads write one gradient cell.
 // Built by build.rs (cc) against the libtorch headers that torch-sys uses.
 
 #include <torch/autograd.h>
@@ -131,8 +130,9 @@ __attribute__((always_inline)) inline void transpose(const T* in, T* out, int64_
 }
 
 // RoIs r0..r1 of the forward: y [R, C, out, out] (each RoI computed
-// channels-last in a buffer, then transposed), arg [R, out, out, C]. Always inlined, so that it is compiled for the
-// instruction set of each caller below (baseline x86-64, or AVX2 with FMA).
+// channels-last in a buffer, then transposed), arg [R, out, out, C]. Always
+// inlined, so that it is compiled for the instruction set of each caller
+// below (baseline x86-64, or AVX2 with FMA).
 template <typename T, bool ARG, bool AVX2>
 __attribute__((always_inline)) inline void forward_range(const T* f, const T* rois, T* y, T* arg, int64_t H, int64_t W, int64_t C, int64_t out, int64_t s, double scale, int64_t r0, int64_t r1) {
     std::vector<double> px, py;

@@ -335,17 +335,20 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
             for (k, (_, _, s)) in arms.iter().enumerate() {
                 let mut cfg = base.clone();
                 cfg.sampler = s.clone();
-                let mut fold_cfg = cfg.clone();
-                fold_cfg.model.fold_bn = true;
+                let time_folded = || -> Result<f64> {
+                    let mut c = cfg.clone();
+                    c.model.fold_bn = true;
+                    Ok(time_step(&c, &store, iters, device)?.0)
+                };
                 // folded first in odd rounds
                 if fold_ab && round % 2 == 1 {
-                    folded[k].push(time_step(&fold_cfg, &store, iters, device)?.0);
+                    folded[k].push(time_folded()?);
                 }
                 let (timed, mem) = measure_peak(device, || time_step(&cfg, &store, iters, device));
                 let (s, rois, _) = timed?;
                 ours[k].push((s, rois, mem));
                 if fold_ab && round % 2 == 0 {
-                    folded[k].push(time_step(&fold_cfg, &store, iters, device)?.0);
+                    folded[k].push(time_folded()?);
                 }
             }
             if let (Some(py), false) = (&peer_python, peer_first) {

@@ -57,15 +57,22 @@ fn roi_pool_matches_the_per_roi_reference_in_values_and_gradients() {
     check_against_reference("roi_pool (dispatch)", &|f, r, out, s| roi_pool::roi_pool(f, r, out, s, 1.0 / 16.0));
 }
 
+/// A float case at training size: features `[2, 64, 14, 18]` (requiring a gradient),
+/// `n` random RoIs over a 224x288 image, and output weights `[n, 64, 7, 7]`.
+fn float_case(seed: u64, n: usize) -> (Tensor, Tensor, Tensor) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    tch::manual_seed(seed as i64);
+    let feats = Tensor::randn([2, 64, 14, 18], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let rois = random_rois(&mut rng, n, 2, 14.0 * 16.0, 18.0 * 16.0);
+    let weights = Tensor::randn([n as i64, 64, 7, 7], (Kind::Float, tch::Device::Cpu));
+    (feats, rois, weights)
+}
+
 /// The CPU kernel and the tensor path (what CUDA runs) agree in float, on a
 /// training-sized input with thousands of RoIs, in values and gradients.
 #[test]
 fn roi_pool_kernel_and_tensor_path_agree() {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    tch::manual_seed(5);
-    let feats = Tensor::randn([2, 64, 14, 18], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-    let rois = random_rois(&mut rng, 3000, 2, 14.0 * 16.0, 18.0 * 16.0);
-    let weights = Tensor::randn([3000, 64, 7, 7], (Kind::Float, tch::Device::Cpu));
+    let (feats, rois, weights) = float_case(5, 3000);
     let mut results = Vec::new();
     for kernel in [true, false] {
         let y = if kernel { roi_pool::roi_pool_kernel(&feats, &rois, 7, 2, 1.0 / 16.0) } else { roi_pool::roi_pool_tensor(&feats, &rois, 7, 2, 1.0 / 16.0) };
@@ -93,11 +100,7 @@ fn roi_pool_kernel_and_tensor_path_agree() {
 /// channels to split them over threads.
 #[test]
 fn roi_pool_kernel_gradient_ignores_zero_gradient_rois_bit_for_bit() {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    tch::manual_seed(9);
-    let feats = Tensor::randn([2, 64, 14, 18], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-    let rois = random_rois(&mut rng, 600, 2, 14.0 * 16.0, 18.0 * 16.0);
-    let weights = Tensor::randn([600, 64, 7, 7], (Kind::Float, tch::Device::Cpu));
+    let (feats, rois, weights) = float_case(9, 600);
     let keep: Vec<i64> = (0..600).filter(|i| i % 5 == 0 || i % 7 == 3).collect();
     let keep = Tensor::from_slice(&keep);
     let mask = Tensor::zeros([600, 1, 1, 1], (Kind::Float, tch::Device::Cpu)).index_fill(0, &keep, 1.0);
