@@ -28,6 +28,8 @@ fn bad_configs_name_the_key_and_value() {
         ("", &["train.lr=fast"], &["train.lr", "fast"]),
         ("oops: [1, 2\n", &[], &["config.yaml", "line"]),
         ("", &["model.weights=/no/such.safetensors"], &["model.weights = /no/such.safetensors"]),
+        ("", &["model.fold_bn=true", "model.backbone=vgg16"], &["model.fold_bn = true", "Vgg16"]),
+        ("", &["model.fold_bn=true", "model.freeze_bn=false"], &["model.fold_bn = true", "trained"]),
         ("", &["novalue"], &["--set \"novalue\"", "key=value"]),
     ];
     for (yaml, overrides, needles) in cases {

@@ -93,6 +93,13 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("model.dropout = {} is outside [0, 1)", self.dropout);
         }
+        if self.fold_bn && (self.backbone != Backbone::Small || !self.bn_frozen()) {
+            bail!(
+                "model.fold_bn = true needs batch norm to fold and frozen: the small backbone with model.freeze_bn true (here backbone {:?}, batch norm {})",
+                self.backbone,
+                if self.bn_frozen() { "frozen" } else { "trained" }
+            );
+        }
         if let Some(w) = &self.weights {
             if !w.is_file() {
                 bail!("model.weights = {}: no such file", w.display());
