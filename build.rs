@@ -27,9 +27,10 @@ fn main() {
         .and_then(|t| t.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim_matches(|c| c == '\'' || c == '"').to_string())))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=OHEM_LIBTORCH_VERSION={version}");
-    // The CPU RoI-pooling kernel (csrc/roi_pool.cpp), against the same headers and ABI as torch-sys.
+    // The CPU RoI-pooling kernel (csrc/roi_pool.cpp), the RNG states and the profiler's C++ side, against the same headers and ABI as torch-sys.
     println!("cargo:rerun-if-changed=csrc/roi_pool.cpp");
     println!("cargo:rerun-if-changed=csrc/rng_state.cpp");
+    println!("cargo:rerun-if-changed=csrc/profiler.cpp");
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -42,6 +43,7 @@ fn main() {
         .opt_level(3)
         .file("csrc/roi_pool.cpp")
         .file("csrc/rng_state.cpp")
+        .file("csrc/profiler.cpp")
         .compile("ohem_kernels");
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={}", lib.display());

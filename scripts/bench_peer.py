@@ -17,12 +17,16 @@ and prints one JSON object: {"device", "threads", "torch", "torchvision", "steps
 
   python3 scripts/bench_peer.py [--proposals 2000] [--iters 5] [--device cpu] [--stride 16]
 
---profile prints instead, per step kind, where the step's time goes (torch.profiler, self time of
-each op, the warm-up iteration left out), in kernel families: the convolutions, the fully
-connected layers, max pooling, batch norm, ReLU, RoI pooling and the rest (the optimiser's element-wise
-updates, indexing, losses, NMS). The
-first three are the same libtorch kernels on the same shapes in the harness's step, so their
-share is a floor that no saving outside those kernels can go below.
+--shapes HxW,HxW,... gives each iteration's input size, the warm-up first (the padded batch shapes
+that the harness's step runs, which `harness bench samplers` passes); otherwise every iteration is
+--size.
+
+--profile records each step kind's timed iterations with torch.profiler (CPU ops) and prints
+instead {"device", "threads", "torch", "torchvision", "profile": {kind: {"wall_s", "iters",
+"events": [[name, thread, start_us, end_us], ...]}}}. The step's stages are marked with
+record_function scopes of the names the harness's step uses (ohem::assign, ohem::select,
+ohem::roi_pool, ohem::loss), so that `harness bench samplers --profile --peer` puts both sides'
+ops into the same families (src/bench/profile.rs).
 
 Run it through `harness bench samplers --peer`, which installs torch and torchvision into a venv
 under the project's cache on first use (scripts/peer-venv.sh) and prints both side by side.
@@ -146,52 +150,68 @@ def sample_where(mask, k, gen):
 
 
 def step(model, opt, images, per_image, kind, gen, k):
+    from torch.profiler import record_function
     feats = model.features(images)
-    assigned = [assign(p, g, l) for p, g, l in per_image]
-    rois = torch.cat([torch.cat([torch.full((a[0].shape[0], 1), float(b), device=a[0].device), a[0]], 1) for b, a in enumerate(assigned)])
-    labels = torch.cat([a[2] for a in assigned])
-    targets = torch.cat([a[3] for a in assigned])
+    with record_function("ohem::assign"):
+        assigned = [assign(p, g, l) for p, g, l in per_image]
+        rois = torch.cat([torch.cat([torch.full((a[0].shape[0], 1), float(b), device=a[0].device), a[0]], 1) for b, a in enumerate(assigned)])
+        labels = torch.cat([a[2] for a in assigned])
+        targets = torch.cat([a[3] for a in assigned])
     sizes = [a[0].shape[0] for a in assigned]
     offsets = [0, sizes[0]]
     per = 64
 
     def ohem_select(cls, loc):
-        picked = []
-        for b, a in enumerate(assigned):
-            loss = (cls + loc)[offsets[b]:offsets[b] + sizes[b]]
-            keep = nms(a[0], loss, 0.7)[:per]
-            picked.append(keep + offsets[b])
-        return torch.cat(picked)
+        with record_function("ohem::select"):
+            picked = []
+            for b, a in enumerate(assigned):
+                loss = (cls + loc)[offsets[b]:offsets[b] + sizes[b]]
+                keep = nms(a[0], loss, 0.7)[:per]
+                picked.append(keep + offsets[b])
+            return torch.cat(picked)
+
+    def losses(logits, deltas, labels, targets):
+        with record_function("ohem::loss"):
+            return per_roi_losses(logits, deltas, labels, targets, k)
+
+    def picked(sel):
+        with record_function("ohem::select"):
+            return rois[sel], labels[sel], targets[sel]
 
     if kind == "fixed_ratio" or kind == "all":
-        picked = []
-        for b, a in enumerate(assigned):
-            max_iou = a[1]
-            if kind == "fixed_ratio":
-                fg = sample_where(max_iou >= 0.5, 16, gen)
-                bg = sample_where((max_iou < 0.5) & (max_iou >= 0.1), per - fg.numel(), gen)
-                picked.append(torch.cat([fg, bg]) + offsets[b])
-            else:
-                picked.append(sample_where(max_iou >= 0.0, 1024, gen) + offsets[b])
-        sel = torch.cat(picked)
-        logits, deltas = model.head(feats, rois[sel])
-        cls, loc = per_roi_losses(logits, deltas, labels[sel], targets[sel], k)
+        with record_function("ohem::select"):
+            picks = []
+            for b, a in enumerate(assigned):
+                max_iou = a[1]
+                if kind == "fixed_ratio":
+                    fg = sample_where(max_iou >= 0.5, 16, gen)
+                    bg = sample_where((max_iou < 0.5) & (max_iou >= 0.1), per - fg.numel(), gen)
+                    picks.append(torch.cat([fg, bg]) + offsets[b])
+                else:
+                    picks.append(sample_where(max_iou >= 0.0, 1024, gen) + offsets[b])
+            sel = torch.cat(picks)
+        sel_rois, sel_labels, sel_targets = picked(sel)
+        logits, deltas = model.head(feats, sel_rois)
+        cls, loc = losses(logits, deltas, sel_labels, sel_targets)
     elif kind == "ohem":
         with torch.no_grad():
             logits, deltas = model.head(feats.detach(), rois)
-            cls, loc = per_roi_losses(logits, deltas, labels, targets, k)
+            cls, loc = losses(logits, deltas, labels, targets)
         sel = ohem_select(cls, loc)
-        logits, deltas = model.head(feats, rois[sel])
-        cls, loc = per_roi_losses(logits, deltas, labels[sel], targets[sel], k)
+        sel_rois, sel_labels, sel_targets = picked(sel)
+        logits, deltas = model.head(feats, sel_rois)
+        cls, loc = losses(logits, deltas, sel_labels, sel_targets)
     elif kind == "ohem_masked":
         logits, deltas = model.head(feats, rois)
-        cls, loc = per_roi_losses(logits, deltas, labels, targets, k)
+        cls, loc = losses(logits, deltas, labels, targets)
         sel = ohem_select(cls.detach(), loc.detach())
-        mask = torch.zeros_like(cls)
-        mask[sel] = 1.0
-        cls, loc = cls * mask, loc * mask
+        with record_function("ohem::loss"):
+            mask = torch.zeros_like(cls)
+            mask[sel] = 1.0
+            cls, loc = cls * mask, loc * mask
     n = sel.numel()
-    loss = cls.sum() / n + loc.sum() / n
+    with record_function("ohem::loss"):
+        loss = cls.sum() / n + loc.sum() / n
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -223,33 +243,18 @@ def read_peak(device):
     return None
 
 
-# op name (torch.profiler) -> kernel family, by prefix; the first match wins
-FAMILIES = [
-    ("convolution", ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d", "aten::cudnn_convolution", "aten::thnn_conv2d")),
-    ("fully connected", ("aten::addmm", "aten::mm")),
-    ("max pool", ("aten::max_pool2d_with_indices",)),
-    ("batch norm", ("aten::native_batch_norm", "aten::batch_norm", "aten::_batch_norm")),
-    ("ReLU", ("aten::relu", "aten::threshold_backward", "aten::clamp_min")),
-    ("RoI pooling", ("torchvision::roi_pool", "torchvision::_roi_pool_backward", "GeneratedBackwardFor_torchvision_roi_pool")),
-]
-SHARED = ("convolution", "fully connected", "max pool")
-
-
 def profile_kind(model, opt, inputs, kind, gen, k):
-    """{family: share of the step's self CPU time} over inputs[1:] (inputs[0] warms up), and s/iter."""
+    """The profiler's CPU events of inputs[1:] (inputs[0] warms up), and their wall time."""
     from torch.profiler import ProfilerActivity, profile
     step(model, opt, *inputs[0], kind, gen, k)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
         for images, per_image in inputs[1:]:
             step(model, opt, images, per_image, kind, gen, k)
-    shares = {name: 0.0 for name, _ in FAMILIES}
-    shares["other"] = 0.0
-    for e in prof.key_averages():
-        fam = next((name for name, prefixes in FAMILIES if e.key.startswith(prefixes)), "other")
-        # self time: an op's own time, without the ops it calls (the optimiser's element-wise ops fall in "other")
-        shares[fam] += e.self_cpu_time_total
-    total = sum(shares.values())
-    return {f: v / total for f, v in shares.items()}, total / 1e6 / (len(inputs) - 1)
+        wall = time.perf_counter() - t
+    events = [[e.name, e.thread, e.time_range.start, e.time_range.end] for e in prof.events()
+              if e.device_type == torch.autograd.DeviceType.CPU]
+    return {"wall_s": wall, "iters": len(inputs) - 1, "events": events}
 
 
 def main():
@@ -263,7 +268,8 @@ def main():
     ap.add_argument("--kinds", default="fixed_ratio,ohem,ohem_masked,all")
     ap.add_argument("--backbone", default="small", choices=["small", "vgg16"])
     ap.add_argument("--size", default="224x288", help="input height x width")
-    ap.add_argument("--profile", action="store_true", help="print where each step kind's time goes instead of the JSON")
+    ap.add_argument("--shapes", default="", help="each iteration's input HxW, the warm-up first (overrides --size)")
+    ap.add_argument("--profile", action="store_true", help="record each kind's ops with torch.profiler and print the events instead of the timings")
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.manual_seed(0)
@@ -272,17 +278,15 @@ def main():
     h, w = (int(v) for v in a.size.split("x"))
     model = (Vgg16(k, a.fc_dim) if a.backbone == "vgg16" else Small(k, a.fc_dim, a.stride, a.freeze_bn)).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
-    inputs = [make_inputs(a.proposals, device, gen, h, w) for _ in range(a.iters + 1)]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else [(h, w)] * (a.iters + 1)
+    if len(shapes) != a.iters + 1:
+        ap.error(f"--shapes gives {len(shapes)} sizes; --iters {a.iters} needs {a.iters + 1} (the warm-up first)")
+    inputs = [make_inputs(a.proposals, device, gen, sh, sw) for sh, sw in shapes]
+    settings = torch.__config__.parallel_info() + f"mkldnn enabled : {str(torch.backends.mkldnn.enabled).lower()}\n"
     if a.profile:
-        families = [name for name, _ in FAMILIES] + ["other"]
-        print(f"where the peer's step goes: {a.backbone} @ {a.size}, {a.proposals} proposals/image, {torch.get_num_threads()} threads, "
-              f"torch {torch.__version__}, {a.iters} iterations per kind (self CPU time, profiled)")
-        print(f"  {'kind':<12} {'s/iter':>7}  " + "  ".join(f"{f:>15}" for f in families) + f"  {'shared floor':>12}")
-        for kind in a.kinds.split(","):
-            shares, secs = profile_kind(model, opt, inputs, kind, gen, k)
-            floor = sum(shares[f] for f in SHARED)
-            print(f"  {kind:<12} {secs:>7.3f}  " + "  ".join(f"{100 * shares[f]:>14.1f}%" for f in families) + f"  {100 * floor:>11.1f}%")
-        print(f"  shared floor: {' + '.join(SHARED)}, the kernels that the harness's step runs on the same shapes")
+        profile = {kind: profile_kind(model, opt, inputs, kind, gen, k) for kind in a.kinds.split(",")}
+        print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "torchvision": torchvision.__version__, "settings": settings, "profile": profile}))
         return
     steps = {}
     peak_mib = {}
@@ -302,7 +306,7 @@ def main():
         peak_mib[kind] = read_peak(device) if reset else None
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
                       "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps,
-                      "peak_mib": peak_mib}))
+                      "peak_mib": peak_mib, "settings": settings}))
 
 
 if __name__ == "__main__":

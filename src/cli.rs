@@ -253,7 +253,7 @@ pub struct BenchArgs {
     /// Timed iterations per configuration of the training benchmark.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// Also benchmark vgg16 at 600 px with 2000 RoIs per image (slow on CPU).
+    /// Also benchmark vgg16 at 600 px (slow on CPU; `bench samplers` then times VGG16 alone, at --proposals).
     #[arg(long)]
     vgg16: bool,
     /// The training config of `bench epoch`.
@@ -277,6 +277,10 @@ pub struct BenchArgs {
     /// same rounds (alternating which goes first), and print folded / unfolded.
     #[arg(long)]
     fold_bn: bool,
+    /// `bench samplers`: instead of the timings, where each kind's step goes, op by op (libtorch's
+    /// profiler, self time by family); with --peer, the peer's (torch.profiler) beside it on the same shapes.
+    #[arg(long)]
+    profile: bool,
     /// `bench claim-a`: proposals per image of the sweep (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
     rois: Vec<usize>,
@@ -599,11 +603,14 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::bench::train(a.iters, a.vgg16)?;
     }
     if all || a.what == BenchWhat::Samplers {
-        let (iters, counts) = if a.vgg16 { (a.iters.min(2), vec![2000]) } else { (a.iters, a.proposals.clone()) };
+        let iters = if a.vgg16 { a.iters.min(2) } else { a.iters };
         if a.fold_bn && a.vgg16 {
             anyhow::bail!("--fold-bn: VGG16 has no batch norm to fold; drop --vgg16");
         }
-        crate::bench::samplers(iters, &counts, a.peer, a.vgg16, a.rounds as usize, a.fold_bn)?;
+        if a.fold_bn && a.profile {
+            anyhow::bail!("--fold-bn and --profile: profile one model at a time; drop one of them");
+        }
+        crate::bench::samplers(iters, &a.proposals, a.peer, a.vgg16, a.rounds as usize, a.fold_bn, a.profile)?;
     }
     Ok(())
 }

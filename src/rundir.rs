@@ -483,6 +483,9 @@ pub struct Manifest {
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<usize>,
+    /// The CPU's vector extensions ([`cpu_isa`]): results are bit-exact only on the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_isa: Option<String>,
     /// The 1-minute load average when the cell started and when it ended (see [`Manifest::overloaded`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_start: Option<f64>,
@@ -506,6 +509,22 @@ impl Manifest {
 pub fn cpu_model() -> Option<String> {
     let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     text.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_string()))
+}
+
+/// The vector extensions that decide which kernels libtorch and ours run, from `/proc/cpuinfo`'s
+/// flags: e.g. "AVX2 yes, AVX-512 no, AMX no" ("instruction set unknown" off Linux).
+pub fn cpu_isa() -> String {
+    match std::fs::read_to_string("/proc/cpuinfo") {
+        Ok(text) => isa_of_flags(text.lines().find_map(|l| l.strip_prefix("flags").map(|v| v.trim_start_matches([' ', '\t', ':']))).unwrap_or("")),
+        Err(_) => "instruction set unknown".into(),
+    }
+}
+
+/// [`cpu_isa`] of one `flags` line.
+pub fn isa_of_flags(flags: &str) -> String {
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    format!("AVX2 {}, AVX-512 {}, AMX {}", yes(has("avx2")), yes(has("avx512f")), yes(has("amx_tile")))
 }
 
 /// The 1-minute load average (None off Linux).

@@ -75,6 +75,7 @@ fn bad_input_is_a_clear_error() {
     assert_clean_failure(&["bench", "claim-a", "--fc", "0"], &["--fc"]);
     // bench samplers: VGG16 has no batch norm to fold
     assert_clean_failure(&["bench", "samplers", "--vgg16", "--fold-bn"], &["--fold-bn", "--vgg16"]);
+    assert_clean_failure(&["bench", "samplers", "--fold-bn", "--profile"], &["--fold-bn", "--profile"]);
     // a verdict's claimed regime: unknown keys are named
     std::fs::write(&grid, format!("results: {}\nbase:\n  dataset: {{root: {ds}}}\nseeds: [0]\nreport:\n  verdicts:\n    - {{claim: x, baseline: base, arm: base, measure: s_per_iter, regime: {{gpus: 8}}}}\n", g.path().join("res").display())).unwrap();
     assert_clean_failure(&["run", grid.to_str().unwrap(), "--dry-run"], &["g.yaml", "report.verdicts[0].regime", "gpus"]);

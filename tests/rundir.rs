@@ -90,3 +90,12 @@ fn a_cell_is_flagged_only_when_another_process_shared_the_machine() {
     let old: ohem_harness::rundir::Manifest = serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": null, "libtorch": "x", "device": "auto", "host": "h", "started": "s", "ended": null})).unwrap();
     assert!(!old.overloaded());
 }
+
+#[test]
+fn the_instruction_set_is_read_from_the_cpu_flags() {
+    use ohem_harness::rundir::isa_of_flags;
+    assert_eq!(isa_of_flags("fpu sse2 avx avx2 fma"), "AVX2 yes, AVX-512 no, AMX no");
+    assert_eq!(isa_of_flags("avx2 avx512f avx512bw amx_bf16 amx_tile amx_int8"), "AVX2 yes, AVX-512 yes, AMX yes");
+    // a flag is a whole word: avx512_vnni alone is not AVX-512 F, avx is not AVX2
+    assert_eq!(isa_of_flags("avx avx512_vnni"), "AVX2 no, AVX-512 no, AMX no");
+}

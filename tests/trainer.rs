@@ -383,3 +383,51 @@ fn sgd_matches_libtorchs_sgd() {
     assert!(o["b.bias"].equal(&frozen_before), "a frozen variable moved");
     assert!(!o["a.weight"].equal(&make().0.variables()["a.weight"]), "the parameters moved");
 }
+
+/// `bench samplers --profile` on the trainer's own step: every stage of a read-only and a
+/// masked OHEM step is charged to its family (the step's scopes, the backbone's kernels, the
+/// RoI-pooling kernel's forward scope and its backward node), and the families add up to the
+/// wall time. The step under the profiler makes the same update as without it.
+#[test]
+fn a_profiled_step_charges_every_stage_to_its_family() {
+    let _rng = crate::util::torch_rng_lock();
+    use ohem_harness::bench::profile;
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::sgd::Sgd;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::trainer::{batch, load_split, train_step};
+    use tch::nn::VarStore;
+
+    let t = tempfile::tempdir().unwrap();
+    for extra in ["", "  impl: masked\n"] {
+        let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n  kind: ohem\n  batch_size: 32\n{extra}")), &["model.dropout=0.0".into()]).unwrap();
+        let ds = Dataset::open(&cfg.dataset.root).unwrap();
+        let store = load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
+        let dev = tch::Device::Cpu;
+        let run = |profiled: bool| {
+            tch::manual_seed(7);
+            let vs = VarStore::new(dev);
+            let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+            let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+            let mut sampler = cfg.sampler.build();
+            let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, dev)).collect();
+            let mut step = || train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, &cfg).map(|_| ());
+            let events = if profiled { profile::record(|| step()).unwrap().1 } else { step().map(|_| Vec::new()).unwrap() };
+            (vs, events)
+        };
+        let (vs, events) = run(true);
+        let b = profile::breakdown(&events, 1.0);
+        let ms = |f: &str| b.iter().find(|x| x.0 == f).unwrap().1 * 1e3;
+        for f in ["convolution forward", "convolution backward", "linear (fc)", "max pool", "RoI pooling", "loss", "sampling and targets", "SGD update"] {
+            assert!(ms(f) > 0.0, "{extra:?}: nothing charged to {f}: {b:?}");
+        }
+        let backward_pool = events.iter().any(|e| e.name.contains("RoiPoolFn"));
+        assert!(backward_pool, "the RoI-pooling kernel's backward node is not recorded: {:?}", events.iter().map(|e| &e.name).collect::<std::collections::BTreeSet<_>>());
+        let total: f64 = b.iter().map(|x| x.1).sum();
+        assert!((total - 1.0).abs() < 1e-9, "the families add up to the wall time given: {total}");
+        let (plain, _) = run(false);
+        for (name, v) in vs.variables() {
+            assert!(v.equal(&plain.variables()[&name]), "{extra:?}: {name} differs with the profiler on");
+        }
+    }
+}

@@ -371,6 +371,7 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
         slurm: slurm_ids(),
         cpu: crate::rundir::cpu_model(),
         cores: std::thread::available_parallelism().ok().map(|n| n.get()),
+        cpu_isa: Some(crate::rundir::cpu_isa()),
         load_start,
         load_end,
     };

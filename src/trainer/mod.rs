@@ -18,6 +18,7 @@ pub mod checkpoint;
 pub mod detect;
 pub mod mining;
 pub mod observer;
+pub mod scope;
 pub mod step;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 use super::batch::{self, collate};
+use super::scope::scoped;
 use crate::config::TrainConfig;
 use crate::model::sgd::Sgd;
 pub use crate::model::minibatch_loss;
@@ -61,23 +62,27 @@ pub fn train_step(
     let fg_thresh = cfg.sampler.fg_thresh();
 
     // Assignment: proposals first, then ground truth as extra RoIs.
-    let assigned: Vec<ImageRois> = batch
-        .iter()
-        .map(|p| {
-            let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
-            sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
-        })
-        .collect();
-    let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
-    let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
-    let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
-    let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
+    let (assigned, sizes, all_rois, all_labels, all_targets) = scoped("ohem::assign", || {
+        let assigned: Vec<ImageRois> = batch
+            .iter()
+            .map(|p| {
+                let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
+                sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
+            })
+            .collect();
+        let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
+        let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
+        let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
+        let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
+        (assigned, sizes, all_rois, all_labels, all_targets)
+    });
     let loss_cfg = sampler.loss();
 
     // Selection, as offsets into the concatenated RoIs.
     let (mode, needs_losses) = (sampler.backprop(), sampler.needs_roi_losses());
     // Weights: `None` unless some image's pick carries them (then 1 for the others).
     let mut select = |losses: Option<&[RoiLosses]>| -> (Tensor, Option<Tensor>) {
+        let _scope = super::scope::Scope::new("ohem::select");
         let mut offset = 0i64;
         let picks: Vec<Picked> = assigned.iter().enumerate().map(|(b, a)| sampler.select_weighted(a, losses.map(|l| &l[b]), per_image)).collect();
         let weighted = picks.iter().any(|p| p.weight.is_some());
@@ -96,44 +101,56 @@ pub fn train_step(
         Backprop::Selected => {
             let ranked = needs_losses.then(|| {
                 tch::no_grad(|| {
-                    let (logits, deltas) = model.head(&feats.detach(), &all_rois, false);
-                    let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-                    split_losses(&cls, &loc, &logits, &deltas, &sizes)
+                    let (logits, deltas) = head(model, &feats.detach(), &all_rois, false);
+                    scoped("ohem::loss", || {
+                        let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+                        split_losses(&cls, &loc, &logits, &deltas, &sizes)
+                    })
                 })
             });
             let (sel, weight) = select(ranked.as_deref());
             empty_check(&sel, batch)?;
-            let (logits, deltas) = model.head(&feats, &all_rois.index_select(0, &sel), true);
-            let gt = all_gt_index(&assigned, batch).index_select(0, &sel);
-            let boxes = all_rois.index_select(0, &sel).narrow(1, 1, 4);
-            let (labels, targets) = (all_labels.index_select(0, &sel), all_targets.index_select(0, &sel));
+            let (logits, deltas) = head(model, &feats, &scoped("ohem::select", || all_rois.index_select(0, &sel)), true);
+            let (gt, boxes, labels, targets) = scoped("ohem::select", || {
+                let gt = all_gt_index(&assigned, batch).index_select(0, &sel);
+                let boxes = all_rois.index_select(0, &sel).narrow(1, 1, 4);
+                (gt, boxes, all_labels.index_select(0, &sel), all_targets.index_select(0, &sel))
+            });
             let s = loss::Selected { logits: &logits, deltas: &deltas, labels: &labels, targets: &targets, boxes: &boxes, gt: &gt, weight: weight.as_ref() };
-            let (loss_cls, loss_bbox, cls, loc) = loss::minibatch(&s, &loss_cfg, k);
+            let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || loss::minibatch(&s, &loss_cfg, k));
             (loss_cls, loss_bbox, cls, loc, sel, ranked)
         }
         Backprop::MaskedAll => {
             if loss_cfg != LossConfig::default() {
                 bail!("the masked mode trains with Fast R-CNN's loss only (the sampler asks for {loss_cfg:?})");
             }
-            let (logits, deltas) = model.head(&feats, &all_rois, true);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-            let ranked = split_losses(&cls.detach(), &loc.detach(), &logits.detach(), &deltas.detach(), &sizes);
+            let (logits, deltas) = head(model, &feats, &all_rois, true);
+            let (cls, loc, ranked) = scoped("ohem::loss", || {
+                let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
+                let ranked = split_losses(&cls.detach(), &loc.detach(), &logits.detach(), &deltas.detach(), &sizes);
+                (cls, loc, ranked)
+            });
             let (sel, weight) = select(Some(&ranked));
             empty_check(&sel, batch)?;
-            let mask = Tensor::zeros_like(&cls).index_copy(0, &sel, &weight.unwrap_or_else(|| Tensor::ones([sel.size()[0]], (Kind::Float, cls.device()))));
-            let (cls, loc) = (cls * &mask, loc * mask.gt(0.0).to_kind(Kind::Float));
-            let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, sel.size()[0]);
+            let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || {
+                let mask = Tensor::zeros_like(&cls).index_copy(0, &sel, &weight.unwrap_or_else(|| Tensor::ones([sel.size()[0]], (Kind::Float, cls.device()))));
+                let (cls, loc) = (cls * &mask, loc * mask.gt(0.0).to_kind(Kind::Float));
+                let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, sel.size()[0]);
+                (loss_cls, loss_bbox, cls, loc)
+            });
             (loss_cls, loss_bbox, cls, loc, sel, Some(ranked))
         }
     };
     let n_sel = sel.size()[0];
     (&loss_cls + &loss_bbox).backward();
-    opt.step(lr);
+    scoped("ohem::sgd", || opt.step(lr));
 
     let (lc, lb) = (scalar(&loss_cls), scalar(&loss_bbox));
     if !lc.is_finite() || !lb.is_finite() {
         bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {lb})");
     }
+    // The logs' statistics, beyond the step itself.
+    let _stats = super::scope::Scope::new("ohem::stats");
     let all_loss = ranked.map(|ls| {
         let s: f64 = ls.iter().map(|l| scalar(&(&l.cls + &l.loc).sum(Kind::Float))).sum();
         (s, sizes.iter().sum())
@@ -149,6 +166,12 @@ pub fn train_step(
         images: batch.len() as i64,
         rois_all: sizes.iter().sum(),
     })
+}
+
+/// The head over `rois` (the model's [`FastRcnn::head`]), its RoI pooling in the `ohem::roi_pool` scope.
+fn head(model: &FastRcnn, feats: &Tensor, rois: &Tensor, train: bool) -> (Tensor, Tensor) {
+    let pooled = scoped("ohem::roi_pool", || model.pool(feats, rois));
+    model.head_from_pooled(&pooled, train)
 }
 
 

@@ -1,6 +1,8 @@
 //! The project's benchmarks (`harness bench`): figures, never assertions.
 //! Speed-ups are ratios measured in the same run, since these machines are noisy.
 
+pub mod profile;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -289,10 +291,10 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
 ///
 /// `vgg16`: the VGG16 backbone (fc 4096, random weights) at 600 px instead of
 /// the small one, and without the all-RoIs step.
-pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize, fold_ab: bool) -> Result<()> {
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize, fold_ab: bool, profile: bool) -> Result<()> {
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{AllConfig, FixedRatioConfig, HnmConfig, Miner, OhemConfig, SamplerConfig};
-    use crate::trainer::{batch, FrozenScorer};
+    use crate::trainer::FrozenScorer;
 
     let device = Device::cuda_if_available();
     let base = bench_config(if vgg16 { VGG16 } else { SMALL })?;
@@ -308,20 +310,26 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
     let kinds: Vec<&str> = arms.iter().map(|a| a.1).collect();
     let peer_python = if peer { Some(peer_python()?) } else { None };
     let rounds = rounds.max(1);
+    println!("{}", machine_line(device));
     let mut store_for_mining = None;
     for &n_props in proposal_counts {
         let store = bench_store(n_props);
-        let first = batch::prepare(&store, 0, &base.input, false, device);
-        let (h, w) = (first.image.size()[1], first.image.size()[2]);
+        let shapes = batch_shapes(&store, &base.input, iters, device);
         println!(
-            "seconds per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images of about {h}x{w}, {n_props} proposals per image, device {device:?}, {} libtorch threads{}:",
+            "{} per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images, {n_props} proposals per image, device {device:?}, {} libtorch threads{}:",
+            if profile { "where the time goes" } else { "seconds" },
             base.model.backbone,
             base.model.fc_width(),
             base.model.feature_stride(),
             if base.model.backbone == crate::model::Backbone::Vgg16 { "none" } else if base.model.bn_frozen() { "frozen" } else { "trained" },
             tch::get_num_threads(),
-            if rounds > 1 { format!(", medians of {rounds} rounds{}", if peer { " (ours and the peer in alternating order)" } else { "" }) } else { String::new() }
+            if rounds > 1 && !profile { format!(", medians of {rounds} rounds{}", if peer { " (ours and the peer in alternating order)" } else { "" }) } else { String::new() }
         );
+        println!("  padded batches [2, 3, H, W], HxW per iteration (the warm-up first), the same for every kind{}: {}", if peer { " and for the peer" } else { "" }, shapes_arg(&shapes).replace(',', " "));
+        if profile {
+            profile_kinds(&arms, &base, &store, iters, device, peer_python.as_deref(), n_props, &shapes)?;
+            continue;
+        }
         // per kind, per round: (s/iter, RoIs backpropagated, peak memory); the peer's per round
         let mut ours: Vec<Vec<(f64, f64, PeakMemory)>> = vec![Vec::new(); arms.len()];
         // --fold-bn: the same kinds with model.fold_bn on, in the same rounds (s/iter per round)
@@ -330,7 +338,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         for round in 0..rounds {
             let peer_first = round % 2 == 0;
             if let (Some(py), true) = (&peer_python, peer_first) {
-                peers.push(run_peer(py, n_props, iters, &base, device, (h, w), &kinds, peers.is_empty())?);
+                peers.push(run_peer(py, n_props, iters, &base, device, &shapes, &kinds, peers.is_empty())?);
             }
             for (k, (_, _, s)) in arms.iter().enumerate() {
                 let mut cfg = base.clone();
@@ -352,7 +360,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
                 }
             }
             if let (Some(py), false) = (&peer_python, peer_first) {
-                peers.push(run_peer(py, n_props, iters, &base, device, (h, w), &kinds, peers.is_empty())?);
+                peers.push(run_peer(py, n_props, iters, &base, device, &shapes, &kinds, peers.is_empty())?);
             }
         }
         let mut secs = Vec::new();
@@ -396,7 +404,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         store_for_mining = Some((store, n_props));
     }
 
-    if let (Some((store, n_props)), false) = (store_for_mining, vgg16) {
+    if let (Some((store, n_props)), false, false) = (store_for_mining, vgg16, profile) {
         let mut cfg = base.clone();
         cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
         let (_vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
@@ -480,15 +488,14 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
     for base in &configs {
         for &n_props in proposal_counts {
             let store = bench_store(n_props);
-            let first = crate::trainer::batch::prepare(&store, 0, &base.input, false, device);
-            let (h, w) = (first.image.size()[1], first.image.size()[2]);
+            let shapes = batch_shapes(&store, &base.input, iters, device);
             let mut secs = Vec::new();
             for imp in [OhemImpl::ReadOnly, OhemImpl::Masked] {
                 let cfg = TrainConfig { sampler: SamplerConfig::Ohem(OhemConfig { implementation: imp, ..Default::default() }), ..base.clone() };
                 secs.push(time_step(&cfg, &store, iters, device)?);
             }
             let peer_steps = match &peer_python {
-                Some(py) => Some(run_peer(py, n_props, iters, base, device, (h, w), &["ohem", "ohem_masked"], true)?),
+                Some(py) => Some(run_peer(py, n_props, iters, base, device, &shapes, &["ohem", "ohem_masked"], true)?),
                 None => None,
             };
             let p = |k: &str| peer_steps.as_ref().and_then(|s| s.secs(k));
@@ -601,26 +608,130 @@ impl PeerSteps {
 }
 
 /// Runs `scripts/bench_peer.py` with the same shapes; returns its `steps` (kind → s/iter) and `peak_mib`.
-fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, (h, w): (i64, i64), kinds: &[&str], announce: bool) -> Result<PeerSteps> {
+fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, shapes: &[(i64, i64)], kinds: &[&str], announce: bool) -> Result<PeerSteps> {
+    let v = peer_json(python, n_props, iters, cfg, device, shapes, kinds, false)?;
+    if announce {
+        println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+        print_settings(&v);
+    }
+    let steps = v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))?;
+    Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default() })
+}
+
+/// Runs `scripts/bench_peer.py` on `shapes` (one per iteration, the warm-up first), `--profile` when `profile`; its JSON.
+#[allow(clippy::too_many_arguments)]
+fn peer_json(python: &std::path::Path, n_props: usize, iters: usize, cfg: &crate::config::TrainConfig, device: Device, shapes: &[(i64, i64)], kinds: &[&str], profile: bool) -> Result<serde_json::Value> {
     let mut cmd = std::process::Command::new(python);
     let backbone = if cfg.model.backbone == crate::model::Backbone::Vgg16 { "vgg16" } else { "small" };
     cmd.arg("scripts/bench_peer.py")
-        .args(["--backbone", backbone, "--size", &format!("{h}x{w}"), "--kinds", &kinds.join(",")])
+        .args(["--backbone", backbone, "--shapes", &shapes_arg(shapes), "--kinds", &kinds.join(",")])
         .args(["--proposals", &n_props.to_string(), "--iters", &iters.to_string(), "--stride", &cfg.model.feature_stride().to_string(), "--fc-dim", &cfg.model.fc_width().to_string()])
         .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
     if cfg.model.bn_frozen() {
         cmd.arg("--freeze-bn");
     }
+    if profile {
+        cmd.arg("--profile");
+    }
     let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("running {} scripts/bench_peer.py", python.display()))?;
     if !out.status.success() {
         anyhow::bail!("scripts/bench_peer.py failed (exit {:?})", out.status.code());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing the peer's JSON")?;
-    if announce {
-        println!("  peer: PyTorch {} + torchvision {}, {} threads, roi_pool 7x7, nms", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+    serde_json::from_slice(&out.stdout).context("parsing the peer's JSON")
+}
+
+/// Whether libtorch runs with the peer's settings (threads, OpenMP, MKL, oneDNN): "the same", or the lines that differ.
+fn print_settings(peer: &serde_json::Value) {
+    let Some(theirs) = peer["settings"].as_str() else { return };
+    let diff = profile::settings_differences(&profile::torch_settings(), theirs);
+    if diff.is_empty() {
+        println!("  libtorch settings (torch.__config__.parallel_info(): threads, OpenMP, MKL, oneDNN; mkldnn enabled): identical to the peer's");
+    } else {
+        println!("  libtorch settings that differ from the peer's (ours | peer's):");
+        for (o, p) in diff {
+            println!("    {o:<50} | {p}");
+        }
     }
-    let steps = v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))?;
-    Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default() })
+}
+
+/// `HxW,HxW,...`, as `bench_peer.py --shapes` reads it.
+fn shapes_arg(shapes: &[(i64, i64)]) -> String {
+    shapes.iter().map(|(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",")
+}
+
+/// The padded batch's `(H, W)` of each iteration that [`time_step`] runs (the warm-up first):
+/// images `2·it` and `2·it + 1` of `store`, rescaled and zero-padded to the larger of each side.
+fn batch_shapes(store: &crate::trainer::batch::ImageStore, input: &crate::config::InputConfig, iters: usize, device: Device) -> Vec<(i64, i64)> {
+    use crate::trainer::batch;
+    (0..iters + 1)
+        .map(|it| {
+            let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), input, false, device)).collect();
+            let s = batch::collate(&pair).size();
+            (s[2], s[3])
+        })
+        .collect()
+}
+
+/// The bench header's machine line: the CPU model and its vector extensions, the libtorch version and threads.
+pub fn machine_line(device: Device) -> String {
+    format!("machine: {} ({}), libtorch {}, {} threads, device {device:?}", crate::rundir::cpu_model().unwrap_or_else(|| "unknown CPU".into()), crate::rundir::cpu_isa(), env!("OHEM_LIBTORCH_VERSION"), tch::get_num_threads())
+}
+
+/// `bench samplers --profile`: each kind's step recorded op by op, ours (libtorch's profiler)
+/// and, with `peer`, the peer's (torch.profiler) on the same shapes, in one table per kind.
+#[allow(clippy::too_many_arguments)]
+fn profile_kinds(arms: &[(&str, &str, crate::sampler::SamplerConfig)], base: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters: usize, device: Device, peer: Option<&std::path::Path>, n_props: usize, shapes: &[(i64, i64)]) -> Result<()> {
+    let kinds: Vec<&str> = arms.iter().map(|a| a.1).collect();
+    let peer = match peer {
+        Some(py) => Some(peer_json(py, n_props, iters, base, device, shapes, &kinds, true)?),
+        None => None,
+    };
+    if let Some(v) = &peer {
+        println!("  peer: PyTorch {} + torchvision {}, {} threads, torch.profiler (CPU ops)", v["torch"].as_str().unwrap_or("?"), v["torchvision"].as_str().unwrap_or("?"), v["threads"]);
+        print_settings(v);
+    }
+    for (name, key, s) in arms {
+        let mut cfg = base.clone();
+        cfg.sampler = s.clone();
+        let (wall, events) = profile_step(&cfg, store, iters, device)?;
+        let ours = profile::breakdown(&events, wall);
+        let theirs = match &peer {
+            Some(v) => {
+                let p = &v["profile"][*key];
+                let wall = p["wall_s"].as_f64().ok_or_else(|| anyhow::anyhow!("the peer's profile has no wall_s for {key}"))?;
+                Some(profile::breakdown(&profile::peer_events(&p["events"])?, wall))
+            }
+            None => None,
+        };
+        print!("{}", profile::table(&format!("{name}: ms per iteration, self time by family, {iters} iterations"), &ours, theirs.as_deref(), iters as f64));
+    }
+    println!("  families: an op's self time goes to the innermost of it and its enclosing ops or scopes that names a kind of work; the rest by its own name; host code is the wall time outside every op (src/bench/profile.rs)");
+    Ok(())
+}
+
+/// [`time_step`]'s iterations with each timed step recorded by libtorch's profiler: the steps' wall seconds and events.
+fn profile_step(cfg: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters: usize, device: Device) -> Result<(f64, Vec<profile::Event>)> {
+    use crate::trainer::{batch, train_step};
+    let (vs, model) = build_model(cfg, device, synth::CLASSES.len(), None)?;
+    let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+    let mut sampler = cfg.sampler.build();
+    let (mut wall, mut events) = (0.0, Vec::new());
+    for it in 0..iters + 1 {
+        let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
+        if it == 0 {
+            train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, cfg)?;
+            continue;
+        }
+        let (s, ev) = profile::record(|| {
+            let t = Instant::now();
+            train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, cfg)?;
+            sync(device);
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        wall += s;
+        events.extend(ev);
+    }
+    Ok((wall, events))
 }
 
 /// Evaluation against training, in one run: trains `config` for `epochs`
