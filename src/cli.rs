@@ -128,7 +128,7 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// The config file (YAML; see README "Config reference").
+    /// The config file (YAML; see docs/config.md).
     config: PathBuf,
     /// Run directory [default: runs/<config file stem>].
     #[arg(long)]
@@ -169,7 +169,7 @@ pub struct PretrainArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The grid file (YAML; see README "Grid files").
+    /// The grid file (YAML; see docs/grids.md).
     grid: PathBuf,
     /// Override a config key in every cell, e.g. `--set train.epochs=2` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -189,7 +189,7 @@ pub struct RunArgs {
     /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// Where the cells run: here (`local`), or as one Slurm job array (`slurm`; README "Running on a cluster").
+    /// Where the cells run: here (`local`), or as one Slurm job array (`slurm`; docs/cluster.md).
     #[arg(long, value_enum, default_value_t = Executor::Local)]
     executor: Executor,
     #[command(flatten)]
@@ -438,7 +438,7 @@ fn train(a: TrainArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::rundir::set_phase_dir(&out);
     crate::rundir::catch_preemption_signals()?;
-    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP) };
+    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None };
     let rows = crate::trainer::train(&cfg, &out, &opts)?;
     if let Some(r) = rows.last() {
         let map = |m: Option<f64>| m.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());

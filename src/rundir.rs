@@ -241,13 +241,22 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochRow>> {
 pub struct RunDirBusy(pub PathBuf);
 
 /// Takes the run directory's exclusive lock, held until the returned file is dropped.
+///
+/// A lock just released can still be held for a moment by a process that another thread of
+/// this one forked before the release (the child shares the open file until it execs), so a
+/// busy lock is tried again for up to a second before the directory is called in use.
 pub fn try_lock(run_dir: &Path) -> Result<std::fs::File> {
     let path = run_dir.join(LOCK);
     let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
-    if fs2::FileExt::try_lock_exclusive(&lock).is_err() {
-        return Err(RunDirBusy(run_dir.to_path_buf()).into());
+    for attempt in 0..20 {
+        if fs2::FileExt::try_lock_exclusive(&lock).is_ok() {
+            return Ok(lock);
+        }
+        if attempt < 19 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
-    Ok(lock)
+    Err(RunDirBusy(run_dir.to_path_buf()).into())
 }
 
 /// What `cell.json` holds: how the report groups a cell.

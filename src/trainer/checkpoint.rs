@@ -16,10 +16,19 @@
 //! logged so far, the position in the epoch's data-order / flip generator
 //! (ChaCha, by word position), and the state of libtorch's default
 //! generators, which the samplers draw from (read and restored through
-//! `csrc/rng_state.cpp`, since tch can only seed them). Files:
-//! `partial.safetensors`, `partial.sgd.safetensors`, `partial.sampler.json`,
-//! `partial.rng.safetensors`, and `partial.json`, written last, which marks the
-//! set complete.
+//! `csrc/rng_state.cpp`, since tch can only seed them). Files, in the folder
+//! `checkpoints/partial/`: `partial.safetensors`, `partial.sgd.safetensors`,
+//! `partial.sampler.json`, `partial.rng.safetensors` and `partial.json`.
+//!
+//! A mid-epoch checkpoint is used whole or not at all. It is written into a
+//! fresh folder, `partial.tmp/`, and only once every file is there does it
+//! replace the previous one, by renames: the previous folder to `partial.old/`,
+//! then `partial.tmp/` to `partial/`, then `partial.old/` removed. A kill at any
+//! point leaves either the previous checkpoint or the new one complete under
+//! `partial/`, or no `partial/` and a complete `partial.tmp/` (its
+//! `partial.json`, written last, present), which a resume swaps in; an
+//! incomplete `partial.tmp/` is never read. (Runs from before this layout kept
+//! the files directly in `checkpoints/`; a resume still reads them.)
 
 use std::path::{Path, PathBuf};
 
@@ -168,11 +177,17 @@ pub struct Partial {
 /// The checkpoints of one run directory.
 pub struct Checkpoints {
     dir: PathBuf,
+    /// For tests: a mid-epoch checkpoint stops with an error after this many of its writes
+    /// and renames, leaving the files as a kill at that point would.
+    pub kill_after_writes: Option<usize>,
 }
+
+/// The files of a mid-epoch checkpoint (`partial.<ext>`), in the order they are written.
+const PARTIAL_FILES: [&str; 5] = ["sampler.json", "sgd.safetensors", "safetensors", "rng.safetensors", "json"];
 
 impl Checkpoints {
     pub fn new(run_dir: &Path) -> Self {
-        Checkpoints { dir: run_dir.join(CHECKPOINTS) }
+        Checkpoints { dir: run_dir.join(CHECKPOINTS), kill_after_writes: None }
     }
 
     /// The weights file of the checkpoint after `epoch` (1-based) epochs.
@@ -180,8 +195,45 @@ impl Checkpoints {
         self.dir.join(format!("epoch_{epoch:03}.safetensors"))
     }
 
+    /// The folder of the current mid-epoch checkpoint, and of one being written or replaced.
+    fn partial_dir(&self, which: &str) -> PathBuf {
+        self.dir.join(which)
+    }
+
+    /// `partial.<ext>` of the current mid-epoch checkpoint: in `partial/`, or where runs
+    /// from before that layout left it (directly in `checkpoints/`).
     fn partial_path(&self, ext: &str) -> PathBuf {
-        self.dir.join(format!("partial.{ext}"))
+        let name = format!("partial.{ext}");
+        let legacy = self.dir.join(&name);
+        if !self.partial_dir("partial").is_dir() && legacy.is_file() {
+            legacy
+        } else {
+            self.partial_dir("partial").join(name)
+        }
+    }
+
+    /// Called before each write or rename of a mid-epoch checkpoint: stops there once
+    /// `kill_after_writes` of them are done.
+    fn step(&self, done: &mut usize) -> Result<()> {
+        if self.kill_after_writes == Some(*done) {
+            bail!("simulated kill after {done} writes of a mid-epoch checkpoint");
+        }
+        *done += 1;
+        Ok(())
+    }
+
+    /// Finishes a swap that a kill interrupted: with no `partial/`, a `partial.tmp/` that holds
+    /// `partial.json` (written last, itself by an atomic rename) is a complete checkpoint, and
+    /// becomes `partial/`; one without it is incomplete and left for the next save to remove.
+    fn finish_swap(&self) -> Result<()> {
+        let (cur, tmp, old) = (self.partial_dir("partial"), self.partial_dir("partial.tmp"), self.partial_dir("partial.old"));
+        if !cur.exists() && tmp.join("partial.json").is_file() {
+            std::fs::rename(&tmp, &cur).with_context(|| format!("renaming {} to {}", tmp.display(), cur.display()))?;
+        }
+        if cur.is_dir() {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
     }
 
     /// Removes every checkpoint (starting over).
@@ -204,17 +256,37 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Saves a checkpoint inside an epoch; `partial.json` goes last.
+    /// Saves a checkpoint inside an epoch: every file into a fresh `partial.tmp/`, which then
+    /// replaces `partial/` by renames (the module's doc), so that a resume reads one whole checkpoint.
     pub fn save_partial(&self, partial: &Partial, vs: &nn::VarStore, opt: &Sgd, sampler: &dyn Sampler, device: Device) -> Result<()> {
-        let p = |e: &str| self.partial_path(e);
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        let (cur, tmp, old) = (self.partial_dir("partial"), self.partial_dir("partial.tmp"), self.partial_dir("partial.old"));
+        self.finish_swap()?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let p = |e: &str| tmp.join(format!("partial.{e}"));
+        let mut done = 0;
+        self.step(&mut done)?;
         save_sampler(&p("sampler.json"), sampler)?;
+        self.step(&mut done)?;
         opt.save(&p("sgd.safetensors"))?;
+        self.step(&mut done)?;
         vs.save(p("safetensors")).with_context(|| format!("writing {}", p("safetensors").display()))?;
+        self.step(&mut done)?;
         let states = rng_states(device)?;
         let rng = p("rng.safetensors");
         Tensor::write_safetensors(&states.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect::<Vec<_>>(), &rng).with_context(|| format!("writing {}", rng.display()))?;
+        self.step(&mut done)?;
         write_file(&p("json"), serde_json::to_string_pretty(partial)?.as_bytes())?;
+        // the swap: the previous checkpoint aside, the new one in, the previous one removed
+        self.remove_legacy_partial();
+        self.step(&mut done)?;
+        if cur.exists() {
+            std::fs::rename(&cur, &old).with_context(|| format!("renaming {} to {}", cur.display(), old.display()))?;
+        }
+        self.step(&mut done)?;
+        std::fs::rename(&tmp, &cur).with_context(|| format!("renaming {} to {}", tmp.display(), cur.display()))?;
+        self.step(&mut done)?;
+        let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
 
@@ -238,6 +310,7 @@ impl Checkpoints {
 
     /// Reads `partial.json` if there is one for `epoch` (0-based); a stale one (of another epoch) is removed.
     fn read_partial(&self, epoch: usize) -> Result<Option<Partial>> {
+        self.finish_swap()?;
         let p = self.partial_path("json");
         if !p.exists() {
             return Ok(None);
@@ -260,10 +333,19 @@ impl Checkpoints {
         Ok(pos)
     }
 
-    /// Removes a mid-epoch checkpoint (after its epoch finished, or when starting over).
+    /// Removes a mid-epoch checkpoint (after its epoch finished, or when starting over), with
+    /// any half-written or half-swapped one.
     pub fn remove_partial(&self) {
-        for ext in ["json", "safetensors", "sgd.safetensors", "sampler.json", "rng.safetensors"] {
-            let _ = std::fs::remove_file(self.partial_path(ext));
+        for which in ["partial", "partial.tmp", "partial.old"] {
+            let _ = std::fs::remove_dir_all(self.partial_dir(which));
+        }
+        self.remove_legacy_partial();
+    }
+
+    /// The files of a mid-epoch checkpoint written directly in `checkpoints/` (the layout before `partial/`).
+    fn remove_legacy_partial(&self) {
+        for ext in PARTIAL_FILES {
+            let _ = std::fs::remove_file(self.dir.join(format!("partial.{ext}")));
         }
     }
 

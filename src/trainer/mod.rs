@@ -56,6 +56,9 @@ pub struct TrainOptions {
     /// once this is set (`harness train` points it at [`crate::rundir::STOP`], which
     /// SIGUSR1 and SIGTERM set).
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
+    /// For tests: a mid-epoch checkpoint fails after this many of its writes and renames,
+    /// leaving the files as a kill there would ([`Checkpoints::kill_after_writes`]).
+    pub kill_checkpoint_after: Option<usize>,
 }
 
 impl TrainOptions {
@@ -190,7 +193,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let yaml = cfg.to_yaml()?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let _lock = crate::rundir::try_lock(run_dir)?;
-    let ck = Checkpoints::new(run_dir);
+    let mut ck = Checkpoints::new(run_dir);
+    ck.kill_after_writes = opts.kill_checkpoint_after;
     if opts.force {
         for f in [METRICS, MINING, PROGRESS] {
             let _ = std::fs::remove_file(run_dir.join(f));
