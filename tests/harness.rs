@@ -364,3 +364,52 @@ fn the_eta_counts_down_within_a_cell() {
     // two jobs share the work
     assert_eq!(eta_seconds(&[CellClock { elapsed: 50.0, done: Some(0.5) }, CellClock { elapsed: 10.0, done: Some(0.1) }], 2, Some(100.0), 2), Some((50.0 + 90.0 + 200.0) / 2.0));
 }
+
+/// Nothing is left out in silence: a cell whose cell.json cannot be read is a warning naming
+/// its path, and summary.md lists every cell that is not in its tables (failed with the reason,
+/// running, pending, unreadable). A comparison whose seeds all gave the same value has a
+/// zero-width interval, which resolves nothing: "no spread across seeds", never "supported".
+#[test]
+fn the_report_names_every_cell_it_leaves_out_and_no_spread_resolves_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let verdict = VerdictConfig { claim: "b is 2x faster per iteration".into(), baseline: "a".into(), arm: "b".into(), measure: ohem_harness::rundir::Measure::SPerIter, expected: 2.0, tolerance: 1.25, regime: None };
+    let meta = GridMeta { name: "left".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], verdicts: vec![verdict], ..Default::default() } };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    // every seed: b twice as fast as a per iteration, and 0.125 above it in final mAP, exactly
+    // (binary fractions, so that the differences are equal to the last bit)
+    for seed in 0..2 {
+        let m = 0.25 + 0.25 * seed as f64;
+        fake_cell(res, "a", seed, State::Done, &[row(1, 10.0, Some(m), 8.0, 0.0)]);
+        fake_cell(res, "b", seed, State::Done, &[row(1, 5.0, Some(m + 0.125), 4.0, 0.0)]);
+    }
+    fake_cell(res, "b", 2, State::Failed, &[]);
+    std::fs::write(res.join("cells/b-s2/status.json"), "{\"state\": \"failed\", \"reason\": \"out of memory\", \"updated\": \"x\"}").unwrap();
+    fake_cell(res, "a", 3, State::Running, &[]);
+    fake_cell(res, "a", 4, State::Pending, &[]);
+    std::fs::remove_file(res.join("cells/a-s4/status.json")).unwrap(); // never started: no status yet
+    let broken = res.join("cells/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("cell.json"), "{\"id\": ").unwrap();
+
+    let out = ohem_harness::report::generate(res).unwrap();
+    let path = broken.join("cell.json").display().to_string();
+    assert!(out.notes.iter().any(|n| n.starts_with("warning:") && n.contains(&path)), "{:?}", out.notes);
+    let text = std::fs::read_to_string(&out.summary).unwrap();
+    let left = text.split("Cells not in the tables above:").nth(1).expect("a section of the cells left out");
+    for needle in ["- b seed 2: failed: out of memory", "- a seed 3: running", "- a seed 4: pending", &format!("- unreadable, left out: {path}")] {
+        assert!(left.contains(needle), "{needle:?} not in:\n{left}");
+    }
+    // the zero-width interval: said, and never a resolution
+    let mut v = csv::Reader::from_path(res.join("verdicts.csv")).unwrap();
+    let vs: Vec<std::collections::HashMap<String, String>> = v.deserialize().map(|x| x.unwrap()).collect();
+    assert_eq!(vs[0]["verdict"], "not resolved", "{vs:?}");
+    assert!(vs[0]["note"].contains("no spread across seeds"), "{vs:?}");
+    let mut d = csv::Reader::from_path(res.join("map_diffs.csv")).unwrap();
+    let ds: Vec<std::collections::HashMap<String, String>> = d.deserialize().map(|x| x.unwrap()).collect();
+    assert!(ds[0]["interval"].contains("no spread across seeds"), "{ds:?}");
+    let mut s = csv::Reader::from_path(res.join("speedups.csv")).unwrap();
+    let sp: Vec<std::collections::HashMap<String, String>> = s.deserialize().map(|x| x.unwrap()).collect();
+    let per_iter = sp.iter().find(|r| r["arm"] == "b" && r["measure"] == "s_per_iter").unwrap();
+    assert!(per_iter["note"].contains("no spread across seeds"), "{per_iter:?}");
+}

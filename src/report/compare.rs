@@ -3,11 +3,11 @@
 //! mined nothing, and verdicts on the claims the grid file names.
 
 use super::aggregate::Aggregate;
-use super::stats::{compare, seeds_needed, Estimate, Scale, Seeded};
+use super::stats::{compare, compare_at, family_level, seeds_needed, Estimate, Scale, Seeded};
 use super::{judge, RunLog};
 use crate::rundir::{Measure, Regime};
 
-/// One speed-up: baseline / arm, with its 95% t-interval over seeds.
+/// One speed-up: baseline / arm, with its 95% t-interval over seeds, and the family-wise one.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Speedup {
     pub baseline: String,
@@ -16,18 +16,45 @@ pub struct Speedup {
     pub ratio: Option<f64>,
     pub ci_lo: Option<f64>,
     pub ci_hi: Option<f64>,
+    /// The comparisons against this baseline on this measure, and this one's interval at
+    /// [`family_interval_level`] of them (the 95% one when there are fewer than [`FAMILY_MIN`]).
+    pub family: usize,
+    pub fw_lo: Option<f64>,
+    pub fw_hi: Option<f64>,
     pub note: String,
 }
 
-/// Final mAP, arm − baseline, with its 95% interval, and the seeds behind it (a row of map_diffs.csv).
+/// Final mAP, arm − baseline, with its 95% interval, the family-wise one, and the seeds behind
+/// it (a row of map_diffs.csv).
 #[derive(Debug, Clone)]
 pub struct MapDiff {
     pub baseline: String,
     pub arm: String,
     pub diff: Option<Estimate>,
+    /// The differences against this baseline, and this one's interval at [`family_interval_level`] of them.
+    pub family: usize,
+    pub fw: Option<Estimate>,
     pub baseline_seeds: usize,
     pub arm_seeds: usize,
 }
+
+/// From this many comparisons against one baseline on, the report's words come from
+/// family-wise intervals: Bonferroni's, each at `1 − 0.05 / m`, so that the whole family of `m`
+/// covers its true values with at least 95% probability (tests/stats.rs checks both sides).
+pub const FAMILY_MIN: usize = 3;
+
+/// The level of each interval in a family of `m` comparisons.
+pub fn family_interval_level(m: usize) -> f64 {
+    if m >= FAMILY_MIN { family_level(m) } else { 0.95 }
+}
+
+/// How an interval was made, for the tables: "95%", or "Bonferroni over m (99.2%)".
+pub fn family_text(m: usize) -> String {
+    if m >= FAMILY_MIN { format!("Bonferroni over {m} ({:.1}%)", 100.0 * family_level(m)) } else { "95%".into() }
+}
+
+/// What a zero-width interval says: every seed gave the same value, so it resolves nothing.
+pub const NO_SPREAD: &str = "no spread across seeds (every seed gave the same value): not resolved";
 
 /// A warning on one arm (summary.md, the command line, and the verdicts that use the arm).
 #[derive(Debug, Clone)]
@@ -69,6 +96,9 @@ pub struct Verdict {
     pub ci_lo: Option<f64>,
     pub ci_hi: Option<f64>,
     pub verdict: Word,
+    /// The comparisons against the verdict's baseline: from [`FAMILY_MIN`] on, `ci_lo`/`ci_hi`
+    /// are Bonferroni's interval over them, and the verdict's word comes from it.
+    pub family: usize,
     pub seeds: usize,
     pub seeds_needed: Option<usize>,
     /// Final mAP, arm − baseline, with its 95% interval.
@@ -100,14 +130,24 @@ fn dnf(measure: Measure, (bv, bn): (&[Seeded], usize), (av, an): (&[Seeded], usi
 pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
     let mut out = Vec::new();
     for b in &baselines(agg) {
+        let family = agg.meta.arms.iter().filter(|a| *a != b).count();
         for a in agg.meta.arms.iter().filter(|a| *a != b) {
             for measure in Measure::ALL {
                 let (bv, bn) = agg.per_seed(b, measure);
                 let (av, an) = agg.per_seed(a, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
                 let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
-                let note = if dnf { format!("DNF: {} of {an} {a} and {} of {bn} {b} seeds reached the target", av.len(), bv.len()) } else if r.is_none() { "no finished seeds".into() } else { String::new() };
-                out.push(Speedup { baseline: b.clone(), arm: a.clone(), measure, ratio: r.map(|x| x.value), ci_lo: r.and_then(|x| x.ci).map(|c| c.0), ci_hi: r.and_then(|x| x.ci).map(|c| c.1), note });
+                let fw = if dnf { None } else { compare_at(&bv, &av, Scale::Ratio, family_interval_level(family)) }.and_then(|x| x.ci);
+                let note = if dnf {
+                    format!("DNF: {} of {an} {a} and {} of {bn} {b} seeds reached the target", av.len(), bv.len())
+                } else if r.is_none() {
+                    "no finished seeds".into()
+                } else if r.and_then(|x| x.ci).is_some_and(|(lo, hi)| lo == hi) {
+                    NO_SPREAD.into()
+                } else {
+                    String::new()
+                };
+                out.push(Speedup { baseline: b.clone(), arm: a.clone(), measure, ratio: r.map(|x| x.value), ci_lo: r.and_then(|x| x.ci).map(|c| c.0), ci_hi: r.and_then(|x| x.ci).map(|c| c.1), family, fw_lo: fw.map(|c| c.0), fw_hi: fw.map(|c| c.1), note });
             }
         }
     }
@@ -118,13 +158,89 @@ pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
 pub fn map_diffs(agg: &Aggregate) -> Vec<MapDiff> {
     let mut out = Vec::new();
     for b in &baselines(agg) {
-        for a in agg.meta.arms.iter().filter(|a| *a != b && same_length(agg, b, a)) {
+        let arms: Vec<&String> = agg.meta.arms.iter().filter(|a| *a != b && same_length(agg, b, a)).collect();
+        let family = arms.len();
+        for a in arms {
             let (bv, av) = (agg.finals_of(b), agg.finals_of(a));
             let diff = compare(&bv, &av, Scale::Difference);
-            out.push(MapDiff { baseline: b.clone(), arm: a.clone(), diff, baseline_seeds: bv.len(), arm_seeds: av.len() });
+            let fw = compare_at(&bv, &av, Scale::Difference, family_interval_level(family));
+            out.push(MapDiff { baseline: b.clone(), arm: a.clone(), diff, family, fw, baseline_seeds: bv.len(), arm_seeds: av.len() });
         }
     }
     out
+}
+
+/// One line of the findings: a comparison and the words its interval allows, nothing more.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub baseline: String,
+    pub arm: String,
+    /// `final_<metric>` (arm − baseline), or a speed measure (baseline / arm: > 1, the arm is faster).
+    pub measure: String,
+    pub value: Option<f64>,
+    pub ci_lo: Option<f64>,
+    pub ci_hi: Option<f64>,
+    /// "95%" or "Bonferroni over m (…%)".
+    pub interval: String,
+    pub finding: String,
+}
+
+/// The words an interval allows: resolved above, resolved below, or not resolved (with why,
+/// when there is no interval or no spread). `null` is 0 for a difference, 1 for a ratio.
+fn words(ci: Option<(f64, f64)>, null: f64, above: &str, below: &str, missing: &str) -> String {
+    match ci {
+        None => format!("not resolved ({missing})"),
+        Some((lo, hi)) if lo == hi => NO_SPREAD.into(),
+        Some((lo, _)) if lo > null => format!("resolved above {null}: {above}"),
+        Some((_, hi)) if hi < null => format!("resolved below {null}: {below}"),
+        Some(_) => format!("not resolved (the interval spans {null})"),
+    }
+}
+
+/// Every final-mAP difference and speed-up, each with the words its interval allows (the
+/// family-wise interval from [`FAMILY_MIN`] comparisons against one baseline on).
+pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) -> Vec<Finding> {
+    let metric = agg.metric().column();
+    let mut out = Vec::new();
+    for d in map_diffs {
+        let ci = if d.family >= FAMILY_MIN { d.fw.and_then(|x| x.ci) } else { d.diff.and_then(|x| x.ci) };
+        let (a, b) = (&d.arm, &d.baseline);
+        out.push(Finding {
+            baseline: b.clone(),
+            arm: a.clone(),
+            measure: format!("final_{metric}"),
+            value: d.diff.map(|x| x.value),
+            ci_lo: ci.map(|c| c.0),
+            ci_hi: ci.map(|c| c.1),
+            interval: family_text(d.family),
+            finding: words(ci, 0.0, &format!("{a} ends higher than {b}"), &format!("{a} ends lower than {b}"), "fewer than 2 seeds in an arm"),
+        });
+    }
+    for s in speedups {
+        let ci = if s.family >= FAMILY_MIN { s.fw_lo.zip(s.fw_hi) } else { s.ci_lo.zip(s.ci_hi) };
+        let (a, b, m) = (&s.arm, &s.baseline, s.measure.name());
+        let missing = if s.note.is_empty() { "fewer than 2 seeds in an arm".to_string() } else { s.note.clone() };
+        out.push(Finding {
+            baseline: b.clone(),
+            arm: a.clone(),
+            measure: m.to_string(),
+            value: s.ratio,
+            ci_lo: ci.map(|c| c.0),
+            ci_hi: ci.map(|c| c.1),
+            interval: family_text(s.family),
+            finding: words(ci, 1.0, &format!("{a} is faster than {b} in {m}"), &format!("{a} is slower than {b} in {m}"), &missing),
+        });
+    }
+    out
+}
+
+/// A finding as one line of summary.md.
+pub fn finding_line(f: &Finding) -> String {
+    let ratio = !f.measure.starts_with("final_");
+    let num = |x: f64| if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") };
+    let what = if ratio { format!("{} / {}, {}", f.baseline, f.arm, f.measure) } else { format!("{} − {}, {}", f.arm, f.baseline, f.measure) };
+    let ci = f.ci_lo.zip(f.ci_hi).map(|(l, h)| format!(" [{}, {}]", num(l), num(h))).unwrap_or_default();
+    format!("{what}: {}{ci} ({}): {}", f.value.map(num).unwrap_or_else(|| "—".into()), f.interval, f.finding)
 }
 
 /// The most epochs any cell of `arm` trained.
@@ -200,10 +316,14 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
         let same_length = same_length(agg, &v.baseline, &v.arm);
         let md = if same_length { compare(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference) } else { None };
         let dnf = dnf(v.measure, (&bv, bn), (&av, an));
-        let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
+        // the verdict's words come from the family-wise interval: every arm against this baseline
+        let family = agg.meta.arms.iter().filter(|a| **a != v.baseline).count();
+        let r = if dnf { None } else { compare_at(&bv, &av, Scale::Ratio, family_interval_level(family)) };
         let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
         let regime = agg.regime(&v.arm);
         let (word, need, mut note) = match (r, r.and_then(|x| x.ci)) {
+            // every seed gave the same ratio: a zero-width interval, which resolves nothing
+            (Some(_), Some((lo, hi))) if lo == hi => (Word::NotResolved, None, NO_SPREAD.into()),
             (Some(est), Some((lo, hi))) => {
                 let w = judge(lo, hi, v.expected, v.tolerance);
                 // the nearest band edge is the one a resolution has to clear
@@ -244,6 +364,7 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
             ci_lo: r.and_then(|x| x.ci).map(|c| c.0),
             ci_hi: r.and_then(|x| x.ci).map(|c| c.1),
             verdict: word,
+            family,
             seeds,
             seeds_needed: need,
             map_diff: md.map(|x| x.value),

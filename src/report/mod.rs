@@ -40,7 +40,7 @@ use rand::{Rng, SeedableRng};
 use crate::eval::Metric;
 use crate::rundir::{read_manifest, read_metrics, read_mining, read_status, CellMeta, Manifest, EpochRow, GridMeta, Measure, MiningRow, State, CELLS, CELL_JSON, GRID_JSON, METRICS, MINING};
 pub use aggregate::{aggregate, Aggregate, ArmSummary};
-pub use compare::{MapDiff, Speedup, Verdict, Warning, Word};
+pub use compare::{Finding, MapDiff, Speedup, Verdict, Warning, Word};
 
 /// One cell's logs.
 #[derive(Debug, Clone)]
@@ -166,19 +166,26 @@ pub fn judge(lo: f64, hi: f64, expected: f64, tolerance: f64) -> Word {
     }
 }
 
-/// Reads every cell of a results directory.
-pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>)> {
+/// Reads every cell of a results directory; a cell folder whose `cell.json` cannot be read or
+/// parsed is left out and named in the third list (path and reason), never dropped in silence.
+pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)> {
     let gpath = results.join(GRID_JSON);
     let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?)
         .with_context(|| format!("parsing {}", gpath.display()))?;
     let mut runs = Vec::new();
+    let mut unreadable = Vec::new();
     let cells = results.join(CELLS);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     dirs.sort();
     for d in dirs {
         let cpath = d.join(CELL_JSON);
-        let Ok(text) = std::fs::read_to_string(&cpath) else { continue };
-        let cell: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", cpath.display()))?;
+        let cell: CellMeta = match std::fs::read_to_string(&cpath).map_err(anyhow::Error::from).and_then(|t| serde_json::from_str(&t).map_err(anyhow::Error::from)) {
+            Ok(c) => c,
+            Err(e) => {
+                unreadable.push(format!("{}: {e}", cpath.display()));
+                continue;
+            }
+        };
         let status = read_status(&d);
         let rows = read_metrics(&d.join(METRICS))?;
         let mining = read_mining(&d.join(MINING))?;
@@ -194,7 +201,7 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>)> {
             epochs: cell.epochs,
         });
     }
-    Ok((meta, runs))
+    Ok((meta, runs, unreadable))
 }
 
 /// What [`generate`] wrote, and what the command line should say.
@@ -208,18 +215,20 @@ pub struct Generated {
 
 /// Aggregates a results directory; returns the path of summary.md and the lines to print.
 pub fn generate(results: &Path) -> Result<Generated> {
-    let (meta, runs) = load_runs(results)?;
+    let (meta, runs, unreadable) = load_runs(results)?;
     if runs.is_empty() {
-        bail!("{} holds no cells", results.join(CELLS).display());
+        bail!("{} holds no readable cells{}", results.join(CELLS).display(), unreadable.iter().map(|u| format!("\n  unreadable: {u}")).collect::<String>());
     }
     let mut agg = aggregate(&meta, &runs)?;
     let speedups = compare::speedups(&agg);
     let map_diffs = compare::map_diffs(&agg);
     let warnings = compare::warnings(&agg);
     let verdicts = compare::verdicts(&agg, &warnings);
-    let mut notes: Vec<String> = warnings.iter().map(|w| format!("warning: {}", w.text)).collect();
+    let mut notes: Vec<String> = unreadable.iter().map(|u| format!("warning: a cell left out of the report, its cell.json unreadable: {u}")).collect();
+    notes.extend(warnings.iter().map(|w| format!("warning: {}", w.text)));
     notes.extend(verdicts.iter().map(|v| format!("verdict: {}", write::verdict_line(v, meta.report.metric).replace("**", ""))));
-    write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts)?;
+    let findings = compare::findings(&agg, &speedups, &map_diffs);
+    write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts, &findings)?;
     let curve: Vec<compare::TargetPoint> = meta.report.verdicts.iter().filter(|v| v.measure == Measure::TimeToTarget).flat_map(|v| compare::target_curve(&agg, &v.baseline, &v.arm)).collect();
     if !curve.is_empty() {
         write::target_curve_csv(results, &curve)?;
@@ -229,6 +238,6 @@ pub fn generate(results: &Path) -> Result<Generated> {
         charts.push(charts::draw_target_curve(results, &curve)?);
     }
     let path = results.join("summary.md");
-    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &warnings, &charts).as_bytes())?;
+    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, &warnings, &unreadable, &charts).as_bytes())?;
     Ok(Generated { summary: path, notes })
 }

@@ -72,6 +72,17 @@ fn pairs(base: &[Seeded], arm: &[Seeded]) -> Option<Vec<(f64, f64)>> {
 /// 95% interval, paired by seed when both arms ran the same seeds. None when an
 /// arm has no value (or, for a ratio, a mean that is not positive).
 pub fn compare(base: &[Seeded], arm: &[Seeded], scale: Scale) -> Option<Estimate> {
+    compare_at(base, arm, scale, 0.95)
+}
+
+/// The two-sided level of each of `m` intervals that together cover all their true values with
+/// at least 95% probability (Bonferroni: `1 − 0.05 / m`; 0.95 for one).
+pub fn family_level(m: usize) -> f64 {
+    1.0 - 0.05 / m.max(1) as f64
+}
+
+/// [`compare`] with the interval at a two-sided `level` (e.g. [`family_level`]).
+pub fn compare_at(base: &[Seeded], arm: &[Seeded], scale: Scale, level: f64) -> Option<Estimate> {
     if base.is_empty() || arm.is_empty() {
         return None;
     }
@@ -104,7 +115,7 @@ pub fn compare(base: &[Seeded], arm: &[Seeded], scale: Scale) -> Option<Estimate
         }
         _ => return Some(Estimate { value, ci: None, se: f64::NAN, df: f64::NAN, paired: false, scale }),
     };
-    let half = t_quantile(0.95, df) * se;
+    let half = t_quantile(level, df) * se;
     let (lo, hi) = (centre - half, centre + half);
     let ci = match scale {
         Scale::Difference => (lo, hi),

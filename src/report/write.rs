@@ -7,7 +7,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use super::aggregate::Aggregate;
-use super::compare::{MapDiff, Speedup, TargetPoint, Verdict, Warning};
+use super::compare::{family_text, finding_line, Finding, MapDiff, Speedup, TargetPoint, Verdict, Warning, FAMILY_MIN};
 use super::{mean_std, RunLog};
 use crate::eval::Metric;
 use crate::rundir::{write_file, MiningRow};
@@ -20,6 +20,7 @@ fn fmt_ms(v: Option<(f64, f64)>, digits: usize) -> String {
 fn interval_kind(e: super::stats::Estimate) -> String {
     match (e.ci, e.paired) {
         (None, _) => String::new(),
+        (Some((lo, hi)), _) if lo == hi => super::compare::NO_SPREAD.into(),
         (Some(_), true) => format!("paired t, {:.0} df", e.df),
         (Some(_), false) => format!("Welch t, {:.1} df", e.df),
     }
@@ -43,12 +44,13 @@ pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
         None => String::new(),
     };
     format!(
-            "\"{}\": {}/{} {} = {} (95% CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}.{map_sentence} Measured in: {}.",
+            "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}.{map_sentence} Measured in: {}.",
             v.claim,
             v.baseline,
             v.arm,
             v.measure,
             v.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+            family_text(v.family),
             v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
             v.band_lo,
             v.band_hi,
@@ -80,8 +82,8 @@ pub fn target_curve_csv(results: &Path, points: &[TargetPoint]) -> Result<()> {
     Ok(())
 }
 
-/// Writes summary.csv, speedups.csv, map_diffs.csv, verdicts.csv, mining.csv and runs.csv (polars).
-pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict]) -> Result<()> {
+/// Writes summary.csv, speedups.csv, map_diffs.csv, verdicts.csv, findings.csv, mining.csv and runs.csv (polars).
+pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], findings: &[Finding]) -> Result<()> {
     let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 }).filter(|x| x.is_finite());
     let mut summary_df = df!(
         "arm" => agg.summaries.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
@@ -111,6 +113,10 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "speedup" => speedups.iter().map(|s| s.ratio).collect::<Vec<_>>(),
         "ci95_lo" => speedups.iter().map(|s| s.ci_lo).collect::<Vec<_>>(),
         "ci95_hi" => speedups.iter().map(|s| s.ci_hi).collect::<Vec<_>>(),
+        "family" => speedups.iter().map(|s| s.family as u64).collect::<Vec<_>>(),
+        "ci_family_lo" => speedups.iter().map(|s| s.fw_lo).collect::<Vec<_>>(),
+        "ci_family_hi" => speedups.iter().map(|s| s.fw_hi).collect::<Vec<_>>(),
+        "family_interval" => speedups.iter().map(|s| family_text(s.family)).collect::<Vec<_>>(),
         "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
     )?;
     let mut verdict_df = df!(
@@ -122,8 +128,9 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "band_lo" => verdicts.iter().map(|v| v.band_lo).collect::<Vec<_>>(),
         "band_hi" => verdicts.iter().map(|v| v.band_hi).collect::<Vec<_>>(),
         "ratio" => verdicts.iter().map(|v| v.ratio).collect::<Vec<_>>(),
-        "ci95_lo" => verdicts.iter().map(|v| v.ci_lo).collect::<Vec<_>>(),
-        "ci95_hi" => verdicts.iter().map(|v| v.ci_hi).collect::<Vec<_>>(),
+        "ci_lo" => verdicts.iter().map(|v| v.ci_lo).collect::<Vec<_>>(),
+        "ci_hi" => verdicts.iter().map(|v| v.ci_hi).collect::<Vec<_>>(),
+        "interval" => verdicts.iter().map(|v| family_text(v.family)).collect::<Vec<_>>(),
         "verdict" => verdicts.iter().map(|v| v.verdict.to_string()).collect::<Vec<_>>(),
         "seeds" => verdicts.iter().map(|v| v.seeds as u64).collect::<Vec<_>>(),
         "seeds_needed" => verdicts.iter().map(|v| v.seeds_needed.map(|n| n as u64)).collect::<Vec<_>>(),
@@ -157,10 +164,24 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "ci95_lo" => map_diffs.iter().map(|d| d.diff.and_then(|x| x.ci).map(|c| c.0)).collect::<Vec<_>>(),
         "ci95_hi" => map_diffs.iter().map(|d| d.diff.and_then(|x| x.ci).map(|c| c.1)).collect::<Vec<_>>(),
         "interval" => map_diffs.iter().map(|d| d.diff.map(interval_kind).unwrap_or_default()).collect::<Vec<_>>(),
+        "family" => map_diffs.iter().map(|d| d.family as u64).collect::<Vec<_>>(),
+        "ci_family_lo" => map_diffs.iter().map(|d| d.fw.and_then(|x| x.ci).map(|c| c.0)).collect::<Vec<_>>(),
+        "ci_family_hi" => map_diffs.iter().map(|d| d.fw.and_then(|x| x.ci).map(|c| c.1)).collect::<Vec<_>>(),
+        "family_interval" => map_diffs.iter().map(|d| family_text(d.family)).collect::<Vec<_>>(),
         "baseline_seeds" => map_diffs.iter().map(|d| d.baseline_seeds as u64).collect::<Vec<_>>(),
         "arm_seeds" => map_diffs.iter().map(|d| d.arm_seeds as u64).collect::<Vec<_>>()
     )?;
-    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
+    let mut findings_df = df!(
+        "baseline" => findings.iter().map(|f| f.baseline.clone()).collect::<Vec<_>>(),
+        "arm" => findings.iter().map(|f| f.arm.clone()).collect::<Vec<_>>(),
+        "measure" => findings.iter().map(|f| f.measure.clone()).collect::<Vec<_>>(),
+        "value" => findings.iter().map(|f| f.value).collect::<Vec<_>>(),
+        "ci_lo" => findings.iter().map(|f| f.ci_lo).collect::<Vec<_>>(),
+        "ci_hi" => findings.iter().map(|f| f.ci_hi).collect::<Vec<_>>(),
+        "interval" => findings.iter().map(|f| f.interval.clone()).collect::<Vec<_>>(),
+        "finding" => findings.iter().map(|f| f.finding.clone()).collect::<Vec<_>>()
+    )?;
+    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("findings.csv", &mut findings_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
         let mut buf = Vec::new();
         CsvWriter::new(&mut buf).finish(df)?;
         write_file(&results.join(name), &buf)?;
@@ -170,13 +191,21 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
 }
 
 /// The text of summary.md.
-pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], warnings: &[Warning], charts: &[String]) -> String {
+#[allow(clippy::too_many_arguments)]
+pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], findings: &[Finding], warnings: &[Warning], unreadable: &[String], charts: &[String]) -> String {
     let metric_name = agg.metric().column();
     let mut md = format!("# {}: summary\n\nGenerated by `harness report {}` from the logs alone. Metric: {metric_name} on the test split.\n\n", agg.meta.name, results.display());
     if !verdicts.is_empty() {
-        md.push_str("## Verdicts\n\nA claim \"about Rx\" is supported when the 95% interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise.\n\n");
+        md.push_str(&format!("## Verdicts\n\nA claim \"about Rx\" is supported when the interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise. The interval is 95% when fewer than {FAMILY_MIN} arms are compared with the claim's baseline, and otherwise Bonferroni's over all of them (each at 1 − 0.05 / m), so that the words about one baseline hold together at 95%.\n\n"));
         for v in verdicts {
             md.push_str(&format!("- {}\n", verdict_line(v, agg.metric())));
+        }
+        md.push('\n');
+    }
+    if !findings.is_empty() {
+        md.push_str(&format!("## Findings\n\nEvery comparison the report makes, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Against a baseline compared with {FAMILY_MIN} or more arms, the interval is Bonferroni's over that family. Also in `findings.csv`.\n\n"));
+        for f in findings {
+            md.push_str(&format!("- {}\n", finding_line(f)));
         }
         md.push('\n');
     }
@@ -253,11 +282,19 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             }
         }
     }
-    let failed: Vec<&RunLog> = agg.runs.iter().filter(|r| r.state == crate::rundir::State::Failed).collect();
-    if !failed.is_empty() {
-        md.push_str("\nFailed cells:\n\n");
-        for r in failed {
-            md.push_str(&format!("- {} seed {}: {}\n", r.arm, r.seed, r.reason.clone().unwrap_or_default()));
+    // every cell that is not in the tables, and why: failed, still running, not started, unreadable
+    use crate::rundir::State;
+    let not_done: Vec<&RunLog> = agg.runs.iter().filter(|r| r.state != State::Done).collect();
+    if !not_done.is_empty() || !unreadable.is_empty() {
+        md.push_str("\nCells not in the tables above:\n\n");
+        for (state, word) in [(State::Failed, "failed"), (State::Running, "running"), (State::Pending, "pending")] {
+            for r in not_done.iter().filter(|r| r.state == state) {
+                let why = r.reason.as_deref().map(|x| format!(": {x}")).unwrap_or_default();
+                md.push_str(&format!("- {} seed {}: {word}{why}\n", r.arm, r.seed));
+            }
+        }
+        for u in unreadable {
+            md.push_str(&format!("- unreadable, left out: {u}\n"));
         }
     }
     md.push_str("\nCharts:\n\n");
