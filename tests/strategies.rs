@@ -6,7 +6,6 @@ use ohem_harness::boxes::BBox;
 use ohem_harness::model::loss::{self, carl, focal, isr_importance, ClsLoss, KBias, LossConfig, Normalise};
 use ohem_harness::model::per_roi_losses;
 use ohem_harness::sampler::iou_balanced::{instance_balanced, iou_balanced_negatives};
-use ohem_harness::sampler::ohem::select_hard;
 use ohem_harness::sampler::pisa::score_hlr;
 use ohem_harness::sampler::{hierarchical_ranks, nms_match, IouBalancedConfig, Ohem, OhemConfig, PisaConfig, RoiLosses, Sampler, SamplerConfig};
 use rand::{Rng, SeedableRng};
@@ -178,15 +177,40 @@ fn mmdet_ohem_keeps_the_hardest_in_each_share() {
         want.sort();
         assert_eq!(got, want, "{n_fg} foreground RoIs");
     }
-    // the paper's OHEM is untouched by the new options: no share, every RoI eligible
-    let boxes: Vec<BBox> = (0..50).map(|i| [i as f32 * 3.0, 0., i as f32 * 3.0 + 10.0, 10.]).collect();
-    let loss: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32).collect();
-    let labels = vec![0i64; 50];
+    // the paper's OHEM is untouched by the new options: no share, every RoI eligible, NMS 0.7 over
+    // (RoI, loss). 25 pairs of boxes: within a pair shifted by 1 px (IoU 0.82, or 0.83 with VOC's
+    // +1, above 0.7 either way), pairs 20 px apart (IoU 0). Checked against a brute force written
+    // here: greedy NMS by loss, highest first, keeping a box unless a kept one overlaps it above 0.7.
+    let boxes: Vec<BBox> = (0..50).map(|i| {
+        let x = (i / 2) as f32 * 20.0 + (i % 2) as f32;
+        [x, 0., x + 10.0, 10.]
+    }).collect();
+    let loss: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32).collect(); // a permutation of 0..50: no ties
     let mut r = crate::sampler::rois_with_iou(&[0.0; 50]);
     r.rois = Tensor::from_slice(&boxes.concat()).view([50, 4]);
     let l = RoiLosses { cls: Tensor::from_slice(&loss), loc: Tensor::zeros([50], cpu()), logits: Tensor::zeros([50, 2], cpu()), deltas: Tensor::zeros([50, 4], cpu()) };
-    let got: Vec<i64> = Vec::try_from(&Ohem::new(OhemConfig::default()).select(&r, Some(&l), 8)).unwrap();
-    assert_eq!(got, select_hard(&boxes, &loss, &labels, 8, Some(0.7), false).into_iter().map(|i| i as i64).collect::<Vec<_>>());
+    let mut got: Vec<i64> = Vec::try_from(&Ohem::new(OhemConfig::default()).select(&r, Some(&l), 8)).unwrap();
+    let iou = |a: &BBox, b: &BBox| {
+        let (w, h) = ((a[2].min(b[2]) - a[0].max(b[0])).max(0.0), (a[3].min(b[3]) - a[1].max(b[1])).max(0.0));
+        let area = |x: &BBox| (x[2] - x[0]) * (x[3] - x[1]);
+        w * h / (area(a) + area(b) - w * h)
+    };
+    let mut order: Vec<usize> = (0..50).collect();
+    order.sort_by(|&a, &b| loss[b].total_cmp(&loss[a]));
+    let mut want: Vec<i64> = Vec::new();
+    for i in order {
+        if want.iter().all(|&j| iou(&boxes[i], &boxes[j as usize]) <= 0.7) {
+            want.push(i as i64);
+        }
+        if want.len() == 8 {
+            break;
+        }
+    }
+    // each kept box is the harder of its pair, and no two kept boxes share a pair
+    assert!(want.iter().all(|&i| loss[i as usize] > loss[(i ^ 1) as usize]));
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "the paper's OHEM: NMS 0.7 over (RoI, loss), the 8 hardest survivors");
 }
 
 // ---------------------------------------------------------------------------
