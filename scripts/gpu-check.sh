@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (README, "GPU"): on a machine with an NVIDIA GPU, end to end, one summary.
+# The GPU check (docs/gpu.md): on a machine with an NVIDIA GPU, end to end, one summary.
 #
 #   scripts/gpu-check.sh            build here against the CUDA libtorch (setup-libtorch.sh --cuda),
 #                                   then run the checks

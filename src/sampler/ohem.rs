@@ -18,7 +18,7 @@
 //! by loss up to that share, then the hardest background to fill B/N), ranks by
 //! classification loss only (`loss: cls`) and uses no NMS (`nms_iou: null`).
 //! That preset, `{kind: ohem, loss: cls, nms_iou: null, fg_fraction: 0.25}`, is
-//! the README's "OHEM (mmdetection)". `bg_thresh_lo` (default 0) restricts the
+//! docs/samplers.md's "OHEM (mmdetection)". `bg_thresh_lo` (default 0) restricts the
 //! eligible background as Fast R-CNN's sampler does.
 //!
 //! `impl: read_only` trains only the selected RoIs (the paper's design);
