@@ -130,9 +130,9 @@ fn dnf(measure: Measure, (bv, bn): (&[Seeded], usize), (av, an): (&[Seeded], usi
 pub fn speedups(agg: &Aggregate) -> Vec<Speedup> {
     let mut out = Vec::new();
     for b in &baselines(agg) {
-        let family = agg.meta.arms.iter().filter(|a| *a != b).count();
         for a in agg.meta.arms.iter().filter(|a| *a != b) {
             for measure in Measure::ALL {
+                let family = family_size(agg, b, measure);
                 let (bv, bn) = agg.per_seed(b, measure);
                 let (av, an) = agg.per_seed(a, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
@@ -197,8 +197,9 @@ fn words(ci: Option<(f64, f64)>, null: f64, above: &str, below: &str, missing: &
     }
 }
 
-/// Every final-mAP difference and speed-up, each with the words its interval allows (the
-/// family-wise interval from [`FAMILY_MIN`] comparisons against one baseline on).
+/// Every final-mAP difference and speed-up (between arms trained for as long, but seconds per
+/// iteration), each with the words its interval allows (the family-wise interval from
+/// [`FAMILY_MIN`] comparisons against one baseline on).
 pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) -> Vec<Finding> {
     let metric = agg.metric().column();
     let mut out = Vec::new();
@@ -216,7 +217,7 @@ pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) ->
             finding: words(ci, 0.0, &format!("{a} ends higher than {b}"), &format!("{a} ends lower than {b}"), "fewer than 2 seeds in an arm"),
         });
     }
-    for s in speedups {
+    for s in speedups.iter().filter(|s| comparable(agg, &s.baseline, &s.arm, s.measure)) {
         let ci = if s.family >= FAMILY_MIN { s.fw_lo.zip(s.fw_hi) } else { s.ci_lo.zip(s.ci_hi) };
         let (a, b, m) = (&s.arm, &s.baseline, s.measure.name());
         let missing = if s.note.is_empty() { "fewer than 2 seeds in an arm".to_string() } else { s.note.clone() };
@@ -241,6 +242,18 @@ pub fn finding_line(f: &Finding) -> String {
     let what = if ratio { format!("{} / {}, {}", f.baseline, f.arm, f.measure) } else { format!("{} − {}, {}", f.arm, f.baseline, f.measure) };
     let ci = f.ci_lo.zip(f.ci_hi).map(|(l, h)| format!(" [{}, {}]", num(l), num(h))).unwrap_or_default();
     format!("{what}: {}{ci} ({}): {}", f.value.map(num).unwrap_or_else(|| "—".into()), f.interval, f.finding)
+}
+
+/// Whether `baseline / arm` on `measure` is a comparison the findings make: seconds per
+/// iteration between any two arms; time to target and total wall clock only between arms
+/// trained for as long (a one-epoch timing arm against full runs is no comparison).
+pub fn comparable(agg: &Aggregate, baseline: &str, arm: &str, measure: Measure) -> bool {
+    measure == Measure::SPerIter || same_length(agg, baseline, arm)
+}
+
+/// The comparisons against `baseline` on `measure`: the size of its family.
+fn family_size(agg: &Aggregate, baseline: &str, measure: Measure) -> usize {
+    agg.meta.arms.iter().filter(|a| *a != baseline && comparable(agg, baseline, a, measure)).count()
 }
 
 /// The most epochs any cell of `arm` trained.
@@ -316,8 +329,8 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning]) -> Vec<Verdict> {
         let same_length = same_length(agg, &v.baseline, &v.arm);
         let md = if same_length { compare(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference) } else { None };
         let dnf = dnf(v.measure, (&bv, bn), (&av, an));
-        // the verdict's words come from the family-wise interval: every arm against this baseline
-        let family = agg.meta.arms.iter().filter(|a| **a != v.baseline).count();
+        // the verdict's words come from the family-wise interval: every arm compared with this baseline on this measure
+        let family = family_size(agg, &v.baseline, v.measure);
         let r = if dnf { None } else { compare_at(&bv, &av, Scale::Ratio, family_interval_level(family)) };
         let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
         let regime = agg.regime(&v.arm);
