@@ -532,31 +532,24 @@ fn distinct_weights_per_roi_and_image_give_the_gradient_by_hand() {
     let (_vs0, model0) = fresh();
     let picks = picks.lock().unwrap();
     assert_eq!(picks.len(), 2, "one pick per image");
-    let by_hand = tch::no_grad(|| {
-        let feats = model0.features(&batch::collate(&prepared), true);
-        let rois = Tensor::cat(&picks.iter().enumerate().map(|(b, p)| with_batch_index(b as i64, &p.0)).collect::<Vec<_>>(), 0);
-        let labels = Tensor::cat(&picks.iter().map(|p| p.1.shallow_clone()).collect::<Vec<_>>(), 0);
-        let weights = Tensor::cat(&picks.iter().map(|p| p.2.shallow_clone()).collect::<Vec<_>>(), 0);
-        let (logits, _) = model0.head(&feats, &rois, true);
-        let k = logits.size()[1];
-        let onehot = labels.one_hot(k).to_kind(Kind::Float);
-        let s = labels.size()[0] as f64;
-        ((logits.softmax(1, Kind::Float) - onehot) * weights.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Float) / s
-    });
+    // Σ_i w_i (softmax(logits_i) − onehot(label_i)) / S over the picked RoIs, for given weights
+    let grad_by_hand = |weights: &Tensor| {
+        tch::no_grad(|| {
+            let feats = model0.features(&batch::collate(&prepared), true);
+            let rois = Tensor::cat(&picks.iter().enumerate().map(|(b, p)| with_batch_index(b as i64, &p.0)).collect::<Vec<_>>(), 0);
+            let labels = Tensor::cat(&picks.iter().map(|p| p.1.shallow_clone()).collect::<Vec<_>>(), 0);
+            let (logits, _) = model0.head(&feats, &rois, true);
+            let onehot = labels.one_hot(logits.size()[1]).to_kind(Kind::Float);
+            ((logits.softmax(1, Kind::Float) - onehot) * weights.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Float) / labels.size()[0] as f64
+        })
+    };
+    let by_hand = grad_by_hand(&Tensor::cat(&picks.iter().map(|p| p.2.shallow_clone()).collect::<Vec<_>>(), 0));
     let diff = (&step_grad - &by_hand).abs().max().double_value(&[]);
     let scale = by_hand.abs().max().double_value(&[]);
     assert!(scale > 1e-3, "a gradient to compare: {by_hand:?}");
     assert!(diff < 1e-5 * scale.max(1.0), "the step's gradient of cls_score.bias differs from the one by hand by {diff}: {step_grad:?} vs {by_hand:?}");
     // and the weights matter: the same sum with the two images' weights swapped is another gradient
-    let swapped = tch::no_grad(|| {
-        let feats = model0.features(&batch::collate(&prepared), true);
-        let rois = Tensor::cat(&picks.iter().enumerate().map(|(b, p)| with_batch_index(b as i64, &p.0)).collect::<Vec<_>>(), 0);
-        let labels = Tensor::cat(&picks.iter().map(|p| p.1.shallow_clone()).collect::<Vec<_>>(), 0);
-        let (logits, _) = model0.head(&feats, &rois, true);
-        let n0 = picks[0].0.size()[0];
-        let w = Tensor::cat(&[Tensor::ones([n0], (Kind::Float, dev)) * 2.0, Tensor::ones([labels.size()[0] - n0], (Kind::Float, dev)) * 0.5], 0);
-        let onehot = labels.one_hot(logits.size()[1]).to_kind(Kind::Float);
-        ((logits.softmax(1, Kind::Float) - onehot) * w.unsqueeze(1)).sum_dim_intlist(0, false, Kind::Float) / labels.size()[0] as f64
-    });
+    let (n0, n1) = (picks[0].0.size()[0], picks[1].0.size()[0]);
+    let swapped = grad_by_hand(&Tensor::cat(&[Tensor::ones([n0], (Kind::Float, dev)) * 2.0, Tensor::ones([n1], (Kind::Float, dev)) * 0.5], 0));
     assert!((&step_grad - &swapped).abs().max().double_value(&[]) > 100.0 * diff.max(1e-7), "the check can tell weights on the wrong image apart");
 }

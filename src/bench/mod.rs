@@ -429,13 +429,13 @@ pub fn median(v: &[f64]) -> f64 {
 /// step, over `iters` iterations after one warm-up, with the RoIs backpropagated
 /// and the RoIs per image before sampling (proposals and ground truth), per iteration.
 fn time_step(cfg: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters: usize, device: Device) -> Result<(f64, f64, f64)> {
-    use crate::trainer::{batch, train_step};
+    use crate::trainer::train_step;
     let (vs, model) = build_model(cfg, device, synth::CLASSES.len(), None)?;
     let mut opt = Sgd::new(&vs, 0.9, 5e-4);
     let mut sampler = cfg.sampler.build();
     let (mut total, mut rois, mut per_image) = (0.0, 0.0, 0.0);
     for it in 0..iters + 1 {
-        let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
+        let pair = bench_pair(store, &cfg.input, it, device);
         let t = Instant::now();
         let out = train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, cfg)?;
         sync(device);
@@ -654,19 +654,23 @@ fn print_settings(peer: &serde_json::Value) {
     }
 }
 
+/// Iteration `it`'s minibatch of the timed steps: images `2·it` and `2·it + 1` of `store`, unflipped.
+fn bench_pair(store: &crate::trainer::batch::ImageStore, input: &crate::config::InputConfig, it: usize, device: Device) -> Vec<crate::trainer::batch::Prepared> {
+    (0..2).map(|j| crate::trainer::batch::prepare(store, (2 * it + j) % store.len(), input, false, device)).collect()
+}
+
 /// `HxW,HxW,...`, as `bench_peer.py --shapes` reads it.
 fn shapes_arg(shapes: &[(i64, i64)]) -> String {
     shapes.iter().map(|(h, w)| format!("{h}x{w}")).collect::<Vec<_>>().join(",")
 }
 
 /// The padded batch's `(H, W)` of each iteration that [`time_step`] runs (the warm-up first):
-/// images `2·it` and `2·it + 1` of `store`, rescaled and zero-padded to the larger of each side.
+/// [`bench_pair`]'s images, rescaled and zero-padded to the larger of each side.
 fn batch_shapes(store: &crate::trainer::batch::ImageStore, input: &crate::config::InputConfig, iters: usize, device: Device) -> Vec<(i64, i64)> {
     use crate::trainer::batch;
     (0..iters + 1)
         .map(|it| {
-            let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), input, false, device)).collect();
-            let s = batch::collate(&pair).size();
+            let s = batch::collate(&bench_pair(store, input, it, device)).size();
             (s[2], s[3])
         })
         .collect()
@@ -711,13 +715,13 @@ fn profile_kinds(arms: &[(&str, &str, crate::sampler::SamplerConfig)], base: &Tr
 
 /// [`time_step`]'s iterations with each timed step recorded by libtorch's profiler: the steps' wall seconds and events.
 fn profile_step(cfg: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters: usize, device: Device) -> Result<(f64, Vec<profile::Event>)> {
-    use crate::trainer::{batch, train_step};
+    use crate::trainer::train_step;
     let (vs, model) = build_model(cfg, device, synth::CLASSES.len(), None)?;
     let mut opt = Sgd::new(&vs, 0.9, 5e-4);
     let mut sampler = cfg.sampler.build();
     let (mut wall, mut events) = (0.0, Vec::new());
     for it in 0..iters + 1 {
-        let pair: Vec<batch::Prepared> = (0..2).map(|j| batch::prepare(store, (2 * it + j) % store.len(), &cfg.input, false, device)).collect();
+        let pair = bench_pair(store, &cfg.input, it, device);
         if it == 0 {
             train_step(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, cfg)?;
             continue;
