@@ -31,6 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Write the generated "shapes-in-clutter" dataset in the PASCAL VOC layout.
     MakeDataset(MakeDatasetArgs),
+    /// Cut large annotated images (VOC XML + PNG/JPEG) into tiles, written as a split of a VOC dataset.
+    Tile(TileArgs),
     /// Compute (or load) region proposals for a split and report their recall.
     Proposals(ProposalsArgs),
     /// Score detections in the VOC results format against a split.
@@ -67,6 +69,56 @@ pub struct MakeDatasetArgs {
     size: SynthSize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct TileArgs {
+    /// VOC annotation files, one per image; each names its image (PNG or JPEG) in <filename>, relative to the XML.
+    #[arg(required = true)]
+    annotations: Vec<PathBuf>,
+    /// Output VOC root (created; a root that exists keeps its classes.txt).
+    #[arg(long)]
+    out: PathBuf,
+    /// The split the tiles form (ImageSets/Main/<split>.txt; refused if it exists).
+    #[arg(long)]
+    split: String,
+    /// Tile side in pixels.
+    #[arg(long, default_value_t = 400)]
+    size: u32,
+    /// Pixels shared by neighbouring tiles.
+    #[arg(long, default_value_t = 0)]
+    overlap: u32,
+    /// Keep a box cut by a tile edge when at least this share of its area is inside.
+    #[arg(long, default_value_t = 0.7)]
+    keep: f32,
+    /// Drop it below this share; between --drop and --keep it is kept, marked difficult.
+    #[arg(long, default_value_t = 0.3)]
+    drop: f32,
+    /// Rename classes, e.g. `Dead=Tree,Alive=Tree`.
+    #[arg(long, default_value = "")]
+    class_map: String,
+    /// Leave out tiles with no box.
+    #[arg(long)]
+    drop_empty: bool,
+    /// JPEG quality of the tiles.
+    #[arg(long, default_value_t = 95)]
+    quality: u8,
+}
+
+impl TileArgs {
+    fn params(&self) -> Result<crate::data::tile::TileParams> {
+        let p = crate::data::tile::TileParams {
+            size: self.size,
+            overlap: self.overlap,
+            keep: self.keep,
+            drop: self.drop,
+            class_map: crate::data::tile::parse_class_map(&self.class_map)?,
+            drop_empty: self.drop_empty,
+            quality: self.quality,
+        };
+        p.check()?;
+        Ok(p)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -318,6 +370,7 @@ impl Command {
     pub fn validate(&self) -> Result<()> {
         match self {
             Command::Proposals(a) => a.params().check(),
+            Command::Tile(a) => a.params().map(|_| ()),
             Command::Train(a) => a.device.as_deref().map_or(Ok(()), |d| parse_device(d).map(|_| ())),
             Command::Run(a) => {
                 if a.jobs == 0 {
@@ -346,6 +399,7 @@ pub fn run() -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::MakeDataset(a) => make_dataset(a, progress),
+        Command::Tile(a) => tile(a),
         Command::Proposals(a) => proposals(a, progress),
         Command::Eval(a) => evaluate(a),
         Command::Train(a) => train(a, progress),
@@ -359,6 +413,15 @@ pub fn run() -> Result<()> {
         Command::Report { results } => report(&results),
         Command::Bench(a) => bench(a),
     }
+}
+
+fn tile(a: TileArgs) -> Result<()> {
+    let s = crate::data::tile::tile_into(&a.out, &a.split, &a.annotations, &a.params()?)?;
+    println!(
+        "{}: split {:?}: {} tiles of {} px from {} images ({} empty tiles left out); {} source boxes -> {} kept, {} difficult (cut, {:.0}-{:.0}% inside), {} pieces dropped (< {:.0}% inside); classes: {}",
+        a.out.display(), a.split, s.tiles, a.size, s.images, s.empty_skipped, s.boxes, s.kept, s.difficult, a.drop * 100.0, a.keep * 100.0, s.dropped, a.drop * 100.0, s.classes.join(", ")
+    );
+    Ok(())
 }
 
 fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {

@@ -1,7 +1,9 @@
-//! Stage 1 of the pipeline: datasets in the PASCAL VOC layout ([`voc`]) and
-//! the generated default dataset ([`synth`]).
+//! Stage 1 of the pipeline: datasets in the PASCAL VOC layout ([`voc`]), the
+//! generated default dataset ([`synth`]), and large photographs cut into a VOC
+//! dataset ([`tile`]).
 
 pub mod synth;
+pub mod tile;
 pub mod voc;
 
 pub use voc::{Annotation, DataError, Dataset, Object};

@@ -343,6 +343,22 @@ fn flag(path: &Path, el: &Element, name: &str) -> Result<bool, DataError> {
 
 /// Parses and validates one VOC annotation. `path` is used only in errors.
 pub fn parse_annotation(path: &Path, text: &str, id: &str, classes: &[String]) -> Result<Annotation, DataError> {
+    parse_with(path, text, id, &mut |name| classes.iter().position(|c| c == name).ok_or_else(|| classes.join(", ")))
+}
+
+/// [`parse_annotation`] for a file whose classes are not known beforehand
+/// (what `harness tile` reads): a name not in `classes` is appended to it.
+pub fn parse_annotation_open(path: &Path, text: &str, id: &str, classes: &mut Vec<String>) -> Result<Annotation, DataError> {
+    parse_with(path, text, id, &mut |name| {
+        Ok(classes.iter().position(|c| c == name).unwrap_or_else(|| {
+            classes.push(name.to_string());
+            classes.len() - 1
+        }))
+    })
+}
+
+/// `class_of` maps a name to its index, or to the list of known names for the error.
+fn parse_with(path: &Path, text: &str, id: &str, class_of: &mut dyn FnMut(&str) -> Result<usize, String>) -> Result<Annotation, DataError> {
     let root = parse_tree(path, text)?;
     if root.name != "annotation" {
         return Err(DataError::Xml {
@@ -369,12 +385,7 @@ pub fn parse_annotation(path: &Path, text: &str, id: &str, classes: &[String]) -
     for obj in root.children("object") {
         let name_el = field(path, obj, "name")?;
         let name = name_el.text.trim().to_string();
-        let class = classes.iter().position(|c| *c == name).ok_or_else(|| DataError::UnknownClass {
-            path: path.to_path_buf(),
-            line: name_el.line,
-            name: name.clone(),
-            known: classes.join(", "),
-        })?;
+        let class = class_of(&name).map_err(|known| DataError::UnknownClass { path: path.to_path_buf(), line: name_el.line, name: name.clone(), known })?;
         let bb = field(path, obj, "bndbox")?;
         let bbox: BBox = [
             number(path, bb, "xmin")?,
