@@ -228,7 +228,18 @@ impl InputConfig {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SolverConfig {
+    /// Passes over the training images. With `iterations` set it follows from
+    /// it (and is 0 in the saved config).
     pub epochs: usize,
+    /// The schedule in SGD iterations instead of epochs, as the paper and
+    /// mmdetection / detectron2 state it: train this many iterations; the
+    /// epochs are the passes over the training images they make (the last one
+    /// cut short). Replaces `epochs` and `lr_steps`; give `lr_steps_iters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
+    /// Iterations after which the learning rate is multiplied by `gamma` (with `iterations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_steps_iters: Option<Vec<usize>>,
     /// Images per iteration (N).
     pub images_per_batch: usize,
     /// Cap on iterations per epoch (default: one pass over the training images).
@@ -247,15 +258,53 @@ pub struct SolverConfig {
 
 impl Default for SolverConfig {
     fn default() -> Self {
-        SolverConfig { epochs: 12, images_per_batch: 2, iters_per_epoch: None, lr: 0.005, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![9], gamma: 0.1, warmup_iters: 50, keep_checkpoints: 2 }
+        SolverConfig { epochs: 12, iterations: None, lr_steps_iters: None, images_per_batch: 2, iters_per_epoch: None, lr: 0.005, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![9], gamma: 0.1, warmup_iters: 50, keep_checkpoints: 2 }
+    }
+}
+
+/// A solver schedule resolved against the training set's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Iterations of a whole epoch: one pass over the training images (capped by `train.iters_per_epoch`).
+    pub iters_per_epoch: usize,
+    pub epochs: usize,
+    /// Iterations in all; the last epoch has `total - (epochs - 1) * iters_per_epoch`.
+    pub total: usize,
+}
+
+impl Schedule {
+    /// Iterations of epoch `epoch` (0-based).
+    pub fn iters_in(&self, epoch: usize) -> usize {
+        self.total.saturating_sub(epoch * self.iters_per_epoch).min(self.iters_per_epoch)
     }
 }
 
 impl SolverConfig {
-    /// Learning rate at `iteration` (0-based, since the start) of `epoch` (0-based):
-    /// a step schedule, with a linear warm-up from lr/10 over the first `warmup_iters`.
-    pub fn lr_at(&self, epoch: usize, iteration: usize) -> f64 {
-        let lr = self.lr * self.gamma.powi(self.lr_steps.iter().filter(|&&s| epoch >= s).count() as i32);
+    /// The learning rate at `iteration` without the warm-up: `lr` times `gamma`
+    /// per step passed (what `metrics.csv` logs for an epoch, at its last iteration).
+    pub fn stepped_lr(&self, s: &Schedule, iteration: usize) -> f64 {
+        let steps = match &self.lr_steps_iters {
+            Some(at) => at.iter().filter(|&&k| iteration >= k).count(),
+            None => self.lr_steps.iter().filter(|&&e| iteration / s.iters_per_epoch >= e).count(),
+        };
+        self.lr * self.gamma.powi(steps as i32)
+    }
+
+    /// The schedule for a training set of `n_train` images (after images without
+    /// a non-difficult object are left out).
+    pub fn schedule(&self, n_train: usize) -> Schedule {
+        let ipe = n_train.div_ceil(self.images_per_batch).min(self.iters_per_epoch.unwrap_or(usize::MAX)).max(1);
+        match self.iterations {
+            Some(total) => Schedule { iters_per_epoch: ipe, epochs: total.div_ceil(ipe), total },
+            None => Schedule { iters_per_epoch: ipe, epochs: self.epochs, total: self.epochs * ipe },
+        }
+    }
+
+    /// Learning rate at `iteration` (0-based, since the start): a step schedule
+    /// (steps after `lr_steps` epochs of `s`, or after `lr_steps_iters` iterations),
+    /// with a linear warm-up from lr/10 over the first `warmup_iters`.
+    pub fn lr_at(&self, s: &Schedule, iteration: usize) -> f64 {
+        let lr = self.stepped_lr(s, iteration);
         if iteration < self.warmup_iters {
             let f = iteration as f64 / self.warmup_iters as f64;
             lr * (0.1 + 0.9 * f)
@@ -312,8 +361,19 @@ impl TrainConfig {
             bail!("input.pixel_std = {:?}: every std must be positive", i.pixel_std);
         }
         let t = &self.train;
-        if t.epochs == 0 {
-            bail!("train.epochs = 0: at least one epoch");
+        match (t.iterations, &t.lr_steps_iters) {
+            (None, None) if t.epochs == 0 => bail!("train.epochs = 0: at least one epoch"),
+            (None, None) => {}
+            (None, Some(_)) => bail!("train.lr_steps_iters needs train.iterations (or give train.lr_steps in epochs)"),
+            (Some(0), _) => bail!("train.iterations = 0: at least one iteration"),
+            (Some(n), steps) => {
+                if t.epochs != 0 || !t.lr_steps.is_empty() {
+                    bail!("train.iterations = {n} replaces train.epochs and train.lr_steps: leave those out and give the steps as train.lr_steps_iters");
+                }
+                if let Some(&k) = steps.iter().flatten().find(|&&k| k == 0 || k >= n) {
+                    bail!("train.lr_steps_iters: {k} is not inside the {n} iterations");
+                }
+            }
         }
         if t.images_per_batch == 0 {
             bail!("train.images_per_batch = 0: at least one image per iteration");
@@ -447,10 +507,30 @@ impl TrainConfig {
             let (k, val) = parse_override(o)?;
             set_dotted(&mut v, &k, val)?;
         }
-        default_sampler_kind(&mut v);
-        let cfg: TrainConfig = from_value(v, &origin)?;
+        let cfg = TrainConfig::from_value(v, &origin)?;
         cfg.check().with_context(|| format!("{origin}: invalid config"))?;
         Ok(cfg)
+    }
+
+    /// The typed config of a YAML value (a config file's, or a grid cell's
+    /// merged one): `sampler.kind` defaulted, and with `train.iterations` the
+    /// epoch keys it replaces set to their "unset" values (0 epochs, no epoch
+    /// steps), so that giving both units is an error rather than a silent choice.
+    pub fn from_value(mut v: Value, origin: &str) -> Result<Self> {
+        default_sampler_kind(&mut v);
+        let iters_mode = v.pointer("/train/iterations").is_some_and(|x| !x.is_null());
+        if iters_mode {
+            let train = v.get_mut("train").and_then(Value::as_object_mut).expect("train.iterations is set");
+            for (k, unset) in [("epochs", Value::from(0)), ("lr_steps", Value::Array(vec![]))] {
+                match train.get(k) {
+                    Some(x) if *x != unset => bail!("{origin}: train.iterations replaces train.{k} (given as {x}): leave it out; the learning-rate steps go in train.lr_steps_iters"),
+                    _ => {
+                        train.insert(k.to_string(), unset);
+                    }
+                }
+            }
+        }
+        from_value(v, origin)
     }
 
     /// The config as YAML, as saved in a run directory.

@@ -31,6 +31,10 @@ fn bad_configs_name_the_key_and_value() {
         ("", &["model.fold_bn=true", "model.backbone=vgg16"], &["model.fold_bn = true", "Vgg16"]),
         ("", &["model.fold_bn=true", "model.freeze_bn=false"], &["model.fold_bn = true", "trained"]),
         ("", &["novalue"], &["--set \"novalue\"", "key=value"]),
+        ("", &["train.iterations=6"], &["train.iterations replaces train.epochs (given as 2)", "lr_steps_iters"]),
+        ("", &["train.epochs=0", "train.iterations=6"], &["train.iterations replaces train.lr_steps (given as [1])"]),
+        ("", &["train.epochs=0", "train.lr_steps=[]", "train.iterations=6", "train.lr_steps_iters=[6]"], &["train.lr_steps_iters: 6 is not inside the 6 iterations"]),
+        ("", &["train.lr_steps_iters=[3]"], &["train.lr_steps_iters needs train.iterations"]),
     ];
     for (yaml, overrides, needles) in cases {
         let err = load_err(yaml, overrides);
@@ -89,6 +93,48 @@ fn same_seed_same_run_and_exact_resume() {
     other.seed = 99;
     let err = train(&other, &a, &test_opts()).unwrap_err().to_string();
     assert!(err.contains("different config"), "{err}");
+}
+
+/// `train.iterations` that mean what `train.epochs` means train the same run,
+/// bit for bit; a total that is not a whole number of epochs cuts the last
+/// epoch short, and a step inside an epoch applies from that iteration on.
+#[test]
+fn an_iteration_schedule_equal_to_the_epoch_schedule_trains_the_same_run() {
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let path = tiny_config(t.path(), "");
+    // tiny_config: 2 epochs of 3 iterations (iters_per_epoch), lr 0.01 stepped after epoch 1; add a warm-up
+    let by_epochs = TrainConfig::load(&path, &["train.warmup_iters=4".into()]).unwrap();
+    let iters = |total: &str, steps: &str| {
+        let o: Vec<String> = ["train.warmup_iters=4", "train.epochs=0", "train.lr_steps=[]", &format!("train.iterations={total}"), &format!("train.lr_steps_iters={steps}")].iter().map(|s| s.to_string()).collect();
+        TrainConfig::load(&path, &o).unwrap()
+    };
+    let by_iters = iters("6", "[3]");
+    let (a, b) = (t.path().join("epochs"), t.path().join("iters"));
+    let ra = train(&by_epochs, &a, &test_opts()).unwrap();
+    let rb = train(&by_iters, &b, &test_opts()).unwrap();
+    assert_eq!(ra.iter().map(outcome).collect::<Vec<_>>(), rb.iter().map(outcome).collect::<Vec<_>>());
+    for f in ["epoch_002.safetensors", "epoch_002.sgd.safetensors"] {
+        let (wa, wb) = (std::fs::read(a.join("checkpoints").join(f)).unwrap(), std::fs::read(b.join("checkpoints").join(f)).unwrap());
+        assert!(wa == wb, "{f} differs between the epoch and the iteration schedule");
+    }
+    assert_eq!(ohem_harness::trainer::planned_epochs(&by_iters).unwrap(), 2);
+
+    // 5 iterations with the step after iteration 4: epoch 2 has 2 iterations, the first at lr 0.01, the second at 0.001
+    let short = iters("5", "[4]");
+    let rc = train(&short, &t.path().join("short"), &test_opts()).unwrap();
+    assert_eq!(rc.iter().map(|r| (r.epoch, r.iterations)).collect::<Vec<_>>(), vec![(1, 3), (2, 2)]);
+    assert_eq!(outcome(&rc[0]), outcome(&ra[0]), "epoch 1 is the same three iterations");
+    assert_eq!(rc[0].lr, 0.01);
+    assert!((rc[1].lr - 0.001).abs() < 1e-12, "the logged lr is the epoch's last iteration's: {}", rc[1].lr);
+    assert!(rc[1].map_voc07.is_some(), "the cut-short last epoch is evaluated");
+    let cfg_lr = &short.train;
+    let s = cfg_lr.schedule(8);
+    assert_eq!((s.iters_per_epoch, s.epochs, s.total, s.iters_in(1)), (3, 2, 5, 2));
+    // warm-up from lr/10 over 4 iterations, then the step at iteration 4
+    let lrs: Vec<f64> = (0..5).map(|i| cfg_lr.lr_at(&s, i)).collect();
+    let want = [0.001, 0.001 + 0.009 * 0.25, 0.001 + 0.009 * 0.5, 0.001 + 0.009 * 0.75, 0.001];
+    assert!(lrs.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-12), "{lrs:?}");
 }
 
 /// Pre-emption at every iteration boundary and every epoch boundary: each call

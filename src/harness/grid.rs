@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{default_sampler_kind, from_value, parse_override, parse_yaml, set_dotted, TrainConfig};
+use crate::config::{from_value, parse_override, parse_yaml, set_dotted, TrainConfig};
 
 pub use crate::rundir::ReportConfig;
 
@@ -39,6 +39,9 @@ pub struct Cell {
     pub arm: String,
     pub seed: u64,
     pub config: TrainConfig,
+    /// Epochs it trains: `train.epochs`, or what `train.iterations` makes of the
+    /// training set (0 while the dataset does not exist yet).
+    pub epochs: usize,
     /// Directory name under `<results>/cells/`.
     pub dir_name: String,
 }
@@ -126,6 +129,7 @@ impl Grid {
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
         let mut cells = Vec::new();
         let mut arm_labels = Vec::new();
+        let mut planned = std::collections::HashMap::new();
         for (arm, arm_over) in &arms {
             for combo in &combos(&axes) {
                 let label = std::iter::once(arm.clone())
@@ -146,7 +150,22 @@ impl Grid {
                     }
                     let config = cell_config(v, &origin, &where_, combo, seed, require_data)?;
                     let id = cell_id(&config);
-                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config });
+                    let epochs = match config.train.iterations {
+                        None => config.train.epochs,
+                        Some(_) if !require_data => 0,
+                        Some(_) => {
+                            let key = (config.dataset.root.clone(), config.dataset.train_split.clone(), config.train.images_per_batch, config.train.iters_per_epoch, config.train.iterations);
+                            match planned.get(&key) {
+                                Some(&e) => e,
+                                None => {
+                                    let e = crate::trainer::planned_epochs(&config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
+                                    planned.insert(key, e);
+                                    e
+                                }
+                            }
+                        }
+                    };
+                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config, epochs });
                 }
             }
         }
@@ -253,9 +272,8 @@ fn combos(axes: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
 
 /// A cell's typed, checked config from its merged value. An axis must name a
 /// real key: it has to survive the round trip into the typed config.
-fn cell_config(mut v: Value, origin: &str, where_: &str, combo: &[(String, Value)], seed: u64, require_data: bool) -> Result<TrainConfig> {
-    default_sampler_kind(&mut v);
-    let config: TrainConfig = from_value(v, where_)?;
+fn cell_config(v: Value, origin: &str, where_: &str, combo: &[(String, Value)], seed: u64, require_data: bool) -> Result<TrainConfig> {
+    let config = TrainConfig::from_value(v, where_)?;
     let mut flat = Vec::new();
     flatten("", &serde_json::to_value(&config)?, &mut flat);
     for (k, _) in combo {

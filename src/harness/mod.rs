@@ -77,11 +77,11 @@ pub fn prepare(grid: &Grid) -> Result<()> {
     }
     let meta = GridMeta { name: grid.name.clone(), arms: grid.arms.clone(), report: grid.report.clone() };
     write_file(&gpath, serde_json::to_string_pretty(&meta)?.as_bytes())?;
-    let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.config.train.epochs }).collect();
+    let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.epochs }).collect();
     write_file(&grid.results.join(CELLS_JSON), serde_json::to_string_pretty(&entries)?.as_bytes())?;
     for c in &grid.cells {
         let dir = grid.results.join(CELLS).join(&c.dir_name);
-        let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.config.train.epochs };
+        let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.epochs };
         write_file(&dir.join(CELL_JSON), serde_json::to_string_pretty(&meta)?.as_bytes())?;
         if !dir.join(CONFIG).exists() {
             write_file(&dir.join(CONFIG), c.config.to_yaml()?.as_bytes())?;
@@ -153,7 +153,7 @@ pub fn run(grid: &Grid, opts: &RunOptions) -> Result<RunSummary> {
     let mut summary = RunSummary::default();
     let mut queue = VecDeque::new();
     for (i, c) in grid.cells.iter().enumerate() {
-        if !opts.force && is_done(&grid.results.join(CELLS).join(&c.dir_name), c.config.train.epochs) {
+        if !opts.force && is_done(&grid.results.join(CELLS).join(&c.dir_name), c.epochs) {
             summary.skipped += 1;
         } else {
             queue.push_back(i);

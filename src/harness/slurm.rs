@@ -130,7 +130,7 @@ pub fn submit(grid: &Grid, opts: &SlurmOptions) -> Result<Option<Submission>> {
     }
     prepare(grid)?;
     let results = std::fs::canonicalize(&grid.results).with_context(|| format!("resolving {}", grid.results.display()))?;
-    let todo: Vec<usize> = grid.cells.iter().enumerate().filter(|(_, c)| opts.force || !is_done(&results.join(CELLS).join(&c.dir_name), c.config.train.epochs)).map(|(i, _)| i).collect();
+    let todo: Vec<usize> = grid.cells.iter().enumerate().filter(|(_, c)| opts.force || !is_done(&results.join(CELLS).join(&c.dir_name), c.epochs)).map(|(i, _)| i).collect();
     if todo.is_empty() {
         return Ok(None);
     }

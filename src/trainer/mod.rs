@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device};
 
-use crate::config::{parse_device, TrainConfig};
+use crate::config::{parse_device, Schedule, TrainConfig};
 use crate::data::Dataset;
 use crate::eval::{self, Metric};
 use crate::model::sgd::Sgd;
@@ -173,7 +173,7 @@ impl Data {
         let ds = Dataset::open(&cfg.dataset.root)?;
         let mut train = load_split(&ds, cfg, &cfg.dataset.train_split, cfg.proposals.train_file.as_deref(), opts)?;
         // As py-faster-rcnn's filter_roidb: an image without non-difficult ground truth has no foreground to learn from.
-        let dropped = train.keep_where(|a| a.objects.iter().any(|o| !o.difficult));
+        let dropped = train.keep_where(has_foreground);
         if train.is_empty() {
             bail!("no image of split {:?} has a non-difficult object to train on", cfg.dataset.train_split);
         }
@@ -183,6 +183,23 @@ impl Data {
         let test = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
         Ok(Data { classes: ds.classes, train, test })
     }
+}
+
+/// Whether an image has a non-difficult object, which training needs (py-faster-rcnn's filter_roidb).
+pub fn has_foreground(a: &crate::data::Annotation) -> bool {
+    a.objects.iter().any(|o| !o.difficult)
+}
+
+/// The epochs a run of `cfg` trains, from its config alone (`train.epochs`) or,
+/// with `train.iterations`, from the training images it keeps (annotations only,
+/// no image is decoded).
+pub fn planned_epochs(cfg: &TrainConfig) -> Result<usize> {
+    if cfg.train.iterations.is_none() {
+        return Ok(cfg.train.epochs);
+    }
+    let ds = Dataset::open(&cfg.dataset.root)?;
+    let n = ds.load_split(&cfg.dataset.train_split)?.iter().filter(|a| has_foreground(a)).count();
+    Ok(cfg.train.schedule(n).epochs)
 }
 
 /// Trains `cfg` in `run_dir`; resumes after the last finished epoch found there
@@ -206,12 +223,17 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     write_file(&run_dir.join(CONFIG), yaml.as_bytes())?;
     let logs = Logs::open(run_dir)?;
     let start_epoch = logs.rows.len();
-    if start_epoch >= cfg.train.epochs {
+    if cfg.train.iterations.is_none() && start_epoch >= cfg.train.epochs {
         return Ok(logs.rows);
     }
 
     let mut obs = Console::new(opts.progress, cfg.train.epochs);
     let data = Data::load(cfg, opts, &mut obs)?;
+    let sched = cfg.train.schedule(data.train.len());
+    if start_epoch >= sched.epochs {
+        return Ok(logs.rows);
+    }
+    obs.set_epochs(sched.epochs);
     let weights = initial_weights(cfg, opts)?; // before seeding: pre-training draws from the same generator
     if let Some(w) = &weights {
         // into the cell's train.log: which backbone this run started from, by content
@@ -221,13 +243,12 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
     let mut sampler = cfg.sampler.build();
     let mut partial = ck.restore(start_epoch, &mut vs, &mut opt, sampler.as_mut())?;
-    let iters = data.train.len().div_ceil(cfg.train.images_per_batch).min(cfg.train.iters_per_epoch.unwrap_or(usize::MAX));
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
-    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, iters, wall, progressed: false };
-    for epoch in start_epoch..cfg.train.epochs {
+    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false };
+    for epoch in start_epoch..sched.epochs {
         // stop at an epoch boundary only after some work, so every call advances
         if opts.stopping() && run.progressed {
-            return Err(crate::rundir::preempted(epoch, cfg.train.epochs, 0, 0).into());
+            return Err(crate::rundir::preempted(epoch, sched.epochs, 0, 0).into());
         }
         run.epoch(epoch, partial.take())?;
     }
@@ -248,8 +269,8 @@ struct Run<'a> {
     ck: Checkpoints,
     logs: Logs,
     obs: Console,
-    /// Iterations per epoch.
-    iters: usize,
+    /// Iterations per epoch and epochs.
+    sched: Schedule,
     /// Wall-clock seconds of the run so far, over every process that worked on it.
     wall: f64,
     /// Whether this process trained an iteration yet.
@@ -260,7 +281,8 @@ impl Run<'_> {
     /// Epoch `epoch` (0-based), from its start or from a checkpoint inside it:
     /// the iterations, then the checkpoint, the evaluation and the row of `metrics.csv`.
     fn epoch(&mut self, epoch: usize, partial: Option<Partial>) -> Result<()> {
-        let (cfg, iters) = (self.cfg, self.iters);
+        let (cfg, sched) = (self.cfg, self.sched);
+        let iters = sched.iters_in(epoch);
         let t_epoch = Instant::now();
         // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
         tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
@@ -278,14 +300,14 @@ impl Run<'_> {
         self.obs.epoch_started(iters, first_iter);
         for it in first_iter..iters {
             self.obs.phase(PhaseKind::Training, epoch, it, iters);
-            let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * iters + it };
+            let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * sched.iters_per_epoch + it };
             self.mine(at, &mut st)?;
             let n_img = cfg.train.images_per_batch;
             let prepared: Vec<batch::Prepared> = (0..n_img)
                 .map(|j| order[(it * n_img + j) % order.len()])
                 .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), self.device))
                 .collect();
-            let out = train_step(&self.model, &mut self.opt, cfg.train.lr_at(epoch, at.iteration), self.sampler.as_mut(), &prepared, cfg)
+            let out = train_step(&self.model, &mut self.opt, cfg.train.lr_at(&sched, at.iteration), self.sampler.as_mut(), &prepared, cfg)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.add(&out);
             self.progressed = true;
@@ -298,7 +320,7 @@ impl Run<'_> {
                 let secs = t_epoch.elapsed().as_secs_f64();
                 let p = Partial { epoch, next_iter: it + 1, stats: st, elapsed_s: elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: rng.get_word_pos().to_string(), mining };
                 self.ck.save_partial(&p, &self.vs, &self.opt, self.sampler.as_ref(), self.device)?;
-                return Err(crate::rundir::preempted(epoch + 1, cfg.train.epochs, it + 1, iters).into());
+                return Err(crate::rundir::preempted(epoch + 1, sched.epochs, it + 1, iters).into());
             }
         }
         self.obs.epoch_trained();
@@ -306,7 +328,7 @@ impl Run<'_> {
         self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref())?;
         let (eval_s, (map07, map10)) = self.evaluate(epoch);
         self.wall += t_epoch.elapsed().as_secs_f64();
-        let row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.lr_at(epoch, usize::MAX)) };
+        let row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1)) };
         self.logs.rows.push(row);
         self.logs.write()?;
         self.ck.remove_partial();
@@ -334,7 +356,7 @@ impl Run<'_> {
     /// for evaluation (every `test.eval_every` epochs, and the last), and the seconds it took.
     fn evaluate(&mut self, epoch: usize) -> (f64, (Option<f64>, Option<f64>)) {
         let (cfg, t) = (self.cfg, Instant::now());
-        if epoch + 1 != cfg.train.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
+        if epoch + 1 != self.sched.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
             return (t.elapsed().as_secs_f64(), (None, None));
         }
         self.obs.phase(PhaseKind::Evaluating, epoch, 0, 0);

@@ -37,6 +37,11 @@ impl Console {
     pub fn new(progress: bool, epochs: usize) -> Self {
         Console { progress, epochs, bar: indicatif::ProgressBar::hidden() }
     }
+
+    /// The epochs of the schedule, once the training set's size has fixed them (`train.iterations`).
+    pub fn set_epochs(&mut self, epochs: usize) {
+        self.epochs = epochs;
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
