@@ -2,6 +2,7 @@
 
 mod cli;
 mod dataset;
+mod docs;
 mod evaluation;
 mod harness;
 mod model;
