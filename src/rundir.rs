@@ -146,6 +146,24 @@ pub struct MiningStats {
     /// Of the previous round's cache, the share the current model still rates
     /// hard (by the round's own rule); empty in the first round.
     pub prev_still_hard: Option<f64>,
+    /// Where the mined negatives lie, against all eligible negatives (what
+    /// mining would pick by chance): mean best IoU with a labelled
+    /// (non-difficult) box; share on a difficult box (IoU >= 0.5 with one: a
+    /// crown that a tile edge cut, or one its annotator marked); share touching
+    /// no box at all (IoU < 0.1 with every box, difficult ones included).
+    /// Absent from logs written before these columns.
+    #[serde(default)]
+    pub mined_gt_iou: Option<f64>,
+    #[serde(default)]
+    pub random_gt_iou: Option<f64>,
+    #[serde(default)]
+    pub mined_on_difficult: Option<f64>,
+    #[serde(default)]
+    pub random_on_difficult: Option<f64>,
+    #[serde(default)]
+    pub mined_no_box: Option<f64>,
+    #[serde(default)]
+    pub random_no_box: Option<f64>,
 }
 
 /// The `round,epoch,iteration` columns of a [`MiningRow`] (csv writes no nested or flattened struct).
@@ -180,9 +198,28 @@ pub fn write_mining(path: &Path, rows: &[MiningRow]) -> Result<()> {
     for r in rows {
         w.serialize((MiningWhen { round: r.round, epoch: r.epoch, iteration: r.iteration }, &r.stats))?;
     }
-    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if rows.iter().all(|r| r.stats.placement_is_empty()) {
+        // a log from before the placement columns (or with nothing mined) keeps its old columns
+        let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(bytes.as_slice());
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for rec in r.records() {
+            let rec = rec?;
+            w.write_record(rec.iter().take(rec.len() - PLACEMENT_COLUMNS))?;
+        }
+        bytes = w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     write_file(path, &bytes)?;
     Ok(())
+}
+
+/// The last columns of `mining.csv`: where the mined negatives lie.
+const PLACEMENT_COLUMNS: usize = 6;
+
+impl MiningStats {
+    fn placement_is_empty(&self) -> bool {
+        [self.mined_gt_iou, self.random_gt_iou, self.mined_on_difficult, self.random_on_difficult, self.mined_no_box, self.random_no_box].iter().all(Option::is_none)
+    }
 }
 
 /// Reads a CSV log of a run directory (empty when the file does not exist).

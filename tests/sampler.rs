@@ -376,3 +376,28 @@ fn default_hnm_mines_negatives_harder_than_random_ones_from_the_first_round() {
     let rep2 = hnm.update_cache(&scores);
     assert_eq!(rep2.prev_still_hard, Some(1.0));
 }
+
+/// Where the mined negatives lie (the mining log's placement columns), on a
+/// hand-made image: 5 background proposals, the 2 of highest loss mined.
+#[test]
+fn mining_logs_where_the_hard_negatives_lie() {
+    use ohem_harness::sampler::ImageScores;
+    let t = |v: &[f32]| Tensor::from_slice(v);
+    let scores = vec![ImageScores {
+        image: 0,
+        labels: Tensor::from_slice(&[0i64, 0, 0, 0, 0]),
+        max_iou: t(&[0.4, 0.05, 0.3, 0.0, 0.2]),
+        fg_score: t(&[0.9, 0.8, 0.1, 0.1, 0.1]),
+        loss: t(&[5.0, 4.0, 3.0, 2.0, 1.0]),
+        difficult_iou: t(&[0.0, 0.6, 0.0, 0.05, 0.0]),
+    }];
+    let mut hnm = Hnm::new(HnmConfig { fp_topk: 2, ..Default::default() });
+    let rep = hnm.update_cache(&scores);
+    assert_eq!(hnm.state.cache[0], vec![0, 1]);
+    let close = |a: Option<f64>, b: f64| (a.unwrap() - b).abs() < 1e-6;
+    // mined: proposals 0 and 1; random: all 5
+    assert!(close(rep.mined_gt_iou, (0.4 + 0.05) / 2.0) && close(rep.random_gt_iou, (0.4 + 0.05 + 0.3 + 0.0 + 0.2) / 5.0), "{rep:?}");
+    assert!(close(rep.mined_on_difficult, 0.5) && close(rep.random_on_difficult, 0.2), "{rep:?}");
+    // touching no box: only proposal 3 (IoU 0 with the labelled boxes, 0.05 with the difficult one)
+    assert!(close(rep.mined_no_box, 0.0) && close(rep.random_no_box, 0.2), "{rep:?}");
+}

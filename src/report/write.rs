@@ -155,7 +155,13 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "random_loss" => mining_runs.iter().map(|(_, m)| m.stats.random_loss).collect::<Vec<_>>(),
         "mined_fg_score" => mining_runs.iter().map(|(_, m)| m.stats.mined_fg_score).collect::<Vec<_>>(),
         "random_fg_score" => mining_runs.iter().map(|(_, m)| m.stats.random_fg_score).collect::<Vec<_>>(),
-        "prev_still_hard" => mining_runs.iter().map(|(_, m)| m.stats.prev_still_hard).collect::<Vec<_>>()
+        "prev_still_hard" => mining_runs.iter().map(|(_, m)| m.stats.prev_still_hard).collect::<Vec<_>>(),
+        "mined_gt_iou" => mining_runs.iter().map(|(_, m)| m.stats.mined_gt_iou).collect::<Vec<_>>(),
+        "random_gt_iou" => mining_runs.iter().map(|(_, m)| m.stats.random_gt_iou).collect::<Vec<_>>(),
+        "mined_on_difficult" => mining_runs.iter().map(|(_, m)| m.stats.mined_on_difficult).collect::<Vec<_>>(),
+        "random_on_difficult" => mining_runs.iter().map(|(_, m)| m.stats.random_on_difficult).collect::<Vec<_>>(),
+        "mined_no_box" => mining_runs.iter().map(|(_, m)| m.stats.mined_no_box).collect::<Vec<_>>(),
+        "random_no_box" => mining_runs.iter().map(|(_, m)| m.stats.random_no_box).collect::<Vec<_>>()
     )?;
     let mut diff_df = df!(
         "baseline" => map_diffs.iter().map(|d| d.baseline.clone()).collect::<Vec<_>>(),
@@ -262,7 +268,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
     let miners: Vec<&String> = agg.meta.arms.iter().filter(|a| agg.by_arm(a).iter().any(|r| r.mines())).collect();
     if !miners.is_empty() {
         md.push_str("\nOffline mining, per round (mean over seeds): hard negatives in the cache, their mean loss against a random negative's, and the share of the previous round's cache the model still rates hard.\n\n| arm | round | mined | images left empty | mined loss | random loss | mined fg score | random fg score | previous cache still hard |\n|---|---|---|---|---|---|---|---|---|\n");
-        for arm in miners {
+        for &arm in &miners {
             let rs = agg.by_arm(arm);
             let rounds = rs.iter().map(|r| r.mining.len()).max().unwrap_or(0);
             for k in 0..rounds {
@@ -279,6 +285,34 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
                     fmt_opt(avg(&|m| m.stats.random_fg_score), 3),
                     fmt_opt(avg(&|m| m.stats.prev_still_hard), 2),
                 ));
+            }
+        }
+        // where the mined negatives lie (logs written since these columns existed)
+        let placed: Vec<&String> = miners.iter().copied().filter(|a| agg.by_arm(a).iter().any(|r| r.mining.iter().any(|m| m.stats.mined_gt_iou.is_some()))).collect();
+        if !placed.is_empty() {
+            md.push_str("
+Where the mined negatives lie, per round (mean over seeds), against every eligible negative (what a random pick would give): mean best IoU with a labelled box; share on a difficult box (IoU ≥ 0.5 with one); share touching no box (IoU < 0.1 with every box, difficult ones included). Also in `mining.csv`.
+
+| arm | round | mined: IoU with a labelled box | random | mined: on a difficult box | random | mined: touching no box | random |
+|---|---|---|---|---|---|---|---|
+");
+            for arm in placed {
+                let rs = agg.by_arm(arm);
+                let rounds = rs.iter().map(|r| r.mining.len()).max().unwrap_or(0);
+                for k in 0..rounds {
+                    let ms: Vec<&MiningRow> = rs.iter().filter_map(|r| r.mining.get(k)).collect();
+                    let avg = |f: &dyn Fn(&MiningRow) -> Option<f64>| mean_std(&ms.iter().filter_map(|m| f(m)).collect::<Vec<_>>()).map(|x| x.0);
+                    md.push_str(&format!(
+                        "| {arm} | {} | {} | {} | {} | {} | {} | {} |\n",
+                        k + 1,
+                        fmt_opt(avg(&|m| m.stats.mined_gt_iou), 3),
+                        fmt_opt(avg(&|m| m.stats.random_gt_iou), 3),
+                        fmt_opt(avg(&|m| m.stats.mined_on_difficult), 3),
+                        fmt_opt(avg(&|m| m.stats.random_on_difficult), 3),
+                        fmt_opt(avg(&|m| m.stats.mined_no_box), 3),
+                        fmt_opt(avg(&|m| m.stats.random_no_box), 3),
+                    ));
+                }
             }
         }
     }

@@ -156,9 +156,13 @@ impl Hnm {
         let mut rep = MiningStats { images: scores.len(), ..Default::default() };
         let (mut sum_loss_all, mut sum_fg_all, mut sum_loss_mined, mut sum_fg_mined) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut prev_total, mut prev_hard) = (0usize, 0usize);
+        // [sum of best IoU with a labelled box, count on a difficult box, count touching no box], all / mined
+        let (mut place_all, mut place_mined) = ([0f64; 3], [0f64; 3]);
         for s in scores {
             let labels: Vec<i64> = host(&s.labels);
             let iou: Vec<f32> = host(&s.max_iou);
+            let diff: Vec<f32> = host(&s.difficult_iou);
+            let place = |i: usize| [iou[i] as f64, (diff[i] >= 0.5) as u8 as f64, (iou[i] < 0.1 && diff[i] < 0.1) as u8 as f64];
             let fg: Vec<f32> = host(&s.fg_score);
             let loss: Vec<f32> = host(&s.loss);
             let is_bg = |i: usize| labels[i] == 0 && (iou[i] as f64) < self.cfg.bg_thresh_hi && (iou[i] as f64) >= self.cfg.bg_thresh_lo;
@@ -184,6 +188,9 @@ impl Hnm {
             rep.negatives += bg.len();
             sum_loss_all += bg.iter().map(|&i| loss[i] as f64).sum::<f64>();
             sum_fg_all += bg.iter().map(|&i| fg[i] as f64).sum::<f64>();
+            for &i in &bg {
+                place_all.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
+            }
             if self.state.rounds > 0 {
                 if let Some(old) = self.state.cache.get(s.image) {
                     let old: Vec<usize> = old.iter().map(|&i| i as usize).filter(|&i| i < labels.len() && is_bg(i)).collect();
@@ -208,6 +215,9 @@ impl Hnm {
             rep.empty_images += entries.is_empty() as usize;
             sum_loss_mined += entries.iter().map(|&i| loss[i] as f64).sum::<f64>();
             sum_fg_mined += entries.iter().map(|&i| fg[i] as f64).sum::<f64>();
+            for &i in &entries {
+                place_mined.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
+            }
             cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
         }
         let mean = |sum: f64, n: usize| (n > 0).then(|| sum / n as f64);
@@ -216,6 +226,8 @@ impl Hnm {
         rep.random_loss = mean(sum_loss_all, rep.negatives);
         rep.random_fg_score = mean(sum_fg_all, rep.negatives);
         rep.prev_still_hard = mean(prev_hard as f64, prev_total);
+        [rep.mined_gt_iou, rep.mined_on_difficult, rep.mined_no_box] = place_mined.map(|v| mean(v, rep.mined));
+        [rep.random_gt_iou, rep.random_on_difficult, rep.random_no_box] = place_all.map(|v| mean(v, rep.negatives));
         self.state.cache = cache;
         self.state.rounds += 1;
         rep

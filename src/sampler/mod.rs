@@ -138,6 +138,9 @@ pub struct ImageScores {
     pub fg_score: Tensor,
     /// `[P]` per-RoI loss (cross-entropy + smooth L1 for foreground).
     pub loss: Tensor,
+    /// `[P]` best IoU with a difficult box of the image (0 when it has none):
+    /// what the mining log says about where hard negatives lie.
+    pub difficult_iou: Tensor,
 }
 
 /// Scores the training set with the model frozen (no gradient, eval mode).

@@ -79,6 +79,17 @@ impl ImageStore {
         self.anns.is_empty()
     }
 
+    /// `[P]` each proposal's best IoU with a difficult box of image `i` (0 when
+    /// it has none), in the original image's pixels (IoU does not change with the scale).
+    pub fn difficult_iou(&self, i: usize) -> Tensor {
+        let boxes: Vec<BBox> = self.anns[i].objects.iter().filter(|o| o.difficult).map(|o| o.bbox).collect();
+        let p = &self.proposals[i];
+        if boxes.is_empty() {
+            return Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device()));
+        }
+        crate::model::box_coder::iou_matrix(p, &to_tensor(&boxes)).amax([1], false)
+    }
+
     pub fn n_proposals(&self, i: usize) -> i64 {
         self.proposals[i].size()[0]
     }

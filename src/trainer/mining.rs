@@ -34,7 +34,7 @@ impl Miner for FrozenScorer<'_> {
                 let (logits, deltas) = self.model.head(&feats, &rois, false);
                 let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
                 let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
-                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc }
+                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou: self.store.difficult_iou(i) }
             });
             out.push(s);
         }
