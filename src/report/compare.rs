@@ -311,10 +311,7 @@ fn mining_warnings(agg: &Aggregate) -> Vec<Warning> {
 /// Seeds of offline-mining runs in which a round's cache held fewer hard
 /// negatives per image than the hard quota (`hard_fraction` × B/N), and that quota.
 fn thin_cache(rs: &[&RunLog]) -> Option<(usize, i64)> {
-    let quota = |r: &RunLog| match r.config.as_ref().map(|c| (&c.sampler, c.rois_per_image())) {
-        Some((crate::sampler::SamplerConfig::Hnm(h), per_image)) => Some(crate::sampler::fixed_ratio::quota(h.hard_fraction, per_image)),
-        _ => None,
-    };
+    let quota = |r: &RunLog| r.config.as_ref().and_then(|c| c.sampler.hard_quota(c.rois_per_image()));
     let thin = rs.iter().filter(|r| quota(r).is_some_and(|q| r.mining.iter().any(|m| m.stats.images > 0 && (m.stats.mined as f64 / m.stats.images as f64) < q as f64))).count();
     (thin > 0).then(|| (thin, rs.iter().find_map(|r| quota(r)).unwrap_or(0)))
 }

@@ -228,6 +228,15 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Offline mining's hard quota per image (`hard_fraction` × B/N), what the
+    /// report compares each round's cache with; `None` for the other kinds.
+    pub fn hard_quota(&self, per_image: i64) -> Option<i64> {
+        match self {
+            SamplerConfig::Hnm(h) => Some(fixed_ratio::quota(h.hard_fraction, per_image)),
+            _ => None,
+        }
+    }
+
     /// RoIs per minibatch (B).
     pub fn batch_size(&self) -> i64 {
         match self {
