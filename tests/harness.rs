@@ -413,3 +413,22 @@ fn the_report_names_every_cell_it_leaves_out_and_no_spread_resolves_nothing() {
     let per_iter = sp.iter().find(|r| r["arm"] == "b" && r["measure"] == "s_per_iter").unwrap();
     assert!(per_iter["note"].contains("no spread across seeds"), "{per_iter:?}");
 }
+
+/// With `train.iterations`, a cell's epochs follow from its training split:
+/// 5 iterations of at most 2 per epoch are 3 epochs (the last cut short), and
+/// `cells.json`-bound `Cell::epochs` says so before any cell runs.
+#[test]
+fn a_grid_in_iterations_plans_each_cells_epochs_from_its_data() {
+    let t = tempfile::tempdir().unwrap();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\nseeds: [0, 1]\n");
+    let o = |extra: &[&str]| ["train.epochs=0", "train.lr_steps=[]", "train.iterations=5"].iter().chain(extra).map(|s| s.to_string()).collect::<Vec<_>>();
+    let g = Grid::load(&p, &o(&[])).unwrap();
+    assert!(g.cells.iter().all(|c| c.epochs == 3), "{:?}", g.cells.iter().map(|c| c.epochs).collect::<Vec<_>>());
+    // one pass over the tiny trainval split (16 images, each with a non-difficult object) is 8 iterations
+    let whole = Grid::load(&p, &o(&["train.iters_per_epoch="])).unwrap();
+    let n = ohem_harness::data::Dataset::open(tiny_dataset()).unwrap().load_split("trainval").unwrap().iter().filter(|a| ohem_harness::trainer::has_foreground(a)).count();
+    assert!(whole.cells.iter().all(|c| c.epochs == 5usize.div_ceil(n.div_ceil(2))));
+    // giving both units is refused, naming the key
+    let err = format!("{:#}", Grid::load(&p, &["train.iterations=5".into()]).unwrap_err());
+    assert!(err.contains("train.iterations replaces train.epochs"), "{err}");
+}

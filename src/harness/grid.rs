@@ -129,7 +129,7 @@ impl Grid {
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
         let mut cells = Vec::new();
         let mut arm_labels = Vec::new();
-        let mut planned = std::collections::HashMap::new();
+        let mut trainable = std::collections::HashMap::new();
         for (arm, arm_over) in &arms {
             for combo in &combos(&axes) {
                 let label = std::iter::once(arm.clone())
@@ -154,15 +154,17 @@ impl Grid {
                         None => config.train.epochs,
                         Some(_) if !require_data => 0,
                         Some(_) => {
-                            let key = (config.dataset.root.clone(), config.dataset.train_split.clone(), config.train.images_per_batch, config.train.iters_per_epoch, config.train.iterations);
-                            match planned.get(&key) {
-                                Some(&e) => e,
+                            // the annotations are read once per training split, whatever the cells' schedules
+                            let key = (config.dataset.root.clone(), config.dataset.train_split.clone());
+                            let n = match trainable.get(&key) {
+                                Some(&n) => n,
                                 None => {
-                                    let e = crate::trainer::planned_epochs(&config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
-                                    planned.insert(key, e);
-                                    e
+                                    let n = crate::trainer::trainable_images(&config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
+                                    trainable.insert(key, n);
+                                    n
                                 }
-                            }
+                            };
+                            config.train.schedule(n).epochs
                         }
                     };
                     cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config, epochs });

@@ -190,16 +190,20 @@ pub fn has_foreground(a: &crate::data::Annotation) -> bool {
     a.objects.iter().any(|o| !o.difficult)
 }
 
-/// The epochs a run of `cfg` trains, from its config alone (`train.epochs`) or,
-/// with `train.iterations`, from the training images it keeps (annotations only,
-/// no image is decoded).
-pub fn planned_epochs(cfg: &TrainConfig) -> Result<usize> {
-    if cfg.train.iterations.is_none() {
-        return Ok(cfg.train.epochs);
-    }
+/// The training images a run of `cfg` keeps (those with a non-difficult
+/// object), counted from the annotations alone: no image is decoded.
+pub fn trainable_images(cfg: &TrainConfig) -> Result<usize> {
     let ds = Dataset::open(&cfg.dataset.root)?;
-    let n = ds.load_split(&cfg.dataset.train_split)?.iter().filter(|a| has_foreground(a)).count();
-    Ok(cfg.train.schedule(n).epochs)
+    Ok(ds.load_split(&cfg.dataset.train_split)?.iter().filter(|a| has_foreground(a)).count())
+}
+
+/// The epochs a run of `cfg` trains, from its config alone (`train.epochs`) or,
+/// with `train.iterations`, from the training images it keeps.
+pub fn planned_epochs(cfg: &TrainConfig) -> Result<usize> {
+    match cfg.train.iterations {
+        None => Ok(cfg.train.epochs),
+        Some(_) => Ok(cfg.train.schedule(trainable_images(cfg)?).epochs),
+    }
 }
 
 /// Trains `cfg` in `run_dir`; resumes after the last finished epoch found there
