@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The test command (README, CI): installs libtorch if needed (idempotent), then runs the whole suite.
+# The test command (README, CI): installs libtorch and pycocotools if needed (idempotent), then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-libtorch.sh
+# pycocotools 2.0.11 in a small venv: the COCO AP parity test's reference
+OHEM_COCO_PYTHON=$(./scripts/coco-venv.sh)
+export OHEM_COCO_PYTHON
 cargo test --release --locked "$@"

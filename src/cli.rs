@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{parse_device, TrainConfig};
 use crate::data::synth::{self, SynthSize};
 use crate::data::Dataset;
-use crate::eval::{self, Metric};
+use crate::config::DataFormat;
+use crate::eval;
 use crate::harness::slurm::{SlurmOptions, WarningSignal};
 use crate::proposals::{self, SsMode, SsParams};
 
@@ -29,13 +30,15 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Write the generated "shapes-in-clutter" dataset in the PASCAL VOC layout.
+    /// Write the generated "shapes-in-clutter" dataset in the PASCAL VOC (or COCO) layout.
     MakeDataset(MakeDatasetArgs),
+    /// Convert a dataset between the VOC and COCO layouts (the direction follows from the source).
+    Convert(ConvertArgs),
     /// Cut large annotated images (VOC XML + PNG/JPEG) into tiles, written as a split of a VOC dataset.
     Tile(TileArgs),
     /// Compute (or load) region proposals for a split and report their recall.
     Proposals(ProposalsArgs),
-    /// Score detections in the VOC results format against a split.
+    /// Score detections against a split: VOC results files against a VOC root, or a COCO results JSON against an instances JSON.
     Eval(EvalArgs),
     /// Train one configuration; a rerun resumes after the last finished epoch.
     Train(TrainArgs),
@@ -69,6 +72,21 @@ pub struct MakeDatasetArgs {
     size: SynthSize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// voc: Annotations/, JPEGImages/, ImageSets/Main/; coco: annotations/instances_<split>.json and images/.
+    #[arg(long, value_enum, default_value_t = DataFormat::Voc)]
+    format: DataFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The dataset to read: a VOC root, or a COCO root (annotations/instances_<split>.json beside <split>/ or images/).
+    src: PathBuf,
+    /// The root to write, in the other layout (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// Splits to convert (repeatable) [default: every split of the source].
+    #[arg(long = "split")]
+    splits: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -164,18 +182,27 @@ impl ProposalsArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// VOC-layout dataset root.
+    /// A VOC dataset root, or a COCO instances JSON (the images are not needed).
     dataset: PathBuf,
+    /// The VOC split.
     #[arg(long, default_value = "test")]
     split: String,
-    /// Folder of comp4_det_test_<class>.txt files.
+    /// VOC: a folder of comp4_det_test_<class>.txt files; COCO: a results JSON [{image_id, category_id, bbox, score}].
     #[arg(long)]
     dets: PathBuf,
-    #[arg(long, value_enum, default_value_t = Metric::Voc07)]
-    metric: Metric,
-    /// Print the per-class table and mAP as JSON.
+    /// voc07 / voc10: VOC mAP; coco: pycocotools' 12 box summaries.
+    #[arg(long, value_enum, default_value_t = EvalMetric::Voc07)]
+    metric: EvalMetric,
+    /// Print the result as JSON (coco: the 12 summaries under AP, AP50, …, ARl).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalMetric {
+    Voc07,
+    Voc10,
+    Coco,
 }
 
 #[derive(Args, Debug)]
@@ -399,6 +426,7 @@ pub fn run() -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::MakeDataset(a) => make_dataset(a, progress),
+        Command::Convert(a) => convert(a),
         Command::Tile(a) => tile(a),
         Command::Proposals(a) => proposals(a, progress),
         Command::Eval(a) => evaluate(a),
@@ -424,12 +452,49 @@ fn tile(a: TileArgs) -> Result<()> {
     Ok(())
 }
 
+fn convert(a: ConvertArgs) -> Result<()> {
+    let to = if crate::data::coco::looks_like_coco(&a.src) { "VOC" } else { "COCO" };
+    let s = crate::data::coco::convert(&a.src, &a.out, &a.splits)?;
+    for (split, images, objects) in &s.splits {
+        println!("{}: split {split}: {images} images, {objects} objects", a.out.display());
+    }
+    if s.reencoded > 0 {
+        println!("  {} images that were not JPEG were encoded as JPEG (quality 95): the VOC layout holds JPEGImages/<id>.jpg", s.reencoded);
+    }
+    println!("written in the {to} layout at {}", a.out.display());
+    Ok(())
+}
+
+/// A dataset root in either layout (detected), with `split` as its training split.
+fn open_any(root: &std::path::Path, split: &str) -> Result<Dataset> {
+    let mut cfg = crate::config::DatasetConfig::voc(root);
+    cfg.train_split = split.to_string();
+    cfg.test_split = split.to_string();
+    Ok(Dataset::from_config(&cfg)?)
+}
+
 fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
     let t = Instant::now();
-    let m = synth::make_dataset(&a.out, a.size, a.seed, progress)?;
-    let ds = Dataset::open(&a.out)?;
+    let m = if a.format == DataFormat::Coco && !a.out.join("ohem_dataset.json").exists() {
+        // generated in the VOC layout beside `out`, then converted (the same image bytes)
+        let voc = PathBuf::from(format!("{}.voc-partial", a.out.display()));
+        if voc.exists() {
+            std::fs::remove_dir_all(&voc).with_context(|| format!("removing {}", voc.display()))?;
+        }
+        let r = synth::make_dataset(&voc, a.size, a.seed, progress).and_then(|m| {
+            crate::data::coco::convert(&voc, &a.out, &[])?;
+            std::fs::copy(voc.join("ohem_dataset.json"), a.out.join("ohem_dataset.json")).context("copying the dataset manifest")?;
+            Ok(m)
+        });
+        let _ = std::fs::remove_dir_all(&voc);
+        r?
+    } else {
+        synth::make_dataset(&a.out, a.size, a.seed, progress)?
+    };
+    let ds = open_any(&a.out, "trainval")?;
     let mut counts = vec![(0, 0); ds.classes.len()];
     for split in ["trainval", "test"] {
+        let ds = open_any(&a.out, split)?;
         for (c, (n, d)) in crate::data::voc::class_counts(&ds.load_split(split)?, ds.classes.len()).into_iter().enumerate() {
             counts[c].0 += n;
             counts[c].1 += d;
@@ -443,7 +508,7 @@ fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
 }
 
 fn proposals(a: ProposalsArgs, progress: bool) -> Result<()> {
-    let ds = Dataset::open(&a.dataset)?;
+    let ds = open_any(&a.dataset, &a.split)?;
     let anns = ds.load_split(&a.split)?;
     if anns.is_empty() {
         bail!("split file {} lists no images", ds.split_path(&a.split).display());
@@ -480,14 +545,54 @@ fn proposals(a: ProposalsArgs, progress: bool) -> Result<()> {
 }
 
 fn evaluate(a: EvalArgs) -> Result<()> {
-    let ds = Dataset::open(&a.dataset)?;
-    let anns = ds.load_split(&a.split)?;
-    let d = eval::read_results_dir(&a.dets, &ds.classes, &anns)?;
-    let r = eval::evaluate(&anns, &ds.classes, &d, a.metric);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+    use crate::data::coco::{self, CocoFile};
+    // the ground truth and the detections, in both forms
+    let (anns, classes, dets, coco_gt, coco_dets, image_ids, category_ids) = if a.dataset.is_file() {
+        let gt = CocoFile::read(&a.dataset)?;
+        if !a.dets.is_file() {
+            bail!("--dets {}: expected a COCO results JSON file beside a COCO instances file", a.dets.display());
+        }
+        let cd = coco::read_results(&a.dets, &gt)?;
+        let anns = gt.annotations(std::path::Path::new(""));
+        let classes = gt.classes();
+        let mut cats: Vec<i64> = gt.categories.iter().map(|c| c.id).collect();
+        cats.sort_unstable();
+        // per class, VOC boxes (for VOC mAP)
+        let mut d = vec![Vec::new(); classes.len()];
+        for x in &cd {
+            let c = cats.binary_search(&x.category_id).expect("read_results checked the category");
+            d[c].push(eval::Detection { image_id: x.image_id.to_string(), score: x.score as f32, bbox: coco::coco_to_voc(x.bbox) });
+        }
+        let images: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
+        (anns, classes, d, gt.gt_boxes(), cd, images, cats)
     } else {
-        print!("{}", eval::format_table(&r));
+        let ds = Dataset::open(&a.dataset)?;
+        let anns = ds.load_split(&a.split)?;
+        let d = eval::read_results_dir(&a.dets, &ds.classes, &anns)?;
+        let cats: Vec<i64> = (1..=ds.classes.len() as i64).collect();
+        let cd = crate::trainer::coco_dets_of(&anns, &d, &cats);
+        let gt = crate::trainer::coco_gt_of(&anns);
+        let images = coco::image_ids(&anns);
+        (anns, ds.classes, d, gt, cd, images, cats)
+    };
+    match a.metric {
+        EvalMetric::Coco => {
+            let r = eval::coco::evaluate(&image_ids, &category_ids, &coco_gt, &coco_dets);
+            if a.json {
+                let m: serde_json::Map<String, serde_json::Value> = eval::coco::SUMMARY_KEYS.iter().zip(r.stats).map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect();
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                print!("{}", eval::coco::format_summary(&r));
+            }
+        }
+        m => {
+            let r = eval::evaluate(&anns, &classes, &dets, if m == EvalMetric::Voc07 { eval::VocMetric::Voc07 } else { eval::VocMetric::Voc10 });
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", eval::format_table(&r));
+            }
+        }
     }
     Ok(())
 }

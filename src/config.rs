@@ -153,12 +153,40 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
-    /// A VOC-layout root.
+    /// The dataset's root folder (VOC layout, or COCO's `annotations/` and image folders).
     pub root: PathBuf,
     #[serde(default = "default_train_split")]
     pub train_split: String,
     #[serde(default = "default_test_split")]
     pub test_split: String,
+    /// `voc` or `coco`; unset: `coco` when the root has `annotations/instances_*.json`
+    /// and no `Annotations/` folder, else `voc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DataFormat>,
+    /// COCO: the training split's instances JSON [default: `<root>/annotations/instances_<train_split>.json`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_ann: Option<PathBuf>,
+    /// COCO: the test split's instances JSON [default: `<root>/annotations/instances_<test_split>.json`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_ann: Option<PathBuf>,
+    /// COCO: the folder `file_name` is relative to [default: `<root>/<split>` when it exists, else `<root>/images`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+}
+
+/// A dataset's on-disk layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Voc,
+    Coco,
+}
+
+impl DatasetConfig {
+    /// A VOC dataset at `root` with the default splits.
+    pub fn voc(root: impl Into<PathBuf>) -> Self {
+        DatasetConfig { root: root.into(), train_split: default_train_split(), test_split: default_test_split(), format: None, train_ann: None, test_ann: None, images: None }
+    }
 }
 
 fn default_train_split() -> String {
@@ -339,6 +367,13 @@ impl TrainConfig {
         if !self.dataset.root.is_dir() {
             bail!("dataset.root = {}: no such directory", self.dataset.root.display());
         }
+        if self.dataset.format == Some(DataFormat::Voc) {
+            for (key, v) in [("dataset.train_ann", &self.dataset.train_ann), ("dataset.test_ann", &self.dataset.test_ann), ("dataset.images", &self.dataset.images)] {
+                if let Some(v) = v {
+                    bail!("{key} = {}: only a COCO dataset (dataset.format: coco) has it", v.display());
+                }
+            }
+        }
         for f in [&self.proposals.train_file, &self.proposals.test_file].into_iter().flatten() {
             if !f.is_file() {
                 bail!("proposals file {}: no such file", f.display());
@@ -476,9 +511,8 @@ pub fn set_dotted(root: &mut Value, key: &str, value: Value) -> Result<()> {
 /// Parses `key=value` (the value as YAML: `0.5`, `null`, `[1, 2]`, `fast`).
 pub fn parse_override(s: &str) -> Result<(String, Value)> {
     let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key=value"))?;
-    let value = parse_yaml(v, &format!("--set {k}"))?;
-    // parse_yaml maps an empty document to {}, but `key=` means null here
-    let value = if v.trim().is_empty() { Value::Null } else { value };
+    // a value, not a document: `key=`, `key=null` and `key=~` are null (parse_yaml would make them {})
+    let value: Value = if v.trim().is_empty() { Value::Null } else { serde_saphyr::from_str(v).map_err(|e| anyhow!("--set {k}: {e}"))? };
     Ok((k.trim().to_string(), value))
 }
 

@@ -32,35 +32,52 @@ pub const MANIFEST: &str = "manifest.json";
 pub const CELL_JSON: &str = "cell.json";
 pub const LOCK: &str = "lock";
 
-/// The VOC mAP of a run: the VOC2007 11-point or the VOC2010+ all-point
-/// metric ([`crate::eval`] computes both; `metrics.csv` has a column for each).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// An accuracy column of `metrics.csv`: VOC mAP (the VOC2007 11-point or the
+/// VOC2010+ all-point metric, [`crate::eval`]) or one of COCO's 12 box
+/// summaries ([`crate::eval::coco`]). The report works on any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Metric {
     /// VOC2007 11-point interpolated AP.
     #[default]
     Voc07,
     /// VOC2010+ all-point (area under the monotone precision envelope).
     Voc10,
+    /// COCO's summaries, in pycocotools' order ([`crate::eval::coco::SUMMARY_KEYS`]).
+    Coco(usize),
 }
 
+/// The COCO columns of `metrics.csv`, in [`crate::eval::coco::SUMMARY_KEYS`] order.
+pub const COCO_COLUMNS: [&str; 12] = ["coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "coco_apm", "coco_apl", "coco_ar1", "coco_ar10", "coco_ar100", "coco_ars", "coco_arm", "coco_arl"];
+
 impl Metric {
-    /// The metric's column in `metrics.csv` and its name in grid files: `map_voc07` or `map_voc10`.
+    /// Every metric, VOC's first.
+    pub fn all() -> impl Iterator<Item = Metric> {
+        [Metric::Voc07, Metric::Voc10].into_iter().chain((0..COCO_COLUMNS.len()).map(Metric::Coco))
+    }
+
+    /// The metric's column in `metrics.csv` and its name in grid files:
+    /// `map_voc07`, `map_voc10`, or `coco_ap` … `coco_arl`.
     pub fn column(self) -> &'static str {
         match self {
             Metric::Voc07 => "map_voc07",
             Metric::Voc10 => "map_voc10",
+            Metric::Coco(i) => COCO_COLUMNS[i],
         }
     }
 
     /// The metric a [`Metric::column`] name stands for.
     pub fn from_column(name: &str) -> Option<Metric> {
-        [Metric::Voc07, Metric::Voc10].into_iter().find(|m| m.column() == name)
+        Metric::all().find(|m| m.column() == name)
+    }
+
+    /// Every column name, for error messages.
+    pub fn columns() -> String {
+        Metric::all().map(|m| m.column()).collect::<Vec<_>>().join(", ")
     }
 }
 
 /// One row of `metrics.csv`, written after every epoch.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochRow {
     /// 1-based epoch.
     pub epoch: usize,
@@ -96,6 +113,31 @@ pub struct EpochRow {
     /// regime a timing was taken in. Absent in logs that predate it.
     #[serde(default)]
     pub rois_per_image: Option<f64>,
+    /// COCO's box summaries on the test split ([`COCO_COLUMNS`]); absent in logs that predate them.
+    #[serde(default)]
+    pub coco_ap: Option<f64>,
+    #[serde(default)]
+    pub coco_ap50: Option<f64>,
+    #[serde(default)]
+    pub coco_ap75: Option<f64>,
+    #[serde(default)]
+    pub coco_aps: Option<f64>,
+    #[serde(default)]
+    pub coco_apm: Option<f64>,
+    #[serde(default)]
+    pub coco_apl: Option<f64>,
+    #[serde(default)]
+    pub coco_ar1: Option<f64>,
+    #[serde(default)]
+    pub coco_ar10: Option<f64>,
+    #[serde(default)]
+    pub coco_ar100: Option<f64>,
+    #[serde(default)]
+    pub coco_ars: Option<f64>,
+    #[serde(default)]
+    pub coco_arm: Option<f64>,
+    #[serde(default)]
+    pub coco_arl: Option<f64>,
 }
 
 impl EpochRow {
@@ -104,7 +146,19 @@ impl EpochRow {
         match metric {
             Metric::Voc07 => self.map_voc07,
             Metric::Voc10 => self.map_voc10,
+            Metric::Coco(i) => self.coco()[i],
         }
+    }
+
+    /// The COCO columns, in [`COCO_COLUMNS`] order.
+    pub fn coco(&self) -> [Option<f64>; 12] {
+        [self.coco_ap, self.coco_ap50, self.coco_ap75, self.coco_aps, self.coco_apm, self.coco_apl, self.coco_ar1, self.coco_ar10, self.coco_ar100, self.coco_ars, self.coco_arm, self.coco_arl]
+    }
+
+    /// Sets the COCO columns from the 12 summaries (pycocotools' −1, nothing measurable, stays empty).
+    pub fn set_coco(&mut self, stats: &[f64; 12]) {
+        let v = stats.map(|s| (s > -1.0).then_some(s));
+        [self.coco_ap, self.coco_ap50, self.coco_ap75, self.coco_aps, self.coco_apm, self.coco_apl, self.coco_ar1, self.coco_ar10, self.coco_ar100, self.coco_ars, self.coco_arm, self.coco_arl] = v;
     }
 }
 
@@ -458,7 +512,7 @@ mod metric_column {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Metric, D::Error> {
         let name = String::deserialize(d)?;
-        Metric::from_column(&name).ok_or_else(|| D::Error::custom(format!("unknown metric {name:?}, expected map_voc07 or map_voc10")))
+        Metric::from_column(&name).ok_or_else(|| D::Error::custom(format!("unknown metric {name:?}, expected one of {}", Metric::columns())))
     }
 }
 

@@ -94,7 +94,7 @@ fn bad_input_is_a_clear_error() {
     assert_clean_failure(&["eval", root, "--split", "test", "--dets", "/tmp"], &["000017.xml", "truncated"]);
     std::fs::write(&ann, text).unwrap();
     std::fs::write(copy.path().join("JPEGImages/000018.jpg"), b"GIF89a").unwrap();
-    assert_clean_failure(&["proposals", root, "--split", "test", "--no-cache"], &["000018.jpg", "not a decodable JPEG"]);
+    assert_clean_failure(&["proposals", root, "--split", "test", "--no-cache"], &["000018.jpg", "not a decodable image"]);
     assert_clean_failure(&["make-dataset", "--out", root], &["different parameters"]);
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("x"), "").unwrap();

@@ -3,11 +3,11 @@
 
 use ohem_harness::boxes::BBox;
 use ohem_harness::data::{Annotation, Object};
-use ohem_harness::eval::{average_precision, eval_class, evaluate, read_results_dir, write_results_dir, Detection, Metric};
+use ohem_harness::eval::{average_precision, eval_class, evaluate, read_results_dir, write_results_dir, Detection, VocMetric};
 use rand::{Rng, SeedableRng};
 
 fn obj(class: usize, bbox: BBox, difficult: bool) -> Object {
-    Object { name: format!("c{class}"), class, bbox, difficult, truncated: false, pose: "Unspecified".into() }
+    Object { name: format!("c{class}"), class, bbox, difficult, truncated: false, pose: "Unspecified".into(), crowd: false, area: None }
 }
 
 fn ann(id: &str, objects: Vec<Object>) -> Annotation {
@@ -31,7 +31,7 @@ fn perfect_detector_and_all_false_positives() {
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false)])];
     let perfect = vec![det("a", 0.9, G1), det("a", 0.8, G2)];
     let junk = vec![det("a", 0.9, FAR), det("a", 0.8, FAR)];
-    for m in [Metric::Voc07, Metric::Voc10] {
+    for m in [VocMetric::Voc07, VocMetric::Voc10] {
         assert!(close(eval_class(&anns, 0, &perfect, m).0.unwrap(), 1.0));
         assert!(close(eval_class(&anns, 0, &junk, m).0.unwrap(), 0.0));
         assert!(close(eval_class(&anns, 0, &[], m).0.unwrap(), 0.0), "a class with no detections has AP 0");
@@ -44,10 +44,10 @@ fn duplicates_are_false_positives() {
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false)])];
     let dets = vec![det("a", 0.9, G1), det("a", 0.8, [11., 11., 50., 50.]), det("a", 0.7, G2)];
     // 11-point: t <= .5 -> 1 (6 points); t >= .6 -> 2/3 (5 points)
-    assert!(close(eval_class(&anns, 0, &dets, Metric::Voc07).0.unwrap(), (6.0 + 5.0 * 2.0 / 3.0) / 11.0));
+    assert!(close(eval_class(&anns, 0, &dets, VocMetric::Voc07).0.unwrap(), (6.0 + 5.0 * 2.0 / 3.0) / 11.0));
     // all-point: .5 * 1 + .5 * 2/3
-    assert!(close(eval_class(&anns, 0, &dets, Metric::Voc10).0.unwrap(), 0.5 + 0.5 * 2.0 / 3.0));
-    assert_eq!(eval_class(&anns, 0, &dets, Metric::Voc10).2, 2);
+    assert!(close(eval_class(&anns, 0, &dets, VocMetric::Voc10).0.unwrap(), 0.5 + 0.5 * 2.0 / 3.0));
+    assert_eq!(eval_class(&anns, 0, &dets, VocMetric::Voc10).2, 2);
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn detections_matching_difficult_objects_are_ignored() {
     // the difficult box neither counts in npos nor makes its detection a TP or FP
     let anns = vec![ann("a", vec![obj(0, G1, true), obj(0, G2, false)])];
     let dets = vec![det("a", 0.9, G1), det("a", 0.8, G2)];
-    for m in [Metric::Voc07, Metric::Voc10] {
+    for m in [VocMetric::Voc07, VocMetric::Voc10] {
         let (ap, npos, ntp) = eval_class(&anns, 0, &dets, m);
         assert_eq!((npos, ntp), (1, 1));
         assert!(close(ap.unwrap(), 1.0), "{m:?}: {ap:?}");
@@ -63,7 +63,7 @@ fn detections_matching_difficult_objects_are_ignored() {
     // a class with only difficult objects has no AP and stays out of the mAP
     let anns = vec![ann("a", vec![obj(0, G1, true), obj(1, G2, false)])];
     let classes = vec!["c0".to_string(), "c1".to_string()];
-    let r = evaluate(&anns, &classes, &[vec![det("a", 0.9, G1)], vec![det("a", 0.9, G2)]], Metric::Voc07);
+    let r = evaluate(&anns, &classes, &[vec![det("a", 0.9, G1)], vec![det("a", 0.9, G2)]], VocMetric::Voc07);
     assert_eq!(r.per_class[0].ap, None);
     assert!(close(r.map, 1.0));
 }
@@ -74,10 +74,10 @@ fn eleven_point_and_all_point_differ_where_expected() {
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false), obj(0, [200., 200., 240., 240.], false), obj(0, [400., 10., 450., 60.], false)])];
     let dets = vec![det("a", 0.9, G1), det("a", 0.8, FAR), det("a", 0.7, G2)];
     // 11-point: t in {0, .1, .2} -> 1; {.3, .4, .5} -> 2/3; t >= .6 -> 0
-    let v07 = eval_class(&anns, 0, &dets, Metric::Voc07).0.unwrap();
+    let v07 = eval_class(&anns, 0, &dets, VocMetric::Voc07).0.unwrap();
     assert!(close(v07, (3.0 + 3.0 * 2.0 / 3.0) / 11.0), "{v07}");
     // all-point: .25 * 1 + .25 * 2/3 (recall never reaches beyond .5)
-    let v10 = eval_class(&anns, 0, &dets, Metric::Voc10).0.unwrap();
+    let v10 = eval_class(&anns, 0, &dets, VocMetric::Voc10).0.unwrap();
     assert!(close(v10, 0.25 + 0.25 * 2.0 / 3.0), "{v10}");
 }
 
@@ -85,9 +85,9 @@ fn eleven_point_and_all_point_differ_where_expected() {
 fn iou_of_exactly_half_is_a_match() {
     // gt 10x10 px, det the top 10x5 px: IoU = 50/100 = 0.5 exactly -> TP under the devkit's >=
     let anns = vec![ann("a", vec![obj(0, [1., 1., 10., 10.], false)])];
-    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 5.])], Metric::Voc07).0.unwrap(), 1.0));
+    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 5.])], VocMetric::Voc07).0.unwrap(), 1.0));
     // one pixel row less: IoU 0.4 -> FP
-    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 4.])], Metric::Voc07).0.unwrap(), 0.0));
+    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 4.])], VocMetric::Voc07).0.unwrap(), 0.0));
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn matching_is_greedy_on_the_single_best_box() {
     let b: BBox = [1., 6., 20., 25.];
     let anns = vec![ann("x", vec![obj(0, a, false), obj(0, b, false)])];
     let dets = vec![det("x", 0.9, a), det("x", 0.8, [1., 2., 20., 21.])];
-    let (_, _, ntp) = eval_class(&anns, 0, &dets, Metric::Voc10);
+    let (_, _, ntp) = eval_class(&anns, 0, &dets, VocMetric::Voc10);
     assert_eq!(ntp, 1, "second detection is a duplicate of A even though B is free");
 }
 
@@ -112,7 +112,7 @@ fn ref_iou(a: &BBox, b: &BBox) -> f64 {
     inter / ((a[2] - a[0] + 1.0) * (a[3] - a[1] + 1.0) + (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0) - inter)
 }
 
-fn reference_ap(anns: &[Annotation], class: usize, dets: &[Detection], metric: Metric) -> Option<f64> {
+fn reference_ap(anns: &[Annotation], class: usize, dets: &[Detection], metric: VocMetric) -> Option<f64> {
     let npos = anns.iter().flat_map(|a| &a.objects).filter(|o| o.class == class && !o.difficult).count();
     if npos == 0 {
         return None;
@@ -154,9 +154,9 @@ fn reference_ap(anns: &[Annotation], class: usize, dets: &[Detection], metric: M
         .collect();
     Some(match metric {
         // mean over t of the max precision at recall >= t
-        Metric::Voc07 => (0..=10).map(|t| pr.iter().filter(|(r, _)| *r >= t as f64 / 10.0).map(|p| p.1).fold(0.0, f64::max)).sum::<f64>() / 11.0,
+        VocMetric::Voc07 => (0..=10).map(|t| pr.iter().filter(|(r, _)| *r >= t as f64 / 10.0).map(|p| p.1).fold(0.0, f64::max)).sum::<f64>() / 11.0,
         // sum over each recall step of (step width) x (best precision at that recall or beyond)
-        Metric::Voc10 => {
+        VocMetric::Voc10 => {
             let mut ap = 0.0;
             let mut prev_r = 0.0;
             for (i, (r, _)) in pr.iter().enumerate() {
@@ -198,7 +198,7 @@ fn agrees_with_the_slow_reference_on_random_inputs() {
                 det(&a.id, rng.random_range(0..8) as f32 / 8.0, b)
             })
             .collect();
-        for m in [Metric::Voc07, Metric::Voc10] {
+        for m in [VocMetric::Voc07, VocMetric::Voc10] {
             let fast = eval_class(&anns, 0, &dets, m).0;
             let slow = reference_ap(&anns, 0, &dets, m);
             match (fast, slow) {
@@ -212,11 +212,11 @@ fn agrees_with_the_slow_reference_on_random_inputs() {
 #[test]
 fn average_precision_on_hand_curves() {
     // a single point at recall 1, precision 1 -> 1 for both
-    assert!(close(average_precision(&[1.0], &[1.0], Metric::Voc07), 1.0));
-    assert!(close(average_precision(&[1.0], &[1.0], Metric::Voc10), 1.0));
+    assert!(close(average_precision(&[1.0], &[1.0], VocMetric::Voc07), 1.0));
+    assert!(close(average_precision(&[1.0], &[1.0], VocMetric::Voc10), 1.0));
     // recall .5 at precision 1: 11-point counts t = 0 .. .5 (6/11); all-point .5
-    assert!(close(average_precision(&[0.5], &[1.0], Metric::Voc07), 6.0 / 11.0));
-    assert!(close(average_precision(&[0.5], &[1.0], Metric::Voc10), 0.5));
+    assert!(close(average_precision(&[0.5], &[1.0], VocMetric::Voc07), 6.0 / 11.0));
+    assert!(close(average_precision(&[0.5], &[1.0], VocMetric::Voc10), 0.5));
 }
 
 #[test]

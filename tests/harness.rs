@@ -98,6 +98,8 @@ fn row(epoch: usize, wall: f64, map: Option<f64>, train_s: f64, mine_s: f64) -> 
         map_voc07: map,
         map_voc10: map.map(|m| m * 0.9),
         rois_per_image: Some(480.0),
+        coco_ap: map.map(|m| m * 0.5),
+        ..Default::default()
     }
 }
 
@@ -260,9 +262,9 @@ fn bootstrap_by_hand() {
     assert!(one.0 == 5.0 && one.1.is_nan(), "one seed has no spread: {one:?}");
     // training time: train + mine, evaluation (the gaps in wall_s) left out
     let rows = [row(1, 10.0, None, 1.0, 0.5), row(2, 20.0, Some(0.4), 1.0, 0.5), row(3, 30.0, Some(0.6), 1.0, 0.0)];
-    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.5), Some(4.0));
-    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.4), Some(3.0));
-    assert_eq!(time_to_target(&rows, ohem_harness::eval::Metric::Voc07, 0.7), None);
+    assert_eq!(time_to_target(&rows, ohem_harness::rundir::Metric::Voc07, 0.5), Some(4.0));
+    assert_eq!(time_to_target(&rows, ohem_harness::rundir::Metric::Voc07, 0.4), Some(3.0));
+    assert_eq!(time_to_target(&rows, ohem_harness::rundir::Metric::Voc07, 0.7), None);
 }
 
 /// End to end through the CLI: two arms, two seeds, one epoch on the tiny

@@ -1,6 +1,7 @@
 //! One integration test binary, a module per feature (ripgrep's layout).
 
 mod cli;
+mod coco;
 mod dataset;
 mod docs;
 mod evaluation;

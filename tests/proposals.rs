@@ -36,7 +36,7 @@ fn selective_search_covers_the_objects_and_the_cache_returns_the_same_boxes() {
 #[test]
 fn recall_report_by_hand() {
     use ohem_harness::data::{Annotation, Object};
-    let o = |b: [f32; 4], difficult| Object { name: "disc".into(), class: 0, bbox: b, difficult, truncated: false, pose: String::new() };
+    let o = |b: [f32; 4], difficult| Object { name: "disc".into(), class: 0, bbox: b, difficult, truncated: false, pose: String::new(), crowd: false, area: None };
     let anns = vec![Annotation { id: "a".into(), filename: String::new(), width: 100, height: 100, depth: 3, objects: vec![o([1., 1., 10., 10.], false), o([50., 50., 59., 59.], false), o([80., 80., 90., 90.], true)] }];
     // box 1 exact (IoU 1), box 2 covered at IoU 0.6 (60/100), difficult one ignored
     let props = vec![vec![[1., 1., 10., 10.], [50., 50., 59., 55.]]];

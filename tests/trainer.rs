@@ -599,3 +599,23 @@ fn distinct_weights_per_roi_and_image_give_the_gradient_by_hand() {
     let swapped = grad_by_hand(&Tensor::cat(&[Tensor::ones([n0], (Kind::Float, dev)) * 2.0, Tensor::ones([n1], (Kind::Float, dev)) * 0.5], 0));
     assert!((&step_grad - &swapped).abs().max().double_value(&[]) > 100.0 * diff.max(1e-7), "the check can tell weights on the wrong image apart");
 }
+
+/// `--set key=null` (and `key=~`, `key=`) unsets a key; before, a value was
+/// parsed as a YAML document and null became an empty map.
+#[test]
+fn a_null_override_unsets_a_key() {
+    use ohem_harness::config::parse_override;
+    for s in ["sampler.mine_every_epochs=null", "sampler.mine_every_epochs=~", "sampler.mine_every_epochs="] {
+        let (k, v) = parse_override(s).unwrap();
+        assert_eq!(k, "sampler.mine_every_epochs");
+        assert!(v.is_null(), "{s} gave {v}");
+    }
+    assert_eq!(parse_override("a={}").unwrap().1, serde_json::json!({}));
+    assert_eq!(parse_override("a=[3]").unwrap().1, serde_json::json!([3]));
+    // HNM mining by iterations, from a config that mines by epochs
+    let t = tempfile::tempdir().unwrap();
+    let path = tiny_config(t.path(), "sampler:\n  kind: hnm\n  mine_every_epochs: 1\n");
+    let cfg = TrainConfig::load(&path, &["sampler.mine_every_epochs=null".into(), "sampler.mine_every_iters=2".into()]).unwrap();
+    let v = serde_json::to_value(&cfg.sampler).unwrap();
+    assert!(v["mine_every_epochs"].is_null() && v["mine_every_iters"] == 2, "{v}");
+}

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::data::synth;
-use crate::eval::{self, Metric};
+use crate::eval::{self, VocMetric};
 use crate::config::TrainConfig;
 use crate::model::sgd::Sgd;
 use crate::model::{per_roi_losses, roi_pool, Backbone, FastRcnn};
@@ -60,6 +60,8 @@ pub fn eval() -> Result<()> {
                         difficult: rng.random::<f32>() < 0.1,
                         truncated: false,
                         pose: String::new(),
+                        crowd: false,
+                        area: None,
                     }
                 })
                 .collect(),
@@ -74,7 +76,7 @@ pub fn eval() -> Result<()> {
         let b = [j(o.bbox[0], &mut rng), j(o.bbox[1], &mut rng), j(o.bbox[2], &mut rng), j(o.bbox[3], &mut rng)];
         dets[c].push(eval::Detection { image_id: a.id.clone(), score: rng.random(), bbox: b });
     }
-    for metric in [Metric::Voc07, Metric::Voc10] {
+    for metric in [VocMetric::Voc07, VocMetric::Voc10] {
         let reps = 20;
         let t = Instant::now();
         let mut map = 0.0;
@@ -757,7 +759,7 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     }
     // the stages of one more pass with the last weights
     let device = crate::config::parse_device(&cfg.device)?;
-    let ds = crate::data::Dataset::open(&cfg.dataset.root)?;
+    let ds = crate::data::Dataset::from_config(&cfg.dataset)?;
     let test_set = load_split(&ds, &cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), &opts)?;
     let mut vs = nn::VarStore::new(device);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());

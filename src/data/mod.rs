@@ -1,7 +1,8 @@
-//! Stage 1 of the pipeline: datasets in the PASCAL VOC layout ([`voc`]), the
-//! generated default dataset ([`synth`]), and large photographs cut into a VOC
-//! dataset ([`tile`]).
+//! Stage 1 of the pipeline: datasets in the PASCAL VOC layout ([`voc`]) and
+//! the COCO layout ([`coco`]), the generated default dataset ([`synth`]), and
+//! large photographs cut into a VOC dataset ([`tile`]).
 
+pub mod coco;
 pub mod synth;
 pub mod tile;
 pub mod voc;

@@ -83,7 +83,7 @@ pub fn make_dataset(out: &Path, size: SynthSize, seed: u64, progress: bool) -> R
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} exists and is not empty; refusing to write a dataset into it", out.display());
     }
-    let ds = Dataset { root: out.to_path_buf(), classes: CLASSES.iter().map(|s| s.to_string()).collect() };
+    let ds = Dataset { root: out.to_path_buf(), classes: CLASSES.iter().map(|s| s.to_string()).collect(), coco: None };
     ds.write_classes()?;
     let n = n_trainval + n_test;
     let bar = crate::progress_bar(n as u64, "generating images", progress);
@@ -539,6 +539,8 @@ fn annotate(items: &[Placed], owner: &[usize], full_area: &[f32], w: u32, h: u32
             difficult,
             truncated,
             pose: "Unspecified".into(),
+            crowd: false,
+            area: None,
         });
     }
 

@@ -178,7 +178,7 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
     let existing = out.join("classes.txt").is_file();
     let mut classes = if existing { Dataset::open(out)?.classes } else { Vec::new() };
     let fixed = classes.clone();
-    let ds = Dataset { root: out.to_path_buf(), classes: Vec::new() };
+    let ds = Dataset { root: out.to_path_buf(), classes: Vec::new(), coco: None };
     if ds.split_path(split).exists() {
         bail!("{}: split {split:?} is already written; tile into another --split or another --out", ds.split_path(split).display());
     }
@@ -235,7 +235,7 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
         bail!("no tile written: every tile was empty (--drop-empty)");
     }
     if !existing {
-        Dataset { root: out.to_path_buf(), classes: classes.clone() }.write_classes()?;
+        Dataset { root: out.to_path_buf(), classes: classes.clone(), coco: None }.write_classes()?;
     }
     write_file(&ds.split_path(split), (ids.join("\n") + "\n").as_bytes())?;
     sum.classes = classes;
@@ -293,7 +293,7 @@ mod file_tests {
     fn source(dir: &Path, boxes: &[(&str, BBox)]) -> PathBuf {
         let img = image::RgbImage::from_fn(300, 200, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 7]));
         img.save(dir.join("scene.png")).unwrap();
-        let objects = boxes.iter().map(|(n, b)| Object { name: n.to_string(), class: 0, bbox: *b, difficult: false, truncated: false, pose: "Unspecified".into() }).collect();
+        let objects = boxes.iter().map(|(n, b)| Object { name: n.to_string(), class: 0, bbox: *b, difficult: false, truncated: false, pose: "Unspecified".into(), crowd: false, area: None }).collect();
         let ann = Annotation { id: "scene".into(), filename: "scene.png".into(), width: 300, height: 200, depth: 3, objects };
         let xml = dir.join("scene.xml");
         std::fs::write(&xml, annotation_xml(&ann, "test")).unwrap();

@@ -45,10 +45,12 @@ pub enum DataError {
     UnknownClass { path: PathBuf, line: usize, name: String, known: String },
     #[error("image {path} is missing")]
     MissingImage { path: PathBuf },
-    #[error("image {path} is not a decodable JPEG: {msg}")]
+    #[error("image {path} is not a decodable image: {msg}")]
     BadImage { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     BadClassList { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Coco { path: PathBuf, msg: String },
 }
 
 /// One annotated object. `bbox` is 1-based inclusive (see [`crate::boxes`]).
@@ -61,6 +63,12 @@ pub struct Object {
     pub difficult: bool,
     pub truncated: bool,
     pub pose: String,
+    /// A COCO crowd region (`iscrowd: 1`): never foreground or background in
+    /// training; a crowd region in COCO evaluation. VOC XML has no such field:
+    /// written as `<iscrowd>1</iscrowd>` beside `<difficult>1</difficult>`.
+    pub crowd: bool,
+    /// COCO's `area` (what COCO AP's size ranges test); `None`: the box's.
+    pub area: Option<f64>,
 }
 
 /// One image's annotation file.
@@ -74,11 +82,14 @@ pub struct Annotation {
     pub objects: Vec<Object>,
 }
 
-/// A VOC-layout dataset root and its class list.
+/// A dataset root and its class list: the VOC layout, or COCO instances
+/// files ([`super::coco`]) when `coco` is set.
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub root: PathBuf,
     pub classes: Vec<String>,
+    /// COCO: each split's instances file and image folder.
+    pub coco: Option<Vec<(String, super::coco::CocoSplit)>>,
 }
 
 impl Dataset {
@@ -109,7 +120,60 @@ impl Dataset {
         } else {
             VOC_CLASSES.iter().map(|s| s.to_string()).collect()
         };
-        Ok(Self { root, classes })
+        Ok(Self { root, classes, coco: None })
+    }
+
+    /// Opens the dataset a config names, in its format (given, or detected
+    /// from the root). A COCO dataset takes its classes from the training
+    /// split's categories, in id order.
+    pub fn from_config(cfg: &crate::config::DatasetConfig) -> Result<Self, DataError> {
+        use super::coco::{self, CocoSplit};
+        use crate::config::DataFormat;
+        let root = &cfg.root;
+        if !root.is_dir() {
+            return Err(DataError::MissingRoot(root.clone()));
+        }
+        let format = cfg.format.unwrap_or(if coco::looks_like_coco(root) || cfg.train_ann.is_some() { DataFormat::Coco } else { DataFormat::Voc });
+        if format == DataFormat::Voc {
+            return Self::open(root);
+        }
+        let split = |name: &str, ann: &Option<PathBuf>| {
+            let ann = ann.clone().unwrap_or_else(|| coco::default_ann_path(root, name));
+            let images = cfg.images.clone().unwrap_or_else(|| coco::default_images_dir(root, name));
+            (name.to_string(), CocoSplit { ann, images })
+        };
+        let splits = vec![split(&cfg.train_split, &cfg.train_ann), split(&cfg.test_split, &cfg.test_ann)];
+        let train = coco::CocoFile::read(&splits[0].1.ann)?;
+        Ok(Self { root: root.clone(), classes: train.classes(), coco: Some(splits) })
+    }
+
+    /// A COCO dataset's files for a split.
+    pub fn coco_split(&self, split: &str) -> Option<&super::coco::CocoSplit> {
+        self.coco.as_ref().and_then(|s| s.iter().find(|(n, _)| n == split).map(|(_, s)| s))
+    }
+
+    /// A COCO split's instances file, read and checked against the dataset's
+    /// classes (the same category names in the same id order as training's).
+    pub fn coco_file(&self, split: &str) -> Result<super::coco::CocoFile, DataError> {
+        let s = self.coco_split(split).ok_or_else(|| DataError::MissingSplit { path: self.root.join(format!("annotations/instances_{split}.json")) })?;
+        let f = super::coco::CocoFile::read(&s.ann)?;
+        if f.classes() != self.classes {
+            return Err(DataError::Coco {
+                path: s.ann.clone(),
+                msg: format!("its categories {:?} differ from the training split's {:?}", f.classes(), self.classes),
+            });
+        }
+        Ok(f)
+    }
+
+    /// Where an image is: `JPEGImages/<id>.jpg` (VOC), or the annotation's
+    /// `filename`, which a COCO split resolves against its image folder.
+    pub fn image_path_of(&self, ann: &Annotation) -> PathBuf {
+        if self.coco.is_some() {
+            PathBuf::from(&ann.filename)
+        } else {
+            self.image_path(&ann.id)
+        }
     }
 
     pub fn annotation_path(&self, id: &str) -> PathBuf {
@@ -126,6 +190,9 @@ impl Dataset {
 
     /// The image ids of a split, in file order.
     pub fn split_ids(&self, split: &str) -> Result<Vec<String>, DataError> {
+        if self.coco.is_some() {
+            return Ok(self.coco_file(split)?.images.iter().map(|i| i.id.to_string()).collect());
+        }
         let path = self.split_path(split);
         if !path.is_file() {
             return Err(DataError::MissingSplit { path });
@@ -148,14 +215,18 @@ impl Dataset {
 
     /// Reads every annotation of a split (in parallel), in split order.
     pub fn load_split(&self, split: &str) -> Result<Vec<Annotation>, DataError> {
+        if self.coco.is_some() {
+            let s = self.coco_split(split).expect("coco_file checked the split");
+            return Ok(self.coco_file(split)?.annotations(&s.images));
+        }
         let ids = self.split_ids(split)?;
         ids.par_iter().map(|id| self.annotation(id)).collect()
     }
 
     /// Decodes an image as RGB8 and checks its size against the annotation.
     pub fn load_image(&self, ann: &Annotation) -> Result<image::RgbImage, DataError> {
-        let path = self.image_path(&ann.id);
-        let img = decode_jpeg(&path)?;
+        let path = self.image_path_of(ann);
+        let img = self.decode_bytes(&path, &read_image_bytes(&path)?)?;
         if img.width() != ann.width || img.height() != ann.height {
             return Err(DataError::BadImage {
                 path,
@@ -175,6 +246,17 @@ impl Dataset {
     pub fn write_classes(&self) -> Result<(), DataError> {
         let path = self.root.join("classes.txt");
         Ok(crate::rundir::write_file(&path, (self.classes.join("\n") + "\n").as_bytes())?)
+    }
+}
+
+impl Dataset {
+    /// Decodes an image file's bytes: JPEG for VOC, JPEG or PNG (by content) for COCO.
+    pub fn decode_bytes(&self, path: &Path, bytes: &[u8]) -> Result<image::RgbImage, DataError> {
+        if self.coco.is_none() {
+            return decode_jpeg_bytes(path, bytes);
+        }
+        let img = image::load_from_memory(bytes).map_err(|e| DataError::BadImage { path: path.to_path_buf(), msg: e.to_string() })?;
+        Ok(img.to_rgb8())
     }
 }
 
@@ -410,6 +492,8 @@ fn parse_with(path: &Path, text: &str, id: &str, class_of: &mut dyn FnMut(&str) 
             difficult: flag(path, obj, "difficult")?,
             truncated: flag(path, obj, "truncated")?,
             pose: obj.child("pose").map(|p| p.text.trim().to_string()).unwrap_or_else(|| "Unspecified".into()),
+            crowd: obj.child("iscrowd").map(|_| flag(path, obj, "iscrowd")).transpose()?.unwrap_or(false),
+            area: None,
         });
     }
     Ok(Annotation { id: id.to_string(), filename, width, height, depth, objects })
@@ -437,7 +521,10 @@ pub fn annotation_xml(ann: &Annotation, database: &str) -> String {
         let _ = writeln!(s, "\t\t<name>{}</name>", esc(&o.name));
         let _ = writeln!(s, "\t\t<pose>{}</pose>", esc(&o.pose));
         let _ = writeln!(s, "\t\t<truncated>{}</truncated>", o.truncated as u8);
-        let _ = writeln!(s, "\t\t<difficult>{}</difficult>", o.difficult as u8);
+        let _ = writeln!(s, "\t\t<difficult>{}</difficult>", (o.difficult || o.crowd) as u8);
+        if o.crowd {
+            let _ = writeln!(s, "\t\t<iscrowd>1</iscrowd>");
+        }
         let _ = writeln!(
             s,
             "\t\t<bndbox>\n\t\t\t<xmin>{}</xmin>\n\t\t\t<ymin>{}</ymin>\n\t\t\t<xmax>{}</xmax>\n\t\t\t<ymax>{}</ymax>\n\t\t</bndbox>",

@@ -16,6 +16,8 @@
 //! class with no non-difficult ground truth has no AP (`None`) and is left out
 //! of the mAP.
 
+pub mod coco;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -27,8 +29,19 @@ use crate::data::voc::Annotation;
 /// IoU needed for a match; the comparison is `>=`.
 pub const MIN_OVERLAP: f32 = 0.5;
 
-/// Which mAP: defined with the run-directory format, whose `metrics.csv` has a column for each.
+/// A `metrics.csv` accuracy column (VOC mAP or a COCO summary), as the report reads it.
 pub use crate::rundir::Metric;
+
+/// Which VOC AP: the VOC2007 11-point interpolation or the VOC2010+ all-point area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VocMetric {
+    /// VOC2007 11-point interpolated AP.
+    #[default]
+    Voc07,
+    /// VOC2010+ all-point (area under the monotone precision envelope).
+    Voc10,
+}
 
 /// One detection of one class.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,15 +64,15 @@ pub struct ClassAp {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EvalReport {
-    pub metric: Metric,
+    pub metric: VocMetric,
     pub per_class: Vec<ClassAp>,
     pub map: f64,
 }
 
 /// AP from cumulative recall and precision (in detection order).
-pub fn average_precision(rec: &[f64], prec: &[f64], metric: Metric) -> f64 {
+pub fn average_precision(rec: &[f64], prec: &[f64], metric: VocMetric) -> f64 {
     match metric {
-        Metric::Voc07 => {
+        VocMetric::Voc07 => {
             let mut ap = 0.0;
             for t in 0..=10 {
                 let t = t as f64 / 10.0;
@@ -68,7 +81,7 @@ pub fn average_precision(rec: &[f64], prec: &[f64], metric: Metric) -> f64 {
             }
             ap
         }
-        Metric::Voc10 => {
+        VocMetric::Voc10 => {
             let mut mrec = Vec::with_capacity(rec.len() + 2);
             mrec.push(0.0);
             mrec.extend_from_slice(rec);
@@ -93,16 +106,18 @@ struct ImageGt {
 }
 
 /// Evaluates one class. `class` indexes `Object::class`.
-pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: Metric) -> (Option<f64>, usize, usize) {
+pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: VocMetric) -> (Option<f64>, usize, usize) {
     let mut gt: HashMap<&str, ImageGt> = HashMap::new();
     let mut npos = 0;
     for a in anns {
         let e = gt.entry(a.id.as_str()).or_insert_with(|| ImageGt { boxes: vec![], difficult: vec![], matched: vec![] });
         for o in a.objects.iter().filter(|o| o.class == class) {
             e.boxes.push(o.bbox);
-            e.difficult.push(o.difficult);
+            // a COCO crowd region counts as VOC's difficult: a detection on it is ignored
+            let difficult = o.difficult || o.crowd;
+            e.difficult.push(difficult);
             e.matched.push(false);
-            npos += !o.difficult as usize;
+            npos += !difficult as usize;
         }
     }
     let mut order: Vec<usize> = (0..dets.len()).collect();
@@ -152,7 +167,7 @@ pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric:
 }
 
 /// Evaluates all classes. `dets[c]` holds the detections of class `c`.
-pub fn evaluate(anns: &[Annotation], classes: &[String], dets: &[Vec<Detection>], metric: Metric) -> EvalReport {
+pub fn evaluate(anns: &[Annotation], classes: &[String], dets: &[Vec<Detection>], metric: VocMetric) -> EvalReport {
     assert_eq!(classes.len(), dets.len(), "one detection list per class");
     let per_class: Vec<ClassAp> = classes
         .iter()

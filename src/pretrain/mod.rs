@@ -78,9 +78,17 @@ struct SourceImage {
 fn fingerprint(cfg: &TrainConfig) -> Result<String> {
     let mut h = Sha256::new();
     if cfg.pretrain.source.uses_dataset() {
-        let ds = Dataset::open(&cfg.dataset.root)?;
+        let ds = Dataset::from_config(&cfg.dataset)?;
         h.update(ds.classes.join("\n").as_bytes());
-        for id in ds.split_ids(&cfg.dataset.train_split)? {
+        if let Some(split) = ds.coco_split(&cfg.dataset.train_split) {
+            // COCO: the instances file, then each image's bytes in file order
+            h.update(Sha256::digest(std::fs::read(&split.ann).with_context(|| format!("reading {}", split.ann.display()))?));
+            for a in ds.load_split(&cfg.dataset.train_split)? {
+                h.update(a.id.as_bytes());
+                h.update(Sha256::digest(crate::data::voc::read_image_bytes(&ds.image_path_of(&a))?));
+            }
+        }
+        for id in ds.split_ids(&cfg.dataset.train_split)?.into_iter().filter(|_| ds.coco.is_none()) {
             let xml = std::fs::read(ds.annotation_path(&id)).with_context(|| format!("reading {}", ds.annotation_path(&id).display()))?;
             let bytes = crate::data::voc::read_image_bytes(&ds.image_path(&id))?;
             h.update(id.as_bytes());
@@ -103,7 +111,7 @@ fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Vec<String>)> {
     let mut out = Vec::new();
     let mut classes: Vec<String> = Vec::new();
     if cfg.pretrain.source.uses_dataset() {
-        let ds = Dataset::open(&cfg.dataset.root)?;
+        let ds = Dataset::from_config(&cfg.dataset)?;
         let anns = ds.load_split(&cfg.dataset.train_split)?;
         if anns.is_empty() {
             bail!("pretrain.source = {:?}: split {:?} of {} is empty", cfg.pretrain.source, cfg.dataset.train_split, ds.root.display());

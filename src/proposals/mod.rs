@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::boxes::{iou, BBox};
-use crate::data::voc::{decode_jpeg_bytes, read_image_bytes, Annotation, Dataset};
+use crate::data::voc::{read_image_bytes, Annotation, Dataset};
 use crate::rundir::{write_file, PhaseKind};
 pub use selective_search::SsMode;
 
@@ -112,7 +112,7 @@ pub fn compute(
     let results: Vec<(Vec<BBox>, Option<f64>)> = anns
         .par_iter()
         .map(|ann| -> Result<(Vec<BBox>, Option<f64>)> {
-            let path = ds.image_path(&ann.id);
+            let path = ds.image_path_of(ann);
             let bytes = read_image_bytes(&path)?;
             let cache_file = cache_dir.map(|d| {
                 let key = cache_key(&bytes, params);
@@ -122,7 +122,7 @@ pub fn compute(
                 tick();
                 return Ok((boxes, None));
             }
-            let img = decode_jpeg_bytes(&path, &bytes)?;
+            let img = ds.decode_bytes(&path, &bytes)?;
             let t = Instant::now();
             let boxes = selective_search::selective_search(&img, params.mode, params.sigma, params.min_side, params.max_boxes);
             let ms = t.elapsed().as_secs_f64() * 1e3;

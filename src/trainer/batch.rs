@@ -11,6 +11,10 @@ use crate::config::InputConfig;
 use crate::boxes::BBox;
 use crate::data::{Annotation, Dataset};
 
+/// Proposals at least this far inside a COCO crowd region (intersection over
+/// the proposal's area) are not trained on: Detectron's `CROWD_FILTER_THRESH`.
+pub const CROWD_IOF: f64 = 0.7;
+
 /// One split, decoded once.
 pub struct ImageStore {
     pub anns: Vec<Annotation>,
@@ -18,7 +22,7 @@ pub struct ImageStore {
     images: Vec<Tensor>,
     /// `[P, 4]` float, 0-based pixels of the original image.
     proposals: Vec<Tensor>,
-    /// `[G, 4]` non-difficult ground truth, 0-based; `[G]` labels in 1..=K.
+    /// `[G, 4]` ground truth neither difficult nor crowd, 0-based; `[G]` labels in 1..=K.
     gt: Vec<(Tensor, Tensor)>,
 }
 
@@ -47,7 +51,7 @@ impl ImageStore {
         let gt = anns
             .iter()
             .map(|a| {
-                let keep: Vec<&crate::data::Object> = a.objects.iter().filter(|o| !o.difficult).collect();
+                let keep: Vec<&crate::data::Object> = a.objects.iter().filter(|o| !o.difficult && !o.crowd).collect();
                 let boxes: Vec<BBox> = keep.iter().map(|o| o.bbox).collect();
                 let labels: Vec<i64> = keep.iter().map(|o| o.class as i64 + 1).collect();
                 (to_tensor(&boxes), Tensor::from_slice(&labels))
@@ -88,6 +92,32 @@ impl ImageStore {
             return Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device()));
         }
         crate::model::box_coder::iou_matrix(p, &to_tensor(&boxes)).amax([1], false)
+    }
+
+    /// Drops the proposals that lie at least `thresh` inside a crowd region
+    /// (intersection over the proposal's area, Detectron's `CROWD_FILTER_THRESH`),
+    /// so that no sampler takes them as foreground or background. Returns how many.
+    pub fn drop_crowd_proposals(&mut self, thresh: f64) -> i64 {
+        let mut dropped = 0;
+        for (a, p) in self.anns.iter().zip(self.proposals.iter_mut()) {
+            let crowd: Vec<BBox> = a.objects.iter().filter(|o| o.crowd).map(|o| o.bbox).collect();
+            if crowd.is_empty() || p.size()[0] == 0 {
+                continue;
+            }
+            let c = to_tensor(&crowd);
+            let col = |t: &Tensor, k: i64| t.select(1, k);
+            let (px1, py1, px2, py2) = (col(p, 0).unsqueeze(1), col(p, 1).unsqueeze(1), col(p, 2).unsqueeze(1), col(p, 3).unsqueeze(1));
+            let (cx1, cy1, cx2, cy2) = (col(&c, 0).unsqueeze(0), col(&c, 1).unsqueeze(0), col(&c, 2).unsqueeze(0), col(&c, 3).unsqueeze(0));
+            // inclusive pixels, as crate::boxes
+            let iw = (px2.minimum(&cx2) - px1.maximum(&cx1) + 1.0).clamp_min(0.0);
+            let ih = (py2.minimum(&cy2) - py1.maximum(&cy1) + 1.0).clamp_min(0.0);
+            let area = (&px2 - &px1 + 1.0) * (&py2 - &py1 + 1.0);
+            let iof = (iw * ih / area).amax([1], false);
+            let keep = iof.lt(thresh).nonzero().squeeze_dim(1);
+            dropped += p.size()[0] - keep.size()[0];
+            *p = p.index_select(0, &keep);
+        }
+        dropped
     }
 
     pub fn n_proposals(&self, i: usize) -> i64 {

@@ -31,7 +31,7 @@ use tch::{nn, Device};
 
 use crate::config::{parse_device, Schedule, TrainConfig};
 use crate::data::Dataset;
-use crate::eval::{self, Metric};
+use crate::eval::{self, VocMetric};
 use crate::model::sgd::Sgd;
 use crate::model::{FastRcnn, Init};
 use crate::proposals;
@@ -166,11 +166,44 @@ struct Data {
     classes: Vec<String>,
     train: ImageStore,
     test: ImageStore,
+    /// The test split as COCO evaluation reads it: a COCO file's own numbers, or VOC boxes converted.
+    coco_gt: Vec<eval::coco::GtBox>,
+    /// The COCO category id of each class (a COCO file's ids in order; 1.. for VOC).
+    category_ids: Vec<i64>,
+}
+
+/// VOC annotations as COCO ground truth: image ids as [`crate::data::coco::image_ids`]
+/// numbers them, category ids 1.. in class order, difficult boxes counted (pycocotools
+/// reads no `ignore`), crowd regions kept as crowd.
+pub fn coco_gt_of(anns: &[crate::data::Annotation]) -> Vec<eval::coco::GtBox> {
+    let ids = crate::data::coco::image_ids(anns);
+    anns.iter()
+        .zip(&ids)
+        .flat_map(|(a, &image_id)| {
+            a.objects.iter().map(move |o| {
+                let bbox = crate::data::coco::voc_to_coco(o.bbox);
+                eval::coco::GtBox { image_id, category_id: o.class as i64 + 1, bbox, area: o.area.unwrap_or(bbox[2] * bbox[3]), iscrowd: o.crowd }
+            })
+        })
+        .collect()
+}
+
+/// Detections (per class, VOC boxes) in the COCO results format, with the
+/// image ids of [`crate::data::coco::image_ids`] and class `c`'s category id `category_ids[c]`.
+pub fn coco_dets_of(anns: &[crate::data::Annotation], dets: &[Vec<eval::Detection>], category_ids: &[i64]) -> Vec<eval::coco::DetBox> {
+    let ids: std::collections::HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
+    dets.iter()
+        .enumerate()
+        .flat_map(|(c, d)| {
+            let ids = &ids;
+            d.iter().map(move |d| eval::coco::DetBox { image_id: ids[d.image_id.as_str()], category_id: category_ids[c], bbox: crate::data::coco::voc_to_coco(d.bbox), score: d.score as f64 })
+        })
+        .collect()
 }
 
 impl Data {
     fn load(cfg: &TrainConfig, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Data> {
-        let ds = Dataset::open(&cfg.dataset.root)?;
+        let ds = Dataset::from_config(&cfg.dataset)?;
         let mut train = load_split(&ds, cfg, &cfg.dataset.train_split, cfg.proposals.train_file.as_deref(), opts)?;
         // As py-faster-rcnn's filter_roidb: an image without non-difficult ground truth has no foreground to learn from.
         let dropped = train.keep_where(has_foreground);
@@ -180,20 +213,34 @@ impl Data {
         if dropped > 0 {
             obs.note(&format!("training on {} images ({dropped} without non-difficult objects left out)", train.len()));
         }
+        // COCO crowd regions are neither foreground nor background: proposals mostly inside one are not trained on
+        let in_crowd = train.drop_crowd_proposals(batch::CROWD_IOF);
+        if in_crowd > 0 {
+            obs.note(&format!("{in_crowd} training proposals lie ≥ {:.0}% inside a crowd region and are left out", batch::CROWD_IOF * 100.0));
+        }
         let test = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
-        Ok(Data { classes: ds.classes, train, test })
+        let (coco_gt, category_ids) = match ds.coco_split(&cfg.dataset.test_split) {
+            Some(_) => {
+                let f = ds.coco_file(&cfg.dataset.test_split)?;
+                let mut ids: Vec<i64> = f.categories.iter().map(|c| c.id).collect();
+                ids.sort_unstable();
+                (f.gt_boxes(), ids)
+            }
+            None => (coco_gt_of(&test.anns), (1..=ds.classes.len() as i64).collect()),
+        };
+        Ok(Data { classes: ds.classes, train, test, coco_gt, category_ids })
     }
 }
 
 /// Whether an image has a non-difficult object, which training needs (py-faster-rcnn's filter_roidb).
 pub fn has_foreground(a: &crate::data::Annotation) -> bool {
-    a.objects.iter().any(|o| !o.difficult)
+    a.objects.iter().any(|o| !o.difficult && !o.crowd)
 }
 
 /// The training images a run of `cfg` keeps (those with a non-difficult
 /// object), counted from the annotations alone: no image is decoded.
 pub fn trainable_images(cfg: &TrainConfig) -> Result<usize> {
-    let ds = Dataset::open(&cfg.dataset.root)?;
+    let ds = Dataset::from_config(&cfg.dataset)?;
     Ok(ds.load_split(&cfg.dataset.train_split)?.iter().filter(|a| has_foreground(a)).count())
 }
 
@@ -330,9 +377,13 @@ impl Run<'_> {
         self.obs.epoch_trained();
         let train_s = elapsed_before + t_epoch.elapsed().as_secs_f64() - st.mine_s;
         self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref())?;
-        let (eval_s, (map07, map10)) = self.evaluate(epoch);
+        let (eval_s, maps) = self.evaluate(epoch);
+        let (map07, map10) = maps.as_ref().map_or((None, None), |m| (Some(m.0), Some(m.1)));
         self.wall += t_epoch.elapsed().as_secs_f64();
-        let row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1)) };
+        let mut row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1)) };
+        if let Some(m) = &maps {
+            row.set_coco(&m.2.stats);
+        }
         self.logs.rows.push(row);
         self.logs.write()?;
         self.ck.remove_partial();
@@ -356,17 +407,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// VOC07 and VOC10 mAP on the test split when epoch `epoch` (0-based) is due
-    /// for evaluation (every `test.eval_every` epochs, and the last), and the seconds it took.
-    fn evaluate(&mut self, epoch: usize) -> (f64, (Option<f64>, Option<f64>)) {
+    /// VOC07 and VOC10 mAP and COCO's box summaries on the test split when
+    /// epoch `epoch` (0-based) is due for evaluation (every `test.eval_every`
+    /// epochs, and the last), and the seconds it took.
+    fn evaluate(&mut self, epoch: usize) -> (f64, Option<(f64, f64, eval::coco::CocoReport)>) {
         let (cfg, t) = (self.cfg, Instant::now());
         if epoch + 1 != self.sched.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
-            return (t.elapsed().as_secs_f64(), (None, None));
+            return (t.elapsed().as_secs_f64(), None);
         }
         self.obs.phase(PhaseKind::Evaluating, epoch, 0, 0);
         let dets = detect::detect(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device);
-        let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, Metric::Voc07).map;
-        let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, Metric::Voc10).map;
-        (t.elapsed().as_secs_f64(), (Some(m07), Some(m10)))
+        let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
+        let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
+        let d = &self.data;
+        let coco = eval::coco::evaluate(&crate::data::coco::image_ids(&d.test.anns), &d.category_ids, &d.coco_gt, &coco_dets_of(&d.test.anns, &dets, &d.category_ids));
+        (t.elapsed().as_secs_f64(), Some((m07, m10, coco)))
     }
 }

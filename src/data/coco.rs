@@ -1,0 +1,454 @@
+//! The COCO layout: one instances JSON per split beside a folder of images.
+//!
+//! A COCO box is `[x, y, w, h]` in continuous 0-based pixels: the box covers
+//! `[x, x + w) × [y, y + h)`. The rest of the code uses VOC's 1-based inclusive
+//! pixel boxes, where pixel `i` (1-based) covers `[i - 1, i)`, so
+//! `x1 = x + 1`, `y1 = y + 1`, `x2 = x + w`, `y2 = y + h`, and back
+//! `x = x1 − 1`, `w = x2 − x1 + 1` (detectron's convention; exact for whole
+//! pixels). For training, boxes are clipped to the image; COCO evaluation
+//! reads the file's own numbers.
+//!
+//! Category ids may be sparse: classes are the categories in id order, and
+//! names come from `categories`. `iscrowd: 1` regions are kept as crowd
+//! objects (never foreground or background in training, crowd regions in COCO
+//! evaluation). Images without annotations are kept. Every error names the
+//! file and the image or annotation id, and reading writes nothing.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use super::voc::{Annotation, DataError, Object};
+use crate::boxes::BBox;
+use crate::eval::coco::GtBox;
+
+/// One image entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CocoImage {
+    pub id: i64,
+    pub width: u32,
+    pub height: u32,
+    pub file_name: String,
+}
+
+/// One annotation entry.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CocoAnnotation {
+    pub id: i64,
+    pub image_id: i64,
+    pub category_id: i64,
+    pub bbox: [f64; 4],
+    pub area: f64,
+    pub iscrowd: u8,
+    /// mmdetection's `ignore` flag, for VOC's difficult objects: read back as
+    /// difficult (left out of training's ground truth, ignored by VOC mAP).
+    /// pycocotools reads no such field, so COCO AP counts these boxes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ignore: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CocoCategory {
+    pub id: i64,
+    pub name: String,
+}
+
+/// A validated instances file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CocoFile {
+    pub images: Vec<CocoImage>,
+    pub annotations: Vec<CocoAnnotation>,
+    pub categories: Vec<CocoCategory>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawFile {
+    images: Option<Vec<RawImage>>,
+    annotations: Option<Vec<RawAnnotation>>,
+    categories: Option<Vec<RawCategory>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawImage {
+    id: Option<i64>,
+    width: Option<u32>,
+    height: Option<u32>,
+    file_name: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawAnnotation {
+    id: Option<i64>,
+    image_id: Option<i64>,
+    category_id: Option<i64>,
+    bbox: Option<Vec<f64>>,
+    area: Option<f64>,
+    iscrowd: Option<serde_json::Value>,
+    ignore: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawCategory {
+    id: Option<i64>,
+    name: Option<String>,
+}
+
+fn need<T>(path: &Path, v: Option<T>, what: &str, field: &str) -> Result<T, DataError> {
+    v.ok_or_else(|| DataError::Coco { path: path.to_path_buf(), msg: format!("{what} lacks the required field `{field}`") })
+}
+
+impl CocoFile {
+    /// Reads and validates an instances JSON (images are not opened).
+    pub fn read(path: &Path) -> Result<Self, DataError> {
+        let text = super::voc::read_to_string(path)?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates instances JSON read from `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, DataError> {
+        let err = |msg: String| DataError::Coco { path: path.to_path_buf(), msg };
+        let raw: RawFile = serde_json::from_str(text).map_err(|e| err(format!("malformed JSON: {e}")))?;
+        let raw_images = need(path, raw.images, "the file", "images")?;
+        let raw_cats = need(path, raw.categories, "the file", "categories")?;
+        let raw_anns = raw.annotations.unwrap_or_default();
+
+        let mut categories = Vec::with_capacity(raw_cats.len());
+        let mut cat_ids = HashSet::new();
+        for (n, c) in raw_cats.into_iter().enumerate() {
+            let id = need(path, c.id, &format!("categories[{n}]"), "id")?;
+            let name = need(path, c.name, &format!("category id {id}"), "name")?;
+            if !cat_ids.insert(id) {
+                return Err(err(format!("category id {id} appears twice")));
+            }
+            categories.push(CocoCategory { id, name });
+        }
+        let mut names = HashSet::new();
+        for c in &categories {
+            if !names.insert(c.name.as_str()) {
+                return Err(err(format!("category name {:?} is used by two ids", c.name)));
+            }
+        }
+
+        let mut images = Vec::with_capacity(raw_images.len());
+        let mut sizes: HashMap<i64, (u32, u32)> = HashMap::with_capacity(raw_images.len());
+        for (n, im) in raw_images.into_iter().enumerate() {
+            let id = need(path, im.id, &format!("images[{n}]"), "id")?;
+            let what = format!("image id {id}");
+            let width = need(path, im.width, &what, "width")?;
+            let height = need(path, im.height, &what, "height")?;
+            let file_name = need(path, im.file_name, &what, "file_name")?;
+            if width == 0 || height == 0 {
+                return Err(err(format!("{what}: size {width}x{height} must be positive")));
+            }
+            if sizes.insert(id, (width, height)).is_some() {
+                return Err(err(format!("image id {id} appears twice")));
+            }
+            images.push(CocoImage { id, width, height, file_name });
+        }
+
+        let mut annotations = Vec::with_capacity(raw_anns.len());
+        let mut ann_ids = HashSet::with_capacity(raw_anns.len());
+        for (n, a) in raw_anns.into_iter().enumerate() {
+            let id = need(path, a.id, &format!("annotations[{n}]"), "id")?;
+            let what = format!("annotation id {id}");
+            let image_id = need(path, a.image_id, &what, "image_id")?;
+            let category_id = need(path, a.category_id, &what, "category_id")?;
+            let bbox = need(path, a.bbox, &what, "bbox")?;
+            if !ann_ids.insert(id) {
+                return Err(err(format!("annotation id {id} appears twice")));
+            }
+            let &(w, h) = sizes.get(&image_id).ok_or_else(|| err(format!("{what}: image_id {image_id} is not an image of this file")))?;
+            if !cat_ids.contains(&category_id) {
+                return Err(err(format!("{what}: category_id {category_id} is not a category of this file")));
+            }
+            let bbox: [f64; 4] = bbox.try_into().map_err(|b: Vec<f64>| err(format!("{what}: bbox has {} numbers, expected [x, y, w, h]", b.len())))?;
+            if !(bbox[2] > 0.0 && bbox[3] > 0.0) {
+                return Err(err(format!("{what}: bbox {bbox:?} has a width or height that is not positive")));
+            }
+            if bbox[0] >= w as f64 || bbox[1] >= h as f64 || bbox[0] + bbox[2] <= 0.0 || bbox[1] + bbox[3] <= 0.0 {
+                return Err(err(format!("{what}: bbox {bbox:?} lies wholly outside its {w}x{h} image (image id {image_id})")));
+            }
+            let flag = |v: &Option<serde_json::Value>, name: &str| match v {
+                None => Ok(0),
+                Some(v) => match (v.as_u64(), v.as_bool()) {
+                    (Some(0), _) | (_, Some(false)) => Ok(0),
+                    (Some(1), _) | (_, Some(true)) => Ok(1),
+                    _ => Err(err(format!("{what}: {name} is {v}, expected 0 or 1"))),
+                },
+            };
+            let iscrowd = flag(&a.iscrowd, "iscrowd")?;
+            let ignore = flag(&a.ignore, "ignore")?;
+            let area = a.area.unwrap_or(bbox[2] * bbox[3]);
+            if !(area >= 0.0) {
+                return Err(err(format!("{what}: area {area} is negative")));
+            }
+            annotations.push(CocoAnnotation { id, image_id, category_id, bbox, area, iscrowd, ignore });
+        }
+        Ok(CocoFile { images, annotations, categories })
+    }
+
+    /// Class names in category-id order (the class index of a category).
+    pub fn classes(&self) -> Vec<String> {
+        let mut c: Vec<&CocoCategory> = self.categories.iter().collect();
+        c.sort_by_key(|c| c.id);
+        c.into_iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// One [`Annotation`] per image, in file order, with classes as
+    /// [`CocoFile::classes`] orders them and boxes converted to VOC's 1-based
+    /// inclusive pixels (clipped to the image). `filename` is `images_dir`
+    /// joined with the image's `file_name`; `id` is the image id.
+    pub fn annotations(&self, images_dir: &Path) -> Vec<Annotation> {
+        let classes = self.classes();
+        let class_of: HashMap<i64, usize> = self.categories.iter().map(|c| (c.id, classes.iter().position(|n| *n == c.name).expect("a listed class"))).collect();
+        let mut by_image: HashMap<i64, Vec<&CocoAnnotation>> = HashMap::new();
+        for a in &self.annotations {
+            by_image.entry(a.image_id).or_default().push(a);
+        }
+        self.images
+            .iter()
+            .map(|im| {
+                let objects = by_image
+                    .get(&im.id)
+                    .map(|v| v.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|a| {
+                        let class = class_of[&a.category_id];
+                        let mut bbox = coco_to_voc(a.bbox);
+                        bbox = [bbox[0].max(1.0), bbox[1].max(1.0), bbox[2].min(im.width as f32), bbox[3].min(im.height as f32)];
+                        Object { name: classes[class].clone(), class, bbox, difficult: a.ignore == 1, truncated: false, pose: "Unspecified".into(), crowd: a.iscrowd == 1, area: Some(a.area) }
+                    })
+                    .collect();
+                Annotation { id: im.id.to_string(), filename: images_dir.join(&im.file_name).to_string_lossy().into_owned(), width: im.width, height: im.height, depth: 3, objects }
+            })
+            .collect()
+    }
+
+    /// The ground truth as COCO evaluation reads it (the file's own numbers).
+    pub fn gt_boxes(&self) -> Vec<GtBox> {
+        self.annotations.iter().map(|a| GtBox { image_id: a.image_id, category_id: a.category_id, bbox: a.bbox, area: a.area, iscrowd: a.iscrowd == 1 }).collect()
+    }
+
+    /// A file from annotations: image ids 1, 2, … in order (or each
+    /// annotation's id when it is a number, see [`image_id_of`]), category
+    /// ids 1.. in class order, annotation ids 1.. in order; `file_name` is
+    /// `file_name(annotation)`. A difficult object is written with `ignore: 1`.
+    pub fn from_annotations(anns: &[Annotation], classes: &[String], file_name: &dyn Fn(&Annotation) -> String) -> Self {
+        let categories = classes.iter().enumerate().map(|(k, n)| CocoCategory { id: k as i64 + 1, name: n.clone() }).collect();
+        let ids = image_ids(anns);
+        let mut images = Vec::with_capacity(anns.len());
+        let mut annotations = Vec::new();
+        for (a, &image_id) in anns.iter().zip(&ids) {
+            images.push(CocoImage { id: image_id, width: a.width, height: a.height, file_name: file_name(a) });
+            for o in &a.objects {
+                let bbox = voc_to_coco(o.bbox);
+                annotations.push(CocoAnnotation {
+                    id: annotations.len() as i64 + 1,
+                    image_id,
+                    category_id: o.class as i64 + 1,
+                    bbox,
+                    area: o.area.unwrap_or(bbox[2] * bbox[3]),
+                    iscrowd: o.crowd as u8,
+                    ignore: (o.difficult && !o.crowd) as u8,
+                });
+            }
+        }
+        CocoFile { images, annotations, categories }
+    }
+
+    /// The file as JSON (`images`, `annotations`, `categories`).
+    pub fn to_json(&self) -> String {
+        serde_json::json!({ "images": self.images, "annotations": self.annotations, "categories": self.categories }).to_string()
+    }
+}
+
+/// Image ids for annotations written as COCO: each VOC id that is a decimal
+/// number keeps it when all are numbers and distinct; otherwise 1, 2, … in order.
+pub fn image_ids(anns: &[Annotation]) -> Vec<i64> {
+    let parsed: Option<Vec<i64>> = anns.iter().map(|a| a.id.parse::<i64>().ok()).collect();
+    if let Some(p) = parsed {
+        if p.iter().collect::<HashSet<_>>().len() == p.len() {
+            return p;
+        }
+    }
+    (1..=anns.len() as i64).collect()
+}
+
+/// COCO `[x, y, w, h]` → VOC 1-based inclusive `[x1, y1, x2, y2]`.
+pub fn coco_to_voc(b: [f64; 4]) -> BBox {
+    [(b[0] + 1.0) as f32, (b[1] + 1.0) as f32, (b[0] + b[2]) as f32, (b[1] + b[3]) as f32]
+}
+
+/// VOC 1-based inclusive `[x1, y1, x2, y2]` → COCO `[x, y, w, h]`.
+pub fn voc_to_coco(b: BBox) -> [f64; 4] {
+    let [x1, y1, x2, y2] = b.map(f64::from);
+    [x1 - 1.0, y1 - 1.0, x2 - x1 + 1.0, y2 - y1 + 1.0]
+}
+
+/// Where a COCO dataset's files are: the instances file of a split and the
+/// folder its `file_name`s are relative to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CocoSplit {
+    pub ann: PathBuf,
+    pub images: PathBuf,
+}
+
+/// The default instances file of a split: `<root>/annotations/instances_<split>.json`.
+pub fn default_ann_path(root: &Path, split: &str) -> PathBuf {
+    root.join("annotations").join(format!("instances_{split}.json"))
+}
+
+/// The default image folder of a split: `<root>/<split>` when it exists
+/// (COCO 2017's `train2017/`, `val2017/`), else `<root>/images`.
+pub fn default_images_dir(root: &Path, split: &str) -> PathBuf {
+    let per_split = root.join(split);
+    if per_split.is_dir() {
+        per_split
+    } else {
+        root.join("images")
+    }
+}
+
+/// Whether a root looks like a COCO dataset: an `annotations/instances_*.json`
+/// and no VOC `Annotations/` folder.
+pub fn looks_like_coco(root: &Path) -> bool {
+    if root.join("Annotations").is_dir() {
+        return false;
+    }
+    std::fs::read_dir(root.join("annotations"))
+        .map(|rd| rd.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("instances_") && n.ends_with(".json"))))
+        .unwrap_or(false)
+}
+
+/// Writes the COCO results format (`[{image_id, category_id, bbox, score}]`).
+pub fn results_json(dets: &[crate::eval::coco::DetBox]) -> String {
+    serde_json::to_string(dets).expect("plain numbers serialise")
+}
+
+/// Reads the COCO results format, checking each image and category id
+/// against the ground truth. Errors name the file and the entry.
+pub fn read_results(path: &Path, gt: &CocoFile) -> Result<Vec<crate::eval::coco::DetBox>, DataError> {
+    let text = super::voc::read_to_string(path)?;
+    let err = |msg: String| DataError::Coco { path: path.to_path_buf(), msg };
+    let dets: Vec<crate::eval::coco::DetBox> = serde_json::from_str(&text).map_err(|e| err(format!("not a COCO results list [{{image_id, category_id, bbox, score}}]: {e}")))?;
+    let images: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
+    let cats: HashSet<i64> = gt.categories.iter().map(|c| c.id).collect();
+    for (n, d) in dets.iter().enumerate() {
+        if !images.contains(&d.image_id) {
+            return Err(err(format!("result [{n}]: image_id {} is not an image of the ground truth", d.image_id)));
+        }
+        if !cats.contains(&d.category_id) {
+            return Err(err(format!("result [{n}]: category_id {} is not a category of the ground truth", d.category_id)));
+        }
+    }
+    Ok(dets)
+}
+
+/// What [`convert`] wrote.
+#[derive(Debug, Clone, Default)]
+pub struct ConvertSummary {
+    pub splits: Vec<(String, usize, usize)>,
+    /// Images that were not JPEG and were encoded as JPEG (quality 95) for the VOC layout.
+    pub reencoded: usize,
+}
+
+/// The splits a dataset has: VOC's `ImageSets/Main/*.txt`, COCO's `annotations/instances_*.json`.
+pub fn list_splits(root: &Path, coco: bool) -> Vec<String> {
+    let (dir, pre, ext) = if coco { (root.join("annotations"), "instances_", ".json") } else { (root.join("ImageSets").join("Main"), "", ".txt") };
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(pre)?.strip_suffix(ext).map(String::from))).filter(|n| !n.contains('_')).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Converts the dataset at `src` (VOC, or COCO with `annotations/instances_<split>.json`
+/// and the default image folders) into the other layout at `out`, for `splits`
+/// (all when empty). Built in `<out>.partial` and renamed, so a failure leaves
+/// nothing at `out`; an `out` that exists is refused.
+///
+/// VOC → COCO: `images/<id>.jpg` (the same bytes), `annotations/instances_<split>.json`
+/// with image ids from [`image_ids`], category ids 1.. in class order, difficult
+/// objects with `ignore: 1`. COCO → VOC: `JPEGImages/<image id>.jpg` (JPEG bytes
+/// kept, other formats encoded at quality 95), one XML per image, `classes.txt` in
+/// category-id order (the ids themselves are not kept), crowd regions as
+/// difficult objects with `<iscrowd>1</iscrowd>`.
+pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<ConvertSummary> {
+    use anyhow::{bail, Context};
+    use crate::config::{DataFormat, DatasetConfig};
+    if out.exists() {
+        bail!("{} exists; refusing to write a dataset over it", out.display());
+    }
+    let to_coco = !looks_like_coco(src);
+    let splits: Vec<String> = if splits.is_empty() { list_splits(src, !to_coco) } else { splits.to_vec() };
+    if splits.is_empty() {
+        bail!("{} has no splits ({})", src.display(), if to_coco { "ImageSets/Main/<split>.txt" } else { "annotations/instances_<split>.json" });
+    }
+    let tmp = PathBuf::from(format!("{}.partial", out.display()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    let result = (|| -> anyhow::Result<ConvertSummary> {
+        let mut sum = ConvertSummary::default();
+        for split in &splits {
+            let mut cfg = DatasetConfig::voc(src);
+            cfg.train_split = split.clone();
+            cfg.test_split = split.clone();
+            cfg.format = Some(if to_coco { DataFormat::Voc } else { DataFormat::Coco });
+            let ds = super::Dataset::from_config(&cfg)?;
+            let anns = ds.load_split(split)?;
+            if to_coco {
+                let file = CocoFile::from_annotations(&anns, &ds.classes, &|a| format!("{}.jpg", a.id));
+                for a in &anns {
+                    let bytes = super::voc::read_image_bytes(&ds.image_path_of(a))?;
+                    crate::rundir::write_file(&tmp.join("images").join(format!("{}.jpg", a.id)), &bytes)?;
+                }
+                crate::rundir::write_file(&default_ann_path(&tmp, split), file.to_json().as_bytes())?;
+                sum.splits.push((split.clone(), anns.len(), file.annotations.len()));
+            } else {
+                let voc = super::Dataset { root: tmp.clone(), classes: ds.classes.clone(), coco: None };
+                if !tmp.join("classes.txt").exists() {
+                    voc.write_classes()?;
+                }
+                let mut ids = Vec::with_capacity(anns.len());
+                let mut n_obj = 0;
+                for a in &anns {
+                    let path = ds.image_path_of(a);
+                    let bytes = super::voc::read_image_bytes(&path)?;
+                    let jpeg = if image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg) {
+                        bytes
+                    } else {
+                        let img = ds.decode_bytes(&path, &bytes)?;
+                        let mut jpg = Vec::new();
+                        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95).encode_image(&img).with_context(|| format!("encoding {} as JPEG", path.display()))?;
+                        sum.reencoded += 1;
+                        jpg
+                    };
+                    let mut v = a.clone();
+                    v.filename = format!("{}.jpg", a.id);
+                    crate::rundir::write_file(&voc.image_path(&a.id), &jpeg)?;
+                    crate::rundir::write_file(&voc.annotation_path(&a.id), super::voc::annotation_xml(&v, "converted from COCO").as_bytes())?;
+                    ids.push(a.id.clone());
+                    n_obj += a.objects.len();
+                }
+                crate::rundir::write_file(&voc.split_path(split), (ids.join("\n") + "\n").as_bytes())?;
+                sum.splits.push((split.clone(), anns.len(), n_obj));
+            }
+        }
+        Ok(sum)
+    })();
+    match result {
+        Ok(sum) => {
+            std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+            Ok(sum)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! COCO box evaluation, as pycocotools' `COCOeval` (iouType `bbox`) computes it.
+//!
+//! Definitions kept from pycocotools 2.0.11 (`cocoeval.py`, `maskApi.c`):
+//! - IoU thresholds `linspace(0.5, 0.95, 10)` and recall points
+//!   `linspace(0, 1, 101)`, computed as numpy computes them (`i * step + start`,
+//!   the last point set to the stop), so that a threshold compares equal to
+//!   the same IoU on both sides;
+//! - boxes are `[x, y, w, h]` in continuous pixels; IoU is `bbIou`: the
+//!   intersection over the union, or over the detection's area (`w * h`) when
+//!   the ground truth is a crowd region;
+//! - per image and category, detections are sorted by score (ties keep input
+//!   order) and at most `maxDets[-1] = 100` of them are evaluated; at each IoU
+//!   threshold each detection, in that order, takes the ground truth of
+//!   highest IoU (not below the threshold, capped at `1 - 1e-10`; a later
+//!   one of equal IoU wins) among those not yet matched, where a crowd region
+//!   can match many detections, and non-ignored ground truth is preferred to
+//!   ignored (crowd, or area outside the range);
+//! - a detection matched to ignored ground truth, or unmatched with its area
+//!   (`w * h`) outside the range, is ignored; ground-truth areas come from the
+//!   annotation's `area` field, and the ranges are closed: an area of exactly
+//!   32² is both small and medium;
+//! - per category, area range and detection cap (1, 10, 100 per image), the
+//!   images' top detections are merged by score (ties: image id order, then
+//!   the order within the image), precision is made monotone and read at the
+//!   101 recall points (`searchsorted`, side left; 0 past the last recall);
+//!   recall is the final recall;
+//! - a category without non-ignored ground truth in a range has no value
+//!   there (pycocotools' −1) and is left out of the means; a summary with no
+//!   value at all is −1.
+//!
+//! One difference: pycocotools marks a detection as matched by storing the
+//! ground truth's annotation id, so a match to an annotation whose id is 0
+//! counts as unmatched there; here a match is a match.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+/// The 12 summary numbers, in pycocotools' order (`COCOeval.stats`).
+pub const SUMMARY_KEYS: [&str; 12] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
+
+/// Detections evaluated per image and category (pycocotools' `maxDets`).
+pub const MAX_DETS: [usize; 3] = [1, 10, 100];
+
+/// Area ranges `all, small, medium, large` (closed intervals).
+pub const AREA_RANGES: [[f64; 2]; 4] = [[0.0, 1e10], [0.0, 1024.0], [1024.0, 9216.0], [9216.0, 1e10]];
+
+const T: usize = 10;
+const R: usize = 101;
+
+/// numpy's `linspace(start, stop, num)`: `i * step + start`, the last point `stop`.
+fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// The IoU thresholds 0.50:0.05:0.95.
+pub fn iou_thresholds() -> Vec<f64> {
+    linspace(0.5, 0.95, T)
+}
+
+/// One ground-truth annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GtBox {
+    pub image_id: i64,
+    pub category_id: i64,
+    /// `[x, y, w, h]`, continuous 0-based pixels.
+    pub bbox: [f64; 4],
+    /// The annotation's `area` (what the area ranges test).
+    pub area: f64,
+    pub iscrowd: bool,
+}
+
+/// One detection, in the COCO results format.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DetBox {
+    pub image_id: i64,
+    pub category_id: i64,
+    pub bbox: [f64; 4],
+    pub score: f64,
+}
+
+/// What [`evaluate`] returns.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CocoReport {
+    /// [`SUMMARY_KEYS`] in order; −1 where nothing could be measured.
+    pub stats: [f64; 12],
+    /// Per category (in the order given): AP over the 10 IoU thresholds, all
+    /// areas, 100 detections; `None` without non-crowd ground truth.
+    pub per_category: Vec<Option<f64>>,
+}
+
+impl CocoReport {
+    pub fn get(&self, key: &str) -> Option<f64> {
+        SUMMARY_KEYS.iter().position(|k| *k == key).map(|i| self.stats[i])
+    }
+}
+
+/// pycocotools' `bbIou` for one pair.
+fn bb_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
+    let w = (d[2] + d[0]).min(g[2] + g[0]) - d[0].max(g[0]);
+    if w <= 0.0 {
+        return 0.0;
+    }
+    let h = (d[3] + d[1]).min(g[3] + g[1]) - d[1].max(g[1]);
+    if h <= 0.0 {
+        return 0.0;
+    }
+    let i = w * h;
+    let da = d[2] * d[3];
+    let u = if crowd { da } else { da + g[2] * g[3] - i };
+    i / u
+}
+
+/// `evaluateImg` for one image, category and area range.
+struct ImageResult {
+    /// Scores of the evaluated detections, in score order.
+    scores: Vec<f64>,
+    /// `[T][D]`: matched, ignored.
+    matched: Vec<Vec<bool>>,
+    ignored: Vec<Vec<bool>>,
+    /// Ground truth not ignored in this range.
+    npig: usize,
+}
+
+fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f64], range: [f64; 2]) -> ImageResult {
+    let out = |a: f64| a < range[0] || a > range[1];
+    let ig: Vec<bool> = gts.iter().map(|g| g.iscrowd || out(g.area)).collect();
+    // stable: non-ignored first, each group in annotation order
+    let mut order: Vec<usize> = (0..gts.len()).collect();
+    order.sort_by_key(|&g| ig[g]);
+    let crowd: Vec<bool> = order.iter().map(|&g| gts[g].iscrowd).collect();
+    let gig: Vec<bool> = order.iter().map(|&g| ig[g]).collect();
+    let d_n = dts.len();
+    let mut matched = vec![vec![false; d_n]; T];
+    let mut ignored = vec![vec![false; d_n]; T];
+    if !gts.is_empty() && d_n > 0 {
+        for (t, &thr) in thrs.iter().enumerate() {
+            let mut gt_taken = vec![false; order.len()];
+            for d in 0..d_n {
+                let mut best = thr.min(1.0 - 1e-10);
+                let mut m: Option<usize> = None;
+                for (gi, &g) in order.iter().enumerate() {
+                    if gt_taken[gi] && !crowd[gi] {
+                        continue;
+                    }
+                    if let Some(mm) = m {
+                        if !gig[mm] && gig[gi] {
+                            break;
+                        }
+                    }
+                    let o = ious[d][g];
+                    if o < best {
+                        continue;
+                    }
+                    best = o;
+                    m = Some(gi);
+                }
+                if let Some(mm) = m {
+                    ignored[t][d] = gig[mm];
+                    matched[t][d] = true;
+                    gt_taken[mm] = true;
+                }
+            }
+        }
+    }
+    for d in 0..d_n {
+        let b = &dts[d].bbox;
+        if out(b[2] * b[3]) {
+            for t in 0..T {
+                ignored[t][d] |= !matched[t][d];
+            }
+        }
+    }
+    ImageResult { scores: dts.iter().map(|d| d.score).collect(), matched, ignored, npig: gig.iter().filter(|i| !**i).count() }
+}
+
+/// Precision at the recall points and final recall for one category, range
+/// and cap, from its images' results (in image order); `None` without
+/// non-ignored ground truth.
+fn accumulate(results: &[&ImageResult], max_det: usize, rec_thrs: &[f64]) -> Option<(Vec<Vec<f64>>, Vec<f64>)> {
+    let npig: usize = results.iter().map(|r| r.npig).sum();
+    if npig == 0 {
+        return None;
+    }
+    // (image, detection) in merge order: by score, stable over image order
+    let mut items: Vec<(usize, usize)> = results.iter().enumerate().flat_map(|(i, r)| (0..r.scores.len().min(max_det)).map(move |d| (i, d))).collect();
+    items.sort_by(|a, b| results[b.0].scores[b.1].total_cmp(&results[a.0].scores[a.1]));
+    let mut precision = Vec::with_capacity(T);
+    let mut recall = Vec::with_capacity(T);
+    for t in 0..T {
+        let (mut tp, mut fp) = (0u64, 0u64);
+        let mut rc = Vec::with_capacity(items.len());
+        let mut pr = Vec::with_capacity(items.len());
+        for &(i, d) in &items {
+            let r = results[i];
+            if !r.ignored[t][d] {
+                if r.matched[t][d] {
+                    tp += 1;
+                } else {
+                    fp += 1;
+                }
+            }
+            let (tpf, fpf) = (tp as f64, fp as f64);
+            rc.push(tpf / npig as f64);
+            pr.push(tpf / (fpf + tpf + f64::EPSILON));
+        }
+        recall.push(rc.last().copied().unwrap_or(0.0));
+        for i in (1..pr.len()).rev() {
+            if pr[i] > pr[i - 1] {
+                pr[i - 1] = pr[i];
+            }
+        }
+        let q: Vec<f64> = rec_thrs
+            .iter()
+            .map(|&r| {
+                let pi = rc.partition_point(|&x| x < r);
+                pr.get(pi).copied().unwrap_or(0.0)
+            })
+            .collect();
+        precision.push(q);
+    }
+    Some((precision, recall))
+}
+
+/// Evaluates `dets` against `gts` over `image_ids` and `category_ids` (both
+/// are sorted and deduplicated here, as pycocotools does). Ground truth and
+/// detections of other images or categories are left out.
+pub fn evaluate(image_ids: &[i64], category_ids: &[i64], gts: &[GtBox], dets: &[DetBox]) -> CocoReport {
+    let mut imgs = image_ids.to_vec();
+    imgs.sort_unstable();
+    imgs.dedup();
+    let mut cats_sorted = category_ids.to_vec();
+    cats_sorted.sort_unstable();
+    cats_sorted.dedup();
+    let img_index: HashMap<i64, usize> = imgs.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    let cat_index: HashMap<i64, usize> = cats_sorted.iter().enumerate().map(|(k, id)| (*id, k)).collect();
+    let k_n = cats_sorted.len();
+    // per category: image index -> (gts, dets), each in input order
+    type Cell<'a> = (Vec<&'a GtBox>, Vec<&'a DetBox>);
+    let mut by_cat: Vec<HashMap<usize, Cell>> = (0..k_n).map(|_| HashMap::new()).collect();
+    for g in gts {
+        if let (Some(&k), Some(&i)) = (cat_index.get(&g.category_id), img_index.get(&g.image_id)) {
+            by_cat[k].entry(i).or_default().0.push(g);
+        }
+    }
+    for d in dets {
+        if let (Some(&k), Some(&i)) = (cat_index.get(&d.category_id), img_index.get(&d.image_id)) {
+            by_cat[k].entry(i).or_default().1.push(d);
+        }
+    }
+    let thrs = iou_thresholds();
+    let rec_thrs = linspace(0.0, 1.0, R);
+    let max_det = MAX_DETS[MAX_DETS.len() - 1];
+    // per category: [A][M] -> Option<(precision [T][R], recall [T])>
+    type Acc = Option<(Vec<Vec<f64>>, Vec<f64>)>;
+    let per_cat: Vec<Vec<Vec<Acc>>> = by_cat
+        .into_par_iter()
+        .map(|cells| {
+            let mut cells: Vec<(usize, Cell)> = cells.into_iter().collect();
+            cells.sort_unstable_by_key(|c| c.0);
+            // per image: detections by score (stable), the first 100, and their IoUs with the ground truth
+            let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<Vec<f64>>)> = cells
+                .into_iter()
+                .map(|(_, (g, mut d))| {
+                    d.sort_by(|a, b| b.score.total_cmp(&a.score));
+                    d.truncate(max_det);
+                    let ious = d.iter().map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd)).collect()).collect();
+                    (g, d, ious)
+                })
+                .collect();
+            AREA_RANGES
+                .iter()
+                .map(|&range| {
+                    let res: Vec<ImageResult> = prepared.iter().map(|(g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
+                    let refs: Vec<&ImageResult> = res.iter().collect();
+                    MAX_DETS.iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
+                })
+                .collect()
+        })
+        .collect();
+    let mean = |vals: &mut dyn Iterator<Item = f64>| {
+        let (mut s, mut n) = (0.0, 0usize);
+        for v in vals.filter(|v| *v > -1.0) {
+            s += v;
+            n += 1;
+        }
+        if n == 0 {
+            -1.0
+        } else {
+            s / n as f64
+        }
+    };
+    let m_last = MAX_DETS.len() - 1;
+    let ap = |t: Option<usize>, a: usize| {
+        mean(&mut per_cat.iter().flat_map(|c| match &c[a][m_last] {
+            Some((p, _)) => p.iter().enumerate().filter(|(ti, _)| t.is_none_or(|t| t == *ti)).flat_map(|(_, q)| q.iter().copied()).collect::<Vec<_>>(),
+            None => Vec::new(),
+        }))
+    };
+    let ar = |m: usize, a: usize| mean(&mut per_cat.iter().flat_map(|c| c[a][m].as_ref().map(|(_, r)| r.clone()).unwrap_or_default()));
+    let stats = [ap(None, 0), ap(Some(0), 0), ap(Some(5), 0), ap(None, 1), ap(None, 2), ap(None, 3), ar(0, 0), ar(1, 0), ar(2, 0), ar(2, 1), ar(2, 2), ar(2, 3)];
+    // per category in the caller's order
+    let per_category = category_ids
+        .iter()
+        .map(|id| {
+            let k = cat_index[id];
+            per_cat[k][0][m_last].as_ref().map(|(p, _)| p.iter().flatten().sum::<f64>() / (T * R) as f64)
+        })
+        .collect();
+    CocoReport { stats, per_category }
+}
+
+/// The 12 summaries as pycocotools prints them.
+pub fn format_summary(r: &CocoReport) -> String {
+    let rows = [
+        ("Average Precision", "(AP)", "0.50:0.95", "all", 100),
+        ("Average Precision", "(AP)", "0.50", "all", 100),
+        ("Average Precision", "(AP)", "0.75", "all", 100),
+        ("Average Precision", "(AP)", "0.50:0.95", "small", 100),
+        ("Average Precision", "(AP)", "0.50:0.95", "medium", 100),
+        ("Average Precision", "(AP)", "0.50:0.95", "large", 100),
+        ("Average Recall", "(AR)", "0.50:0.95", "all", 1),
+        ("Average Recall", "(AR)", "0.50:0.95", "all", 10),
+        ("Average Recall", "(AR)", "0.50:0.95", "all", 100),
+        ("Average Recall", "(AR)", "0.50:0.95", "small", 100),
+        ("Average Recall", "(AR)", "0.50:0.95", "medium", 100),
+        ("Average Recall", "(AR)", "0.50:0.95", "large", 100),
+    ];
+    rows.iter().zip(r.stats).map(|((t, ty, iou, area, md), v)| format!(" {t:<18} {ty} @[ IoU={iou:<9} | area={area:>6} | maxDets={md:>3} ] = {v:0.3}\n")).collect()
+}

@@ -1,0 +1,364 @@
+//! COCO: the instances reader's errors, the box conversion, hand-computed
+//! COCO AP cases, and parity with pycocotools 2.0.11 on random cases.
+
+use std::path::{Path, PathBuf};
+
+use ohem_harness::data::coco::{coco_to_voc, voc_to_coco, CocoFile};
+use ohem_harness::eval::coco::{evaluate, DetBox, GtBox, SUMMARY_KEYS};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+fn gt(image_id: i64, category_id: i64, bbox: [f64; 4], iscrowd: bool) -> GtBox {
+    GtBox { image_id, category_id, bbox, area: bbox[2] * bbox[3], iscrowd }
+}
+
+fn det(image_id: i64, category_id: i64, bbox: [f64; 4], score: f64) -> DetBox {
+    DetBox { image_id, category_id, bbox, score }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+#[test]
+fn coco_box_round_trip() {
+    // whole pixels: [x, y, w, h] = [0, 0, 10, 5] covers pixels 1..=10 x 1..=5 (VOC, 1-based inclusive)
+    assert_eq!(coco_to_voc([0.0, 0.0, 10.0, 5.0]), [1.0, 1.0, 10.0, 5.0]);
+    assert_eq!(voc_to_coco([1.0, 1.0, 10.0, 5.0]), [0.0, 0.0, 10.0, 5.0]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..1000 {
+        // whole and half pixels are exact in f32
+        let b = [rng.random_range(0..500) as f64 / 2.0, rng.random_range(0..500) as f64 / 2.0, rng.random_range(2..300) as f64 / 2.0, rng.random_range(2..300) as f64 / 2.0];
+        assert_eq!(voc_to_coco(coco_to_voc(b)), b);
+    }
+}
+
+#[test]
+fn coco_ap_hand_computed() {
+    let imgs = [1];
+    // one box, one exact detection: every threshold matches, AP = AR = 1
+    let g = [gt(1, 1, [10.0, 10.0, 50.0, 50.0], false)];
+    let r = evaluate(&imgs, &[1], &g, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.9)]);
+    assert!(close(r.stats[0], 1.0) && close(r.stats[8], 1.0), "{:?}", r.stats);
+    // IoU 0.62 (the detection is [10, 10, 31, 50]: 1550 / 2500): matches at 0.50, 0.55, 0.60 of the 10 thresholds
+    let r = evaluate(&imgs, &[1], &g, &[det(1, 1, [10.0, 10.0, 31.0, 50.0], 0.9)]);
+    assert!(close(r.stats[0], 0.3), "AP {}", r.stats[0]);
+    assert!(close(r.stats[1], 1.0) && close(r.stats[2], 0.0), "AP50 {} AP75 {}", r.stats[1], r.stats[2]);
+    assert!(close(r.stats[8], 0.3), "AR100 {}", r.stats[8]);
+    // area 2500 is medium: small and large have no ground truth (−1); medium as all
+    assert!(close(r.stats[3], -1.0) && close(r.stats[4], 0.3) && close(r.stats[5], -1.0), "{:?}", r.stats);
+    // a false positive of higher score first: precision 1/2 at recall 1 → AP50 = 0.5 (101 points, all at 0.5)
+    let r = evaluate(&imgs, &[1], &g, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.5), det(1, 1, [200.0, 200.0, 20.0, 20.0], 0.9)]);
+    assert!(close(r.stats[1], 0.5), "AP50 {}", r.stats[1]);
+    // the same false positive on a crowd region (inside it: IoU over the detection's area = 1) is ignored
+    let g2 = [g[0].clone(), gt(1, 1, [190.0, 190.0, 60.0, 60.0], true)];
+    let r = evaluate(&imgs, &[1], &g2, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.5), det(1, 1, [200.0, 200.0, 20.0, 20.0], 0.9)]);
+    assert!(close(r.stats[1], 1.0), "AP50 with the crowd region {}", r.stats[1]);
+    // a crowd region matches many detections: two on it, both ignored
+    let r = evaluate(&imgs, &[1], &g2, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.5), det(1, 1, [200.0, 200.0, 20.0, 20.0], 0.9), det(1, 1, [195.0, 195.0, 20.0, 20.0], 0.8)]);
+    assert!(close(r.stats[1], 1.0), "AP50 with two on the crowd region {}", r.stats[1]);
+    // a duplicate of a matched box is a false positive
+    let r = evaluate(&imgs, &[1], &g, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.9), det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.8)]);
+    assert!(close(r.stats[1], 1.0) && close(r.stats[8], 1.0), "{:?}", r.stats);
+    // an area of exactly 32² is small and medium
+    let g3 = [GtBox { area: 1024.0, ..gt(1, 1, [0.0, 0.0, 32.0, 32.0], false) }];
+    let r = evaluate(&imgs, &[1], &g3, &[det(1, 1, [0.0, 0.0, 32.0, 32.0], 0.9)]);
+    assert!(close(r.stats[3], 1.0) && close(r.stats[4], 1.0) && close(r.stats[5], -1.0), "{:?}", r.stats);
+    // a category without ground truth is left out of the mean (not counted as 0)
+    let r = evaluate(&imgs, &[1, 7], &g, &[det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.9), det(1, 7, [10.0, 10.0, 50.0, 50.0], 0.9)]);
+    assert!(close(r.stats[0], 1.0) && r.per_category[1].is_none(), "{:?}", r);
+    // at most 100 detections per image and category: the exact box at rank 101 is not seen
+    let mut d: Vec<DetBox> = (0..100).map(|i| det(1, 1, [300.0 + i as f64, 300.0, 5.0, 5.0], 0.9)).collect();
+    d.push(det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.1));
+    let r = evaluate(&imgs, &[1], &g, &d);
+    assert!(close(r.stats[8], 0.0), "AR100 {}", r.stats[8]);
+    // ties keep input order: two detections of score 0.9, the false positive first → AP50 0.5; swapped → 1
+    let tp = det(1, 1, [10.0, 10.0, 50.0, 50.0], 0.9);
+    let fp = det(1, 1, [200.0, 200.0, 20.0, 20.0], 0.9);
+    assert!(close(evaluate(&imgs, &[1], &g, &[fp.clone(), tp.clone()]).stats[1], 0.5));
+    assert!(close(evaluate(&imgs, &[1], &g, &[tp, fp]).stats[1], 1.0));
+}
+
+/// Where the pycocotools venv's python is: `OHEM_COCO_PYTHON` (set by
+/// scripts/test.sh), else the venv that scripts/coco-venv.sh makes.
+fn reference_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("OHEM_COCO_PYTHON") {
+        return p.into();
+    }
+    let cache = std::env::var_os("OHEM_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("ohem-harness"))).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ohem-harness"));
+    let p = cache.join("coco-venv/bin/python");
+    assert!(p.exists(), "pycocotools is not installed: run ./scripts/coco-venv.sh (./scripts/test.sh does)");
+    p
+}
+
+/// A random case with what pycocotools' details hinge on: crowd regions, ties
+/// in score, areas exactly 32² and 96², images without ground truth, more than
+/// 100 detections for an image and category, sparse category ids and one
+/// category without ground truth.
+fn random_case(seed: u64) -> (serde_json::Value, serde_json::Value) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let cats = [1i64, 5, 17, 42]; // 42 never has ground truth
+    let n_img = rng.random_range(1..7);
+    let mut images = Vec::new();
+    let mut anns = Vec::new();
+    let mut dets = Vec::new();
+    for i in 0..n_img {
+        let id = 3 + 11 * i as i64;
+        let (w, h) = (rng.random_range(200..500), rng.random_range(200..500));
+        images.push(json!({"id": id, "width": w, "height": h, "file_name": format!("{id}.jpg")}));
+        let n_gt = if rng.random_bool(0.25) { 0 } else { rng.random_range(1..8) };
+        let mut boxes = Vec::new();
+        for _ in 0..n_gt {
+            let cat = cats[rng.random_range(0..3)];
+            let (bw, bh): (f64, f64) = match rng.random_range(0..5) {
+                0 => (32.0, 32.0),
+                1 => (96.0, 96.0),
+                2 => (rng.random_range(4.0..30.0), rng.random_range(4.0..30.0)),
+                _ => (rng.random_range(10.0..150.0), rng.random_range(10.0..150.0)),
+            };
+            let (x, y) = (rng.random_range(0.0..(w as f64 - bw).max(1.0)), rng.random_range(0.0..(h as f64 - bh).max(1.0)));
+            let crowd = rng.random_bool(0.15);
+            // the area field: mostly w*h, sometimes exactly 32² or 96² whatever the box
+            let area = match rng.random_range(0..6) {
+                0 => 1024.0,
+                1 => 9216.0,
+                _ => bw * bh,
+            };
+            anns.push(json!({"id": anns.len() + 1, "image_id": id, "category_id": cat, "bbox": [x, y, bw, bh], "area": area, "iscrowd": crowd as u8}));
+            boxes.push((cat, [x, y, bw, bh]));
+        }
+        for &cat in &cats {
+            let n_det = match rng.random_range(0..6) {
+                0 => 0,
+                1 => rng.random_range(101..140),
+                _ => rng.random_range(1..25),
+            };
+            for _ in 0..n_det {
+                let same: Vec<&[f64; 4]> = boxes.iter().filter(|b| b.0 == cat).map(|b| &b.1).collect();
+                let b = if !same.is_empty() && rng.random_bool(0.6) {
+                    let g = same[rng.random_range(0..same.len())];
+                    let mut j = |v: f64, s: f64| v + rng.random_range(-0.25..0.25) * s;
+                    {
+                        let (x, y) = (j(g[0], g[2]), j(g[1], g[3]));
+                        [x, y, (g[2] * rng.random_range(0.7..1.3)).max(1.0), (g[3] * rng.random_range(0.7..1.3)).max(1.0)]
+                    }
+                } else if rng.random_bool(0.1) {
+                    [rng.random_range(0.0..100.0), rng.random_range(0.0..100.0), 32.0, 32.0]
+                } else {
+                    [rng.random_range(0.0..w as f64), rng.random_range(0.0..h as f64), rng.random_range(2.0..120.0), rng.random_range(2.0..120.0)]
+                };
+                // scores on a coarse grid: many ties
+                let score = rng.random_range(1..20) as f64 / 20.0;
+                dets.push(json!({"image_id": id, "category_id": cat, "bbox": b, "score": score}));
+            }
+        }
+    }
+    let categories: Vec<serde_json::Value> = cats.iter().map(|c| json!({"id": c, "name": format!("class{c}")})).collect();
+    (json!({"images": images, "annotations": anns, "categories": categories}), serde_json::Value::Array(dets))
+}
+
+fn our_stats(gt_path: &Path, dets: &serde_json::Value) -> [f64; 12] {
+    let f = CocoFile::read(gt_path).expect("a valid case");
+    let d: Vec<DetBox> = serde_json::from_value(dets.clone()).unwrap();
+    let imgs: Vec<i64> = f.images.iter().map(|i| i.id).collect();
+    let cats: Vec<i64> = f.categories.iter().map(|c| c.id).collect();
+    evaluate(&imgs, &cats, &f.gt_boxes(), &d).stats
+}
+
+#[test]
+fn coco_ap_matches_pycocotools() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for seed in 0..60 {
+        let (g, d) = random_case(seed);
+        let c = dir.path().join(format!("case{seed}"));
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(c.join("gt.json"), g.to_string()).unwrap();
+        std::fs::write(c.join("dets.json"), d.to_string()).unwrap();
+        cases.push((c, d));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/coco_reference.py");
+    let out = std::process::Command::new(reference_python()).arg(&script).args(cases.iter().map(|c| &c.0)).output().expect("running pycocotools");
+    assert!(out.status.success(), "pycocotools failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], "2.0.11", "the reference is pycocotools 2.0.11");
+    let mut checked = 0;
+    for ((c, d), r) in cases.iter().zip(v["cases"].as_array().unwrap()) {
+        let theirs: Vec<f64> = r["stats"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ours = our_stats(&c.join("gt.json"), d);
+        for (k, (a, b)) in SUMMARY_KEYS.iter().zip(ours.iter().zip(&theirs)) {
+            assert!((a - b).abs() <= 1e-6, "{}: {k} ours {a} pycocotools {b}", c.display());
+            checked += (*b > -1.0) as usize;
+        }
+    }
+    // the cases measure something: most summaries have a value
+    assert!(checked > 60 * 8, "only {checked} summaries were measured");
+}
+
+fn expect_err(json: &str, needles: &[&str]) {
+    let p = Path::new("instances_x.json");
+    let e = CocoFile::parse(p, json).expect_err("must be refused").to_string();
+    assert!(e.contains("instances_x.json"), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "{e:?} lacks {n:?}");
+    }
+}
+
+#[test]
+fn bad_instances_files_are_refused_with_the_id() {
+    let img = r#"{"id": 7, "width": 100, "height": 80, "file_name": "a.jpg"}"#;
+    let cat = r#"{"id": 3, "name": "tree"}"#;
+    let file = |anns: &str| format!(r#"{{"images": [{img}], "categories": [{cat}], "annotations": [{anns}]}}"#);
+    expect_err("{\"images\": [", &["malformed JSON"]);
+    expect_err(r#"{"images": []}"#, &["categories"]);
+    expect_err(&file(r#"{"id": 1, "image_id": 7, "category_id": 3}"#), &["annotation id 1", "bbox"]);
+    expect_err(&file(r#"{"id": 1, "image_id": 8, "category_id": 3, "bbox": [1, 1, 5, 5]}"#), &["annotation id 1", "image_id 8"]);
+    expect_err(&file(r#"{"id": 1, "image_id": 7, "category_id": 4, "bbox": [1, 1, 5, 5]}"#), &["annotation id 1", "category_id 4"]);
+    expect_err(&file(r#"{"id": 1, "image_id": 7, "category_id": 3, "bbox": [1, 1, 5, 5]}, {"id": 1, "image_id": 7, "category_id": 3, "bbox": [1, 1, 5, 5]}"#), &["annotation id 1 appears twice"]);
+    expect_err(&file(r#"{"id": 2, "image_id": 7, "category_id": 3, "bbox": [1, 1, 0, 5]}"#), &["annotation id 2", "not positive"]);
+    expect_err(&file(r#"{"id": 2, "image_id": 7, "category_id": 3, "bbox": [1, 1, 5, -1]}"#), &["annotation id 2", "not positive"]);
+    expect_err(&file(r#"{"id": 2, "image_id": 7, "category_id": 3, "bbox": [100, 1, 5, 5]}"#), &["annotation id 2", "wholly outside"]);
+    expect_err(&file(r#"{"id": 2, "image_id": 7, "category_id": 3, "bbox": [-10, 1, 10, 5]}"#), &["annotation id 2", "wholly outside"]);
+    expect_err(&format!(r#"{{"images": [{img}, {img}], "categories": [{cat}]}}"#), &["image id 7 appears twice"]);
+    expect_err(&format!(r#"{{"images": [{{"id": 9, "width": 10, "file_name": "b.jpg"}}], "categories": [{cat}]}}"#), &["image id 9", "height"]);
+    expect_err(&format!(r#"{{"images": [{img}], "categories": [{cat}, {cat}]}}"#), &["category id 3 appears twice"]);
+    // sparse ids, an image without annotations, a crowd region: accepted
+    let ok = format!(r#"{{"images": [{img}, {{"id": 9, "width": 10, "height": 10, "file_name": "b.png"}}], "categories": [{{"id": 90, "name": "dead"}}, {cat}], "annotations": [{{"id": 5, "image_id": 7, "category_id": 90, "bbox": [0, 0, 10, 8], "iscrowd": 1}}]}}"#);
+    let f = CocoFile::parse(Path::new("ok.json"), &ok).unwrap();
+    assert_eq!(f.classes(), ["tree", "dead"]);
+    let anns = f.annotations(Path::new("imgs"));
+    assert_eq!(anns.len(), 2);
+    assert_eq!(anns[0].objects[0].class, 1);
+    assert!(anns[0].objects[0].crowd);
+    assert_eq!(anns[0].objects[0].bbox, [1.0, 1.0, 10.0, 8.0]);
+    assert!(anns[1].objects.is_empty());
+    assert_eq!(Path::new(&anns[1].filename), Path::new("imgs/b.png"));
+}
+
+fn outcome(r: &ohem_harness::rundir::EpochRow) -> Vec<Option<f64>> {
+    let mut v = vec![Some(r.loss), Some(r.loss_cls), Some(r.loss_bbox), Some(r.fg_fraction), Some(r.sel_loss), r.map_voc07, r.map_voc10];
+    v.extend(r.coco());
+    v
+}
+
+/// The tiny dataset converted to COCO (`harness convert`) trains the run the
+/// VOC layout trains: the same losses, VOC mAP and COCO summaries, bit for bit.
+#[test]
+fn the_same_data_as_voc_and_as_coco_trains_the_same_run() {
+    use ohem_harness::config::TrainConfig;
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let coco_root = t.path().join("coco");
+    let (ok, _, err) = crate::util::harness(&["convert", crate::util::tiny_dataset().to_str().unwrap(), "--out", coco_root.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(coco_root.join("annotations/instances_trainval.json").is_file() && coco_root.join("images").is_dir());
+    let path = crate::util::tiny_config(t.path(), "test:\n  eval_every: 1\n");
+    let voc = TrainConfig::load(&path, &[]).unwrap();
+    let coco = TrainConfig::load(&path, &[format!("dataset.root={}", coco_root.display())]).unwrap();
+    let ds = ohem_harness::data::Dataset::from_config(&coco.dataset).unwrap();
+    assert!(ds.coco.is_some(), "the COCO layout is detected from the root");
+    let ra = ohem_harness::trainer::train(&voc, &t.path().join("voc-run"), &crate::util::test_opts()).unwrap();
+    let rb = ohem_harness::trainer::train(&coco, &t.path().join("coco-run"), &crate::util::test_opts()).unwrap();
+    assert_eq!(ra.len(), 2);
+    assert!(ra.iter().all(|r| r.map_voc07.is_some() && r.coco_ap.is_some()), "every epoch is evaluated, COCO summaries included");
+    let (oa, ob): (Vec<_>, Vec<_>) = (ra.iter().map(outcome).collect(), rb.iter().map(outcome).collect());
+    assert_eq!(oa, ob, "VOC and COCO layouts of the same data");
+}
+
+/// `harness make-dataset --format coco` and `harness eval <instances.json>
+/// --dets <results.json> --metric coco --json`: the ground truth as
+/// detections scores 1 everywhere measured; a result naming an unknown image
+/// is refused with the file and the entry.
+#[test]
+fn eval_reads_coco_results_against_an_instances_file() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("c");
+    let (ok, out, err) = crate::util::harness(&["make-dataset", "--out", root.to_str().unwrap(), "--size", "tiny", "--format", "coco"]);
+    assert!(ok, "{out}{err}");
+    let ann = root.join("annotations/instances_test.json");
+    let f = CocoFile::read(&ann).unwrap();
+    assert!(!f.annotations.is_empty());
+    let dets: Vec<DetBox> = f.annotations.iter().map(|a| det(a.image_id, a.category_id, a.bbox, 1.0)).collect();
+    let res = t.path().join("results.json");
+    std::fs::write(&res, serde_json::to_string(&dets).unwrap()).unwrap();
+    let (ok, out, err) = crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", res.to_str().unwrap(), "--metric", "coco", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.keys().map(String::as_str).collect::<Vec<_>>(), SUMMARY_KEYS);
+    for (k, x) in &v {
+        let x = x.as_f64().unwrap();
+        // AR at 1 and 10 detections per image and class miss what is beyond them
+        let capped = k == "AR1" || k == "AR10";
+        assert!(x == -1.0 || (x - 1.0).abs() < 1e-12 || (capped && x > 0.0 && x < 1.0), "{k} = {x}");
+    }
+    assert_eq!(v["AP"].as_f64(), Some(1.0));
+    // VOC mAP from the same files
+    let (ok, out, err) = crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", res.to_str().unwrap(), "--metric", "voc07", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!((v["map"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{v}");
+    // an unknown image id
+    std::fs::write(&res, r#"[{"image_id": 99999, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.5}]"#).unwrap();
+    let (ok, _, err) = crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", res.to_str().unwrap(), "--metric", "coco"]);
+    assert!(!ok && err.contains("results.json") && err.contains("image_id 99999") && !err.contains("panicked"), "{err}");
+}
+
+/// VOC → COCO → VOC keeps every annotation and image byte.
+#[test]
+fn convert_round_trips() {
+    use ohem_harness::data::Dataset;
+    let t = tempfile::tempdir().unwrap();
+    let src = crate::util::tiny_dataset();
+    let (c, v) = (t.path().join("coco"), t.path().join("voc"));
+    for (from, to) in [(src, &c), (&c, &v)] {
+        let (ok, out, err) = crate::util::harness(&["convert", from.to_str().unwrap(), "--out", to.to_str().unwrap()]);
+        assert!(ok, "{out}{err}");
+    }
+    let (a, b) = (Dataset::open(src).unwrap(), Dataset::open(&v).unwrap());
+    assert_eq!(a.classes, b.classes);
+    for split in ["trainval", "test"] {
+        let (sa, sb) = (a.load_split(split).unwrap(), b.load_split(split).unwrap());
+        assert_eq!(sa.len(), sb.len());
+        for (x, y) in sa.iter().zip(&sb) {
+            // ids become the COCO image ids (000001 → 1)
+            assert_eq!(x.id.parse::<i64>().unwrap().to_string(), y.id);
+            let strip = |o: &ohem_harness::data::Object| (o.name.clone(), o.class, o.bbox, o.difficult, o.crowd);
+            assert_eq!(x.objects.iter().map(strip).collect::<Vec<_>>(), y.objects.iter().map(strip).collect::<Vec<_>>(), "image {}", x.id);
+            assert_eq!(std::fs::read(a.image_path(&x.id)).unwrap(), std::fs::read(b.image_path(&y.id)).unwrap());
+        }
+    }
+    // an existing output is refused, and nothing is written beside it
+    let (ok, _, err) = crate::util::harness(&["convert", src.to_str().unwrap(), "--out", c.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists"), "{err}");
+}
+
+/// A COCO dataset's images: missing, undecodable, or of another size than
+/// the file says: each error names the image file.
+#[test]
+fn bad_coco_images_are_refused_with_the_file() {
+    use ohem_harness::config::DatasetConfig;
+    use ohem_harness::data::Dataset;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("c");
+    ohem_harness::data::coco::convert(crate::util::tiny_dataset(), &root, &[]).unwrap();
+    let cfg = DatasetConfig { train_split: "test".into(), test_split: "test".into(), ..DatasetConfig::voc(&root) };
+    let ds = Dataset::from_config(&cfg).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let (p0, p1) = (ds.image_path_of(&anns[0]), ds.image_path_of(&anns[1]));
+    std::fs::remove_file(&p0).unwrap();
+    let e = ds.load_image(&anns[0]).unwrap_err().to_string();
+    assert!(e.contains(&*p0.to_string_lossy()) && e.contains("missing"), "{e}");
+    std::fs::write(&p1, b"neither JPEG nor PNG").unwrap();
+    let e = ds.load_image(&anns[1]).unwrap_err().to_string();
+    assert!(e.contains(&*p1.to_string_lossy()) && e.contains("not a decodable image"), "{e}");
+    // a size that disagrees with the file's width and height
+    let mut wrong = anns[2].clone();
+    wrong.width += 1;
+    let e = ds.load_image(&wrong).unwrap_err().to_string();
+    assert!(e.contains("differs from the annotation"), "{e}");
+    // and a PNG is read
+    let img = ds.load_image(&anns[3]).unwrap();
+    let png = ds.image_path_of(&anns[3]);
+    img.save_with_format(&png, image::ImageFormat::Png).unwrap();
+    assert_eq!(ds.load_image(&anns[3]).unwrap(), img);
+}
