@@ -13,7 +13,6 @@
 use tch::{Kind, Reduction, Tensor};
 
 use super::box_coder;
-use crate::sampler::hierarchical_ranks;
 
 /// Unreduced per-RoI losses: `cls` = cross-entropy `[R]`, `loc` = smooth L1
 /// (beta 1) summed over the 4 coordinates of the RoI's own class, 0 for
@@ -156,8 +155,8 @@ pub fn isr_p(s: &Selected, ce: &Tensor, weight: &Tensor, kb: KBias, num_classes:
     let pred = own_class_deltas(&s.deltas.detach().index_select(0, &pos), &labels, num_classes); // [P, 4]
     let pred_box = box_coder::decode(&rois, &pred.unsqueeze(1)).squeeze_dim(1);
     let gt_box = box_coder::decode(&rois, &s.targets.index_select(0, &pos).unsqueeze(1)).squeeze_dim(1);
-    let iou: Vec<f32> = crate::sampler::host(&box_coder::aligned_iou(&pred_box, &gt_box));
-    let (labels, gts): (Vec<i64>, Vec<i64>) = (crate::sampler::host(&labels), crate::sampler::host(&s.gt.index_select(0, &pos)));
+    let iou: Vec<f32> = super::host(&box_coder::aligned_iou(&pred_box, &gt_box));
+    let (labels, gts): (Vec<i64>, Vec<i64>) = (super::host(&labels), super::host(&s.gt.index_select(0, &pos)));
     let imp = isr_importance(&labels, &gts, &iou, kb);
     let imp = Tensor::from_slice(&imp).to_device(weight.device());
     let (ce_pos, w_pos) = (ce.index_select(0, &pos), weight.index_select(0, &pos));
@@ -202,3 +201,25 @@ pub fn carl(logits: &Tensor, labels: &Tensor, loc: &Tensor, kb: KBias, n_sel: i6
     let w = &w * (p as f64) / w.sum(Kind::Float);
     (w * loc.index_select(0, &pos)).sum(Kind::Float) / n_sel as f64
 }
+
+/// Hierarchical local ranks (PISA's HLR): each item is first ranked within its
+/// `group` by `key`, highest first (its local rank); all items are then ordered
+/// by local rank, and within one local rank by key, highest first. Returns each
+/// item's position in that order (0 = most important). Ties go to the lower index.
+pub fn hierarchical_ranks(group: &[i64], key: &[f32]) -> Vec<usize> {
+    let n = key.len();
+    let by_key = |&i: &usize, &j: &usize| key[j].total_cmp(&key[i]).then(i.cmp(&j));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|i, j| group[*i].cmp(&group[*j]).then(by_key(i, j)));
+    let mut local = vec![0usize; n];
+    for (pos, &i) in order.iter().enumerate() {
+        local[i] = if pos > 0 && group[order[pos - 1]] == group[i] { local[order[pos - 1]] + 1 } else { 0 };
+    }
+    order.sort_by(|i, j| local[*i].cmp(&local[*j]).then(by_key(i, j)));
+    let mut rank = vec![0usize; n];
+    for (pos, i) in order.into_iter().enumerate() {
+        rank[i] = pos;
+    }
+    rank
+}
+

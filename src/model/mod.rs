@@ -20,6 +20,15 @@ use tch::Tensor;
 pub use backbone::Backbone;
 pub use loss::{minibatch_loss, per_roi_losses};
 
+/// A tensor's values on the host, flattened.
+pub(crate) fn host<T>(t: &Tensor) -> Vec<T>
+where
+    Vec<T>: TryFrom<Tensor>,
+    <Vec<T> as TryFrom<Tensor>>::Error: std::fmt::Debug,
+{
+    Vec::try_from(t.to_device(tch::Device::Cpu).flatten(0, -1)).expect("tensor to host")
+}
+
 /// Model hyperparameters (the `model:` section of a config).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -58,8 +58,10 @@ pub enum Origin {
 
 /// The sources whose code determines the pre-trained weights: the pre-training
 /// itself ([`super`], not this file), the network, RoI pooling, the losses, the optimiser, box coding, the
-/// data it reads and generates, and the helpers they call. Conservative: a
-/// change in any of them changes [`code_stamp`], even one that leaves the
+/// data it reads and generates, and the helpers they call; the build script
+/// (the C++ kernels' flags) and `Cargo.lock` (tch, rand, image and every other
+/// dependency's version); [`code_stamp`] adds the libtorch version. Conservative:
+/// a change in any of them changes [`code_stamp`], even one that leaves the
 /// weights as they were.
 const STAMPED_SOURCES: &[(&str, &str)] = &[
     ("src/pretrain/mod.rs", include_str!("mod.rs")),
@@ -76,6 +78,8 @@ const STAMPED_SOURCES: &[(&str, &str)] = &[
     ("src/boxes.rs", include_str!("../boxes.rs")),
     ("src/config.rs", include_str!("../config.rs")),
     ("src/lib.rs", include_str!("../lib.rs")),
+    ("build.rs", include_str!("../../build.rs")),
+    ("Cargo.lock", include_str!("../../Cargo.lock")),
 ];
 
 /// The code's side of the cache key: a SHA-256 (16 hex digits) of
@@ -92,6 +96,7 @@ pub fn code_stamp() -> &'static str {
             h.update(code_only(text).as_bytes());
             h.update(b"\n");
         }
+        h.update(concat!("libtorch ", env!("OHEM_LIBTORCH_VERSION")).as_bytes());
         format!("{:x}", h.finalize())[..16].to_string()
     })
 }

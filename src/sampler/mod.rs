@@ -38,6 +38,9 @@ use crate::boxes::{iou, BBox};
 use crate::model::box_coder;
 use crate::model::loss::LossConfig;
 pub use crate::rundir::MiningStats;
+// defined with the loss that also uses them (the model does not depend on the samplers)
+pub use crate::model::loss::hierarchical_ranks;
+pub(crate) use crate::model::host;
 
 pub use all::{AllConfig, AllRois};
 pub use fixed_ratio::{FixedRatio, FixedRatioConfig};
@@ -297,15 +300,6 @@ impl SamplerConfig {
     }
 }
 
-/// A tensor's values on the host, flattened.
-pub(crate) fn host<T>(t: &Tensor) -> Vec<T>
-where
-    Vec<T>: TryFrom<Tensor>,
-    <Vec<T> as TryFrom<Tensor>>::Error: std::fmt::Debug,
-{
-    Vec::try_from(t.to_device(tch::Device::Cpu).flatten(0, -1)).expect("tensor to host")
-}
-
 /// Up to `k` indices, chosen uniformly without replacement, where `mask` is true.
 pub fn sample_where(mask: &Tensor, k: i64) -> Tensor {
     let idx = mask.nonzero().squeeze_dim(1);
@@ -325,27 +319,6 @@ pub fn random_choice(items: &[i64], k: usize) -> Vec<i64> {
     }
     let perm: Vec<i64> = host(&Tensor::randperm(items.len() as i64, (Kind::Int64, tch::Device::Cpu)).narrow(0, 0, k as i64));
     perm.into_iter().map(|i| items[i as usize]).collect()
-}
-
-/// Hierarchical local ranks (PISA's HLR): each item is first ranked within its
-/// `group` by `key`, highest first (its local rank); all items are then ordered
-/// by local rank, and within one local rank by key, highest first. Returns each
-/// item's position in that order (0 = most important). Ties go to the lower index.
-pub fn hierarchical_ranks(group: &[i64], key: &[f32]) -> Vec<usize> {
-    let n = key.len();
-    let by_key = |&i: &usize, &j: &usize| key[j].total_cmp(&key[i]).then(i.cmp(&j));
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|i, j| group[*i].cmp(&group[*j]).then(by_key(i, j)));
-    let mut local = vec![0usize; n];
-    for (pos, &i) in order.iter().enumerate() {
-        local[i] = if pos > 0 && group[order[pos - 1]] == group[i] { local[order[pos - 1]] + 1 } else { 0 };
-    }
-    order.sort_by(|i, j| local[*i].cmp(&local[*j]).then(by_key(i, j)));
-    let mut rank = vec![0usize; n];
-    for (pos, i) in order.into_iter().enumerate() {
-        rank[i] = pos;
-    }
-    rank
 }
 
 /// mmcv's `nms_match`: boxes in descending score; each box not yet taken opens
