@@ -332,6 +332,10 @@ pub struct BenchArgs {
     /// Timed iterations per configuration of the training benchmark.
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// `bench eval`: also time COCO evaluation against pycocotools 2.0.11 (scripts/coco-venv.sh) on the
+    /// same 5,000-image case, checking that the 12 summaries agree.
+    #[arg(long)]
+    coco: bool,
     /// Also benchmark vgg16 at 600 px (slow on CPU; `bench samplers` then times VGG16 alone, at --proposals).
     #[arg(long)]
     vgg16: bool,
@@ -766,6 +770,9 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     if all || a.what == BenchWhat::Eval {
         crate::bench::eval()?;
+        if a.coco {
+            crate::bench::eval_coco(5000)?;
+        }
     }
     if all || a.what == BenchWhat::Train {
         crate::bench::train(a.iters, a.vgg16)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ohem_harness::data::coco::{coco_to_voc, voc_to_coco, CocoFile};
-use ohem_harness::eval::coco::{evaluate, DetBox, GtBox, SUMMARY_KEYS};
+use ohem_harness::eval::coco::{evaluate, random_case, DetBox, GtBox, SUMMARY_KEYS};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -91,72 +91,6 @@ fn reference_python() -> PathBuf {
     p
 }
 
-/// A random case with what pycocotools' details hinge on: crowd regions, ties
-/// in score, areas exactly 32² and 96², images without ground truth, more than
-/// 100 detections for an image and category, sparse category ids and one
-/// category without ground truth.
-fn random_case(seed: u64) -> (serde_json::Value, serde_json::Value) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let cats = [1i64, 5, 17, 42]; // 42 never has ground truth
-    let n_img = rng.random_range(1..7);
-    let mut images = Vec::new();
-    let mut anns = Vec::new();
-    let mut dets = Vec::new();
-    for i in 0..n_img {
-        let id = 3 + 11 * i as i64;
-        let (w, h) = (rng.random_range(200..500), rng.random_range(200..500));
-        images.push(json!({"id": id, "width": w, "height": h, "file_name": format!("{id}.jpg")}));
-        let n_gt = if rng.random_bool(0.25) { 0 } else { rng.random_range(1..8) };
-        let mut boxes = Vec::new();
-        for _ in 0..n_gt {
-            let cat = cats[rng.random_range(0..3)];
-            let (bw, bh): (f64, f64) = match rng.random_range(0..5) {
-                0 => (32.0, 32.0),
-                1 => (96.0, 96.0),
-                2 => (rng.random_range(4.0..30.0), rng.random_range(4.0..30.0)),
-                _ => (rng.random_range(10.0..150.0), rng.random_range(10.0..150.0)),
-            };
-            let (x, y) = (rng.random_range(0.0..(w as f64 - bw).max(1.0)), rng.random_range(0.0..(h as f64 - bh).max(1.0)));
-            let crowd = rng.random_bool(0.15);
-            // the area field: mostly w*h, sometimes exactly 32² or 96² whatever the box
-            let area = match rng.random_range(0..6) {
-                0 => 1024.0,
-                1 => 9216.0,
-                _ => bw * bh,
-            };
-            anns.push(json!({"id": anns.len() + 1, "image_id": id, "category_id": cat, "bbox": [x, y, bw, bh], "area": area, "iscrowd": crowd as u8}));
-            boxes.push((cat, [x, y, bw, bh]));
-        }
-        for &cat in &cats {
-            let n_det = match rng.random_range(0..6) {
-                0 => 0,
-                1 => rng.random_range(101..140),
-                _ => rng.random_range(1..25),
-            };
-            for _ in 0..n_det {
-                let same: Vec<&[f64; 4]> = boxes.iter().filter(|b| b.0 == cat).map(|b| &b.1).collect();
-                let b = if !same.is_empty() && rng.random_bool(0.6) {
-                    let g = same[rng.random_range(0..same.len())];
-                    let mut j = |v: f64, s: f64| v + rng.random_range(-0.25..0.25) * s;
-                    {
-                        let (x, y) = (j(g[0], g[2]), j(g[1], g[3]));
-                        [x, y, (g[2] * rng.random_range(0.7..1.3)).max(1.0), (g[3] * rng.random_range(0.7..1.3)).max(1.0)]
-                    }
-                } else if rng.random_bool(0.1) {
-                    [rng.random_range(0.0..100.0), rng.random_range(0.0..100.0), 32.0, 32.0]
-                } else {
-                    [rng.random_range(0.0..w as f64), rng.random_range(0.0..h as f64), rng.random_range(2.0..120.0), rng.random_range(2.0..120.0)]
-                };
-                // scores on a coarse grid: many ties
-                let score = rng.random_range(1..20) as f64 / 20.0;
-                dets.push(json!({"image_id": id, "category_id": cat, "bbox": b, "score": score}));
-            }
-        }
-    }
-    let categories: Vec<serde_json::Value> = cats.iter().map(|c| json!({"id": c, "name": format!("class{c}")})).collect();
-    (json!({"images": images, "annotations": anns, "categories": categories}), serde_json::Value::Array(dets))
-}
-
 fn our_stats(gt_path: &Path, dets: &serde_json::Value) -> [f64; 12] {
     let f = CocoFile::read(gt_path).expect("a valid case");
     let d: Vec<DetBox> = serde_json::from_value(dets.clone()).unwrap();
@@ -170,7 +104,8 @@ fn coco_ap_matches_pycocotools() {
     let dir = tempfile::tempdir().unwrap();
     let mut cases = Vec::new();
     for seed in 0..60 {
-        let (g, d) = random_case(seed);
+        let (g, d) = random_case(seed, 6, 4);
+        let d = serde_json::to_value(&d).unwrap();
         let c = dir.path().join(format!("case{seed}"));
         std::fs::create_dir_all(&c).unwrap();
         std::fs::write(c.join("gt.json"), g.to_string()).unwrap();

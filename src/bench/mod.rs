@@ -91,6 +91,70 @@ pub fn eval() -> Result<()> {
     Ok(())
 }
 
+/// COCO evaluation against pycocotools 2.0.11 on one generated case of
+/// `images` images and 80 categories ([`eval::coco::random_case`]): ours is
+/// timed over `evaluate` (grouping, matching, accumulating, summarising; the
+/// JSON already parsed), pycocotools over `loadRes`, `evaluate`, `accumulate`
+/// and `summarize` (its JSON already loaded), each the median of 3 runs in this
+/// one process pair. The 12 summaries must agree within 1e-6.
+pub fn eval_coco(images: usize) -> Result<()> {
+    let (gt, dets) = eval::coco::random_case(11, images, 80);
+    let dir = tempfile::tempdir()?;
+    let case = dir.path().join("case");
+    std::fs::create_dir_all(&case)?;
+    std::fs::write(case.join("gt.json"), gt.to_string())?;
+    std::fs::write(case.join("dets.json"), crate::data::coco::results_json(&dets))?;
+    let f = crate::data::coco::CocoFile::read(&case.join("gt.json"))?;
+    let (imgs, cats, gts): (Vec<i64>, Vec<i64>, _) = (f.images.iter().map(|i| i.id).collect(), f.categories.iter().map(|c| c.id).collect(), f.gt_boxes());
+    let mut ours = Vec::new();
+    let mut r = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        r = Some(eval::coco::evaluate(&imgs, &cats, &gts, &dets));
+        ours.push(t.elapsed().as_secs_f64());
+    }
+    let r = r.expect("three runs");
+    let python = coco_python()?;
+    let script = std::path::Path::new("scripts/coco_reference.py");
+    let out = std::process::Command::new(&python).arg(script).args([&case, &case, &case]).output()?;
+    if !out.status.success() {
+        anyhow::bail!("{} {} failed: {}", python.display(), script.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let runs = v["cases"].as_array().cloned().unwrap_or_default();
+    let mut theirs: Vec<f64> = runs.iter().filter_map(|c| c["seconds"].as_f64()).collect();
+    let stats: Vec<f64> = runs.first().and_then(|c| c["stats"].as_array()).map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default();
+    let diff = stats.iter().zip(r.stats).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (o, t) = (med(&mut ours), med(&mut theirs));
+    println!(
+        "COCO evaluation: {} images, {} categories, {} ground-truth boxes, {} detections: ours {:.3} s, pycocotools {} {:.2} s (median of 3 each): {:.4}x its time (target <= 0.1x); largest difference in the 12 summaries {diff:.1e}{}",
+        f.images.len(), cats.len(), gts.len(), dets.len(), o, v["version"].as_str().unwrap_or("?"), t, o / t,
+        if stats.len() == 12 && diff <= 1e-6 { "" } else { "  ** DISAGREE **" }
+    );
+    Ok(())
+}
+
+/// The python of the pycocotools venv: `OHEM_COCO_PYTHON`, else what
+/// `scripts/coco-venv.sh` installs under the cache.
+fn coco_python() -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("OHEM_COCO_PYTHON") {
+        return Ok(p.into());
+    }
+    let script = std::path::Path::new("scripts/coco-venv.sh");
+    if !script.is_file() {
+        anyhow::bail!("--coco needs scripts/coco-venv.sh: run `harness bench` from the repository root, or set OHEM_COCO_PYTHON");
+    }
+    let out = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output()?;
+    if !out.status.success() {
+        anyhow::bail!("scripts/coco-venv.sh failed (exit {:?})", out.status.code());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
+}
+
 /// What libtorch reports about CUDA, for the bench headers (a CUDA build on a machine without a GPU says so here).
 pub fn cuda_state() -> String {
     // libtorch_cuda mapped into this process: a CUDA build, whatever the machine has

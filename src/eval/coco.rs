@@ -331,3 +331,76 @@ pub fn format_summary(r: &CocoReport) -> String {
     ];
     rows.iter().zip(r.stats).map(|((t, ty, iou, area, md), v)| format!(" {t:<18} {ty} @[ IoU={iou:<9} | area={area:>6} | maxDets={md:>3} ] = {v:0.3}\n")).collect()
 }
+
+/// A random case with what pycocotools' details hinge on, for the parity test
+/// and `harness bench eval --coco`: 1 to `max_images` images (exactly
+/// `max_images` when it is above 100), sparse category ids of which the last
+/// never has ground truth, crowd regions, `area` fields of exactly 32² and
+/// 96², images without ground truth, ties in score (a grid of 19 values), and
+/// now and then more than 100 detections for an image and category.
+/// Returns the instances JSON and the detections.
+pub fn random_case(seed: u64, max_images: usize, n_categories: usize) -> (serde_json::Value, Vec<DetBox>) {
+    use rand::{Rng, SeedableRng};
+    use serde_json::json;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let cats: Vec<i64> = (0..n_categories.max(2) as i64).map(|k| 1 + 4 * k + k * k % 3).collect();
+    let with_gt = cats.len() - 1;
+    let n_img = if max_images > 100 { max_images } else { rng.random_range(1..=max_images.max(1)) };
+    let (mut images, mut anns, mut dets) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n_img {
+        let id = 3 + 11 * i as i64;
+        let (w, h) = (rng.random_range(200..640), rng.random_range(200..640));
+        images.push(json!({"id": id, "width": w, "height": h, "file_name": format!("{id}.jpg")}));
+        let n_gt = if rng.random_bool(0.25) { 0 } else { rng.random_range(1..8) };
+        let mut boxes: Vec<(i64, [f64; 4])> = Vec::new();
+        for _ in 0..n_gt {
+            let cat = cats[rng.random_range(0..with_gt)];
+            let (bw, bh): (f64, f64) = match rng.random_range(0..5) {
+                0 => (32.0, 32.0),
+                1 => (96.0, 96.0),
+                2 => (rng.random_range(4.0..30.0), rng.random_range(4.0..30.0)),
+                _ => (rng.random_range(10.0..150.0), rng.random_range(10.0..150.0)),
+            };
+            let (x, y) = (rng.random_range(0.0..(w as f64 - bw).max(1.0)), rng.random_range(0.0..(h as f64 - bh).max(1.0)));
+            let crowd = rng.random_bool(0.15);
+            // the area field: mostly w*h, sometimes exactly 32² or 96² whatever the box
+            let area = match rng.random_range(0..6) {
+                0 => 1024.0,
+                1 => 9216.0,
+                _ => bw * bh,
+            };
+            anns.push(json!({"id": anns.len() + 1, "image_id": id, "category_id": cat, "bbox": [x, y, bw, bh], "area": area, "iscrowd": crowd as u8}));
+            boxes.push((cat, [x, y, bw, bh]));
+        }
+        // detections for the image's categories and two others (the last, without ground truth, among them now and then)
+        let mut det_cats: Vec<i64> = boxes.iter().map(|b| b.0).collect();
+        det_cats.push(cats[rng.random_range(0..cats.len())]);
+        det_cats.push(cats[rng.random_range(0..cats.len())]);
+        det_cats.sort_unstable();
+        det_cats.dedup();
+        for cat in det_cats {
+            let n_det = match rng.random_range(0..12) {
+                0 => 0,
+                1 => rng.random_range(101..140),
+                _ => rng.random_range(1..25),
+            };
+            let same: Vec<[f64; 4]> = boxes.iter().filter(|b| b.0 == cat).map(|b| b.1).collect();
+            for _ in 0..n_det {
+                let b = if !same.is_empty() && rng.random_bool(0.6) {
+                    let g = same[rng.random_range(0..same.len())];
+                    let x = g[0] + rng.random_range(-0.25..0.25) * g[2];
+                    let y = g[1] + rng.random_range(-0.25..0.25) * g[3];
+                    [x, y, (g[2] * rng.random_range(0.7..1.3)).max(1.0), (g[3] * rng.random_range(0.7..1.3)).max(1.0)]
+                } else if rng.random_bool(0.1) {
+                    [rng.random_range(0.0..100.0), rng.random_range(0.0..100.0), 32.0, 32.0]
+                } else {
+                    [rng.random_range(0.0..w as f64), rng.random_range(0.0..h as f64), rng.random_range(2.0..120.0), rng.random_range(2.0..120.0)]
+                };
+                let score = rng.random_range(1..20) as f64 / 20.0;
+                dets.push(DetBox { image_id: id, category_id: cat, bbox: b, score });
+            }
+        }
+    }
+    let categories: Vec<serde_json::Value> = cats.iter().map(|c| json!({"id": c, "name": format!("class{c}")})).collect();
+    (json!({"images": images, "annotations": anns, "categories": categories}), dets)
+}
