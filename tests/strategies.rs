@@ -299,6 +299,12 @@ fn the_default_loss_is_fast_rcnns_and_focal_normalises_by_foreground() {
     let want = focal(&b.logits, &b.labels, 2.0, Some(0.25)).sum(Kind::Float).double_value(&[]) / n_fg;
     assert!((cf.double_value(&[]) - want).abs() < 1e-6);
     assert!((lf.double_value(&[]) - loc.sum(Kind::Float).double_value(&[]) / n_fg).abs() < 1e-6);
+    // the box loss on the other arms' scale: divided by the selected RoIs, the classification loss as before
+    let cfg = LossConfig { normalise_loc: Some(Normalise::Selected), ..cfg };
+    let (cs, ls, _, _) = loss::minibatch(&b.selected(None), &cfg, k);
+    assert_eq!(cs.double_value(&[]), cf.double_value(&[]));
+    assert!((ls.double_value(&[]) - loc.sum(Kind::Float).double_value(&[]) / n as f64).abs() < 1e-6);
+    assert!(n_fg < n as f64, "the case has background RoIs, so the two divisors differ");
 }
 
 // ---------------------------------------------------------------------------

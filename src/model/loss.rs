@@ -69,6 +69,8 @@ pub struct KBias {
 pub struct LossConfig {
     pub cls: ClsLoss,
     pub normalise: Normalise,
+    /// What the box loss's sum is divided by; `None`: the same as the classification loss's.
+    pub normalise_loc: Option<Normalise>,
     /// ISR-P: re-weight the positives' classification loss by their IoU-HLR rank.
     pub isr_p: Option<KBias>,
     /// CARL: add a regression loss weighted by the positive's score of its class.
@@ -77,7 +79,7 @@ pub struct LossConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig { cls: ClsLoss::CrossEntropy, normalise: Normalise::Selected, isr_p: None, carl: None }
+        LossConfig { cls: ClsLoss::CrossEntropy, normalise: Normalise::Selected, normalise_loc: None, isr_p: None, carl: None }
     }
 }
 
@@ -114,11 +116,15 @@ pub fn minibatch(s: &Selected, cfg: &LossConfig, num_classes: i64) -> (Tensor, T
     if let Some(w) = &weight {
         cls = cls * w;
     }
-    let norm = match cfg.normalise {
+    let divisor = |n: Normalise| match n {
         Normalise::Selected => n_sel,
         Normalise::Foreground => s.labels.gt(0).sum(Kind::Int64).int64_value(&[]).max(1),
     };
-    let (loss_cls, mut loss_loc) = minibatch_loss(&cls, &loc, norm);
+    let norm = divisor(cfg.normalise);
+    let (loss_cls, mut loss_loc) = match cfg.normalise_loc.map(divisor) {
+        Some(norm_loc) if norm_loc != norm => (minibatch_loss(&cls, &loc, norm).0, minibatch_loss(&cls, &loc, norm_loc).1),
+        _ => minibatch_loss(&cls, &loc, norm),
+    };
     if let Some(c) = cfg.carl {
         loss_loc = loss_loc + carl(s.logits, s.labels, &loc, c, n_sel);
     }

@@ -43,6 +43,12 @@ pub struct FocalConfig {
     /// Foreground weight α (background 1 - α); `null`: no α-balancing.
     pub alpha: Option<f64>,
     pub normalise: FocalNorm,
+    /// What the box loss is divided by; `null` (the default): as `normalise`
+    /// (RetinaNet divides both by the foreground count). `selected` puts the box
+    /// loss on the other arms' scale: at 6% foreground, dividing by the
+    /// foreground weighs it about 16x theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub box_normalise: Option<FocalNorm>,
     /// RetinaNet's prior π: the classifier starts at foreground probability π
     /// (background bias `ln((1 - π) K / π)`); `null` keeps Fast R-CNN's zero bias.
     pub prior_prob: Option<f64>,
@@ -50,7 +56,7 @@ pub struct FocalConfig {
 
 impl Default for FocalConfig {
     fn default() -> Self {
-        FocalConfig { batch_size: 2048, fg_thresh: 0.5, bg_thresh_lo: 0.0, gamma: 2.0, alpha: Some(0.25), normalise: FocalNorm::Foreground, prior_prob: Some(0.01) }
+        FocalConfig { batch_size: 2048, fg_thresh: 0.5, bg_thresh_lo: 0.0, gamma: 2.0, alpha: Some(0.25), normalise: FocalNorm::Foreground, box_normalise: None, prior_prob: Some(0.01) }
     }
 }
 
@@ -98,10 +104,10 @@ impl Sampler for Focal {
     }
 
     fn loss(&self) -> LossConfig {
-        let normalise = match self.cfg.normalise {
+        let norm = |n: FocalNorm| match n {
             FocalNorm::Foreground => Normalise::Foreground,
             FocalNorm::Selected => Normalise::Selected,
         };
-        LossConfig { cls: ClsLoss::Focal { gamma: self.cfg.gamma, alpha: self.cfg.alpha }, normalise, ..LossConfig::default() }
+        LossConfig { cls: ClsLoss::Focal { gamma: self.cfg.gamma, alpha: self.cfg.alpha }, normalise: norm(self.cfg.normalise), normalise_loc: self.cfg.box_normalise.map(norm), ..LossConfig::default() }
     }
 }
