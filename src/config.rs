@@ -172,7 +172,15 @@ pub struct DatasetConfig {
     /// COCO: the folder `file_name` is relative to [default: `<root>/<split>` when it exists, else `<root>/images`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<PathBuf>,
+    /// MiB of decoded images held per split [default: [`DEFAULT_CACHE_MIB`]]: a split
+    /// that fits is decoded up front; a larger one is read from disk as used,
+    /// this much of it kept (trainer/batch.rs). Not part of a run's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_mib: Option<u64>,
 }
+
+/// `dataset.cache_mib` when unset: VOC 2007's trainval (about 2.8 GB decoded) is held.
+pub const DEFAULT_CACHE_MIB: u64 = 4096;
 
 /// A dataset's on-disk layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -185,7 +193,12 @@ pub enum DataFormat {
 impl DatasetConfig {
     /// A VOC dataset at `root` with the default splits.
     pub fn voc(root: impl Into<PathBuf>) -> Self {
-        DatasetConfig { root: root.into(), train_split: default_train_split(), test_split: default_test_split(), format: None, train_ann: None, test_ann: None, images: None }
+        DatasetConfig { root: root.into(), train_split: default_train_split(), test_split: default_test_split(), format: None, train_ann: None, test_ann: None, images: None, cache_mib: None }
+    }
+
+    /// `cache_mib`, or its default.
+    pub fn cache_mib(&self) -> u64 {
+        self.cache_mib.unwrap_or(DEFAULT_CACHE_MIB)
     }
 }
 

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use ohem_harness::data::coco::{coco_to_voc, voc_to_coco, CocoFile};
 use ohem_harness::eval::coco::{evaluate, random_case, DetBox, GtBox, SUMMARY_KEYS};
 use rand::{Rng, SeedableRng};
-use serde_json::json;
 
 fn gt(image_id: i64, category_id: i64, bbox: [f64; 4], iscrowd: bool) -> GtBox {
     GtBox { image_id, category_id, bbox, area: bbox[2] * bbox[3], iscrowd }

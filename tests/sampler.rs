@@ -282,7 +282,7 @@ fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
     // Slow path: every proposal alone through the head; IoU with non-difficult ground truth in Rust.
     let mut slow: Vec<Vec<(usize, f32)>> = Vec::new(); // (proposal, fg score) of background proposals
     for i in 0..store.len() {
-        let p = batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu);
+        let p = batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu).unwrap();
         let feats = tch::no_grad(|| model.features(&p.image.unsqueeze(0), false));
         let props: Vec<f32> = Vec::try_from(p.proposals.flatten(0, -1)).unwrap();
         let gts: Vec<f32> = Vec::try_from(p.gt.flatten(0, -1)).unwrap();

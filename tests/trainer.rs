@@ -220,7 +220,7 @@ fn masked_and_read_only_ohem_make_the_same_update() {
         let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
         let mut opt = Sgd::new(&vs, 0.9, 5e-4);
         let mut sampler = cfg.sampler.build();
-        let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, i == 3, dev)).collect();
+        let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, i == 3, dev).unwrap()).collect();
         let out = train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, cfg).unwrap();
         (vs, out)
     };
@@ -285,7 +285,7 @@ fn weights_of_one_reproduce_the_unweighted_step_exactly() {
             let mut sampler: Box<dyn Sampler> = if weighted { Box::new(Ones(cfg.sampler.build())) } else { cfg.sampler.build() };
             let mut losses = Vec::new();
             for step in 0..3 {
-                let prepared: Vec<batch::Prepared> = [step, step + 2].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu)).collect();
+                let prepared: Vec<batch::Prepared> = [step, step + 2].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, tch::Device::Cpu).unwrap()).collect();
                 let out = train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, &cfg).unwrap();
                 losses.push((out.loss_cls, out.loss_bbox, out.rois, out.fg));
             }
@@ -383,7 +383,7 @@ fn batched_detection_equals_one_image_at_a_time() {
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
     let run = |images_per_batch: usize| {
         let test = ohem_harness::config::TestConfig { images_per_batch, score_thresh: 0.0, ..cfg.test.clone() };
-        detect(&model, &store, &cfg.input, &test, tch::Device::Cpu)
+        detect(&model, &store, &cfg.input, &test, tch::Device::Cpu).unwrap()
     };
     let one = run(1);
     assert!(one.iter().map(|c| c.len()).sum::<usize>() > 100, "an untrained model detects plenty at threshold 0");
@@ -466,7 +466,7 @@ fn a_profiled_step_charges_every_stage_to_its_family() {
             let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
             let mut opt = Sgd::new(&vs, 0.9, 5e-4);
             let mut sampler = cfg.sampler.build();
-            let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, dev)).collect();
+            let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, dev).unwrap()).collect();
             let mut step = || train_step(&model, &mut opt, 0.01, sampler.as_mut(), &prepared, &cfg).map(|_| ());
             let events = if profiled { profile::record(|| step()).unwrap().1 } else { step().map(|_| Vec::new()).unwrap() };
             (vs, events)
@@ -557,7 +557,7 @@ fn distinct_weights_per_roi_and_image_give_the_gradient_by_hand() {
     let ds = Dataset::open(&cfg.dataset.root).unwrap();
     let store = load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
     let dev = tch::Device::Cpu;
-    let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, dev)).collect();
+    let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, false, dev).unwrap()).collect();
     let fresh = || {
         tch::manual_seed(11);
         let vs = VarStore::new(dev);
@@ -618,4 +618,65 @@ fn a_null_override_unsets_a_key() {
     let cfg = TrainConfig::load(&path, &["sampler.mine_every_epochs=null".into(), "sampler.mine_every_iters=2".into()]).unwrap();
     let v = serde_json::to_value(&cfg.sampler).unwrap();
     assert!(v["mine_every_epochs"].is_null() && v["mine_every_iters"] == 2, "{v}");
+}
+
+/// Images read from disk as they are used (`dataset.cache_mib: 0`, none
+/// held; 1 MiB, a few held) train the run that images decoded up front train,
+/// bit for bit, HNM's mining passes included; the store streams only when the
+/// split exceeds the budget, and gives the same tensors either way.
+#[test]
+fn streamed_images_train_the_same_run() {
+    use ohem_harness::trainer::batch::{decoded_bytes, ImageStore};
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let path = tiny_config(t.path(), "test:\n  eval_every: 1\nsampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n");
+    let held = TrainConfig::load(&path, &[]).unwrap();
+    let ra = train(&held, &t.path().join("held"), &test_opts()).unwrap();
+    for mib in ["0", "1"] {
+        let cfg = TrainConfig::load(&path, &[format!("dataset.cache_mib={mib}")]).unwrap();
+        assert_eq!(ohem_harness::harness::grid::cell_id(&cfg), ohem_harness::harness::grid::cell_id(&held), "the budget is not part of the cell's identity");
+        let rb = train(&cfg, &t.path().join(format!("streamed-{mib}")), &test_opts()).unwrap();
+        assert_eq!(ra.iter().map(outcome).collect::<Vec<_>>(), rb.iter().map(outcome).collect::<Vec<_>>(), "cache_mib {mib}");
+    }
+    // the store itself
+    let ds = ohem_harness::data::Dataset::open(tiny_dataset()).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let props: Vec<Vec<[f32; 4]>> = anns.iter().map(|a| vec![[1.0, 1.0, a.width as f32, a.height as f32]]).collect();
+    let mem = ImageStore::load(&ds, anns.clone(), props.clone(), 1 + (decoded_bytes(&anns) >> 20) as u64).unwrap();
+    let disk = ImageStore::load(&ds, anns.clone(), props, 0).unwrap();
+    assert!(!mem.streams() && disk.streams());
+    disk.ahead(&[2, 3, 4]);
+    for i in (0..anns.len()).rev() {
+        assert!(mem.image(i).unwrap().equal(&disk.image(i).unwrap()), "image {i}");
+    }
+    let st = disk.loader_stats();
+    assert_eq!((mem.loader_stats().decoded, st.decoded), (0, anns.len()), "nothing held at 0 MiB: each image decoded when used");
+    assert_eq!(disk.image(0).unwrap().size(), mem.image(0).unwrap().size());
+    assert_eq!(disk.loader_stats().decoded, anns.len() + 1, "and again when used again");
+}
+
+/// A streamed image that cannot be decoded when its turn comes is an error
+/// naming the file (also through a prefetch); a missing one is found when the
+/// split is loaded, before training starts.
+#[test]
+fn a_bad_streamed_image_is_an_error_naming_it() {
+    use ohem_harness::trainer::batch::{prepare, ImageStore};
+    let data = crate::util::copy_of(tiny_dataset());
+    let ds = ohem_harness::data::Dataset::open(data.path()).unwrap();
+    let anns = ds.load_split("trainval").unwrap();
+    let props: Vec<Vec<[f32; 4]>> = anns.iter().map(|a| vec![[1.0, 1.0, a.width as f32, a.height as f32]]).collect();
+    let store = ImageStore::load(&ds, anns.clone(), props.clone(), 0).unwrap();
+    std::fs::write(ds.image_path(&anns[5].id), b"not an image").unwrap();
+    let input = ohem_harness::config::InputConfig::default();
+    for prefetched in [false, true] {
+        if prefetched {
+            store.ahead(&[5]);
+        }
+        let e = format!("{:#}", prepare(&store, 5, &input, false, tch::Device::Cpu).err().expect("an error"));
+        assert!(e.contains(&format!("{}.jpg", anns[5].id)) && e.contains("not a decodable image"), "{e}");
+    }
+    assert!(prepare(&store, 4, &input, false, tch::Device::Cpu).is_ok());
+    std::fs::remove_file(ds.image_path(&anns[6].id)).unwrap();
+    let e = ImageStore::load(&ds, anns.clone(), props, 0).err().expect("a missing image").to_string();
+    assert!(e.contains(&format!("{}.jpg", anns[6].id)) && e.contains("missing"), "{e}");
 }

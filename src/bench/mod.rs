@@ -722,7 +722,8 @@ fn print_settings(peer: &serde_json::Value) {
 
 /// Iteration `it`'s minibatch of the timed steps: images `2·it` and `2·it + 1` of `store`, unflipped.
 fn bench_pair(store: &crate::trainer::batch::ImageStore, input: &crate::config::InputConfig, it: usize, device: Device) -> Vec<crate::trainer::batch::Prepared> {
-    (0..2).map(|j| crate::trainer::batch::prepare(store, (2 * it + j) % store.len(), input, false, device)).collect()
+    // a store made by from_parts holds its images: prepare cannot fail on I/O
+    (0..2).map(|j| crate::trainer::batch::prepare(store, (2 * it + j) % store.len(), input, false, device).expect("images in memory")).collect()
 }
 
 /// `HxW,HxW,...`, as `bench_peer.py --shapes` reads it.
@@ -830,7 +831,7 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     vs.load(dir.join(crate::rundir::CHECKPOINTS).join(format!("epoch_{epochs:03}.safetensors")))?;
     let mut t = detect::DetectTimes::default();
     let start = Instant::now();
-    let dets = detect::detect_timed(&model, &test_set, &cfg.input, &cfg.test, device, Some(&mut t));
+    let dets = detect::detect_timed(&model, &test_set, &cfg.input, &cfg.test, device, Some(&mut t))?;
     let total = start.elapsed().as_secs_f64();
     let n = test_set.len() as f64;
     let rois: i64 = (0..test_set.len()).map(|i| test_set.n_proposals(i)).sum();

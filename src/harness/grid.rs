@@ -93,8 +93,12 @@ fn short(v: &Value) -> String {
 }
 
 /// The stable id of a config: SHA-256 of its canonical JSON, 12 hex digits.
+/// `dataset.cache_mib` is left out: how many images are held in memory does
+/// not change what a run computes.
 pub fn cell_id(cfg: &TrainConfig) -> String {
-    let canon = serde_json::to_vec(cfg).expect("config serialises");
+    let mut cfg = cfg.clone();
+    cfg.dataset.cache_mib = None;
+    let canon = serde_json::to_vec(&cfg).expect("config serialises");
     Sha256::digest(&canon).iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1,7 +1,20 @@
-//! The input side of the trainer: images and proposals held in memory, and
-//! the per-iteration transform (horizontal flip, rescale so the shorter side
-//! is `scale` with the longer side capped at `max_size`, mean/std
+//! The input side of the trainer: a split's images and proposals, and the
+//! per-iteration transform (horizontal flip, rescale so the shorter side is
+//! `scale` with the longer side capped at `max_size`, mean/std
 //! normalisation), as tensor operations on the training device.
+//!
+//! Images: a split whose decoded size (3 bytes a pixel, from the
+//! annotations' sizes) fits `dataset.cache_mib` is decoded up front, in
+//! parallel, and held. A larger one is read from disk when an image is used:
+//! the images read first are kept until the budget is spent (with images
+//! drawn in random order, evicting would not hit more often), and the
+//! consumer asks for the next few images ahead ([`ImageStore::ahead`]),
+//! which worker threads decode while the network runs. Memory then stays at
+//! the budget, whatever the split's size. Both give the same tensors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rayon::prelude::*;
@@ -15,11 +28,43 @@ use crate::data::{Annotation, Dataset};
 /// the proposal's area) are not trained on: Detectron's `CROWD_FILTER_THRESH`.
 pub const CROWD_IOF: f64 = 0.7;
 
-/// One split, decoded once.
+/// Images decoded ahead of their use, by how many the consumer asks for.
+pub const AHEAD: usize = 4;
+
+/// One image being decoded on a worker thread.
+struct Slot {
+    done: Mutex<Option<Result<image::RgbImage, crate::data::DataError>>>,
+    ready: Condvar,
+}
+
+/// A split's images on disk, a budget of them kept decoded.
+struct DiskImages {
+    ds: Dataset,
+    budget: usize,
+    /// Bytes held and the decoded images (`[3, H, W]` uint8).
+    cache: Mutex<(usize, HashMap<usize, Tensor>)>,
+    ahead: Mutex<HashMap<usize, Arc<Slot>>>,
+}
+
+enum Images {
+    /// `[3, H, W]` uint8 on the CPU, one per image.
+    Memory(Vec<Tensor>),
+    Disk(DiskImages),
+}
+
+/// What the loader did, for `bench data`: images decoded from disk, and the
+/// time the consumer waited for an image (decoding it itself, or waiting for a worker).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoaderStats {
+    pub decoded: usize,
+    pub stall: Duration,
+}
+
+/// One split: its annotations, proposals and ground truth, and its images.
 pub struct ImageStore {
     pub anns: Vec<Annotation>,
-    /// `[3, H, W]` uint8 on the CPU.
-    images: Vec<Tensor>,
+    images: Images,
+    stats: Mutex<LoaderStats>,
     /// `[P, 4]` float, 0-based pixels of the original image.
     proposals: Vec<Tensor>,
     /// `[G, 4]` ground truth neither difficult nor crowd, 0-based; `[G]` labels in 1..=K.
@@ -32,21 +77,109 @@ fn to_tensor(boxes: &[BBox]) -> Tensor {
     Tensor::from_slice(&flat).view([boxes.len() as i64, 4])
 }
 
+/// An image as `[3, H, W]` uint8.
+fn to_chw(img: &image::RgbImage) -> Tensor {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous()
+}
+
+/// Bytes of a split's images decoded (3 a pixel).
+pub fn decoded_bytes(anns: &[Annotation]) -> usize {
+    anns.iter().map(|a| 3 * a.width as usize * a.height as usize).sum()
+}
+
 impl ImageStore {
-    pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>) -> Result<Self> {
-        let images: Vec<image::RgbImage> = anns.par_iter().map(|a| ds.load_image(a)).collect::<Result<_, _>>()?;
-        Ok(Self::from_parts(anns, &images, &proposals))
+    /// A split's store: decoded up front when its images fit `cache_mib`
+    /// MiB, else read from disk as used (the module's doc).
+    pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>, cache_mib: u64) -> Result<Self> {
+        let budget = (cache_mib as usize).saturating_mul(1 << 20);
+        if decoded_bytes(&anns) <= budget {
+            let images: Vec<image::RgbImage> = anns.par_iter().map(|a| ds.load_image(a)).collect::<Result<_, _>>()?;
+            return Ok(Self::from_parts(anns, &images, &proposals));
+        }
+        // check that every image is there before training starts; decoding waits for its turn
+        if let Some(a) = anns.iter().find(|a| !ds.image_path_of(a).is_file()) {
+            return Err(crate::data::DataError::MissingImage { path: ds.image_path_of(a) }.into());
+        }
+        let mut s = Self::from_parts(anns, &[], &proposals);
+        s.images = Images::Disk(DiskImages { ds: ds.clone(), budget, cache: Mutex::new((0, HashMap::new())), ahead: Mutex::new(HashMap::new()) });
+        Ok(s)
+    }
+
+    /// Whether the images are read from disk as used (the split exceeds the budget).
+    pub fn streams(&self) -> bool {
+        matches!(self.images, Images::Disk(_))
+    }
+
+    /// What the loader did so far.
+    pub fn loader_stats(&self) -> LoaderStats {
+        *self.stats.lock().expect("loader stats")
+    }
+
+    /// Asks worker threads to decode these images now (at most [`AHEAD`] in
+    /// flight; those held or already asked for are skipped). A no-op for a
+    /// split held in memory.
+    pub fn ahead(&self, indices: &[usize]) {
+        let Images::Disk(d) = &self.images else { return };
+        let held = d.cache.lock().expect("image cache");
+        let mut ahead = d.ahead.lock().expect("prefetch slots");
+        for &i in indices {
+            if ahead.len() >= AHEAD {
+                break;
+            }
+            if i >= self.anns.len() || held.1.contains_key(&i) || ahead.contains_key(&i) {
+                continue;
+            }
+            let slot = Arc::new(Slot { done: Mutex::new(None), ready: Condvar::new() });
+            ahead.insert(i, slot.clone());
+            let (ds, ann) = (d.ds.clone(), self.anns[i].clone());
+            rayon::spawn(move || {
+                let r = ds.load_image(&ann);
+                *slot.done.lock().expect("prefetch slot") = Some(r);
+                slot.ready.notify_all();
+            });
+        }
+    }
+
+    /// Image `i` as `[3, H, W]` uint8 on the CPU.
+    pub fn image(&self, i: usize) -> Result<Tensor> {
+        let d = match &self.images {
+            Images::Memory(v) => return Ok(v[i].shallow_clone()),
+            Images::Disk(d) => d,
+        };
+        if let Some(t) = d.cache.lock().expect("image cache").1.get(&i) {
+            return Ok(t.shallow_clone());
+        }
+        let t0 = Instant::now();
+        let slot = d.ahead.lock().expect("prefetch slots").remove(&i);
+        let img = match slot {
+            Some(slot) => {
+                let mut g = slot.done.lock().expect("prefetch slot");
+                while g.is_none() {
+                    g = slot.ready.wait(g).expect("prefetch slot");
+                }
+                g.take().expect("set before notify")?
+            }
+            None => d.ds.load_image(&self.anns[i])?,
+        };
+        let t = to_chw(&img);
+        {
+            let mut st = self.stats.lock().expect("loader stats");
+            st.decoded += 1;
+            st.stall += t0.elapsed();
+        }
+        let bytes = img.as_raw().len();
+        let mut c = d.cache.lock().expect("image cache");
+        if c.0 + bytes <= d.budget {
+            c.0 += bytes;
+            c.1.insert(i, t.shallow_clone());
+        }
+        Ok(t)
     }
 
     /// A store from decoded images and their proposals (VOC 1-based boxes).
     pub fn from_parts(anns: Vec<Annotation>, images: &[image::RgbImage], proposals: &[Vec<BBox>]) -> Self {
-        let images = images
-            .iter()
-            .map(|img| {
-                let (w, h) = (img.width() as i64, img.height() as i64);
-                Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous()
-            })
-            .collect();
+        let images = Images::Memory(images.iter().map(to_chw).collect());
         let proposals = proposals.iter().map(|p| to_tensor(p)).collect();
         let gt = anns
             .iter()
@@ -57,7 +190,7 @@ impl ImageStore {
                 (to_tensor(&boxes), Tensor::from_slice(&labels))
             })
             .collect();
-        ImageStore { anns, images, proposals, gt }
+        ImageStore { anns, images, stats: Mutex::new(LoaderStats::default()), proposals, gt }
     }
 
     /// Keeps the images whose annotation passes `keep`; returns how many were dropped.
@@ -66,10 +199,19 @@ impl ImageStore {
         let before = self.anns.len();
         let mut it = flags.iter();
         self.anns.retain(|_| *it.next().expect("one flag per image"));
-        for v in [&mut self.images, &mut self.proposals] {
-            let mut it = flags.iter();
-            v.retain(|_| *it.next().expect("one flag per image"));
+        match &mut self.images {
+            Images::Memory(v) => {
+                let mut it = flags.iter();
+                v.retain(|_| *it.next().expect("one flag per image"));
+            }
+            Images::Disk(d) => {
+                // held and asked-for images are keyed by index: start again
+                *d.cache.get_mut().expect("image cache") = (0, HashMap::new());
+                d.ahead.get_mut().expect("prefetch slots").clear();
+            }
         }
+        let mut it = flags.iter();
+        self.proposals.retain(|_| *it.next().expect("one flag per image"));
         let mut it = flags.iter();
         self.gt.retain(|_| *it.next().expect("one flag per image"));
         before - self.anns.len()
@@ -145,8 +287,8 @@ fn flip_boxes(b: &Tensor, w: i64) -> Tensor {
     Tensor::stack(&[x1, b.select(1, 1), x2, b.select(1, 3)], 1)
 }
 
-pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, device: Device) -> Prepared {
-    let raw = store.images[i].to_device(device); // [3, H, W] u8
+pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, device: Device) -> Result<Prepared> {
+    let raw = store.image(i)?.to_device(device); // [3, H, W] u8
     let (_, h, w) = raw.size3().expect("[3, H, W]");
     let mean = Tensor::from_slice(&cfg.pixel_mean.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
     let std = Tensor::from_slice(&cfg.pixel_std.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
@@ -160,7 +302,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
     let s = cfg.scale_for(h, w);
     let (nh, nw) = ((h as f64 * s).round() as i64, (w as f64 * s).round() as i64);
     let image = img.unsqueeze(0).upsample_bilinear2d([nh, nw], false, None, None).squeeze_dim(0); // [3, nh, nw]
-    Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: store.gt[i].1.to_device(device) }
+    Ok(Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: store.gt[i].1.to_device(device) })
 }
 
 /// Zero-pads images to a common size: `[N, 3, Hmax, Wmax]`.

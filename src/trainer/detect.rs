@@ -31,12 +31,12 @@ pub struct DetectTimes {
 }
 
 /// Detections per class (`[K]` lists) over all images of `store`, in VOC 1-based pixels.
-pub fn detect(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device) -> Vec<Vec<Detection>> {
+pub fn detect(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device) -> anyhow::Result<Vec<Vec<Detection>>> {
     detect_timed(model, store, input, test, device, None)
 }
 
 /// [`detect`], adding each stage's seconds to `times` when given (which synchronises CUDA between stages).
-pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, mut times: Option<&mut DetectTimes>) -> Vec<Vec<Detection>> {
+pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, mut times: Option<&mut DetectTimes>) -> anyhow::Result<Vec<Vec<Detection>>> {
     let k = model.num_classes as usize;
     let timed = times.is_some();
     let mut clock = std::time::Instant::now();
@@ -55,15 +55,20 @@ pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, t
     let mut t = DetectTimes::default();
     let mut out = vec![Vec::new(); k];
     let images: Vec<usize> = (0..store.len()).filter(|&i| store.n_proposals(i) > 0).collect();
-    for group in images.chunks(test.images_per_batch.max(1)) {
+    let groups: Vec<&[usize]> = images.chunks(test.images_per_batch.max(1)).collect();
+    for (g, group) in groups.iter().enumerate() {
+        // the next group's images, decoded while this one runs (a split held in memory: nothing)
+        if let Some(next) = groups.get(g + 1) {
+            store.ahead(next);
+        }
         // network: per-image backbone and RoI pooling, one head pass
-        let (probs, boxes, sizes) = tch::no_grad(|| {
+        let (probs, boxes, sizes) = tch::no_grad(|| -> anyhow::Result<_> {
             let mut pooled = Vec::with_capacity(group.len());
             let mut boxes = Vec::with_capacity(group.len());
             let mut sizes = Vec::with_capacity(group.len());
-            for &i in group {
+            for &i in group.iter() {
                 let ann = &store.anns[i];
-                let p = prepare(store, i, input, false, device);
+                let p = prepare(store, i, input, false, device)?;
                 let n = p.proposals.size()[0];
                 let feats = model.features(&p.image.unsqueeze(0), false);
                 t.backbone += lap();
@@ -86,8 +91,8 @@ pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, t
                 })
                 .collect();
             t.head += lap();
-            (probs.split_with_sizes(&sizes, 0), boxes, sizes)
-        });
+            Ok((probs.split_with_sizes(&sizes, 0), boxes, sizes))
+        })?;
         // host: per class, threshold and NMS; then the cap per image
         let host: Vec<(Vec<f32>, Vec<f32>)> = probs
             .iter()
@@ -108,7 +113,7 @@ pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, t
         times.head += t.head;
         times.host += t.host;
     }
-    out
+    Ok(out)
 }
 
 /// One image's detections from its class probabilities `[n, K+1]` and boxes `[n, K, 4]` (0-based).

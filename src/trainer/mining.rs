@@ -25,7 +25,8 @@ impl Miner for FrozenScorer<'_> {
         let k = self.model.num_classes;
         let mut out = Vec::with_capacity(self.store.len());
         for i in 0..self.store.len() {
-            let p = prepare(self.store, i, &self.cfg.input, false, self.device);
+            self.store.ahead(&(i + 1..i + 1 + super::batch::AHEAD).collect::<Vec<_>>());
+            let p = prepare(self.store, i, &self.cfg.input, false, self.device)?;
             let n = p.proposals.size()[0];
             let s = tch::no_grad(|| {
                 let feats = self.model.features(&p.image.unsqueeze(0), false);

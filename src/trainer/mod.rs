@@ -93,7 +93,7 @@ pub fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Pa
             proposals::compute(ds, &anns, &cfg.proposals.ss_params(), Some(&cache), opts.progress)?.0
         }
     };
-    ImageStore::load(ds, anns, props)
+    ImageStore::load(ds, anns, props, cfg.dataset.cache_mib())
 }
 
 /// The detector of `cfg` for `num_classes` classes, seeded with `cfg.seed`,
@@ -357,7 +357,10 @@ impl Run<'_> {
             let prepared: Vec<batch::Prepared> = (0..n_img)
                 .map(|j| order[(it * n_img + j) % order.len()])
                 .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), self.device))
-                .collect();
+                .collect::<Result<_>>()?;
+            // the next iteration's images, decoded while this one trains (a split held in memory: nothing)
+            let next: Vec<usize> = (0..batch::AHEAD).map(|j| order[((it + 1) * n_img + j) % order.len()]).collect();
+            self.data.train.ahead(&next);
             let out = train_step(&self.model, &mut self.opt, cfg.train.lr_at(&sched, at.iteration), self.sampler.as_mut(), &prepared, cfg)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.add(&out);
@@ -377,7 +380,7 @@ impl Run<'_> {
         self.obs.epoch_trained();
         let train_s = elapsed_before + t_epoch.elapsed().as_secs_f64() - st.mine_s;
         self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref())?;
-        let (eval_s, maps) = self.evaluate(epoch);
+        let (eval_s, maps) = self.evaluate(epoch)?;
         let (map07, map10) = maps.as_ref().map_or((None, None), |m| (Some(m.0), Some(m.1)));
         self.wall += t_epoch.elapsed().as_secs_f64();
         let mut row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1)) };
@@ -410,17 +413,17 @@ impl Run<'_> {
     /// VOC07 and VOC10 mAP and COCO's box summaries on the test split when
     /// epoch `epoch` (0-based) is due for evaluation (every `test.eval_every`
     /// epochs, and the last), and the seconds it took.
-    fn evaluate(&mut self, epoch: usize) -> (f64, Option<(f64, f64, eval::coco::CocoReport)>) {
+    fn evaluate(&mut self, epoch: usize) -> Result<(f64, Option<(f64, f64, eval::coco::CocoReport)>)> {
         let (cfg, t) = (self.cfg, Instant::now());
         if epoch + 1 != self.sched.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
-            return (t.elapsed().as_secs_f64(), None);
+            return Ok((t.elapsed().as_secs_f64(), None));
         }
         self.obs.phase(PhaseKind::Evaluating, epoch, 0, 0);
-        let dets = detect::detect(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device);
+        let dets = detect::detect(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device)?;
         let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
         let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
         let d = &self.data;
         let coco = eval::coco::evaluate(&crate::data::coco::image_ids(&d.test.anns), &d.category_ids, &d.coco_gt, &coco_dets_of(&d.test.anns, &dets, &d.category_ids));
-        (t.elapsed().as_secs_f64(), Some((m07, m10, coco)))
+        Ok((t.elapsed().as_secs_f64(), Some((m07, m10, coco))))
     }
 }
