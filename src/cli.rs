@@ -332,6 +332,12 @@ pub struct BenchArgs {
     /// Timed iterations per configuration of the training benchmark.
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// `bench data`: dataset.cache_mib of the training runs (MiB of decoded images held per split).
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
+    /// `bench data`: training images of each generated dataset (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
+    sizes: Vec<usize>,
     /// `bench eval`: also time COCO evaluation against pycocotools 2.0.11 (scripts/coco-venv.sh) on the
     /// same 5,000-image case, checking that the 12 summaries agree.
     #[arg(long)]
@@ -393,6 +399,8 @@ pub enum BenchWhat {
     Epoch,
     /// Claim (a) across regimes: masked / read-only OHEM against RoIs per image and head width, written to --out (not part of `all`).
     ClaimA,
+    /// The image loader on datasets of 1,000, 5,000 and 20,000 images: peak RSS of --iters training iterations, images per second, the steps' wait for images (not part of `all`).
+    Data,
     All,
 }
 
@@ -761,6 +769,12 @@ fn bench(a: BenchArgs) -> Result<()> {
     let all = a.what == BenchWhat::All;
     if a.what == BenchWhat::Epoch {
         crate::bench::epoch(&a.config, a.epochs)?;
+    }
+    if a.what == BenchWhat::Data {
+        if a.sizes.iter().any(|&n| n < 8) {
+            bail!("--sizes: each dataset needs at least 8 images (its test split)");
+        }
+        crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
     }
     if a.what == BenchWhat::ClaimA {
         crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16, a.peer)?;

@@ -113,6 +113,10 @@ pub struct EpochRow {
     /// regime a timing was taken in. Absent in logs that predate it.
     #[serde(default)]
     pub rois_per_image: Option<f64>,
+    /// Seconds of `train_s` the steps waited for their images (decoding a
+    /// streamed image, or waiting for a worker's); absent in logs that predate it.
+    #[serde(default)]
+    pub load_s: Option<f64>,
     /// COCO's box summaries on the test split ([`COCO_COLUMNS`]); absent in logs that predate them.
     #[serde(default)]
     pub coco_ap: Option<f64>,

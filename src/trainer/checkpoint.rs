@@ -108,6 +108,9 @@ pub struct EpochStats {
     pub images: f64,
     #[serde(default)]
     pub rois_all: f64,
+    /// Seconds the training steps waited for their images (absent in checkpoints that predate it).
+    #[serde(default)]
+    pub load_s: f64,
 }
 
 impl EpochStats {
@@ -166,6 +169,7 @@ impl EpochStats {
             coco_arm: None,
             coco_arl: None,
             rois_per_image: (self.images > 0.0).then(|| self.rois_all / self.images),
+            load_s: Some(self.load_s),
         }
     }
 }

@@ -354,6 +354,7 @@ impl Run<'_> {
             let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * sched.iters_per_epoch + it };
             self.mine(at, &mut st)?;
             let n_img = cfg.train.images_per_batch;
+            let waited = self.data.train.loader_stats().stall;
             let prepared: Vec<batch::Prepared> = (0..n_img)
                 .map(|j| order[(it * n_img + j) % order.len()])
                 .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), self.device))
@@ -361,6 +362,7 @@ impl Run<'_> {
             // the next iteration's images, decoded while this one trains (a split held in memory: nothing)
             let next: Vec<usize> = (0..batch::AHEAD).map(|j| order[((it + 1) * n_img + j) % order.len()]).collect();
             self.data.train.ahead(&next);
+            st.load_s += (self.data.train.loader_stats().stall - waited).as_secs_f64();
             let out = train_step(&self.model, &mut self.opt, cfg.train.lr_at(&sched, at.iteration), self.sampler.as_mut(), &prepared, cfg)
                 .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
             st.add(&out);
