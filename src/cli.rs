@@ -777,7 +777,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
     }
     if a.what == BenchWhat::ClaimA {
-        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16, a.peer)?;
+        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16, a.peer, a.rounds as usize)?;
     }
     if all || a.what == BenchWhat::Proposals {
         crate::bench::proposals(a.images)?;

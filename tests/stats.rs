@@ -199,3 +199,24 @@ fn family_wise_intervals_cover_all_six_comparisons() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+/// bench claim-a's word per point, from the rounds' times: the ratio of the
+/// mean times, its interval paired by round, and the band [1.6, 2.5].
+#[test]
+fn claim_a_points_get_the_band_rules_word() {
+    use ohem_harness::bench::claim_a_ratio;
+    let ro = [1.0, 1.1, 0.9];
+    let (r, ci, w) = claim_a_ratio(&ro, &[2.1, 2.1, 1.8]);
+    assert!((r - 2.0).abs() < 1e-12 && w == "supported", "{r} {ci:?} {w}");
+    let (lo, hi) = ci.unwrap();
+    assert!(lo > 1.6 && hi < 2.5 && lo < 2.0 && hi > 2.0, "{lo} {hi}");
+    // every round exactly 2x: no spread, nothing resolved
+    let (_, _, w) = claim_a_ratio(&ro, &[2.0, 2.2, 1.8]);
+    assert!(w.starts_with("no spread"), "{w}");
+    let (_, _, w) = claim_a_ratio(&ro, &[3.0, 3.3, 2.7]);
+    assert_eq!(w, "contradicted");
+    let (_, ci, w) = claim_a_ratio(&ro, &[2.0, 3.0, 1.2]);
+    assert_eq!(w, "not resolved", "{ci:?}");
+    let (_, ci, w) = claim_a_ratio(&[1.0], &[2.0]);
+    assert!(ci.is_none() && w.is_empty(), "one round: no interval");
+}
