@@ -245,3 +245,31 @@ fn the_shipped_backbone_is_the_default_datas_and_this_codes() {
         assert!(shipped.join(&key).join("backbone.safetensors").is_file(), "cell {}: no shipped backbone for key {key} in {}", c.arm, shipped.display());
     }
 }
+
+/// The pre-training key reads the data, not its layout: the tiny dataset as
+/// VOC and as COCO (`harness convert`) share one key (so one backbone); a box
+/// moved by one pixel, or an object made difficult, changes it.
+#[test]
+fn the_pretraining_key_is_the_datas_not_the_layouts() {
+    use ohem_harness::pretrain::key_of;
+    let t = tempfile::tempdir().unwrap();
+    let voc = crate::util::copy_of(crate::util::tiny_dataset());
+    let coco = t.path().join("coco");
+    ohem_harness::data::coco::convert(voc.path(), &coco, &[]).unwrap();
+    let root = |p: &Path| format!("dataset.root={}", p.display());
+    let k_voc = key_of(&tiny_pretrain(t.path(), &[&root(voc.path())])).unwrap().0;
+    let k_coco = key_of(&tiny_pretrain(t.path(), &[&root(&coco)])).unwrap().0;
+    assert_eq!(k_voc, k_coco);
+    // edit one training annotation's first box
+    let ds = ohem_harness::data::Dataset::open(voc.path()).unwrap();
+    let id = ds.split_ids("trainval").unwrap()[0].clone();
+    let path = ds.annotation_path(&id);
+    let xml = std::fs::read_to_string(&path).unwrap();
+    let at = xml.find("<xmin>").unwrap() + "<xmin>".len();
+    let end = at + xml[at..].find('<').unwrap();
+    let x: f32 = xml[at..end].parse().unwrap();
+    std::fs::write(&path, format!("{}{}{}", &xml[..at], x + 1.0, &xml[end..])).unwrap();
+    assert_ne!(key_of(&tiny_pretrain(t.path(), &[&root(voc.path())])).unwrap().0, k_voc, "a moved box");
+    std::fs::write(&path, xml.replacen("<difficult>0</difficult>", "<difficult>1</difficult>", 1)).unwrap();
+    assert_ne!(key_of(&tiny_pretrain(t.path(), &[&root(voc.path())])).unwrap().0, k_voc, "a difficult object");
+}

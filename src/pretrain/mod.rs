@@ -73,27 +73,26 @@ struct SourceImage {
 }
 
 
-/// A SHA-256 of the source: the bytes of every training image and annotation
-/// (`dataset`), and the generator's version and settings (`synth`).
+/// A SHA-256 of the source: the class list, and per training image (in split
+/// order) what the pre-training reads of it: its size, its objects (class
+/// name, box, difficult, crowd) and its file's bytes (`dataset`); the
+/// generator's version and settings (`synth`). Neither the layout nor the
+/// ids are in it, so the same data as VOC and as COCO shares one key.
 fn fingerprint(cfg: &TrainConfig) -> Result<String> {
+    use rayon::prelude::*;
     let mut h = Sha256::new();
     if cfg.pretrain.source.uses_dataset() {
         let ds = Dataset::from_config(&cfg.dataset)?;
         h.update(ds.classes.join("\n").as_bytes());
-        if let Some(split) = ds.coco_split(&cfg.dataset.train_split) {
-            // COCO: the instances file, then each image's bytes in file order
-            h.update(Sha256::digest(std::fs::read(&split.ann).with_context(|| format!("reading {}", split.ann.display()))?));
-            for a in ds.load_split(&cfg.dataset.train_split)? {
-                h.update(a.id.as_bytes());
-                h.update(Sha256::digest(crate::data::voc::read_image_bytes(&ds.image_path_of(&a))?));
+        let anns = ds.load_split(&cfg.dataset.train_split)?;
+        let digests = anns.par_iter().map(|a| Ok(Sha256::digest(crate::data::voc::read_image_bytes(&ds.image_path_of(a))?))).collect::<Result<Vec<_>>>()?;
+        for (a, d) in anns.iter().zip(digests) {
+            h.update(format!("\n{}x{}", a.width, a.height).as_bytes());
+            for o in &a.objects {
+                let b = o.bbox.map(f32::to_bits);
+                h.update(format!(" {} {:?} {} {}", o.name, b, o.difficult as u8, o.crowd as u8).as_bytes());
             }
-        }
-        for id in ds.split_ids(&cfg.dataset.train_split)?.into_iter().filter(|_| ds.coco.is_none()) {
-            let xml = std::fs::read(ds.annotation_path(&id)).with_context(|| format!("reading {}", ds.annotation_path(&id).display()))?;
-            let bytes = crate::data::voc::read_image_bytes(&ds.image_path(&id))?;
-            h.update(id.as_bytes());
-            h.update(Sha256::digest(&xml));
-            h.update(Sha256::digest(&bytes));
+            h.update(d);
         }
     }
     if cfg.pretrain.source.uses_synth() {
