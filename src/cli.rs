@@ -678,7 +678,7 @@ fn dry_run(g: &crate::harness::Grid) {
             Some("large") => "large",
             _ => "small",
         };
-        eprintln!("warning: dataset.root = {} does not exist yet; make it (a generated dataset) with `harness make-dataset --out {} --size {size}`, or point dataset.root at a VOC-layout root", root.display(), root.display());
+        eprintln!("warning: dataset.root = {} does not exist yet; make it (a generated dataset) with `harness make-dataset --out {} --size {size}` (with `--format coco` for the COCO layout), or point dataset.root at a VOC or COCO root", root.display(), root.display());
     }
 }
 
