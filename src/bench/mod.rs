@@ -141,16 +141,22 @@ pub fn eval_coco(images: usize) -> Result<()> {
 /// The python of the pycocotools venv: `OHEM_COCO_PYTHON`, else what
 /// `scripts/coco-venv.sh` installs under the cache.
 fn coco_python() -> Result<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("OHEM_COCO_PYTHON") {
+    venv_python("OHEM_COCO_PYTHON", "scripts/coco-venv.sh", "--coco")
+}
+
+/// A Python: `$env` when set, else the one that `script` (a venv installer,
+/// run from the repository root) prints; `flag` names what needs it in errors.
+fn venv_python(env: &str, script: &str, flag: &str) -> Result<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(p.into());
     }
-    let script = std::path::Path::new("scripts/coco-venv.sh");
-    if !script.is_file() {
-        anyhow::bail!("--coco needs scripts/coco-venv.sh: run `harness bench` from the repository root, or set OHEM_COCO_PYTHON");
+    let path = std::path::Path::new(script);
+    if !path.is_file() {
+        anyhow::bail!("{flag} needs {script}: run `harness bench` from the repository root, or set {env}");
     }
-    let out = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output()?;
+    let out = std::process::Command::new("bash").arg(path).stderr(std::process::Stdio::inherit()).output()?;
     if !out.status.success() {
-        anyhow::bail!("scripts/coco-venv.sh failed (exit {:?})", out.status.code());
+        anyhow::bail!("{script} failed (exit {:?})", out.status.code());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().into())
 }
@@ -711,18 +717,7 @@ fn bench_store(n_props: usize) -> crate::trainer::batch::ImageStore {
 /// The peer's Python: `$OHEM_PEER_PYTHON` (a machine's own PyTorch), else the venv that
 /// `scripts/peer-venv.sh` installs under the cache.
 fn peer_python() -> Result<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("OHEM_PEER_PYTHON") {
-        return Ok(p.into());
-    }
-    let script = std::path::Path::new("scripts/peer-venv.sh");
-    if !script.is_file() {
-        anyhow::bail!("--peer needs scripts/peer-venv.sh: run `harness bench` from the repository root, or set OHEM_PEER_PYTHON");
-    }
-    let out = std::process::Command::new("bash").arg(script).stderr(std::process::Stdio::inherit()).output()?;
-    if !out.status.success() {
-        anyhow::bail!("scripts/peer-venv.sh failed (exit {:?})", out.status.code());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().into())
+    venv_python("OHEM_PEER_PYTHON", "scripts/peer-venv.sh", "--peer")
 }
 
 /// What the peer measured per step kind: seconds per iteration and peak memory (MiB).
