@@ -376,6 +376,9 @@ pub struct BenchArgs {
     /// `bench claim-a`: head widths (fc6/fc7) of the small backbone (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "512,4096")]
     fc: Vec<i64>,
+    /// `bench claim-a --vgg16`: proposals per image of VGG16's points (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
+    vgg16_rois: Vec<usize>,
     /// `bench claim-a`: the output folder.
     #[arg(long, default_value = "results/claim-a")]
     out: PathBuf,
@@ -421,8 +424,8 @@ impl Command {
                 Ok(())
             }
             Command::Bench(a) => {
-                if a.images == 0 || a.iters == 0 || a.epochs == 0 || a.proposals.contains(&0) || a.rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
-                    bail!("--images, --iters, --epochs, --proposals, --rois and --fc must be at least 1");
+                if a.images == 0 || a.iters == 0 || a.epochs == 0 || a.proposals.contains(&0) || a.rois.contains(&0) || a.vgg16_rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
+                    bail!("--images, --iters, --epochs, --proposals, --rois, --vgg16-rois and --fc must be at least 1");
                 }
                 Ok(())
             }
@@ -777,7 +780,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
     }
     if a.what == BenchWhat::ClaimA {
-        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16, a.peer, a.rounds as usize)?;
+        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
     }
     if all || a.what == BenchWhat::Proposals {
         crate::bench::proposals(a.images)?;

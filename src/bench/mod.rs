@@ -572,20 +572,24 @@ pub fn claim_a_ratio(read_only: &[f64], masked: &[f64]) -> (f64, Option<(f64, f6
     (est.value, est.ci, word)
 }
 
-pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], fc_widths: &[i64], vgg16: bool, peer: bool, rounds: usize) -> Result<()> {
+pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], fc_widths: &[i64], vgg16: Option<&[usize]>, peer: bool, rounds: usize) -> Result<()> {
     let rounds = rounds.max(1);
     use crate::sampler::ohem::OhemImpl;
     use crate::sampler::{OhemConfig, SamplerConfig};
     let device = Device::cuda_if_available();
     let peer_python = if peer { Some(peer_python()?) } else { None };
     let mut configs: Vec<TrainConfig> = fc_widths.iter().map(|&fc| bench_config(SMALL).map(|mut c| { c.model.fc_dim = Some(fc); c })).collect::<Result<_>>()?;
-    if vgg16 {
+    if vgg16.is_some() {
         configs.push(bench_config(VGG16)?);
     }
     let processor = crate::rundir::cpu_model().filter(|_| !device.is_cuda()).unwrap_or_else(|| "GPU".into());
     let mut points = Vec::new();
     for base in &configs {
-        for &n_props in proposal_counts {
+        let counts = match vgg16 {
+            Some(v) if base.model.backbone == Backbone::Vgg16 => v,
+            _ => proposal_counts,
+        };
+        for &n_props in counts {
             let store = bench_store(n_props);
             let shapes = batch_shapes(&store, &base.input, iters, device);
             // rounds: ours and the peer alternate which goes first (the peer in odd rounds), and
