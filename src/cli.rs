@@ -166,7 +166,7 @@ pub struct ProposalsArgs {
     /// Use precomputed proposals from this file instead of selective search.
     #[arg(long, conflicts_with_all = ["no_cache", "cache_dir"])]
     from: Option<PathBuf>,
-    /// Also write the proposals to this file (`<image_id> <x1> <y1> <x2> <y2>` lines).
+    /// Also write the proposals to this file: the binary format (read one image at a time) when it ends in `.bin`, else `<image_id> <x1> <y1> <x2> <y2>` lines.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the report as JSON.

@@ -73,3 +73,64 @@ fn proposals_file_round_trips_and_rejects_bad_lines() {
     lines.push_str(&format!("{} 1 1 5000 5\n", ids[0]));
     bad(&lines, &["props.txt", "outside"]);
 }
+
+/// The binary proposals file: what is written is read back, image by image,
+/// as the text file reads it; a damaged or foreign file is an error naming it.
+#[test]
+fn binary_proposals_round_trip_and_refuse_damage() {
+    use ohem_harness::proposals::binary::{is_binary, BinaryProposals};
+    let ds = Dataset::open(tiny_dataset()).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let boxes: Vec<Vec<[f32; 4]>> = anns.iter().enumerate().map(|(i, a)| (0..i + 1).map(|k| [1.0 + k as f32, 2.0, a.width as f32 - k as f32, a.height as f32 - 0.5]).collect()).collect();
+    let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+    let (bin, txt) = (t.path().join("p.bin"), t.path().join("p.txt"));
+    write_proposals_file(&bin, &ids, &boxes).unwrap();
+    write_proposals_file(&txt, &ids, &boxes).unwrap();
+    assert!(is_binary(&bin) && !is_binary(&txt));
+    assert_eq!(from_file(&bin, &anns).unwrap(), boxes);
+    assert_eq!(from_file(&txt, &anns).unwrap(), boxes);
+    let f = BinaryProposals::open(&bin).unwrap();
+    assert_eq!(f.ids(), ids.as_slice());
+    assert_eq!(f.read(ids[2], anns[2].width, anns[2].height).unwrap(), boxes[2]);
+    // damage: truncated, foreign, an image it lacks, a box outside its image
+    let bytes = std::fs::read(&bin).unwrap();
+    let cut = t.path().join("cut.bin");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    let e = BinaryProposals::open(&cut).err().expect("truncated").to_string();
+    assert!(e.contains("cut.bin") && e.contains("truncated"), "{e}");
+    let e = BinaryProposals::open(&txt).err().expect("text").to_string();
+    assert!(e.contains("p.txt") && e.contains("OHEMPRP1"), "{e}");
+    let e = f.read("no-such-image", 10, 10).unwrap_err().to_string();
+    assert!(e.contains("p.bin") && e.contains("no-such-image"), "{e}");
+    let e = f.read(ids[3], 5, 5).unwrap_err().to_string();
+    assert!(e.contains(ids[3]) && e.contains("inside its 5x5 image"), "{e}");
+}
+
+/// Training from a binary proposals file (read per image, never held) is
+/// training from the same proposals as text, bit for bit.
+#[test]
+fn training_from_binary_proposals_is_training_from_text() {
+    use ohem_harness::config::TrainConfig;
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let root = tiny_dataset().to_str().unwrap();
+    let mut files = Vec::new();
+    for ext in ["txt", "bin"] {
+        for split in ["trainval", "test"] {
+            let out = t.path().join(format!("{split}.{ext}"));
+            let (ok, _, err) = crate::util::harness(&["proposals", root, "--split", split, "--cache-dir", crate::util::cache_dir().to_str().unwrap(), "--out", out.to_str().unwrap()]);
+            assert!(ok, "{err}");
+            files.push(out);
+        }
+    }
+    let path = crate::util::tiny_config(t.path(), "");
+    let run = |train: &std::path::Path, test: &std::path::Path, out: &str| {
+        let cfg = TrainConfig::load(&path, &[format!("proposals.train_file={}", train.display()), format!("proposals.test_file={}", test.display())]).unwrap();
+        ohem_harness::trainer::train(&cfg, &t.path().join(out), &crate::util::test_opts()).unwrap()
+    };
+    let a = run(&files[0], &files[1], "text");
+    let b = run(&files[2], &files[3], "binary");
+    let key = |r: &ohem_harness::rundir::EpochRow| (r.loss, r.loss_cls, r.loss_bbox, r.map_voc07, r.map_voc10);
+    assert_eq!(a.iter().map(key).collect::<Vec<_>>(), b.iter().map(key).collect::<Vec<_>>());
+}

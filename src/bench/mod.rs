@@ -900,7 +900,7 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     let dets = detect::detect_timed(&model, &test_set, &cfg.input, &cfg.test, device, Some(&mut t))?;
     let total = start.elapsed().as_secs_f64();
     let n = test_set.len() as f64;
-    let rois: i64 = (0..test_set.len()).map(|i| test_set.n_proposals(i)).sum();
+    let rois: i64 = (0..test_set.len()).map(|i| test_set.n_proposals(i)).sum::<Result<i64>>()?;
     println!(
         "  evaluation pass: {:.1} ms/image ({:.0} RoIs/image, {} detections) = backbone {:.1} + RoI pooling {:.1} + head {:.1} + host {:.1}",
         total * 1e3 / n,
@@ -963,7 +963,7 @@ impl WaitRusage for std::process::Child {
 
 /// `bench data`: for each size, a VOC dataset of that many training images
 /// (the small default data's 360 images, repeated through links) with 300
-/// proposals an image from a file (so that no selective search runs), and
+/// proposals an image from a binary proposals file (read one image at a time; no selective search runs), and
 /// `harness train` run as a child for `iters` iterations (small backbone from
 /// scratch, 2 images a step, `dataset.cache_mib` = `cache_mib`): its peak
 /// RSS (`wait4`), and from its `metrics.csv` the share of the training time
@@ -980,7 +980,7 @@ pub fn data(sizes: &[usize], cache_mib: u64, iters: usize) -> Result<()> {
     let ids = sds.split_ids("trainval")?;
     let exe = std::env::current_exe()?;
     println!("{}", machine_line(Device::Cpu));
-    println!("bench data: {iters} training iterations (2 images each) per size, dataset.cache_mib {cache_mib}, 300 proposals an image from a file");
+    println!("bench data: {iters} training iterations (2 images each) per size, dataset.cache_mib {cache_mib}, 300 proposals an image from a binary file");
     println!("| training images | decoded size | streamed | peak RSS | RSS / first row's | steps' wait for images | images/s through the loader |");
     println!("|---|---|---|---|---|---|---|");
     let mut first_rss = None;
@@ -1014,9 +1014,9 @@ pub fn data(sizes: &[usize], cache_mib: u64, iters: usize) -> Result<()> {
             })
             .collect();
         let id_refs: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
-        let props = root.join("proposals.txt");
+        let props = root.join("proposals.bin");
         crate::proposals::write_proposals_file(&props, &id_refs, &boxes)?;
-        let test_props = root.join("proposals-test.txt");
+        let test_props = root.join("proposals-test.bin");
         crate::proposals::write_proposals_file(&test_props, &id_refs[..8], &boxes[..8])?;
         let cfg = root.join("bench.yaml");
         std::fs::write(

@@ -6,6 +6,7 @@
 //! own proposals in the documented text format (see [`read_proposals_file`]).
 //! [`recall_report`] measures them against non-difficult ground truth.
 
+pub mod binary;
 pub mod felzenszwalb;
 pub mod selective_search;
 
@@ -162,8 +163,12 @@ pub fn read_proposals_file(path: &Path) -> Result<HashMap<String, Vec<BBox>>> {
     Ok(out)
 }
 
-/// Writes proposals in the format [`read_proposals_file`] reads.
+/// Writes proposals: the binary format ([`binary`]) when `path` ends in `.bin`,
+/// else the text format [`read_proposals_file`] reads.
 pub fn write_proposals_file(path: &Path, ids: &[&str], boxes: &[Vec<BBox>]) -> Result<()> {
+    if path.extension().is_some_and(|e| e == "bin") {
+        return binary::write(path, ids, boxes);
+    }
     let mut s = String::from("# ohem-harness proposals: <image_id> <x1> <y1> <x2> <y2>, 1-based inclusive pixels, rank order\n");
     for (id, bs) in ids.iter().zip(boxes) {
         for b in bs {
@@ -174,9 +179,13 @@ pub fn write_proposals_file(path: &Path, ids: &[&str], boxes: &[Vec<BBox>]) -> R
     Ok(())
 }
 
-/// Proposals for `anns` taken from a user's file; every image must be present
-/// and every box must lie inside its image.
+/// Proposals for `anns` taken from a user's file (text or binary); every image
+/// must be present and every box must lie inside its image.
 pub fn from_file(path: &Path, anns: &[Annotation]) -> Result<Vec<Vec<BBox>>> {
+    if binary::is_binary(path) {
+        let f = binary::BinaryProposals::open(path)?;
+        return anns.iter().map(|a| f.read(&a.id, a.width, a.height)).collect();
+    }
     let mut all = read_proposals_file(path)?;
     anns.iter()
         .map(|a| {

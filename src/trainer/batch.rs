@@ -60,13 +60,21 @@ pub struct LoaderStats {
     pub stall: Duration,
 }
 
+/// Where a split's proposals are.
+enum Proposals {
+    /// `[P, 4]` float, 0-based pixels of the original image, one per image.
+    Memory(Vec<Tensor>),
+    /// A binary proposals file, read one image at a time; with the crowd
+    /// filter's threshold once [`ImageStore::drop_crowd_proposals`] asked for it.
+    File(crate::proposals::binary::BinaryProposals, Option<f64>),
+}
+
 /// One split: its annotations, proposals and ground truth, and its images.
 pub struct ImageStore {
     pub anns: Vec<Annotation>,
     images: Images,
     stats: Mutex<LoaderStats>,
-    /// `[P, 4]` float, 0-based pixels of the original image.
-    proposals: Vec<Tensor>,
+    proposals: Proposals,
     /// `[G, 4]` ground truth neither difficult nor crowd, 0-based; `[G]` labels in 1..=K.
     gt: Vec<(Tensor, Tensor)>,
 }
@@ -91,6 +99,18 @@ pub fn decoded_bytes(anns: &[Annotation]) -> usize {
 impl ImageStore {
     /// A split's store: decoded up front when its images fit `cache_mib`
     /// MiB, else read from disk as used (the module's doc).
+    /// [`ImageStore::load`] with the proposals left in a binary proposals file,
+    /// read as each image is used (every image of `anns` must be in it).
+    pub fn load_with_file(ds: &Dataset, anns: Vec<Annotation>, file: crate::proposals::binary::BinaryProposals, cache_mib: u64) -> Result<Self> {
+        if let Some(a) = anns.iter().find(|a| file.count(&a.id).is_none()) {
+            anyhow::bail!("proposals file lacks image {:?}", a.id);
+        }
+        let empty = vec![Vec::new(); anns.len()];
+        let mut s = Self::load(ds, anns, empty, cache_mib)?;
+        s.proposals = Proposals::File(file, None);
+        Ok(s)
+    }
+
     pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>, cache_mib: u64) -> Result<Self> {
         let budget = (cache_mib as usize).saturating_mul(1 << 20);
         if decoded_bytes(&anns) <= budget {
@@ -180,7 +200,7 @@ impl ImageStore {
     /// A store from decoded images and their proposals (VOC 1-based boxes).
     pub fn from_parts(anns: Vec<Annotation>, images: &[image::RgbImage], proposals: &[Vec<BBox>]) -> Self {
         let images = Images::Memory(images.iter().map(to_chw).collect());
-        let proposals = proposals.iter().map(|p| to_tensor(p)).collect();
+        let proposals = Proposals::Memory(proposals.iter().map(|p| to_tensor(p)).collect());
         let gt = anns
             .iter()
             .map(|a| {
@@ -210,8 +230,11 @@ impl ImageStore {
                 d.ahead.get_mut().expect("prefetch slots").clear();
             }
         }
-        let mut it = flags.iter();
-        self.proposals.retain(|_| *it.next().expect("one flag per image"));
+        if let Proposals::Memory(v) = &mut self.proposals {
+            // a file's proposals are found by image id
+            let mut it = flags.iter();
+            v.retain(|_| *it.next().expect("one flag per image"));
+        }
         let mut it = flags.iter();
         self.gt.retain(|_| *it.next().expect("one flag per image"));
         before - self.anns.len()
@@ -227,44 +250,79 @@ impl ImageStore {
 
     /// `[P]` each proposal's best IoU with a difficult box of image `i` (0 when
     /// it has none), in the original image's pixels (IoU does not change with the scale).
-    pub fn difficult_iou(&self, i: usize) -> Tensor {
+    pub fn difficult_iou(&self, i: usize) -> Result<Tensor> {
         let boxes: Vec<BBox> = self.anns[i].objects.iter().filter(|o| o.difficult).map(|o| o.bbox).collect();
-        let p = &self.proposals[i];
+        let p = self.proposals_of(i)?;
         if boxes.is_empty() {
-            return Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device()));
+            return Ok(Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device())));
         }
-        crate::model::box_coder::iou_matrix(p, &to_tensor(&boxes)).amax([1], false)
+        Ok(crate::model::box_coder::iou_matrix(&p, &to_tensor(&boxes)).amax([1], false))
+    }
+
+    /// Image `i`'s proposals, `[P, 4]` float, 0-based pixels of the original image.
+    pub fn proposals_of(&self, i: usize) -> Result<Tensor> {
+        match &self.proposals {
+            Proposals::Memory(v) => Ok(v[i].shallow_clone()),
+            Proposals::File(f, crowd) => {
+                let a = &self.anns[i];
+                let p = to_tensor(&f.read(&a.id, a.width, a.height)?);
+                Ok(match crowd {
+                    Some(thresh) => without_crowd(a, &p, *thresh).0,
+                    None => p,
+                })
+            }
+        }
     }
 
     /// Drops the proposals that lie at least `thresh` inside a crowd region
     /// (intersection over the proposal's area, Detectron's `CROWD_FILTER_THRESH`),
-    /// so that no sampler takes them as foreground or background. Returns how many.
-    pub fn drop_crowd_proposals(&mut self, thresh: f64) -> i64 {
-        let mut dropped = 0;
-        for (a, p) in self.anns.iter().zip(self.proposals.iter_mut()) {
-            let crowd: Vec<BBox> = a.objects.iter().filter(|o| o.crowd).map(|o| o.bbox).collect();
-            if crowd.is_empty() || p.size()[0] == 0 {
-                continue;
+    /// so that no sampler takes them as foreground or background. Returns how
+    /// many, or `None` for proposals in a file, filtered as each image is read.
+    pub fn drop_crowd_proposals(&mut self, thresh: f64) -> Option<i64> {
+        match &mut self.proposals {
+            Proposals::File(_, crowd) => {
+                *crowd = Some(thresh);
+                None
             }
-            let c = to_tensor(&crowd);
-            let col = |t: &Tensor, k: i64| t.select(1, k);
-            let (px1, py1, px2, py2) = (col(p, 0).unsqueeze(1), col(p, 1).unsqueeze(1), col(p, 2).unsqueeze(1), col(p, 3).unsqueeze(1));
-            let (cx1, cy1, cx2, cy2) = (col(&c, 0).unsqueeze(0), col(&c, 1).unsqueeze(0), col(&c, 2).unsqueeze(0), col(&c, 3).unsqueeze(0));
-            // inclusive pixels, as crate::boxes
-            let iw = (px2.minimum(&cx2) - px1.maximum(&cx1) + 1.0).clamp_min(0.0);
-            let ih = (py2.minimum(&cy2) - py1.maximum(&cy1) + 1.0).clamp_min(0.0);
-            let area = (&px2 - &px1 + 1.0) * (&py2 - &py1 + 1.0);
-            let iof = (iw * ih / area).amax([1], false);
-            let keep = iof.lt(thresh).nonzero().squeeze_dim(1);
-            dropped += p.size()[0] - keep.size()[0];
-            *p = p.index_select(0, &keep);
+            Proposals::Memory(v) => {
+                let mut dropped = 0;
+                for (a, p) in self.anns.iter().zip(v.iter_mut()) {
+                    let (kept, n) = without_crowd(a, p, thresh);
+                    dropped += n;
+                    *p = kept;
+                }
+                Some(dropped)
+            }
         }
-        dropped
     }
 
-    pub fn n_proposals(&self, i: usize) -> i64 {
-        self.proposals[i].size()[0]
+    pub fn n_proposals(&self, i: usize) -> Result<i64> {
+        match &self.proposals {
+            Proposals::Memory(v) => Ok(v[i].size()[0]),
+            Proposals::File(f, None) => Ok(f.count(&self.anns[i].id).unwrap_or(0) as i64),
+            Proposals::File(_, Some(_)) => Ok(self.proposals_of(i)?.size()[0]),
+        }
     }
+}
+
+/// `p` without the proposals at least `thresh` inside a crowd region of `a`, and how many those were.
+fn without_crowd(a: &Annotation, p: &Tensor, thresh: f64) -> (Tensor, i64) {
+    let crowd: Vec<BBox> = a.objects.iter().filter(|o| o.crowd).map(|o| o.bbox).collect();
+    if crowd.is_empty() || p.size()[0] == 0 {
+        return (p.shallow_clone(), 0);
+    }
+    let c = to_tensor(&crowd);
+    let col = |t: &Tensor, k: i64| t.select(1, k);
+    let (px1, py1, px2, py2) = (col(p, 0).unsqueeze(1), col(p, 1).unsqueeze(1), col(p, 2).unsqueeze(1), col(p, 3).unsqueeze(1));
+    let (cx1, cy1, cx2, cy2) = (col(&c, 0).unsqueeze(0), col(&c, 1).unsqueeze(0), col(&c, 2).unsqueeze(0), col(&c, 3).unsqueeze(0));
+    // inclusive pixels, as crate::boxes
+    let iw = (px2.minimum(&cx2) - px1.maximum(&cx1) + 1.0).clamp_min(0.0);
+    let ih = (py2.minimum(&cy2) - py1.maximum(&cy1) + 1.0).clamp_min(0.0);
+    let area = (&px2 - &px1 + 1.0) * (&py2 - &py1 + 1.0);
+    let iof = (iw * ih / area).amax([1], false);
+    let keep = iof.lt(thresh).nonzero().squeeze_dim(1);
+    let dropped = p.size()[0] - keep.size()[0];
+    (p.index_select(0, &keep), dropped)
 }
 
 /// One image ready for the network.
@@ -293,7 +351,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
     let mean = Tensor::from_slice(&cfg.pixel_mean.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
     let std = Tensor::from_slice(&cfg.pixel_std.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
     let mut img = (raw.to_kind(Kind::Float) - mean) / std; // [3, H, W]
-    let (mut props, mut gt) = (store.proposals[i].to_device(device), store.gt[i].0.to_device(device));
+    let (mut props, mut gt) = (store.proposals_of(i)?.to_device(device), store.gt[i].0.to_device(device));
     if flip {
         img = img.flip([2]);
         props = flip_boxes(&props, w);

@@ -54,7 +54,12 @@ pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, t
     };
     let mut t = DetectTimes::default();
     let mut out = vec![Vec::new(); k];
-    let images: Vec<usize> = (0..store.len()).filter(|&i| store.n_proposals(i) > 0).collect();
+    let mut images = Vec::with_capacity(store.len());
+    for i in 0..store.len() {
+        if store.n_proposals(i)? > 0 {
+            images.push(i);
+        }
+    }
     let groups: Vec<&[usize]> = images.chunks(test.images_per_batch.max(1)).collect();
     for (g, group) in groups.iter().enumerate() {
         // the next group's images, decoded while this one runs (a split held in memory: nothing)

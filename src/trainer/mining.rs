@@ -28,6 +28,7 @@ impl Miner for FrozenScorer<'_> {
             self.store.ahead(&(i + 1..i + 1 + super::batch::AHEAD).collect::<Vec<_>>());
             let p = prepare(self.store, i, &self.cfg.input, false, self.device)?;
             let n = p.proposals.size()[0];
+            let difficult_iou = self.store.difficult_iou(i)?;
             let s = tch::no_grad(|| {
                 let feats = self.model.features(&p.image.unsqueeze(0), false);
                 let a = sampler::assign(i, n, p.proposals.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
@@ -35,7 +36,7 @@ impl Miner for FrozenScorer<'_> {
                 let (logits, deltas) = self.model.head(&feats, &rois, false);
                 let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
                 let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
-                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou: self.store.difficult_iou(i) }
+                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou }
             });
             out.push(s);
         }

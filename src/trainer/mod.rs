@@ -87,6 +87,10 @@ pub fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Pa
         bail!("split {split:?} of {} is empty", ds.root.display());
     }
     let props = match file {
+        // a binary file stays on disk, read one image at a time
+        Some(f) if proposals::binary::is_binary(f) => {
+            return ImageStore::load_with_file(ds, anns, proposals::binary::BinaryProposals::open(f)?, cfg.dataset.cache_mib()).with_context(|| f.display().to_string());
+        }
         Some(f) => proposals::from_file(f, &anns)?,
         None => {
             let cache = opts.cache_dir.clone().unwrap_or_else(proposals::default_cache_dir);
@@ -214,9 +218,13 @@ impl Data {
             obs.note(&format!("training on {} images ({dropped} without non-difficult objects left out)", train.len()));
         }
         // COCO crowd regions are neither foreground nor background: proposals mostly inside one are not trained on
-        let in_crowd = train.drop_crowd_proposals(batch::CROWD_IOF);
-        if in_crowd > 0 {
-            obs.note(&format!("{in_crowd} training proposals lie ≥ {:.0}% inside a crowd region and are left out", batch::CROWD_IOF * 100.0));
+        match train.drop_crowd_proposals(batch::CROWD_IOF) {
+            Some(0) => {}
+            Some(n) => obs.note(&format!("{n} training proposals lie ≥ {:.0}% inside a crowd region and are left out", batch::CROWD_IOF * 100.0)),
+            None if train.anns.iter().any(|a| a.objects.iter().any(|o| o.crowd)) => {
+                obs.note(&format!("training proposals ≥ {:.0}% inside a crowd region are left out as each image's are read", batch::CROWD_IOF * 100.0))
+            }
+            None => {}
         }
         let test = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
         let (coco_gt, category_ids) = match ds.coco_split(&cfg.dataset.test_split) {
