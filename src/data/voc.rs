@@ -216,8 +216,9 @@ impl Dataset {
     /// Reads every annotation of a split (in parallel), in split order.
     pub fn load_split(&self, split: &str) -> Result<Vec<Annotation>, DataError> {
         if self.coco.is_some() {
-            let s = self.coco_split(split).expect("coco_file checked the split");
-            return Ok(self.coco_file(split)?.annotations(&s.images));
+            let f = self.coco_file(split)?;
+            let s = self.coco_split(split).expect("coco_file found the split");
+            return Ok(f.annotations(&s.images));
         }
         let ids = self.split_ids(split)?;
         ids.par_iter().map(|id| self.annotation(id)).collect()
