@@ -317,7 +317,11 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteErr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // unique per process and per call: threads of one process may write the same path at once
+    // (two images with the same bytes share a proposal-cache file)
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -232,6 +232,7 @@ fn per_roi_losses_by_hand() {
 
 #[test]
 fn vgg16_variables_carry_torchvision_names_and_shapes() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::model::{Backbone, FastRcnn, ModelConfig};
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _m = FastRcnn::new(&vs.root(), &ModelConfig { backbone: Backbone::Vgg16, ..Default::default() }, 20);
@@ -251,6 +252,7 @@ fn vgg16_variables_carry_torchvision_names_and_shapes() {
 
 #[test]
 fn weights_load_by_name_and_frozen_layers_stay_fixed() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::model::{Backbone, FastRcnn, ModelConfig};
     let t = tempfile::tempdir().unwrap();
     let file = t.path().join("w.safetensors");
@@ -295,6 +297,7 @@ fn weights_load_by_name_and_frozen_layers_stay_fixed() {
 /// conv1_x and conv2_x).
 #[test]
 fn the_bench_trains_the_trainers_variables() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::bench::{bench_config, SMALL, VGG16};
     use ohem_harness::trainer::build_model;
     let trainable = |vs: &tch::nn::VarStore| -> Vec<String> {
@@ -335,6 +338,7 @@ fn the_bench_trains_the_trainers_variables() {
 /// e^b / (e^b + K) = 1 - π. Other strategies keep Fast R-CNN's zero bias.
 #[test]
 fn the_focal_prior_starts_every_roi_at_background_probability_one_minus_pi() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::bench::{bench_config, SMALL};
     use ohem_harness::sampler::{FocalConfig, SamplerConfig};
     use ohem_harness::trainer::build_model;
@@ -366,6 +370,7 @@ fn the_focal_prior_starts_every_roi_at_background_probability_one_minus_pi() {
 /// earlier one's peak. Run in a child process of its own, where no other test allocates.
 #[test]
 fn peak_memory_is_taken_per_step_kind() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::bench::{measure_peak, reset_peak_rss};
     if std::env::var_os("OHEM_PEAK_CHILD").is_some() {
         if !reset_peak_rss() {

@@ -261,6 +261,7 @@ fn hnm_mines_on_schedule() {
 /// against a slow path that scores each proposal alone and computes IoU in Rust.
 #[test]
 fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::boxes::iou;
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
@@ -327,6 +328,7 @@ fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
 /// the frozen model's scores.
 #[test]
 fn default_hnm_mines_negatives_harder_than_random_ones_from_the_first_round() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
     use ohem_harness::sampler::Miner;
