@@ -567,11 +567,10 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         if !a.dets.is_file() {
             bail!("--dets {}: expected a COCO results JSON file beside a COCO instances file", a.dets.display());
         }
-        let cd = coco::read_results(&a.dets, &gt)?;
+        let cd = eval::coco::read_results(&a.dets, &gt)?;
         let anns = gt.annotations(std::path::Path::new(""));
         let classes = gt.classes();
-        let mut cats: Vec<i64> = gt.categories.iter().map(|c| c.id).collect();
-        cats.sort_unstable();
+        let cats = gt.category_ids();
         // per class, VOC boxes (for VOC mAP)
         let mut d = vec![Vec::new(); classes.len()];
         for x in &cd {
@@ -579,14 +578,14 @@ fn evaluate(a: EvalArgs) -> Result<()> {
             d[c].push(eval::Detection { image_id: x.image_id.to_string(), score: x.score as f32, bbox: coco::coco_to_voc(x.bbox) });
         }
         let images: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
-        (anns, classes, d, gt.gt_boxes(), cd, images, cats)
+        (anns, classes, d, eval::coco::gt_of_file(&gt), cd, images, cats)
     } else {
         let ds = Dataset::open(&a.dataset)?;
         let anns = ds.load_split(&a.split)?;
         let d = eval::read_results_dir(&a.dets, &ds.classes, &anns)?;
         let cats: Vec<i64> = (1..=ds.classes.len() as i64).collect();
-        let cd = crate::trainer::coco_dets_of(&anns, &d, &cats);
-        let gt = crate::trainer::coco_gt_of(&anns);
+        let cd = eval::coco::dets_of_annotations(&anns, &d, &cats);
+        let gt = eval::coco::gt_of_annotations(&anns);
         let images = coco::image_ids(&anns);
         (anns, ds.classes, d, gt, cd, images, cats)
     };

@@ -95,7 +95,7 @@ fn our_stats(gt_path: &Path, dets: &serde_json::Value) -> [f64; 12] {
     let d: Vec<DetBox> = serde_json::from_value(dets.clone()).unwrap();
     let imgs: Vec<i64> = f.images.iter().map(|i| i.id).collect();
     let cats: Vec<i64> = f.categories.iter().map(|c| c.id).collect();
-    evaluate(&imgs, &cats, &f.gt_boxes(), &d).stats
+    evaluate(&imgs, &cats, &ohem_harness::eval::coco::gt_of_file(&f), &d).stats
 }
 
 #[test]

@@ -103,9 +103,9 @@ pub fn eval_coco(images: usize) -> Result<()> {
     let case = dir.path().join("case");
     std::fs::create_dir_all(&case)?;
     std::fs::write(case.join("gt.json"), gt.to_string())?;
-    std::fs::write(case.join("dets.json"), crate::data::coco::results_json(&dets))?;
+    std::fs::write(case.join("dets.json"), eval::coco::results_json(&dets))?;
     let f = crate::data::coco::CocoFile::read(&case.join("gt.json"))?;
-    let (imgs, cats, gts): (Vec<i64>, Vec<i64>, _) = (f.images.iter().map(|i| i.id).collect(), f.categories.iter().map(|c| c.id).collect(), f.gt_boxes());
+    let (imgs, cats, gts): (Vec<i64>, Vec<i64>, _) = (f.images.iter().map(|i| i.id).collect(), f.categories.iter().map(|c| c.id).collect(), eval::coco::gt_of_file(&f));
     let mut ours = Vec::new();
     let mut r = None;
     for _ in 0..3 {

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use super::voc::{Annotation, DataError, Object};
 use crate::boxes::BBox;
-use crate::eval::coco::GtBox;
 
 /// One image entry.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -228,9 +227,11 @@ impl CocoFile {
             .collect()
     }
 
-    /// The ground truth as COCO evaluation reads it (the file's own numbers).
-    pub fn gt_boxes(&self) -> Vec<GtBox> {
-        self.annotations.iter().map(|a| GtBox { image_id: a.image_id, category_id: a.category_id, bbox: a.bbox, area: a.area, iscrowd: a.iscrowd == 1 }).collect()
+    /// The category ids in id order: class `c`'s id is the `c`-th (see [`CocoFile::classes`]).
+    pub fn category_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.categories.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// A file from annotations: image ids 1, 2, … in order (or each
@@ -322,30 +323,6 @@ pub fn looks_like_coco(root: &Path) -> bool {
     std::fs::read_dir(root.join("annotations"))
         .map(|rd| rd.flatten().any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("instances_") && n.ends_with(".json"))))
         .unwrap_or(false)
-}
-
-/// Writes the COCO results format (`[{image_id, category_id, bbox, score}]`).
-pub fn results_json(dets: &[crate::eval::coco::DetBox]) -> String {
-    serde_json::to_string(dets).expect("plain numbers serialise")
-}
-
-/// Reads the COCO results format, checking each image and category id
-/// against the ground truth. Errors name the file and the entry.
-pub fn read_results(path: &Path, gt: &CocoFile) -> Result<Vec<crate::eval::coco::DetBox>, DataError> {
-    let text = super::voc::read_to_string(path)?;
-    let err = |msg: String| DataError::Coco { path: path.to_path_buf(), msg };
-    let dets: Vec<crate::eval::coco::DetBox> = serde_json::from_str(&text).map_err(|e| err(format!("not a COCO results list [{{image_id, category_id, bbox, score}}]: {e}")))?;
-    let images: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
-    let cats: HashSet<i64> = gt.categories.iter().map(|c| c.id).collect();
-    for (n, d) in dets.iter().enumerate() {
-        if !images.contains(&d.image_id) {
-            return Err(err(format!("result [{n}]: image_id {} is not an image of the ground truth", d.image_id)));
-        }
-        if !cats.contains(&d.category_id) {
-            return Err(err(format!("result [{n}]: category_id {} is not a category of the ground truth", d.category_id)));
-        }
-    }
-    Ok(dets)
 }
 
 /// What [`convert`] wrote.

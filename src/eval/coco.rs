@@ -32,9 +32,13 @@
 //! ground truth's annotation id, so a match to an annotation whose id is 0
 //! counts as unmatched there; here a match is a match.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use rayon::prelude::*;
+
+use crate::data::coco::CocoFile;
+use crate::data::Annotation;
 
 /// The 12 summary numbers, in pycocotools' order (`COCOeval.stats`).
 pub const SUMMARY_KEYS: [&str; 12] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
@@ -403,4 +407,62 @@ pub fn random_case(seed: u64, max_images: usize, n_categories: usize) -> (serde_
     }
     let categories: Vec<serde_json::Value> = cats.iter().map(|c| json!({"id": c, "name": format!("class{c}")})).collect();
     (json!({"images": images, "annotations": anns, "categories": categories}), dets)
+}
+
+/// A COCO instances file's ground truth as evaluation reads it (the file's own numbers).
+pub fn gt_of_file(f: &CocoFile) -> Vec<GtBox> {
+    f.annotations.iter().map(|a| GtBox { image_id: a.image_id, category_id: a.category_id, bbox: a.bbox, area: a.area, iscrowd: a.iscrowd == 1 }).collect()
+}
+
+/// VOC annotations as COCO ground truth: image ids as [`crate::data::coco::image_ids`]
+/// numbers them, category ids 1.. in class order, difficult boxes counted (pycocotools
+/// reads no `ignore`), crowd regions kept as crowd.
+pub fn gt_of_annotations(anns: &[Annotation]) -> Vec<GtBox> {
+    let ids = crate::data::coco::image_ids(anns);
+    anns.iter()
+        .zip(&ids)
+        .flat_map(|(a, &image_id)| {
+            a.objects.iter().map(move |o| {
+                let bbox = crate::data::coco::voc_to_coco(o.bbox);
+                GtBox { image_id, category_id: o.class as i64 + 1, bbox, area: o.area.unwrap_or(bbox[2] * bbox[3]), iscrowd: o.crowd }
+            })
+        })
+        .collect()
+}
+
+/// Detections (per class, VOC boxes) in the COCO results format, with the
+/// image ids of [`crate::data::coco::image_ids`] and class `c`'s category id `category_ids[c]`.
+pub fn dets_of_annotations(anns: &[Annotation], dets: &[Vec<super::Detection>], category_ids: &[i64]) -> Vec<DetBox> {
+    let ids: std::collections::HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
+    dets.iter()
+        .enumerate()
+        .flat_map(|(c, d)| {
+            let ids = &ids;
+            d.iter().map(move |d| DetBox { image_id: ids[d.image_id.as_str()], category_id: category_ids[c], bbox: crate::data::coco::voc_to_coco(d.bbox), score: d.score as f64 })
+        })
+        .collect()
+}
+
+/// Writes the COCO results format (`[{image_id, category_id, bbox, score}]`).
+pub fn results_json(dets: &[DetBox]) -> String {
+    serde_json::to_string(dets).expect("plain numbers serialise")
+}
+
+/// Reads the COCO results format, checking each image and category id
+/// against the ground truth. Errors name the file and the entry.
+pub fn read_results(path: &Path, gt: &CocoFile) -> Result<Vec<DetBox>, crate::data::DataError> {
+    let text = crate::data::voc::read_to_string(path)?;
+    let err = |msg: String| crate::data::DataError::Coco { path: path.to_path_buf(), msg };
+    let dets: Vec<DetBox> = serde_json::from_str(&text).map_err(|e| err(format!("not a COCO results list [{{image_id, category_id, bbox, score}}]: {e}")))?;
+    let images: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
+    let cats: HashSet<i64> = gt.categories.iter().map(|c| c.id).collect();
+    for (n, d) in dets.iter().enumerate() {
+        if !images.contains(&d.image_id) {
+            return Err(err(format!("result [{n}]: image_id {} is not an image of the ground truth", d.image_id)));
+        }
+        if !cats.contains(&d.category_id) {
+            return Err(err(format!("result [{n}]: category_id {} is not a category of the ground truth", d.category_id)));
+        }
+    }
+    Ok(dets)
 }

@@ -176,35 +176,6 @@ struct Data {
     category_ids: Vec<i64>,
 }
 
-/// VOC annotations as COCO ground truth: image ids as [`crate::data::coco::image_ids`]
-/// numbers them, category ids 1.. in class order, difficult boxes counted (pycocotools
-/// reads no `ignore`), crowd regions kept as crowd.
-pub fn coco_gt_of(anns: &[crate::data::Annotation]) -> Vec<eval::coco::GtBox> {
-    let ids = crate::data::coco::image_ids(anns);
-    anns.iter()
-        .zip(&ids)
-        .flat_map(|(a, &image_id)| {
-            a.objects.iter().map(move |o| {
-                let bbox = crate::data::coco::voc_to_coco(o.bbox);
-                eval::coco::GtBox { image_id, category_id: o.class as i64 + 1, bbox, area: o.area.unwrap_or(bbox[2] * bbox[3]), iscrowd: o.crowd }
-            })
-        })
-        .collect()
-}
-
-/// Detections (per class, VOC boxes) in the COCO results format, with the
-/// image ids of [`crate::data::coco::image_ids`] and class `c`'s category id `category_ids[c]`.
-pub fn coco_dets_of(anns: &[crate::data::Annotation], dets: &[Vec<eval::Detection>], category_ids: &[i64]) -> Vec<eval::coco::DetBox> {
-    let ids: std::collections::HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
-    dets.iter()
-        .enumerate()
-        .flat_map(|(c, d)| {
-            let ids = &ids;
-            d.iter().map(move |d| eval::coco::DetBox { image_id: ids[d.image_id.as_str()], category_id: category_ids[c], bbox: crate::data::coco::voc_to_coco(d.bbox), score: d.score as f64 })
-        })
-        .collect()
-}
-
 impl Data {
     fn load(cfg: &TrainConfig, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Data> {
         let ds = Dataset::from_config(&cfg.dataset)?;
@@ -230,11 +201,9 @@ impl Data {
         let (coco_gt, category_ids) = match ds.coco_split(&cfg.dataset.test_split) {
             Some(_) => {
                 let f = ds.coco_file(&cfg.dataset.test_split)?;
-                let mut ids: Vec<i64> = f.categories.iter().map(|c| c.id).collect();
-                ids.sort_unstable();
-                (f.gt_boxes(), ids)
+                (eval::coco::gt_of_file(&f), f.category_ids())
             }
-            None => (coco_gt_of(&test.anns), (1..=ds.classes.len() as i64).collect()),
+            None => (eval::coco::gt_of_annotations(&test.anns), (1..=ds.classes.len() as i64).collect()),
         };
         Ok(Data { classes: ds.classes, train, test, coco_gt, category_ids })
     }
@@ -433,7 +402,7 @@ impl Run<'_> {
         let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
         let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
         let d = &self.data;
-        let coco = eval::coco::evaluate(&crate::data::coco::image_ids(&d.test.anns), &d.category_ids, &d.coco_gt, &coco_dets_of(&d.test.anns, &dets, &d.category_ids));
+        let coco = eval::coco::evaluate(&crate::data::coco::image_ids(&d.test.anns), &d.category_ids, &d.coco_gt, &eval::coco::dets_of_annotations(&d.test.anns, &dets, &d.category_ids));
         Ok((t.elapsed().as_secs_f64(), Some((m07, m10, coco))))
     }
 }
