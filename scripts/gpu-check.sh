@@ -70,7 +70,7 @@ step bench-train "$H" bench train --vgg16 --iters 5
 step bench-samplers "$H" bench samplers --peer --iters 10
 step bench-samplers-vgg16 "$H" bench samplers --peer --vgg16 --iters 3
 # claim (a) across regimes on the GPU: the sweep of results/claim-a, VGG16 included
-step claim-a "$H" bench claim-a --peer --vgg16 --iters 5 --out "$out/claim-a"
+step claim-a "$H" bench claim-a --peer --fc 512,4096 --vgg16 --rounds 3 --iters 5 --out "$out/claim-a"
 [ -f data/default/ohem_dataset.json ] || "$H" make-dataset --out data/default --size small --seed 0 > "$out/dataset.log" 2>&1
 step quick-cell "$H" run experiments/quick.yaml --out "$out/quick" --set device=cuda:0 --set train.epochs=2
 say "summary: $summary"

@@ -373,8 +373,9 @@ pub struct BenchArgs {
     /// `bench claim-a`: proposals per image of the sweep (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "250,500,1000,2000,4000")]
     rois: Vec<usize>,
-    /// `bench claim-a`: head widths (fc6/fc7) of the small backbone (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "512,4096")]
+    /// `bench claim-a`: head widths (fc6/fc7) of the small backbone (comma-separated); 512,4096
+    /// when not given, and none with --vgg16 (VGG16's points alone; give --fc to add the sweep).
+    #[arg(long, value_delimiter = ',')]
     fc: Vec<i64>,
     /// `bench claim-a --vgg16`: proposals per image of VGG16's points (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "500,1000,2000")]
@@ -779,7 +780,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
     }
     if a.what == BenchWhat::ClaimA {
-        crate::bench::claim_a(&a.out, a.iters, &a.rois, &a.fc, a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
+        crate::bench::claim_a(&a.out, a.iters, &a.rois, &crate::bench::claim_a_widths(&a.fc, a.vgg16), a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
     }
     if all || a.what == BenchWhat::Proposals {
         crate::bench::proposals(a.images)?;

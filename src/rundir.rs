@@ -381,7 +381,7 @@ pub struct GridMeta {
 pub struct ReportConfig {
     /// Arms against which speed-ups are computed (the first arm when empty).
     pub baselines: Vec<String>,
-    /// `map_voc07` or `map_voc10`.
+    /// The `metrics.csv` column the report reads: `map_voc07`, `map_voc10` or `coco_ap` … `coco_arl`.
     #[serde(with = "metric_column")]
     pub metric: Metric,
     /// Absolute target mAP for time-to-target; default: `target_fraction` × the best final mean mAP.

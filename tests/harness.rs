@@ -221,6 +221,45 @@ fn report_aggregates_by_hand() {
     }
 }
 
+/// `report.metric: coco_ap`: the report reads that column (here 0.5 × VOC07's) for the final
+/// means, the target and the time to it, the differences and the findings; a metric that is
+/// not a column is refused by name.
+#[test]
+fn the_report_reads_the_metric_it_is_given() {
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let report = ReportConfig { baselines: vec!["a".into()], target_map: Some(0.25), metric: ohem_harness::rundir::Metric::Coco(0), ..Default::default() };
+    let meta = GridMeta { name: "coco".into(), arms: vec!["a".into(), "b".into()], report };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    // VOC07 finals a: 0.6, 0.5; b: 0.7, 0.56 — so coco_ap finals a: 0.3, 0.25; b: 0.35, 0.28
+    fake_cell(res, "a", 0, State::Done, &[row(1, 10.0, Some(0.3), 8.0, 0.0), row(2, 20.0, Some(0.6), 8.0, 0.0)]);
+    fake_cell(res, "a", 1, State::Done, &[row(1, 10.0, Some(0.4), 8.0, 0.0), row(2, 20.0, Some(0.5), 8.0, 0.0)]);
+    fake_cell(res, "b", 0, State::Done, &[row(1, 10.0, Some(0.5), 4.0, 0.0), row(2, 20.0, Some(0.7), 4.0, 0.0)]);
+    fake_cell(res, "b", 1, State::Done, &[row(1, 10.0, Some(0.2), 4.0, 0.0), row(2, 20.0, Some(0.56), 4.0, 0.0)]);
+    let out = ohem_harness::report::generate(res).unwrap();
+    let text = std::fs::read_to_string(&out.summary).unwrap();
+    assert!(text.contains("Metric: coco_ap"), "{text}");
+    let mut r = csv::Reader::from_path(res.join("summary.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> = r.deserialize().map(|x| x.unwrap()).collect();
+    let get = |arm: &str, col: &str| -> f64 { rows.iter().find(|r| r["arm"] == arm).unwrap()[col].parse().unwrap() };
+    assert!((get("a", "final_map_mean") - 0.275).abs() < 1e-9 && (get("b", "final_map_mean") - 0.315).abs() < 1e-9, "{rows:?}");
+    // coco_ap ≥ 0.25: a at epoch 2 in both seeds (16 s), b at epoch 1 (0.25) and epoch 2 (0.28): 4 and 8 s
+    assert!((get("a", "time_to_target_mean") - 16.0).abs() < 1e-9 && (get("b", "time_to_target_mean") - 6.0).abs() < 1e-9, "{rows:?}");
+    let mut d = csv::Reader::from_path(res.join("map_diffs.csv")).unwrap();
+    let ds: Vec<std::collections::HashMap<String, String>> = d.deserialize().map(|x| x.unwrap()).collect();
+    let ba = ds.iter().find(|r| r["baseline"] == "a" && r["arm"] == "b").unwrap();
+    assert!((ba["final_map_diff"].parse::<f64>().unwrap() - 0.04).abs() < 1e-9, "{ba:?}");
+    assert!(std::fs::read_to_string(res.join("findings.csv")).unwrap().lines().count() > 1);
+    // a grid naming a metric that is no column
+    let g = tempfile::tempdir().unwrap();
+    let p = write_grid(g.path(), "seeds: [0]
+report:
+  metric: coco_apx
+");
+    let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+    assert!(err.contains("grid.yaml") && err.contains("coco_apx"), "{err}");
+}
+
 /// A one-epoch timing arm (masked OHEM in experiments/speedup.yaml) has no final mAP to compare
 /// with full runs: map_diffs.csv leaves its pairs out, and its verdict says why and prints no
 /// mAP difference; pairs of equal length stay.

@@ -200,6 +200,16 @@ fn family_wise_intervals_cover_all_six_comparisons() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// bench claim-a's sweep: both head widths by default, VGG16 alone with --vgg16, --fc as given.
+#[test]
+fn claim_a_sweeps_the_widths_asked_for() {
+    use ohem_harness::bench::claim_a_widths;
+    assert_eq!(claim_a_widths(&[], false), vec![512, 4096]);
+    assert_eq!(claim_a_widths(&[], true), Vec::<i64>::new());
+    assert_eq!(claim_a_widths(&[4096], true), vec![4096]);
+    assert_eq!(claim_a_widths(&[512], false), vec![512]);
+}
+
 /// bench claim-a's word per point, from the rounds' times: the ratio of the
 /// mean times, its interval paired by round, and the band [1.6, 2.5].
 #[test]

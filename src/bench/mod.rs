@@ -572,6 +572,15 @@ pub fn claim_a_ratio(read_only: &[f64], masked: &[f64]) -> (f64, Option<(f64, f6
     (est.value, est.ci, word)
 }
 
+/// The small backbone's head widths that `bench claim-a` sweeps: those given
+/// (`--fc`), else 512 and 4096, or none when `--vgg16` asks for VGG16's points alone.
+pub fn claim_a_widths(given: &[i64], vgg16: bool) -> Vec<i64> {
+    match (given.is_empty(), vgg16) {
+        (true, false) => vec![512, 4096],
+        _ => given.to_vec(),
+    }
+}
+
 pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], fc_widths: &[i64], vgg16: Option<&[usize]>, peer: bool, rounds: usize) -> Result<()> {
     let rounds = rounds.max(1);
     use crate::sampler::ohem::OhemImpl;

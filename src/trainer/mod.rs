@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::{nn, Device};
 
 use crate::config::{parse_device, Schedule, TrainConfig};
-use crate::data::Dataset;
+use crate::data::{Annotation, Dataset};
 use crate::eval::{self, VocMetric};
 use crate::model::sgd::Sgd;
 use crate::model::{FastRcnn, Init};
@@ -82,7 +82,11 @@ pub fn initial_weights(cfg: &TrainConfig, opts: &TrainOptions) -> Result<Option<
 
 /// Loads a split's annotations and proposals (from the cache, selective search or a file).
 pub fn load_split(ds: &Dataset, cfg: &TrainConfig, split: &str, file: Option<&Path>, opts: &TrainOptions) -> Result<ImageStore> {
-    let anns = ds.load_split(split)?;
+    store_of(ds, cfg, split, ds.load_split(split)?, file, opts)
+}
+
+/// The images and proposals of a split's annotations `anns` (see [`load_split`]).
+fn store_of(ds: &Dataset, cfg: &TrainConfig, split: &str, anns: Vec<Annotation>, file: Option<&Path>, opts: &TrainOptions) -> Result<ImageStore> {
     if anns.is_empty() {
         bail!("split {split:?} of {} is empty", ds.root.display());
     }
@@ -197,14 +201,17 @@ impl Data {
             }
             None => {}
         }
-        let test = load_split(&ds, cfg, &cfg.dataset.test_split, cfg.proposals.test_file.as_deref(), opts)?;
-        let (coco_gt, category_ids) = match ds.coco_split(&cfg.dataset.test_split) {
-            Some(_) => {
-                let f = ds.coco_file(&cfg.dataset.test_split)?;
-                (eval::coco::gt_of_file(&f), f.category_ids())
+        // a COCO test split's instances file is read once: its annotations, and its ground truth for COCO AP
+        let split = &cfg.dataset.test_split;
+        let (anns, coco) = match ds.coco_split(split) {
+            Some(s) => {
+                let f = ds.coco_file(split)?;
+                (f.annotations(&s.images), Some((eval::coco::gt_of_file(&f), f.category_ids())))
             }
-            None => (eval::coco::gt_of_annotations(&test.anns), (1..=ds.classes.len() as i64).collect()),
+            None => (ds.load_split(split)?, None),
         };
+        let test = store_of(&ds, cfg, split, anns, cfg.proposals.test_file.as_deref(), opts)?;
+        let (coco_gt, category_ids) = coco.unwrap_or_else(|| (eval::coco::gt_of_annotations(&test.anns), (1..=ds.classes.len() as i64).collect()));
         Ok(Data { classes: ds.classes, train, test, coco_gt, category_ids })
     }
 }
