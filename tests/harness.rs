@@ -250,6 +250,13 @@ fn the_report_reads_the_metric_it_is_given() {
     let ba = ds.iter().find(|r| r["baseline"] == "a" && r["arm"] == "b").unwrap();
     assert!((ba["final_map_diff"].parse::<f64>().unwrap() - 0.04).abs() < 1e-9, "{ba:?}");
     assert!(std::fs::read_to_string(res.join("findings.csv")).unwrap().lines().count() > 1);
+    // a study of one arm still has its findings section, which says there is nothing to compare
+    let one = tempfile::tempdir().unwrap();
+    let meta = GridMeta { name: "one".into(), arms: vec!["a".into()], report: ReportConfig::default() };
+    std::fs::write(one.path().join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    fake_cell(one.path(), "a", 0, State::Done, &[row(1, 10.0, Some(0.3), 8.0, 0.0)]);
+    let text = std::fs::read_to_string(ohem_harness::report::generate(one.path()).unwrap().summary).unwrap();
+    assert!(text.contains("## Findings") && text.contains("- None: a comparison needs two arms"), "{text}");
     // a grid naming a metric that is no column
     let g = tempfile::tempdir().unwrap();
     let p = write_grid(g.path(), "seeds: [0]

@@ -222,13 +222,14 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
         }
         md.push('\n');
     }
-    if !findings.is_empty() {
-        md.push_str(&format!("## Findings\n\nEvery comparison the report makes, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Against a baseline compared with {FAMILY_MIN} or more arms, the interval is Bonferroni's over that family. Also in `findings.csv`.\n\n"));
-        for f in findings {
-            md.push_str(&format!("- {}\n", finding_line(f)));
-        }
-        md.push('\n');
+    md.push_str(&format!("## Findings\n\nEvery comparison the report makes, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Against a baseline compared with {FAMILY_MIN} or more arms, the interval is Bonferroni's over that family. Also in `findings.csv`.\n\n"));
+    for f in findings {
+        md.push_str(&format!("- {}\n", finding_line(f)));
     }
+    if findings.is_empty() {
+        md.push_str("- None: a comparison needs two arms with finished cells.\n");
+    }
+    md.push('\n');
     if !warnings.is_empty() {
         md.push_str("## Warnings\n\n");
         for w in warnings {
@@ -238,7 +239,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
     }
     md.push_str("## Arms\n\n");
     md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed); for the per-epoch and per-iteration columns, the std over seeds of each seed's mean over its epochs.\n\n", agg.target_note));
-    md.push_str("| arm | seeds | failed | final mAP | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str(&format!("| arm | seeds | failed | final {metric_name} | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
     for s in &agg.summaries {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} |\n",
