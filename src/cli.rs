@@ -383,6 +383,9 @@ pub struct BenchArgs {
     /// `bench claim-a`: the output folder.
     #[arg(long, default_value = "results/claim-a")]
     out: PathBuf,
+    /// `bench claim-a`: redraw claim_a.md and the chart from --out's claim_a.csv, timing nothing.
+    #[arg(long)]
+    replot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -780,6 +783,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
     }
     if a.what == BenchWhat::ClaimA {
+        if a.replot {
+            return crate::bench::replot_claim_a(&a.out);
+        }
         crate::bench::claim_a(&a.out, a.iters, &a.rois, &crate::bench::claim_a_widths(&a.fc, a.vgg16), a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
     }
     if all || a.what == BenchWhat::Proposals {

@@ -210,6 +210,32 @@ fn claim_a_sweeps_the_widths_asked_for() {
     assert_eq!(claim_a_widths(&[512], false), vec![512]);
 }
 
+/// `bench claim-a --replot`: claim_a.md and the chart come back from claim_a.csv alone, with
+/// each point's numbers and words; a folder without the CSV is an error naming it.
+#[test]
+fn claim_a_replots_from_its_csv() {
+    use ohem_harness::bench::{replot_claim_a, ClaimAPoint};
+    let t = tempfile::tempdir().unwrap();
+    let point = |rois: f64, ratio: f64, lo: f64, hi: f64, word: &str| ClaimAPoint {
+        backbone: "vgg16".into(), fc_width: 4096, input_scale: 600, proposals: rois as usize, rois_per_image: rois + 2.0,
+        read_only_s: 10.0, masked_s: 10.0 * ratio, ratio, ratio_lo: Some(lo), ratio_hi: Some(hi), word: word.into(), rounds: 3,
+        peer_read_only_s: None, peer_masked_s: None, peer_ratio: None, peer_ratio_lo: None, peer_ratio_hi: None, peer_word: String::new(),
+        device: "cpu".into(), processor: "x".into(), threads: 2,
+    };
+    let mut w = csv::Writer::from_path(t.path().join("claim_a.csv")).unwrap();
+    w.serialize(point(500.0, 1.17, 1.13, 1.22, "contradicted")).unwrap();
+    w.serialize(point(2000.0, 1.65, 1.63, 1.67, "supported")).unwrap();
+    w.flush().unwrap();
+    replot_claim_a(t.path()).unwrap();
+    let md = std::fs::read_to_string(t.path().join("claim_a.md")).unwrap();
+    assert!(md.contains("| vgg16 | 4096 | 600 | 502 | 10.000 | 11.700 | 1.17x | [1.13, 1.22] | contradicted | — | — | — |"), "{md}");
+    assert!(md.contains("| 2002 | 10.000 | 16.500 | 1.65x | [1.63, 1.67] | supported |"), "{md}");
+    assert!(std::fs::read(t.path().join("claim_a.png")).unwrap().starts_with(b"\x89PNG"));
+    let empty = tempfile::tempdir().unwrap();
+    let e = format!("{:#}", replot_claim_a(empty.path()).unwrap_err());
+    assert!(e.contains("claim_a.csv"), "{e}");
+}
+
 /// bench claim-a's word per point, from the rounds' times: the ratio of the
 /// mean times, its interval paired by round, and the band [1.6, 2.5].
 #[test]

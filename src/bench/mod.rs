@@ -522,7 +522,7 @@ fn time_step(cfg: &TrainConfig, store: &crate::trainer::batch::ImageStore, iters
 }
 
 /// One point of the claim-(a) sweep: masked against read-only OHEM at one RoI count.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ClaimAPoint {
     pub backbone: String,
     pub fc_width: i64,
@@ -683,9 +683,31 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
         w.serialize(p)?;
     }
     crate::rundir::write_file(&out.join("claim_a.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    draw_claim_a(out, &points, rounds)?;
+    println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
+    Ok(())
+}
+
+/// Redraws `claim_a.md` and the chart of a sweep from its `claim_a.csv` alone
+/// (`harness bench claim-a --replot --out DIR`); times nothing.
+pub fn replot_claim_a(dir: &std::path::Path) -> Result<()> {
+    let path = dir.join("claim_a.csv");
+    let mut r = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let points: Vec<ClaimAPoint> = r.deserialize().collect::<Result<_, _>>().with_context(|| format!("reading {}", path.display()))?;
+    if points.is_empty() {
+        anyhow::bail!("{} has no points", path.display());
+    }
+    draw_claim_a(dir, &points, points.iter().map(|p| p.rounds).max().unwrap_or(1))?;
+    println!("wrote {}/claim_a.md, claim_a.png from claim_a.csv", dir.display());
+    Ok(())
+}
+
+/// `claim_a.md` and `claim_a.png`/`.svg`: one series per backbone, head width
+/// and scale (ours, and the peer's dashed), each point with its interval.
+fn draw_claim_a(out: &std::path::Path, points: &[ClaimAPoint], rounds: usize) -> Result<()> {
     let mut md = format!("Masked / read-only OHEM seconds per iteration: the ratio of the means over {rounds} round(s), with the 95% interval paired by round (log scale), and the band rule's word for \"about 2x\" (the interval inside [1.6, 2.5]: supported; wholly outside: contradicted; else not resolved).\n\n| backbone | fc | px | RoIs/image | read-only s/iter | masked s/iter | masked / read-only | 95% CI | about 2x | peer ratio | peer 95% CI | peer: about 2x |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let ci = |lo: Option<f64>, hi: Option<f64>| lo.zip(hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into());
-    for p in &points {
+    for p in points {
         md.push_str(&format!(
             "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.2}x | {} | {} | {} | {} | {} |\n",
             p.backbone, p.fc_width, p.input_scale, p.rois_per_image, p.read_only_s, p.masked_s, p.ratio, ci(p.ratio_lo, p.ratio_hi), if p.word.is_empty() { "—" } else { &p.word },
@@ -693,19 +715,25 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
         ));
     }
     crate::rundir::write_file(&out.join("claim_a.md"), md.as_bytes())?;
+    // one series per regime (backbone, head width, scale), in the order the points came
+    let mut regimes: Vec<(&str, i64, u32)> = Vec::new();
+    for p in points {
+        let k = (p.backbone.as_str(), p.fc_width, p.input_scale);
+        if !regimes.contains(&k) {
+            regimes.push(k);
+        }
+    }
     let mut series = Vec::new();
-    for base in &configs {
-        let label = format!("{:?} fc {}", base.model.backbone, base.model.fc_width()).to_lowercase();
-        let mine: Vec<&ClaimAPoint> = points.iter().filter(|p| p.fc_width == base.model.fc_width() && p.input_scale == base.input.scale).collect();
-        series.push((format!("{label} (ours)"), mine.iter().map(|p| (p.rois_per_image, p.ratio)).collect::<Vec<_>>(), false));
-        let theirs: Vec<(f64, f64)> = mine.iter().filter_map(|p| p.peer_ratio.map(|r| (p.rois_per_image, r))).collect();
+    for (backbone, fc, scale) in regimes {
+        let label = format!("{backbone} fc {fc}");
+        let mine: Vec<&ClaimAPoint> = points.iter().filter(|p| p.backbone == backbone && p.fc_width == fc && p.input_scale == scale).collect();
+        series.push((format!("{label} (ours)"), mine.iter().map(|p| (p.rois_per_image, p.ratio, p.ratio_lo.zip(p.ratio_hi))).collect::<Vec<_>>(), false));
+        let theirs: Vec<_> = mine.iter().filter_map(|p| p.peer_ratio.map(|r| (p.rois_per_image, r, p.peer_ratio_lo.zip(p.peer_ratio_hi)))).collect();
         if !theirs.is_empty() {
             series.push((format!("{label} (PyTorch + torchvision)"), theirs, true));
         }
     }
-    crate::report::charts::draw_sweep(out, "claim_a", "Masked / read-only OHEM, seconds per iteration (N = 2, B = 128)", "RoIs per image (log scale)", "masked / read-only (x)", &series, (1.6, 2.5))?;
-    println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
-    Ok(())
+    crate::report::charts::draw_sweep(out, "claim_a", "Masked / read-only OHEM, seconds per iteration (N = 2, B = 128; 95% intervals)", "RoIs per image (log scale)", "masked / read-only (x)", &series, (1.6, 2.5))
 }
 
 /// Images of the default dataset (rendered in memory) with `n_props` random proposals each.

@@ -299,20 +299,23 @@ where
 
 /// A ratio against a count on a log-scale x axis, one line per series (dashed:
 /// a peer's), with the band `[lo, hi]` shaded and 1 drawn: `<stem>.png`/`.svg`.
-pub fn draw_sweep(dir: &Path, stem: &str, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>, bool)], band: (f64, f64)) -> Result<()> {
+/// A point of a sweep: x, y and, where measured, y's interval (drawn as a whisker).
+pub type SweepPoint = (f64, f64, Option<(f64, f64)>);
+
+pub fn draw_sweep(dir: &Path, stem: &str, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<SweepPoint>, bool)], band: (f64, f64)) -> Result<()> {
     register_font();
     let mut files = Vec::new();
     both!(dir, stem, files, |root| sweep_chart(&root, title, xlabel, ylabel, series, band));
     Ok(())
 }
 
-fn sweep_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>, bool)], band: (f64, f64)) -> Result<()>
+fn sweep_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<SweepPoint>, bool)], band: (f64, f64)) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
     let pts = series.iter().flat_map(|s| s.1.iter());
-    let (x0, x1, y1) = pts.fold((f64::INFINITY, 0.0f64, band.1), |(a, b, c), p| (a.min(p.0), b.max(p.0), c.max(p.1)));
+    let (x0, x1, y1) = pts.fold((f64::INFINITY, 0.0f64, band.1), |(a, b, c), p| (a.min(p.0), b.max(p.0), c.max(p.2.map_or(p.1, |ci| ci.1))));
     let (x0, x1) = (x0.min(x1) / 1.3, x1 * 1.3);
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
@@ -328,10 +331,20 @@ where
         let c = colour(i / 2);
         let style = if *dashed { c.mix(0.6).stroke_width(2) } else { c.stroke_width(3) };
         chart
-            .draw_series(LineSeries::new(pts.iter().copied(), style).point_size(if *dashed { 2 } else { 4 }))
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), style).point_size(if *dashed { 2 } else { 4 }))
             .map_err(err)?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        // the 95% interval of each point, a whisker with caps (the peer's a little to the right)
+        let whisker = if *dashed { c.mix(0.6).stroke_width(1) } else { c.stroke_width(2) };
+        let shift = if *dashed { 1.03 } else { 1.0 };
+        for &(x, _, ci) in pts {
+            if let Some((lo, hi)) = ci {
+                let x = x * shift;
+                let cap = |y: f64| PathElement::new(vec![(x / 1.015, y), (x * 1.015, y)], whisker);
+                chart.draw_series([PathElement::new(vec![(x, lo), (x, hi)], whisker), cap(lo), cap(hi)]).map_err(err)?;
+            }
+        }
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
     root.present().map_err(err)?;
