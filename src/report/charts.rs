@@ -231,9 +231,14 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
     let map_train = curves(arms, done, &map_value, &mean_train);
     let fg = curves(arms, done, &|r| Some(r.fg_fraction), &by_epoch);
     let ylabel = format!("{} on the test split", metric.column());
-    both!(dir, "map_vs_epoch", files, |root| line_chart(&root, "mAP against epoch (mean ± std over seeds)", "epoch", &ylabel, arms, &map_epoch, true));
-    both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, "mAP against wall-clock time (evaluation included)", "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
-    both!(dir, "map_vs_training_time", files, |root| line_chart(&root, "mAP against training time (mean ± std over seeds; train + mining, evaluation excluded)", "training seconds (mean over seeds)", &ylabel, arms, &map_train, true));
+    // the titles name the metric: VOC's "mAP", or COCO's summary (coco_ap, coco_ap50, ...)
+    let name = match metric {
+        Metric::Coco(_) => metric.column(),
+        _ => "mAP",
+    };
+    both!(dir, "map_vs_epoch", files, |root| line_chart(&root, &format!("{name} against epoch (mean ± std over seeds)"), "epoch", &ylabel, arms, &map_epoch, true));
+    both!(dir, "map_vs_wallclock", files, |root| line_chart(&root, &format!("{name} against wall-clock time (evaluation included)"), "wall-clock seconds since the start", &ylabel, arms, &map_wall, false));
+    both!(dir, "map_vs_training_time", files, |root| line_chart(&root, &format!("{name} against training time (mean ± std over seeds; train + mining, evaluation excluded)"), "training seconds (mean over seeds)", &ylabel, arms, &map_train, true));
     both!(dir, "seconds_per_epoch", files, |root| stacked_bars(&root, summaries));
     let mut baselines: Vec<&str> = speedups.iter().map(|s| s.baseline.as_str()).collect();
     baselines.dedup();
