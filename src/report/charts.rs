@@ -322,12 +322,16 @@ where
     let pts = series.iter().flat_map(|s| s.1.iter());
     let (x0, x1, y1) = pts.fold((f64::INFINITY, 0.0f64, band.1), |(a, b, c), p| (a.min(p.0), b.max(p.0), c.max(p.2.map_or(p.1, |ci| ci.1))));
     let (x0, x1) = (x0.min(x1) / 1.3, x1 * 1.3);
+    // a tick at every measured x (the log scale's own ticks skip most of a short range)
+    let mut xs: Vec<f64> = series.iter().flat_map(|s| s.1.iter().map(|p| p.0)).collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale(), 0.0..y1 * 1.1)
+        .build_cartesian_2d((x0..x1).log_scale().with_key_points(xs.clone()), 0.0..y1 * 1.1)
         .map_err(err)?;
     chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
     chart.draw_series(std::iter::once(Rectangle::new([(x0, band.0), (x1, band.1)], RGBColor(44, 160, 44).mix(0.12).filled()))).map_err(err)?;
