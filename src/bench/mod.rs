@@ -105,7 +105,7 @@ pub fn eval_coco(images: usize) -> Result<()> {
     std::fs::write(case.join("gt.json"), gt.to_string())?;
     std::fs::write(case.join("dets.json"), eval::coco::results_json(&dets))?;
     let f = crate::data::coco::CocoFile::read(&case.join("gt.json"))?;
-    let (imgs, cats, gts): (Vec<i64>, Vec<i64>, _) = (f.images.iter().map(|i| i.id).collect(), f.categories.iter().map(|c| c.id).collect(), eval::coco::gt_of_file(&f));
+    let (imgs, cats, gts): (Vec<i64>, Vec<i64>, _) = (f.images.iter().map(|i| i.id).collect(), f.category_ids(), eval::coco::gt_of_file(&f));
     let mut ours = Vec::new();
     let mut r = None;
     for _ in 0..3 {
@@ -683,7 +683,7 @@ pub fn claim_a(out: &std::path::Path, iters: usize, proposal_counts: &[usize], f
         w.serialize(p)?;
     }
     crate::rundir::write_file(&out.join("claim_a.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
-    draw_claim_a(out, &points, rounds)?;
+    draw_claim_a(out, &points)?;
     println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
     Ok(())
 }
@@ -697,14 +697,15 @@ pub fn replot_claim_a(dir: &std::path::Path) -> Result<()> {
     if points.is_empty() {
         anyhow::bail!("{} has no points", path.display());
     }
-    draw_claim_a(dir, &points, points.iter().map(|p| p.rounds).max().unwrap_or(1))?;
+    draw_claim_a(dir, &points)?;
     println!("wrote {}/claim_a.md, claim_a.png from claim_a.csv", dir.display());
     Ok(())
 }
 
 /// `claim_a.md` and `claim_a.png`/`.svg`: one series per backbone, head width
 /// and scale (ours, and the peer's dashed), each point with its interval.
-fn draw_claim_a(out: &std::path::Path, points: &[ClaimAPoint], rounds: usize) -> Result<()> {
+fn draw_claim_a(out: &std::path::Path, points: &[ClaimAPoint]) -> Result<()> {
+    let rounds = points.iter().map(|p| p.rounds).max().unwrap_or(1);
     let mut md = format!("Masked / read-only OHEM seconds per iteration: the ratio of the means over {rounds} round(s), with the 95% interval paired by round (log scale), and the band rule's word for \"about 2x\" (the interval inside [1.6, 2.5]: supported; wholly outside: contradicted; else not resolved).\n\n| backbone | fc | px | RoIs/image | read-only s/iter | masked s/iter | masked / read-only | 95% CI | about 2x | peer ratio | peer 95% CI | peer: about 2x |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let ci = |lo: Option<f64>, hi: Option<f64>| lo.zip(hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into());
     for p in points {

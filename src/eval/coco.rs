@@ -433,7 +433,7 @@ pub fn gt_of_annotations(anns: &[Annotation]) -> Vec<GtBox> {
 /// Detections (per class, VOC boxes) in the COCO results format, with the
 /// image ids of [`crate::data::coco::image_ids`] and class `c`'s category id `category_ids[c]`.
 pub fn dets_of_annotations(anns: &[Annotation], dets: &[Vec<super::Detection>], category_ids: &[i64]) -> Vec<DetBox> {
-    let ids: std::collections::HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
+    let ids: HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
     dets.iter()
         .enumerate()
         .flat_map(|(c, d)| {

@@ -331,7 +331,7 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0..x1).log_scale().with_key_points(xs.clone()), 0.0..y1 * 1.1)
+        .build_cartesian_2d((x0..x1).log_scale().with_key_points(xs), 0.0..y1 * 1.1)
         .map_err(err)?;
     chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
     chart.draw_series(std::iter::once(Rectangle::new([(x0, band.0), (x1, band.1)], RGBColor(44, 160, 44).mix(0.12).filled()))).map_err(err)?;
