@@ -309,10 +309,13 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
-/// Writes a file atomically: a temporary file beside it, then a rename, creating
-/// the parent folders. A failed write (a full disk) removes its temporary file
-/// and leaves any previous version of `path` as it was.
+/// Writes a file atomically and durably: a temporary file beside it, flushed to
+/// the disk (`fsync`), then a rename, then the folder flushed, creating the
+/// parent folders. After a crash or a power loss the file is either the old
+/// one or the whole new one, never empty or torn. A failed write (a full disk)
+/// removes its temporary file and leaves any previous version of `path` as it was.
 pub fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteError> {
+    use std::io::Write;
     let fail = |source| WriteError { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -322,11 +325,40 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteErr
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    written.map_err(fail)
+    written.map_err(fail)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+/// Flushes a file that another library wrote (libtorch's `save`) to the disk.
+pub fn sync_file(path: &Path) -> std::result::Result<(), WriteError> {
+    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|source| WriteError { path: path.to_path_buf(), source })
+}
+
+/// Flushes a folder's entries (a rename into it, a new file) to the disk. Best effort:
+/// a file system that cannot sync a folder loses nothing by it.
+pub fn sync_dir(dir: &Path) {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Renames `from` to `to` (a file or a folder) and flushes the folder(s) holding them.
+pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))?;
+    let (a, b) = (from.parent().unwrap_or(Path::new(".")), to.parent().unwrap_or(Path::new(".")));
+    sync_dir(b);
+    if a != b {
+        sync_dir(a);
+    }
+    Ok(())
 }
 
 /// Reads the finished epochs of a run directory's `metrics.csv` (empty when none).
