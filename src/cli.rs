@@ -121,6 +121,11 @@ pub struct TileArgs {
     /// JPEG quality of the tiles.
     #[arg(long, default_value_t = 95)]
     quality: u8,
+    /// Put before every tile id; `{dir}` is the name of each XML's folder (sources with one file
+    /// stem, e.g. `site1/image.xml` and `site2/image.xml`: `--prefix '{dir}_'`). An id already in
+    /// the root is refused, never overwritten.
+    #[arg(long, default_value = "")]
+    prefix: String,
 }
 
 impl TileArgs {
@@ -133,6 +138,7 @@ impl TileArgs {
             class_map: crate::data::tile::parse_class_map(&self.class_map)?,
             drop_empty: self.drop_empty,
             quality: self.quality,
+            prefix: self.prefix.clone(),
         };
         p.check()?;
         Ok(p)

@@ -254,8 +254,8 @@ fn convert_round_trips() {
         let (sa, sb) = (a.load_split(split).unwrap(), b.load_split(split).unwrap());
         assert_eq!(sa.len(), sb.len());
         for (x, y) in sa.iter().zip(&sb) {
-            // ids become the COCO image ids (000001 → 1)
-            assert_eq!(x.id.parse::<i64>().unwrap().to_string(), y.id);
+            // ids come back from the file names COCO holds (000001.jpg → 000001)
+            assert_eq!(x.id, y.id);
             let strip = |o: &ohem_harness::data::Object| (o.name.clone(), o.class, o.bbox, o.difficult, o.crowd);
             assert_eq!(x.objects.iter().map(strip).collect::<Vec<_>>(), y.objects.iter().map(strip).collect::<Vec<_>>(), "image {}", x.id);
             assert_eq!(std::fs::read(a.image_path(&x.id)).unwrap(), std::fs::read(b.image_path(&y.id)).unwrap());
@@ -264,6 +264,93 @@ fn convert_round_trips() {
     // an existing output is refused, and nothing is written beside it
     let (ok, _, err) = crate::util::harness(&["convert", src.to_str().unwrap(), "--out", c.to_str().unwrap()]);
     assert!(!ok && err.contains("exists"), "{err}");
+}
+
+/// A VOC root whose two splits have ids that are not numbers (tiles: `a_x0_y0`, `b_x0_y0`):
+/// VOC → COCO gives image ids unique over both splits, and COCO → VOC gives each split its
+/// own images back, byte for byte (numbering each split from 1 put both splits' images in
+/// one `JPEGImages/<id>.jpg` and both split files listed the same ids).
+#[test]
+fn converting_two_splits_keeps_them_apart() {
+    use ohem_harness::data::Dataset;
+    let t = tempfile::tempdir().unwrap();
+    let src = crate::util::tiny_dataset();
+    let voc = t.path().join("voc");
+    let a = Dataset::open(src).unwrap();
+    let b = Dataset { root: voc.clone(), ..a.clone() };
+    b.write_classes().unwrap();
+    for (split, pre) in [("trainval", "tv_"), ("test", "te_")] {
+        let ids: Vec<String> = a.split_ids(split).unwrap().into_iter().take(4).collect();
+        for id in &ids {
+            std::fs::create_dir_all(voc.join("JPEGImages")).unwrap();
+            std::fs::copy(a.image_path(id), b.image_path(&format!("{pre}{id}"))).unwrap();
+            std::fs::create_dir_all(voc.join("Annotations")).unwrap();
+            std::fs::copy(a.annotation_path(id), b.annotation_path(&format!("{pre}{id}"))).unwrap();
+        }
+        std::fs::create_dir_all(voc.join("ImageSets/Main")).unwrap();
+        std::fs::write(b.split_path(split), ids.iter().map(|i| format!("{pre}{i}\n")).collect::<String>()).unwrap();
+    }
+    let (c, back) = (t.path().join("coco"), t.path().join("back"));
+    ohem_harness::data::coco::convert(&voc, &c, &[]).unwrap();
+    let mut all = Vec::new();
+    for split in ["trainval", "test"] {
+        let f = ohem_harness::data::coco::CocoFile::read(&c.join(format!("annotations/instances_{split}.json"))).unwrap();
+        all.extend(f.images.iter().map(|i| i.id));
+    }
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), 8, "COCO image ids shared between splits: {all:?}");
+    ohem_harness::data::coco::convert(&c, &back, &[]).unwrap();
+    let r = Dataset::open(&back).unwrap();
+    for split in ["trainval", "test"] {
+        let (want, got) = (b.split_ids(split).unwrap(), r.split_ids(split).unwrap());
+        assert_eq!(want, got, "split {split}");
+        for id in &got {
+            assert!(std::fs::read(b.image_path(id)).unwrap() == std::fs::read(r.image_path(id)).unwrap(), "{split} image {id} came back with other bytes");
+        }
+    }
+}
+
+/// A COCO dataset whose splits number their images from 1 each, as annotation tools export
+/// them: distinct file names become distinct VOC images; one file stem in two image folders
+/// is refused, naming both files, and nothing is written.
+#[test]
+fn coco_splits_numbered_from_one_convert_by_file_name() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("c");
+    std::fs::create_dir_all(root.join("annotations")).unwrap();
+    let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 5, y as u8 * 7, 9]));
+    let write = |split: &str, names: &[&str], shade: u8| {
+        std::fs::create_dir_all(root.join(split)).unwrap();
+        let mut images = Vec::new();
+        for (k, n) in names.iter().enumerate() {
+            let mut im = img.clone();
+            im.put_pixel(0, 0, image::Rgb([shade, k as u8, 0]));
+            im.save(root.join(split).join(n)).unwrap();
+            images.push(serde_json::json!({"id": k + 1, "width": 40, "height": 30, "file_name": n}));
+        }
+        let anns: Vec<_> = (0..names.len()).map(|k| serde_json::json!({"id": k + 1, "image_id": k + 1, "category_id": 1, "bbox": [2, 3, 10, 8], "iscrowd": 0})).collect();
+        let f = serde_json::json!({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "thing"}]});
+        std::fs::write(root.join(format!("annotations/instances_{split}.json")), f.to_string()).unwrap();
+    };
+    write("train", &["t1.png", "t2.png"], 10);
+    write("val", &["v1.png", "v2.png"], 200);
+    let voc = t.path().join("voc");
+    ohem_harness::data::coco::convert(&root, &voc, &[]).unwrap();
+    let ds = ohem_harness::data::Dataset::open(&voc).unwrap();
+    assert_eq!(ds.split_ids("train").unwrap(), ["t1", "t2"]);
+    assert_eq!(ds.split_ids("val").unwrap(), ["v1", "v2"]);
+    for (id, shade) in [("t1", 10u8), ("v1", 200)] {
+        let a = ds.annotation(id).unwrap();
+        let px = ds.load_image(&a).unwrap().get_pixel(0, 0).0[0] as i32;
+        assert!((px - shade as i32).abs() < 12, "{id}: pixel {px}, its split's is {shade}");
+    }
+    // one stem, two files
+    write("val", &["t1.png", "v2.png"], 200);
+    let voc2 = t.path().join("voc2");
+    let e = format!("{:#}", ohem_harness::data::coco::convert(&root, &voc2, &[]).unwrap_err());
+    let (f1, f2) = (root.join("train/t1.png"), root.join("val/t1.png"));
+    assert!(e.contains(&*f1.to_string_lossy()) && e.contains(&*f2.to_string_lossy()) && e.contains("\"t1\""), "{e}");
+    assert!(!voc2.exists() && !t.path().join("voc2.partial").exists());
 }
 
 /// A COCO dataset's images: missing, undecodable, or of another size than

@@ -234,16 +234,14 @@ impl CocoFile {
         ids
     }
 
-    /// A file from annotations: image ids 1, 2, … in order (or each
-    /// annotation's id when it is a number, see [`image_id_of`]), category
-    /// ids 1.. in class order, annotation ids 1.. in order; `file_name` is
+    /// A file from annotations: image `k` gets id `ids[k]`, category ids
+    /// are 1.. in class order, annotation ids 1.. in order; `file_name` is
     /// `file_name(annotation)`. A difficult object is written with `ignore: 1`.
-    pub fn from_annotations(anns: &[Annotation], classes: &[String], file_name: &dyn Fn(&Annotation) -> String) -> Self {
+    pub fn from_annotations(anns: &[Annotation], ids: &[i64], classes: &[String], file_name: &dyn Fn(&Annotation) -> String) -> Self {
         let categories = classes.iter().enumerate().map(|(k, n)| CocoCategory { id: k as i64 + 1, name: n.clone() }).collect();
-        let ids = image_ids(anns);
         let mut images = Vec::with_capacity(anns.len());
         let mut annotations = Vec::new();
-        for (a, &image_id) in anns.iter().zip(&ids) {
+        for (a, &image_id) in anns.iter().zip(ids) {
             images.push(CocoImage { id: image_id, width: a.width, height: a.height, file_name: file_name(a) });
             for o in &a.objects {
                 let bbox = voc_to_coco(o.bbox);
@@ -270,13 +268,29 @@ impl CocoFile {
 /// Image ids for annotations written as COCO: each VOC id that is a decimal
 /// number keeps it when all are numbers and distinct; otherwise 1, 2, … in order.
 pub fn image_ids(anns: &[Annotation]) -> Vec<i64> {
-    let parsed: Option<Vec<i64>> = anns.iter().map(|a| a.id.parse::<i64>().ok()).collect();
-    if let Some(p) = parsed {
-        if p.iter().collect::<HashSet<_>>().len() == p.len() {
-            return p;
+    let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+    let of = numbering(&ids);
+    ids.iter().map(|id| of[id]).collect()
+}
+
+/// COCO image ids for VOC ids, which may repeat (one image in two splits gets one id):
+/// the ids themselves when every one is a decimal number and no two distinct ids parse
+/// to one number (`7` and `007`); otherwise 1, 2, … in order of first appearance.
+pub fn numbering<'a>(ids: &[&'a str]) -> HashMap<&'a str, i64> {
+    let mut distinct: Vec<&str> = Vec::new();
+    let mut seen = HashSet::new();
+    for &id in ids {
+        if seen.insert(id) {
+            distinct.push(id);
         }
     }
-    (1..=anns.len() as i64).collect()
+    let parsed: Option<Vec<i64>> = distinct.iter().map(|id| id.parse::<i64>().ok()).collect();
+    if let Some(p) = parsed {
+        if p.iter().collect::<HashSet<_>>().len() == p.len() {
+            return distinct.into_iter().zip(p).collect();
+        }
+    }
+    distinct.into_iter().zip(1..).collect()
 }
 
 /// COCO `[x, y, w, h]` → VOC 1-based inclusive `[x1, y1, x2, y2]`.
@@ -346,14 +360,20 @@ pub fn list_splits(root: &Path, coco: bool) -> Vec<String> {
 /// Converts the dataset at `src` (VOC, or COCO with `annotations/instances_<split>.json`
 /// and the default image folders) into the other layout at `out`, for `splits`
 /// (all when empty). Built in `<out>.partial` and renamed, so a failure leaves
-/// nothing at `out`; an `out` that exists is refused.
+/// nothing at `out`; an `out` that exists is refused. No split's image can
+/// replace another's: every split is read first, and ids are given over all of them.
 ///
 /// VOC → COCO: `images/<id>.jpg` (the same bytes), `annotations/instances_<split>.json`
-/// with image ids from [`image_ids`], category ids 1.. in class order, difficult
-/// objects with `ignore: 1`. COCO → VOC: `JPEGImages/<image id>.jpg` (JPEG bytes
-/// kept, other formats encoded at quality 95), one XML per image, `classes.txt` in
-/// category-id order (the ids themselves are not kept), crowd regions as
-/// difficult objects with `<iscrowd>1</iscrowd>`.
+/// with image ids from [`numbering`] over every split's ids (an image in two
+/// splits has one id and one file; distinct images never share one), category
+/// ids 1.. in class order, difficult objects with `ignore: 1`. COCO → VOC:
+/// each image is named by its `file_name`'s stem, `JPEGImages/<stem>.jpg`
+/// (JPEG bytes kept, other formats encoded at quality 95), one XML per image,
+/// `classes.txt` in category-id order (the ids themselves are not kept),
+/// crowd regions as difficult objects with `<iscrowd>1</iscrowd>`. Two
+/// different image files with one stem (e.g. `train/0001.jpg` and
+/// `val/0001.jpg`) are refused, naming both; the same file in two splits is
+/// one image.
 pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<ConvertSummary> {
     use anyhow::{bail, Context};
     use crate::config::{DataFormat, DatasetConfig};
@@ -370,7 +390,7 @@ pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<Conv
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
     let result = (|| -> anyhow::Result<ConvertSummary> {
-        let mut sum = ConvertSummary::default();
+        let mut loaded = Vec::with_capacity(splits.len());
         for split in &splits {
             let mut cfg = DatasetConfig::voc(src);
             cfg.train_split = split.clone();
@@ -378,49 +398,24 @@ pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<Conv
             cfg.format = Some(if to_coco { DataFormat::Voc } else { DataFormat::Coco });
             let ds = super::Dataset::from_config(&cfg)?;
             let anns = ds.load_split(split)?;
-            if to_coco {
-                let file = CocoFile::from_annotations(&anns, &ds.classes, &|a| format!("{}.jpg", a.id));
-                for a in &anns {
-                    let bytes = super::voc::read_image_bytes(&ds.image_path_of(a))?;
-                    crate::rundir::write_file(&tmp.join("images").join(format!("{}.jpg", a.id)), &bytes)?;
+            if let Some((first, fds, _)) = loaded.first() {
+                let fds: &super::Dataset = fds;
+                if fds.classes != ds.classes {
+                    bail!("{}: split {split:?} has the classes {:?}, split {first:?} {:?}; one dataset has one class list", src.display(), ds.classes, fds.classes);
                 }
-                crate::rundir::write_file(&default_ann_path(&tmp, split), file.to_json().as_bytes())?;
-                sum.splits.push((split.clone(), anns.len(), file.annotations.len()));
-            } else {
-                let voc = super::Dataset { root: tmp.clone(), classes: ds.classes.clone(), coco: None };
-                if !tmp.join("classes.txt").exists() {
-                    voc.write_classes()?;
-                }
-                let mut ids = Vec::with_capacity(anns.len());
-                let mut n_obj = 0;
-                for a in &anns {
-                    let path = ds.image_path_of(a);
-                    let bytes = super::voc::read_image_bytes(&path)?;
-                    let jpeg = if image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg) {
-                        bytes
-                    } else {
-                        let img = ds.decode_bytes(&path, &bytes)?;
-                        let mut jpg = Vec::new();
-                        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95).encode_image(&img).with_context(|| format!("encoding {} as JPEG", path.display()))?;
-                        sum.reencoded += 1;
-                        jpg
-                    };
-                    let mut v = a.clone();
-                    v.filename = format!("{}.jpg", a.id);
-                    crate::rundir::write_file(&voc.image_path(&a.id), &jpeg)?;
-                    crate::rundir::write_file(&voc.annotation_path(&a.id), super::voc::annotation_xml(&v, "converted from COCO").as_bytes())?;
-                    ids.push(a.id.clone());
-                    n_obj += a.objects.len();
-                }
-                crate::rundir::write_file(&voc.split_path(split), (ids.join("\n") + "\n").as_bytes())?;
-                sum.splits.push((split.clone(), anns.len(), n_obj));
             }
+            loaded.push((split.clone(), ds, anns));
         }
-        Ok(sum)
+        if to_coco {
+            write_as_coco(&loaded, &tmp)
+        } else {
+            write_as_voc(&loaded, &tmp)
+        }
     })();
     match result {
         Ok(sum) => {
             std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+            crate::rundir::sync_dir(out.parent().unwrap_or(Path::new(".")));
             Ok(sum)
         }
         Err(e) => {
@@ -428,4 +423,80 @@ pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<Conv
             Err(e)
         }
     }
+}
+
+/// Every split read by [`convert`]: its name, its dataset and its annotations.
+type Loaded = [(String, super::Dataset, Vec<Annotation>)];
+
+fn write_as_coco(loaded: &Loaded, tmp: &Path) -> anyhow::Result<ConvertSummary> {
+    let all: Vec<&str> = loaded.iter().flat_map(|(_, _, anns)| anns.iter().map(|a| a.id.as_str())).collect();
+    let number = numbering(&all);
+    let mut written = HashSet::new();
+    let mut sum = ConvertSummary::default();
+    for (split, ds, anns) in loaded {
+        let ids: Vec<i64> = anns.iter().map(|a| number[a.id.as_str()]).collect();
+        let file = CocoFile::from_annotations(anns, &ids, &ds.classes, &|a| format!("{}.jpg", a.id));
+        for a in anns {
+            if written.insert(a.id.clone()) {
+                let bytes = super::voc::read_image_bytes(&ds.image_path_of(a))?;
+                crate::rundir::write_file(&tmp.join("images").join(format!("{}.jpg", a.id)), &bytes)?;
+            }
+        }
+        crate::rundir::write_file(&default_ann_path(tmp, split), file.to_json().as_bytes())?;
+        sum.splits.push((split.clone(), anns.len(), file.annotations.len()));
+    }
+    Ok(sum)
+}
+
+fn write_as_voc(loaded: &Loaded, tmp: &Path) -> anyhow::Result<ConvertSummary> {
+    use anyhow::{bail, Context};
+    let voc = super::Dataset { root: tmp.to_path_buf(), classes: loaded[0].1.classes.clone(), coco: None };
+    voc.write_classes()?;
+    // stem → the image file it came from, its split and id, and its annotation
+    let mut seen: HashMap<String, (PathBuf, String, String, Annotation)> = HashMap::new();
+    let mut sum = ConvertSummary::default();
+    for (split, ds, anns) in loaded {
+        let mut ids = Vec::with_capacity(anns.len());
+        let mut n_obj = 0;
+        for a in anns {
+            let path = ds.image_path_of(a);
+            let stem = path.file_stem().and_then(|s| s.to_str()).filter(|s| !s.is_empty() && !s.chars().any(char::is_whitespace));
+            let Some(stem) = stem else {
+                bail!("{}: image id {} has the file name {:?}, whose stem cannot name a VOC image (empty, not UTF-8, or with a space)", ds.coco_split(split).map_or(ds.root.clone(), |s| s.ann.clone()).display(), a.id, path.display());
+            };
+            let mut v = a.clone();
+            v.id = stem.to_string();
+            v.filename = format!("{stem}.jpg");
+            if let Some((prev, psplit, pid, pann)) = seen.get(stem) {
+                let same_file = prev == &path || matches!((prev.canonicalize(), path.canonicalize()), (Ok(x), Ok(y)) if x == y);
+                if !same_file {
+                    bail!("{} (split {psplit}, image id {pid}) and {} (split {split}, image id {}) have one file stem, {stem:?}: the VOC layout names an image JPEGImages/{stem}.jpg, so one would replace the other; rename one of the files", prev.display(), path.display(), a.id);
+                }
+                if pann.objects != v.objects || (pann.width, pann.height) != (v.width, v.height) {
+                    bail!("{}: image ids {pid} (split {psplit}) and {} (split {split}) are this one file with different annotations; the VOC layout holds one annotation an image", path.display(), a.id);
+                }
+                ids.push(v.id.clone());
+                n_obj += a.objects.len();
+                continue;
+            }
+            let bytes = super::voc::read_image_bytes(&path)?;
+            let jpeg = if image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg) {
+                bytes
+            } else {
+                let img = ds.decode_bytes(&path, &bytes)?;
+                let mut jpg = Vec::new();
+                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 95).encode_image(&img).with_context(|| format!("encoding {} as JPEG", path.display()))?;
+                sum.reencoded += 1;
+                jpg
+            };
+            crate::rundir::write_file(&voc.image_path(&v.id), &jpeg)?;
+            crate::rundir::write_file(&voc.annotation_path(&v.id), super::voc::annotation_xml(&v, "converted from COCO").as_bytes())?;
+            ids.push(v.id.clone());
+            n_obj += a.objects.len();
+            seen.insert(v.id.clone(), (path, split.clone(), a.id.clone(), v));
+        }
+        crate::rundir::write_file(&voc.split_path(split), (ids.join("\n") + "\n").as_bytes())?;
+        sum.splits.push((split.clone(), anns.len(), n_obj));
+    }
+    Ok(sum)
 }

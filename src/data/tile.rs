@@ -44,11 +44,14 @@ pub struct TileParams {
     pub drop_empty: bool,
     /// JPEG quality of the written tiles.
     pub quality: u8,
+    /// Put before every tile id (`{dir}`: the name of the source XML's folder), so that sources
+    /// with the same file stem (per-site exports named `image.xml`) give distinct ids.
+    pub prefix: String,
 }
 
 impl Default for TileParams {
     fn default() -> Self {
-        TileParams { size: 400, overlap: 0, keep: 0.7, drop: 0.3, class_map: Vec::new(), drop_empty: false, quality: 95 }
+        TileParams { size: 400, overlap: 0, keep: 0.7, drop: 0.3, class_map: Vec::new(), drop_empty: false, quality: 95, prefix: String::new() }
     }
 }
 
@@ -65,6 +68,9 @@ impl TileParams {
         }
         if !(1..=100).contains(&self.quality) {
             bail!("--quality {}: a JPEG quality is 1-100", self.quality);
+        }
+        if self.prefix.contains(['/', '\\']) || self.prefix.chars().any(char::is_whitespace) {
+            bail!("--prefix {:?}: an id prefix has no slash and no space (ids are file names and split-file entries)", self.prefix);
         }
         Ok(())
     }
@@ -136,8 +142,8 @@ pub struct TileSummary {
     pub classes: Vec<String>,
 }
 
-/// Reads a source annotation and its image, with errors that name the files.
-fn read_source(xml: &Path, classes: &mut Vec<String>, map: &[(String, String)]) -> Result<(Annotation, image::RgbImage)> {
+/// Reads a source annotation (classes renamed by `map`, new ones appended to `classes`).
+fn read_annotation(xml: &Path, classes: &mut Vec<String>, map: &[(String, String)]) -> Result<Annotation> {
     let text = read_to_string(xml)?;
     let stem = xml.file_stem().and_then(|s| s.to_str()).with_context(|| format!("{}: not a file name", xml.display()))?;
     let mut raw_classes = Vec::new();
@@ -151,6 +157,11 @@ fn read_source(xml: &Path, classes: &mut Vec<String>, map: &[(String, String)]) 
             classes.len() - 1
         });
     }
+    Ok(ann)
+}
+
+/// Decodes the image a source annotation names, with errors that name the files.
+fn read_image(xml: &Path, ann: &Annotation) -> Result<image::RgbImage> {
     let img_path = xml.parent().unwrap_or(Path::new(".")).join(&ann.filename);
     let img = image::ImageReader::open(&img_path)
         .with_context(|| format!("{}: its image {} cannot be opened", xml.display(), img_path.display()))?
@@ -162,14 +173,102 @@ fn read_source(xml: &Path, classes: &mut Vec<String>, map: &[(String, String)]) 
     if (img.width(), img.height()) != (ann.width, ann.height) {
         bail!("image {} is {}x{}, but {} says {}x{}", img_path.display(), img.width(), img.height(), xml.display(), ann.width, ann.height);
     }
-    Ok((ann, img))
+    Ok(img)
+}
+
+/// The id prefix of a source: `prefix` with `{dir}` replaced by the name of the folder the XML is in.
+fn prefix_of(prefix: &str, xml: &Path) -> Result<String> {
+    if !prefix.contains("{dir}") {
+        return Ok(prefix.to_string());
+    }
+    let abs = std::path::absolute(xml).with_context(|| format!("{}: resolving its folder", xml.display()))?;
+    let dir = abs.parent().and_then(|d| d.file_name()).and_then(|d| d.to_str()).with_context(|| format!("--prefix {prefix:?}: {} has no named folder for {{dir}}", xml.display()))?;
+    Ok(prefix.replace("{dir}", dir))
+}
+
+/// One tile to write: its top-left pixel in the source, and its annotation (its id included).
+struct PlannedTile {
+    x0: u32,
+    y0: u32,
+    ann: Annotation,
+}
+
+/// Cuts one source annotation into tiles (no image is read), counting into `sum`.
+fn plan_source(ann: &Annotation, prefix: &str, p: &TileParams, sum: &mut TileSummary) -> Vec<PlannedTile> {
+    let mut tiles = Vec::new();
+    for &y0 in &positions(ann.height, p.size, p.overlap) {
+        for &x0 in &positions(ann.width, p.size, p.overlap) {
+            let mut objects = Vec::new();
+            for o in &ann.objects {
+                match clip(&o.bbox, x0, y0, p.size, p.keep, p.drop) {
+                    Clipped::Outside => {}
+                    Clipped::Dropped => sum.dropped += 1,
+                    Clipped::Kept { bbox, difficult } => {
+                        let cut = bbox != [o.bbox[0] - x0 as f32, o.bbox[1] - y0 as f32, o.bbox[2] - x0 as f32, o.bbox[3] - y0 as f32];
+                        objects.push(Object { bbox, difficult: difficult || o.difficult, truncated: o.truncated || cut, ..o.clone() });
+                    }
+                }
+            }
+            if objects.is_empty() && p.drop_empty {
+                sum.empty_skipped += 1;
+                continue;
+            }
+            sum.kept += objects.iter().filter(|o| !o.difficult).count();
+            sum.difficult += objects.iter().filter(|o| o.difficult).count();
+            let id = format!("{prefix}{}_x{x0}_y{y0}", ann.id);
+            tiles.push(PlannedTile { x0, y0, ann: Annotation { id: id.clone(), filename: format!("{id}.jpg"), width: p.size, height: p.size, depth: 3, objects } });
+        }
+    }
+    tiles
+}
+
+/// Refuses a tile id that another source of this call, or a file or split already in the
+/// root, holds: the error names both (tiling never overwrites an image or an annotation).
+fn check_ids(ds: &Dataset, plans: &[(PathBuf, Annotation, Vec<PlannedTile>)]) -> Result<()> {
+    let hint = "give each source its own ids with --prefix (e.g. --prefix '{dir}_' for the name of the XML's folder)";
+    let mut listed: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
+    if let Ok(rd) = std::fs::read_dir(ds.root.join("ImageSets").join("Main")) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "txt") {
+                for id in read_to_string(&path)?.lines().filter_map(|l| l.split_whitespace().next()) {
+                    listed.entry(id.to_string()).or_insert_with(|| path.clone());
+                }
+            }
+        }
+    }
+    let mut ours: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+    for (xml, _, tiles) in plans {
+        for t in tiles {
+            let id = t.ann.id.as_str();
+            if id.contains(['/', '\\']) || id.chars().any(char::is_whitespace) {
+                bail!("{}: tile id {id:?} has a slash or a space (ids are file names and split-file entries); rename the file", xml.display());
+            }
+            if let Some(other) = ours.insert(id, xml) {
+                bail!("{} and {} both give tile {id:?}; {hint}", other.display(), xml.display());
+            }
+            for existing in [ds.image_path(id), ds.annotation_path(id)] {
+                if existing.exists() {
+                    bail!("{}: its tile {id:?} would overwrite {}, already in the root; {hint}", xml.display(), existing.display());
+                }
+            }
+            if let Some(split) = listed.get(id) {
+                bail!("{}: its tile {id:?} is already listed in {}; {hint}", xml.display(), split.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tiles every source annotation (`sources`: VOC XML files) into split `split`
 /// of the VOC root `out` (created when absent). A root that already has a
 /// `classes.txt` keeps it, and a class it lacks is an error; a split that is
-/// already written is an error (nothing is overwritten). The split file is
-/// written last, so an interrupted call leaves no split behind.
+/// already written is an error. Tile ids are `<prefix><stem>_x<x0>_y<y0>`
+/// (`{dir}` in the prefix is the XML's folder name); an id that another
+/// source, a file or a split of the root already holds is refused before
+/// anything is written, naming both, so no split can overwrite another's
+/// images. The split file is written last, so an interrupted call leaves no
+/// split behind.
 pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -> Result<TileSummary> {
     p.check()?;
     if sources.is_empty() {
@@ -182,57 +281,43 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
     if ds.split_path(split).exists() {
         bail!("{}: split {split:?} is already written; tile into another --split or another --out", ds.split_path(split).display());
     }
+    // first every tile from the annotations alone, checked; then the images, cut and written
     let mut sum = TileSummary::default();
-    let mut ids = Vec::new();
-    let mut seen_stems = std::collections::HashSet::new();
+    let mut plans = Vec::with_capacity(sources.len());
     for xml in sources {
-        let (ann, img) = read_source(xml, &mut classes, &p.class_map)?;
+        let ann = read_annotation(xml, &mut classes, &p.class_map)?;
         if existing && classes.len() > fixed.len() {
             bail!("{}: class {:?} is not in {} ({})", xml.display(), classes[fixed.len()], out.join("classes.txt").display(), fixed.join(", "));
-        }
-        if !seen_stems.insert(ann.id.clone()) {
-            bail!("{}: a second source named {:?}; tile ids would collide", xml.display(), ann.id);
         }
         if p.size > ann.width || p.size > ann.height {
             bail!("{}: the tile ({} px) is larger than the {}x{} image", xml.display(), p.size, ann.width, ann.height);
         }
         sum.images += 1;
         sum.boxes += ann.objects.len();
-        for &y0 in &positions(ann.height, p.size, p.overlap) {
-            for &x0 in &positions(ann.width, p.size, p.overlap) {
-                let mut objects = Vec::new();
-                for o in &ann.objects {
-                    match clip(&o.bbox, x0, y0, p.size, p.keep, p.drop) {
-                        Clipped::Outside => {}
-                        Clipped::Dropped => sum.dropped += 1,
-                        Clipped::Kept { bbox, difficult } => {
-                            let cut = bbox != [o.bbox[0] - x0 as f32, o.bbox[1] - y0 as f32, o.bbox[2] - x0 as f32, o.bbox[3] - y0 as f32];
-                            objects.push(Object { bbox, difficult: difficult || o.difficult, truncated: o.truncated || cut, ..o.clone() });
-                        }
-                    }
-                }
-                if objects.is_empty() && p.drop_empty {
-                    sum.empty_skipped += 1;
-                    continue;
-                }
-                sum.kept += objects.iter().filter(|o| !o.difficult).count();
-                sum.difficult += objects.iter().filter(|o| o.difficult).count();
-                let id = format!("{}_x{x0}_y{y0}", ann.id);
-                let tile = image::imageops::crop_imm(&img, x0, y0, p.size, p.size).to_image();
-                let mut jpg = Vec::new();
-                image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, p.quality)
-                    .encode_image(&tile)
-                    .with_context(|| format!("encoding tile {id}"))?;
-                let t = Annotation { id: id.clone(), filename: format!("{id}.jpg"), width: p.size, height: p.size, depth: 3, objects };
-                write_file(&ds.image_path(&id), &jpg)?;
-                write_file(&ds.annotation_path(&id), annotation_xml(&t, &format!("tiled from {}", ann.filename)).as_bytes())?;
-                ids.push(id);
-                sum.tiles += 1;
-            }
-        }
+        let tiles = plan_source(&ann, &prefix_of(&p.prefix, xml)?, p, &mut sum);
+        plans.push((xml.clone(), ann, tiles));
     }
-    if ids.is_empty() {
+    if plans.iter().all(|(_, _, t)| t.is_empty()) {
         bail!("no tile written: every tile was empty (--drop-empty)");
+    }
+    check_ids(&ds, &plans)?;
+    let mut ids = Vec::new();
+    for (xml, ann, tiles) in &plans {
+        if tiles.is_empty() {
+            continue;
+        }
+        let img = read_image(xml, ann)?;
+        for t in tiles {
+            let tile = image::imageops::crop_imm(&img, t.x0, t.y0, p.size, p.size).to_image();
+            let mut jpg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, p.quality)
+                .encode_image(&tile)
+                .with_context(|| format!("encoding tile {}", t.ann.id))?;
+            write_file(&ds.image_path(&t.ann.id), &jpg)?;
+            write_file(&ds.annotation_path(&t.ann.id), annotation_xml(&t.ann, &format!("tiled from {}", ann.filename)).as_bytes())?;
+            ids.push(t.ann.id.clone());
+            sum.tiles += 1;
+        }
     }
     if !existing {
         Dataset { root: out.to_path_buf(), classes: classes.clone(), coco: None }.write_classes()?;
@@ -332,13 +417,36 @@ mod file_tests {
             let want = [((x + 150) % 256) as i32, ((y + 50) % 256) as i32, 7];
             assert!((0..3).all(|c| (px[c] as i32 - want[c]).abs() <= 3), "pixel ({x}, {y}) = {px:?}, source {want:?}");
         }
-        // a second split goes into the same root; the same split again is refused
+        // another photograph with the same file stem, as a second split into the same root: its
+        // tiles would overwrite trainval's, so it is refused, naming both files, and nothing changes
+        let before: Vec<Vec<u8>> = ids.iter().flat_map(|id| [std::fs::read(ds.image_path(id)).unwrap(), std::fs::read(ds.annotation_path(id)).unwrap()]).collect();
         let b = dir.path().join("b");
         std::fs::create_dir(&b).unwrap();
         let xml2 = source(&b, &[("Tree", [1.0, 1.0, 20.0, 20.0])]);
-        tile_into(&out, "test", &[xml2.clone()], &p).unwrap();
-        let e = tile_into(&out, "test", &[xml2], &p).unwrap_err().to_string();
+        let e = format!("{:#}", tile_into(&out, "test", &[xml2.clone()], &p).unwrap_err());
+        assert!(e.contains(&*xml2.to_string_lossy()) && e.contains("scene_x0_y0") && e.contains("would overwrite") && e.contains("--prefix"), "{e}");
+        let after: Vec<Vec<u8>> = ids.iter().flat_map(|id| [std::fs::read(ds.image_path(id)).unwrap(), std::fs::read(ds.annotation_path(id)).unwrap()]).collect();
+        assert!(before == after, "a refused split changed trainval's files");
+        assert!(!ds.split_path("test").exists());
+        // the same two sources in one call: both XMLs named
+        let xml1 = dir.path().join("scene.xml");
+        let e = format!("{:#}", tile_into(&dir.path().join("both"), "trainval", &[xml1.clone(), xml2.clone()], &p).unwrap_err());
+        assert!(e.contains(&*xml1.to_string_lossy()) && e.contains(&*xml2.to_string_lossy()) && e.contains("both give"), "{e}");
+        // with the folder as a prefix the ids differ: the second split goes in beside the first
+        let pre = TileParams { prefix: "{dir}_".into(), ..p.clone() };
+        tile_into(&out, "test", &[xml2.clone()], &pre).unwrap();
+        let test = ds.split_ids("test").unwrap();
+        assert_eq!(test[0], "b_scene_x0_y0");
+        assert!(test.iter().all(|id| !ids.contains(&id.as_str())), "the splits share ids: {test:?}");
+        let after: Vec<Vec<u8>> = ids.iter().flat_map(|id| [std::fs::read(ds.image_path(id)).unwrap(), std::fs::read(ds.annotation_path(id)).unwrap()]).collect();
+        assert!(before == after, "the second split changed trainval's files");
+        // the same split again is refused; so is a split whose ids another split lists
+        let e = tile_into(&out, "test", &[xml2.clone()], &pre).unwrap_err().to_string();
         assert!(e.contains("already written"), "{e}");
+        std::fs::remove_file(ds.image_path("b_scene_x0_y0")).unwrap();
+        std::fs::remove_file(ds.annotation_path("b_scene_x0_y0")).unwrap();
+        let e = format!("{:#}", tile_into(&out, "val", &[xml2], &pre).unwrap_err());
+        assert!(e.contains("already listed in") && e.contains("test.txt"), "{e}");
     }
 
     #[test]
