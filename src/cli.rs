@@ -630,7 +630,7 @@ fn train(a: TrainArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::rundir::set_phase_dir(&out);
     crate::rundir::catch_preemption_signals()?;
-    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None };
+    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None, stop_in: None };
     let rows = crate::trainer::train(&cfg, &out, &opts)?;
     if let Some(r) = rows.last() {
         let map = |m: Option<f64>| m.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());

@@ -117,6 +117,13 @@ pub struct EpochRow {
     /// streamed image, or waiting for a worker's); absent in logs that predate it.
     #[serde(default)]
     pub load_s: Option<f64>,
+    /// Images the epoch's steps read from disk (a split larger than `dataset.cache_mib`;
+    /// empty when the split is held in memory), and how many of them a worker had decoded
+    /// ahead of their use; absent in logs that predate them.
+    #[serde(default)]
+    pub streamed_images: Option<f64>,
+    #[serde(default)]
+    pub prefetched_images: Option<f64>,
     /// COCO's box summaries on the test split ([`COCO_COLUMNS`]); absent in logs that predate them.
     #[serde(default)]
     pub coco_ap: Option<f64>,

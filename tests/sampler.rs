@@ -45,6 +45,7 @@ pub fn rois_with_iou(iou: &[f32]) -> ImageRois {
 
 #[test]
 fn fixed_ratio_honours_quotas_and_thresholds() {
+    let _rng = crate::util::torch_rng_lock();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     tch::manual_seed(1);
     let cfg = FixedRatioConfig::default();
@@ -153,6 +154,7 @@ fn ohem_picks_the_hardest_survivors_of_nms() {
 
 #[test]
 fn ohem_sampler_selects_at_most_b_over_n_without_repeats_and_clamps() {
+    let _rng = crate::util::torch_rng_lock();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     let mut s = Ohem::new(OhemConfig::default());
     assert!(s.needs_roi_losses() && s.backprop() == Backprop::Selected);
@@ -202,6 +204,7 @@ fn sampler_configs_reject_bad_values() {
 
 #[test]
 fn hnm_quotas_with_a_cache_and_fixed_ratio_before_mining() {
+    let _rng = crate::util::torch_rng_lock();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     tch::manual_seed(8);
     let cfg = HnmConfig::default();
@@ -237,9 +240,9 @@ fn hnm_quotas_with_a_cache_and_fixed_ratio_before_mining() {
 fn hnm_mines_on_schedule() {
     struct Count(usize);
     impl ohem_harness::sampler::Miner for Count {
-        fn score_training_set(&mut self) -> anyhow::Result<Vec<ohem_harness::sampler::ImageScores>> {
+        fn score_each(&mut self, _: &mut dyn FnMut(ohem_harness::sampler::ImageScores) -> anyhow::Result<()>) -> anyhow::Result<()> {
             self.0 += 1;
-            Ok(Vec::new())
+            Ok(())
         }
     }
     let at = |epoch, iter_in_epoch, iteration| Progress { epoch, iter_in_epoch, iteration };
@@ -278,7 +281,7 @@ fn hnm_cache_is_exactly_the_frozen_models_false_positives() {
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
-    let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device: tch::Device::Cpu }.score_training_set().unwrap();
+    let scores = FrozenScorer::new(&model, &store, &cfg, tch::Device::Cpu).score_training_set().unwrap();
 
     // Slow path: every proposal alone through the head; IoU with non-difficult ground truth in Rust.
     let mut slow: Vec<Vec<(usize, f32)>> = Vec::new(); // (proposal, fg score) of background proposals
@@ -343,7 +346,7 @@ fn default_hnm_mines_negatives_harder_than_random_ones_from_the_first_round() {
     tch::manual_seed(3);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
-    let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device: tch::Device::Cpu }.score_training_set().unwrap();
+    let scores = FrozenScorer::new(&model, &store, &cfg, tch::Device::Cpu).score_training_set().unwrap();
 
     let mut hnm = Hnm::new(HnmConfig::default());
     let rep = hnm.update_cache(&scores);

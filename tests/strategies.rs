@@ -74,6 +74,7 @@ fn assert_distinct_subset(picked: &[i64], of: &[i64]) {
 
 #[test]
 fn iou_balanced_bins_by_hand_and_by_count() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(0);
     let cfg = IouBalancedConfig::default(); // 3 bins, no floor
     // A positive at IoU 0.9 sets the bins to [0, .3), [.3, .6), [.6, .9); negatives lie below 0.5,
@@ -126,6 +127,7 @@ fn iou_balanced_bins_by_hand_and_by_count() {
 
 #[test]
 fn instance_balanced_positives_by_hand() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(1);
     // three boxes with 30, 5 and 2 foreground RoIs; quota 16 -> round(16/3) + 1 = 6 per box:
     // 6 + 5 + 2 = 13, then 3 more from box 0's other 24
@@ -153,6 +155,7 @@ fn instance_balanced_positives_by_hand() {
 
 #[test]
 fn mmdet_ohem_keeps_the_hardest_in_each_share() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(2);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let cfg = OhemConfig { fg_fraction: Some(0.25), nms_iou: None, loss: ohem_harness::sampler::ohem::OhemLoss::Cls, ..Default::default() };
@@ -218,6 +221,7 @@ fn mmdet_ohem_keeps_the_hardest_in_each_share() {
 
 #[test]
 fn focal_loss_by_hand_and_cross_entropy_at_gamma_zero() {
+    let _rng = crate::util::torch_rng_lock();
     // K = 2: RoI 0 is class 1 with uniform logits (p_t = 1/3), RoI 1 background with logits (2, 0, 0)
     let logits = Tensor::from_slice(&[0f32, 0., 0., 2., 0., 0.]).view([2, 3]);
     let labels = Tensor::from_slice(&[1i64, 0]);
@@ -349,6 +353,7 @@ fn carl_by_its_formula() {
 
 #[test]
 fn score_hlr_by_hand() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(8);
     // negatives 0 and 1 overlap (one group, scores 0.9 then 0.8), 2 and 3 stand alone (0.7, 0.3),
     // 4 scores below score_thr. HLR: 0.9, 0.7, 0.3 (the groups' tops), then 0.8.

@@ -5,6 +5,8 @@ use ohem_harness::config::TrainConfig;
 use ohem_harness::trainer::train;
 use tch::Tensor;
 
+use std::path::{Path, PathBuf};
+
 use crate::util::{harness, test_opts, tiny_config, tiny_dataset};
 
 fn load_err(extra_yaml: &str, overrides: &[&str]) -> String {
@@ -164,8 +166,10 @@ fn preempted_at_every_iteration_resumes_exactly() {
                 }
             }
         };
-        // 4 iterations in each of 2 epochs: a stop after each of the first 3 of each epoch, and one at the epoch boundary
-        assert_eq!(stops, 7, "{sampler}");
+        // 4 iterations in each of 2 epochs: a stop after each of the first 3 of each epoch, one
+        // in the evaluation after the last (the epoch is checkpointed; the next call evaluates it
+        // from there), and one at the epoch boundary after that evaluation
+        assert_eq!(stops, 9, "{sampler}");
         let key = |r: &EpochRow| (outcome(r), r.sel_loss, r.all_loss, r.cache_size, r.rois_per_iter);
         assert_eq!(rows.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>(), "{sampler}: a pre-empted run differs from an uninterrupted one");
         let mining = |d: &str| -> Vec<(usize, usize, usize, Option<f64>)> {
@@ -328,7 +332,7 @@ fn every_sampler_lowers_the_training_loss() {
         let store = load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
         let mean_loss = |vs: &tch::nn::VarStore, model: &FastRcnn| {
             let _ = vs;
-            let scores = FrozenScorer { model, store: &store, cfg: &cfg, device: tch::Device::Cpu }.score_training_set().unwrap();
+            let scores = FrozenScorer::new(model, &store, &cfg, tch::Device::Cpu).score_training_set().unwrap();
             let (sum, n) = scores.iter().fold((0.0, 0i64), |(s, n), x| (s + x.loss.sum(tch::Kind::Double).double_value(&[]), n + x.loss.size()[0]));
             sum / n as f64
         };
@@ -372,6 +376,7 @@ fn every_sampler_lowers_the_training_loss() {
 /// exactly those of one image at a time.
 #[test]
 fn batched_detection_equals_one_image_at_a_time() {
+    let _rng = crate::util::torch_rng_lock();
     use ohem_harness::data::Dataset;
     use ohem_harness::model::FastRcnn;
     use ohem_harness::trainer::{detect::detect, load_split};
@@ -497,26 +502,132 @@ fn a_profiled_step_charges_every_stage_to_its_family() {
 fn a_kill_during_a_mid_epoch_checkpoint_resumes_exactly() {
     static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
     let _rng = crate::util::torch_rng_lock();
-    let t = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig::load(&tiny_config(t.path(), "sampler:\n  kind: ohem\n"), &["train.iters_per_epoch=4".into()]).unwrap();
-    let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
-    let key = |r: &EpochRow| (outcome(r), r.sel_loss, r.all_loss, r.rois_per_iter);
-    // 8 points: before the first write, after each of the files (the sampler's, the momenta, the
-    // weights, the generators, partial.json), after the first rename, and after the second
-    for kill in 0..8 {
-        let cut = t.path().join(format!("cut{kill}"));
-        let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), ..test_opts() };
-        let e = train(&cfg, &cut, &stopping).unwrap_err();
-        assert!(e.downcast_ref::<ohem_harness::rundir::Preempted>().is_some(), "{e:#}");
-        let killed = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), kill_checkpoint_after: Some(kill), ..test_opts() };
-        let e = train(&cfg, &cut, &killed).unwrap_err();
-        assert!(format!("{e:#}").contains("simulated kill"), "{e:#}");
-        let rows = train(&cfg, &cut, &test_opts()).unwrap();
-        assert_eq!(rows.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>(), "killed after {kill} writes of a checkpoint: the resumed run differs");
-        for left in ["partial", "partial.tmp", "partial.old"] {
-            assert!(!cut.join("checkpoints").join(left).exists(), "killed after {kill}: checkpoints/{left} left behind");
+    // OHEM draws from libtorch's generator; HNM (mining every iteration) has a mined cache to checkpoint
+    for sampler in ["  kind: ohem\n", "  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 1\n"] {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n{sampler}")), &["train.iters_per_epoch=4".into()]).unwrap();
+        let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
+        let key = |r: &EpochRow| (outcome(r), r.sel_loss, r.all_loss, r.rois_per_iter, r.cache_size);
+        // 8 points: before the first write, after each of the files (the sampler's, the momenta, the
+        // weights, the generators, partial.json), after the first rename, and after the second
+        for kill in 0..8 {
+            let cut = t.path().join(format!("cut{kill}"));
+            let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), ..test_opts() };
+            let e = train(&cfg, &cut, &stopping).unwrap_err();
+            assert!(e.downcast_ref::<ohem_harness::rundir::Preempted>().is_some(), "{e:#}");
+            let killed = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), kill_checkpoint_after: Some(kill), ..test_opts() };
+            let e = train(&cfg, &cut, &killed).unwrap_err();
+            assert!(format!("{e:#}").contains("simulated kill"), "{e:#}");
+            let rows = train(&cfg, &cut, &test_opts()).unwrap();
+            assert_eq!(rows.iter().map(key).collect::<Vec<_>>(), whole.iter().map(key).collect::<Vec<_>>(), "{sampler}: killed after {kill} writes of a checkpoint: the resumed run differs");
+            for left in ["partial", "partial.tmp", "partial.old"] {
+                assert!(!cut.join("checkpoints").join(left).exists(), "killed after {kill}: checkpoints/{left} left behind");
+            }
+        }
+        let mining = |d: &Path| -> Vec<(usize, usize, usize)> { ohem_harness::rundir::read_mining(&d.join("mining.csv")).unwrap().iter().map(|m| (m.round, m.iteration, m.stats.mined)).collect() };
+        if sampler.contains("hnm") {
+            assert_eq!(mining(&t.path().join("cut7")), mining(&t.path().join("whole")));
         }
     }
+}
+
+/// A stop that arrives during the evaluation: the epoch is already checkpointed, so the
+/// process stops at once, and the next call evaluates that checkpoint instead of training
+/// the epoch again. One that arrives during offline mining: the mid-epoch checkpoint is
+/// taken before the round, and the next call mines again. Both end as an uninterrupted run.
+#[test]
+fn a_stop_during_evaluation_or_mining_resumes_there() {
+    use ohem_harness::rundir::PhaseKind;
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), "sampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n"), &["train.iters_per_epoch=4".into()]).unwrap();
+    let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
+    let same = |rows: &[EpochRow]| rows.iter().map(|r| (outcome(r), r.sel_loss, r.cache_size)).collect::<Vec<_>>() == whole.iter().map(|r| (outcome(r), r.sel_loss, r.cache_size)).collect::<Vec<_>>();
+
+    // the evaluation of epoch 1
+    static STOP_EVAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let dir = t.path().join("eval");
+    let opts = ohem_harness::trainer::TrainOptions { stop: Some(&STOP_EVAL), stop_in: Some(PhaseKind::Evaluating), ..test_opts() };
+    let e = train(&cfg, &dir, &opts).unwrap_err();
+    assert!(e.downcast_ref::<ohem_harness::rundir::Preempted>().is_some(), "{e:#}");
+    assert!(read_metrics(&dir.join("metrics.csv")).unwrap().is_empty(), "no row before the evaluation");
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoints/epoch_001.json")).unwrap()).unwrap();
+    let pending_train_s = manifest["row"]["train_s"].as_f64().unwrap();
+    let rows = train(&cfg, &dir, &test_opts()).unwrap();
+    assert!(same(&rows), "stopped in the evaluation: the resumed run differs");
+    // epoch 1's training time is the one measured before the stop: it was not trained again
+    assert_eq!(rows[0].train_s.to_bits(), pending_train_s.to_bits(), "epoch 1 was trained again");
+    assert!(rows[0].map_voc07.is_some());
+
+    // the mining round at iteration 2 of epoch 1 (the process trained iterations 0 and 1 first)
+    static STOP_MINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let dir = t.path().join("mine");
+    let opts = ohem_harness::trainer::TrainOptions { stop: Some(&STOP_MINE), stop_in: Some(PhaseKind::Mining), ..test_opts() };
+    let e = train(&cfg, &dir, &opts).unwrap_err();
+    assert!(format!("{e:#}").contains("after iteration 2/4"), "{e:#}");
+    let partial: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("checkpoints/partial/partial.json")).unwrap()).unwrap();
+    assert_eq!(partial["next_iter"], 2);
+    assert!(partial["mining"].as_array().unwrap().is_empty(), "the interrupted round is not logged");
+    let rows = train(&cfg, &dir, &test_opts()).unwrap();
+    assert!(same(&rows), "stopped in a mining round: the resumed run differs");
+    let mining = |d: &Path| -> Vec<(usize, usize, usize)> { ohem_harness::rundir::read_mining(&d.join("mining.csv")).unwrap().iter().map(|m| (m.round, m.iteration, m.stats.mined)).collect() };
+    assert_eq!(mining(&dir), mining(&t.path().join("whole")));
+}
+
+/// Every file of a checkpoint, truncated to half or overwritten with zeros in turn: the
+/// resume passes over the damaged checkpoint with a warning naming the file, falls back to
+/// the previous whole one (the epoch's start for a mid-epoch checkpoint, the epoch before
+/// for an epoch checkpoint, the initial weights when none is left), and ends as an
+/// uninterrupted run. With HNM, whose checkpoints carry a mined cache.
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
+    static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), "sampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 1\n"), &["train.iters_per_epoch=2".into(), "train.epochs=3".into()]).unwrap();
+    let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
+    let key = |rows: &[EpochRow]| rows.iter().map(|r| (outcome(r), r.sel_loss, r.cache_size)).collect::<Vec<_>>();
+    // a run stopped inside epoch 3 after epochs 1 and 2 (both kept): epoch and mid-epoch checkpoints
+    let base = t.path().join("base");
+    let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), ..test_opts() };
+    while read_metrics(&base.join("metrics.csv")).unwrap().len() < 2 || !base.join("checkpoints/partial/partial.json").exists() {
+        assert!(train(&cfg, &base, &stopping).is_err());
+    }
+    let ck = base.join("checkpoints");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file() && !p.to_string_lossy().contains("epoch_001")).collect();
+    files.extend(std::fs::read_dir(ck.join("partial")).unwrap().map(|e| e.unwrap().path()));
+    files.sort();
+    let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names.len(), 9, "epoch 2's four files and the mid-epoch checkpoint's five: {names:?}");
+    for (n, file) in files.iter().enumerate() {
+        for zeros in [false, true] {
+            let run = t.path().join(format!("run{n}{}", zeros as u8));
+            crate::util::copy_dir(&base, &run);
+            let target = run.join(file.strip_prefix(&base).unwrap());
+            let len = std::fs::metadata(&target).unwrap().len() as usize;
+            std::fs::write(&target, if zeros { vec![0u8; len] } else { std::fs::read(&target).unwrap()[..len / 2].to_vec() }).unwrap();
+            let rows = train(&cfg, &run, &test_opts()).unwrap_or_else(|e| panic!("{} {}: no resume: {e:#}", names[n], if zeros { "zeroed" } else { "truncated" }));
+            assert_eq!(key(&rows), key(&whole), "{} {}: the resumed run differs", names[n], if zeros { "zeroed" } else { "truncated" });
+        }
+    }
+    // epoch 2's weights damaged and no mid-epoch checkpoint: back to epoch 1, epochs 2 and 3 trained again
+    let run = t.path().join("epoch-fallback");
+    crate::util::copy_dir(&base, &run);
+    std::fs::remove_dir_all(run.join("checkpoints/partial")).unwrap();
+    std::fs::write(run.join("checkpoints/epoch_002.safetensors"), b"").unwrap();
+    let (cfg_path, run_s, cache) = (run.join("config.yaml"), run.to_string_lossy().into_owned(), crate::util::cache_dir().to_string_lossy().into_owned());
+    let (ok, _, err) = harness(&["train", cfg_path.to_str().unwrap(), "--out", &run_s, "--cache-dir", &cache]);
+    assert!(ok, "{err}");
+    assert!(err.contains("epoch_002.safetensors") && err.contains("passed over") && err.contains("epoch 2 is trained again") && !err.contains("panicked"), "{err}");
+    assert_eq!(key(&read_metrics(&run.join("metrics.csv")).unwrap()), key(&whole));
+    // nothing usable at all: from the initial weights
+    let run = t.path().join("fresh-fallback");
+    crate::util::copy_dir(&base, &run);
+    std::fs::remove_dir_all(run.join("checkpoints/partial")).unwrap();
+    for f in ["epoch_001.safetensors", "epoch_002.safetensors"] {
+        std::fs::write(run.join("checkpoints").join(f), b"").unwrap();
+    }
+    assert_eq!(key(&train(&cfg, &run, &test_opts()).unwrap()), key(&whole));
 }
 
 /// The classification weights a sampler returns reach the RoIs and images they were given for:
@@ -653,6 +764,35 @@ fn streamed_images_train_the_same_run() {
     assert_eq!((mem.loader_stats().decoded, st.decoded), (0, anns.len()), "nothing held at 0 MiB: each image decoded when used");
     assert_eq!(disk.image(0).unwrap().size(), mem.image(0).unwrap().size());
     assert_eq!(disk.loader_stats().decoded, anns.len() + 1, "and again when used again");
+}
+
+/// A split larger than the budget (nothing held: `cache_mib` 0), over three epochs: every
+/// image a step uses is read from disk, and every one but the first step's two was decoded
+/// ahead by a worker, in every epoch. The look-ahead of an epoch's last steps reads the next
+/// epoch's order (it used to wrap to the epoch that just ended, whose images then held the
+/// look-ahead's slots at random places of the next epoch, and next to nothing was prefetched).
+#[test]
+fn the_look_ahead_runs_on_into_the_next_epoch() {
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), ""), &["dataset.cache_mib=0".into(), "train.iters_per_epoch=null".into(), "train.epochs=3".into()]).unwrap();
+    let rows = train(&cfg, &t.path().join("run"), &test_opts()).unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in &rows {
+        let streamed = r.streamed_images.expect("a streamed split logs its reads");
+        assert_eq!(streamed, 2.0 * r.iterations as f64, "epoch {}: each step reads its two images", r.epoch);
+        let want = streamed - if r.epoch == 1 { 2.0 } else { 0.0 };
+        assert_eq!(r.prefetched_images, Some(want), "epoch {}: {streamed} images read, {:?} of them prefetched", r.epoch, r.prefetched_images);
+    }
+    // held in memory: nothing is read during training, and the columns stay empty
+    let held = train(&TrainConfig::load(&tiny_config(t.path(), ""), &["train.epochs=1".into()]).unwrap(), &t.path().join("held"), &test_opts()).unwrap();
+    assert_eq!((held[0].streamed_images, held[0].prefetched_images), (None, None));
+    // the look-ahead by hand: 3 iterations of 2 images over a 6-image order, then the next epoch's
+    let (order, next) = ([5, 0, 3, 1, 4, 2], [2, 4, 0, 5, 1, 3]);
+    assert_eq!(ohem_harness::trainer::look_ahead(&order, Some(&next), 0, 3, 2), vec![3, 1, 4, 2]);
+    assert_eq!(ohem_harness::trainer::look_ahead(&order, Some(&next), 1, 3, 2), vec![4, 2, 2, 4]);
+    assert_eq!(ohem_harness::trainer::look_ahead(&order, Some(&next), 2, 3, 2), vec![2, 4, 0, 5]);
+    assert_eq!(ohem_harness::trainer::look_ahead(&order, None, 2, 3, 2), Vec::<usize>::new());
 }
 
 /// A streamed image that cannot be decoded when its turn comes is an error

@@ -24,7 +24,7 @@ pub fn copy_of(src: &Path) -> tempfile::TempDir {
     t
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
+pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
     for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
@@ -62,7 +62,7 @@ pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Training options for tests: no progress bars, the shared cache.
 pub fn test_opts() -> ohem_harness::trainer::TrainOptions {
-    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()), pretrain_dir: Some(cache_dir().join("pretrain")), stop: None, kill_checkpoint_after: None }
+    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()), pretrain_dir: Some(cache_dir().join("pretrain")), stop: None, kill_checkpoint_after: None, stop_in: None }
 }
 
 /// libtorch's CPU random generator is global to the process; tests whose

@@ -481,7 +481,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         cfg.sampler = SamplerConfig::Hnm(HnmConfig::default());
         let (_vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
         let t = Instant::now();
-        let scores = FrozenScorer { model: &model, store: &store, cfg: &cfg, device }.score_training_set()?;
+        let scores = FrozenScorer::new(&model, &store, &cfg, device).score_training_set()?;
         sync(device);
         let s = t.elapsed().as_secs_f64();
         println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());

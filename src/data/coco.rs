@@ -305,11 +305,53 @@ pub fn voc_to_coco(b: BBox) -> [f64; 4] {
 }
 
 /// Where a COCO dataset's files are: the instances file of a split and the
-/// folder its `file_name`s are relative to.
-#[derive(Debug, Clone, PartialEq)]
+/// folder its `file_name`s are relative to; the training split's file, parsed
+/// once, is held here while the [`super::Dataset`] lives ([`CocoFile::read_shared`]).
+#[derive(Debug, Clone)]
 pub struct CocoSplit {
     pub ann: PathBuf,
     pub images: PathBuf,
+    pub parsed: Option<std::sync::Arc<CocoFile>>,
+}
+
+/// What identifies one version of a file on disk: its device and inode, its length, and its
+/// modification and change times (nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp(u64, u64, u64, i64, i64, i64, i64);
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp(m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+    }
+}
+
+impl CocoFile {
+    /// [`CocoFile::read`], parsed once while any holder keeps the result: a second read of the
+    /// same unchanged file (device, inode, length, modification and change times) by this
+    /// process returns the same parse. The memo holds no file itself, so memory is what the
+    /// holders keep. The training split's file is read three or four times at a start (the
+    /// classes, the annotations, the pre-training's key and its source); it is parsed once.
+    pub fn read_shared(path: &Path) -> Result<std::sync::Arc<CocoFile>, DataError> {
+        use std::sync::{Arc, Mutex, Weak};
+        type Memo = Vec<(PathBuf, FileStamp, Weak<CocoFile>)>;
+        static MEMO: Mutex<Memo> = Mutex::new(Vec::new());
+        let stamp = FileStamp::of(path);
+        if let Some(stamp) = stamp {
+            let memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = memo.iter().find(|(p, s, _)| p == path && *s == stamp).and_then(|(_, _, w)| w.upgrade()) {
+                return Ok(f);
+            }
+        }
+        let f = Arc::new(Self::read(path)?);
+        if let Some(stamp) = stamp.filter(|s| FileStamp::of(path) == Some(*s)) {
+            let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+            memo.retain(|(p, _, w)| w.strong_count() > 0 && p != path);
+            memo.push((path.to_path_buf(), stamp, Arc::downgrade(&f)));
+        }
+        Ok(f)
+    }
 }
 
 /// The default instances file of a split: `<root>/annotations/instances_<split>.json`.

@@ -140,11 +140,13 @@ impl Dataset {
         let split = |name: &str, ann: &Option<PathBuf>| {
             let ann = ann.clone().unwrap_or_else(|| coco::default_ann_path(root, name));
             let images = cfg.images.clone().unwrap_or_else(|| coco::default_images_dir(root, name));
-            (name.to_string(), CocoSplit { ann, images })
+            (name.to_string(), CocoSplit { ann, images, parsed: None })
         };
-        let splits = vec![split(&cfg.train_split, &cfg.train_ann), split(&cfg.test_split, &cfg.test_ann)];
-        let train = coco::CocoFile::read(&splits[0].1.ann)?;
-        Ok(Self { root: root.clone(), classes: train.classes(), coco: Some(splits) })
+        let mut splits = vec![split(&cfg.train_split, &cfg.train_ann), split(&cfg.test_split, &cfg.test_ann)];
+        let train = coco::CocoFile::read_shared(&splits[0].1.ann)?;
+        let classes = train.classes();
+        splits[0].1.parsed = Some(train);
+        Ok(Self { root: root.clone(), classes, coco: Some(splits) })
     }
 
     /// A COCO dataset's files for a split.
@@ -154,9 +156,9 @@ impl Dataset {
 
     /// A COCO split's instances file, read and checked against the dataset's
     /// classes (the same category names in the same id order as training's).
-    pub fn coco_file(&self, split: &str) -> Result<super::coco::CocoFile, DataError> {
+    pub fn coco_file(&self, split: &str) -> Result<std::sync::Arc<super::coco::CocoFile>, DataError> {
         let s = self.coco_split(split).ok_or_else(|| DataError::MissingSplit { path: self.root.join(format!("annotations/instances_{split}.json")) })?;
-        let f = super::coco::CocoFile::read(&s.ann)?;
+        let f = super::coco::CocoFile::read_shared(&s.ann)?;
         if f.classes() != self.classes {
             return Err(DataError::Coco {
                 path: s.ann.clone(),

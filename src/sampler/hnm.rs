@@ -151,87 +151,118 @@ impl Hnm {
     /// Rebuilds the cache from the frozen model's scores of every training
     /// image; reports what it mined (`seconds` left 0).
     pub fn update_cache(&mut self, scores: &[super::ImageScores]) -> MiningStats {
-        let n_images = scores.iter().map(|s| s.image + 1).max().unwrap_or(0);
-        let mut cache = vec![Vec::new(); n_images.max(self.state.cache.len())];
-        let mut rep = MiningStats { images: scores.len(), ..Default::default() };
-        let (mut sum_loss_all, mut sum_fg_all, mut sum_loss_mined, mut sum_fg_mined) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        let (mut prev_total, mut prev_hard) = (0usize, 0usize);
-        // [sum of best IoU with a labelled box, count on a difficult box, count touching no box], all / mined
-        let (mut place_all, mut place_mined) = ([0f64; 3], [0f64; 3]);
+        let mut round = self.begin_round();
         for s in scores {
-            let labels: Vec<i64> = host(&s.labels);
-            let iou: Vec<f32> = host(&s.max_iou);
-            let diff: Vec<f32> = host(&s.difficult_iou);
-            let place = |i: usize| [iou[i] as f64, (diff[i] >= 0.5) as u8 as f64, (iou[i] < 0.1 && diff[i] < 0.1) as u8 as f64];
-            let fg: Vec<f32> = host(&s.fg_score);
-            let loss: Vec<f32> = host(&s.loss);
-            let is_bg = |i: usize| labels[i] == 0 && (iou[i] as f64) < self.cfg.bg_thresh_hi && (iou[i] as f64) >= self.cfg.bg_thresh_lo;
-            let hardness: &[f32] = match self.cfg.fp_rule {
-                FpRule::Score => &fg,
-                FpRule::Topk => &loss,
-            };
-            let mut bg: Vec<usize> = (0..labels.len()).filter(|&i| is_bg(i)).collect();
-            bg.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
-            // new false positives, and the bar an old cache entry must still clear
-            let (new, bar): (Vec<usize>, f32) = match self.cfg.fp_rule {
-                FpRule::Score => {
-                    let t = self.cfg.fp_score_thresh as f32;
-                    (bg.iter().copied().filter(|&i| fg[i] >= t).collect(), t)
-                }
-                FpRule::Topk => {
-                    let top: Vec<usize> = bg.iter().copied().take(self.cfg.fp_topk).collect();
-                    let floor = top.last().map(|&i| loss[i]).unwrap_or(f32::INFINITY);
-                    (top, floor)
-                }
-            };
-            let still_hard = |i: usize| hardness[i] >= bar;
-            rep.negatives += bg.len();
-            sum_loss_all += bg.iter().map(|&i| loss[i] as f64).sum::<f64>();
-            sum_fg_all += bg.iter().map(|&i| fg[i] as f64).sum::<f64>();
-            for &i in &bg {
-                place_all.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
-            }
-            if self.state.rounds > 0 {
-                if let Some(old) = self.state.cache.get(s.image) {
-                    let old: Vec<usize> = old.iter().map(|&i| i as usize).filter(|&i| i < labels.len() && is_bg(i)).collect();
-                    prev_total += old.len();
-                    prev_hard += old.iter().filter(|&&i| still_hard(i)).count();
-                }
-            }
-            let mut entries: Vec<usize> = new;
-            if self.cfg.cache == CachePolicy::Accumulate {
-                if let Some(old) = self.state.cache.get(s.image) {
-                    for &i in old {
-                        let i = i as usize;
-                        if i < labels.len() && is_bg(i) && still_hard(i) && !entries.contains(&i) {
-                            entries.push(i);
-                        }
-                    }
-                }
-            }
-            entries.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
-            entries.truncate(self.cfg.cache_cap_per_image);
-            rep.mined += entries.len();
-            rep.empty_images += entries.is_empty() as usize;
-            sum_loss_mined += entries.iter().map(|&i| loss[i] as f64).sum::<f64>();
-            sum_fg_mined += entries.iter().map(|&i| fg[i] as f64).sum::<f64>();
-            for &i in &entries {
-                place_mined.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
-            }
-            cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
+            self.add_image(&mut round, s);
         }
+        self.end_round(round)
+    }
+
+    /// A mining round with nothing scored yet.
+    pub fn begin_round(&self) -> Round {
+        Round { cache: vec![Vec::new(); self.state.cache.len()], ..Round::default() }
+    }
+
+    /// Adds one image's scores to a round: its cache entries and its share of the round's
+    /// figures. Only the entries are kept (at most `cache_cap_per_image` indices an image),
+    /// so a round's memory does not grow with the images' proposals.
+    pub fn add_image(&self, r: &mut Round, s: &super::ImageScores) {
+        r.rep.images += 1;
+        let labels: Vec<i64> = host(&s.labels);
+        let iou: Vec<f32> = host(&s.max_iou);
+        let diff: Vec<f32> = host(&s.difficult_iou);
+        let place = |i: usize| [iou[i] as f64, (diff[i] >= 0.5) as u8 as f64, (iou[i] < 0.1 && diff[i] < 0.1) as u8 as f64];
+        let fg: Vec<f32> = host(&s.fg_score);
+        let loss: Vec<f32> = host(&s.loss);
+        let is_bg = |i: usize| labels[i] == 0 && (iou[i] as f64) < self.cfg.bg_thresh_hi && (iou[i] as f64) >= self.cfg.bg_thresh_lo;
+        let hardness: &[f32] = match self.cfg.fp_rule {
+            FpRule::Score => &fg,
+            FpRule::Topk => &loss,
+        };
+        let mut bg: Vec<usize> = (0..labels.len()).filter(|&i| is_bg(i)).collect();
+        bg.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
+        // new false positives, and the bar an old cache entry must still clear
+        let (new, bar): (Vec<usize>, f32) = match self.cfg.fp_rule {
+            FpRule::Score => {
+                let t = self.cfg.fp_score_thresh as f32;
+                (bg.iter().copied().filter(|&i| fg[i] >= t).collect(), t)
+            }
+            FpRule::Topk => {
+                let top: Vec<usize> = bg.iter().copied().take(self.cfg.fp_topk).collect();
+                let floor = top.last().map(|&i| loss[i]).unwrap_or(f32::INFINITY);
+                (top, floor)
+            }
+        };
+        let still_hard = |i: usize| hardness[i] >= bar;
+        r.rep.negatives += bg.len();
+        r.loss_all += bg.iter().map(|&i| loss[i] as f64).sum::<f64>();
+        r.fg_all += bg.iter().map(|&i| fg[i] as f64).sum::<f64>();
+        for &i in &bg {
+            r.place_all.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
+        }
+        let old = self.state.cache.get(s.image);
+        if self.state.rounds > 0 {
+            if let Some(old) = old {
+                let old: Vec<usize> = old.iter().map(|&i| i as usize).filter(|&i| i < labels.len() && is_bg(i)).collect();
+                r.prev_total += old.len();
+                r.prev_hard += old.iter().filter(|&&i| still_hard(i)).count();
+            }
+        }
+        let mut entries: Vec<usize> = new;
+        if self.cfg.cache == CachePolicy::Accumulate {
+            for &i in old.into_iter().flatten() {
+                let i = i as usize;
+                if i < labels.len() && is_bg(i) && still_hard(i) && !entries.contains(&i) {
+                    entries.push(i);
+                }
+            }
+        }
+        entries.sort_by(|&a, &b| hardness[b].total_cmp(&hardness[a]).then(a.cmp(&b)));
+        entries.truncate(self.cfg.cache_cap_per_image);
+        r.rep.mined += entries.len();
+        r.rep.empty_images += entries.is_empty() as usize;
+        r.loss_mined += entries.iter().map(|&i| loss[i] as f64).sum::<f64>();
+        r.fg_mined += entries.iter().map(|&i| fg[i] as f64).sum::<f64>();
+        for &i in &entries {
+            r.place_mined.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
+        }
+        if s.image >= r.cache.len() {
+            r.cache.resize(s.image + 1, Vec::new());
+        }
+        r.cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
+    }
+
+    /// Ends a round: the new cache replaces the old, and the round's figures.
+    pub fn end_round(&mut self, r: Round) -> MiningStats {
+        let mut rep = r.rep;
         let mean = |sum: f64, n: usize| (n > 0).then(|| sum / n as f64);
-        rep.mined_loss = mean(sum_loss_mined, rep.mined);
-        rep.mined_fg_score = mean(sum_fg_mined, rep.mined);
-        rep.random_loss = mean(sum_loss_all, rep.negatives);
-        rep.random_fg_score = mean(sum_fg_all, rep.negatives);
-        rep.prev_still_hard = mean(prev_hard as f64, prev_total);
-        [rep.mined_gt_iou, rep.mined_on_difficult, rep.mined_no_box] = place_mined.map(|v| mean(v, rep.mined));
-        [rep.random_gt_iou, rep.random_on_difficult, rep.random_no_box] = place_all.map(|v| mean(v, rep.negatives));
-        self.state.cache = cache;
+        rep.mined_loss = mean(r.loss_mined, rep.mined);
+        rep.mined_fg_score = mean(r.fg_mined, rep.mined);
+        rep.random_loss = mean(r.loss_all, rep.negatives);
+        rep.random_fg_score = mean(r.fg_all, rep.negatives);
+        rep.prev_still_hard = mean(r.prev_hard as f64, r.prev_total);
+        [rep.mined_gt_iou, rep.mined_on_difficult, rep.mined_no_box] = r.place_mined.map(|v| mean(v, rep.mined));
+        [rep.random_gt_iou, rep.random_on_difficult, rep.random_no_box] = r.place_all.map(|v| mean(v, rep.negatives));
+        self.state.cache = r.cache;
         self.state.rounds += 1;
         rep
     }
+}
+
+/// A mining round in progress ([`Hnm::begin_round`]): the new cache, and the sums behind the round's figures.
+#[derive(Debug, Default)]
+pub struct Round {
+    cache: Vec<Vec<i64>>,
+    rep: MiningStats,
+    loss_all: f64,
+    fg_all: f64,
+    loss_mined: f64,
+    fg_mined: f64,
+    prev_total: usize,
+    prev_hard: usize,
+    /// Sum of best IoU with a labelled box, count on a difficult box, count touching no box: all negatives / mined.
+    place_all: [f64; 3],
+    place_mined: [f64; 3],
 }
 
 impl Sampler for Hnm {
@@ -262,8 +293,12 @@ impl Sampler for Hnm {
             return Ok(None);
         }
         let t = Instant::now();
-        let scores = miner.score_training_set()?;
-        let rep = self.update_cache(&scores);
+        let mut round = self.begin_round();
+        miner.score_each(&mut |s| {
+            self.add_image(&mut round, &s);
+            Ok(())
+        })?;
+        let rep = self.end_round(round);
         Ok(Some(MiningStats { seconds: t.elapsed().as_secs_f64(), ..rep }))
     }
 

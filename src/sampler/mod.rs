@@ -149,7 +149,19 @@ pub struct ImageScores {
 /// Scores the training set with the model frozen (no gradient, eval mode).
 /// The trainer provides it; offline mining uses it.
 pub trait Miner {
-    fn score_training_set(&mut self) -> Result<Vec<ImageScores>>;
+    /// Scores every training image in order and hands each image's scores to `each` as soon
+    /// as they are computed: nothing is kept, so memory does not grow with the training set.
+    fn score_each(&mut self, each: &mut dyn FnMut(ImageScores) -> Result<()>) -> Result<()>;
+
+    /// Every image's scores at once (tests and benches, on a few images).
+    fn score_training_set(&mut self) -> Result<Vec<ImageScores>> {
+        let mut all = Vec::new();
+        self.score_each(&mut |s| {
+            all.push(s);
+            Ok(())
+        })?;
+        Ok(all)
+    }
 }
 
 /// Chooses the RoIs to train on.

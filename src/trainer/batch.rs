@@ -52,11 +52,14 @@ enum Images {
     Disk(DiskImages),
 }
 
-/// What the loader did, for `bench data`: images decoded from disk, and the
-/// time the consumer waited for an image (decoding it itself, or waiting for a worker).
+/// What the loader did, for `bench data` and `metrics.csv`: images decoded from
+/// disk, those of them a worker had decoded ahead ([`ImageStore::ahead`]), and
+/// the time the consumer waited for an image (decoding it itself, or waiting
+/// for a worker).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoaderStats {
     pub decoded: usize,
+    pub prefetched: usize,
     pub stall: Duration,
 }
 
@@ -114,8 +117,12 @@ impl ImageStore {
     pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>, cache_mib: u64) -> Result<Self> {
         let budget = (cache_mib as usize).saturating_mul(1 << 20);
         if decoded_bytes(&anns) <= budget {
-            let images: Vec<image::RgbImage> = anns.par_iter().map(|a| ds.load_image(a)).collect::<Result<_, _>>()?;
-            return Ok(Self::from_parts(anns, &images, &proposals));
+            // each image becomes its tensor as it is decoded: the decoded copy is dropped at once,
+            // so memory stays at the budget (a whole split decoded and then copied peaked at twice it)
+            let images: Vec<Tensor> = anns.par_iter().map(|a| ds.load_image(a).map(|img| to_chw(&img))).collect::<Result<_, _>>()?;
+            let mut s = Self::from_parts(anns, &[], &proposals);
+            s.images = Images::Memory(images);
+            return Ok(s);
         }
         // check that every image is there before training starts; decoding waits for its turn
         if let Some(a) = anns.iter().find(|a| !ds.image_path_of(a).is_file()) {
@@ -136,13 +143,17 @@ impl ImageStore {
         *self.stats.lock().expect("loader stats")
     }
 
-    /// Asks worker threads to decode these images now (at most [`AHEAD`] in
-    /// flight; those held or already asked for are skipped). A no-op for a
-    /// split held in memory.
+    /// Asks worker threads to decode these images now: the next ones the
+    /// consumer will use, in order (at most [`AHEAD`] in flight; those held or
+    /// already asked for are skipped). Images asked for before and not asked
+    /// for again are given up (a worker may finish one, unused): an image
+    /// that will not come next must not hold a slot that one that will could
+    /// use. A no-op for a split held in memory.
     pub fn ahead(&self, indices: &[usize]) {
         let Images::Disk(d) = &self.images else { return };
         let held = d.cache.lock().expect("image cache");
         let mut ahead = d.ahead.lock().expect("prefetch slots");
+        ahead.retain(|i, _| indices.contains(i));
         for &i in indices {
             if ahead.len() >= AHEAD {
                 break;
@@ -172,6 +183,7 @@ impl ImageStore {
         }
         let t0 = Instant::now();
         let slot = d.ahead.lock().expect("prefetch slots").remove(&i);
+        let prefetched = slot.is_some();
         let img = match slot {
             Some(slot) => {
                 let mut g = slot.done.lock().expect("prefetch slot");
@@ -186,6 +198,7 @@ impl ImageStore {
         {
             let mut st = self.stats.lock().expect("loader stats");
             st.decoded += 1;
+            st.prefetched += prefetched as usize;
             st.stall += t0.elapsed();
         }
         let bytes = img.as_raw().len();

@@ -2,11 +2,23 @@
 //! pre-emption (Slurm's warning signal, `scancel`); saving, restoring and
 //! pruning them.
 //!
-//! An epoch's checkpoint, `checkpoints/epoch_NNN.*`: the weights
-//! (`.safetensors`, written last: it marks the set complete), the optimiser's
-//! momenta (`.sgd.safetensors`) and the sampler's state (`.sampler.json`, a
-//! mined cache; absent for samplers without state). The newest
+//! An epoch's checkpoint, `checkpoints/epoch_NNN.*`: the sampler's state
+//! (`.sampler.json`, a mined cache; absent for samplers without state), the
+//! optimiser's momenta (`.sgd.safetensors`), the weights (`.safetensors`) and,
+//! written last, `epoch_NNN.json`: the SHA-256 of each of those files, the
+//! epoch's row of `metrics.csv` as it stood before evaluation and the epoch's
+//! mining rounds. The manifest marks the set complete. The newest
 //! `train.keep_checkpoints` are kept.
+//!
+//! Every file is flushed to the disk (`fsync`) before it is renamed into
+//! place, and its folder after, so a power loss leaves the previous state or
+//! the new one. A checkpoint is used only if every file matches its
+//! checksum and loads: [`Checkpoints::restore`] tries, newest first, an
+//! epoch that was checkpointed but not yet evaluated (a stop during the
+//! evaluation), the mid-epoch checkpoint, then each epoch checkpoint back to
+//! the first, and at last the initial weights, with a warning naming each
+//! file it passes over. A damaged checkpoint costs the work since the
+//! previous one, never the cell.
 //!
 //! Inside an epoch, the trainer finishes the current iteration, writes
 //! everything the rest of the epoch depends on, and exits; a rerun continues
@@ -18,7 +30,8 @@
 //! generators, which the samplers draw from (read and restored through
 //! `csrc/rng_state.cpp`, since tch can only seed them). Files, in the folder
 //! `checkpoints/partial/`: `partial.safetensors`, `partial.sgd.safetensors`,
-//! `partial.sampler.json`, `partial.rng.safetensors` and `partial.json`.
+//! `partial.sampler.json`, `partial.rng.safetensors` and `partial.json`
+//! (written last, with the others' checksums).
 //!
 //! A mid-epoch checkpoint is used whole or not at all. It is written into a
 //! fresh folder, `partial.tmp/`, and only once every file is there does it
@@ -28,8 +41,10 @@
 //! `partial/`, or no `partial/` and a complete `partial.tmp/` (its
 //! `partial.json`, written last, present), which a resume swaps in; an
 //! incomplete `partial.tmp/` is never read. (Runs from before this layout kept
-//! the files directly in `checkpoints/`; a resume still reads them.)
+//! the files directly in `checkpoints/`, and epoch checkpoints without a
+//! manifest; a resume still reads them.)
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -37,7 +52,7 @@ use tch::{nn, Device, Tensor};
 
 use super::step::IterOut;
 use crate::model::sgd::Sgd;
-use crate::rundir::{write_file, EpochRow, MiningRow, CHECKPOINTS};
+use crate::rundir::{rename_durably, sync_file, write_file, EpochRow, MiningRow, CHECKPOINTS};
 use crate::sampler::Sampler;
 
 extern "C" {
@@ -111,6 +126,11 @@ pub struct EpochStats {
     /// Seconds the training steps waited for their images (absent in checkpoints that predate it).
     #[serde(default)]
     pub load_s: f64,
+    /// Streamed images read from disk by the steps, and those a worker decoded ahead (0 when held).
+    #[serde(default)]
+    pub streamed: f64,
+    #[serde(default)]
+    pub prefetched: f64,
 }
 
 impl EpochStats {
@@ -170,6 +190,8 @@ impl EpochStats {
             coco_arl: None,
             rois_per_image: (self.images > 0.0).then(|| self.rois_all / self.images),
             load_s: Some(self.load_s),
+            streamed_images: (self.streamed > 0.0).then_some(self.streamed),
+            prefetched_images: (self.streamed > 0.0).then_some(self.prefetched),
         }
     }
 }
@@ -188,6 +210,67 @@ pub struct Partial {
     pub rng_word_pos: String,
     /// Mining rounds of this epoch so far.
     pub mining: Vec<MiningRow>,
+    /// The SHA-256 of each other file of the checkpoint, by name (absent in checkpoints that predate it).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+}
+
+/// `epoch_NNN.json`, written after the epoch's other files: it marks the checkpoint complete.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochManifest {
+    /// Epochs trained (1-based: the checkpoint after epoch `epoch`).
+    pub epoch: usize,
+    /// The SHA-256 of each file of the checkpoint, by name.
+    pub files: BTreeMap<String, String>,
+    /// The epoch's row of `metrics.csv` before evaluation (its `wall_s`: the run's wall clock at the checkpoint).
+    pub row: EpochRow,
+    /// The epoch's mining rounds.
+    pub mining: Vec<MiningRow>,
+}
+
+/// Where a resumed run starts ([`Checkpoints::restore`]).
+#[derive(Debug)]
+pub enum Resume {
+    /// From the initial weights: no checkpoint, or none that could be used.
+    Fresh,
+    /// After `done` whole epochs (their rows are kept, any later ones dropped).
+    Epoch(usize),
+    /// After epoch `manifest.epoch`, trained and checkpointed but not evaluated: evaluate it first.
+    Evaluate(EpochManifest),
+    /// Inside epoch `partial.epoch` (0-based), after `partial.next_iter` iterations.
+    Partial(Partial),
+}
+
+/// The SHA-256 (hex) of a file's bytes.
+fn digest(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Checks every file a manifest names against its checksum (the files beside `dir`'s entries).
+fn check_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<()> {
+    for (name, want) in files {
+        let path = dir.join(name);
+        let got = digest(&path)?;
+        if &got != want {
+            bail!("{}: its SHA-256 is not the one its checkpoint recorded (damaged or replaced)", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Saves with `save` into a temporary file beside `path`, flushes it, and renames it into place;
+/// returns the file's SHA-256. The temporary file keeps the extension (`epoch_001.tmp.safetensors`):
+/// libtorch picks the format from it.
+fn save_durably(path: &Path, save: impl FnOnce(&Path) -> Result<()>) -> Result<String> {
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_extension(format!("tmp.{ext}"));
+    save(&tmp).with_context(|| format!("writing {}", path.display()))?;
+    sync_file(&tmp)?;
+    let sum = digest(&tmp)?;
+    rename_durably(&tmp, path)?;
+    Ok(sum)
 }
 
 /// The checkpoints of one run directory.
@@ -244,7 +327,7 @@ impl Checkpoints {
     fn finish_swap(&self) -> Result<()> {
         let (cur, tmp, old) = (self.partial_dir("partial"), self.partial_dir("partial.tmp"), self.partial_dir("partial.old"));
         if !cur.exists() && tmp.join("partial.json").is_file() {
-            std::fs::rename(&tmp, &cur).with_context(|| format!("renaming {} to {}", tmp.display(), cur.display()))?;
+            rename_durably(&tmp, &cur)?;
         }
         if cur.is_dir() {
             let _ = std::fs::remove_dir_all(&old);
@@ -252,23 +335,40 @@ impl Checkpoints {
         Ok(())
     }
 
+    /// Whether the run directory has a checkpoints folder.
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
     /// Removes every checkpoint (starting over).
     pub fn clear(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
+    /// The manifest of the checkpoint after `epoch` (1-based) epochs.
+    pub fn manifest_path(&self, epoch: usize) -> PathBuf {
+        self.dir.join(format!("epoch_{epoch:03}.json"))
+    }
+
     /// Saves the checkpoint after `epoch` (1-based) epochs: the sampler's and
-    /// optimiser's state first, the weights last (each replaced atomically).
-    pub fn save_epoch(&self, epoch: usize, vs: &nn::VarStore, opt: &Sgd, sampler: &dyn Sampler) -> Result<()> {
+    /// optimiser's state, the weights, then the manifest with their checksums,
+    /// `row` (the epoch's row before evaluation) and the epoch's `mining` rounds.
+    pub fn save_epoch(&self, epoch: usize, vs: &nn::VarStore, opt: &Sgd, sampler: &dyn Sampler, row: &EpochRow, mining: &[MiningRow]) -> Result<()> {
         let ck = self.epoch_path(epoch);
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
-        save_sampler(&ck.with_extension("sampler.json"), sampler)?;
+        let mut files = BTreeMap::new();
+        let name = |p: &Path| p.file_name().expect("a file").to_string_lossy().into_owned();
+        let sampler_file = ck.with_extension("sampler.json");
+        if save_sampler(&sampler_file, sampler)? {
+            files.insert(name(&sampler_file), digest(&sampler_file)?);
+        } else {
+            let _ = std::fs::remove_file(&sampler_file);
+        }
         let sgd_ck = ck.with_extension("sgd.safetensors");
-        opt.save(&sgd_ck.with_extension("tmp"))?;
-        std::fs::rename(sgd_ck.with_extension("tmp"), &sgd_ck).with_context(|| format!("writing {}", sgd_ck.display()))?;
-        let tmp = ck.with_extension("tmp.safetensors");
-        vs.save(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &ck).with_context(|| format!("writing {}", ck.display()))?;
+        files.insert(name(&sgd_ck), save_durably(&sgd_ck, |t| opt.save(t))?);
+        files.insert(name(&ck), save_durably(&ck, |t| Ok(vs.save(t)?))?);
+        let m = EpochManifest { epoch, files, row: row.clone(), mining: mining.to_vec() };
+        write_file(&self.manifest_path(epoch), serde_json::to_string_pretty(&m)?.as_bytes())?;
         Ok(())
     }
 
@@ -281,47 +381,142 @@ impl Checkpoints {
         std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let p = |e: &str| tmp.join(format!("partial.{e}"));
         let mut done = 0;
+        let mut files = BTreeMap::new();
         self.step(&mut done)?;
-        save_sampler(&p("sampler.json"), sampler)?;
+        if save_sampler(&p("sampler.json"), sampler)? {
+            files.insert("partial.sampler.json".to_string(), digest(&p("sampler.json"))?);
+        }
         self.step(&mut done)?;
-        opt.save(&p("sgd.safetensors"))?;
+        files.insert("partial.sgd.safetensors".into(), save_durably(&p("sgd.safetensors"), |t| opt.save(t))?);
         self.step(&mut done)?;
-        vs.save(p("safetensors")).with_context(|| format!("writing {}", p("safetensors").display()))?;
+        files.insert("partial.safetensors".into(), save_durably(&p("safetensors"), |t| Ok(vs.save(t)?))?);
         self.step(&mut done)?;
         let states = rng_states(device)?;
-        let rng = p("rng.safetensors");
-        Tensor::write_safetensors(&states.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect::<Vec<_>>(), &rng).with_context(|| format!("writing {}", rng.display()))?;
+        let named: Vec<(&str, Tensor)> = states.iter().map(|(n, t)| (n.as_str(), t.shallow_clone())).collect();
+        files.insert("partial.rng.safetensors".into(), save_durably(&p("rng.safetensors"), |t| Ok(Tensor::write_safetensors(&named, t)?))?);
         self.step(&mut done)?;
-        write_file(&p("json"), serde_json::to_string_pretty(partial)?.as_bytes())?;
+        let partial = Partial { files, ..partial.clone() };
+        write_file(&p("json"), serde_json::to_string_pretty(&partial)?.as_bytes())?;
         // the swap: the previous checkpoint aside, the new one in, the previous one removed
         self.remove_legacy_partial();
         self.step(&mut done)?;
         if cur.exists() {
-            std::fs::rename(&cur, &old).with_context(|| format!("renaming {} to {}", cur.display(), old.display()))?;
+            rename_durably(&cur, &old)?;
         }
         self.step(&mut done)?;
-        std::fs::rename(&tmp, &cur).with_context(|| format!("renaming {} to {}", tmp.display(), cur.display()))?;
+        rename_durably(&tmp, &cur)?;
         self.step(&mut done)?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
 
-    /// Restores a run that finished `start_epoch` epochs: the epoch's
-    /// checkpoint, then a checkpoint inside the next epoch when there is one,
-    /// which it returns (a stale one, of another epoch, is removed).
-    pub fn restore(&self, start_epoch: usize, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut dyn Sampler) -> Result<Option<Partial>> {
-        if start_epoch > 0 {
-            let ck = self.epoch_path(start_epoch);
-            vs.load(&ck).with_context(|| format!("resuming from {}", ck.display()))?;
-            opt.load(&ck.with_extension("sgd.safetensors"))?;
-            restore_sampler(&ck.with_extension("sampler.json"), sampler)?;
+    /// Restores a run whose `metrics.csv` holds `rows` finished epochs into `vs`, `opt` and
+    /// `sampler`: from the newest checkpoint that is whole (see the module's doc), passing over
+    /// a damaged one with a warning (`warn`) that names its file. `fresh` makes a new optimiser
+    /// and sampler: each candidate loads into fresh ones. On [`Resume::Fresh`] after a failed
+    /// candidate, `vs` may hold part of one: the caller rebuilds the model.
+    pub fn restore(&self, rows: usize, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut Box<dyn Sampler>, fresh: &dyn Fn(&nn::VarStore) -> (Sgd, Box<dyn Sampler>), warn: &mut dyn FnMut(String)) -> Result<Resume> {
+        // an epoch trained and checkpointed whose evaluation did not finish
+        if let Some(m) = self.read_manifest(rows + 1, warn) {
+            let (mut o, mut s) = fresh(vs);
+            match self.load_epoch(rows + 1, Some(&m), vs, &mut o, s.as_mut()) {
+                Ok(()) => {
+                    (*opt, *sampler) = (o, s);
+                    self.remove_partial();
+                    return Ok(Resume::Evaluate(m));
+                }
+                Err(e) => warn(format!("{e:#}; evaluating epoch {} from it is not possible, so it is trained again", rows + 1)),
+            }
         }
-        let Some(partial) = self.read_partial(start_epoch)? else { return Ok(None) };
-        let p = |e: &str| self.partial_path(e);
-        vs.load(p("safetensors")).with_context(|| format!("resuming from {}", p("safetensors").display()))?;
-        opt.load(&p("sgd.safetensors"))?;
-        restore_sampler(&p("sampler.json"), sampler)?;
-        Ok(Some(partial))
+        match self.read_partial(rows) {
+            Ok(None) => {}
+            Ok(Some(p)) => {
+                let (mut o, mut s) = fresh(vs);
+                match self.load_partial(&p, vs, &mut o, s.as_mut()) {
+                    Ok(()) => {
+                        (*opt, *sampler) = (o, s);
+                        return Ok(Resume::Partial(p));
+                    }
+                    Err(e) => warn(format!("{e:#}; the mid-epoch checkpoint is passed over (epoch {} is trained again from its start)", rows + 1)),
+                }
+                self.remove_partial();
+            }
+            Err(e) => {
+                warn(format!("{e:#}; the mid-epoch checkpoint is passed over (epoch {} is trained again from its start)", rows + 1));
+                self.remove_partial();
+            }
+        }
+        for k in (1..=rows).rev() {
+            let m = self.read_manifest(k, warn);
+            if m.is_none() && !self.epoch_path(k).exists() {
+                continue;
+            }
+            let (mut o, mut s) = fresh(vs);
+            match self.load_epoch(k, m.as_ref(), vs, &mut o, s.as_mut()) {
+                Ok(()) => {
+                    if k + 1 == rows {
+                        warn(format!("resuming after epoch {k}: epoch {rows} is trained again"));
+                    } else if k < rows {
+                        warn(format!("resuming after epoch {k}: epochs {} to {rows} are trained again", k + 1));
+                    }
+                    (*opt, *sampler) = (o, s);
+                    return Ok(Resume::Epoch(k));
+                }
+                Err(e) => warn(format!("{e:#}; the checkpoint after epoch {k} is passed over")),
+            }
+        }
+        if rows > 0 {
+            warn(format!("no checkpoint of the {rows} finished epochs could be used: training again from the initial weights"));
+        }
+        (*opt, *sampler) = fresh(vs);
+        Ok(Resume::Fresh)
+    }
+
+    /// The manifest of the checkpoint after `epoch` epochs, if there is a readable one
+    /// (an unreadable one is reported and passed over).
+    fn read_manifest(&self, epoch: usize, warn: &mut dyn FnMut(String)) -> Option<EpochManifest> {
+        let path = self.manifest_path(epoch);
+        if !path.exists() {
+            return None;
+        }
+        let parsed = std::fs::read_to_string(&path).map_err(anyhow::Error::from).and_then(|t| Ok(serde_json::from_str::<EpochManifest>(&t)?));
+        match parsed {
+            Ok(m) if m.epoch == epoch => Some(m),
+            Ok(m) => {
+                warn(format!("{}: names epoch {}, not {epoch}; passed over", path.display(), m.epoch));
+                None
+            }
+            Err(e) => {
+                warn(format!("{}: unreadable ({e}); passed over", path.display()));
+                None
+            }
+        }
+    }
+
+    /// Loads the checkpoint after `epoch` epochs, its files checked against `manifest` when
+    /// there is one (a checkpoint from before manifests is loaded as it is).
+    fn load_epoch(&self, epoch: usize, manifest: Option<&EpochManifest>, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut dyn Sampler) -> Result<()> {
+        let ck = self.epoch_path(epoch);
+        if let Some(m) = manifest {
+            check_files(&self.dir, &m.files)?;
+        }
+        vs.load(&ck).with_context(|| format!("{}: the weights do not load", ck.display()))?;
+        opt.load(&ck.with_extension("sgd.safetensors"))?;
+        restore_sampler(&ck.with_extension("sampler.json"), sampler)
+    }
+
+    /// Loads a mid-epoch checkpoint (it holds everything: the weights, the momenta, the
+    /// sampler's state and the generators), its files checked against their checksums.
+    fn load_partial(&self, p: &Partial, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut dyn Sampler) -> Result<()> {
+        let path = |e: &str| self.partial_path(e);
+        let dir = path("json").parent().expect("in a folder").to_path_buf();
+        check_files(&dir, &p.files)?;
+        vs.load(path("safetensors")).with_context(|| format!("{}: the weights do not load", path("safetensors").display()))?;
+        opt.load(&path("sgd.safetensors"))?;
+        restore_sampler(&path("sampler.json"), sampler)?;
+        let rng = path("rng.safetensors");
+        Tensor::read_safetensors(&rng).with_context(|| format!("reading {}", rng.display()))?;
+        Ok(())
     }
 
     /// Reads `partial.json` if there is one for `epoch` (0-based); a stale one (of another epoch) is removed.
@@ -332,7 +527,7 @@ impl Checkpoints {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        let partial: Partial = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        let partial: Partial = serde_json::from_str(&text).with_context(|| format!("{}: unreadable", p.display()))?;
         if partial.epoch != epoch {
             self.remove_partial();
             return Ok(None);
@@ -372,24 +567,27 @@ impl Checkpoints {
             let _ = std::fs::remove_file(&ck);
             let _ = std::fs::remove_file(ck.with_extension("sgd.safetensors"));
             let _ = std::fs::remove_file(ck.with_extension("sampler.json"));
+            let _ = std::fs::remove_file(self.manifest_path(old));
         }
     }
 }
 
-/// Writes a sampler's state beside a checkpoint (nothing for a sampler without state).
-fn save_sampler(path: &Path, sampler: &dyn Sampler) -> Result<()> {
+/// Writes a sampler's state beside a checkpoint (nothing for a sampler without state);
+/// returns whether it wrote a file.
+fn save_sampler(path: &Path, sampler: &dyn Sampler) -> Result<bool> {
     let state = sampler.state();
-    if !state.is_null() {
-        write_file(path, serde_json::to_string(&state)?.as_bytes())?;
+    if state.is_null() {
+        return Ok(false);
     }
-    Ok(())
+    write_file(path, serde_json::to_string(&state)?.as_bytes())?;
+    Ok(true)
 }
 
 /// Restores a sampler's state from beside a checkpoint, when one was written.
 fn restore_sampler(path: &Path, sampler: &mut dyn Sampler) -> Result<()> {
     if path.exists() {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        sampler.restore(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)?;
+        sampler.restore(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?).with_context(|| format!("{}: not this sampler's state", path.display()))?;
     }
     Ok(())
 }

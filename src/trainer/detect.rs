@@ -36,7 +36,17 @@ pub fn detect(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &
 }
 
 /// [`detect`], adding each stage's seconds to `times` when given (which synchronises CUDA between stages).
-pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, mut times: Option<&mut DetectTimes>) -> anyhow::Result<Vec<Vec<Detection>>> {
+pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, times: Option<&mut DetectTimes>) -> anyhow::Result<Vec<Vec<Detection>>> {
+    detect_impl(model, store, input, test, device, times, &|| false)
+}
+
+/// [`detect`] that returns [`super::Stopped`] between two batches of images once `stop()` is
+/// true (a pre-emption signal: the trainer checkpoints and exits, and evaluates on resume).
+pub fn detect_until(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, stop: &dyn Fn() -> bool) -> anyhow::Result<Vec<Vec<Detection>>> {
+    detect_impl(model, store, input, test, device, None, stop)
+}
+
+fn detect_impl(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: &TestConfig, device: Device, mut times: Option<&mut DetectTimes>, stop: &dyn Fn() -> bool) -> anyhow::Result<Vec<Vec<Detection>>> {
     let k = model.num_classes as usize;
     let timed = times.is_some();
     let mut clock = std::time::Instant::now();
@@ -62,6 +72,9 @@ pub fn detect_timed(model: &FastRcnn, store: &ImageStore, input: &InputConfig, t
     }
     let groups: Vec<&[usize]> = images.chunks(test.images_per_batch.max(1)).collect();
     for (g, group) in groups.iter().enumerate() {
+        if stop() {
+            return Err(super::Stopped.into());
+        }
         // the next group's images, decoded while this one runs (a split held in memory: nothing)
         if let Some(next) = groups.get(g + 1) {
             store.ahead(next);

@@ -11,20 +11,32 @@ use crate::model::{per_roi_losses, roi_pool, FastRcnn};
 use crate::sampler::{self, ImageScores, Miner};
 
 /// Scores the training set with the current (frozen) model, for offline mining:
-/// eval mode, no gradient, every proposal of every image, no flip.
+/// eval mode, no gradient, every proposal of every image, no flip. Returns
+/// [`super::Stopped`] between two images once `stop()` is true (a pre-emption
+/// signal: the trainer checkpoints before the round, which a resume mines again).
 pub struct FrozenScorer<'a> {
     pub model: &'a FastRcnn,
     pub store: &'a ImageStore,
     pub cfg: &'a TrainConfig,
     pub device: Device,
+    pub stop: &'a dyn Fn() -> bool,
+}
+
+impl<'a> FrozenScorer<'a> {
+    /// A scorer that is never stopped (benches, tests).
+    pub fn new(model: &'a FastRcnn, store: &'a ImageStore, cfg: &'a TrainConfig, device: Device) -> Self {
+        FrozenScorer { model, store, cfg, device, stop: &|| false }
+    }
 }
 
 impl Miner for FrozenScorer<'_> {
-    fn score_training_set(&mut self) -> Result<Vec<ImageScores>> {
+    fn score_each(&mut self, each: &mut dyn FnMut(ImageScores) -> Result<()>) -> Result<()> {
         let fg_thresh = self.cfg.sampler.fg_thresh();
         let k = self.model.num_classes;
-        let mut out = Vec::with_capacity(self.store.len());
         for i in 0..self.store.len() {
+            if (self.stop)() {
+                return Err(super::Stopped.into());
+            }
             self.store.ahead(&(i + 1..i + 1 + super::batch::AHEAD).collect::<Vec<_>>());
             let p = prepare(self.store, i, &self.cfg.input, false, self.device)?;
             let n = p.proposals.size()[0];
@@ -38,9 +50,9 @@ impl Miner for FrozenScorer<'_> {
                 let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
                 ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou }
             });
-            out.push(s);
+            each(s)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -38,7 +38,7 @@ use crate::proposals;
 use crate::rundir::{read_metrics, read_mining, write_csv, write_file, write_mining, EpochRow, MiningRow, PhaseKind, CONFIG, METRICS, MINING, PROGRESS};
 use crate::sampler::{Progress, Sampler};
 use batch::{prepare, ImageStore};
-use checkpoint::{Checkpoints, EpochStats, Partial};
+use checkpoint::{Checkpoints, EpochStats, Partial, Resume};
 pub use mining::FrozenScorer;
 use observer::{Console, Observer};
 pub use step::{minibatch_loss, train_step, IterOut};
@@ -59,6 +59,8 @@ pub struct TrainOptions {
     /// For tests: a mid-epoch checkpoint fails after this many of its writes and renames,
     /// leaving the files as a kill there would ([`Checkpoints::kill_after_writes`]).
     pub kill_checkpoint_after: Option<usize>,
+    /// For tests: raise `stop` as this phase (mining, evaluating) starts, as a signal arriving then would.
+    pub stop_in: Option<PhaseKind>,
 }
 
 impl TrainOptions {
@@ -66,6 +68,12 @@ impl TrainOptions {
         self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
     }
 }
+
+/// A phase that honours the stop flag (mining, evaluation) returned early: the caller
+/// checkpoints what is whole and stops ([`crate::rundir::Preempted`]).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by a pre-emption signal")]
+pub struct Stopped;
 
 /// The weights a run starts from: `model.weights`, the shared pre-trained
 /// backbone (made now if the cache lacks it), or none.
@@ -126,7 +134,10 @@ pub fn build_model(cfg: &TrainConfig, device: Device, num_classes: usize, weight
 }
 
 /// Refuses a run directory that holds a run of another config. The device is
-/// where a run happens, not what it is: a cell may resume on another GPU.
+/// where a run happens, not what it is: a cell may resume on another GPU; nor
+/// is `dataset.cache_mib` (how many decoded images are held does not change
+/// what is computed): a run may resume under a smaller budget after running
+/// out of memory. The config written back holds the new values.
 fn check_same_config(cfg: &TrainConfig, config_path: &Path) -> Result<()> {
     if !config_path.exists() {
         return Ok(());
@@ -134,6 +145,7 @@ fn check_same_config(cfg: &TrainConfig, config_path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("reading {}", config_path.display()))?;
     let same = serde_saphyr::from_str::<TrainConfig>(&text).map(|mut old| {
         old.device = cfg.device.clone();
+        old.dataset.cache_mib = cfg.dataset.cache_mib;
         old == *cfg
     });
     if !matches!(same, Ok(true)) {
@@ -160,6 +172,12 @@ impl Logs {
         Ok(Logs { metrics_path, mining_path, rows, mining })
     }
 
+    /// Keeps the first `n` epochs' rows and mining rounds (a resume from an earlier checkpoint).
+    fn keep_epochs(&mut self, n: usize) {
+        self.rows.truncate(n);
+        self.mining.retain(|m| m.epoch <= n);
+    }
+
     /// Rewrites both files (each atomically).
     fn write(&self) -> Result<()> {
         if !self.mining.is_empty() || self.mining_path.exists() {
@@ -181,14 +199,17 @@ struct Data {
 }
 
 impl Data {
-    fn load(cfg: &TrainConfig, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Data> {
-        let ds = Dataset::from_config(&cfg.dataset)?;
-        let mut train = load_split(&ds, cfg, &cfg.dataset.train_split, cfg.proposals.train_file.as_deref(), opts)?;
-        // As py-faster-rcnn's filter_roidb: an image without non-difficult ground truth has no foreground to learn from.
-        let dropped = train.keep_where(has_foreground);
-        if train.is_empty() {
+    /// The splits of `ds` (opened once by the caller, with `train_anns` its training split's annotations).
+    fn load(cfg: &TrainConfig, ds: &Dataset, train_anns: Vec<Annotation>, opts: &TrainOptions, obs: &mut dyn Observer) -> Result<Data> {
+        // As py-faster-rcnn's filter_roidb: an image without non-difficult ground truth has no
+        // foreground to learn from (left out before its image or proposals are read)
+        let before = train_anns.len();
+        let train_anns: Vec<Annotation> = train_anns.into_iter().filter(has_foreground).collect();
+        let dropped = before - train_anns.len();
+        if train_anns.is_empty() && before > 0 {
             bail!("no image of split {:?} has a non-difficult object to train on", cfg.dataset.train_split);
         }
+        let mut train = store_of(ds, cfg, &cfg.dataset.train_split, train_anns, cfg.proposals.train_file.as_deref(), opts)?;
         if dropped > 0 {
             obs.note(&format!("training on {} images ({dropped} without non-difficult objects left out)", train.len()));
         }
@@ -210,9 +231,9 @@ impl Data {
             }
             None => (ds.load_split(split)?, None),
         };
-        let test = store_of(&ds, cfg, split, anns, cfg.proposals.test_file.as_deref(), opts)?;
+        let test = store_of(ds, cfg, split, anns, cfg.proposals.test_file.as_deref(), opts)?;
         let (coco_gt, category_ids) = coco.unwrap_or_else(|| (eval::coco::gt_of_annotations(&test.anns), (1..=ds.classes.len() as i64).collect()));
-        Ok(Data { classes: ds.classes, train, test, coco_gt, category_ids })
+        Ok(Data { classes: ds.classes.clone(), train, test, coco_gt, category_ids })
     }
 }
 
@@ -237,8 +258,10 @@ pub fn planned_epochs(cfg: &TrainConfig) -> Result<usize> {
     }
 }
 
-/// Trains `cfg` in `run_dir`; resumes after the last finished epoch found there
-/// (or inside the next one, after a pre-emption).
+/// Trains `cfg` in `run_dir`; resumes from the newest whole checkpoint found
+/// there: after the last finished epoch, inside the next one after a
+/// pre-emption, or at the evaluation of an epoch whose evaluation a stop cut
+/// short ([`checkpoint::Checkpoints::restore`]).
 pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<Vec<EpochRow>> {
     cfg.check()?;
     let device = parse_device(&cfg.device)?;
@@ -256,38 +279,83 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         check_same_config(cfg, &run_dir.join(CONFIG))?;
     }
     write_file(&run_dir.join(CONFIG), yaml.as_bytes())?;
-    let logs = Logs::open(run_dir)?;
-    let start_epoch = logs.rows.len();
-    if cfg.train.iterations.is_none() && start_epoch >= cfg.train.epochs {
+    let mut logs = Logs::open(run_dir)?;
+    if cfg.train.iterations.is_none() && logs.rows.len() >= cfg.train.epochs {
         return Ok(logs.rows);
     }
-
-    let mut obs = Console::new(opts.progress, cfg.train.epochs);
-    let data = Data::load(cfg, opts, &mut obs)?;
-    let sched = cfg.train.schedule(data.train.len());
-    if start_epoch >= sched.epochs {
+    // the schedule from the annotations alone: a finished run is noticed before any image is read
+    let ds = Dataset::from_config(&cfg.dataset)?;
+    let train_anns = ds.load_split(&cfg.dataset.train_split)?;
+    let sched = cfg.train.schedule(train_anns.iter().filter(|a| has_foreground(a)).count());
+    if logs.rows.len() >= sched.epochs {
         return Ok(logs.rows);
     }
-    obs.set_epochs(sched.epochs);
+    let mut obs = Console::new(opts.progress, sched.epochs);
+    let data = Data::load(cfg, &ds, train_anns, opts, &mut obs)?;
+    debug_assert_eq!(cfg.train.schedule(data.train.len()).epochs, sched.epochs);
     let weights = initial_weights(cfg, opts)?; // before seeding: pre-training draws from the same generator
+    drop(ds); // its parsed instances file served the pre-training's key and source too
     if let Some(w) = &weights {
         // into the cell's train.log: which backbone this run started from, by content
         eprintln!("initial weights: {} (SHA-256 {})", w.display(), crate::pretrain::sha256_of(w)?);
     }
-    let (mut vs, model) = build_model(cfg, device, data.classes.len(), weights.as_deref())?;
-    let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
-    let mut sampler = cfg.sampler.build();
-    let mut partial = ck.restore(start_epoch, &mut vs, &mut opt, sampler.as_mut())?;
+    let (mut vs, mut model) = build_model(cfg, device, data.classes.len(), weights.as_deref())?;
+    let fresh = |vs: &nn::VarStore| (Sgd::new(vs, cfg.train.momentum, cfg.train.weight_decay), cfg.sampler.build());
+    let (mut opt, mut sampler) = fresh(&vs);
+    let resume = ck.restore(logs.rows.len(), &mut vs, &mut opt, &mut sampler, &fresh, &mut |w| eprintln!("warning: {w}"))?;
+    let (first_epoch, mut partial, pending) = match resume {
+        Resume::Fresh => {
+            if ck.exists() {
+                // a checkpoint that failed to load may have left part of itself in the model
+                (vs, model) = build_model(cfg, device, data.classes.len(), weights.as_deref())?;
+                (opt, sampler) = fresh(&vs);
+            }
+            (0, None, None)
+        }
+        Resume::Epoch(k) => (k, None, None),
+        Resume::Partial(p) => (p.epoch, Some(p), None),
+        Resume::Evaluate(m) => (m.epoch - 1, None, Some(m)),
+    };
+    logs.keep_epochs(first_epoch);
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
     let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false };
-    for epoch in start_epoch..sched.epochs {
+    let mut epoch = first_epoch;
+    if let Some(m) = pending {
+        run.obs.note(&format!("epoch {} was trained and checkpointed but not evaluated: evaluating it from its checkpoint", m.epoch));
+        run.logs.mining.extend(m.mining);
+        run.finish_epoch(epoch, m.row)?;
+        epoch += 1;
+    }
+    while epoch < sched.epochs {
         // stop at an epoch boundary only after some work, so every call advances
         if opts.stopping() && run.progressed {
             return Err(crate::rundir::preempted(epoch, sched.epochs, 0, 0).into());
         }
         run.epoch(epoch, partial.take())?;
+        epoch += 1;
     }
     Ok(run.logs.rows)
+}
+
+/// The data order of epoch `epoch` (0-based) over `n` images, and the epoch's generator
+/// after the shuffle (it then draws the flips): seeded per epoch, so that a resumed run
+/// draws what an uninterrupted one would, and the next epoch's order is known in advance.
+fn epoch_order(seed: u64, epoch: usize, n: usize) -> (Vec<usize>, ChaCha8Rng) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+    let mut order: Vec<usize> = (0..n).collect();
+    crate::shuffle(&mut order, &mut rng);
+    (order, rng)
+}
+
+/// The images to decode ahead after iteration `it` of an epoch of `iters` iterations of
+/// `per_iter` images: the next [`batch::AHEAD`] in the order the trainer will use them,
+/// running on into the next epoch's order (`next`; `None` after the last epoch).
+pub fn look_ahead(order: &[usize], next: Option<&[usize]>, it: usize, iters: usize, per_iter: usize) -> Vec<usize> {
+    let end = iters * per_iter;
+    (0..batch::AHEAD)
+        .map(|j| (it + 1) * per_iter + j)
+        .filter_map(|pos| if pos < end { Some(order[pos % order.len()]) } else { next.map(|n| n[(pos - end) % n.len()]) })
+        .collect()
 }
 
 /// A training run in progress: the model, its optimiser and sampler, the data,
@@ -308,75 +376,145 @@ struct Run<'a> {
     sched: Schedule,
     /// Wall-clock seconds of the run so far, over every process that worked on it.
     wall: f64,
-    /// Whether this process trained an iteration yet.
+    /// Whether this process did a unit of work yet (an iteration, a mining pass, an evaluation).
     progressed: bool,
 }
 
+/// An epoch in progress: its order and generator, its running sums, and its clocks.
+struct EpochState {
+    order: Vec<usize>,
+    next_order: Option<Vec<usize>>,
+    rng: ChaCha8Rng,
+    st: EpochStats,
+    /// Seconds of the epoch before this process resumed it, and this process's start of it.
+    elapsed_before: f64,
+    started: Instant,
+}
+
 impl Run<'_> {
+    /// Enters a phase: reported, and for tests the stop raised there ([`TrainOptions::stop_in`]).
+    fn enter(&mut self, phase: PhaseKind, epoch: usize, done: usize, total: usize) {
+        self.obs.phase(phase, epoch, done, total);
+        if let (Some(p), Some(stop)) = (self.opts.stop_in, self.opts.stop) {
+            if p == phase {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether a phase that honours the stop flag should stop now: a stop was asked for,
+    /// and this process has done some work (so that every call advances).
+    fn should_stop(&self) -> bool {
+        self.opts.stopping() && self.progressed
+    }
+
     /// Epoch `epoch` (0-based), from its start or from a checkpoint inside it:
     /// the iterations, then the checkpoint, the evaluation and the row of `metrics.csv`.
     fn epoch(&mut self, epoch: usize, partial: Option<Partial>) -> Result<()> {
         let (cfg, sched) = (self.cfg, self.sched);
         let iters = sched.iters_in(epoch);
-        let t_epoch = Instant::now();
         // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
         tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        crate::shuffle(&mut order, &mut rng);
-        let (mut st, mut first_iter, mut elapsed_before) = (EpochStats::default(), 0, 0.0);
+        let n = self.data.train.len();
+        let (order, rng) = epoch_order(cfg.seed, epoch, n);
+        let next_order = (epoch + 1 < sched.epochs).then(|| epoch_order(cfg.seed, epoch + 1, n).0);
+        let mut e = EpochState { order, next_order, rng, st: EpochStats::default(), elapsed_before: 0.0, started: Instant::now() };
+        let mut first_iter = 0;
         if let Some(p) = partial {
             // continue where the mid-epoch checkpoint left off: the same generators, sums and mining log
-            rng.set_word_pos(self.ck.restore_rngs(&p, self.device)?);
-            (st, first_iter, elapsed_before, self.wall) = (p.stats, p.next_iter, p.elapsed_s, p.wall_s);
+            e.rng.set_word_pos(self.ck.restore_rngs(&p, self.device)?);
+            (e.st, first_iter, e.elapsed_before, self.wall) = (p.stats, p.next_iter, p.elapsed_s, p.wall_s);
             self.logs.mining.extend(p.mining);
             self.obs.note(&format!("resuming epoch {} at iteration {}/{iters}", epoch + 1, first_iter + 1));
         }
         self.obs.epoch_started(iters, first_iter);
+        let loaded = self.data.train.loader_stats();
         for it in first_iter..iters {
-            self.obs.phase(PhaseKind::Training, epoch, it, iters);
+            self.enter(PhaseKind::Training, epoch, it, iters);
             let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * sched.iters_per_epoch + it };
-            self.mine(at, &mut st)?;
-            let n_img = cfg.train.images_per_batch;
-            let waited = self.data.train.loader_stats().stall;
-            let prepared: Vec<batch::Prepared> = (0..n_img)
-                .map(|j| order[(it * n_img + j) % order.len()])
-                .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && rng.random::<bool>(), self.device))
-                .collect::<Result<_>>()?;
-            // the next iteration's images, decoded while this one trains (a split held in memory: nothing)
-            let next: Vec<usize> = (0..batch::AHEAD).map(|j| order[((it + 1) * n_img + j) % order.len()]).collect();
-            self.data.train.ahead(&next);
-            st.load_s += (self.data.train.loader_stats().stall - waited).as_secs_f64();
-            let out = train_step(&self.model, &mut self.opt, cfg.train.lr_at(&sched, at.iteration), self.sampler.as_mut(), &prepared, cfg)
-                .with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
-            st.add(&out);
-            self.progressed = true;
-            self.obs.iteration_done(epoch, st.mean_loss());
+            match self.mine(at, &mut e.st) {
+                Err(err) if err.is::<Stopped>() => return Err(self.stop_inside(epoch, it, iters, &e)),
+                r => r?,
+            }
+            self.iteration(epoch, it, iters, &mut e)?;
             if self.opts.stopping() && it + 1 < iters {
                 // pre-empted inside the epoch: checkpoint at this iteration boundary and stop
-                self.obs.epoch_trained();
-                self.obs.phase(PhaseKind::Checkpointing, epoch, it + 1, iters);
-                let mining = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
-                let secs = t_epoch.elapsed().as_secs_f64();
-                let p = Partial { epoch, next_iter: it + 1, stats: st, elapsed_s: elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: rng.get_word_pos().to_string(), mining };
-                self.ck.save_partial(&p, &self.vs, &self.opt, self.sampler.as_ref(), self.device)?;
-                return Err(crate::rundir::preempted(epoch + 1, sched.epochs, it + 1, iters).into());
+                return Err(self.stop_inside(epoch, it + 1, iters, &e));
             }
         }
         self.obs.epoch_trained();
-        let train_s = elapsed_before + t_epoch.elapsed().as_secs_f64() - st.mine_s;
-        self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref())?;
-        let (eval_s, maps) = self.evaluate(epoch)?;
-        let (map07, map10) = maps.as_ref().map_or((None, None), |m| (Some(m.0), Some(m.1)));
-        self.wall += t_epoch.elapsed().as_secs_f64();
-        let mut row = EpochRow { eval_s, wall_s: self.wall, map_voc07: map07, map_voc10: map10, ..st.row(epoch, train_s, self.sampler.cache_size(), cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1)) };
+        let l = self.data.train.loader_stats();
+        if self.data.train.streams() {
+            (e.st.streamed, e.st.prefetched) = (e.st.streamed + (l.decoded - loaded.decoded) as f64, e.st.prefetched + (l.prefetched - loaded.prefetched) as f64);
+        }
+        let train_s = e.elapsed_before + e.started.elapsed().as_secs_f64() - e.st.mine_s;
+        let lr = cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1);
+        let mut row = e.st.row(epoch, train_s, self.sampler.cache_size(), lr);
+        row.wall_s = self.wall + e.started.elapsed().as_secs_f64();
+        let mining: Vec<MiningRow> = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
+        self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref(), &row, &mining)?;
+        self.finish_epoch(epoch, row)
+    }
+
+    /// One iteration: the batch's images (and the next ones asked for ahead), then one SGD step.
+    fn iteration(&mut self, epoch: usize, it: usize, iters: usize, e: &mut EpochState) -> Result<()> {
+        let cfg = self.cfg;
+        let n_img = cfg.train.images_per_batch;
+        let waited = self.data.train.loader_stats().stall;
+        let prepared: Vec<batch::Prepared> = (0..n_img)
+            .map(|j| e.order[(it * n_img + j) % e.order.len()])
+            .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && e.rng.random::<bool>(), self.device))
+            .collect::<Result<_>>()?;
+        // the next images, decoded while this iteration trains (a split held in memory: nothing)
+        self.data.train.ahead(&look_ahead(&e.order, e.next_order.as_deref(), it, iters, n_img));
+        e.st.load_s += (self.data.train.loader_stats().stall - waited).as_secs_f64();
+        let lr = cfg.train.lr_at(&self.sched, epoch * self.sched.iters_per_epoch + it);
+        let out = train_step(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
+        e.st.add(&out);
+        self.progressed = true;
+        self.obs.iteration_done(epoch, e.st.mean_loss());
+        Ok(())
+    }
+
+    /// Stops inside epoch `epoch` before iteration `next_iter` of `iters`: a mid-epoch
+    /// checkpoint of everything the rest of the epoch depends on (none before the first
+    /// iteration: the previous epoch's checkpoint is that state), and the error to stop with.
+    fn stop_inside(&mut self, epoch: usize, next_iter: usize, iters: usize, e: &EpochState) -> anyhow::Error {
+        let sched = self.sched;
+        if next_iter == 0 {
+            return crate::rundir::preempted(epoch, sched.epochs, 0, 0).into();
+        }
+        self.obs.epoch_trained();
+        self.enter(PhaseKind::Checkpointing, epoch, next_iter, iters);
+        let mining = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
+        let secs = e.started.elapsed().as_secs_f64();
+        let p = Partial { epoch, next_iter, stats: e.st.clone(), elapsed_s: e.elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: e.rng.get_word_pos().to_string(), mining, files: Default::default() };
+        if let Err(err) = self.ck.save_partial(&p, &self.vs, &self.opt, self.sampler.as_ref(), self.device) {
+            return err;
+        }
+        crate::rundir::preempted(epoch + 1, sched.epochs, next_iter, iters).into()
+    }
+
+    /// The end of epoch `epoch` (0-based), whose checkpoint is saved: the evaluation, and
+    /// `row` (the epoch's row before evaluation) completed and logged.
+    fn finish_epoch(&mut self, epoch: usize, mut row: EpochRow) -> Result<()> {
+        let t = Instant::now();
+        let (eval_s, maps) = match self.evaluate(epoch) {
+            Err(err) if err.is::<Stopped>() => return Err(crate::rundir::preempted(epoch + 1, self.sched.epochs, 0, 0).into()),
+            r => r?,
+        };
+        (row.map_voc07, row.map_voc10) = maps.as_ref().map_or((None, None), |m| (Some(m.0), Some(m.1)));
         if let Some(m) = &maps {
             row.set_coco(&m.2.stats);
         }
+        row.eval_s = eval_s;
+        row.wall_s += t.elapsed().as_secs_f64();
+        self.wall = row.wall_s;
         self.logs.rows.push(row);
         self.logs.write()?;
         self.ck.remove_partial();
-        self.ck.prune(epoch + 1, cfg.train.keep_checkpoints);
+        self.ck.prune(epoch + 1, self.cfg.train.keep_checkpoints);
+        self.progressed = true;
         self.obs.epoch_finished(self.logs.rows.last().expect("just pushed"));
         Ok(())
     }
@@ -384,28 +522,33 @@ impl Run<'_> {
     /// Lets the sampler mine before an iteration, and logs the round it reports.
     fn mine(&mut self, at: Progress, st: &mut EpochStats) -> Result<()> {
         if self.sampler.is_due(at) {
-            self.obs.phase(PhaseKind::Mining, at.epoch, 0, 0);
+            self.enter(PhaseKind::Mining, at.epoch, 0, 0);
         }
-        let mut scorer = FrozenScorer { model: &self.model, store: &self.data.train, cfg: self.cfg, device: self.device };
+        let (opts, progressed) = (self.opts, self.progressed);
+        let stop = move || opts.stopping() && progressed;
+        let mut scorer = FrozenScorer { model: &self.model, store: &self.data.train, cfg: self.cfg, device: self.device, stop: &stop };
         if let Some(stats) = self.sampler.before_iteration(at, &mut scorer)? {
             st.mine_s += stats.seconds;
             let round = self.logs.mining.len() + 1;
             self.obs.mined(round, &stats);
             self.logs.mining.push(MiningRow { round, epoch: at.epoch + 1, iteration: at.iteration, stats });
+            self.progressed = true;
         }
         Ok(())
     }
 
     /// VOC07 and VOC10 mAP and COCO's box summaries on the test split when
     /// epoch `epoch` (0-based) is due for evaluation (every `test.eval_every`
-    /// epochs, and the last), and the seconds it took.
+    /// epochs, and the last), and the seconds it took. A stop asked for during
+    /// it returns [`Stopped`].
     fn evaluate(&mut self, epoch: usize) -> Result<(f64, Option<(f64, f64, eval::coco::CocoReport)>)> {
         let (cfg, t) = (self.cfg, Instant::now());
         if epoch + 1 != self.sched.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
             return Ok((t.elapsed().as_secs_f64(), None));
         }
-        self.obs.phase(PhaseKind::Evaluating, epoch, 0, 0);
-        let dets = detect::detect(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device)?;
+        self.enter(PhaseKind::Evaluating, epoch, 0, 0);
+        let stop = || self.should_stop();
+        let dets = detect::detect_until(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device, &stop)?;
         let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
         let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
         let d = &self.data;
