@@ -480,3 +480,24 @@ fn a_grid_in_iterations_plans_each_cells_epochs_from_its_data() {
     let err = format!("{:#}", Grid::load(&p, &["train.iterations=5".into()]).unwrap_err());
     assert!(err.contains("train.iterations replaces train.epochs"), "{err}");
 }
+
+/// `dataset.cache_mib` is not part of a cell's identity: a grid run again with a lower budget
+/// (after a cell ran out of memory) keeps the cells and their ids, and the budget reaches the
+/// cells' `config.yaml`, which the training process reads; any other change is a new cell.
+#[test]
+fn a_new_budget_reaches_the_cells_of_a_grid() {
+    let t = tempfile::tempdir().unwrap();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\nseeds: [0]\n");
+    let read = |g: &Grid| -> ohem_harness::config::TrainConfig {
+        let path = g.results.join("cells").join(&g.cells[0].dir_name).join("config.yaml");
+        ohem_harness::config::TrainConfig::load(&path, &[]).unwrap()
+    };
+    let g = Grid::load(&p, &[]).unwrap();
+    ohem_harness::harness::prepare(&g).unwrap();
+    assert_eq!(read(&g).dataset.cache_mib, None);
+    let low = Grid::load(&p, &["dataset.cache_mib=64".into()]).unwrap();
+    assert_eq!(low.cells[0].dir_name, g.cells[0].dir_name, "the same cell");
+    ohem_harness::harness::prepare(&low).unwrap();
+    assert_eq!(read(&low).dataset.cache_mib, Some(64), "the lower budget reaches the cell");
+    assert_eq!(read(&low).train, g.cells[0].config.train);
+}

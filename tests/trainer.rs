@@ -91,6 +91,10 @@ fn same_seed_same_run_and_exact_resume() {
     // A finished run is not trained again; a different config in the same directory is refused.
     let again = train(&cfg, &a, &test_opts()).unwrap();
     assert_eq!(again, ra);
+    // another image budget is the same run (it changes what is held, not what is computed)
+    let mut budget = cfg.clone();
+    budget.dataset.cache_mib = Some(1);
+    assert_eq!(train(&budget, &a, &test_opts()).unwrap(), ra);
     let mut other = cfg.clone();
     other.seed = 99;
     let err = train(&other, &a, &test_opts()).unwrap_err().to_string();

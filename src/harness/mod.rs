@@ -83,7 +83,7 @@ pub fn prepare(grid: &Grid) -> Result<()> {
         let dir = grid.results.join(CELLS).join(&c.dir_name);
         let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.epochs };
         write_file(&dir.join(CELL_JSON), serde_json::to_string_pretty(&meta)?.as_bytes())?;
-        if !dir.join(CONFIG).exists() {
+        if config_is_stale(&dir.join(CONFIG), c) {
             write_file(&dir.join(CONFIG), c.config.to_yaml()?.as_bytes())?;
         }
         if read_status(&dir).is_none() {
@@ -91,6 +91,17 @@ pub fn prepare(grid: &Grid) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a cell's `config.yaml` is to be (re)written: absent, or the same cell with another
+/// `dataset.cache_mib` (not part of a cell's identity: a budget lowered after a cell ran out of
+/// memory must reach it; the trainer accepts the change).
+fn config_is_stale(path: &Path, c: &grid::Cell) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return true };
+    match serde_saphyr::from_str::<crate::config::TrainConfig>(&text) {
+        Ok(old) => old.dataset.cache_mib != c.config.dataset.cache_mib && grid::cell_id(&old) == c.id,
+        Err(_) => false,
+    }
 }
 
 pub use crate::fmt_duration;
