@@ -177,22 +177,43 @@ fn outcome(r: &ohem_harness::rundir::EpochRow) -> Vec<Option<f64>> {
 
 /// The tiny dataset converted to COCO (`harness convert`) trains the run the
 /// VOC layout trains: the same losses, VOC mAP and COCO summaries, bit for bit.
+/// With crowd regions in both splits and a backbone pre-trained on the data:
+/// one pre-training key (so one backbone, crowds no samples of it) and one run.
 #[test]
 fn the_same_data_as_voc_and_as_coco_trains_the_same_run() {
     use ohem_harness::config::TrainConfig;
     let _rng = crate::util::torch_rng_lock();
     let t = tempfile::tempdir().unwrap();
+    // the tiny data with the first object of every third image a crowd region
+    let voc = crate::util::copy_of(crate::util::tiny_dataset());
+    let ds = ohem_harness::data::Dataset::open(voc.path()).unwrap();
+    let mut crowds = 0;
+    for split in ["trainval", "test"] {
+        for id in ds.split_ids(split).unwrap().iter().step_by(3) {
+            let path = ds.annotation_path(id);
+            let xml = std::fs::read_to_string(&path).unwrap();
+            if let Some(at) = xml.find("<difficult>0</difficult>") {
+                std::fs::write(&path, format!("{}<difficult>1</difficult><iscrowd>1</iscrowd>{}", &xml[..at], &xml[at + "<difficult>0</difficult>".len()..])).unwrap();
+                crowds += 1;
+            }
+        }
+    }
+    assert!(crowds >= 4, "{crowds} crowd regions");
     let coco_root = t.path().join("coco");
-    let (ok, _, err) = crate::util::harness(&["convert", crate::util::tiny_dataset().to_str().unwrap(), "--out", coco_root.to_str().unwrap()]);
+    let (ok, _, err) = crate::util::harness(&["convert", voc.path().to_str().unwrap(), "--out", coco_root.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(coco_root.join("annotations/instances_trainval.json").is_file() && coco_root.join("images").is_dir());
     let path = crate::util::tiny_config(t.path(), "test:\n  eval_every: 1\n");
-    let voc = TrainConfig::load(&path, &[]).unwrap();
-    let coco = TrainConfig::load(&path, &[format!("dataset.root={}", coco_root.display())]).unwrap();
-    let ds = ohem_harness::data::Dataset::from_config(&coco.dataset).unwrap();
+    let pre = ["model.init=pretrained", "pretrain.source=both", "pretrain.synth_images=10", "pretrain.epochs=1", "pretrain.window=48", "pretrain.batch_size=16", "pretrain.crops_per_object=1"].map(String::from);
+    let with = |root: &std::path::Path| TrainConfig::load(&path, &[pre.to_vec(), vec![format!("dataset.root={}", root.display())]].concat()).unwrap();
+    let (voc_cfg, coco_cfg) = (with(voc.path()), with(&coco_root));
+    let ds = ohem_harness::data::Dataset::from_config(&coco_cfg.dataset).unwrap();
     assert!(ds.coco.is_some(), "the COCO layout is detected from the root");
-    let ra = ohem_harness::trainer::train(&voc, &t.path().join("voc-run"), &crate::util::test_opts()).unwrap();
-    let rb = ohem_harness::trainer::train(&coco, &t.path().join("coco-run"), &crate::util::test_opts()).unwrap();
+    assert!(ds.load_split("trainval").unwrap().iter().flat_map(|a| &a.objects).any(|o| o.crowd && !o.difficult));
+    let key = |c: &TrainConfig| ohem_harness::pretrain::key_of(c).unwrap().0;
+    assert_eq!(key(&voc_cfg), key(&coco_cfg), "one pre-training for the same data in either layout");
+    let ra = ohem_harness::trainer::train(&voc_cfg, &t.path().join("voc-run"), &crate::util::test_opts()).unwrap();
+    let rb = ohem_harness::trainer::train(&coco_cfg, &t.path().join("coco-run"), &crate::util::test_opts()).unwrap();
     assert_eq!(ra.len(), 2);
     assert!(ra.iter().all(|r| r.map_voc07.is_some() && r.coco_ap.is_some()), "every epoch is evaluated, COCO summaries included");
     let (oa, ob): (Vec<_>, Vec<_>) = (ra.iter().map(outcome).collect(), rb.iter().map(outcome).collect());

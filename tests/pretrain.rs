@@ -273,3 +273,18 @@ fn the_pretraining_key_is_the_datas_not_the_layouts() {
     std::fs::write(&path, xml.replacen("<difficult>0</difficult>", "<difficult>1</difficult>", 1)).unwrap();
     assert_ne!(key_of(&tiny_pretrain(t.path(), &[&root(voc.path())])).unwrap().0, k_voc, "a difficult object");
 }
+
+/// A source larger than `dataset.cache_mib` (0: nothing held) is read as its crops use it,
+/// and trains the same weights, bit for bit, as one held in memory.
+#[test]
+fn a_streamed_source_pretrains_the_same_backbone() {
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let held = tiny_pretrain(t.path(), &[]);
+    let streamed = tiny_pretrain(t.path(), &["dataset.cache_mib=0"]);
+    use ohem_harness::pretrain;
+    assert_eq!(pretrain::key_of(&held).unwrap().0, pretrain::key_of(&streamed).unwrap().0, "the budget is not part of the key");
+    let a = pretrain::ensure_with(&held, &t.path().join("a"), None, false).unwrap();
+    let b = pretrain::ensure_with(&streamed, &t.path().join("b"), None, false).unwrap();
+    assert!(std::fs::read(&a.weights).unwrap() == std::fs::read(&b.weights).unwrap(), "streamed pre-training trained other weights");
+}

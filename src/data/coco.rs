@@ -219,7 +219,7 @@ impl CocoFile {
                         let class = class_of[&a.category_id];
                         let mut bbox = coco_to_voc(a.bbox);
                         bbox = [bbox[0].max(1.0), bbox[1].max(1.0), bbox[2].min(im.width as f32), bbox[3].min(im.height as f32)];
-                        Object { name: classes[class].clone(), class, bbox, difficult: a.ignore == 1, truncated: false, pose: "Unspecified".into(), crowd: a.iscrowd == 1, area: Some(a.area) }
+                        Object { name: classes[class].clone(), class, bbox, difficult: a.ignore == 1 && a.iscrowd == 0, truncated: false, pose: "Unspecified".into(), crowd: a.iscrowd == 1, area: Some(a.area) }
                     })
                     .collect();
                 Annotation { id: im.id.to_string(), filename: images_dir.join(&im.file_name).to_string_lossy().into_owned(), width: im.width, height: im.height, depth: 3, objects }

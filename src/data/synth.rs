@@ -352,11 +352,27 @@ impl Placed {
     }
 }
 
-/// Renders image `index` of the dataset with this seed. Pure: same inputs, same pixels.
-pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annotation) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+/// The generator of image `index` with this seed.
+fn scene_rng(seed: u64, index: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_add(1).wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
+
+/// The first draws of a scene: its width and height.
+fn scene_dims(rng: &mut ChaCha8Rng) -> (u32, u32) {
     let w: u32 = rng.random_range(224..=288);
     let h: u32 = rng.random_range(176..=224);
+    (w, h)
+}
+
+/// The width and height of image `index` with this seed, without rendering it.
+pub(crate) fn scene_size(seed: u64, index: u64) -> (u32, u32) {
+    scene_dims(&mut scene_rng(seed, index))
+}
+
+/// Renders image `index` of the dataset with this seed. Pure: same inputs, same pixels.
+pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annotation) {
+    let mut rng = scene_rng(seed, index);
+    let (w, h) = scene_dims(&mut rng);
     let mut canvas = paint_background(&mut rng, w, h);
     let items = place_items(&mut rng, w, h);
     let order = {

@@ -64,8 +64,11 @@ pub struct Object {
     pub truncated: bool,
     pub pose: String,
     /// A COCO crowd region (`iscrowd: 1`): never foreground or background in
-    /// training; a crowd region in COCO evaluation. VOC XML has no such field:
-    /// written as `<iscrowd>1</iscrowd>` beside `<difficult>1</difficult>`.
+    /// training, no pre-training sample, ignored by VOC mAP, a crowd region in
+    /// COCO evaluation. VOC XML has no such field: written as
+    /// `<iscrowd>1</iscrowd>` beside `<difficult>1</difficult>`. A crowd region
+    /// is never also `difficult` (both readers see to it), so that the same
+    /// data reads the same in both layouts.
     pub crowd: bool,
     /// COCO's `area` (what COCO AP's size ranges test); `None`: the box's.
     pub area: Option<f64>,
@@ -228,17 +231,22 @@ impl Dataset {
 
     /// Decodes an image as RGB8 and checks its size against the annotation.
     pub fn load_image(&self, ann: &Annotation) -> Result<image::RgbImage, DataError> {
-        let path = self.image_path_of(ann);
+        self.load_image_file(&self.image_path_of(ann), ann.width, ann.height)
+    }
+
+    /// Decodes the image file `path` as RGB8 and checks that it is `width` × `height`.
+    pub fn load_image_file(&self, path: &Path, width: u32, height: u32) -> Result<image::RgbImage, DataError> {
+        let path = path.to_path_buf();
         let img = self.decode_bytes(&path, &read_image_bytes(&path)?)?;
-        if img.width() != ann.width || img.height() != ann.height {
+        if img.width() != width || img.height() != height {
             return Err(DataError::BadImage {
                 path,
                 msg: format!(
                     "decoded size {}x{} differs from the annotation's {}x{}",
                     img.width(),
                     img.height(),
-                    ann.width,
-                    ann.height
+                    width,
+                    height
                 ),
             });
         }
@@ -488,14 +496,17 @@ fn parse_with(path: &Path, text: &str, id: &str, class_of: &mut dyn FnMut(&str) 
         if bbox[0] < 1.0 || bbox[1] < 1.0 || bbox[2] > width as f32 || bbox[3] > height as f32 {
             return Err(bad(format!("outside the {width}x{height} image (VOC boxes are 1-based, inclusive)")));
         }
+        // a crowd region is a crowd whatever <difficult> says (written 1 for tools that know no
+        // crowds): one object means one thing in both layouts ([`Object::crowd`])
+        let crowd = obj.child("iscrowd").map(|_| flag(path, obj, "iscrowd")).transpose()?.unwrap_or(false);
         objects.push(Object {
             name,
             class,
             bbox,
-            difficult: flag(path, obj, "difficult")?,
+            difficult: flag(path, obj, "difficult")? && !crowd,
             truncated: flag(path, obj, "truncated")?,
             pose: obj.child("pose").map(|p| p.text.trim().to_string()).unwrap_or_else(|| "Unspecified".into()),
-            crowd: obj.child("iscrowd").map(|_| flag(path, obj, "iscrowd")).transpose()?.unwrap_or(false),
+            crowd,
             area: None,
         });
     }
@@ -544,7 +555,7 @@ pub fn class_counts(anns: &[Annotation], n_classes: usize) -> Vec<(usize, usize)
     let mut counts = vec![(0usize, 0usize); n_classes];
     for a in anns {
         for o in &a.objects {
-            if o.difficult {
+            if o.difficult || o.crowd {
                 counts[o.class].1 += 1;
             } else {
                 counts[o.class].0 += 1;

@@ -26,7 +26,14 @@
 //!   user's own data the training split keeps the features on its domain.
 //!
 //! A tenth of the source images (`val_fraction`) is held out and gives the
-//! logged validation accuracy. The result is cached under
+//! logged validation accuracy. The source's pixels stay within
+//! `dataset.cache_mib`, as the trainer's do: a source that fits is decoded
+//! (or rendered) up front and held; a larger one is read as its crops use
+//! it, the images read first kept up to the budget and each next batch's
+//! images decoded ahead on worker threads ([`crate::trainer::batch::Streamed`]).
+//! Both give the same crops and the same weights. Crowd regions (COCO's
+//! `iscrowd`) are never samples, as difficult objects are not; background
+//! boxes avoid both. The result is cached under
 //! `<cache>/pretrain/<key>/`, where the key is a SHA-256 of everything that
 //! determines the weights: this config, the model's shape, the input
 //! normalisation and scale, the bytes of the source images and annotations,
@@ -57,21 +64,73 @@ pub use crate::config::{PretrainConfig, Source};
 use crate::config::{parse_device, TrainConfig};
 use crate::model::sgd::Sgd;
 use crate::model::{box_coder, per_roi_losses, FastRcnn, Init, ModelConfig};
+use crate::trainer::batch::{ImageSource, Streamed, AHEAD};
 
 /// The pre-training cache folder: `$OHEM_CACHE/pretrain`, else `~/.cache/ohem-harness/pretrain`.
 pub fn default_cache_dir() -> PathBuf {
     crate::cache_root().join("pretrain")
 }
 
-/// One source image: `[3, H, W]` uint8, its objects to classify (0-based
-/// boxes, labels 1..=K) and every object box (difficult ones too) that
-/// background boxes must avoid.
+/// One source image: its size, its objects to classify (0-based boxes, labels
+/// 1..=K; neither difficult nor crowd) and every object box (difficult and
+/// crowd ones too) that background boxes must avoid. Its pixels are in [`Pixels`].
 struct SourceImage {
-    image: Tensor,
+    h: i64,
+    w: i64,
     objects: Vec<(BBox, i64)>,
     avoid: Vec<BBox>,
 }
 
+/// The source's images by index: the dataset's training files, then the generated scenes.
+struct SourceFiles {
+    ds: Option<Dataset>,
+    files: Vec<(PathBuf, u32, u32)>,
+    synth_seed: u64,
+    synth: usize,
+}
+
+impl ImageSource for SourceFiles {
+    fn len(&self) -> usize {
+        self.files.len() + self.synth
+    }
+    fn decode(&self, i: usize) -> Result<image::RgbImage> {
+        match (self.files.get(i), &self.ds) {
+            (Some((path, w, h)), Some(ds)) => Ok(ds.load_image_file(path, *w, *h)?),
+            _ => {
+                let k = (i - self.files.len()) as u64;
+                Ok(synth::render_image(self.synth_seed, k, &format!("pretrain{k:06}")).0)
+            }
+        }
+    }
+}
+
+/// The source's pixels (`[3, H, W]` uint8): held, or read under the budget as crops use them.
+enum Pixels {
+    Held(Vec<Tensor>),
+    Streamed(Streamed),
+}
+
+impl Pixels {
+    fn get(&self, i: usize) -> Result<Tensor> {
+        match self {
+            Pixels::Held(v) => Ok(v[i].shallow_clone()),
+            Pixels::Streamed(s) => s.image(i),
+        }
+    }
+
+    /// Asks for the images of the next batch, so that workers decode them while this one trains.
+    fn ahead(&self, crops: Option<&[Crop]>) {
+        if let (Pixels::Streamed(s), Some(crops)) = (self, crops) {
+            let mut next: Vec<usize> = Vec::with_capacity(crops.len());
+            for c in crops {
+                if !next.contains(&c.image) {
+                    next.push(c.image);
+                }
+            }
+            s.ahead(&next);
+        }
+    }
+}
 
 /// A SHA-256 of the source: the class list, and per training image (in split
 /// order) what the pre-training reads of it: its size, its objects (class
@@ -101,25 +160,29 @@ fn fingerprint(cfg: &TrainConfig) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
-/// The source images and their class names (labels are 1 + an index into them).
-/// With both sources, a generated class takes the label of the dataset's class
-/// of the same name, or a new one.
-fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Vec<String>)> {
+/// The source images and their pixels, and their class names (labels are 1 + an
+/// index into them). With both sources, a generated class takes the label of the
+/// dataset's class of the same name, or a new one. The pixels are held when they
+/// fit `dataset.cache_mib`, else streamed under it (the module's doc).
+fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Pixels, Vec<String>)> {
     use rayon::prelude::*;
-    let to0 = |b: BBox| b.map(|v| v - 1.0);
-    let mut out = Vec::new();
+    let mut meta = Vec::new();
     let mut classes: Vec<String> = Vec::new();
+    let mut files = SourceFiles { ds: None, files: Vec::new(), synth_seed: cfg.pretrain.seed ^ 0x5052_4554_5241_494E, synth: 0 };
     if cfg.pretrain.source.uses_dataset() {
         let ds = Dataset::from_config(&cfg.dataset)?;
         let anns = ds.load_split(&cfg.dataset.train_split)?;
         if anns.is_empty() {
             bail!("pretrain.source = {:?}: split {:?} of {} is empty", cfg.pretrain.source, cfg.dataset.train_split, ds.root.display());
         }
-        out = anns.par_iter().map(|a| Ok(source_image(&ds.load_image(a)?, a, to0, &|c| c as i64 + 1))).collect::<Result<Vec<_>>>()?;
+        meta = anns.iter().map(|a| source_image(a, &|c| c as i64 + 1)).collect();
+        files.files = anns.iter().map(|a| (ds.image_path_of(a), a.width, a.height)).collect();
         classes = ds.classes.clone();
+        files.ds = Some(ds);
     }
+    let mut labels = Vec::new();
     if cfg.pretrain.source.uses_synth() {
-        let labels: Vec<i64> = synth::CLASSES
+        labels = synth::CLASSES
             .iter()
             .map(|name| {
                 let at = classes.iter().position(|c| c == name).unwrap_or_else(|| {
@@ -130,29 +193,55 @@ fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Vec<String>)> {
             })
             .collect();
         // a seed no generated split uses: these scenes are in no train or test split
-        let seed = cfg.pretrain.seed ^ 0x5052_4554_5241_494E;
-        let scenes: Vec<SourceImage> = (0..cfg.pretrain.synth_images as u64)
-            .into_par_iter()
-            .map(|i| {
-                let (img, a) = synth::render_image(seed, i, &format!("pretrain{i:06}"));
-                source_image(&img, &a, to0, &|c| labels[c])
-            })
-            .collect();
-        out.extend(scenes);
+        files.synth = cfg.pretrain.synth_images;
     }
-    if out.iter().all(|s| s.objects.is_empty()) {
+    let scene_bytes: usize = (0..files.synth as u64).map(|k| synth::scene_size(files.synth_seed, k)).map(|(w, h)| 3 * w as usize * h as usize).sum();
+    let bytes = files.files.iter().map(|f| 3 * f.1 as usize * f.2 as usize).sum::<usize>() + scene_bytes;
+    let budget = (cfg.dataset.cache_mib() as usize).saturating_mul(1 << 20);
+    let seed = files.synth_seed;
+    let render = |k: usize| synth::render_image(seed, k as u64, &format!("pretrain{k:06}"));
+    let pixels = if bytes <= budget {
+        let mut held = crate::trainer::batch::decode_all(&SourceFiles { synth: 0, ..files.clone_files() })?;
+        let scenes: Vec<(Tensor, SourceImage)> = (0..files.synth).into_par_iter().map(|k| render(k)).map(|(img, a)| (to_chw(&img), source_image(&a, &|c| labels[c]))).collect();
+        for (t, m) in scenes {
+            held.push(t);
+            meta.push(m);
+        }
+        Pixels::Held(held)
+    } else {
+        // the scenes' objects (rendered once here; their pixels again when crops use them)
+        meta.extend((0..files.synth).into_par_iter().map(|k| source_image(&render(k).1, &|c| labels[c])).collect::<Vec<_>>());
+        Pixels::Streamed(Streamed::new(std::sync::Arc::new(files), budget, cfg.pretrain.batch_size.max(AHEAD)))
+    };
+    if meta.iter().all(|s| s.objects.is_empty()) {
         bail!("pretrain: the {:?} source has no non-difficult object to learn from", cfg.pretrain.source);
     }
-    Ok((out, classes))
+    Ok((meta, pixels, classes))
 }
 
-fn source_image(img: &image::RgbImage, a: &crate::data::Annotation, to0: impl Fn(BBox) -> BBox, label: &(dyn Fn(usize) -> i64 + Sync)) -> SourceImage {
-    let (w, h) = (img.width() as i64, img.height() as i64);
+impl SourceFiles {
+    /// The same files (the dataset shared), for a decoding pass over them alone.
+    fn clone_files(&self) -> SourceFiles {
+        SourceFiles { ds: self.ds.clone(), files: self.files.clone(), synth_seed: self.synth_seed, synth: self.synth }
+    }
+}
+
+/// An annotation's size, samples and boxes to avoid (0-based boxes): difficult objects and
+/// crowd regions are no samples, but background boxes avoid them.
+fn source_image(a: &crate::data::Annotation, label: &(dyn Fn(usize) -> i64 + Sync)) -> SourceImage {
+    let to0 = |b: BBox| b.map(|v| v - 1.0);
     SourceImage {
-        image: Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous(),
-        objects: a.objects.iter().filter(|o| !o.difficult).map(|o| (to0(o.bbox), label(o.class))).collect(),
+        h: a.height as i64,
+        w: a.width as i64,
+        objects: a.objects.iter().filter(|o| !o.difficult && !o.crowd).map(|o| (to0(o.bbox), label(o.class))).collect(),
         avoid: a.objects.iter().map(|o| to0(o.bbox)).collect(),
     }
+}
+
+/// An image as `[3, H, W]` uint8.
+fn to_chw(img: &image::RgbImage) -> Tensor {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    Tensor::from_slice(img.as_raw()).view([h, w, 3]).permute([2, 0, 1]).contiguous()
 }
 
 /// One training sample: a window of a source image and a box in it.
@@ -174,7 +263,7 @@ fn draw_crops(src: &[SourceImage], images: &[usize], cfg: &TrainConfig, rng: &mu
     let p = &cfg.pretrain;
     let mut crops = Vec::new();
     let scale_of = |i: usize| {
-        let (_, h, w) = src[i].image.size3().expect("[3, H, W]");
+        let (h, w) = (src[i].h, src[i].w);
         (cfg.input.scale_for(h, w), h as f32, w as f32)
     };
     for &i in images {
@@ -227,15 +316,20 @@ fn draw_crops(src: &[SourceImage], images: &[usize], cfg: &TrainConfig, rng: &mu
 }
 
 /// Cuts and normalises a batch of crops: (`[B, 3, S, S]` windows, `[B, 5]` RoIs, `[B]` labels, `[B, 4]` targets).
-fn make_batch(src: &[SourceImage], crops: &[Crop], cfg: &TrainConfig, device: Device) -> (Tensor, Tensor, Tensor, Tensor) {
+fn make_batch(pixels: &Pixels, crops: &[Crop], cfg: &TrainConfig, device: Device) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
     let s = cfg.pretrain.window;
     let mean = Tensor::from_slice(&cfg.input.pixel_mean.map(|v| v as f32)).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&cfg.input.pixel_std.map(|v| v as f32)).view([1, 3, 1, 1]);
     let steps = (Tensor::arange(s, (Kind::Float, Device::Cpu)) + 0.5) / s as f64; // [S] fractions of the window
     let mut windows = Vec::with_capacity(crops.len());
     let (mut rois, mut gts) = (Vec::new(), Vec::new());
+    // each image of the batch read once, however many crops it gives
+    let mut images: std::collections::HashMap<usize, Tensor> = std::collections::HashMap::new();
     for c in crops {
-        let img = src[c.image].image.unsqueeze(0).to_kind(Kind::Float);
+        if !images.contains_key(&c.image) {
+            images.insert(c.image, pixels.get(c.image)?);
+        }
+        let img = images[&c.image].unsqueeze(0).to_kind(Kind::Float);
         let (h, w) = (img.size()[2] as f64, img.size()[3] as f64);
         let img = (img - &mean) / &std; // zero outside the image: the mean colour, as the detector's padding
         let [x0, y0, side] = c.window.map(|v| v as f64);
@@ -263,12 +357,12 @@ fn make_batch(src: &[SourceImage], crops: &[Crop], cfg: &TrainConfig, device: De
     let targets = box_coder::encode(&rois, &gts);
     let batch_idx = Tensor::arange(b, (Kind::Float, Device::Cpu)).unsqueeze(1);
     let labels: Vec<i64> = crops.iter().map(|c| c.label).collect();
-    (
+    Ok((
         Tensor::cat(&windows, 0).to_device(device),
         Tensor::cat(&[batch_idx, rois], 1).to_device(device),
         Tensor::from_slice(&labels).to_device(device),
         targets.to_device(device),
-    )
+    ))
 }
 
 /// One row of `pretrain.csv`.
@@ -297,15 +391,15 @@ pub const RECORD: &str = "pretrain.json";
 
 /// Trains `cfg`'s backbone into the folder `out`: the weights, the log and the record.
 fn train_into(cfg: &TrainConfig, material: &serde_json::Value, out: &Path, progress: bool) -> Result<()> {
-    let (src, classes) = load_source(cfg)?;
+    let (src, pixels, classes) = load_source(cfg)?;
     let mut record = material.clone();
     record["classes"] = serde_json::json!(classes);
     std::fs::write(out.join(RECORD), serde_json::to_string_pretty(&record)?).with_context(|| format!("writing {}", out.display()))?;
-    run(cfg, &src, classes.len(), out, progress)
+    run(cfg, &src, &pixels, classes.len(), out, progress)
 }
 
 /// Trains the classifier on crops and writes `backbone.safetensors` and `pretrain.csv` into `out`.
-fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, progress: bool) -> Result<()> {
+fn run(cfg: &TrainConfig, src: &[SourceImage], pixels: &Pixels, n_classes: usize, out: &Path, progress: bool) -> Result<()> {
     let p = &cfg.pretrain;
     let device = parse_device(&cfg.device)?;
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x7072_6574_7261_696E);
@@ -344,8 +438,10 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
         let t = Instant::now();
         let crops = draw_crops(src, train_imgs, cfg, &mut rng);
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        for chunk in crops.chunks(p.batch_size).filter(|c| c.len() >= 2) {
-            let (x, rois, labels, targets) = make_batch(src, chunk, cfg, device);
+        let chunks: Vec<&[Crop]> = crops.chunks(p.batch_size).filter(|c| c.len() >= 2).collect();
+        for (b, chunk) in chunks.iter().enumerate() {
+            let (x, rois, labels, targets) = make_batch(pixels, chunk, cfg, device)?;
+            pixels.ahead(chunks.get(b + 1).copied());
             let feats = model.features(&x, true);
             let (logits, deltas) = model.head(&feats, &rois, true);
             let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
@@ -370,7 +466,7 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
                 eprintln!("pre-training the shared backbone: epoch {}/{}, step {step}/{total}, accuracy {:.3}, {} elapsed, ETA {}", epoch + 1, p.epochs, correct as f64 / seen as f64, crate::fmt_duration(secs), crate::fmt_duration(eta));
             }
         }
-        let (val_loss, val_accuracy) = evaluate(&model, src, &val_crops, cfg, device, k);
+        let (val_loss, val_accuracy) = evaluate(&model, pixels, &val_crops, cfg, device, k)?;
         rows.push(PretrainRow {
             epoch: epoch + 1,
             crops: seen,
@@ -406,25 +502,52 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], n_classes: usize, out: &Path, pro
 }
 
 /// Mean loss and accuracy over fixed crops, in eval mode.
-fn evaluate(model: &FastRcnn, src: &[SourceImage], crops: &[Crop], cfg: &TrainConfig, device: Device, k: i64) -> (f64, f64) {
+fn evaluate(model: &FastRcnn, pixels: &Pixels, crops: &[Crop], cfg: &TrainConfig, device: Device, k: i64) -> Result<(f64, f64)> {
     if crops.is_empty() {
-        return (f64::NAN, f64::NAN);
+        return Ok((f64::NAN, f64::NAN));
     }
     let (mut loss, mut correct) = (0.0, 0i64);
-    tch::no_grad(|| {
-        for chunk in crops.chunks(cfg.pretrain.batch_size) {
-            let (x, rois, labels, targets) = make_batch(src, chunk, cfg, device);
+    tch::no_grad(|| -> Result<()> {
+        let chunks: Vec<&[Crop]> = crops.chunks(cfg.pretrain.batch_size).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
+            let (x, rois, labels, targets) = make_batch(pixels, chunk, cfg, device)?;
+            pixels.ahead(chunks.get(n + 1).copied());
             let (logits, deltas) = model.head(&model.features(&x, false), &rois, false);
             let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
             loss += (cls + loc).sum(Kind::Float).double_value(&[]);
             correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
         }
-    });
-    (loss / crops.len() as f64, correct as f64 / crops.len() as f64)
+        Ok(())
+    })?;
+    Ok((loss / crops.len() as f64, correct as f64 / crops.len() as f64))
 }
 
 /// Reads a `pretrain.csv`.
 pub fn read_log(path: &Path) -> Result<Vec<PretrainRow>> {
     let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
     r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{Annotation, Object};
+
+    /// Difficult objects and crowd regions are no samples; background boxes avoid all three kinds.
+    #[test]
+    fn crowds_and_difficult_objects_are_no_samples() {
+        let obj = |bbox: BBox, difficult: bool, crowd: bool| Object { name: "a".into(), class: 0, bbox, difficult, truncated: false, pose: "Unspecified".into(), crowd, area: None };
+        let a = Annotation {
+            id: "x".into(),
+            filename: "x.jpg".into(),
+            width: 100,
+            height: 80,
+            depth: 3,
+            objects: vec![obj([1.0, 1.0, 10.0, 10.0], false, false), obj([11.0, 11.0, 20.0, 20.0], true, false), obj([21.0, 21.0, 40.0, 40.0], false, true)],
+        };
+        let s = source_image(&a, &|c| c as i64 + 1);
+        assert_eq!((s.h, s.w), (80, 100));
+        assert_eq!(s.objects, vec![([0.0, 0.0, 9.0, 9.0], 1)], "only the plain object is a sample");
+        assert_eq!(s.avoid, vec![[0.0, 0.0, 9.0, 9.0], [10.0, 10.0, 19.0, 19.0], [20.0, 20.0, 39.0, 39.0]]);
+    }
 }

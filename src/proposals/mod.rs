@@ -215,7 +215,7 @@ pub struct RecallReport {
 pub fn recall_report(anns: &[Annotation], proposals: &[Vec<BBox>]) -> RecallReport {
     let mut best = Vec::new();
     for (a, ps) in anns.iter().zip(proposals) {
-        for o in a.objects.iter().filter(|o| !o.difficult) {
+        for o in a.objects.iter().filter(|o| !o.difficult && !o.crowd) {
             best.push(ps.iter().map(|p| iou(p, &o.bbox)).fold(0.0f32, f32::max) as f64);
         }
     }

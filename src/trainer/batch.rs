@@ -10,7 +10,10 @@
 //! drawn in random order, evicting would not hit more often), and the
 //! consumer asks for the next few images ahead ([`ImageStore::ahead`]),
 //! which worker threads decode while the network runs. Memory then stays at
-//! the budget, whatever the split's size. Both give the same tensors.
+//! the budget, whatever the split's size. Both give the same tensors. The
+//! loader itself, [`Streamed`], serves any collection of images that an
+//! [`ImageSource`] decodes by index: a split's files here, the pre-training's
+//! source ([`crate::pretrain`]) too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -33,27 +36,141 @@ pub const AHEAD: usize = 4;
 
 /// One image being decoded on a worker thread.
 struct Slot {
-    done: Mutex<Option<Result<image::RgbImage, crate::data::DataError>>>,
+    done: Mutex<Option<anyhow::Result<image::RgbImage>>>,
     ready: Condvar,
 }
 
-/// A split's images on disk, a budget of them kept decoded.
-struct DiskImages {
+/// A collection of images that can be decoded one at a time, by index.
+pub trait ImageSource: Send + Sync + 'static {
+    /// How many images there are.
+    fn len(&self) -> usize;
+    /// Decodes image `i` (RGB8), with errors that name its file.
+    fn decode(&self, i: usize) -> anyhow::Result<image::RgbImage>;
+}
+
+/// A split's image files: their paths and sizes (what decoding needs, not the annotations).
+struct SplitFiles {
     ds: Dataset,
+    files: Vec<(std::path::PathBuf, u32, u32)>,
+}
+
+impl SplitFiles {
+    fn new(ds: &Dataset, anns: &[Annotation]) -> Self {
+        SplitFiles { ds: ds.clone(), files: anns.iter().map(|a| (ds.image_path_of(a), a.width, a.height)).collect() }
+    }
+}
+
+impl ImageSource for SplitFiles {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+    fn decode(&self, i: usize) -> anyhow::Result<image::RgbImage> {
+        let (path, w, h) = &self.files[i];
+        Ok(self.ds.load_image_file(path, *w, *h)?)
+    }
+}
+
+/// Images read from their source as they are used: those read first are kept
+/// until `budget` bytes are spent (drawn in random order, evicting would not
+/// hit more often), and the next ones are decoded ahead on worker threads when
+/// the consumer asks ([`Streamed::ahead`], at most `window` in flight).
+pub struct Streamed {
+    source: Arc<dyn ImageSource>,
     budget: usize,
+    window: usize,
     /// Bytes held and the decoded images (`[3, H, W]` uint8).
     cache: Mutex<(usize, HashMap<usize, Tensor>)>,
     ahead: Mutex<HashMap<usize, Arc<Slot>>>,
+    stats: Mutex<LoaderStats>,
+}
+
+impl Streamed {
+    pub fn new(source: Arc<dyn ImageSource>, budget: usize, window: usize) -> Self {
+        Streamed { source, budget, window, cache: Mutex::new((0, HashMap::new())), ahead: Mutex::new(HashMap::new()), stats: Mutex::new(LoaderStats::default()) }
+    }
+
+    /// What the loader did so far.
+    pub fn stats(&self) -> LoaderStats {
+        *self.stats.lock().expect("loader stats")
+    }
+
+    /// Asks worker threads to decode these images now: the next ones the
+    /// consumer will use, in order (at most `window` in flight; those held or
+    /// already asked for are skipped). Images asked for before and not asked
+    /// for again are given up (a worker may finish one, unused): an image
+    /// that will not come next must not hold a slot that one that will could use.
+    pub fn ahead(&self, indices: &[usize]) {
+        let held = self.cache.lock().expect("image cache");
+        let mut ahead = self.ahead.lock().expect("prefetch slots");
+        ahead.retain(|i, _| indices.contains(i));
+        for &i in indices {
+            if ahead.len() >= self.window {
+                break;
+            }
+            if i >= self.source.len() || held.1.contains_key(&i) || ahead.contains_key(&i) {
+                continue;
+            }
+            let slot = Arc::new(Slot { done: Mutex::new(None), ready: Condvar::new() });
+            ahead.insert(i, slot.clone());
+            let source = self.source.clone();
+            rayon::spawn(move || {
+                let r = source.decode(i);
+                *slot.done.lock().expect("prefetch slot") = Some(r);
+                slot.ready.notify_all();
+            });
+        }
+    }
+
+    /// Image `i` as `[3, H, W]` uint8 on the CPU.
+    pub fn image(&self, i: usize) -> Result<Tensor> {
+        if let Some(t) = self.cache.lock().expect("image cache").1.get(&i) {
+            return Ok(t.shallow_clone());
+        }
+        let t0 = Instant::now();
+        let slot = self.ahead.lock().expect("prefetch slots").remove(&i);
+        let prefetched = slot.is_some();
+        let img = match slot {
+            Some(slot) => {
+                let mut g = slot.done.lock().expect("prefetch slot");
+                while g.is_none() {
+                    g = slot.ready.wait(g).expect("prefetch slot");
+                }
+                g.take().expect("set before notify")?
+            }
+            None => self.source.decode(i)?,
+        };
+        let t = to_chw(&img);
+        {
+            let mut st = self.stats.lock().expect("loader stats");
+            st.decoded += 1;
+            st.prefetched += prefetched as usize;
+            st.stall += t0.elapsed();
+        }
+        let bytes = img.as_raw().len();
+        let mut c = self.cache.lock().expect("image cache");
+        if c.0 + bytes <= self.budget {
+            c.0 += bytes;
+            c.1.insert(i, t.shallow_clone());
+        }
+        Ok(t)
+    }
+}
+
+/// Every image of `source`, as `[3, H, W]` uint8 tensors, decoded in parallel; each decoded
+/// copy is dropped as soon as its tensor is made, so the peak is the tensors and one image a thread.
+pub fn decode_all(source: &dyn ImageSource) -> Result<Vec<Tensor>> {
+    (0..source.len()).into_par_iter().map(|i| source.decode(i).map(|img| to_chw(&img))).collect()
 }
 
 enum Images {
     /// `[3, H, W]` uint8 on the CPU, one per image.
     Memory(Vec<Tensor>),
-    Disk(DiskImages),
+    /// Read from the dataset's files as used.
+    Disk(Streamed, Dataset),
 }
 
 /// What the loader did, for `bench data` and `metrics.csv`: images decoded from
-/// disk, those of them a worker had decoded ahead ([`ImageStore::ahead`]), and
+/// disk, those of them a worker had decoded ahead ([`Streamed::ahead`]), and
 /// the time the consumer waited for an image (decoding it itself, or waiting
 /// for a worker).
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,7 +193,6 @@ enum Proposals {
 pub struct ImageStore {
     pub anns: Vec<Annotation>,
     images: Images,
-    stats: Mutex<LoaderStats>,
     proposals: Proposals,
     /// `[G, 4]` ground truth neither difficult nor crowd, 0-based; `[G]` labels in 1..=K.
     gt: Vec<(Tensor, Tensor)>,
@@ -116,98 +232,48 @@ impl ImageStore {
 
     pub fn load(ds: &Dataset, anns: Vec<Annotation>, proposals: Vec<Vec<BBox>>, cache_mib: u64) -> Result<Self> {
         let budget = (cache_mib as usize).saturating_mul(1 << 20);
+        let files = SplitFiles::new(ds, &anns);
         if decoded_bytes(&anns) <= budget {
-            // each image becomes its tensor as it is decoded: the decoded copy is dropped at once,
-            // so memory stays at the budget (a whole split decoded and then copied peaked at twice it)
-            let images: Vec<Tensor> = anns.par_iter().map(|a| ds.load_image(a).map(|img| to_chw(&img))).collect::<Result<_, _>>()?;
             let mut s = Self::from_parts(anns, &[], &proposals);
-            s.images = Images::Memory(images);
+            s.images = Images::Memory(decode_all(&files)?);
             return Ok(s);
         }
         // check that every image is there before training starts; decoding waits for its turn
-        if let Some(a) = anns.iter().find(|a| !ds.image_path_of(a).is_file()) {
-            return Err(crate::data::DataError::MissingImage { path: ds.image_path_of(a) }.into());
+        if let Some((path, _, _)) = files.files.iter().find(|f| !f.0.is_file()) {
+            return Err(crate::data::DataError::MissingImage { path: path.clone() }.into());
         }
         let mut s = Self::from_parts(anns, &[], &proposals);
-        s.images = Images::Disk(DiskImages { ds: ds.clone(), budget, cache: Mutex::new((0, HashMap::new())), ahead: Mutex::new(HashMap::new()) });
+        s.images = Images::Disk(Streamed::new(Arc::new(files), budget, AHEAD), ds.clone());
         Ok(s)
     }
 
     /// Whether the images are read from disk as used (the split exceeds the budget).
     pub fn streams(&self) -> bool {
-        matches!(self.images, Images::Disk(_))
+        matches!(self.images, Images::Disk(..))
     }
 
-    /// What the loader did so far.
+    /// What the loader did so far (nothing for a split held in memory).
     pub fn loader_stats(&self) -> LoaderStats {
-        *self.stats.lock().expect("loader stats")
+        match &self.images {
+            Images::Disk(d, _) => d.stats(),
+            Images::Memory(_) => LoaderStats::default(),
+        }
     }
 
-    /// Asks worker threads to decode these images now: the next ones the
-    /// consumer will use, in order (at most [`AHEAD`] in flight; those held or
-    /// already asked for are skipped). Images asked for before and not asked
-    /// for again are given up (a worker may finish one, unused): an image
-    /// that will not come next must not hold a slot that one that will could
-    /// use. A no-op for a split held in memory.
+    /// Asks worker threads to decode these images now, the next ones to be used
+    /// ([`Streamed::ahead`]). A no-op for a split held in memory.
     pub fn ahead(&self, indices: &[usize]) {
-        let Images::Disk(d) = &self.images else { return };
-        let held = d.cache.lock().expect("image cache");
-        let mut ahead = d.ahead.lock().expect("prefetch slots");
-        ahead.retain(|i, _| indices.contains(i));
-        for &i in indices {
-            if ahead.len() >= AHEAD {
-                break;
-            }
-            if i >= self.anns.len() || held.1.contains_key(&i) || ahead.contains_key(&i) {
-                continue;
-            }
-            let slot = Arc::new(Slot { done: Mutex::new(None), ready: Condvar::new() });
-            ahead.insert(i, slot.clone());
-            let (ds, ann) = (d.ds.clone(), self.anns[i].clone());
-            rayon::spawn(move || {
-                let r = ds.load_image(&ann);
-                *slot.done.lock().expect("prefetch slot") = Some(r);
-                slot.ready.notify_all();
-            });
+        if let Images::Disk(d, _) = &self.images {
+            d.ahead(indices);
         }
     }
 
     /// Image `i` as `[3, H, W]` uint8 on the CPU.
     pub fn image(&self, i: usize) -> Result<Tensor> {
-        let d = match &self.images {
-            Images::Memory(v) => return Ok(v[i].shallow_clone()),
-            Images::Disk(d) => d,
-        };
-        if let Some(t) = d.cache.lock().expect("image cache").1.get(&i) {
-            return Ok(t.shallow_clone());
+        match &self.images {
+            Images::Memory(v) => Ok(v[i].shallow_clone()),
+            Images::Disk(d, _) => d.image(i),
         }
-        let t0 = Instant::now();
-        let slot = d.ahead.lock().expect("prefetch slots").remove(&i);
-        let prefetched = slot.is_some();
-        let img = match slot {
-            Some(slot) => {
-                let mut g = slot.done.lock().expect("prefetch slot");
-                while g.is_none() {
-                    g = slot.ready.wait(g).expect("prefetch slot");
-                }
-                g.take().expect("set before notify")?
-            }
-            None => d.ds.load_image(&self.anns[i])?,
-        };
-        let t = to_chw(&img);
-        {
-            let mut st = self.stats.lock().expect("loader stats");
-            st.decoded += 1;
-            st.prefetched += prefetched as usize;
-            st.stall += t0.elapsed();
-        }
-        let bytes = img.as_raw().len();
-        let mut c = d.cache.lock().expect("image cache");
-        if c.0 + bytes <= d.budget {
-            c.0 += bytes;
-            c.1.insert(i, t.shallow_clone());
-        }
-        Ok(t)
     }
 
     /// A store from decoded images and their proposals (VOC 1-based boxes).
@@ -223,7 +289,7 @@ impl ImageStore {
                 (to_tensor(&boxes), Tensor::from_slice(&labels))
             })
             .collect();
-        ImageStore { anns, images, stats: Mutex::new(LoaderStats::default()), proposals, gt }
+        ImageStore { anns, images, proposals, gt }
     }
 
     /// Keeps the images whose annotation passes `keep`; returns how many were dropped.
@@ -237,10 +303,9 @@ impl ImageStore {
                 let mut it = flags.iter();
                 v.retain(|_| *it.next().expect("one flag per image"));
             }
-            Images::Disk(d) => {
-                // held and asked-for images are keyed by index: start again
-                *d.cache.get_mut().expect("image cache") = (0, HashMap::new());
-                d.ahead.get_mut().expect("prefetch slots").clear();
+            Images::Disk(d, ds) => {
+                // held and asked-for images are keyed by index: start again over the images kept
+                *d = Streamed::new(Arc::new(SplitFiles::new(ds, &self.anns)), d.budget, d.window);
             }
         }
         if let Proposals::Memory(v) = &mut self.proposals {
@@ -261,10 +326,10 @@ impl ImageStore {
         self.anns.is_empty()
     }
 
-    /// `[P]` each proposal's best IoU with a difficult box of image `i` (0 when
-    /// it has none), in the original image's pixels (IoU does not change with the scale).
+    /// `[P]` each proposal's best IoU with a difficult box or a crowd region of image `i`
+    /// (0 when it has none), in the original image's pixels (IoU does not change with the scale).
     pub fn difficult_iou(&self, i: usize) -> Result<Tensor> {
-        let boxes: Vec<BBox> = self.anns[i].objects.iter().filter(|o| o.difficult).map(|o| o.bbox).collect();
+        let boxes: Vec<BBox> = self.anns[i].objects.iter().filter(|o| o.difficult || o.crowd).map(|o| o.bbox).collect();
         let p = self.proposals_of(i)?;
         if boxes.is_empty() {
             return Ok(Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device())));
