@@ -43,55 +43,66 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
         cases.push(Case { name: "vgg16 @ 600x800", backbone: Backbone::Vgg16, h: 600, w: 800, proposals_per_image: 2000, iters: iters.min(3) });
     }
     println!("training iteration, N = 2 images, B = 128 RoIs, device {device:?} ({}):", cuda_state());
-    for c in cases {
-        let mut cfg = bench_config(if c.backbone == Backbone::Vgg16 { VGG16 } else { SMALL })?;
-        cfg.model.fc_dim = None; // the backbone's own width (512 small, 4096 VGG16)
-        let (vs, model) = build_model(&cfg, device, 20, None)?;
-        let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
-        let images = Tensor::randn([2, 3, c.h, c.w], (Kind::Float, device));
-        let props: Vec<Tensor> = (0..2).map(|_| random_rois(c.proposals_per_image, c.h, c.w, device)).collect();
-        // 64 RoIs per image, as the fixed-ratio sampler would pick
-        let rois = Tensor::cat(&props.iter().enumerate().map(|(b, p)| roi_pool::with_batch_index(b as i64, &p.narrow(0, 0, 64))).collect::<Vec<_>>(), 0);
-        let labels = Tensor::randint(21, [128], (Kind::Int64, device));
-        let targets = Tensor::randn([128, 4], (Kind::Float, device)) * 0.5;
-        let mut t = [0f64; 4];
-        for i in 0..c.iters + 1 {
-            let t0 = Instant::now();
-            let feats = model.features(&images, true);
-            sync(device);
-            let t1 = Instant::now();
-            let pooled = model.pool(&feats, &rois);
-            sync(device);
-            let t2 = Instant::now();
-            let (logits, deltas) = model.head_from_pooled(&pooled, true);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, 20);
-            let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, 128);
-            sync(device);
-            let t3 = Instant::now();
-            (loss_cls + loss_bbox).backward();
-            opt.step(1e-3);
-            sync(device);
-            let t4 = Instant::now();
-            if i > 0 {
-                // the first iteration is a warm-up
-                for (k, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4)].into_iter().enumerate() {
-                    t[k] += (b - a).as_secs_f64() * 1e3 / c.iters as f64;
-                }
+    for c in &cases {
+        time_case(c, device)?;
+    }
+    roi_pool_against_reference(device);
+    roi_pool_at_trainer_sizes(device);
+    Ok(())
+}
+
+/// One case's line: ms per iteration in each stage, the first iteration a warm-up, and the peak RSS.
+fn time_case(c: &Case, device: Device) -> Result<()> {
+    let mut cfg = bench_config(if c.backbone == Backbone::Vgg16 { VGG16 } else { SMALL })?;
+    cfg.model.fc_dim = None; // the backbone's own width (512 small, 4096 VGG16)
+    let (vs, model) = build_model(&cfg, device, 20, None)?;
+    let mut opt = Sgd::new(&vs, cfg.train.momentum, cfg.train.weight_decay);
+    let images = Tensor::randn([2, 3, c.h, c.w], (Kind::Float, device));
+    let props: Vec<Tensor> = (0..2).map(|_| random_rois(c.proposals_per_image, c.h, c.w, device)).collect();
+    // 64 RoIs per image, as the fixed-ratio sampler would pick
+    let rois = Tensor::cat(&props.iter().enumerate().map(|(b, p)| roi_pool::with_batch_index(b as i64, &p.narrow(0, 0, 64))).collect::<Vec<_>>(), 0);
+    let labels = Tensor::randint(21, [128], (Kind::Int64, device));
+    let targets = Tensor::randn([128, 4], (Kind::Float, device)) * 0.5;
+    let mut t = [0f64; 4];
+    for i in 0..c.iters + 1 {
+        let t0 = Instant::now();
+        let feats = model.features(&images, true);
+        sync(device);
+        let t1 = Instant::now();
+        let pooled = model.pool(&feats, &rois);
+        sync(device);
+        let t2 = Instant::now();
+        let (logits, deltas) = model.head_from_pooled(&pooled, true);
+        let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, 20);
+        let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, 128);
+        sync(device);
+        let t3 = Instant::now();
+        (loss_cls + loss_bbox).backward();
+        opt.step(1e-3);
+        sync(device);
+        let t4 = Instant::now();
+        if i > 0 {
+            // the first iteration is a warm-up
+            for (k, (a, b)) in [(t0, t1), (t1, t2), (t2, t3), (t3, t4)].into_iter().enumerate() {
+                t[k] += (b - a).as_secs_f64() * 1e3 / c.iters as f64;
             }
         }
-        println!(
-            "  {:<28} {:>8.1} ms/iter = backbone {:.1} + RoI pooling {:.1} + head {:.1} + backward/step {:.1}; peak RSS {:.0} MiB",
-            c.name,
-            t.iter().sum::<f64>(),
-            t[0],
-            t[1],
-            t[2],
-            t[3],
-            peak_rss_mib().unwrap_or(f64::NAN)
-        );
     }
+    println!(
+        "  {:<28} {:>8.1} ms/iter = backbone {:.1} + RoI pooling {:.1} + head {:.1} + backward/step {:.1}; peak RSS {:.0} MiB",
+        c.name,
+        t.iter().sum::<f64>(),
+        t[0],
+        t[1],
+        t[2],
+        t[3],
+        peak_rss_mib().unwrap_or(f64::NAN)
+    );
+    Ok(())
+}
 
-    // RoI pooling against the slow per-RoI reference, forward + backward, same inputs.
+/// RoI pooling against the slow per-RoI reference, forward + backward, same inputs.
+fn roi_pool_against_reference(device: Device) {
     let feats = Tensor::randn([2, 128, 14, 18], (Kind::Float, device)).set_requires_grad(true);
     let rois = Tensor::cat(&(0..2).map(|b| roi_pool::with_batch_index(b, &random_rois(64, 224, 288, device))).collect::<Vec<_>>(), 0);
     let time = |f: &dyn Fn() -> Tensor, reps: usize| {
@@ -105,7 +116,10 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
     let fast = time(&|| roi_pool::roi_pool(&feats, &rois, 7, 2, 1.0 / 16.0), 20);
     let slow = time(&|| roi_pool::roi_pool_reference(&feats, &rois, 7, 2, 1.0 / 16.0), 3);
     println!("RoI pooling, 128 RoIs on [2, 128, 14, 18], forward + backward: {fast:.2} ms vs per-RoI reference {slow:.1} ms: {:.1}x faster", slow / fast);
+}
 
+/// RoI pooling alone at the trainer's sizes, forward, backward and forward without a gradient.
+fn roi_pool_at_trainer_sizes(device: Device) {
     // RoI pooling alone at the trainer's sizes: the default model's features (stride 8 on
     // 224x288), as many RoIs as fixed ratio, the default proposals plus ground truth, and all RoIs
     let feats = Tensor::randn([2, 128, 28, 36], (Kind::Float, device)).set_requires_grad(true);
@@ -132,5 +146,4 @@ pub fn train(iters: usize, vgg16: bool) -> Result<()> {
         let (f, b) = (m(&fwd), m(&both));
         println!("  {:>5} RoIs: forward {f:.1} ms, then a weighted sum and the backward {:.1} ms; forward without a gradient {:.1} ms", 2 * per_image, b - f, m(&fwd_only));
     }
-    Ok(())
 }
