@@ -84,8 +84,25 @@ pub fn target_curve_csv(results: &Path, points: &[TargetPoint]) -> Result<()> {
 
 /// Writes summary.csv, speedups.csv, map_diffs.csv, verdicts.csv, findings.csv, mining.csv and runs.csv (polars).
 pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], findings: &[Finding]) -> Result<()> {
+    let mut summary_df = summary_frame(agg)?;
+    let mut speed_df = speedups_frame(speedups)?;
+    let mut verdict_df = verdicts_frame(verdicts)?;
+    let mut mining_df = mining_frame(agg)?;
+    let mut diff_df = map_diffs_frame(map_diffs)?;
+    let mut findings_df = findings_frame(findings)?;
+    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("findings.csv", &mut findings_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
+        let mut buf = Vec::new();
+        CsvWriter::new(&mut buf).finish(df)?;
+        write_file(&results.join(name), &buf)?;
+    }
+
+    Ok(())
+}
+
+/// summary.csv: one row per arm, its seeds, and each measure's mean and std over them.
+fn summary_frame(agg: &Aggregate) -> PolarsResult<DataFrame> {
     let f = |v: Option<(f64, f64)>, i: usize| v.map(|x| if i == 0 { x.0 } else { x.1 }).filter(|x| x.is_finite());
-    let mut summary_df = df!(
+    df!(
         "arm" => agg.summaries.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
         "seeds" => agg.summaries.iter().map(|s| s.seeds as u64).collect::<Vec<_>>(),
         "failed" => agg.summaries.iter().map(|s| s.failed as u64).collect::<Vec<_>>(),
@@ -105,8 +122,12 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "time_to_target_std" => agg.summaries.iter().map(|s| f(s.time_to_target, 1)).collect::<Vec<_>>(),
         "reached_target" => agg.summaries.iter().map(|s| s.reached as u64).collect::<Vec<_>>(),
         "did_not_finish" => agg.summaries.iter().map(|s| (s.seeds - s.reached) as u64).collect::<Vec<_>>()
-    )?;
-    let mut speed_df = df!(
+    )
+}
+
+/// speedups.csv: one row per speed-up, with its 95% and family intervals.
+fn speedups_frame(speedups: &[Speedup]) -> PolarsResult<DataFrame> {
+    df!(
         "baseline" => speedups.iter().map(|s| s.baseline.clone()).collect::<Vec<_>>(),
         "arm" => speedups.iter().map(|s| s.arm.clone()).collect::<Vec<_>>(),
         "measure" => speedups.iter().map(|s| s.measure.name()).collect::<Vec<_>>(),
@@ -118,8 +139,12 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "ci_family_hi" => speedups.iter().map(|s| s.fw_hi).collect::<Vec<_>>(),
         "family_interval" => speedups.iter().map(|s| family_text(s.family)).collect::<Vec<_>>(),
         "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
-    )?;
-    let mut verdict_df = df!(
+    )
+}
+
+/// verdicts.csv: one row per claim's verdict.
+fn verdicts_frame(verdicts: &[Verdict]) -> PolarsResult<DataFrame> {
+    df!(
         "claim" => verdicts.iter().map(|v| v.claim.clone()).collect::<Vec<_>>(),
         "baseline" => verdicts.iter().map(|v| v.baseline.clone()).collect::<Vec<_>>(),
         "arm" => verdicts.iter().map(|v| v.arm.clone()).collect::<Vec<_>>(),
@@ -140,9 +165,13 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "note" => verdicts.iter().map(|v| v.note.clone()).collect::<Vec<_>>(),
         "regime" => verdicts.iter().map(|v| v.regime.describe()).collect::<Vec<_>>(),
         "claim_regime_differs_in" => verdicts.iter().map(|v| v.differs.join("; ")).collect::<Vec<_>>()
-    )?;
+    )
+}
+
+/// mining.csv: one row per run and mining round.
+fn mining_frame(agg: &Aggregate) -> PolarsResult<DataFrame> {
     let mining_runs: Vec<(&RunLog, &MiningRow)> = agg.runs.iter().flat_map(|r| r.mining.iter().map(move |m| (r, m))).collect();
-    let mut mining_df = df!(
+    df!(
         "arm" => mining_runs.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
         "seed" => mining_runs.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
         "round" => mining_runs.iter().map(|(_, m)| m.round as u64).collect::<Vec<_>>(),
@@ -162,8 +191,12 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "random_on_difficult" => mining_runs.iter().map(|(_, m)| m.stats.random_on_difficult).collect::<Vec<_>>(),
         "mined_no_box" => mining_runs.iter().map(|(_, m)| m.stats.mined_no_box).collect::<Vec<_>>(),
         "random_no_box" => mining_runs.iter().map(|(_, m)| m.stats.random_no_box).collect::<Vec<_>>()
-    )?;
-    let mut diff_df = df!(
+    )
+}
+
+/// map_diffs.csv: one row per difference of the final metric, with its 95% and family intervals.
+fn map_diffs_frame(map_diffs: &[MapDiff]) -> PolarsResult<DataFrame> {
+    df!(
         "baseline" => map_diffs.iter().map(|d| d.baseline.clone()).collect::<Vec<_>>(),
         "arm" => map_diffs.iter().map(|d| d.arm.clone()).collect::<Vec<_>>(),
         "final_map_diff" => map_diffs.iter().map(|d| d.diff.map(|x| x.value)).collect::<Vec<_>>(),
@@ -176,8 +209,12 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "family_interval" => map_diffs.iter().map(|d| family_text(d.family)).collect::<Vec<_>>(),
         "baseline_seeds" => map_diffs.iter().map(|d| d.baseline_seeds as u64).collect::<Vec<_>>(),
         "arm_seeds" => map_diffs.iter().map(|d| d.arm_seeds as u64).collect::<Vec<_>>()
-    )?;
-    let mut findings_df = df!(
+    )
+}
+
+/// findings.csv: one row per finding.
+fn findings_frame(findings: &[Finding]) -> PolarsResult<DataFrame> {
+    df!(
         "baseline" => findings.iter().map(|f| f.baseline.clone()).collect::<Vec<_>>(),
         "arm" => findings.iter().map(|f| f.arm.clone()).collect::<Vec<_>>(),
         "measure" => findings.iter().map(|f| f.measure.clone()).collect::<Vec<_>>(),
@@ -186,18 +223,10 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
         "ci_hi" => findings.iter().map(|f| f.ci_hi).collect::<Vec<_>>(),
         "interval" => findings.iter().map(|f| f.interval.clone()).collect::<Vec<_>>(),
         "finding" => findings.iter().map(|f| f.finding.clone()).collect::<Vec<_>>()
-    )?;
-    for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("findings.csv", &mut findings_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
-        let mut buf = Vec::new();
-        CsvWriter::new(&mut buf).finish(df)?;
-        write_file(&results.join(name), &buf)?;
-    }
-
-    Ok(())
+    )
 }
 
-/// The text of summary.md.
-#[allow(clippy::too_many_arguments)]
+
 /// One table row per arm and mining round: each column's mean over the seeds
 /// that ran that round, to its digits.
 fn mining_rows(md: &mut String, agg: &Aggregate, arms: &[&String], cols: &[(fn(&MiningRow) -> Option<f64>, usize)]) {
@@ -212,16 +241,39 @@ fn mining_rows(md: &mut String, agg: &Aggregate, arms: &[&String], cols: &[(fn(&
     }
 }
 
+/// The text of summary.md.
+#[allow(clippy::too_many_arguments)]
 pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff], verdicts: &[Verdict], findings: &[Finding], warnings: &[Warning], unreadable: &[String], charts: &[String]) -> String {
     let metric_name = agg.metric().column();
     let mut md = format!("# {}: summary\n\nGenerated by `harness report {}` from the logs alone. Metric: {metric_name} on the test split.\n\n", agg.meta.name, results.display());
+    verdicts_section(&mut md, verdicts, agg.metric());
+    findings_section(&mut md, findings);
+    warnings_section(&mut md, warnings);
+    arms_table(&mut md, agg);
+    speedups_table(&mut md, speedups);
+    map_diffs_table(&mut md, map_diffs, metric_name);
+    mining_tables(&mut md, agg);
+    cells_left_out(&mut md, agg, unreadable);
+    md.push_str("\nCharts:\n\n");
+    for c in charts {
+        md.push_str(&format!("![{c}]({c})\n"));
+    }
+    md
+}
+
+/// "## Verdicts": the rule, then one line per verdict; nothing without verdicts.
+fn verdicts_section(md: &mut String, verdicts: &[Verdict], metric: Metric) {
     if !verdicts.is_empty() {
         md.push_str(&format!("## Verdicts\n\nA claim \"about Rx\" is supported when the interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise. The interval is 95% when fewer than {FAMILY_MIN} arms are compared with the claim's baseline, and otherwise Bonferroni's over all of them (each at 1 − 0.05 / m), so that the words about one baseline hold together at 95%.\n\n"));
         for v in verdicts {
-            md.push_str(&format!("- {}\n", verdict_line(v, agg.metric())));
+            md.push_str(&format!("- {}\n", verdict_line(v, metric)));
         }
         md.push('\n');
     }
+}
+
+/// "## Findings": one line per comparison the report makes.
+fn findings_section(md: &mut String, findings: &[Finding]) {
     md.push_str(&format!("## Findings\n\nEvery comparison the report makes, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Against a baseline compared with {FAMILY_MIN} or more arms, the interval is Bonferroni's over that family. Also in `findings.csv`.\n\n"));
     for f in findings {
         md.push_str(&format!("- {}\n", finding_line(f)));
@@ -230,6 +282,10 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
         md.push_str("- None: a comparison needs two arms with finished cells.\n");
     }
     md.push('\n');
+}
+
+/// "## Warnings", when there are any.
+fn warnings_section(md: &mut String, warnings: &[Warning]) {
     if !warnings.is_empty() {
         md.push_str("## Warnings\n\n");
         for w in warnings {
@@ -237,6 +293,11 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
         }
         md.push('\n');
     }
+}
+
+/// "## Arms": what time to target means, then one row per arm.
+fn arms_table(md: &mut String, agg: &Aggregate) {
+    let metric_name = agg.metric().column();
     md.push_str("## Arms\n\n");
     md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed); for the per-epoch and per-iteration columns, the std over seeds of each seed's mean over its epochs.\n\n", agg.target_note));
     md.push_str(&format!("| arm | seeds | failed | final {metric_name} | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
@@ -257,6 +318,10 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             s.seeds
         ));
     }
+}
+
+/// The speed-ups, one row each.
+fn speedups_table(md: &mut String, speedups: &[Speedup]) {
     md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, with a 95% t-interval on the log scale (delta method), paired by seed when both arms ran the same seeds and Welch's otherwise; — with one seed.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
     for s in speedups {
         md.push_str(&format!(
@@ -269,6 +334,10 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             s.note
         ));
     }
+}
+
+/// The differences of the final metric, one row each.
+fn map_diffs_table(md: &mut String, map_diffs: &[MapDiff], metric_name: &str) {
     md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with a 95% t-interval (paired by seed when both arms ran the same seeds, Welch's otherwise). An interval that excludes 0 is a difference these seeds resolve; one that spans 0 is not resolved. Pairs of arms trained for different numbers of epochs are left out.\n\n| baseline | arm | difference | 95% CI | interval |\n|---|---|---|---|---|\n"));
     for d in map_diffs {
         md.push_str(&format!(
@@ -280,11 +349,16 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             d.diff.map(interval_kind).unwrap_or_default()
         ));
     }
+}
+
+/// Offline mining per round, for the arms that mine: what was mined, and where the
+/// mined negatives lie (for logs that have those columns).
+fn mining_tables(md: &mut String, agg: &Aggregate) {
     let miners: Vec<&String> = agg.meta.arms.iter().filter(|a| agg.by_arm(a).iter().any(|r| r.mines())).collect();
     if !miners.is_empty() {
         md.push_str("\nOffline mining, per round (mean over seeds): hard negatives in the cache, their mean loss against a random negative's, and the share of the previous round's cache the model still rates hard.\n\n| arm | round | mined | images left empty | mined loss | random loss | mined fg score | random fg score | previous cache still hard |\n|---|---|---|---|---|---|---|---|---|\n");
         let stat = |f: fn(&MiningRow) -> Option<f64>, digits: usize| (f, digits);
-        mining_rows(&mut md, agg, &miners, &[
+        mining_rows(md, agg, &miners, &[
             stat(|m| Some(m.stats.mined as f64), 0),
             stat(|m| Some(m.stats.empty_images as f64), 1),
             stat(|m| m.stats.mined_loss, 3),
@@ -297,7 +371,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
         let placed: Vec<&String> = miners.iter().copied().filter(|a| agg.by_arm(a).iter().any(|r| r.mining.iter().any(|m| m.stats.mined_gt_iou.is_some()))).collect();
         if !placed.is_empty() {
             md.push_str("\nWhere the mined negatives lie, per round (mean over seeds), against every eligible negative (what a random pick would give): mean best IoU with a labelled box; share on a difficult box (IoU ≥ 0.5 with one); share touching no box (IoU < 0.1 with every box, difficult ones included). Also in `mining.csv`.\n\n| arm | round | mined: IoU with a labelled box | random | mined: on a difficult box | random | mined: touching no box | random |\n|---|---|---|---|---|---|---|---|\n");
-            mining_rows(&mut md, agg, &placed, &[
+            mining_rows(md, agg, &placed, &[
                 stat(|m| m.stats.mined_gt_iou, 3),
                 stat(|m| m.stats.random_gt_iou, 3),
                 stat(|m| m.stats.mined_on_difficult, 3),
@@ -307,7 +381,10 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             ]);
         }
     }
-    // every cell that is not in the tables, and why: failed, still running, not started, unreadable
+}
+
+/// Every cell that is not in the tables, and why: failed, still running, not started, unreadable.
+fn cells_left_out(md: &mut String, agg: &Aggregate, unreadable: &[String]) {
     use crate::rundir::State;
     let not_done: Vec<&RunLog> = agg.runs.iter().filter(|r| r.state != State::Done).collect();
     if !not_done.is_empty() || !unreadable.is_empty() {
@@ -322,9 +399,4 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
             md.push_str(&format!("- unreadable, left out: {u}\n"));
         }
     }
-    md.push_str("\nCharts:\n\n");
-    for c in charts {
-        md.push_str(&format!("![{c}]({c})\n"));
-    }
-    md
 }

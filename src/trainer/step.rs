@@ -55,91 +55,22 @@ pub fn train_step(
     batch: &[batch::Prepared],
     cfg: &TrainConfig,
 ) -> Result<IterOut> {
-    let k = model.num_classes;
     let images = collate(batch); // [N, 3, H, W]
     let feats = model.features(&images, true); // [N, C, H/16, W/16]
     let per_image = cfg.rois_per_image();
     let fg_thresh = cfg.sampler.fg_thresh();
 
     // Assignment: proposals first, then ground truth as extra RoIs.
-    let (assigned, sizes, all_rois, all_labels, all_targets) = scoped("ohem::assign", || {
-        let assigned: Vec<ImageRois> = batch
-            .iter()
-            .map(|p| {
-                let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
-                sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
-            })
-            .collect();
-        let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
-        let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
-        let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
-        let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
-        (assigned, sizes, all_rois, all_labels, all_targets)
-    });
+    let a = scoped("ohem::assign", || assign(batch, fg_thresh));
     let loss_cfg = sampler.loss();
 
     // Selection, as offsets into the concatenated RoIs.
     let (mode, needs_losses) = (sampler.backprop(), sampler.needs_roi_losses());
-    // Weights: `None` unless some image's pick carries them (then 1 for the others).
-    let mut select = |losses: Option<&[RoiLosses]>| -> (Tensor, Option<Tensor>) {
-        let _scope = super::scope::Scope::new("ohem::select");
-        let mut offset = 0i64;
-        let picks: Vec<Picked> = assigned.iter().enumerate().map(|(b, a)| sampler.select_weighted(a, losses.map(|l| &l[b]), per_image)).collect();
-        let weighted = picks.iter().any(|p| p.weight.is_some());
-        let (mut idx, mut weight) = (Vec::with_capacity(picks.len()), Vec::with_capacity(picks.len()));
-        for (b, p) in picks.into_iter().enumerate() {
-            if weighted {
-                weight.push(p.weight.unwrap_or_else(|| Tensor::ones([p.idx.size()[0]], (Kind::Float, p.idx.device()))));
-            }
-            idx.push(p.idx + offset);
-            offset += sizes[b];
-        }
-        (Tensor::cat(&idx, 0), weighted.then(|| Tensor::cat(&weight, 0))) // [S], [S]
-    };
+    let select = |losses: Option<&[RoiLosses]>| select_offsets(sampler, &a, losses, per_image);
 
-    let (loss_cls, loss_bbox, cls, loc, sel, ranked): (Tensor, Tensor, Tensor, Tensor, Tensor, Option<Vec<RoiLosses>>) = match mode {
-        Backprop::Selected => {
-            let ranked = needs_losses.then(|| {
-                tch::no_grad(|| {
-                    let (logits, deltas) = head(model, &feats.detach(), &all_rois, false);
-                    scoped("ohem::loss", || {
-                        let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-                        split_losses(&cls, &loc, &logits, &deltas, &sizes)
-                    })
-                })
-            });
-            let (sel, weight) = select(ranked.as_deref());
-            empty_check(&sel, batch)?;
-            let (logits, deltas) = head(model, &feats, &scoped("ohem::select", || all_rois.index_select(0, &sel)), true);
-            let (gt, boxes, labels, targets) = scoped("ohem::select", || {
-                let gt = all_gt_index(&assigned, batch).index_select(0, &sel);
-                let boxes = all_rois.index_select(0, &sel).narrow(1, 1, 4);
-                (gt, boxes, all_labels.index_select(0, &sel), all_targets.index_select(0, &sel))
-            });
-            let s = loss::Selected { logits: &logits, deltas: &deltas, labels: &labels, targets: &targets, boxes: &boxes, gt: &gt, weight: weight.as_ref() };
-            let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || loss::minibatch(&s, &loss_cfg, k));
-            (loss_cls, loss_bbox, cls, loc, sel, ranked)
-        }
-        Backprop::MaskedAll => {
-            if loss_cfg != LossConfig::default() {
-                bail!("the masked mode trains with Fast R-CNN's loss only (the sampler asks for {loss_cfg:?})");
-            }
-            let (logits, deltas) = head(model, &feats, &all_rois, true);
-            let (cls, loc, ranked) = scoped("ohem::loss", || {
-                let (cls, loc) = per_roi_losses(&logits, &deltas, &all_labels, &all_targets, k);
-                let ranked = split_losses(&cls.detach(), &loc.detach(), &logits.detach(), &deltas.detach(), &sizes);
-                (cls, loc, ranked)
-            });
-            let (sel, weight) = select(Some(&ranked));
-            empty_check(&sel, batch)?;
-            let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || {
-                let mask = Tensor::zeros_like(&cls).index_copy(0, &sel, &weight.unwrap_or_else(|| Tensor::ones([sel.size()[0]], (Kind::Float, cls.device()))));
-                let (cls, loc) = (cls * &mask, loc * mask.gt(0.0).to_kind(Kind::Float));
-                let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, sel.size()[0]);
-                (loss_cls, loss_bbox, cls, loc)
-            });
-            (loss_cls, loss_bbox, cls, loc, sel, Some(ranked))
-        }
+    let Losses { loss_cls, loss_bbox, cls, loc, sel, ranked } = match mode {
+        Backprop::Selected => backprop_selected(model, &feats, &a, batch, select, needs_losses, &loss_cfg)?,
+        Backprop::MaskedAll => backprop_masked_all(model, &feats, &a, batch, select, &loss_cfg)?,
     };
     let n_sel = sel.size()[0];
     (&loss_cls + &loss_bbox).backward();
@@ -151,6 +82,7 @@ pub fn train_step(
     }
     // The logs' statistics, beyond the step itself.
     let _stats = super::scope::Scope::new("ohem::stats");
+    let Assignment { sizes, all_labels, .. } = &a;
     let all_loss = ranked.map(|ls| {
         let s: f64 = ls.iter().map(|l| scalar(&(&l.cls + &l.loc).sum(Kind::Float))).sum();
         (s, sizes.iter().sum())
@@ -166,6 +98,133 @@ pub fn train_step(
         images: batch.len() as i64,
         rois_all: sizes.iter().sum(),
     })
+}
+
+/// The minibatch's RoIs after assignment: each image's, their counts, and all
+/// of them concatenated (boxes with their image's index, labels, targets).
+struct Assignment {
+    assigned: Vec<ImageRois>,
+    sizes: Vec<i64>,
+    /// `[ΣR, 5]`
+    all_rois: Tensor,
+    /// `[ΣR]`
+    all_labels: Tensor,
+    /// `[ΣR, 4]`
+    all_targets: Tensor,
+}
+
+/// Assigns each image's RoIs, its proposals first and then its ground truth as extra RoIs.
+fn assign(batch: &[batch::Prepared], fg_thresh: f64) -> Assignment {
+    let assigned: Vec<ImageRois> = batch
+        .iter()
+        .map(|p| {
+            let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
+            sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
+        })
+        .collect();
+    let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
+    let all_rois = Tensor::cat(&assigned.iter().enumerate().map(|(b, a)| roi_pool::with_batch_index(b as i64, &a.rois)).collect::<Vec<_>>(), 0); // [ΣR, 5]
+    let all_labels = Tensor::cat(&assigned.iter().map(|a| a.labels.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR]
+    let all_targets = Tensor::cat(&assigned.iter().map(|a| a.targets.shallow_clone()).collect::<Vec<_>>(), 0); // [ΣR, 4]
+    Assignment { assigned, sizes, all_rois, all_labels, all_targets }
+}
+
+/// The sampler's pick in each image, as offsets into the concatenated RoIs `[S]`,
+/// with the weights `[S]`: `None` unless some image's pick carries them (then 1 for the others).
+fn select_offsets(sampler: &mut dyn sampler::Sampler, a: &Assignment, losses: Option<&[RoiLosses]>, per_image: i64) -> (Tensor, Option<Tensor>) {
+    let Assignment { assigned, sizes, .. } = a;
+    let _scope = super::scope::Scope::new("ohem::select");
+    let mut offset = 0i64;
+    let picks: Vec<Picked> = assigned.iter().enumerate().map(|(b, a)| sampler.select_weighted(a, losses.map(|l| &l[b]), per_image)).collect();
+    let weighted = picks.iter().any(|p| p.weight.is_some());
+    let (mut idx, mut weight) = (Vec::with_capacity(picks.len()), Vec::with_capacity(picks.len()));
+    for (b, p) in picks.into_iter().enumerate() {
+        if weighted {
+            weight.push(p.weight.unwrap_or_else(|| Tensor::ones([p.idx.size()[0]], (Kind::Float, p.idx.device()))));
+        }
+        idx.push(p.idx + offset);
+        offset += sizes[b];
+    }
+    (Tensor::cat(&idx, 0), weighted.then(|| Tensor::cat(&weight, 0))) // [S], [S]
+}
+
+/// The minibatch's loss, ready for the backward: its two terms, the per-RoI
+/// losses it sums (`[S]`, or `[ΣR]` zero where unselected in the masked mode),
+/// the selected offsets, and every image's RoI losses when they were computed.
+struct Losses {
+    loss_cls: Tensor,
+    loss_bbox: Tensor,
+    cls: Tensor,
+    loc: Tensor,
+    sel: Tensor,
+    ranked: Option<Vec<RoiLosses>>,
+}
+
+/// `Backprop::Selected`: the losses of every RoI from a read-only forward when
+/// the sampler ranks by them, then the head with gradients over the selected RoIs alone.
+fn backprop_selected(
+    model: &FastRcnn,
+    feats: &Tensor,
+    a: &Assignment,
+    batch: &[batch::Prepared],
+    select: impl FnOnce(Option<&[RoiLosses]>) -> (Tensor, Option<Tensor>),
+    needs_losses: bool,
+    loss_cfg: &LossConfig,
+) -> Result<Losses> {
+    let k = model.num_classes;
+    let Assignment { assigned, sizes, all_rois, all_labels, all_targets } = a;
+    let ranked = needs_losses.then(|| {
+        tch::no_grad(|| {
+            let (logits, deltas) = head(model, &feats.detach(), all_rois, false);
+            scoped("ohem::loss", || {
+                let (cls, loc) = per_roi_losses(&logits, &deltas, all_labels, all_targets, k);
+                split_losses(&cls, &loc, &logits, &deltas, sizes)
+            })
+        })
+    });
+    let (sel, weight) = select(ranked.as_deref());
+    empty_check(&sel, batch)?;
+    let (logits, deltas) = head(model, feats, &scoped("ohem::select", || all_rois.index_select(0, &sel)), true);
+    let (gt, boxes, labels, targets) = scoped("ohem::select", || {
+        let gt = all_gt_index(assigned, batch).index_select(0, &sel);
+        let boxes = all_rois.index_select(0, &sel).narrow(1, 1, 4);
+        (gt, boxes, all_labels.index_select(0, &sel), all_targets.index_select(0, &sel))
+    });
+    let s = loss::Selected { logits: &logits, deltas: &deltas, labels: &labels, targets: &targets, boxes: &boxes, gt: &gt, weight: weight.as_ref() };
+    let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || loss::minibatch(&s, loss_cfg, k));
+    Ok(Losses { loss_cls, loss_bbox, cls, loc, sel, ranked })
+}
+
+/// `Backprop::MaskedAll`: the head with gradients over every RoI, the sampler
+/// ranking by those losses (detached), the unselected RoIs' losses multiplied by zero.
+fn backprop_masked_all(
+    model: &FastRcnn,
+    feats: &Tensor,
+    a: &Assignment,
+    batch: &[batch::Prepared],
+    select: impl FnOnce(Option<&[RoiLosses]>) -> (Tensor, Option<Tensor>),
+    loss_cfg: &LossConfig,
+) -> Result<Losses> {
+    let k = model.num_classes;
+    let Assignment { sizes, all_rois, all_labels, all_targets, .. } = a;
+    if *loss_cfg != LossConfig::default() {
+        bail!("the masked mode trains with Fast R-CNN's loss only (the sampler asks for {loss_cfg:?})");
+    }
+    let (logits, deltas) = head(model, feats, all_rois, true);
+    let (cls, loc, ranked) = scoped("ohem::loss", || {
+        let (cls, loc) = per_roi_losses(&logits, &deltas, all_labels, all_targets, k);
+        let ranked = split_losses(&cls.detach(), &loc.detach(), &logits.detach(), &deltas.detach(), sizes);
+        (cls, loc, ranked)
+    });
+    let (sel, weight) = select(Some(&ranked));
+    empty_check(&sel, batch)?;
+    let (loss_cls, loss_bbox, cls, loc) = scoped("ohem::loss", || {
+        let mask = Tensor::zeros_like(&cls).index_copy(0, &sel, &weight.unwrap_or_else(|| Tensor::ones([sel.size()[0]], (Kind::Float, cls.device()))));
+        let (cls, loc) = (cls * &mask, loc * mask.gt(0.0).to_kind(Kind::Float));
+        let (loss_cls, loss_bbox) = minibatch_loss(&cls, &loc, sel.size()[0]);
+        (loss_cls, loss_bbox, cls, loc)
+    });
+    Ok(Losses { loss_cls, loss_bbox, cls, loc, sel, ranked: Some(ranked) })
 }
 
 /// The head over `rois` (the model's [`FastRcnn::head`]), its RoI pooling in the `ohem::roi_pool` scope.
