@@ -117,6 +117,57 @@ pub fn shipped_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/pretrained"))
 }
 
+/// The SHA-256 of each file, from a record of earlier hashes when a file's device, inode,
+/// length and modification time (to the nanosecond) are those it had when it was hashed, else
+/// read and hashed (in parallel), the record then updated. The record is
+/// `<cache>/file-hashes/<16 hex digits of the folder>.json`, one per folder of files. A file
+/// modified less than 2 seconds before it was hashed is not recorded: a change in the same
+/// clock tick could leave its time as it was (git's "racily clean" entries).
+pub fn file_digests(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::MetadataExt;
+    type Stamp = (u64, u64, u64, i64, i64);
+    let stamp = |m: &std::fs::Metadata| -> Stamp { (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()) };
+    let dir = paths.first().and_then(|p| std::path::absolute(p).ok()).and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let record = crate::cache_root().join("file-hashes").join(format!("{}.json", &format!("{:x}", Sha256::digest(dir.to_string_lossy().as_bytes()))[..16]));
+    let mut known: std::collections::HashMap<String, (Stamp, String)> = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let now = std::time::SystemTime::now();
+    let found: Vec<([u8; 32], Option<(String, Stamp)>)> = paths
+        .par_iter()
+        .map(|p| -> Result<_> {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone()).to_string_lossy().into_owned();
+            let meta = std::fs::metadata(p).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => anyhow::Error::from(crate::data::DataError::MissingImage { path: p.clone() }),
+                _ => anyhow::anyhow!("{}: {e}", p.display()),
+            })?;
+            let st = stamp(&meta);
+            if let Some((s, hex)) = known.get(&abs) {
+                let mut d = [0u8; 32];
+                if *s == st && hex.len() == 64 && (0..32).all(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map(|b| d[i] = b).is_ok()) {
+                    return Ok((d, None));
+                }
+            }
+            let d: [u8; 32] = Sha256::digest(crate::data::voc::read_image_bytes(p)?).into();
+            let settled = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= std::time::Duration::from_secs(2));
+            Ok((d, settled.then_some((abs, st))))
+        })
+        .collect::<Result<_>>()?;
+    let mut changed = false;
+    for (d, new) in &found {
+        if let Some((abs, st)) = new {
+            known.insert(abs.clone(), (*st, d.iter().map(|b| format!("{b:02x}")).collect()));
+            changed = true;
+        }
+    }
+    if changed {
+        // best effort: a record that cannot be written costs a re-hash next time, nothing else
+        if let Ok(text) = serde_json::to_string(&known) {
+            let _ = crate::rundir::write_file(&record, text.as_bytes());
+        }
+    }
+    Ok(found.into_iter().map(|(d, _)| d).collect())
+}
+
 /// A file's SHA-256 (hex).
 pub fn sha256_of(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

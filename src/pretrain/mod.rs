@@ -134,17 +134,18 @@ impl Pixels {
 
 /// A SHA-256 of the source: the class list, and per training image (in split
 /// order) what the pre-training reads of it: its size, its objects (class
-/// name, box, difficult, crowd) and its file's bytes (`dataset`); the
+/// name, box, difficult, crowd) and its file's bytes, hashed once while the
+/// file is unchanged ([`cache::file_digests`]) (`dataset`); the
 /// generator's version and settings (`synth`). Neither the layout nor the
 /// ids are in it, so the same data as VOC and as COCO shares one key.
 fn fingerprint(cfg: &TrainConfig) -> Result<String> {
-    use rayon::prelude::*;
     let mut h = Sha256::new();
     if cfg.pretrain.source.uses_dataset() {
         let ds = Dataset::from_config(&cfg.dataset)?;
         h.update(ds.classes.join("\n").as_bytes());
         let anns = ds.load_split(&cfg.dataset.train_split)?;
-        let digests = anns.par_iter().map(|a| Ok(Sha256::digest(crate::data::voc::read_image_bytes(&ds.image_path_of(a))?))).collect::<Result<Vec<_>>>()?;
+        // each file's hash from the record of earlier ones while its size and time are unchanged
+        let digests = cache::file_digests(&anns.iter().map(|a| ds.image_path_of(a)).collect::<Vec<_>>())?;
         for (a, d) in anns.iter().zip(digests) {
             h.update(format!("\n{}x{}", a.width, a.height).as_bytes());
             for o in &a.objects {
