@@ -352,3 +352,40 @@ fn coco_border_boxes_read_valid_and_convert_to_voc() {
     let b = back.iter().find(|b| b.id == a.id).unwrap();
     assert_eq!(b.objects.iter().map(|o| o.bbox).collect::<Vec<_>>(), a.objects.iter().map(|o| o.bbox).collect::<Vec<_>>());
 }
+
+/// `harness eval INSTANCES.json --dets RESULTS.json`: results whose category
+/// the ground truth lacks are left out, as pycocotools' COCOeval evaluates only
+/// the ground truth's categories, with a warning naming the results file, how
+/// many results and which category ids. The summaries are those without them.
+#[test]
+fn eval_ignores_results_of_categories_the_ground_truth_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let coco = t.path().join("coco");
+    ohem_harness::data::coco::convert(crate::util::tiny_dataset(), &coco, &[]).unwrap();
+    let ann = coco.join("annotations/instances_test.json");
+    let f = CocoFile::read(&ann).unwrap();
+    // imperfect detections: shifted ground truth with mixed scores, and a false positive per image
+    let mut dets: Vec<DetBox> = f.annotations.iter().enumerate().map(|(k, a)| det(a.image_id, a.category_id, [a.bbox[0] + (k % 4) as f64, a.bbox[1], a.bbox[2], a.bbox[3]], 0.3 + (k % 7) as f64 / 10.0)).collect();
+    dets.extend(f.images.iter().map(|im| det(im.id, f.categories[0].id, [0.0, 0.0, 6.0, 6.0], 0.8)));
+    let plain = t.path().join("plain.json");
+    std::fs::write(&plain, serde_json::to_string(&dets).unwrap()).unwrap();
+    let image = f.images[0].id;
+    let mut with = dets.clone();
+    with.insert(3, det(image, 999, [1.0, 1.0, 8.0, 8.0], 0.95));
+    with.push(det(image, 1000, [2.0, 2.0, 8.0, 8.0], 0.5));
+    with.push(det(f.images[1].id, 999, [3.0, 3.0, 8.0, 8.0], 0.99));
+    let extra = t.path().join("extra-cats.json");
+    std::fs::write(&extra, serde_json::to_string(&with).unwrap()).unwrap();
+    for metric in ["coco", "voc07"] {
+        let run = |res: &Path| crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", res.to_str().unwrap(), "--metric", metric, "--json"]);
+        let (ok, want, err) = run(&plain);
+        assert!(ok && err.is_empty(), "{err}");
+        let (ok, got, err) = run(&extra);
+        assert!(ok, "{metric}: {err}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&got).unwrap(), serde_json::from_str::<serde_json::Value>(&want).unwrap(), "{metric}");
+        assert!(err.contains("warning") && err.contains("extra-cats.json") && err.contains("3 results") && err.contains("999, 1000"), "{metric}: {err}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", plain.to_str().unwrap(), "--metric", "coco", "--json"]).1).unwrap();
+    let ap = v["AP"].as_f64().unwrap();
+    assert!(ap > 0.0 && ap < 1.0, "a case where leaving results out could move AP: {ap}");
+}
