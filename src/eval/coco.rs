@@ -40,8 +40,39 @@ use rayon::prelude::*;
 use crate::data::coco::CocoFile;
 use crate::data::Annotation;
 
-/// The 12 summary numbers, in pycocotools' order (`COCOeval.stats`).
-pub const SUMMARY_KEYS: [&str; 12] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
+/// The names of the 12 summaries, in pycocotools' order (`COCOeval.stats`):
+/// each one's key and its `metrics.csv` column. The one list of them:
+/// `coco_summaries!(then)` expands to `then! { AP coco_ap, AP50 coco_ap50, … }`,
+/// and [`SUMMARY_KEYS`], [`crate::rundir::COCO_COLUMNS`] and the COCO fields of
+/// [`crate::rundir::EpochRow`] (so the columns of `metrics.csv`) are all made
+/// from it, so that their orders cannot disagree.
+macro_rules! coco_summaries {
+    ($then:ident) => {
+        $then! {
+            AP coco_ap,
+            AP50 coco_ap50,
+            AP75 coco_ap75,
+            APs coco_aps,
+            APm coco_apm,
+            APl coco_apl,
+            AR1 coco_ar1,
+            AR10 coco_ar10,
+            AR100 coco_ar100,
+            ARs coco_ars,
+            ARm coco_arm,
+            ARl coco_arl,
+        }
+    };
+}
+pub(crate) use coco_summaries;
+
+macro_rules! summary_keys {
+    ($($key:ident $column:ident,)*) => {
+        /// The 12 summary numbers' keys, in pycocotools' order (`COCOeval.stats`).
+        pub const SUMMARY_KEYS: [&str; 12] = [$(stringify!($key)),*];
+    };
+}
+coco_summaries!(summary_keys);
 
 /// Detections evaluated per image and category (pycocotools' `maxDets`).
 pub const MAX_DETS: [usize; 3] = [1, 10, 100];
