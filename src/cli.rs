@@ -577,14 +577,25 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         if !a.dets.is_file() {
             bail!("--dets {}: expected a COCO results JSON file beside a COCO instances file", a.dets.display());
         }
-        let cd = eval::coco::read_results(&a.dets, &gt)?;
+        let (cd, left_out) = eval::coco::read_results(&a.dets, &gt)?;
+        if left_out.results > 0 {
+            let ids: Vec<String> = left_out.category_ids.iter().map(|c| c.to_string()).collect();
+            let (n, plural) = (left_out.results, if ids.len() == 1 { "id" } else { "ids" });
+            eprintln!(
+                "warning: {}: {n} {} of category {plural} {} that {} lacks left out, as pycocotools evaluates only the ground truth's categories",
+                a.dets.display(),
+                if n == 1 { "result" } else { "results" },
+                ids.join(", "),
+                a.dataset.display()
+            );
+        }
         let anns = gt.annotations(std::path::Path::new(""));
         let classes = gt.classes();
         let cats = gt.category_ids();
         // per class, VOC boxes (for VOC mAP)
         let mut d = vec![Vec::new(); classes.len()];
         for x in &cd {
-            let c = cats.binary_search(&x.category_id).expect("read_results checked the category");
+            let c = cats.binary_search(&x.category_id).expect("read_results keeps the ground truth's categories");
             d[c].push(eval::Detection { image_id: x.image_id.to_string(), score: x.score as f32, bbox: coco::coco_to_voc(x.bbox) });
         }
         let images: Vec<i64> = gt.images.iter().map(|i| i.id).collect();

@@ -15,7 +15,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::model::ModelConfig;
-use crate::proposals::{SsMode, SsParams};
 use crate::sampler::SamplerConfig;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -207,6 +206,52 @@ fn default_train_split() -> String {
 }
 fn default_test_split() -> String {
     "test".into()
+}
+
+/// Selective search's named diversification settings (what each runs is
+/// `SsMode::strategies`, in the proposals stage). It and [`SsParams`] live
+/// here, not in that stage, so that the configuration depends on no stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SsMode {
+    /// One strategy: HSV, k=100, C+T+S+F.
+    Single,
+    /// The paper's "fast": {HSV, Lab} x {k=50, 100} x {C+T+S+F, T+S+F}.
+    #[default]
+    Fast,
+    /// The paper's "quality": {HSV, Lab, rgI, RGB} x {k=50, 100, 150, 300} x {C+T+S+F, T+S+F}.
+    Quality,
+}
+
+/// Selective-search parameters. Part of the cache key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsParams {
+    pub mode: SsMode,
+    /// Gaussian sigma of the Felzenszwalb-Huttenlocher pre-smoothing.
+    pub sigma: f32,
+    /// Boxes narrower or shorter than this (pixels) are dropped.
+    pub min_side: u32,
+    /// At most this many boxes per image, best-ranked first.
+    pub max_boxes: usize,
+}
+
+impl Default for SsParams {
+    fn default() -> Self {
+        SsParams { mode: SsMode::Fast, sigma: 0.8, min_side: 6, max_boxes: 2000 }
+    }
+}
+
+impl SsParams {
+    pub fn check(&self) -> Result<()> {
+        if !(self.sigma >= 0.0 && self.sigma <= 10.0) {
+            bail!("proposals.sigma = {} is outside [0, 10]", self.sigma);
+        }
+        if self.max_boxes == 0 {
+            bail!("proposals.max_boxes = 0: at least one box per image is needed");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

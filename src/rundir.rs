@@ -46,9 +46,6 @@ pub enum Metric {
     Coco(usize),
 }
 
-/// The COCO columns of `metrics.csv`, in [`crate::eval::coco::SUMMARY_KEYS`] order.
-pub const COCO_COLUMNS: [&str; 12] = ["coco_ap", "coco_ap50", "coco_ap75", "coco_aps", "coco_apm", "coco_apl", "coco_ar1", "coco_ar10", "coco_ar100", "coco_ars", "coco_arm", "coco_arl"];
-
 impl Metric {
     /// Every metric, VOC's first.
     pub fn all() -> impl Iterator<Item = Metric> {
@@ -76,80 +73,83 @@ impl Metric {
     }
 }
 
-/// One row of `metrics.csv`, written after every epoch.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct EpochRow {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Iterations in this epoch.
-    pub iterations: usize,
-    /// Seconds of training (mining excluded).
-    pub train_s: f64,
-    /// Seconds of offline mining (HNM), with training stalled.
-    pub mine_s: f64,
-    /// Seconds of test-set evaluation.
-    pub eval_s: f64,
-    /// Wall-clock seconds since the run started, this epoch included (resumes add up).
-    pub wall_s: f64,
-    /// Mean training loss, and its two terms.
-    pub loss: f64,
-    pub loss_cls: f64,
-    pub loss_bbox: f64,
-    /// Mean RoIs backpropagated per iteration.
-    pub rois_per_iter: f64,
-    /// Foreground fraction among the backpropagated RoIs.
-    pub fg_fraction: f64,
-    /// Mean per-RoI loss (cls + loc) of the backpropagated RoIs.
-    pub sel_loss: f64,
-    /// Mean per-RoI loss over all RoIs, when a read-only pass computed it.
-    pub all_loss: Option<f64>,
-    /// Hard-negative cache size after the epoch (offline mining), else 0.
-    pub cache_size: usize,
-    pub lr: f64,
-    /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
-    pub map_voc07: Option<f64>,
-    pub map_voc10: Option<f64>,
-    /// Mean RoIs per training image before sampling (proposals and ground truth): the
-    /// regime a timing was taken in. Absent in logs that predate it.
-    #[serde(default)]
-    pub rois_per_image: Option<f64>,
-    /// Seconds of `train_s` the steps waited for their images (decoding a
-    /// streamed image, or waiting for a worker's); absent in logs that predate it.
-    #[serde(default)]
-    pub load_s: Option<f64>,
-    /// Images the epoch's steps read from disk (a split larger than `dataset.cache_mib`;
-    /// empty when the split is held in memory), and how many of them a worker had decoded
-    /// ahead of their use; absent in logs that predate them.
-    #[serde(default)]
-    pub streamed_images: Option<f64>,
-    #[serde(default)]
-    pub prefetched_images: Option<f64>,
-    /// COCO's box summaries on the test split ([`COCO_COLUMNS`]); absent in logs that predate them.
-    #[serde(default)]
-    pub coco_ap: Option<f64>,
-    #[serde(default)]
-    pub coco_ap50: Option<f64>,
-    #[serde(default)]
-    pub coco_ap75: Option<f64>,
-    #[serde(default)]
-    pub coco_aps: Option<f64>,
-    #[serde(default)]
-    pub coco_apm: Option<f64>,
-    #[serde(default)]
-    pub coco_apl: Option<f64>,
-    #[serde(default)]
-    pub coco_ar1: Option<f64>,
-    #[serde(default)]
-    pub coco_ar10: Option<f64>,
-    #[serde(default)]
-    pub coco_ar100: Option<f64>,
-    #[serde(default)]
-    pub coco_ars: Option<f64>,
-    #[serde(default)]
-    pub coco_arm: Option<f64>,
-    #[serde(default)]
-    pub coco_arl: Option<f64>,
+/// Declares [`COCO_COLUMNS`] and [`EpochRow`], whose last 12 fields are the
+/// COCO columns, from the one list of the COCO summaries
+/// ([`crate::eval::coco::coco_summaries`]).
+macro_rules! epoch_row {
+    ($($key:ident $column:ident,)*) => {
+        /// The COCO columns of `metrics.csv`, in [`crate::eval::coco::SUMMARY_KEYS`] order.
+        pub const COCO_COLUMNS: [&str; 12] = [$(stringify!($column)),*];
+
+        /// One row of `metrics.csv`, written after every epoch.
+        #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub struct EpochRow {
+            /// 1-based epoch.
+            pub epoch: usize,
+            /// Iterations in this epoch.
+            pub iterations: usize,
+            /// Seconds of training (mining excluded).
+            pub train_s: f64,
+            /// Seconds of offline mining (HNM), with training stalled.
+            pub mine_s: f64,
+            /// Seconds of test-set evaluation.
+            pub eval_s: f64,
+            /// Wall-clock seconds since the run started, this epoch included (resumes add up).
+            pub wall_s: f64,
+            /// Mean training loss, and its two terms.
+            pub loss: f64,
+            pub loss_cls: f64,
+            pub loss_bbox: f64,
+            /// Mean RoIs backpropagated per iteration.
+            pub rois_per_iter: f64,
+            /// Foreground fraction among the backpropagated RoIs.
+            pub fg_fraction: f64,
+            /// Mean per-RoI loss (cls + loc) of the backpropagated RoIs.
+            pub sel_loss: f64,
+            /// Mean per-RoI loss over all RoIs, when a read-only pass computed it.
+            pub all_loss: Option<f64>,
+            /// Hard-negative cache size after the epoch (offline mining), else 0.
+            pub cache_size: usize,
+            pub lr: f64,
+            /// VOC2007 11-point and VOC2010 all-point mAP on the test split (empty when not evaluated).
+            pub map_voc07: Option<f64>,
+            pub map_voc10: Option<f64>,
+            /// Mean RoIs per training image before sampling (proposals and ground truth): the
+            /// regime a timing was taken in. Absent in logs that predate it.
+            #[serde(default)]
+            pub rois_per_image: Option<f64>,
+            /// Seconds of `train_s` the steps waited for their images (decoding a
+            /// streamed image, or waiting for a worker's); absent in logs that predate it.
+            #[serde(default)]
+            pub load_s: Option<f64>,
+            /// Images the epoch's steps read from disk (a split larger than `dataset.cache_mib`;
+            /// empty when the split is held in memory), and how many of them a worker had decoded
+            /// ahead of their use; absent in logs that predate them.
+            #[serde(default)]
+            pub streamed_images: Option<f64>,
+            #[serde(default)]
+            pub prefetched_images: Option<f64>,
+            $(
+                #[doc = concat!("COCO's `", stringify!($key), "` box summary on the test split (column `", stringify!($column), "`); absent in logs that predate it.")]
+                #[serde(default)]
+                pub $column: Option<f64>,
+            )*
+        }
+
+        impl EpochRow {
+            /// The COCO columns, in [`COCO_COLUMNS`] order.
+            pub fn coco(&self) -> [Option<f64>; 12] {
+                [$(self.$column),*]
+            }
+
+            /// Sets the COCO columns from the 12 summaries (pycocotools' −1, nothing measurable, stays empty).
+            pub fn set_coco(&mut self, stats: &[f64; 12]) {
+                [$(self.$column),*] = stats.map(|s| (s > -1.0).then_some(s));
+            }
+        }
+    };
 }
+crate::eval::coco::coco_summaries!(epoch_row);
 
 impl EpochRow {
     /// The epoch's mAP by `metric`, when it was evaluated.
@@ -159,17 +159,6 @@ impl EpochRow {
             Metric::Voc10 => self.map_voc10,
             Metric::Coco(i) => self.coco()[i],
         }
-    }
-
-    /// The COCO columns, in [`COCO_COLUMNS`] order.
-    pub fn coco(&self) -> [Option<f64>; 12] {
-        [self.coco_ap, self.coco_ap50, self.coco_ap75, self.coco_aps, self.coco_apm, self.coco_apl, self.coco_ar1, self.coco_ar10, self.coco_ar100, self.coco_ars, self.coco_arm, self.coco_arl]
-    }
-
-    /// Sets the COCO columns from the 12 summaries (pycocotools' −1, nothing measurable, stays empty).
-    pub fn set_coco(&mut self, stats: &[f64; 12]) {
-        let v = stats.map(|s| (s > -1.0).then_some(s));
-        [self.coco_ap, self.coco_ap50, self.coco_ap75, self.coco_aps, self.coco_apm, self.coco_apl, self.coco_ar1, self.coco_ar10, self.coco_ar100, self.coco_ars, self.coco_arm, self.coco_arl] = v;
     }
 }
 

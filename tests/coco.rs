@@ -404,3 +404,96 @@ fn bad_coco_images_are_refused_with_the_file() {
     img.save_with_format(&png, image::ImageFormat::Png).unwrap();
     assert_eq!(ds.load_image(&anns[3]).unwrap(), img);
 }
+
+/// COCO boxes within a pixel of the right or bottom edge, or under a pixel
+/// wide, read as valid VOC boxes (1 <= x1 <= x2 <= width): the 1-based pixel
+/// they start in, clipped to the image, at least one pixel wide. Boxes that
+/// were valid before keep their numbers exactly. `convert` to VOC writes XML
+/// that the VOC reader reads back, with the same boxes.
+#[test]
+fn coco_border_boxes_read_valid_and_convert_to_voc() {
+    use ohem_harness::data::coco::convert;
+    use ohem_harness::data::Dataset;
+    let t = tempfile::tempdir().unwrap();
+    let coco = t.path().join("coco");
+    convert(crate::util::tiny_dataset(), &coco, &[]).unwrap();
+    let ann_path = coco.join("annotations/instances_test.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ann_path).unwrap()).unwrap();
+    let im = v["images"][0].clone();
+    let (id, w, h) = (im["id"].as_i64().unwrap(), im["width"].as_f64().unwrap(), im["height"].as_f64().unwrap());
+    let (wf, hf) = (w as f32, h as f32);
+    let cat = v["categories"][0]["id"].as_i64().unwrap();
+    // [x, y, w, h] and the VOC box expected, by hand
+    let cases: Vec<([f64; 4], [f32; 4])> = vec![
+        // starts in the last column, ends before its right side: that column
+        ([w - 0.5, 2.0, 0.4, 3.0], [wf, 3.0, wf, 5.0]),
+        // the same at the bottom
+        ([2.0, h - 0.4, 3.0, 0.3], [3.0, hf, 5.0, hf]),
+        // under a pixel wide, inside the image: the pixel it starts in
+        ([5.0, 3.0, 0.4, 2.0], [6.0, 4.0, 6.0, 5.0]),
+        // starts left of the image and ends in its first column
+        ([-0.5, 0.0, 1.0, 4.0], [1.0, 1.0, 1.0, 4.0]),
+        // starts in the last column and row and runs past the image
+        ([w - 0.8, h - 0.8, 5.0, 5.0], [wf, hf, wf, hf]),
+        // valid before: unchanged, whole pixels and fractions
+        ([3.0, 2.0, 4.0, 5.0], [4.0, 3.0, 7.0, 7.0]),
+        ([w - 10.0, 1.0, 15.0, 3.0], [wf - 9.0, 2.0, wf, 4.0]),
+        ([2.25, 1.5, 5.5, 3.25], [3.25, 2.5, 7.75, 4.75]),
+        ([0.0, 0.0, w, h], [1.0, 1.0, wf, hf]),
+    ];
+    let anns = v["annotations"].as_array_mut().unwrap();
+    let first_new = anns.len() as i64 + 1000;
+    for (k, (b, _)) in cases.iter().enumerate() {
+        anns.push(serde_json::json!({"id": first_new + k as i64, "image_id": id, "category_id": cat, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}));
+    }
+    std::fs::write(&ann_path, v.to_string()).unwrap();
+    let f = CocoFile::read(&ann_path).unwrap();
+    let a = f.annotations(Path::new("")).into_iter().find(|a| a.id == id.to_string()).unwrap();
+    let got: Vec<[f32; 4]> = a.objects[a.objects.len() - cases.len()..].iter().map(|o| o.bbox).collect();
+    let want: Vec<[f32; 4]> = cases.iter().map(|c| c.1).collect();
+    assert_eq!(got, want);
+    assert!(a.objects.iter().all(|o| o.bbox[0] >= 1.0 && o.bbox[1] >= 1.0 && o.bbox[0] <= o.bbox[2] && o.bbox[1] <= o.bbox[3] && o.bbox[2] <= wf && o.bbox[3] <= hf));
+    // to VOC and back
+    let voc = t.path().join("voc");
+    convert(&coco, &voc, &["test".to_string()]).unwrap();
+    let back = Dataset::open(&voc).unwrap().load_split("test").unwrap();
+    let b = back.iter().find(|b| b.id == a.id).unwrap();
+    assert_eq!(b.objects.iter().map(|o| o.bbox).collect::<Vec<_>>(), a.objects.iter().map(|o| o.bbox).collect::<Vec<_>>());
+}
+
+/// `harness eval INSTANCES.json --dets RESULTS.json`: results whose category
+/// the ground truth lacks are left out, as pycocotools' COCOeval evaluates only
+/// the ground truth's categories, with a warning naming the results file, how
+/// many results and which category ids. The summaries are those without them.
+#[test]
+fn eval_ignores_results_of_categories_the_ground_truth_lacks() {
+    let t = tempfile::tempdir().unwrap();
+    let coco = t.path().join("coco");
+    ohem_harness::data::coco::convert(crate::util::tiny_dataset(), &coco, &[]).unwrap();
+    let ann = coco.join("annotations/instances_test.json");
+    let f = CocoFile::read(&ann).unwrap();
+    // imperfect detections: shifted ground truth with mixed scores, and a false positive per image
+    let mut dets: Vec<DetBox> = f.annotations.iter().enumerate().map(|(k, a)| det(a.image_id, a.category_id, [a.bbox[0] + (k % 4) as f64, a.bbox[1], a.bbox[2], a.bbox[3]], 0.3 + (k % 7) as f64 / 10.0)).collect();
+    dets.extend(f.images.iter().map(|im| det(im.id, f.categories[0].id, [0.0, 0.0, 6.0, 6.0], 0.8)));
+    let plain = t.path().join("plain.json");
+    std::fs::write(&plain, serde_json::to_string(&dets).unwrap()).unwrap();
+    let image = f.images[0].id;
+    let mut with = dets.clone();
+    with.insert(3, det(image, 999, [1.0, 1.0, 8.0, 8.0], 0.95));
+    with.push(det(image, 1000, [2.0, 2.0, 8.0, 8.0], 0.5));
+    with.push(det(f.images[1].id, 999, [3.0, 3.0, 8.0, 8.0], 0.99));
+    let extra = t.path().join("extra-cats.json");
+    std::fs::write(&extra, serde_json::to_string(&with).unwrap()).unwrap();
+    for metric in ["coco", "voc07"] {
+        let run = |res: &Path| crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", res.to_str().unwrap(), "--metric", metric, "--json"]);
+        let (ok, want, err) = run(&plain);
+        assert!(ok && err.is_empty(), "{err}");
+        let (ok, got, err) = run(&extra);
+        assert!(ok, "{metric}: {err}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&got).unwrap(), serde_json::from_str::<serde_json::Value>(&want).unwrap(), "{metric}");
+        assert!(err.contains("warning") && err.contains("extra-cats.json") && err.contains("3 results") && err.contains("999, 1000"), "{metric}: {err}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&crate::util::harness(&["eval", ann.to_str().unwrap(), "--dets", plain.to_str().unwrap(), "--metric", "coco", "--json"]).1).unwrap();
+    let ap = v["AP"].as_f64().unwrap();
+    assert!(ap > 0.0 && ap < 1.0, "a case where leaving results out could move AP: {ap}");
+}

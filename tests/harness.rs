@@ -501,3 +501,45 @@ fn a_new_budget_reaches_the_cells_of_a_grid() {
     assert_eq!(read(&low).dataset.cache_mib, Some(64), "the lower budget reaches the cell");
     assert_eq!(read(&low).train, g.cells[0].config.train);
 }
+
+/// With `train.iterations`, cells that train on different COCO instance files
+/// under one root plan their epochs from their own file: the count of
+/// trainable images is cached per (root, format, train split, instances file).
+#[test]
+fn a_grid_in_iterations_plans_epochs_per_instances_file() {
+    use ohem_harness::data::{coco::convert, Dataset};
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("coco");
+    convert(tiny_dataset(), &root, &[]).unwrap();
+    let full = root.join("annotations/instances_trainval.json");
+    // a second instances file with the first 4 images and their annotations
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&full).unwrap()).unwrap();
+    let keep: Vec<i64> = v["images"].as_array().unwrap()[..4].iter().map(|i| i["id"].as_i64().unwrap()).collect();
+    v["images"].as_array_mut().unwrap().truncate(4);
+    v["annotations"].as_array_mut().unwrap().retain(|a| keep.contains(&a["image_id"].as_i64().unwrap()));
+    let small = root.join("annotations/small.json");
+    std::fs::write(&small, v.to_string()).unwrap();
+    let p = t.path().join("grid.yaml");
+    let text = format!(
+        "results: {}\nbase:\n  device: cpu\n  dataset:\n    root: {}\n  model:\n    fc_dim: 64\n    init: scratch\n  train:\n    epochs: 0\n    iterations: 20\n    lr_steps: []\narms:\n  full:\n    dataset: {{train_ann: {}}}\n  small:\n    dataset: {{train_ann: {}}}\nseeds: [0]\n",
+        t.path().join("results").display(),
+        root.display(),
+        full.display(),
+        small.display()
+    );
+    std::fs::write(&p, text).unwrap();
+    let g = Grid::load(&p, &[]).unwrap();
+    // the trainable images of each file, and 20 iterations of 2 images each over them (images_per_batch 2)
+    let trainable = |ann: &Path| {
+        let mut cfg = ohem_harness::config::DatasetConfig::voc(&root);
+        cfg.train_ann = Some(ann.to_path_buf());
+        let ds = Dataset::from_config(&cfg).unwrap();
+        ds.load_split("trainval").unwrap().iter().filter(|a| ohem_harness::trainer::has_foreground(a)).count()
+    };
+    let (n_full, n_small) = (trainable(&full), trainable(&small));
+    assert!(n_full > n_small && n_small > 0, "{n_full} {n_small}");
+    let want = |n: usize| 20usize.div_ceil(n.div_ceil(2));
+    assert_ne!(want(n_full), want(n_small));
+    let epochs: Vec<(String, usize)> = g.cells.iter().map(|c| (c.arm.clone(), c.epochs)).collect();
+    assert_eq!(epochs, vec![("full".to_string(), want(n_full)), ("small".to_string(), want(n_small))]);
+}

@@ -6,6 +6,7 @@ mod dataset;
 mod docs;
 mod evaluation;
 mod harness;
+mod layers;
 mod model;
 mod sampler;
 mod slurm;

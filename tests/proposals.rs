@@ -134,3 +134,58 @@ fn training_from_binary_proposals_is_training_from_text() {
     let key = |r: &ohem_harness::rundir::EpochRow| (r.loss, r.loss_cls, r.loss_bbox, r.map_voc07, r.map_voc10);
     assert_eq!(a.iter().map(key).collect::<Vec<_>>(), b.iter().map(key).collect::<Vec<_>>());
 }
+
+/// A binary proposals file whose index is corrupt is refused at open, with an
+/// error naming the file and the image (or the index entry): offsets near
+/// `u64::MAX` that wrap when added to a length, boxes or ids outside their
+/// block, an image count whose index size overflows. Never a panic, never an
+/// allocation the size the index claims.
+#[test]
+fn binary_proposals_refuse_a_corrupt_index_at_open() {
+    use ohem_harness::proposals::binary::BinaryProposals;
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good.bin");
+    // 16-byte header, two 24-byte entries (64), ids "img-a" "img-b" at 64..74, boxes at 74..122
+    write_proposals_file(&good, &["img-a", "img-b"], &[vec![[1.0, 2.0, 3.0, 4.0], [1.0, 1.0, 5.0, 5.0]], vec![[2.0, 2.0, 6.0, 6.0]]]).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    assert_eq!(bytes.len(), 122);
+    assert!(BinaryProposals::open(&good).is_ok());
+    // an index entry's field: id offset 0, id length 8, box count 12, box offset 16
+    fn entry(i: usize, field: usize) -> usize {
+        16 + 24 * i + field
+    }
+    fn set(b: &mut [u8], at: usize, v: &[u8]) {
+        b[at..at + v.len()].copy_from_slice(v);
+    }
+    type Patch = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Patch, &[&str])> = vec![
+        ("box offset that wraps past u64::MAX", Box::new(|b| set(b, entry(0, 16), &(u64::MAX - 15).to_le_bytes())), &["img-a"]),
+        ("boxes inside the index", Box::new(|b| set(b, entry(1, 16), &16u64.to_le_bytes())), &["img-b"]),
+        ("boxes starting in the id block", Box::new(|b| set(b, entry(0, 16), &70u64.to_le_bytes())), &["img-a"]),
+        ("box count past the file", Box::new(|b| set(b, entry(0, 12), &u32::MAX.to_le_bytes())), &["img-a"]),
+        ("id in the header", Box::new(|b| set(b, entry(0, 0), &0u64.to_le_bytes())), &["entry 0"]),
+        ("id running into the boxes", Box::new(|b| set(b, entry(1, 0), &70u64.to_le_bytes())), &["entry 1"]),
+        ("id offset that wraps with a 4 GiB length", Box::new(|b| { set(b, entry(1, 0), &(u64::MAX - u32::MAX as u64 + 50).to_le_bytes()); set(b, entry(1, 8), &u32::MAX.to_le_bytes()) }), &["entry 1"]),
+        ("an image count whose index size wraps to 0", Box::new(|b| set(b, 8, &(u64::MAX / 24).to_le_bytes())), &[]),
+        ("an image count past u64", Box::new(|b| set(b, 8, &u64::MAX.to_le_bytes())), &[]),
+    ];
+    let mut wrong = Vec::new();
+    for (n, (what, patch, needles)) in cases.iter().enumerate() {
+        let mut b = bytes.clone();
+        patch(&mut b);
+        let p = t.path().join(format!("corrupt{n}.bin"));
+        std::fs::write(&p, &b).unwrap();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        match std::panic::catch_unwind(|| BinaryProposals::open(&p).map(|_| ())) {
+            Err(_) => wrong.push(format!("{what}: open panicked")),
+            Ok(Ok(())) => wrong.push(format!("{what}: accepted at open")),
+            Ok(Err(e)) => {
+                let e = format!("{e:#}");
+                if !e.contains(&name) || !needles.iter().all(|s| e.contains(s)) {
+                    wrong.push(format!("{what}: the error does not name {name} and {needles:?}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

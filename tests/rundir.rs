@@ -99,3 +99,80 @@ fn the_instruction_set_is_read_from_the_cpu_flags() {
     // a flag is a whole word: avx512_vnni alone is not AVX-512 F, avx is not AVX2
     assert_eq!(isa_of_flags("avx avx512_vnni"), "AVX2 no, AVX-512 no, AMX no");
 }
+
+/// The COCO columns of `metrics.csv` are `coco_` and the lowercased summary
+/// key, in [`SUMMARY_KEYS`]'s order, after `load_s`; a row's COCO numbers land
+/// under their key's column; the committed COCO logs write back byte for byte.
+#[test]
+fn metrics_coco_columns_follow_the_summary_keys() {
+    use ohem_harness::eval::coco::SUMMARY_KEYS;
+    use ohem_harness::rundir::{read_metrics, write_csv, EpochRow, Metric, COCO_COLUMNS};
+    let want: Vec<String> = SUMMARY_KEYS.iter().map(|k| format!("coco_{}", k.to_lowercase())).collect();
+    assert_eq!(COCO_COLUMNS.to_vec(), want);
+    let mut row = EpochRow::default();
+    let stats: [f64; 12] = std::array::from_fn(|i| i as f64 / 100.0);
+    row.set_coco(&stats);
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("metrics.csv");
+    write_csv(&p, &[row.clone()]).unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let coco: Vec<&str> = header.iter().copied().filter(|c| c.starts_with("coco_")).collect();
+    assert_eq!(coco, want);
+    assert_eq!(header[header.len() - 13..], ["load_s"].into_iter().chain(want.iter().map(String::as_str)).collect::<Vec<_>>()[..]);
+    let mut r = csv::Reader::from_path(&p).unwrap();
+    let rec: std::collections::HashMap<String, String> = r.deserialize().next().unwrap().unwrap();
+    for (i, k) in SUMMARY_KEYS.iter().enumerate() {
+        assert_eq!(rec[&format!("coco_{}", k.to_lowercase())].parse::<f64>().unwrap(), stats[i], "{k}");
+        assert_eq!(row.map(Metric::Coco(i)), Some(stats[i]), "{k}");
+        assert_eq!(Metric::Coco(i).column(), want[i]);
+    }
+    // the committed logs with COCO columns read and write back byte for byte
+    let mut checked = 0;
+    for e in std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("results/coco-quick/cells")).unwrap() {
+        let path = e.unwrap().path().join("metrics.csv");
+        let copy = t.path().join("copy.csv");
+        write_csv(&copy, &read_metrics(&path).unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), std::fs::read_to_string(&path).unwrap(), "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 3);
+}
+
+/// The 12 COCO metric names stand in one place in the sources: each column
+/// name (`coco_ap` … `coco_arl`) is on one code line under src/, beside its
+/// summary key, so that no second list can disagree with it.
+#[test]
+fn coco_metric_names_are_defined_once() {
+    use ohem_harness::eval::coco::SUMMARY_KEYS;
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut src = Vec::new();
+    files(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut src);
+    let mut lines = Vec::new();
+    for p in &src {
+        for (n, l) in std::fs::read_to_string(p).unwrap().lines().enumerate() {
+            if !l.trim_start().starts_with("//") {
+                let words: Vec<String> = l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map(String::from).collect();
+                lines.push((format!("{}:{}", p.display(), n + 1), words));
+            }
+        }
+    }
+    let mut wrong = Vec::new();
+    for k in SUMMARY_KEYS {
+        let col = format!("coco_{}", k.to_lowercase());
+        let at: Vec<&(String, Vec<String>)> = lines.iter().filter(|(_, w)| w.contains(&col)).collect();
+        if at.len() != 1 || !at[0].1.iter().any(|w| w == k) {
+            wrong.push(format!("{col}: on {} code lines {:?}, expected one, beside {k}", at.len(), at.iter().map(|a| &a.0).collect::<Vec<_>>()));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

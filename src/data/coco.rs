@@ -5,8 +5,9 @@
 //! pixel boxes, where pixel `i` (1-based) covers `[i - 1, i)`, so
 //! `x1 = x + 1`, `y1 = y + 1`, `x2 = x + w`, `y2 = y + h`, and back
 //! `x = x1 − 1`, `w = x2 − x1 + 1` (detectron's convention; exact for whole
-//! pixels). For training, boxes are clipped to the image; COCO evaluation
-//! reads the file's own numbers.
+//! pixels). For training, boxes are clipped to the image and kept at least a
+//! pixel wide ([`coco_to_voc_clipped`]); COCO evaluation reads the file's own
+//! numbers.
 //!
 //! Category ids may be sparse: classes are the categories in id order, and
 //! names come from `categories`. `iscrowd: 1` regions are kept as crowd
@@ -198,7 +199,7 @@ impl CocoFile {
 
     /// One [`Annotation`] per image, in file order, with classes as
     /// [`CocoFile::classes`] orders them and boxes converted to VOC's 1-based
-    /// inclusive pixels (clipped to the image). `filename` is `images_dir`
+    /// inclusive pixels by [`coco_to_voc_clipped`]. `filename` is `images_dir`
     /// joined with the image's `file_name`; `id` is the image id.
     pub fn annotations(&self, images_dir: &Path) -> Vec<Annotation> {
         let classes = self.classes();
@@ -217,8 +218,7 @@ impl CocoFile {
                     .iter()
                     .map(|a| {
                         let class = class_of[&a.category_id];
-                        let mut bbox = coco_to_voc(a.bbox);
-                        bbox = [bbox[0].max(1.0), bbox[1].max(1.0), bbox[2].min(im.width as f32), bbox[3].min(im.height as f32)];
+                        let bbox = coco_to_voc_clipped(a.bbox, im.width, im.height);
                         Object { name: classes[class].clone(), class, bbox, difficult: a.ignore == 1 && a.iscrowd == 0, truncated: false, pose: "Unspecified".into(), crowd: a.iscrowd == 1, area: Some(a.area) }
                     })
                     .collect();
@@ -296,6 +296,23 @@ pub fn numbering<'a>(ids: &[&'a str]) -> HashMap<&'a str, i64> {
 /// COCO `[x, y, w, h]` → VOC 1-based inclusive `[x1, y1, x2, y2]`.
 pub fn coco_to_voc(b: [f64; 4]) -> BBox {
     [(b[0] + 1.0) as f32, (b[1] + 1.0) as f32, (b[0] + b[2]) as f32, (b[1] + b[3]) as f32]
+}
+
+/// COCO `[x, y, w, h]` → a VOC box inside a `width` × `height` image, always
+/// valid (`1 <= x1 <= x2 <= width`, the same for y): [`coco_to_voc`] clipped to
+/// the image, the start kept within the last pixel, and the end raised to the
+/// start. So a box that starts in the last column (`x + 1 > width`) is that
+/// column, and a box under a pixel wide (`w < 1`, where `x + w < x + 1`) is the
+/// pixel it starts in. Every box that clipping alone leaves valid keeps its
+/// numbers bit for bit. (detectron and mmdetection leave such sub-pixel boxes
+/// out of training instead; here they stay, one pixel wide, so that no
+/// annotation is lost and `convert` writes every object as a box that the VOC
+/// reader accepts.)
+pub fn coco_to_voc_clipped(b: [f64; 4], width: u32, height: u32) -> BBox {
+    let [x1, y1, x2, y2] = coco_to_voc(b);
+    let (w, h) = (width as f32, height as f32);
+    let (x1, y1) = (x1.max(1.0).min(w), y1.max(1.0).min(h));
+    [x1, y1, x2.min(w).max(x1), y2.min(h).max(y1)]
 }
 
 /// VOC 1-based inclusive `[x1, y1, x2, y2]` → COCO `[x, y, w, h]`.

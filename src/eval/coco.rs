@@ -40,8 +40,39 @@ use rayon::prelude::*;
 use crate::data::coco::CocoFile;
 use crate::data::Annotation;
 
-/// The 12 summary numbers, in pycocotools' order (`COCOeval.stats`).
-pub const SUMMARY_KEYS: [&str; 12] = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"];
+/// The names of the 12 summaries, in pycocotools' order (`COCOeval.stats`):
+/// each one's key and its `metrics.csv` column. The one list of them:
+/// `coco_summaries!(then)` expands to `then! { AP coco_ap, AP50 coco_ap50, … }`,
+/// and [`SUMMARY_KEYS`], [`crate::rundir::COCO_COLUMNS`] and the COCO fields of
+/// [`crate::rundir::EpochRow`] (so the columns of `metrics.csv`) are all made
+/// from it, so that their orders cannot disagree.
+macro_rules! coco_summaries {
+    ($then:ident) => {
+        $then! {
+            AP coco_ap,
+            AP50 coco_ap50,
+            AP75 coco_ap75,
+            APs coco_aps,
+            APm coco_apm,
+            APl coco_apl,
+            AR1 coco_ar1,
+            AR10 coco_ar10,
+            AR100 coco_ar100,
+            ARs coco_ars,
+            ARm coco_arm,
+            ARl coco_arl,
+        }
+    };
+}
+pub(crate) use coco_summaries;
+
+macro_rules! summary_keys {
+    ($($key:ident $column:ident,)*) => {
+        /// The 12 summary numbers' keys, in pycocotools' order (`COCOeval.stats`).
+        pub const SUMMARY_KEYS: [&str; 12] = [$(stringify!($key)),*];
+    };
+}
+coco_summaries!(summary_keys);
 
 /// Detections evaluated per image and category (pycocotools' `maxDets`).
 pub const MAX_DETS: [usize; 3] = [1, 10, 100];
@@ -448,21 +479,33 @@ pub fn results_json(dets: &[DetBox]) -> String {
     serde_json::to_string(dets).expect("plain numbers serialise")
 }
 
-/// Reads the COCO results format, checking each image and category id
-/// against the ground truth. Errors name the file and the entry.
-pub fn read_results(path: &Path, gt: &CocoFile) -> Result<Vec<DetBox>, crate::data::DataError> {
+/// What [`read_results`] left out: the results whose category the ground
+/// truth lacks (pycocotools' COCOeval evaluates only the ground truth's
+/// categories, `params.catIds`, and so never sees them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeftOut {
+    /// How many results.
+    pub results: usize,
+    /// Their category ids, sorted, each once.
+    pub category_ids: Vec<i64>,
+}
+
+/// Reads the COCO results format. A result whose image the ground truth lacks
+/// is an error (pycocotools' `loadRes` asserts on it); results whose category
+/// it lacks are left out, as pycocotools leaves them out of the evaluation,
+/// and counted in [`LeftOut`]. Errors name the file and the entry.
+pub fn read_results(path: &Path, gt: &CocoFile) -> Result<(Vec<DetBox>, LeftOut), crate::data::DataError> {
     let text = crate::data::voc::read_to_string(path)?;
     let err = |msg: String| crate::data::DataError::Coco { path: path.to_path_buf(), msg };
     let dets: Vec<DetBox> = serde_json::from_str(&text).map_err(|e| err(format!("not a COCO results list [{{image_id, category_id, bbox, score}}]: {e}")))?;
     let images: HashSet<i64> = gt.images.iter().map(|i| i.id).collect();
     let cats: HashSet<i64> = gt.categories.iter().map(|c| c.id).collect();
-    for (n, d) in dets.iter().enumerate() {
-        if !images.contains(&d.image_id) {
-            return Err(err(format!("result [{n}]: image_id {} is not an image of the ground truth", d.image_id)));
-        }
-        if !cats.contains(&d.category_id) {
-            return Err(err(format!("result [{n}]: category_id {} is not a category of the ground truth", d.category_id)));
-        }
+    if let Some((n, d)) = dets.iter().enumerate().find(|(_, d)| !images.contains(&d.image_id)) {
+        return Err(err(format!("result [{n}]: image_id {} is not an image of the ground truth", d.image_id)));
     }
-    Ok(dets)
+    let (kept, other): (Vec<DetBox>, Vec<DetBox>) = dets.into_iter().partition(|d| cats.contains(&d.category_id));
+    let mut category_ids: Vec<i64> = other.iter().map(|d| d.category_id).collect();
+    category_ids.sort_unstable();
+    category_ids.dedup();
+    Ok((kept, LeftOut { results: other.len(), category_ids }))
 }

@@ -133,7 +133,8 @@ impl Grid {
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
         let mut cells = Vec::new();
         let mut arm_labels = Vec::new();
-        let mut trainable = std::collections::HashMap::new();
+        // trainable training images per (root, format, train split, instances file): a few entries
+        let mut trainable: Vec<((PathBuf, Option<crate::config::DataFormat>, String, Option<PathBuf>), usize)> = Vec::new();
         for (arm, arm_over) in &arms {
             for combo in &combos(&axes) {
                 let label = std::iter::once(arm.clone())
@@ -158,13 +159,16 @@ impl Grid {
                         None => config.train.epochs,
                         Some(_) if !require_data => 0,
                         Some(_) => {
-                            // the annotations are read once per training split, whatever the cells' schedules
-                            let key = (config.dataset.root.clone(), config.dataset.train_split.clone());
-                            let n = match trainable.get(&key) {
-                                Some(&n) => n,
+                            // the annotations are read once per training set, whatever the cells' schedules:
+                            // keyed by all that decides which images it has (a COCO instances file may differ
+                            // between cells under one root, or the format that reads the root)
+                            let d = &config.dataset;
+                            let key = (d.root.clone(), d.format, d.train_split.clone(), d.train_ann.clone());
+                            let n = match trainable.iter().find(|(k, _)| *k == key) {
+                                Some(&(_, n)) => n,
                                 None => {
                                     let n = crate::trainer::trainable_images(&config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
-                                    trainable.insert(key, n);
+                                    trainable.push((key, n));
                                     n
                                 }
                             };

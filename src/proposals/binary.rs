@@ -10,9 +10,12 @@
 //! - the boxes, each `x1 y1 x2 y2` as f32, 1-based inclusive pixels like VOC
 //!   annotations, an image's boxes in rank order.
 //!
-//! Opening reads the header, the index and the ids, and checks that every
-//! entry lies inside the file; a read takes one `pread`. Every error names
-//! the file, and the image where there is one.
+//! Opening reads the header, the index and the ids, and checks every entry:
+//! its id inside the id block, its boxes inside the box region that follows
+//! (offsets added with overflow checks, nothing allocated beyond the file's
+//! size), so that a corrupt index fails at open rather than mid-training; a
+//! read takes one `pread`. Every error names the file, and the image (or the
+//! index entry) where there is one.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -61,6 +64,22 @@ pub fn write(path: &Path, ids: &[&str], boxes: &[Vec<BBox>]) -> Result<()> {
     Ok(())
 }
 
+/// One index entry, as stored.
+struct Entry {
+    id_off: u64,
+    id_len: u32,
+    count: u32,
+    box_off: u64,
+}
+
+impl Entry {
+    fn parse(e: &[u8]) -> Entry {
+        let u64_at = |k: usize| u64::from_le_bytes(e[k..k + 8].try_into().expect("8 bytes"));
+        let u32_at = |k: usize| u32::from_le_bytes(e[k..k + 4].try_into().expect("4 bytes"));
+        Entry { id_off: u64_at(0), id_len: u32_at(8), count: u32_at(12), box_off: u64_at(16) }
+    }
+}
+
 /// An open binary proposals file.
 pub struct BinaryProposals {
     path: PathBuf,
@@ -71,15 +90,21 @@ pub struct BinaryProposals {
 }
 
 impl BinaryProposals {
+    /// Opens a file and checks its whole index: every id lies inside the id
+    /// block and every image's boxes inside the box region, all offsets added
+    /// with overflow checks, so a corrupt index is refused here (naming the
+    /// file and the image, or the index entry) and never mid-training.
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).with_context(|| format!("opening proposals file {}", path.display()))?;
         let len = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
         let bad = |msg: String| anyhow::anyhow!("proposals file {}: {msg}", path.display());
-        let read = |at: u64, n: usize| -> Result<Vec<u8>> {
-            if at + n as u64 > len {
-                return Err(bad(format!("truncated: {} bytes, {} needed", len, at + n as u64)));
+        // `n` bytes at `at`, once they are known to lie inside the file (so no allocation exceeds it)
+        let read = |at: u64, n: u64| -> Result<Vec<u8>> {
+            match at.checked_add(n) {
+                Some(end) if end <= len => {}
+                _ => return Err(bad(format!("truncated: {len} bytes, {n} needed at byte {at}"))),
             }
-            let mut b = vec![0u8; n];
+            let mut b = vec![0u8; n as usize];
             file.read_exact_at(&mut b, at).with_context(|| format!("reading {}", path.display()))?;
             Ok(b)
         };
@@ -88,19 +113,30 @@ impl BinaryProposals {
             bail!(bad("not a binary proposals file (no OHEMPRP1 header)".into()));
         }
         let n = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-        let table = read(16, usize::try_from(n.checked_mul(ENTRY).ok_or_else(|| bad(format!("{n} images is too many")))?).map_err(|_| bad("index too large".into()))?)?;
-        let mut index = HashMap::with_capacity(n as usize);
-        let mut ids = Vec::with_capacity(n as usize);
-        for e in table.chunks_exact(ENTRY as usize) {
-            let id_off = u64::from_le_bytes(e[0..8].try_into().expect("8"));
-            let id_len = u32::from_le_bytes(e[8..12].try_into().expect("4"));
-            let count = u32::from_le_bytes(e[12..16].try_into().expect("4"));
-            let box_off = u64::from_le_bytes(e[16..24].try_into().expect("8"));
-            let id = String::from_utf8(read(id_off, id_len as usize)?).map_err(|_| bad(format!("an image id at byte {id_off} is not UTF-8")))?;
-            if box_off + count as u64 * 16 > len {
-                bail!(bad(format!("truncated: image {id:?}'s {count} boxes end past the file's {len} bytes")));
+        let table = read(16, n.checked_mul(ENTRY).ok_or_else(|| bad(format!("{n} images is too many")))?)?;
+        let entries: Vec<Entry> = table.chunks_exact(ENTRY as usize).map(Entry::parse).collect();
+        // the id block follows the index, the boxes follow the id block
+        let ids_at = 16 + n * ENTRY; // the index was read, so this lies inside the file
+        let mut ids_end = ids_at;
+        for (i, e) in entries.iter().enumerate() {
+            let end = ids_end.checked_add(e.id_len as u64).filter(|&end| end <= len);
+            ids_end = end.ok_or_else(|| bad(format!("index entry {i}: its id of {} bytes ends the id block past the file's {len} bytes (truncated or corrupt)", e.id_len)))?;
+        }
+        let mut index = HashMap::with_capacity(entries.len());
+        let mut ids = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            let id_end = e.id_off.checked_add(e.id_len as u64);
+            if e.id_off < ids_at || id_end.is_none_or(|end| end > ids_end) {
+                bail!(bad(format!("index entry {i}: its id ({} bytes at byte {}) lies outside the id block, bytes {ids_at}..{ids_end}", e.id_len, e.id_off)));
             }
-            if index.insert(id.clone(), (count, box_off)).is_some() {
+            let id = String::from_utf8(read(e.id_off, e.id_len as u64)?).map_err(|_| bad(format!("index entry {i}: its id at byte {} is not UTF-8", e.id_off)))?;
+            if e.box_off < ids_end {
+                bail!(bad(format!("image {id:?} (index entry {i}): its boxes at byte {} lie before the box region, bytes {ids_end}..{len}", e.box_off)));
+            }
+            if (e.count as u64).checked_mul(16).and_then(|b| e.box_off.checked_add(b)).is_none_or(|end| end > len) {
+                bail!(bad(format!("image {id:?} (index entry {i}): its {} boxes at byte {} end past the file's {len} bytes (truncated or corrupt)", e.count, e.box_off)));
+            }
+            if index.insert(id.clone(), (e.count, e.box_off)).is_some() {
                 bail!(bad(format!("image {id:?} appears twice")));
             }
             ids.push(id);

@@ -21,38 +21,9 @@ use sha2::{Digest, Sha256};
 use crate::boxes::{iou, BBox};
 use crate::data::voc::{read_image_bytes, Annotation, Dataset};
 use crate::rundir::{write_file, PhaseKind};
-pub use selective_search::SsMode;
-
-/// Selective-search parameters. Part of the cache key.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SsParams {
-    pub mode: SsMode,
-    /// Gaussian sigma of the Felzenszwalb-Huttenlocher pre-smoothing.
-    pub sigma: f32,
-    /// Boxes narrower or shorter than this (pixels) are dropped.
-    pub min_side: u32,
-    /// At most this many boxes per image, best-ranked first.
-    pub max_boxes: usize,
-}
-
-impl Default for SsParams {
-    fn default() -> Self {
-        SsParams { mode: SsMode::Fast, sigma: 0.8, min_side: 6, max_boxes: 2000 }
-    }
-}
-
-impl SsParams {
-    pub fn check(&self) -> Result<()> {
-        if !(self.sigma >= 0.0 && self.sigma <= 10.0) {
-            bail!("proposals.sigma = {} is outside [0, 10]", self.sigma);
-        }
-        if self.max_boxes == 0 {
-            bail!("proposals.max_boxes = 0: at least one box per image is needed");
-        }
-        Ok(())
-    }
-}
+/// Selective search's parameters live in the configuration (which depends on
+/// no stage); re-exported here, where they are used.
+pub use crate::config::{SsMode, SsParams};
 
 /// The default proposal cache: `$OHEM_CACHE/proposals`, else `$XDG_CACHE_HOME`
 /// or `~/.cache`, under `ohem-harness/proposals`.

@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::felzenszwalb::{gaussian_blur, segment, Planes};
 use crate::boxes::BBox;
+pub use crate::config::SsMode;
 
 /// Colour spaces of the paper.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,20 +46,8 @@ pub struct Sims {
 pub const CTSF: Sims = Sims { colour: true, texture: true, size: true, fill: true };
 pub const TSF: Sims = Sims { colour: false, texture: true, size: true, fill: true };
 
-/// Named diversification settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SsMode {
-    /// One strategy: HSV, k=100, C+T+S+F.
-    Single,
-    /// The paper's "fast": {HSV, Lab} x {k=50, 100} x {C+T+S+F, T+S+F}.
-    #[default]
-    Fast,
-    /// The paper's "quality": {HSV, Lab, rgI, RGB} x {k=50, 100, 150, 300} x {C+T+S+F, T+S+F}.
-    Quality,
-}
-
 impl SsMode {
+    /// The strategies a mode runs: (colour space, k, similarities).
     pub fn strategies(self) -> Vec<(ColourSpace, f32, Sims)> {
         let (spaces, ks): (&[ColourSpace], &[f32]) = match self {
             SsMode::Single => return vec![(ColourSpace::Hsv, 100.0, CTSF)],

@@ -176,22 +176,12 @@ impl EpochStats {
             lr,
             map_voc07: None,
             map_voc10: None,
-            coco_ap: None,
-            coco_ap50: None,
-            coco_ap75: None,
-            coco_aps: None,
-            coco_apm: None,
-            coco_apl: None,
-            coco_ar1: None,
-            coco_ar10: None,
-            coco_ar100: None,
-            coco_ars: None,
-            coco_arm: None,
-            coco_arl: None,
             rois_per_image: (self.images > 0.0).then(|| self.rois_all / self.images),
             load_s: Some(self.load_s),
             streamed_images: (self.streamed > 0.0).then_some(self.streamed),
             prefetched_images: (self.streamed > 0.0).then_some(self.prefetched),
+            // the COCO columns: empty until the epoch is evaluated
+            ..EpochRow::default()
         }
     }
 }
