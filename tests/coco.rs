@@ -457,7 +457,9 @@ fn coco_border_boxes_read_valid_and_convert_to_voc() {
     let voc = t.path().join("voc");
     convert(&coco, &voc, &["test".to_string()]).unwrap();
     let back = Dataset::open(&voc).unwrap().load_split("test").unwrap();
-    let b = back.iter().find(|b| b.id == a.id).unwrap();
+    // VOC names the image by its file's stem
+    let stem = Path::new(&a.filename).file_stem().unwrap().to_str().unwrap().to_string();
+    let b = back.iter().find(|b| b.id == stem).unwrap();
     assert_eq!(b.objects.iter().map(|o| o.bbox).collect::<Vec<_>>(), a.objects.iter().map(|o| o.bbox).collect::<Vec<_>>());
 }
 
