@@ -338,8 +338,8 @@ pub struct BenchArgs {
     /// Timed iterations per configuration of the training benchmark.
     #[arg(long, default_value_t = 5)]
     iters: usize,
-    /// `bench data`: dataset.cache_mib of the training runs (MiB of decoded images held per split).
-    #[arg(long, default_value_t = 256)]
+    /// `bench data`: dataset.cache_mib of its stages (MiB of decoded images held per split).
+    #[arg(long, default_value_t = 64)]
     cache_mib: u64,
     /// `bench data`: training images of each generated dataset (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
@@ -354,9 +354,15 @@ pub struct BenchArgs {
     /// The training config of `bench epoch`.
     #[arg(long, default_value = "experiments/frcn-quick.yaml")]
     config: PathBuf,
-    /// Epochs trained (and evaluated) by `bench epoch`.
-    #[arg(long, default_value_t = 2)]
-    epochs: usize,
+    /// Epochs trained (and evaluated) by `bench epoch` [default: 2], and by `bench data`'s training stage [default: 3].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// `bench data`: dataset.cache_mib of its `held` stage, a budget the splits fit.
+    #[arg(long, default_value_t = 4096)]
+    held_mib: u64,
+    /// `bench data`: the stages to run (comma-separated): pretrain, train, mine, eval, held.
+    #[arg(long, value_delimiter = ',', default_value = "pretrain,train,mine,eval,held")]
+    stages: Vec<String>,
     /// Proposals per image of `bench samplers` (comma-separated counts).
     #[arg(long, value_delimiter = ',', default_value = "500,2000")]
     proposals: Vec<usize>,
@@ -412,7 +418,7 @@ pub enum BenchWhat {
     Epoch,
     /// Claim (a) across regimes: masked / read-only OHEM against RoIs per image and head width, written to --out (not part of `all`).
     ClaimA,
-    /// The image loader on datasets of 1,000, 5,000 and 20,000 images: peak RSS of --iters training iterations, images per second, the steps' wait for images (not part of `all`).
+    /// Memory over the whole pipeline on datasets of 1,000, 5,000 and 20,000 images: peak RSS of each stage (pre-training, training over --epochs of --iters, a mining round, evaluation, training held), the wait for images per epoch (not part of `all`).
     Data,
     All,
 }
@@ -434,7 +440,7 @@ impl Command {
                 Ok(())
             }
             Command::Bench(a) => {
-                if a.images == 0 || a.iters == 0 || a.epochs == 0 || a.proposals.contains(&0) || a.rois.contains(&0) || a.vgg16_rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
+                if a.images == 0 || a.iters == 0 || a.epochs == Some(0) || a.proposals.contains(&0) || a.rois.contains(&0) || a.vgg16_rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
                     bail!("--images, --iters, --epochs, --proposals, --rois, --vgg16-rois and --fc must be at least 1");
                 }
                 Ok(())
@@ -791,13 +797,14 @@ fn report(results: &std::path::Path) -> Result<()> {
 fn bench(a: BenchArgs) -> Result<()> {
     let all = a.what == BenchWhat::All;
     if a.what == BenchWhat::Epoch {
-        crate::bench::epoch(&a.config, a.epochs)?;
+        crate::bench::epoch(&a.config, a.epochs.unwrap_or(2))?;
     }
     if a.what == BenchWhat::Data {
         if a.sizes.iter().any(|&n| n < 8) {
             bail!("--sizes: each dataset needs at least 8 images (its test split)");
         }
-        crate::bench::data(&a.sizes, a.cache_mib, a.iters)?;
+        let epochs = a.epochs.unwrap_or(3);
+        crate::bench::data(&crate::bench::DataBench { sizes: a.sizes.clone(), cache_mib: a.cache_mib, held_mib: a.held_mib, iters: a.iters, epochs, stages: a.stages.clone() })?;
     }
     if a.what == BenchWhat::ClaimA {
         if a.replot {

@@ -288,3 +288,31 @@ fn a_streamed_source_pretrains_the_same_backbone() {
     let b = pretrain::ensure_with(&streamed, &t.path().join("b"), None, false).unwrap();
     assert!(std::fs::read(&a.weights).unwrap() == std::fs::read(&b.weights).unwrap(), "streamed pre-training trained other weights");
 }
+
+/// The pre-training key's image hashes are recorded: a file whose device, inode, size and
+/// modification time are as they were is not read again (its bytes changed behind an old time
+/// restored by hand keep the key: the record was used), and one with a new time is.
+#[test]
+fn image_hashes_are_read_once_while_the_files_are_unchanged() {
+    use ohem_harness::pretrain::key_of;
+    let t = tempfile::tempdir().unwrap();
+    let voc = crate::util::copy_of(crate::util::tiny_dataset());
+    let ds = ohem_harness::data::Dataset::open(voc.path()).unwrap();
+    // an hour-old time on every image (a file changed in the last 2 s is hashed every time)
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let touch = |p: &Path, at: std::time::SystemTime| std::fs::File::options().write(true).open(p).unwrap().set_modified(at).unwrap();
+    for id in ds.split_ids("trainval").unwrap() {
+        touch(&ds.image_path(&id), old);
+    }
+    let cfg = tiny_pretrain(t.path(), &[&format!("dataset.root={}", voc.path().display())]);
+    let k1 = key_of(&cfg).unwrap().0;
+    let p = ds.image_path(&ds.split_ids("trainval").unwrap()[0]);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&p, &bytes).unwrap();
+    touch(&p, old);
+    assert_eq!(key_of(&cfg).unwrap().0, k1, "an unchanged size and time: the recorded hash");
+    touch(&p, old + std::time::Duration::from_secs(1));
+    assert_ne!(key_of(&cfg).unwrap().0, k1, "a new time: the file is read again");
+}

@@ -18,7 +18,7 @@ mod train;
 
 pub use claim_a::{claim_a, claim_a_ratio, claim_a_widths, replot_claim_a, ClaimAPoint};
 pub use common::{bench_config, cuda_state, machine_line, measure_peak, median, peak_rss_mib, reset_peak_rss, rss_mib, PeakMemory, SMALL, VGG16};
-pub use data::data;
+pub use data::{data, DataBench};
 pub use epoch::epoch;
 pub use eval::{eval, eval_coco};
 pub use proposals::proposals;

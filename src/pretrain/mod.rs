@@ -441,22 +441,15 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], pixels: &Pixels, n_classes: usize
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let chunks: Vec<&[Crop]> = crops.chunks(p.batch_size).filter(|c| c.len() >= 2).collect();
         for (b, chunk) in chunks.iter().enumerate() {
-            let (x, rois, labels, targets) = make_batch(pixels, chunk, cfg, device)?;
+            let batch = make_batch(pixels, chunk, cfg, device)?;
             pixels.ahead(chunks.get(b + 1).copied());
-            let feats = model.features(&x, true);
-            let (logits, deltas) = model.head(&feats, &rois, true);
-            let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
-            let loss = cls.mean(Kind::Float) + loc.sum(Kind::Float) / chunk.len() as f64;
-            loss.backward();
-            let lr = lr_at(step);
-            opt.step(lr);
+            let (l, right) = train_batch(&model, &mut opt, batch, chunk.len(), k, lr_at(step));
             step += 1;
-            let l = loss.double_value(&[]);
             if !l.is_finite() {
                 bail!("pre-training diverged at epoch {} (loss {l}); lower pretrain.lr = {}", epoch + 1, p.lr);
             }
             loss_sum += l * chunk.len() as f64;
-            correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            correct += right;
             seen += chunk.len();
             bar.set_message(format!("epoch {}/{} acc {:.3}", epoch + 1, p.epochs, correct as f64 / seen as f64));
             bar.inc(1);
@@ -489,12 +482,31 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], pixels: &Pixels, n_classes: usize
         }
     }
     bar.finish_and_clear();
+    write_outputs(out, &rows, &vs)
+}
+
+/// One SGD step on a batch of `n` crops (windows, RoIs, labels, targets) at `lr`: the
+/// batch's loss before the step and how many crops the classifier got right.
+fn train_batch(model: &FastRcnn, opt: &mut Sgd, batch: (Tensor, Tensor, Tensor, Tensor), n: usize, k: i64, lr: f64) -> (f64, i64) {
+    let (x, rois, labels, targets) = batch;
+    let feats = model.features(&x, true);
+    let (logits, deltas) = model.head(&feats, &rois, true);
+    let (cls, loc) = per_roi_losses(&logits, &deltas, &labels, &targets, k);
+    let loss = cls.mean(Kind::Float) + loc.sum(Kind::Float) / n as f64;
+    loss.backward();
+    opt.step(lr);
+    let right = logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+    (loss.double_value(&[]), right)
+}
+
+/// Writes `pretrain.csv` and the weights: the backbone and fc6/fc7 (the detector's
+/// classifier and regressor start fresh).
+fn write_outputs(out: &Path, rows: &[PretrainRow], vs: &nn::VarStore) -> Result<()> {
     let mut w = csv::Writer::from_path(out.join(LOG)).with_context(|| format!("writing {}", out.join(LOG).display()))?;
-    for r in &rows {
+    for r in rows {
         w.serialize(r)?;
     }
     w.flush()?;
-    // the backbone and fc6/fc7; the detector's classifier and regressor start fresh
     let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(n, _)| !n.starts_with("cls_score.") && !n.starts_with("bbox_pred.")).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let file = out.join(WEIGHTS);
