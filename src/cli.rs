@@ -335,9 +335,9 @@ pub struct BenchArgs {
     /// Images for the proposal benchmark.
     #[arg(long, default_value_t = 20)]
     images: usize,
-    /// Timed iterations per configuration of the training benchmark.
-    #[arg(long, default_value_t = 5)]
-    iters: usize,
+    /// Timed iterations per configuration of the training benchmarks [default: 5]; iterations per epoch of `bench data`'s training stage [default: 100].
+    #[arg(long)]
+    iters: Option<usize>,
     /// `bench data`: dataset.cache_mib of its stages (MiB of decoded images held per split).
     #[arg(long, default_value_t = 64)]
     cache_mib: u64,
@@ -440,7 +440,7 @@ impl Command {
                 Ok(())
             }
             Command::Bench(a) => {
-                if a.images == 0 || a.iters == 0 || a.epochs == Some(0) || a.proposals.contains(&0) || a.rois.contains(&0) || a.vgg16_rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
+                if a.images == 0 || a.iters == Some(0) || a.epochs == Some(0) || a.proposals.contains(&0) || a.rois.contains(&0) || a.vgg16_rois.contains(&0) || a.fc.iter().any(|&f| f < 1) {
                     bail!("--images, --iters, --epochs, --proposals, --rois, --vgg16-rois and --fc must be at least 1");
                 }
                 Ok(())
@@ -647,7 +647,7 @@ fn train(a: TrainArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::rundir::set_phase_dir(&out);
     crate::rundir::catch_preemption_signals()?;
-    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None, stop_in: None };
+    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None, stop_in: None, warnings: None };
     let rows = crate::trainer::train(&cfg, &out, &opts)?;
     if let Some(r) = rows.last() {
         let map = |m: Option<f64>| m.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());
@@ -804,13 +804,13 @@ fn bench(a: BenchArgs) -> Result<()> {
             bail!("--sizes: each dataset needs at least 8 images (its test split)");
         }
         let epochs = a.epochs.unwrap_or(3);
-        crate::bench::data(&crate::bench::DataBench { sizes: a.sizes.clone(), cache_mib: a.cache_mib, held_mib: a.held_mib, iters: a.iters, epochs, stages: a.stages.clone() })?;
+        crate::bench::data(&crate::bench::DataBench { sizes: a.sizes.clone(), cache_mib: a.cache_mib, held_mib: a.held_mib, iters: a.iters.unwrap_or(100), epochs, stages: a.stages.clone() })?;
     }
     if a.what == BenchWhat::ClaimA {
         if a.replot {
             return crate::bench::replot_claim_a(&a.out);
         }
-        crate::bench::claim_a(&a.out, a.iters, &a.rois, &crate::bench::claim_a_widths(&a.fc, a.vgg16), a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
+        crate::bench::claim_a(&a.out, a.iters.unwrap_or(5), &a.rois, &crate::bench::claim_a_widths(&a.fc, a.vgg16), a.vgg16.then_some(a.vgg16_rois.as_slice()), a.peer, a.rounds as usize)?;
     }
     if all || a.what == BenchWhat::Proposals {
         crate::bench::proposals(a.images)?;
@@ -822,10 +822,10 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     if all || a.what == BenchWhat::Train {
-        crate::bench::train(a.iters, a.vgg16)?;
+        crate::bench::train(a.iters.unwrap_or(5), a.vgg16)?;
     }
     if all || a.what == BenchWhat::Samplers {
-        let iters = if a.vgg16 { a.iters.min(2) } else { a.iters };
+        let iters = if a.vgg16 { a.iters.unwrap_or(5).min(2) } else { a.iters.unwrap_or(5) };
         if a.fold_bn && a.vgg16 {
             anyhow::bail!("--fold-bn: VGG16 has no batch norm to fold; drop --vgg16");
         }

@@ -332,6 +332,21 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteErr
     Ok(())
 }
 
+/// Writes a file atomically (a temporary file, then a rename) but not durably: for what a
+/// resume does not read (`progress.json`, rewritten up to once a second on the training
+/// thread), where an `fsync` would only cost time.
+pub fn write_file_volatile(path: &Path, bytes: &[u8]) -> std::result::Result<(), WriteError> {
+    let fail = |source| WriteError { path: path.to_path_buf(), source };
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(fail)
+}
+
 /// Flushes a file that another library wrote (libtorch's `save`) to the disk.
 pub fn sync_file(path: &Path) -> std::result::Result<(), WriteError> {
     std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|source| WriteError { path: path.to_path_buf(), source })
@@ -827,7 +842,7 @@ pub fn report_phase(phase: PhaseKind, epoch: usize, epochs: usize, done: usize, 
     }
     let p = Phase { phase, epoch, epochs, done, total, updated: unix_now() };
     if let Ok(text) = serde_json::to_string(&p) {
-        let _ = write_file(path, text.as_bytes());
+        let _ = write_file_volatile(path, text.as_bytes());
     }
     *last = Some((phase, std::time::Instant::now()));
 }

@@ -499,3 +499,33 @@ fn eval_ignores_results_of_categories_the_ground_truth_lacks() {
     let ap = v["AP"].as_f64().unwrap();
     assert!(ap > 0.0 && ap < 1.0, "a case where leaving results out could move AP: {ap}");
 }
+
+/// One parse of an instances file while it is in use: the dataset holds its training split's
+/// parse, and every later read of the unchanged file (the annotations, the pre-training's key and
+/// source) gets that same parse; a changed file is parsed again.
+#[test]
+fn an_instances_file_is_parsed_once_while_it_is_held() {
+    use ohem_harness::config::DatasetConfig;
+    use ohem_harness::data::coco::CocoFile;
+    use ohem_harness::data::Dataset;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("c");
+    ohem_harness::data::coco::convert(crate::util::tiny_dataset(), &root, &[]).unwrap();
+    let ds = Dataset::from_config(&DatasetConfig::voc(&root)).unwrap();
+    let ann = root.join("annotations/instances_trainval.json");
+    let held = ds.coco_file("trainval").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&held, &CocoFile::read_shared(&ann).unwrap()), "a second read while the dataset holds the file");
+    let again = Dataset::from_config(&DatasetConfig::voc(&root)).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&held, &again.coco_file("trainval").unwrap()), "a second dataset of the same root");
+    // a changed file (another length) is parsed again, even while the old parse is held
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ann).unwrap()).unwrap();
+    v["images"].as_array_mut().unwrap().truncate(3);
+    let keep: Vec<i64> = v["images"].as_array().unwrap().iter().map(|i| i["id"].as_i64().unwrap()).collect();
+    v["annotations"].as_array_mut().unwrap().retain(|a| keep.contains(&a["image_id"].as_i64().unwrap()));
+    std::fs::write(&ann, v.to_string()).unwrap();
+    let fresh = CocoFile::read_shared(&ann).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&held, &fresh) && fresh.images.len() == 3);
+    // the memo holds no parse itself: once nothing does, the next read parses again
+    drop((held, ds, again, fresh));
+    assert_eq!(CocoFile::read_shared(&ann).unwrap().images.len(), 3);
+}

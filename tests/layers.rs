@@ -56,3 +56,69 @@ fn selective_search_parameters_serialise_as_before() {
     assert_eq!(serde_json::to_string(&d).unwrap(), r#"{"mode":"fast","sigma":0.8,"min_side":6,"max_boxes":2000}"#);
     assert_eq!(ohem_harness::config::ProposalConfig::default().ss_params(), d);
 }
+
+/// The lines of each function body under src/ (from its `fn` line to the brace that closes
+/// it; braces inside strings, characters and comments do not count).
+fn function_lengths() -> Vec<(usize, String)> {
+    let mut files = Vec::new();
+    rs_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            let t = l.trim_start();
+            let is_fn = ["fn ", "pub fn ", "pub(crate) fn ", "pub(super) fn ", "async fn ", "unsafe fn ", "pub unsafe fn ", "const fn ", "pub const fn "].iter().any(|p| t.starts_with(p));
+            if !is_fn {
+                continue;
+            }
+            // from the body's opening brace to its match
+            let (mut depth, mut opened, mut end) = (0i64, false, None);
+            'scan: for (j, line) in lines.iter().enumerate().skip(i) {
+                let (mut in_str, mut chars) = (false, line.chars().peekable());
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' if in_str => {
+                            chars.next();
+                        }
+                        '"' => in_str = !in_str,
+                        '/' if !in_str && chars.peek() == Some(&'/') => break,
+                        '\'' if !in_str => {
+                            // a char literal such as '{' or '\'' (a lifetime has no closing quote nearby)
+                            let rest: String = chars.clone().take(3).collect();
+                            if rest.starts_with("\\") || rest.chars().nth(1) == Some('\'') {
+                                for _ in 0..if rest.starts_with("\\") { 3 } else { 2 } {
+                                    chars.next();
+                                }
+                            }
+                        }
+                        '{' if !in_str => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' if !in_str => depth -= 1,
+                        ';' if !in_str && !opened && depth == 0 => break 'scan, // a declaration without a body
+                        _ => {}
+                    }
+                }
+                if opened && depth == 0 {
+                    end = Some(j);
+                    break;
+                }
+            }
+            if let Some(j) = end {
+                out.push((j - i + 1, format!("{}:{}", f.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(&f).display(), i + 1)));
+            }
+        }
+    }
+    out
+}
+
+/// No function in src/ runs over 100 lines: a longer one is split into the steps it takes.
+#[test]
+fn no_function_is_over_100_lines() {
+    let all = function_lengths();
+    assert!(all.len() > 500, "the scan found {} functions", all.len());
+    let long: Vec<String> = all.iter().filter(|(n, _)| *n > 100).map(|(n, at)| format!("{at}: {n} lines")).collect();
+    assert!(long.is_empty(), "{}", long.join("\n"));
+}

@@ -289,30 +289,37 @@ fn a_streamed_source_pretrains_the_same_backbone() {
     assert!(std::fs::read(&a.weights).unwrap() == std::fs::read(&b.weights).unwrap(), "streamed pre-training trained other weights");
 }
 
-/// The pre-training key's image hashes are recorded: a file whose device, inode, size and
-/// modification time are as they were is not read again (its bytes changed behind an old time
-/// restored by hand keep the key: the record was used), and one with a new time is.
+/// The pre-training key's image hashes are recorded: a second key of the same data reads no
+/// image; a file given a new time (its bytes changed) is read again, and the key follows it.
 #[test]
 fn image_hashes_are_read_once_while_the_files_are_unchanged() {
-    use ohem_harness::pretrain::key_of;
+    use ohem_harness::pretrain::{file_digests, key_of};
     let t = tempfile::tempdir().unwrap();
     let voc = crate::util::copy_of(crate::util::tiny_dataset());
     let ds = ohem_harness::data::Dataset::open(voc.path()).unwrap();
-    // an hour-old time on every image (a file changed in the last 2 s is hashed every time)
+    let paths: Vec<std::path::PathBuf> = ds.split_ids("trainval").unwrap().iter().map(|id| ds.image_path(id)).collect();
+    // an hour-old modification time on every image
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     let touch = |p: &Path, at: std::time::SystemTime| std::fs::File::options().write(true).open(p).unwrap().set_modified(at).unwrap();
-    for id in ds.split_ids("trainval").unwrap() {
-        touch(&ds.image_path(&id), old);
+    for p in &paths {
+        touch(p, old);
     }
+    // and a change time 2 s old: a file changed in the last 2 s is hashed every time
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let first = file_digests(&paths).unwrap();
+    assert_eq!(first.read, paths.len(), "the first time every file is read");
+    let again = file_digests(&paths).unwrap();
+    assert_eq!((again.read, &again.sums), (0, &first.sums), "unchanged files: the record's hashes, nothing read");
     let cfg = tiny_pretrain(t.path(), &[&format!("dataset.root={}", voc.path().display())]);
     let k1 = key_of(&cfg).unwrap().0;
-    let p = ds.image_path(&ds.split_ids("trainval").unwrap()[0]);
-    let mut bytes = std::fs::read(&p).unwrap();
+    // one image's bytes changed, its old time put back: its change time still moved
+    let mut bytes = std::fs::read(&paths[0]).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x5a;
-    std::fs::write(&p, &bytes).unwrap();
-    touch(&p, old);
-    assert_eq!(key_of(&cfg).unwrap().0, k1, "an unchanged size and time: the recorded hash");
-    touch(&p, old + std::time::Duration::from_secs(1));
-    assert_ne!(key_of(&cfg).unwrap().0, k1, "a new time: the file is read again");
+    std::fs::write(&paths[0], &bytes).unwrap();
+    touch(&paths[0], old);
+    let after = file_digests(&paths).unwrap();
+    assert_eq!(after.read, 1, "the changed file alone is read again");
+    assert_ne!(after.sums[0], first.sums[0]);
+    assert_ne!(key_of(&cfg).unwrap().0, k1, "the key follows the bytes");
 }

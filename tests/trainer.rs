@@ -101,6 +101,26 @@ fn same_seed_same_run_and_exact_resume() {
     assert!(err.contains("different config"), "{err}");
 }
 
+/// A finished run is noticed from its logs and annotations alone: with a training image gone
+/// (and a schedule in iterations, whose epochs need the training split's size), a rerun
+/// returns the run's rows without reading an image.
+#[test]
+fn a_finished_run_is_noticed_before_any_image_is_read() {
+    let _rng = crate::util::torch_rng_lock();
+    let t = tempfile::tempdir().unwrap();
+    let data = crate::util::copy_of(tiny_dataset());
+    let o: Vec<String> = [format!("dataset.root={}", data.path().display()), "train.epochs=0".into(), "train.lr_steps=[]".into(), "train.iterations=4".into(), "train.lr_steps_iters=[]".into(), "train.iters_per_epoch=2".into()].to_vec();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), ""), &o).unwrap();
+    let run = t.path().join("run");
+    let rows = train(&cfg, &run, &test_opts()).unwrap();
+    assert_eq!(rows.len(), 2);
+    let ds = ohem_harness::data::Dataset::open(data.path()).unwrap();
+    for id in ds.split_ids("trainval").unwrap() {
+        std::fs::remove_file(ds.image_path(&id)).unwrap();
+    }
+    assert_eq!(train(&cfg, &run, &test_opts()).unwrap(), rows);
+}
+
 /// `train.iterations` that mean what `train.epochs` means train the same run,
 /// bit for bit; a total that is not a whole number of epochs cuts the last
 /// epoch short, and a step inside an epoch applies from that iteration on.
@@ -578,46 +598,73 @@ fn a_stop_during_evaluation_or_mining_resumes_there() {
     assert_eq!(mining(&dir), mining(&t.path().join("whole")));
 }
 
-/// Every file of a checkpoint, truncated to half or overwritten with zeros in turn: the
-/// resume passes over the damaged checkpoint with a warning naming the file, falls back to
-/// the previous whole one (the epoch's start for a mid-epoch checkpoint, the epoch before
-/// for an epoch checkpoint, the initial weights when none is left), and ends as an
-/// uninterrupted run. With HNM, whose checkpoints carry a mined cache.
+/// Every file of a checkpoint, truncated to half or overwritten with zeros in turn, in the
+/// three states a resume meets: a mid-epoch checkpoint (its five files), epoch checkpoints only
+/// (epoch 2's four), and an epoch checkpointed but not evaluated (epoch 3's four, a stop having
+/// cut its evaluation short). The resume passes over the damaged checkpoint with a warning that
+/// names the file, falls back to the previous whole one (the mid-epoch checkpoint's epoch start,
+/// the epoch before, the mid-epoch checkpoint before the unevaluated epoch, the initial weights
+/// when none is left) and ends as an uninterrupted run. With HNM, whose checkpoints carry a
+/// mined cache.
 #[test]
 fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
+    use ohem_harness::rundir::PhaseKind;
     static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    static IN_EVAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let _rng = crate::util::torch_rng_lock();
     let t = tempfile::tempdir().unwrap();
     let cfg = TrainConfig::load(&tiny_config(t.path(), "sampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 1\n"), &["train.iters_per_epoch=2".into(), "train.epochs=3".into()]).unwrap();
     let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
     let key = |rows: &[EpochRow]| rows.iter().map(|r| (outcome(r), r.sel_loss, r.cache_size)).collect::<Vec<_>>();
     // a run stopped inside epoch 3 after epochs 1 and 2 (both kept): epoch and mid-epoch checkpoints
-    let base = t.path().join("base");
+    let mid = t.path().join("mid");
     let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), ..test_opts() };
-    while read_metrics(&base.join("metrics.csv")).unwrap().len() < 2 || !base.join("checkpoints/partial/partial.json").exists() {
-        assert!(train(&cfg, &base, &stopping).is_err());
+    while read_metrics(&mid.join("metrics.csv")).unwrap().len() < 2 || !mid.join("checkpoints/partial/partial.json").exists() {
+        assert!(train(&cfg, &mid, &stopping).is_err());
     }
-    let ck = base.join("checkpoints");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&ck).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file() && !p.to_string_lossy().contains("epoch_001")).collect();
-    files.extend(std::fs::read_dir(ck.join("partial")).unwrap().map(|e| e.unwrap().path()));
-    files.sort();
-    let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names.len(), 9, "epoch 2's four files and the mid-epoch checkpoint's five: {names:?}");
-    for (n, file) in files.iter().enumerate() {
-        for zeros in [false, true] {
-            let run = t.path().join(format!("run{n}{}", zeros as u8));
-            crate::util::copy_dir(&base, &run);
-            let target = run.join(file.strip_prefix(&base).unwrap());
-            let len = std::fs::metadata(&target).unwrap().len() as usize;
-            std::fs::write(&target, if zeros { vec![0u8; len] } else { std::fs::read(&target).unwrap()[..len / 2].to_vec() }).unwrap();
-            let rows = train(&cfg, &run, &test_opts()).unwrap_or_else(|e| panic!("{} {}: no resume: {e:#}", names[n], if zeros { "zeroed" } else { "truncated" }));
-            assert_eq!(key(&rows), key(&whole), "{} {}: the resumed run differs", names[n], if zeros { "zeroed" } else { "truncated" });
+    // the same without its mid-epoch checkpoint
+    let epochs = t.path().join("epochs");
+    crate::util::copy_dir(&mid, &epochs);
+    std::fs::remove_dir_all(epochs.join("checkpoints/partial")).unwrap();
+    // and one further: epoch 3 trained and checkpointed, its evaluation stopped
+    let eval = t.path().join("eval");
+    crate::util::copy_dir(&mid, &eval);
+    let in_eval = ohem_harness::trainer::TrainOptions { stop: Some(&IN_EVAL), stop_in: Some(PhaseKind::Evaluating), ..test_opts() };
+    assert!(train(&cfg, &eval, &in_eval).is_err());
+    assert!(eval.join("checkpoints/epoch_003.json").exists() && read_metrics(&eval.join("metrics.csv")).unwrap().len() == 2);
+    let files = |base: &Path, pick: &dyn Fn(&str) -> bool| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = walk(&base.join("checkpoints")).into_iter().filter(|p| pick(&p.file_name().unwrap().to_string_lossy())).collect();
+        v.sort();
+        v
+    };
+    let cases = [
+        (&mid, files(&mid, &|n| n.starts_with("partial.")), 5),
+        (&epochs, files(&epochs, &|n| n.starts_with("epoch_002")), 4),
+        (&eval, files(&eval, &|n| n.starts_with("epoch_003")), 4),
+    ];
+    for (base, damaged, count) in cases {
+        assert_eq!(damaged.len(), count, "{}: {damaged:?}", base.display());
+        for (n, file) in damaged.iter().enumerate() {
+            for zeros in [false, true] {
+                let name = file.file_name().unwrap().to_string_lossy().into_owned();
+                let what = format!("{} {name} {}", base.file_name().unwrap().to_string_lossy(), if zeros { "zeroed" } else { "truncated" });
+                let run = t.path().join(format!("{}-{n}-{}", base.file_name().unwrap().to_string_lossy(), zeros as u8));
+                crate::util::copy_dir(base, &run);
+                let target = run.join(file.strip_prefix(base).unwrap());
+                let len = std::fs::metadata(&target).unwrap().len() as usize;
+                std::fs::write(&target, if zeros { vec![0u8; len] } else { std::fs::read(&target).unwrap()[..len / 2].to_vec() }).unwrap();
+                let warnings = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+                let opts = ohem_harness::trainer::TrainOptions { warnings: Some(warnings.clone()), ..test_opts() };
+                let rows = train(&cfg, &run, &opts).unwrap_or_else(|e| panic!("{what}: no resume: {e:#}"));
+                assert_eq!(key(&rows), key(&whole), "{what}: the resumed run differs");
+                let said = warnings.lock().unwrap().join("\n");
+                assert!(said.contains(&name), "{what}: no warning names the file: {said}");
+            }
         }
     }
-    // epoch 2's weights damaged and no mid-epoch checkpoint: back to epoch 1, epochs 2 and 3 trained again
-    let run = t.path().join("epoch-fallback");
-    crate::util::copy_dir(&base, &run);
-    std::fs::remove_dir_all(run.join("checkpoints/partial")).unwrap();
+    // epoch 2's weights emptied, without a mid-epoch checkpoint, through the command line
+    let run = t.path().join("cli");
+    crate::util::copy_dir(&epochs, &run);
     std::fs::write(run.join("checkpoints/epoch_002.safetensors"), b"").unwrap();
     let (cfg_path, run_s, cache) = (run.join("config.yaml"), run.to_string_lossy().into_owned(), crate::util::cache_dir().to_string_lossy().into_owned());
     let (ok, _, err) = harness(&["train", cfg_path.to_str().unwrap(), "--out", &run_s, "--cache-dir", &cache]);
@@ -626,12 +673,25 @@ fn a_damaged_checkpoint_falls_back_to_the_previous_one() {
     assert_eq!(key(&read_metrics(&run.join("metrics.csv")).unwrap()), key(&whole));
     // nothing usable at all: from the initial weights
     let run = t.path().join("fresh-fallback");
-    crate::util::copy_dir(&base, &run);
-    std::fs::remove_dir_all(run.join("checkpoints/partial")).unwrap();
+    crate::util::copy_dir(&epochs, &run);
     for f in ["epoch_001.safetensors", "epoch_002.safetensors"] {
         std::fs::write(run.join("checkpoints").join(f), b"").unwrap();
     }
     assert_eq!(key(&train(&cfg, &run, &test_opts()).unwrap()), key(&whole));
+}
+
+/// Every file under `dir`, folders walked.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// The classification weights a sampler returns reach the RoIs and images they were given for:

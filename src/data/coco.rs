@@ -267,10 +267,15 @@ impl CocoFile {
 
 /// Image ids for annotations written as COCO: each VOC id that is a decimal
 /// number keeps it when all are numbers and distinct; otherwise 1, 2, … in order.
+/// (One split as evaluation reads it: an id listed twice is two entries, as it always was.)
 pub fn image_ids(anns: &[Annotation]) -> Vec<i64> {
-    let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
-    let of = numbering(&ids);
-    ids.iter().map(|id| of[id]).collect()
+    let parsed: Option<Vec<i64>> = anns.iter().map(|a| a.id.parse::<i64>().ok()).collect();
+    if let Some(p) = parsed {
+        if p.iter().collect::<HashSet<_>>().len() == p.len() {
+            return p;
+        }
+    }
+    (1..=anns.len() as i64).collect()
 }
 
 /// COCO image ids for VOC ids, which may repeat (one image in two splits gets one id):

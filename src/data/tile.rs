@@ -176,6 +176,22 @@ fn read_image(xml: &Path, ann: &Annotation) -> Result<image::RgbImage> {
     Ok(img)
 }
 
+/// Checks, from its header alone, that the image a source annotation names opens and has the
+/// annotation's size: so that a call fails before it writes anything, not half-way.
+fn check_image(xml: &Path, ann: &Annotation) -> Result<()> {
+    let img_path = xml.parent().unwrap_or(Path::new(".")).join(&ann.filename);
+    let reader = image::ImageReader::open(&img_path).with_context(|| format!("{}: its image {} cannot be opened", xml.display(), img_path.display()))?;
+    let (w, h) = reader
+        .with_guessed_format()
+        .with_context(|| format!("image {}: unreadable", img_path.display()))?
+        .into_dimensions()
+        .with_context(|| format!("image {} (of {}): not a decodable image", img_path.display(), xml.display()))?;
+    if (w, h) != (ann.width, ann.height) {
+        bail!("image {} is {w}x{h}, but {} says {}x{}", img_path.display(), xml.display(), ann.width, ann.height);
+    }
+    Ok(())
+}
+
 /// The id prefix of a source: `prefix` with `{dir}` replaced by the name of the folder the XML is in.
 fn prefix_of(prefix: &str, xml: &Path) -> Result<String> {
     if !prefix.contains("{dir}") {
@@ -260,6 +276,28 @@ fn check_ids(ds: &Dataset, plans: &[(PathBuf, Annotation, Vec<PlannedTile>)]) ->
     Ok(())
 }
 
+/// Cuts and writes the planned tiles, source by source; `ids` gets each tile as it is written.
+fn write_tiles(ds: &Dataset, plans: &[(PathBuf, Annotation, Vec<PlannedTile>)], p: &TileParams, ids: &mut Vec<String>) -> Result<()> {
+    for (xml, ann, tiles) in plans {
+        if tiles.is_empty() {
+            continue;
+        }
+        let img = read_image(xml, ann)?;
+        for t in tiles {
+            let tile = image::imageops::crop_imm(&img, t.x0, t.y0, p.size, p.size).to_image();
+            let mut jpg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, p.quality)
+                .encode_image(&tile)
+                .with_context(|| format!("encoding tile {}", t.ann.id))?;
+            // the image first, then its annotation: a tile with an annotation is whole
+            write_file(&ds.image_path(&t.ann.id), &jpg)?;
+            ids.push(t.ann.id.clone());
+            write_file(&ds.annotation_path(&t.ann.id), annotation_xml(&t.ann, &format!("tiled from {}", ann.filename)).as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
 /// Tiles every source annotation (`sources`: VOC XML files) into split `split`
 /// of the VOC root `out` (created when absent). A root that already has a
 /// `classes.txt` keeps it, and a class it lacks is an error; a split that is
@@ -292,6 +330,7 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
         if p.size > ann.width || p.size > ann.height {
             bail!("{}: the tile ({} px) is larger than the {}x{} image", xml.display(), p.size, ann.width, ann.height);
         }
+        check_image(xml, &ann)?;
         sum.images += 1;
         sum.boxes += ann.objects.len();
         let tiles = plan_source(&ann, &prefix_of(&p.prefix, xml)?, p, &mut sum);
@@ -302,23 +341,17 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
     }
     check_ids(&ds, &plans)?;
     let mut ids = Vec::new();
-    for (xml, ann, tiles) in &plans {
-        if tiles.is_empty() {
-            continue;
+    let written = write_tiles(&ds, &plans, p, &mut ids);
+    if let Err(e) = written {
+        // a failure half-way (an image that no longer decodes, a full disk) takes back what this
+        // call wrote, so that the same call can run again
+        for id in &ids {
+            let _ = std::fs::remove_file(ds.image_path(id));
+            let _ = std::fs::remove_file(ds.annotation_path(id));
         }
-        let img = read_image(xml, ann)?;
-        for t in tiles {
-            let tile = image::imageops::crop_imm(&img, t.x0, t.y0, p.size, p.size).to_image();
-            let mut jpg = Vec::new();
-            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, p.quality)
-                .encode_image(&tile)
-                .with_context(|| format!("encoding tile {}", t.ann.id))?;
-            write_file(&ds.image_path(&t.ann.id), &jpg)?;
-            write_file(&ds.annotation_path(&t.ann.id), annotation_xml(&t.ann, &format!("tiled from {}", ann.filename)).as_bytes())?;
-            ids.push(t.ann.id.clone());
-            sum.tiles += 1;
-        }
+        return Err(e);
     }
+    sum.tiles = ids.len();
     if !existing {
         Dataset { root: out.to_path_buf(), classes: classes.clone(), coco: None }.write_classes()?;
     }
@@ -447,6 +480,30 @@ mod file_tests {
         std::fs::remove_file(ds.annotation_path("b_scene_x0_y0")).unwrap();
         let e = format!("{:#}", tile_into(&out, "val", &[xml2], &pre).unwrap_err());
         assert!(e.contains("already listed in") && e.contains("test.txt"), "{e}");
+    }
+
+    /// A call that fails half-way (the second photograph's image passes the header check but
+    /// does not decode) takes back the tiles it wrote, so that the same call runs again once
+    /// the image is mended, and nothing is left for the id check to call another split's.
+    #[test]
+    fn a_call_that_fails_half_way_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let xa = source(&a, &[("Tree", [11.0, 11.0, 30.0, 30.0])]);
+        let xb = source(&b, &[("Tree", [11.0, 11.0, 30.0, 30.0])]);
+        let png = std::fs::read(b.join("scene.png")).unwrap();
+        std::fs::write(b.join("scene.png"), &png[..png.len() / 2]).unwrap();
+        let out = dir.path().join("out");
+        let p = TileParams { size: 150, prefix: "{dir}_".into(), ..TileParams::default() };
+        let e = format!("{:#}", tile_into(&out, "trainval", &[xa.clone(), xb.clone()], &p).unwrap_err());
+        assert!(e.contains("scene.png") && e.contains("not a decodable image"), "{e}");
+        let left: Vec<_> = ["JPEGImages", "Annotations"].iter().filter_map(|d| std::fs::read_dir(out.join(d)).ok()).flatten().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "a failed call left {left:?}");
+        std::fs::write(b.join("scene.png"), &png).unwrap();
+        let s = tile_into(&out, "trainval", &[xa, xb], &p).unwrap();
+        assert_eq!(s.tiles, 8);
     }
 
     #[test]

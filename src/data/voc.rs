@@ -152,6 +152,14 @@ impl Dataset {
         Ok(Self { root: root.clone(), classes, coco: Some(splits) })
     }
 
+    /// The dataset without the parsed instances file it holds: what a loader that lives as long
+    /// as the run needs (where the files are and how to decode them), so that the parse is freed
+    /// once the run's start is done with it.
+    pub fn without_parses(&self) -> Dataset {
+        let coco = self.coco.as_ref().map(|v| v.iter().map(|(n, s)| (n.clone(), super::coco::CocoSplit { parsed: None, ..s.clone() })).collect());
+        Dataset { root: self.root.clone(), classes: self.classes.clone(), coco }
+    }
+
     /// A COCO dataset's files for a split.
     pub fn coco_split(&self, split: &str) -> Option<&super::coco::CocoSplit> {
         self.coco.as_ref().and_then(|s| s.iter().find(|(n, _)| n == split).map(|(_, s)| s))

@@ -117,22 +117,38 @@ pub fn shipped_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/pretrained"))
 }
 
-/// The SHA-256 of each file, from a record of earlier hashes when a file's device, inode,
-/// length and modification time (to the nanosecond) are those it had when it was hashed, else
-/// read and hashed (in parallel), the record then updated. The record is
-/// `<cache>/file-hashes/<16 hex digits of the folder>.json`, one per folder of files. A file
-/// modified less than 2 seconds before it was hashed is not recorded: a change in the same
-/// clock tick could leave its time as it was (git's "racily clean" entries).
-pub fn file_digests(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
-    use rayon::prelude::*;
+/// What [`file_digests`] found: each file's SHA-256, and how many files it read to hash them.
+#[derive(Debug, Clone)]
+pub struct Digests {
+    pub sums: Vec<[u8; 32]>,
+    pub read: usize,
+}
+
+/// A file's identity on disk: device, inode, length, and modification and change times (ns).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp_of(m: &std::fs::Metadata) -> Stamp {
     use std::os::unix::fs::MetadataExt;
-    type Stamp = (u64, u64, u64, i64, i64);
-    let stamp = |m: &std::fs::Metadata| -> Stamp { (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()) };
+    (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+}
+
+/// The SHA-256 of each file, from a record of earlier hashes when a file's device, inode,
+/// length and modification and change times (to the nanosecond) are those it had when it was
+/// hashed, else read and hashed (in parallel), the record then updated. The record is
+/// `<cache>/file-hashes/<16 hex digits of the folder>.json`, one per folder of files (its
+/// first line names the folder; a record whose folder is gone is removed when another is
+/// written). A file modified or changed less than 2 seconds before it was hashed is not
+/// recorded: a change in the same clock tick could leave its times as they were (git's
+/// "racily clean").
+pub fn file_digests(paths: &[PathBuf]) -> Result<Digests> {
+    use rayon::prelude::*;
     let dir = paths.first().and_then(|p| std::path::absolute(p).ok()).and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let record = crate::cache_root().join("file-hashes").join(format!("{}.json", &format!("{:x}", Sha256::digest(dir.to_string_lossy().as_bytes()))[..16]));
-    let mut known: std::collections::HashMap<String, (Stamp, String)> = std::fs::read_to_string(&record).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let records = crate::cache_root().join("file-hashes");
+    let record = records.join(format!("{}.json", &format!("{:x}", Sha256::digest(dir.to_string_lossy().as_bytes()))[..16]));
+    let mut known: std::collections::HashMap<String, (Stamp, String)> =
+        std::fs::read_to_string(&record).ok().and_then(|t| t.split_once('\n').and_then(|(_, body)| serde_json::from_str(body).ok())).unwrap_or_default();
     let now = std::time::SystemTime::now();
-    let found: Vec<([u8; 32], Option<(String, Stamp)>)> = paths
+    let found: Vec<([u8; 32], bool, Option<(String, Stamp)>)> = paths
         .par_iter()
         .map(|p| -> Result<_> {
             let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone()).to_string_lossy().into_owned();
@@ -140,20 +156,24 @@ pub fn file_digests(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
                 std::io::ErrorKind::NotFound => anyhow::Error::from(crate::data::DataError::MissingImage { path: p.clone() }),
                 _ => anyhow::anyhow!("{}: {e}", p.display()),
             })?;
-            let st = stamp(&meta);
+            let st = stamp_of(&meta);
             if let Some((s, hex)) = known.get(&abs) {
                 let mut d = [0u8; 32];
                 if *s == st && hex.len() == 64 && (0..32).all(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map(|b| d[i] = b).is_ok()) {
-                    return Ok((d, None));
+                    return Ok((d, false, None));
                 }
             }
             let d: [u8; 32] = Sha256::digest(crate::data::voc::read_image_bytes(p)?).into();
-            let settled = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= std::time::Duration::from_secs(2));
-            Ok((d, settled.then_some((abs, st))))
+            // both times: a file whose old modification time was put back has a new change time
+            let changed = std::time::UNIX_EPOCH + std::time::Duration::new(st.5.max(0) as u64, st.6.clamp(0, 999_999_999) as u32);
+            let age = |t: std::time::SystemTime| now.duration_since(t).unwrap_or_default();
+            let settled = meta.modified().is_ok_and(|m| age(m) >= std::time::Duration::from_secs(2)) && age(changed) >= std::time::Duration::from_secs(2);
+            Ok((d, true, settled.then_some((abs, st))))
         })
         .collect::<Result<_>>()?;
+    let read = found.iter().filter(|f| f.1).count();
     let mut changed = false;
-    for (d, new) in &found {
+    for (d, _, new) in &found {
         if let Some((abs, st)) = new {
             known.insert(abs.clone(), (*st, d.iter().map(|b| format!("{b:02x}")).collect()));
             changed = true;
@@ -161,11 +181,31 @@ pub fn file_digests(paths: &[PathBuf]) -> Result<Vec<[u8; 32]>> {
     }
     if changed {
         // best effort: a record that cannot be written costs a re-hash next time, nothing else
-        if let Ok(text) = serde_json::to_string(&known) {
-            let _ = crate::rundir::write_file(&record, text.as_bytes());
+        if let Ok(body) = serde_json::to_string(&known) {
+            let head = serde_json::to_string(&dir.to_string_lossy()).unwrap_or_default();
+            let _ = crate::rundir::write_file(&record, format!("{head}\n{body}").as_bytes());
+            remove_orphan_records(&records, &record);
         }
     }
-    Ok(found.into_iter().map(|(d, _)| d).collect())
+    Ok(Digests { sums: found.into_iter().map(|f| f.0).collect(), read })
+}
+
+/// Removes the hash records whose folder no longer exists (temporary datasets), `keep` aside.
+fn remove_orphan_records(records: &Path, keep: &Path) {
+    use std::io::BufRead;
+    let Ok(rd) = std::fs::read_dir(records) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path == keep || path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let mut first = String::new();
+        let named = std::fs::File::open(&path).map(std::io::BufReader::new).and_then(|mut r| r.read_line(&mut first)).is_ok();
+        let folder: Option<String> = serde_json::from_str(first.trim()).ok();
+        if named && folder.is_some_and(|f| !Path::new(&f).is_dir()) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// A file's SHA-256 (hex).

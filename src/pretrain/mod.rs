@@ -56,7 +56,7 @@ use sha2::{Digest, Sha256};
 use tch::{nn, Device, Kind, Tensor};
 
 pub mod cache;
-pub use cache::{code_only, code_stamp, ensure, ensure_with, identity, key_of, sha256_of, ship, shipped_dir, verify, Origin, Pretrained, Verification};
+pub use cache::{code_only, code_stamp, ensure, ensure_with, file_digests, identity, key_of, sha256_of, ship, shipped_dir, verify, Digests, Origin, Pretrained, Verification};
 
 use crate::boxes::{iou, BBox};
 use crate::data::{synth, Dataset};
@@ -145,7 +145,7 @@ fn fingerprint(cfg: &TrainConfig) -> Result<String> {
         h.update(ds.classes.join("\n").as_bytes());
         let anns = ds.load_split(&cfg.dataset.train_split)?;
         // each file's hash from the record of earlier ones while its size and time are unchanged
-        let digests = cache::file_digests(&anns.iter().map(|a| ds.image_path_of(a)).collect::<Vec<_>>())?;
+        let digests = cache::file_digests(&anns.iter().map(|a| ds.image_path_of(a)).collect::<Vec<_>>())?.sums;
         for (a, d) in anns.iter().zip(digests) {
             h.update(format!("\n{}x{}", a.width, a.height).as_bytes());
             for o in &a.objects {
@@ -179,7 +179,7 @@ fn load_source(cfg: &TrainConfig) -> Result<(Vec<SourceImage>, Pixels, Vec<Strin
         meta = anns.iter().map(|a| source_image(a, &|c| c as i64 + 1)).collect();
         files.files = anns.iter().map(|a| (ds.image_path_of(a), a.width, a.height)).collect();
         classes = ds.classes.clone();
-        files.ds = Some(ds);
+        files.ds = Some(ds.without_parses());
     }
     let mut labels = Vec::new();
     if cfg.pretrain.source.uses_synth() {
@@ -441,6 +441,11 @@ fn run(cfg: &TrainConfig, src: &[SourceImage], pixels: &Pixels, n_classes: usize
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let chunks: Vec<&[Crop]> = crops.chunks(p.batch_size).filter(|c| c.len() >= 2).collect();
         for (b, chunk) in chunks.iter().enumerate() {
+            if crate::rundir::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                // a pre-emption signal (harness train, harness cell): pre-training keeps no
+                // checkpoint, so the resumed cell pre-trains again; exit now rather than be killed
+                return Err(crate::rundir::preempted(0, cfg.train.epochs, 0, 0).into());
+            }
             let batch = make_batch(pixels, chunk, cfg, device)?;
             pixels.ahead(chunks.get(b + 1).copied());
             let (l, right) = train_batch(&model, &mut opt, batch, chunk.len(), k, lr_at(step));

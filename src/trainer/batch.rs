@@ -56,7 +56,7 @@ struct SplitFiles {
 
 impl SplitFiles {
     fn new(ds: &Dataset, anns: &[Annotation]) -> Self {
-        SplitFiles { ds: ds.clone(), files: anns.iter().map(|a| (ds.image_path_of(a), a.width, a.height)).collect() }
+        SplitFiles { ds: ds.without_parses(), files: anns.iter().map(|a| (ds.image_path_of(a), a.width, a.height)).collect() }
     }
 }
 
@@ -73,7 +73,9 @@ impl ImageSource for SplitFiles {
 /// Images read from their source as they are used: those read first are kept
 /// until `budget` bytes are spent (drawn in random order, evicting would not
 /// hit more often), and the next ones are decoded ahead on worker threads when
-/// the consumer asks ([`Streamed::ahead`], at most `window` in flight).
+/// the consumer asks ([`Streamed::ahead`], at most `window` in flight). Memory:
+/// the budget, the `window` images being decoded (and those given up, until
+/// their worker finishes), and the images the consumer holds.
 pub struct Streamed {
     source: Arc<dyn ImageSource>,
     budget: usize,
@@ -243,7 +245,7 @@ impl ImageStore {
             return Err(crate::data::DataError::MissingImage { path: path.clone() }.into());
         }
         let mut s = Self::from_parts(anns, &[], &proposals);
-        s.images = Images::Disk(Streamed::new(Arc::new(files), budget, AHEAD), ds.clone());
+        s.images = Images::Disk(Streamed::new(Arc::new(files), budget, AHEAD), ds.without_parses());
         Ok(s)
     }
 

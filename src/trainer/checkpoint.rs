@@ -405,7 +405,8 @@ impl Checkpoints {
     /// a damaged one with a warning (`warn`) that names its file. `fresh` makes a new optimiser
     /// and sampler: each candidate loads into fresh ones. On [`Resume::Fresh`] after a failed
     /// candidate, `vs` may hold part of one: the caller rebuilds the model.
-    pub fn restore(&self, rows: usize, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut Box<dyn Sampler>, fresh: &dyn Fn(&nn::VarStore) -> (Sgd, Box<dyn Sampler>), warn: &mut dyn FnMut(String)) -> Result<Resume> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(&self, rows: usize, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut Box<dyn Sampler>, fresh: &dyn Fn(&nn::VarStore) -> (Sgd, Box<dyn Sampler>), device: Device, warn: &mut dyn FnMut(String)) -> Result<Resume> {
         // an epoch trained and checkpointed whose evaluation did not finish
         if let Some(m) = self.read_manifest(rows + 1, warn) {
             let (mut o, mut s) = fresh(vs);
@@ -422,7 +423,7 @@ impl Checkpoints {
             Ok(None) => {}
             Ok(Some(p)) => {
                 let (mut o, mut s) = fresh(vs);
-                match self.load_partial(&p, vs, &mut o, s.as_mut()) {
+                match self.load_partial(&p, vs, &mut o, s.as_mut(), device) {
                     Ok(()) => {
                         (*opt, *sampler) = (o, s);
                         return Ok(Resume::Partial(p));
@@ -438,7 +439,9 @@ impl Checkpoints {
         }
         for k in (1..=rows).rev() {
             let m = self.read_manifest(k, warn);
-            if m.is_none() && !self.epoch_path(k).exists() {
+            // a checkpoint without a manifest predates manifests; one with a manifest that could
+            // not be read is damaged (read_manifest said so) and is not loaded unchecked
+            if m.is_none() && (self.manifest_path(k).exists() || !self.epoch_path(k).exists()) {
                 continue;
             }
             let (mut o, mut s) = fresh(vs);
@@ -496,8 +499,9 @@ impl Checkpoints {
     }
 
     /// Loads a mid-epoch checkpoint (it holds everything: the weights, the momenta, the
-    /// sampler's state and the generators), its files checked against their checksums.
-    fn load_partial(&self, p: &Partial, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut dyn Sampler) -> Result<()> {
+    /// sampler's state and the generators), its files checked against their checksums, and
+    /// checks that its generators are those a run on `device` draws from.
+    fn load_partial(&self, p: &Partial, vs: &mut nn::VarStore, opt: &mut Sgd, sampler: &mut dyn Sampler, device: Device) -> Result<()> {
         let path = |e: &str| self.partial_path(e);
         let dir = path("json").parent().expect("in a folder").to_path_buf();
         check_files(&dir, &p.files)?;
@@ -505,7 +509,13 @@ impl Checkpoints {
         opt.load(&path("sgd.safetensors"))?;
         restore_sampler(&path("sampler.json"), sampler)?;
         let rng = path("rng.safetensors");
-        Tensor::read_safetensors(&rng).with_context(|| format!("reading {}", rng.display()))?;
+        let states = Tensor::read_safetensors(&rng).with_context(|| format!("reading {}", rng.display()))?;
+        for (name, _, _) in generators(device) {
+            if !states.iter().any(|(n, _)| n == name) {
+                bail!("{}: no state of the {name} generator (the checkpoint was taken on another device)", rng.display());
+            }
+        }
+        p.rng_word_pos.parse::<u128>().with_context(|| format!("{}: rng_word_pos {:?} is not a number", path("json").display(), p.rng_word_pos))?;
         Ok(())
     }
 
@@ -550,14 +560,23 @@ impl Checkpoints {
         }
     }
 
-    /// Keeps the newest `keep` epoch checkpoints of the `newest` written.
+    /// Keeps the newest `keep` epoch checkpoints of the `newest` written (each manifest removed
+    /// before its files, so that no manifest names files that are gone), and removes the
+    /// temporary files a kill in the middle of a save left behind.
     pub fn prune(&self, newest: usize, keep: usize) {
         for old in 1..=newest.saturating_sub(keep) {
             let ck = self.epoch_path(old);
+            let _ = std::fs::remove_file(self.manifest_path(old));
             let _ = std::fs::remove_file(&ck);
             let _ = std::fs::remove_file(ck.with_extension("sgd.safetensors"));
             let _ = std::fs::remove_file(ck.with_extension("sampler.json"));
-            let _ = std::fs::remove_file(self.manifest_path(old));
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp.safetensors")) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
 }

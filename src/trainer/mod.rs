@@ -61,6 +61,8 @@ pub struct TrainOptions {
     pub kill_checkpoint_after: Option<usize>,
     /// For tests: raise `stop` as this phase (mining, evaluating) starts, as a signal arriving then would.
     pub stop_in: Option<PhaseKind>,
+    /// Also collects the warnings of a resume (checkpoints passed over), which go to stderr.
+    pub warnings: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
 }
 
 impl TrainOptions {
@@ -290,19 +292,28 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     if logs.rows.len() >= sched.epochs {
         return Ok(logs.rows);
     }
-    let mut obs = Console::new(opts.progress, sched.epochs);
-    let data = Data::load(cfg, &ds, train_anns, opts, &mut obs)?;
-    debug_assert_eq!(cfg.train.schedule(data.train.len()).epochs, sched.epochs);
-    let weights = initial_weights(cfg, opts)?; // before seeding: pre-training draws from the same generator
-    drop(ds); // its parsed instances file served the pre-training's key and source too
+    // the backbone before the splits are loaded, so that pre-training's images and the splits'
+    // are never held at once (each within dataset.cache_mib); before seeding the model too:
+    // pre-training draws from the same generator
+    let weights = initial_weights(cfg, opts)?;
     if let Some(w) = &weights {
         // into the cell's train.log: which backbone this run started from, by content
         eprintln!("initial weights: {} (SHA-256 {})", w.display(), crate::pretrain::sha256_of(w)?);
     }
+    let mut obs = Console::new(opts.progress, sched.epochs);
+    let data = Data::load(cfg, &ds, train_anns, opts, &mut obs)?;
+    debug_assert_eq!(cfg.train.schedule(data.train.len()).epochs, sched.epochs);
+    drop(ds); // its parsed instances file served the pre-training's key and source too
     let (mut vs, mut model) = build_model(cfg, device, data.classes.len(), weights.as_deref())?;
     let fresh = |vs: &nn::VarStore| (Sgd::new(vs, cfg.train.momentum, cfg.train.weight_decay), cfg.sampler.build());
     let (mut opt, mut sampler) = fresh(&vs);
-    let resume = ck.restore(logs.rows.len(), &mut vs, &mut opt, &mut sampler, &fresh, &mut |w| eprintln!("warning: {w}"))?;
+    let mut warn = |w: String| {
+        eprintln!("warning: {w}");
+        if let Some(sink) = &opts.warnings {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+        }
+    };
+    let resume = ck.restore(logs.rows.len(), &mut vs, &mut opt, &mut sampler, &fresh, device, &mut warn)?;
     let (first_epoch, mut partial, pending) = match resume {
         Resume::Fresh => {
             if ck.exists() {
@@ -323,7 +334,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     if let Some(m) = pending {
         run.obs.note(&format!("epoch {} was trained and checkpointed but not evaluated: evaluating it from its checkpoint", m.epoch));
         run.logs.mining.extend(m.mining);
-        run.finish_epoch(epoch, m.row)?;
+        run.finish_epoch(epoch, m.row, Instant::now())?;
         epoch += 1;
     }
     while epoch < sched.epochs {
@@ -428,7 +439,6 @@ impl Run<'_> {
             self.obs.note(&format!("resuming epoch {} at iteration {}/{iters}", epoch + 1, first_iter + 1));
         }
         self.obs.epoch_started(iters, first_iter);
-        let loaded = self.data.train.loader_stats();
         for it in first_iter..iters {
             self.enter(PhaseKind::Training, epoch, it, iters);
             let at = Progress { epoch, iter_in_epoch: it, iteration: epoch * sched.iters_per_epoch + it };
@@ -443,31 +453,35 @@ impl Run<'_> {
             }
         }
         self.obs.epoch_trained();
-        let l = self.data.train.loader_stats();
-        if self.data.train.streams() {
-            (e.st.streamed, e.st.prefetched) = (e.st.streamed + (l.decoded - loaded.decoded) as f64, e.st.prefetched + (l.prefetched - loaded.prefetched) as f64);
-        }
         let train_s = e.elapsed_before + e.started.elapsed().as_secs_f64() - e.st.mine_s;
         let lr = cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1);
         let mut row = e.st.row(epoch, train_s, self.sampler.cache_size(), lr);
-        row.wall_s = self.wall + e.started.elapsed().as_secs_f64();
+        // the wall clock up to here; finish_epoch adds the checkpoint's and the evaluation's time
+        let now = Instant::now();
+        row.wall_s = self.wall + now.duration_since(e.started).as_secs_f64();
         let mining: Vec<MiningRow> = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
         self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref(), &row, &mining)?;
-        self.finish_epoch(epoch, row)
+        self.finish_epoch(epoch, row, now)
     }
 
     /// One iteration: the batch's images (and the next ones asked for ahead), then one SGD step.
     fn iteration(&mut self, epoch: usize, it: usize, iters: usize, e: &mut EpochState) -> Result<()> {
         let cfg = self.cfg;
         let n_img = cfg.train.images_per_batch;
-        let waited = self.data.train.loader_stats().stall;
+        let before = self.data.train.loader_stats();
         let prepared: Vec<batch::Prepared> = (0..n_img)
             .map(|j| e.order[(it * n_img + j) % e.order.len()])
             .map(|i| prepare(&self.data.train, i, &cfg.input, cfg.input.flip && e.rng.random::<bool>(), self.device))
             .collect::<Result<_>>()?;
         // the next images, decoded while this iteration trains (a split held in memory: nothing)
         self.data.train.ahead(&look_ahead(&e.order, e.next_order.as_deref(), it, iters, n_img));
-        e.st.load_s += (self.data.train.loader_stats().stall - waited).as_secs_f64();
+        let after = self.data.train.loader_stats();
+        e.st.load_s += (after.stall - before.stall).as_secs_f64();
+        if self.data.train.streams() {
+            // this step's reads only (a mining round's are its own)
+            e.st.streamed += (after.decoded - before.decoded) as f64;
+            e.st.prefetched += (after.prefetched - before.prefetched) as f64;
+        }
         let lr = cfg.train.lr_at(&self.sched, epoch * self.sched.iters_per_epoch + it);
         let out = train_step(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
         e.st.add(&out);
@@ -496,9 +510,9 @@ impl Run<'_> {
     }
 
     /// The end of epoch `epoch` (0-based), whose checkpoint is saved: the evaluation, and
-    /// `row` (the epoch's row before evaluation) completed and logged.
-    fn finish_epoch(&mut self, epoch: usize, mut row: EpochRow) -> Result<()> {
-        let t = Instant::now();
+    /// `row` (the epoch's row before evaluation, its `wall_s` the run's wall clock at `since`)
+    /// completed and logged.
+    fn finish_epoch(&mut self, epoch: usize, mut row: EpochRow, since: Instant) -> Result<()> {
         let (eval_s, maps) = match self.evaluate(epoch) {
             Err(err) if err.is::<Stopped>() => return Err(crate::rundir::preempted(epoch + 1, self.sched.epochs, 0, 0).into()),
             r => r?,
@@ -508,7 +522,7 @@ impl Run<'_> {
             row.set_coco(&m.2.stats);
         }
         row.eval_s = eval_s;
-        row.wall_s += t.elapsed().as_secs_f64();
+        row.wall_s += since.elapsed().as_secs_f64();
         self.wall = row.wall_s;
         self.logs.rows.push(row);
         self.logs.write()?;
