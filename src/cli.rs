@@ -598,11 +598,12 @@ fn evaluate(a: EvalArgs) -> Result<()> {
         let anns = gt.annotations(std::path::Path::new(""));
         let classes = gt.classes();
         let cats = gt.category_ids();
-        // per class, VOC boxes (for VOC mAP)
+        // per class, VOC boxes (for VOC mAP), each naming its image by its index in the file
+        let index: std::collections::HashMap<i64, u32> = gt.images.iter().enumerate().map(|(i, im)| (im.id, i as u32)).collect();
         let mut d = vec![Vec::new(); classes.len()];
         for x in &cd {
             let c = cats.binary_search(&x.category_id).expect("read_results keeps the ground truth's categories");
-            d[c].push(eval::Detection { image_id: x.image_id.to_string(), score: x.score as f32, bbox: coco::coco_to_voc(x.bbox) });
+            d[c].push(eval::Detection { image: index[&x.image_id], score: x.score as f32, bbox: coco::coco_to_voc(x.bbox) });
         }
         let images: Vec<i64> = gt.images.iter().map(|i| i.id).collect();
         (anns, classes, d, eval::coco::gt_of_file(&gt), cd, images, cats)

@@ -41,13 +41,13 @@ fn proposals_and_eval_run_on_the_generated_data() {
     let d = ohem_harness::data::Dataset::open(tiny_dataset()).unwrap();
     let anns = d.load_split("test").unwrap();
     let mut dets = vec![Vec::new(); d.classes.len()];
-    for a in &anns {
+    for (i, a) in anns.iter().enumerate() {
         for o in a.objects.iter().filter(|o| !o.difficult) {
-            dets[o.class].push(ohem_harness::eval::Detection { image_id: a.id.clone(), score: 1.0, bbox: o.bbox });
+            dets[o.class].push(ohem_harness::eval::Detection { image: i as u32, score: 1.0, bbox: o.bbox });
         }
     }
     let dir = t.path().join("dets");
-    ohem_harness::eval::write_results_dir(&dir, &d.classes, &dets).unwrap();
+    ohem_harness::eval::write_results_dir(&dir, &d.classes, &anns, &dets).unwrap();
     for metric in ["voc07", "voc10"] {
         let (ok, stdout, err) = harness(&["eval", ds, "--split", "test", "--dets", dir.to_str().unwrap(), "--metric", metric, "--json"]);
         assert!(ok, "{err}");

@@ -14,8 +14,9 @@ fn ann(id: &str, objects: Vec<Object>) -> Annotation {
     Annotation { id: id.into(), filename: format!("{id}.jpg"), width: 500, height: 500, depth: 3, objects }
 }
 
-fn det(id: &str, score: f32, bbox: BBox) -> Detection {
-    Detection { image_id: id.into(), score, bbox }
+/// A detection on image `image` (its index in the annotations).
+fn det(image: u32, score: f32, bbox: BBox) -> Detection {
+    Detection { image, score, bbox }
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -29,8 +30,8 @@ const FAR: BBox = [300., 300., 320., 320.];
 #[test]
 fn perfect_detector_and_all_false_positives() {
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false)])];
-    let perfect = vec![det("a", 0.9, G1), det("a", 0.8, G2)];
-    let junk = vec![det("a", 0.9, FAR), det("a", 0.8, FAR)];
+    let perfect = vec![det(0, 0.9, G1), det(0, 0.8, G2)];
+    let junk = vec![det(0, 0.9, FAR), det(0, 0.8, FAR)];
     for m in [VocMetric::Voc07, VocMetric::Voc10] {
         assert!(close(eval_class(&anns, 0, &perfect, m).0.unwrap(), 1.0));
         assert!(close(eval_class(&anns, 0, &junk, m).0.unwrap(), 0.0));
@@ -42,7 +43,7 @@ fn perfect_detector_and_all_false_positives() {
 fn duplicates_are_false_positives() {
     // tp = [1, 0, 1], fp = [0, 1, 0]: rec = [.5, .5, 1], prec = [1, .5, 2/3]
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false)])];
-    let dets = vec![det("a", 0.9, G1), det("a", 0.8, [11., 11., 50., 50.]), det("a", 0.7, G2)];
+    let dets = vec![det(0, 0.9, G1), det(0, 0.8, [11., 11., 50., 50.]), det(0, 0.7, G2)];
     // 11-point: t <= .5 -> 1 (6 points); t >= .6 -> 2/3 (5 points)
     assert!(close(eval_class(&anns, 0, &dets, VocMetric::Voc07).0.unwrap(), (6.0 + 5.0 * 2.0 / 3.0) / 11.0));
     // all-point: .5 * 1 + .5 * 2/3
@@ -54,7 +55,7 @@ fn duplicates_are_false_positives() {
 fn detections_matching_difficult_objects_are_ignored() {
     // the difficult box neither counts in npos nor makes its detection a TP or FP
     let anns = vec![ann("a", vec![obj(0, G1, true), obj(0, G2, false)])];
-    let dets = vec![det("a", 0.9, G1), det("a", 0.8, G2)];
+    let dets = vec![det(0, 0.9, G1), det(0, 0.8, G2)];
     for m in [VocMetric::Voc07, VocMetric::Voc10] {
         let (ap, npos, ntp) = eval_class(&anns, 0, &dets, m);
         assert_eq!((npos, ntp), (1, 1));
@@ -63,7 +64,7 @@ fn detections_matching_difficult_objects_are_ignored() {
     // a class with only difficult objects has no AP and stays out of the mAP
     let anns = vec![ann("a", vec![obj(0, G1, true), obj(1, G2, false)])];
     let classes = vec!["c0".to_string(), "c1".to_string()];
-    let r = evaluate(&anns, &classes, &[vec![det("a", 0.9, G1)], vec![det("a", 0.9, G2)]], VocMetric::Voc07);
+    let r = evaluate(&anns, &classes, &[vec![det(0, 0.9, G1)], vec![det(0, 0.9, G2)]], VocMetric::Voc07);
     assert_eq!(r.per_class[0].ap, None);
     assert!(close(r.map, 1.0));
 }
@@ -72,7 +73,7 @@ fn detections_matching_difficult_objects_are_ignored() {
 fn eleven_point_and_all_point_differ_where_expected() {
     // 4 objects; dets TP, FP, TP: rec = [.25, .25, .5], prec = [1, .5, 2/3]
     let anns = vec![ann("a", vec![obj(0, G1, false), obj(0, G2, false), obj(0, [200., 200., 240., 240.], false), obj(0, [400., 10., 450., 60.], false)])];
-    let dets = vec![det("a", 0.9, G1), det("a", 0.8, FAR), det("a", 0.7, G2)];
+    let dets = vec![det(0, 0.9, G1), det(0, 0.8, FAR), det(0, 0.7, G2)];
     // 11-point: t in {0, .1, .2} -> 1; {.3, .4, .5} -> 2/3; t >= .6 -> 0
     let v07 = eval_class(&anns, 0, &dets, VocMetric::Voc07).0.unwrap();
     assert!(close(v07, (3.0 + 3.0 * 2.0 / 3.0) / 11.0), "{v07}");
@@ -85,9 +86,9 @@ fn eleven_point_and_all_point_differ_where_expected() {
 fn iou_of_exactly_half_is_a_match() {
     // gt 10x10 px, det the top 10x5 px: IoU = 50/100 = 0.5 exactly -> TP under the devkit's >=
     let anns = vec![ann("a", vec![obj(0, [1., 1., 10., 10.], false)])];
-    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 5.])], VocMetric::Voc07).0.unwrap(), 1.0));
+    assert!(close(eval_class(&anns, 0, &[det(0, 1.0, [1., 1., 10., 5.])], VocMetric::Voc07).0.unwrap(), 1.0));
     // one pixel row less: IoU 0.4 -> FP
-    assert!(close(eval_class(&anns, 0, &[det("a", 1.0, [1., 1., 10., 4.])], VocMetric::Voc07).0.unwrap(), 0.0));
+    assert!(close(eval_class(&anns, 0, &[det(0, 1.0, [1., 1., 10., 4.])], VocMetric::Voc07).0.unwrap(), 0.0));
 }
 
 #[test]
@@ -96,7 +97,7 @@ fn matching_is_greedy_on_the_single_best_box() {
     let a: BBox = [1., 1., 20., 20.];
     let b: BBox = [1., 6., 20., 25.];
     let anns = vec![ann("x", vec![obj(0, a, false), obj(0, b, false)])];
-    let dets = vec![det("x", 0.9, a), det("x", 0.8, [1., 2., 20., 21.])];
+    let dets = vec![det(0, 0.9, a), det(0, 0.8, [1., 2., 20., 21.])];
     let (_, _, ntp) = eval_class(&anns, 0, &dets, VocMetric::Voc10);
     assert_eq!(ntp, 1, "second detection is a duplicate of A even though B is free");
 }
@@ -124,7 +125,7 @@ fn reference_ap(anns: &[Annotation], class: usize, dets: &[Detection], metric: V
     // (is_tp, is_fp) per detection
     let mut marks: Vec<(bool, bool)> = Vec::new();
     for d in sorted {
-        let a = anns.iter().find(|a| a.id == d.image_id).unwrap();
+        let a = &anns[d.image as usize];
         let gts: Vec<(usize, &Object)> = a.objects.iter().enumerate().filter(|(_, o)| o.class == class).collect();
         let best = gts.iter().map(|(k, o)| (ref_iou(&d.bbox, &o.bbox), *k)).fold(None, |acc: Option<(f64, usize)>, x| match acc {
             Some(b) if b.0 >= x.0 => Some(b),
@@ -188,14 +189,15 @@ fn agrees_with_the_slow_reference_on_random_inputs() {
             .collect();
         let dets: Vec<Detection> = (0..rng.random_range(0..25))
             .map(|_| {
-                let a = &anns[rng.random_range(0..anns.len())];
+                let image = rng.random_range(0..anns.len());
+                let a = &anns[image];
                 let base = a.objects.get(rng.random_range(0..a.objects.len() + 1)).map(|o| o.bbox).unwrap_or([20., 20., 40., 40.]);
                 let j = |v: f32, r: &mut rand_chacha::ChaCha8Rng| (v + r.random_range(-4..5) as f32).max(1.0);
                 let mut b = [j(base[0], &mut rng), j(base[1], &mut rng), j(base[2], &mut rng), j(base[3], &mut rng)];
                 b[2] = b[2].max(b[0]);
                 b[3] = b[3].max(b[1]);
                 // scores on a coarse grid, so that ties occur
-                det(&a.id, rng.random_range(0..8) as f32 / 8.0, b)
+                det(image as u32, rng.random_range(0..8) as f32 / 8.0, b)
             })
             .collect();
         for m in [VocMetric::Voc07, VocMetric::Voc10] {
@@ -223,9 +225,9 @@ fn average_precision_on_hand_curves() {
 fn results_files_round_trip_and_bad_lines_are_named() {
     let anns = vec![ann("000001", vec![obj(0, G1, false)]), ann("000002", vec![obj(1, G2, false)])];
     let classes = vec!["disc".to_string(), "ring".to_string()];
-    let dets = vec![vec![det("000001", 0.75, G1)], vec![det("000002", 0.5, G2), det("000001", 0.25, FAR)]];
+    let dets = vec![vec![det(0, 0.75, G1)], vec![det(1, 0.5, G2), det(0, 0.25, FAR)]];
     let t = tempfile::tempdir().unwrap();
-    write_results_dir(t.path(), &classes, &dets).unwrap();
+    write_results_dir(t.path(), &classes, &anns, &dets).unwrap();
     let back = read_results_dir(t.path(), &classes, &anns).unwrap();
     assert_eq!(back, dets);
 

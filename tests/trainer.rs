@@ -421,7 +421,7 @@ fn batched_detection_equals_one_image_at_a_time() {
         for (c, (a, b)) in one.iter().zip(&batched).enumerate() {
             assert_eq!(a.len(), b.len(), "class {c}, {n} images per batch: detection counts differ");
             for (x, y) in a.iter().zip(b) {
-                assert_eq!((&x.image_id, x.score, x.bbox), (&y.image_id, y.score, y.bbox), "class {c}, {n} images per batch");
+                assert_eq!((x.image, x.score, x.bbox), (y.image, y.score, y.bbox), "class {c}, {n} images per batch");
             }
         }
     }

@@ -40,12 +40,13 @@ pub fn eval() -> Result<()> {
         .collect();
     let mut dets = vec![Vec::new(); classes.len()];
     for _ in 0..10_000 {
-        let a = &anns[rng.random_range(0..anns.len())];
+        let image = rng.random_range(0..anns.len());
+        let a = &anns[image];
         let o = &a.objects[rng.random_range(0..a.objects.len())];
         let j = |v: f32, r: &mut rand_chacha::ChaCha8Rng| v + r.random_range(-6.0..6.0f32);
         let c = if rng.random::<f32>() < 0.7 { o.class } else { rng.random_range(0..classes.len()) };
         let b = [j(o.bbox[0], &mut rng), j(o.bbox[1], &mut rng), j(o.bbox[2], &mut rng), j(o.bbox[3], &mut rng)];
-        dets[c].push(eval::Detection { image_id: a.id.clone(), score: rng.random(), bbox: b });
+        dets[c].push(eval::Detection { image: image as u32, score: rng.random(), bbox: b });
     }
     for metric in [VocMetric::Voc07, VocMetric::Voc10] {
         let reps = 20;

@@ -260,10 +260,62 @@ fn accumulate(results: &[&ImageResult], max_det: usize, rec_thrs: &[f64]) -> Opt
     Some((precision, recall))
 }
 
+/// One category's precision and recall per area range and detection cap.
+type Acc = Option<(Vec<Vec<f64>>, Vec<f64>)>;
+
+/// One category's results ([A][M] of [`Acc`]) from its ground truth and detections, each in
+/// input order: per image (in image order) the detections by score (stable), the first 100,
+/// and their IoUs with the ground truth; then each area range's matches and each cap's curve.
+fn category_results(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[DetBox]) -> Vec<Vec<Acc>> {
+    type Cell<'a> = (Vec<&'a GtBox>, Vec<&'a DetBox>);
+    let mut cells: HashMap<usize, Cell> = HashMap::new();
+    for &g in gts {
+        cells.entry(img_index[&g.image_id]).or_default().0.push(g);
+    }
+    for d in dets {
+        if let Some(&i) = img_index.get(&d.image_id) {
+            cells.entry(i).or_default().1.push(d);
+        }
+    }
+    let thrs = iou_thresholds();
+    let rec_thrs = linspace(0.0, 1.0, R);
+    let max_det = MAX_DETS[MAX_DETS.len() - 1];
+    let mut cells: Vec<(usize, Cell)> = cells.into_iter().collect();
+    cells.sort_unstable_by_key(|c| c.0);
+    let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<Vec<f64>>)> = cells
+        .into_par_iter()
+        .map(|(_, (g, mut d))| {
+            d.sort_by(|a, b| b.score.total_cmp(&a.score));
+            d.truncate(max_det);
+            let ious = d.iter().map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd)).collect()).collect();
+            (g, d, ious)
+        })
+        .collect();
+    AREA_RANGES
+        .iter()
+        .map(|&range| {
+            let res: Vec<ImageResult> = prepared.par_iter().map(|(g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
+            let refs: Vec<&ImageResult> = res.iter().collect();
+            MAX_DETS.par_iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
+        })
+        .collect()
+}
+
 /// Evaluates `dets` against `gts` over `image_ids` and `category_ids` (both
 /// are sorted and deduplicated here, as pycocotools does). Ground truth and
 /// detections of other images or categories are left out.
 pub fn evaluate(image_ids: &[i64], category_ids: &[i64], gts: &[GtBox], dets: &[DetBox]) -> CocoReport {
+    let mut by_cat: HashMap<i64, Vec<&DetBox>> = HashMap::new();
+    for d in dets {
+        by_cat.entry(d.category_id).or_default().push(d);
+    }
+    evaluate_by_category(image_ids, category_ids, gts, &mut |cat| by_cat.get(&cat).map(|v| v.iter().map(|d| (*d).clone()).collect()).unwrap_or_default())
+}
+
+/// [`evaluate`] with the detections asked for one category at a time (`dets_of(category id)`,
+/// in input order), each category evaluated and freed before the next: memory holds one
+/// category's boxes and tables, not every category's. The same numbers as [`evaluate`].
+pub fn evaluate_by_category(image_ids: &[i64], category_ids: &[i64], gts: &[GtBox], dets_of: &mut dyn FnMut(i64) -> Vec<DetBox>) -> CocoReport {
     let mut imgs = image_ids.to_vec();
     imgs.sort_unstable();
     imgs.dedup();
@@ -273,47 +325,19 @@ pub fn evaluate(image_ids: &[i64], category_ids: &[i64], gts: &[GtBox], dets: &[
     let img_index: HashMap<i64, usize> = imgs.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     let cat_index: HashMap<i64, usize> = cats_sorted.iter().enumerate().map(|(k, id)| (*id, k)).collect();
     let k_n = cats_sorted.len();
-    // per category: image index -> (gts, dets), each in input order
-    type Cell<'a> = (Vec<&'a GtBox>, Vec<&'a DetBox>);
-    let mut by_cat: Vec<HashMap<usize, Cell>> = (0..k_n).map(|_| HashMap::new()).collect();
+    let mut gts_of: Vec<Vec<&GtBox>> = vec![Vec::new(); k_n];
     for g in gts {
-        if let (Some(&k), Some(&i)) = (cat_index.get(&g.category_id), img_index.get(&g.image_id)) {
-            by_cat[k].entry(i).or_default().0.push(g);
+        if let (Some(&k), true) = (cat_index.get(&g.category_id), img_index.contains_key(&g.image_id)) {
+            gts_of[k].push(g);
         }
     }
-    for d in dets {
-        if let (Some(&k), Some(&i)) = (cat_index.get(&d.category_id), img_index.get(&d.image_id)) {
-            by_cat[k].entry(i).or_default().1.push(d);
-        }
-    }
-    let thrs = iou_thresholds();
-    let rec_thrs = linspace(0.0, 1.0, R);
-    let max_det = MAX_DETS[MAX_DETS.len() - 1];
     // per category: [A][M] -> Option<(precision [T][R], recall [T])>
-    type Acc = Option<(Vec<Vec<f64>>, Vec<f64>)>;
-    let per_cat: Vec<Vec<Vec<Acc>>> = by_cat
-        .into_par_iter()
-        .map(|cells| {
-            let mut cells: Vec<(usize, Cell)> = cells.into_iter().collect();
-            cells.sort_unstable_by_key(|c| c.0);
-            // per image: detections by score (stable), the first 100, and their IoUs with the ground truth
-            let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<Vec<f64>>)> = cells
-                .into_iter()
-                .map(|(_, (g, mut d))| {
-                    d.sort_by(|a, b| b.score.total_cmp(&a.score));
-                    d.truncate(max_det);
-                    let ious = d.iter().map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd)).collect()).collect();
-                    (g, d, ious)
-                })
-                .collect();
-            AREA_RANGES
-                .iter()
-                .map(|&range| {
-                    let res: Vec<ImageResult> = prepared.iter().map(|(g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
-                    let refs: Vec<&ImageResult> = res.iter().collect();
-                    MAX_DETS.iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
-                })
-                .collect()
+    let per_cat: Vec<Vec<Vec<Acc>>> = cats_sorted
+        .iter()
+        .zip(&gts_of)
+        .map(|(&cat, gts)| {
+            let dets = dets_of(cat);
+            category_results(&img_index, gts, &dets)
         })
         .collect();
     let mean = |vals: &mut dyn Iterator<Item = f64>| {
@@ -464,14 +488,13 @@ pub fn gt_of_annotations(anns: &[Annotation]) -> Vec<GtBox> {
 /// Detections (per class, VOC boxes) in the COCO results format, with the
 /// image ids of [`crate::data::coco::image_ids`] and class `c`'s category id `category_ids[c]`.
 pub fn dets_of_annotations(anns: &[Annotation], dets: &[Vec<super::Detection>], category_ids: &[i64]) -> Vec<DetBox> {
-    let ids: HashMap<&str, i64> = anns.iter().map(|a| a.id.as_str()).zip(crate::data::coco::image_ids(anns)).collect();
-    dets.iter()
-        .enumerate()
-        .flat_map(|(c, d)| {
-            let ids = &ids;
-            d.iter().map(move |d| DetBox { image_id: ids[d.image_id.as_str()], category_id: category_ids[c], bbox: crate::data::coco::voc_to_coco(d.bbox), score: d.score as f64 })
-        })
-        .collect()
+    let ids = crate::data::coco::image_ids(anns);
+    dets.iter().enumerate().flat_map(|(c, d)| dets_of_class(&ids, d, category_ids[c])).collect()
+}
+
+/// One class's detections as COCO results of category `category_id`, the image ids `ids[image]`.
+pub fn dets_of_class(ids: &[i64], dets: &[super::Detection], category_id: i64) -> Vec<DetBox> {
+    dets.iter().map(|d| DetBox { image_id: ids[d.image as usize], category_id, bbox: crate::data::coco::voc_to_coco(d.bbox), score: d.score as f64 }).collect()
 }
 
 /// Writes the COCO results format (`[{image_id, category_id, bbox, score}]`).

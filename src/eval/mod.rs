@@ -43,10 +43,12 @@ pub enum VocMetric {
     Voc10,
 }
 
-/// One detection of one class.
-#[derive(Debug, Clone, PartialEq)]
+/// One detection of one class: 24 bytes, so that an evaluation's detections (up to
+/// `test.max_per_image` an image) stay small beside the images.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Detection {
-    pub image_id: String,
+    /// The image: its index in the evaluated split's annotations.
+    pub image: u32,
     pub score: f32,
     pub bbox: BBox,
 }
@@ -99,18 +101,20 @@ pub fn average_precision(rec: &[f64], prec: &[f64], metric: VocMetric) -> f64 {
 }
 
 /// Ground truth of one class in one image.
+#[derive(Default)]
 struct ImageGt {
     boxes: Vec<BBox>,
     difficult: Vec<bool>,
     matched: Vec<bool>,
 }
 
-/// Evaluates one class. `class` indexes `Object::class`.
+/// Evaluates one class. `class` indexes `Object::class`; a detection's `image` indexes `anns`.
 pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: VocMetric) -> (Option<f64>, usize, usize) {
-    let mut gt: HashMap<&str, ImageGt> = HashMap::new();
+    let mut gt: Vec<ImageGt> = Vec::with_capacity(anns.len());
     let mut npos = 0;
     for a in anns {
-        let e = gt.entry(a.id.as_str()).or_insert_with(|| ImageGt { boxes: vec![], difficult: vec![], matched: vec![] });
+        gt.push(ImageGt::default());
+        let e = gt.last_mut().expect("pushed");
         for o in a.objects.iter().filter(|o| o.class == class) {
             e.boxes.push(o.bbox);
             // a COCO crowd region counts as VOC's difficult: a detection on it is ignored
@@ -126,7 +130,7 @@ pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric:
     for &d in &order {
         let det = &dets[d];
         let (mut is_tp, mut is_fp) = (false, true);
-        if let Some(g) = gt.get_mut(det.image_id.as_str()) {
+        if let Some(g) = gt.get_mut(det.image as usize) {
             let mut ovmax = f32::NEG_INFINITY;
             let mut jmax = 0;
             for (j, b) in g.boxes.iter().enumerate() {
@@ -194,7 +198,8 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
     if !dir.is_dir() {
         bail!("detections directory {} does not exist", dir.display());
     }
-    let ids: std::collections::HashSet<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+    // an id listed twice in the split is its first entry
+    let index: HashMap<&str, u32> = anns.iter().enumerate().rev().map(|(i, a)| (a.id.as_str(), i as u32)).collect();
     let mut found_any = false;
     let mut out = Vec::new();
     for class in classes {
@@ -204,10 +209,10 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
             found_any = true;
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             for (line, id, v) in crate::data::parse_records::<5>(&path, &text, "<image_id> <score> <x1> <y1> <x2> <y2>")? {
-                if !ids.contains(id.as_str()) {
+                let Some(&image) = index.get(id.as_str()) else {
                     bail!("{}:{line}: image id {id:?} is not in the evaluated split", path.display());
-                }
-                dets.push(Detection { image_id: id, score: v[0], bbox: [v[1], v[2], v[3], v[4]] });
+                };
+                dets.push(Detection { image, score: v[0], bbox: [v[1], v[2], v[3], v[4]] });
             }
         }
         out.push(dets);
@@ -218,12 +223,12 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
     Ok(out)
 }
 
-/// Writes detections in the VOC results format, one file per class.
-pub fn write_results_dir(dir: &Path, classes: &[String], dets: &[Vec<Detection>]) -> Result<()> {
+/// Writes detections in the VOC results format, one file per class (the images named by their ids in `anns`).
+pub fn write_results_dir(dir: &Path, classes: &[String], anns: &[Annotation], dets: &[Vec<Detection>]) -> Result<()> {
     for (class, ds) in classes.iter().zip(dets) {
         let mut s = String::new();
         for d in ds {
-            s.push_str(&format!("{} {:.6} {:.1} {:.1} {:.1} {:.1}\n", d.image_id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
+            s.push_str(&format!("{} {:.6} {:.1} {:.1} {:.1} {:.1}\n", anns[d.image as usize].id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
         }
         crate::rundir::write_file(&dir.join(results_file_name(class)), s.as_bytes())?;
     }

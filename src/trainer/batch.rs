@@ -34,9 +34,9 @@ pub const CROWD_IOF: f64 = 0.7;
 /// Images decoded ahead of their use, by how many the consumer asks for.
 pub const AHEAD: usize = 4;
 
-/// One image being decoded on a worker thread.
+/// One image being decoded on a worker thread, into its `[3, H, W]` uint8 tensor.
 struct Slot {
-    done: Mutex<Option<anyhow::Result<image::RgbImage>>>,
+    done: Mutex<Option<anyhow::Result<Tensor>>>,
     ready: Condvar,
 }
 
@@ -116,7 +116,8 @@ impl Streamed {
             ahead.insert(i, slot.clone());
             let source = self.source.clone();
             rayon::spawn(move || {
-                let r = source.decode(i);
+                // the worker makes the tensor too: the consumer only takes it
+                let r = source.decode(i).map(|img| to_chw(&img));
                 *slot.done.lock().expect("prefetch slot") = Some(r);
                 slot.ready.notify_all();
             });
@@ -131,7 +132,7 @@ impl Streamed {
         let t0 = Instant::now();
         let slot = self.ahead.lock().expect("prefetch slots").remove(&i);
         let prefetched = slot.is_some();
-        let img = match slot {
+        let t = match slot {
             Some(slot) => {
                 let mut g = slot.done.lock().expect("prefetch slot");
                 while g.is_none() {
@@ -139,16 +140,15 @@ impl Streamed {
                 }
                 g.take().expect("set before notify")?
             }
-            None => self.source.decode(i)?,
+            None => to_chw(&self.source.decode(i)?),
         };
-        let t = to_chw(&img);
         {
             let mut st = self.stats.lock().expect("loader stats");
             st.decoded += 1;
             st.prefetched += prefetched as usize;
             st.stall += t0.elapsed();
         }
-        let bytes = img.as_raw().len();
+        let bytes = t.numel();
         let mut c = self.cache.lock().expect("image cache");
         if c.0 + bytes <= self.budget {
             c.0 += bytes;
@@ -197,7 +197,9 @@ pub struct ImageStore {
     images: Images,
     proposals: Proposals,
     /// `[G, 4]` ground truth neither difficult nor crowd, 0-based; `[G]` labels in 1..=K.
-    gt: Vec<(Tensor, Tensor)>,
+    /// Kept as plain numbers and made into tensors as each image is prepared: two small tensors
+    /// an image cost a few kilobytes each in libtorch's own bookkeeping.
+    gt: Vec<(Vec<BBox>, Vec<i64>)>,
 }
 
 /// VOC 1-based boxes → `[n, 4]` 0-based.
@@ -288,7 +290,7 @@ impl ImageStore {
                 let keep: Vec<&crate::data::Object> = a.objects.iter().filter(|o| !o.difficult && !o.crowd).collect();
                 let boxes: Vec<BBox> = keep.iter().map(|o| o.bbox).collect();
                 let labels: Vec<i64> = keep.iter().map(|o| o.class as i64 + 1).collect();
-                (to_tensor(&boxes), Tensor::from_slice(&labels))
+                (boxes, labels)
             })
             .collect();
         ImageStore { anns, images, proposals, gt }
@@ -431,7 +433,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
     let mean = Tensor::from_slice(&cfg.pixel_mean.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
     let std = Tensor::from_slice(&cfg.pixel_std.map(|v| v as f32)).to_device(device).view([3, 1, 1]);
     let mut img = (raw.to_kind(Kind::Float) - mean) / std; // [3, H, W]
-    let (mut props, mut gt) = (store.proposals_of(i)?.to_device(device), store.gt[i].0.to_device(device));
+    let (mut props, mut gt) = (store.proposals_of(i)?.to_device(device), to_tensor(&store.gt[i].0).to_device(device));
     if flip {
         img = img.flip([2]);
         props = flip_boxes(&props, w);
@@ -440,7 +442,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
     let s = cfg.scale_for(h, w);
     let (nh, nw) = ((h as f64 * s).round() as i64, (w as f64 * s).round() as i64);
     let image = img.unsqueeze(0).upsample_bilinear2d([nh, nw], false, None, None).squeeze_dim(0); // [3, nh, nw]
-    Ok(Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: store.gt[i].1.to_device(device) })
+    Ok(Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: Tensor::from_slice(&store.gt[i].1).to_device(device) })
 }
 
 /// Zero-pads images to a common size: `[N, 3, Hmax, Wmax]`.

@@ -120,7 +120,7 @@ fn detect_impl(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: 
         let per_image: Vec<Vec<(usize, f32, BBox)>> = host.par_iter().zip(&sizes).map(|((probs, boxes), &n)| postprocess(probs, boxes, n as usize, k, test)).collect();
         for (&i, dets) in group.iter().zip(per_image) {
             for (c, score, bbox) in dets {
-                out[c].push(Detection { image_id: store.anns[i].id.clone(), score, bbox });
+                out[c].push(Detection { image: i as u32, score, bbox });
             }
         }
         t.host += lap();

@@ -565,8 +565,11 @@ impl Run<'_> {
         let dets = detect::detect_until(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device, &stop)?;
         let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
         let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
+        // COCO's summaries one category at a time: one category's boxes beside the detections
         let d = &self.data;
-        let coco = eval::coco::evaluate(&crate::data::coco::image_ids(&d.test.anns), &d.category_ids, &d.coco_gt, &eval::coco::dets_of_annotations(&d.test.anns, &dets, &d.category_ids));
+        let ids = crate::data::coco::image_ids(&d.test.anns);
+        let mut dets_of = |cat: i64| d.category_ids.iter().position(|c| *c == cat).map(|c| eval::coco::dets_of_class(&ids, &dets[c], cat)).unwrap_or_default();
+        let coco = eval::coco::evaluate_by_category(&ids, &d.category_ids, &d.coco_gt, &mut dets_of);
         Ok((t.elapsed().as_secs_f64(), Some((m07, m10, coco))))
     }
 }
