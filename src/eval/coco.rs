@@ -153,14 +153,27 @@ fn bb_iou(d: &[f64; 4], g: &[f64; 4], crowd: bool) -> f64 {
 struct ImageResult {
     /// Scores of the evaluated detections, in score order.
     scores: Vec<f64>,
-    /// `[T][D]`: matched, ignored.
-    matched: Vec<Vec<bool>>,
-    ignored: Vec<Vec<bool>>,
+    /// `[T × D]`, threshold-major: bit 0 matched, bit 1 ignored (one byte a pair, not a
+    /// vector a threshold: the tables of a category of many images stay small).
+    flags: Vec<u8>,
     /// Ground truth not ignored in this range.
     npig: usize,
 }
 
-fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f64], range: [f64; 2]) -> ImageResult {
+const MATCHED: u8 = 1;
+const IGNORED: u8 = 2;
+
+impl ImageResult {
+    fn matched(&self, t: usize, d: usize) -> bool {
+        self.flags[t * self.scores.len() + d] & MATCHED != 0
+    }
+    fn ignored(&self, t: usize, d: usize) -> bool {
+        self.flags[t * self.scores.len() + d] & IGNORED != 0
+    }
+}
+
+/// `ious` is `[D × G]`, detection-major.
+fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[f64], thrs: &[f64], range: [f64; 2]) -> ImageResult {
     let out = |a: f64| a < range[0] || a > range[1];
     let ig: Vec<bool> = gts.iter().map(|g| g.iscrowd || out(g.area)).collect();
     // stable: non-ignored first, each group in annotation order
@@ -169,8 +182,8 @@ fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f6
     let crowd: Vec<bool> = order.iter().map(|&g| gts[g].iscrowd).collect();
     let gig: Vec<bool> = order.iter().map(|&g| ig[g]).collect();
     let d_n = dts.len();
-    let mut matched = vec![vec![false; d_n]; T];
-    let mut ignored = vec![vec![false; d_n]; T];
+    let g_n = gts.len();
+    let mut flags = vec![0u8; T * d_n];
     if !gts.is_empty() && d_n > 0 {
         for (t, &thr) in thrs.iter().enumerate() {
             let mut gt_taken = vec![false; order.len()];
@@ -186,7 +199,7 @@ fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f6
                             break;
                         }
                     }
-                    let o = ious[d][g];
+                    let o = ious[d * g_n + g];
                     if o < best {
                         continue;
                     }
@@ -194,8 +207,7 @@ fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f6
                     m = Some(gi);
                 }
                 if let Some(mm) = m {
-                    ignored[t][d] = gig[mm];
-                    matched[t][d] = true;
+                    flags[t * d_n + d] = MATCHED | if gig[mm] { IGNORED } else { 0 };
                     gt_taken[mm] = true;
                 }
             }
@@ -205,11 +217,14 @@ fn evaluate_image(gts: &[&GtBox], dts: &[&DetBox], ious: &[Vec<f64>], thrs: &[f6
         let b = &dts[d].bbox;
         if out(b[2] * b[3]) {
             for t in 0..T {
-                ignored[t][d] |= !matched[t][d];
+                let f = &mut flags[t * d_n + d];
+                if *f & MATCHED == 0 {
+                    *f |= IGNORED;
+                }
             }
         }
     }
-    ImageResult { scores: dts.iter().map(|d| d.score).collect(), matched, ignored, npig: gig.iter().filter(|i| !**i).count() }
+    ImageResult { scores: dts.iter().map(|d| d.score).collect(), flags, npig: gig.iter().filter(|i| !**i).count() }
 }
 
 /// Precision at the recall points and final recall for one category, range
@@ -231,8 +246,8 @@ fn accumulate(results: &[&ImageResult], max_det: usize, rec_thrs: &[f64]) -> Opt
         let mut pr = Vec::with_capacity(items.len());
         for &(i, d) in &items {
             let r = results[i];
-            if !r.ignored[t][d] {
-                if r.matched[t][d] {
+            if !r.ignored(t, d) {
+                if r.matched(t, d) {
                     tp += 1;
                 } else {
                     fp += 1;
@@ -282,12 +297,13 @@ fn category_results(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[Det
     let max_det = MAX_DETS[MAX_DETS.len() - 1];
     let mut cells: Vec<(usize, Cell)> = cells.into_iter().collect();
     cells.sort_unstable_by_key(|c| c.0);
-    let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<Vec<f64>>)> = cells
+    // per image: its IoUs [D × G] in one array
+    let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<f64>)> = cells
         .into_par_iter()
         .map(|(_, (g, mut d))| {
             d.sort_by(|a, b| b.score.total_cmp(&a.score));
             d.truncate(max_det);
-            let ious = d.iter().map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd)).collect()).collect();
+            let ious = d.iter().flat_map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd))).collect();
             (g, d, ious)
         })
         .collect();
@@ -296,7 +312,8 @@ fn category_results(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[Det
         .map(|&range| {
             let res: Vec<ImageResult> = prepared.par_iter().map(|(g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
             let refs: Vec<&ImageResult> = res.iter().collect();
-            MAX_DETS.par_iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
+            // the caps one after another: each holds a curve as long as the category's detections
+            MAX_DETS.iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
         })
         .collect()
 }
