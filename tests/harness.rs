@@ -543,3 +543,40 @@ fn a_grid_in_iterations_plans_epochs_per_instances_file() {
     let epochs: Vec<(String, usize)> = g.cells.iter().map(|c| (c.arm.clone(), c.epochs)).collect();
     assert_eq!(epochs, vec![("full".to_string(), want(n_full)), ("small".to_string(), want(n_small))]);
 }
+
+/// Time to a target that one arm never reaches: its seeds count as censored at their run's
+/// end (not dropped), Gehan's test at the study's family level judges the order, and the
+/// finding says how many seeds of each arm got there. 5 seeds against 5 resolve it (p =
+/// 2/252 against 0.05/4); 3 against 3 cannot (the smallest p is 2/20), and the line says so.
+/// (a reaches 0.5 at 16–20 s of training; b trains 30–34 s without reaching it.)
+#[test]
+fn runs_that_never_reach_the_target_are_censored_not_dropped() {
+    for (n, resolved) in [(5u64, true), (3, false)] {
+        let t = tempfile::tempdir().unwrap();
+        let res = t.path();
+        let verdict = VerdictConfig { claim: "b is 2x faster".into(), baseline: "a".into(), arm: "b".into(), measure: ohem_harness::rundir::Measure::TimeToTarget, expected: 2.0, tolerance: 1.25, regime: None };
+        let meta = GridMeta { name: "dnf".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.5), verdicts: vec![verdict], ..Default::default() } };
+        std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+        for seed in 0..n {
+            let s = seed as f64;
+            fake_cell(res, "a", seed, State::Done, &[row(1, 10.0, Some(0.4), 8.0 + s, 0.0), row(2, 20.0, Some(0.55), 8.0, 0.0), row(3, 30.0, Some(0.6), 8.0, 0.0)]);
+            fake_cell(res, "b", seed, State::Done, &[row(1, 12.0, Some(0.3), 10.0 + s, 0.0), row(2, 24.0, Some(0.4), 10.0, 0.0), row(3, 36.0, Some(0.45), 10.0, 0.0)]);
+        }
+        let out = ohem_harness::report::generate(res).unwrap();
+        let text = std::fs::read_to_string(&out.summary).unwrap();
+        // 2 arms: final mAP and the 3 speed measures, one family of 4
+        let line = text.lines().find(|l| l.starts_with("- a / b, time_to_target")).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains(&format!("b reaches 0.5000 within its training budget in 0 of {n} seeds, a in {n} of {n}")), "{line}");
+        assert!(line.contains("p ≤ 0.0125"), "{line}");
+        let v = out.notes.iter().find(|l| l.starts_with("verdict:")).unwrap();
+        if resolved {
+            assert!(line.contains("resolved: b is slower than a in time_to_target") && line.contains("p = 0.0079"), "{line}");
+            assert!(v.contains(": contradicted") && v.contains("b is resolved slower than a"), "{v}");
+        } else {
+            assert!(line.contains(": not resolved (") && line.contains("the smallest p any split of these times allows is 0.1000"), "{line}");
+            assert!(v.contains(": not resolved"), "{v}");
+        }
+        let sp = std::fs::read_to_string(res.join("speedups.csv")).unwrap();
+        assert!(sp.lines().next().unwrap().contains("gehan_p,gehan_p_min,gehan_threshold"), "{sp}");
+    }
+}

@@ -2,7 +2,7 @@
 //! true difference and ratio, at the seed counts people use.
 
 use ohem_harness::report::bootstrap_diff;
-use ohem_harness::report::stats::{compare, compare_at, family_level, seeds_needed, t_quantile, Scale, Seeded};
+use ohem_harness::report::stats::{compare, compare_at, family_level, gehan, seeds_needed, t_quantile, Censored, Scale, Seeded};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -128,7 +128,7 @@ fn seeds_needed_is_the_first_count_with_80_percent_power() {
     let b: Vec<Seeded> = (0..5).map(|s| (s, 100.0 + 10.0 * (s as f64 - 2.0))).collect();
     let a: Vec<Seeded> = (0..5).map(|s| (s + 100, 95.0 + 10.0 * (s as f64 - 2.0))).collect();
     let e = compare(&b, &a, Scale::Difference).unwrap();
-    let n = seeds_needed(&e, 0.0, 5).unwrap();
+    let n = seeds_needed(&e, 0.0, 5, 0.95).unwrap();
     // at n the projected distance clears (t(0.975) + t(0.80)) standard errors, at n − 1 it does not
     let clears = |n: usize| {
         let df = 2.0 * n as f64 - 2.0;
@@ -137,7 +137,14 @@ fn seeds_needed_is_the_first_count_with_80_percent_power() {
     assert!(clears(n) && !clears(n - 1), "n = {n}");
     // about 2 × (1.96 + 0.84)² × σ² / d² = 2 × 7.84 × 250 / 25 ≈ 157 per arm for σ² = 250, d = 5 (normal approximation)
     assert!((140..=175).contains(&n), "n = {n}");
-    assert_eq!(seeds_needed(&e, e.value, 5), None);
+    assert_eq!(seeds_needed(&e, e.value, 5, 0.95), None);
+    // at a family's level (Bonferroni over 20) the same distance needs more seeds: t(1 − 0.0025/2) in place of t(0.975)
+    let nf = seeds_needed(&e, 0.0, 5, family_level(20)).unwrap();
+    let clears_at = |n: usize| {
+        let df = 2.0 * n as f64 - 2.0;
+        e.value.abs() >= (t_quantile(family_level(20), df) + t_quantile(0.60, df)) * e.se * (5.0 / n as f64).sqrt()
+    };
+    assert!(clears_at(nf) && !clears_at(nf - 1) && nf > n, "n = {n}, at the family's level {nf}");
 }
 
 /// The bench's median (of rounds): by hand, odd and even counts, order-free.
@@ -211,7 +218,8 @@ fn claim_a_sweeps_the_widths_asked_for() {
 }
 
 /// `bench claim-a --replot`: claim_a.md and the chart come back from claim_a.csv alone, with
-/// each point's numbers and words; a folder without the CSV is an error naming it.
+/// each point's numbers and its series-wise words (Bonferroni over the points of one
+/// backbone, head width and scale); a folder without the CSV is an error naming it.
 #[test]
 fn claim_a_replots_from_its_csv() {
     use ohem_harness::bench::{replot_claim_a, ClaimAPoint};
@@ -221,16 +229,48 @@ fn claim_a_replots_from_its_csv() {
         read_only_s: 10.0, masked_s: 10.0 * ratio, ratio, ratio_lo: Some(lo), ratio_hi: Some(hi), word: word.into(), rounds: 3,
         peer_read_only_s: None, peer_masked_s: None, peer_ratio: None, peer_ratio_lo: None, peer_ratio_hi: None, peer_word: String::new(),
         device: "cpu".into(), processor: "x".into(), threads: 2,
+        read_only_rounds: String::new(), masked_rounds: String::new(), peer_read_only_rounds: String::new(), peer_masked_rounds: String::new(),
+        series_points: 0, series_lo: None, series_hi: None, series_word: String::new(), peer_series_lo: None, peer_series_hi: None, peer_series_word: String::new(),
     };
-    let mut w = csv::Writer::from_path(t.path().join("claim_a.csv")).unwrap();
-    w.serialize(point(500.0, 1.17, 1.13, 1.22, "contradicted")).unwrap();
-    w.serialize(point(2000.0, 1.65, 1.63, 1.67, "supported")).unwrap();
-    w.flush().unwrap();
+    // a sweep that predates the per-round columns (its CSV has none of the new columns)
+    let old = "backbone,fc_width,input_scale,proposals,rois_per_image,read_only_s,masked_s,ratio,ratio_lo,ratio_hi,word,rounds,peer_read_only_s,peer_masked_s,peer_ratio,peer_ratio_lo,peer_ratio_hi,peer_word,device,processor,threads\n\
+vgg16,4096,600,500,502,10,11.7,1.17,1.13,1.22,contradicted,3,,,,,,,cpu,x,2\n\
+vgg16,4096,600,2000,2002,10,16.5,1.65,1.61,1.69,supported,3,,,,,,,cpu,x,2\n";
+    std::fs::write(t.path().join("claim_a.csv"), old).unwrap();
     replot_claim_a(t.path()).unwrap();
     let md = std::fs::read_to_string(t.path().join("claim_a.md")).unwrap();
-    assert!(md.contains("| vgg16 | 4096 | 600 | 502 | 10.000 | 11.700 | 1.17x | [1.13, 1.22] | contradicted | — | — | — |"), "{md}");
-    assert!(md.contains("| 2002 | 10.000 | 16.500 | 1.65x | [1.63, 1.67] | supported |"), "{md}");
+    // the series of 2 points at 97.5%: the 95% half-width on the log scale × t(0.99375, 2) / t(0.975, 2)
+    let widen = |lo: f64, hi: f64, r: f64| {
+        let h = (hi / lo).ln() / 2.0 * t_quantile(family_level(2), 2.0) / t_quantile(0.95, 2.0);
+        ((r.ln() - h).exp(), (r.ln() + h).exp())
+    };
+    let (lo, hi) = widen(1.61, 1.69, 1.65);
+    assert!(lo < 1.6 && hi < 2.5, "{lo} {hi}: the 95% interval inside the band, the series-wise one not");
+    assert!(md.contains(&format!("| vgg16 | 4096 | 600 | 2002 | 10.000 | 16.500 | 1.65x | [{lo:.2}, {hi:.2}] | not resolved |")), "{md}");
+    let (lo, hi) = widen(1.13, 1.22, 1.17);
+    assert!(md.contains(&format!("| 502 | 10.000 | 11.700 | 1.17x | [{lo:.2}, {hi:.2}] | contradicted |")), "{md}");
+    assert!(md.contains("- vgg16 fc 4096 at 600 px (ours), masked / read-only about 2x, each interval Bonferroni over the series' 2 points (97.50%): supported at no point; contradicted below the band at 502; not resolved at 2002"), "{md}");
     assert!(std::fs::read(t.path().join("claim_a.png")).unwrap().starts_with(b"\x89PNG"));
+    // the CSV now carries the series' columns
+    let csv_text = std::fs::read_to_string(t.path().join("claim_a.csv")).unwrap();
+    assert!(csv_text.lines().next().unwrap().ends_with("series_points,series_lo,series_hi,series_word,peer_series_lo,peer_series_hi,peer_series_word"), "{csv_text}");
+    // a sweep with its rounds: the series-wise interval is the paired interval of those rounds at the series' level
+    let t2 = tempfile::tempdir().unwrap();
+    let mut p = point(500.0, 2.0, 1.9, 2.1, "supported");
+    (p.read_only_rounds, p.masked_rounds) = ("1;1.1;0.9".into(), "2.1;2.1;1.8".into());
+    let mut q = point(1000.0, 2.0, 1.9, 2.1, "supported");
+    (q.read_only_rounds, q.masked_rounds) = ("1;1.1;0.9".into(), "2.0;2.3;1.7".into());
+    let mut w = csv::Writer::from_path(t2.path().join("claim_a.csv")).unwrap();
+    w.serialize(&p).unwrap();
+    w.serialize(&q).unwrap();
+    w.flush().unwrap();
+    replot_claim_a(t2.path()).unwrap();
+    let mut r = csv::Reader::from_path(t2.path().join("claim_a.csv")).unwrap();
+    let back: Vec<ClaimAPoint> = r.deserialize().map(|x| x.unwrap()).collect();
+    let seeded = |v: &[f64]| v.iter().enumerate().map(|(i, x)| (i as u64, *x)).collect::<Vec<Seeded>>();
+    let e = compare_at(&seeded(&[2.1, 2.1, 1.8]), &seeded(&[1.0, 1.1, 0.9]), Scale::Ratio, family_level(2)).unwrap();
+    let (lo, hi) = e.ci.unwrap();
+    assert!((back[0].series_lo.unwrap() - lo).abs() < 1e-12 && (back[0].series_hi.unwrap() - hi).abs() < 1e-12 && back[0].series_points == 2, "{:?}", back[0]);
     let empty = tempfile::tempdir().unwrap();
     let e = format!("{:#}", replot_claim_a(empty.path()).unwrap_err());
     assert!(e.contains("claim_a.csv"), "{e}");
@@ -255,4 +295,128 @@ fn claim_a_points_get_the_band_rules_word() {
     assert_eq!(w, "not resolved", "{ci:?}");
     let (_, ci, w) = claim_a_ratio(&[1.0], &[2.0]);
     assert!(ci.is_none() && w.is_empty(), "one round: no interval");
+}
+
+/// Gehan's statistic by its definition, and its permutation p by brute force over every
+/// ordering of the pooled seeds (n! of them, each split counted as often as it occurs).
+fn gehan_slow(base: &[Censored], arm: &[Censored]) -> (f64, f64) {
+    let before = |x: Censored, y: Censored| x.1 && (x.0 < y.0 || (!y.1 && x.0 <= y.0));
+    let w_of = |a: &[Censored], b: &[Censored]| -> f64 { a.iter().map(|&x| b.iter().map(|&y| if before(x, y) { 1.0 } else if before(y, x) { -1.0 } else { 0.0 }).sum::<f64>()).sum() };
+    let w = w_of(arm, base);
+    let pooled: Vec<Censored> = arm.iter().chain(base).copied().collect();
+    let n = pooled.len();
+    let mut idx: Vec<usize> = (0..n).collect();
+    let (mut hits, mut total) = (0u64, 0u64);
+    // Heap's algorithm over every permutation
+    fn heap(k: usize, idx: &mut Vec<usize>, f: &mut dyn FnMut(&[usize])) {
+        if k == 1 {
+            f(idx);
+            return;
+        }
+        for i in 0..k {
+            heap(k - 1, idx, f);
+            let j = if k % 2 == 0 { i } else { 0 };
+            idx.swap(j, k - 1);
+        }
+    }
+    heap(n, &mut idx, &mut |perm: &[usize]| {
+        let a: Vec<Censored> = perm[..arm.len()].iter().map(|&i| pooled[i]).collect();
+        let b: Vec<Censored> = perm[arm.len()..].iter().map(|&i| pooled[i]).collect();
+        total += 1;
+        hits += (w_of(&a, &b).abs() >= w.abs() - 1e-9) as u64;
+    });
+    (w, hits as f64 / total as f64)
+}
+
+/// Gehan's test by hand and against the brute-force reference: censored seeds count as
+/// "at least their run's end", orderings that censoring leaves open count 0.
+#[test]
+fn gehan_by_hand_and_against_brute_force() {
+    // every arm seed reaches later than every base seed: W = −4; of the 6 splits of 4 seeds, 2 are as extreme
+    let g = gehan(&[(5.0, true), (6.0, true)], &[(10.0, true), (12.0, true)]).unwrap();
+    assert_eq!(g.w, -4.0);
+    assert!((g.p - 2.0 / 6.0).abs() < 1e-12 && (g.p_min - 2.0 / 6.0).abs() < 1e-12, "{g:?}");
+    // the arm never reaches the target in its budget of 20 s, the base does at 5–7 s: W = −9, p = 2 / C(6, 3)
+    let g = gehan(&[(5.0, true), (6.0, true), (7.0, true)], &[(20.0, false), (20.0, false), (20.0, false)]).unwrap();
+    assert_eq!(g.w, -9.0);
+    assert!((g.p - 0.1).abs() < 1e-12 && (g.p_min - 0.1).abs() < 1e-12, "{g:?}");
+    // a run that ended at 4 s without the target says nothing against one that reached it at 5 s
+    let g = gehan(&[(5.0, true)], &[(4.0, false)]).unwrap();
+    assert_eq!(g.w, 0.0);
+    assert_eq!(g.p, 1.0);
+    // 5 against 5 seeds: the smallest p is 2 / 252, above Bonferroni's 0.05 / 20 = 0.0025
+    let base: Vec<Censored> = (0..5).map(|i| (10.0 + i as f64, true)).collect();
+    let arm: Vec<Censored> = (0..5).map(|_| (30.0, false)).collect();
+    let g = gehan(&base, &arm).unwrap();
+    assert!((g.p_min - 2.0 / 252.0).abs() < 1e-12 && (g.p - 2.0 / 252.0).abs() < 1e-12, "{g:?}");
+    // mixed cases against the reference
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    for case in 0..30 {
+        let draw = |rng: &mut ChaCha8Rng, n: usize| -> Vec<Censored> { (0..n).map(|_| ((rng.random_range(1..8)) as f64, rng.random_bool(0.6))).collect() };
+        let (nb, na) = (1 + case % 3, 1 + case % 4);
+        let (b, a) = (draw(&mut rng, nb), draw(&mut rng, na));
+        let g = gehan(&b, &a).unwrap();
+        let (w, p) = gehan_slow(&b, &a);
+        assert!(g.w == w && (g.p - p).abs() < 1e-12, "case {case}: {b:?} {a:?}: {g:?} against W {w}, p {p}");
+        assert!(g.p_min <= g.p + 1e-12);
+    }
+}
+
+/// One simulated study's runs: `arms` arms with no true difference, `n` seeds each, 4 epochs;
+/// per seed a shared effect on mAP and speed (the seeds' data order), per run its own noise.
+fn null_study(rng: &mut ChaCha8Rng, arms: &[&str], n: usize) -> Vec<ohem_harness::report::RunLog> {
+    use ohem_harness::rundir::{EpochRow, State};
+    let seed_effects: Vec<(f64, f64)> = (0..n).map(|_| (0.01 * normal(rng), 0.05 * normal(rng))).collect();
+    let mut out = Vec::new();
+    for arm in arms {
+        for (seed, (m_seed, t_seed)) in seed_effects.iter().enumerate() {
+            let (m_run, t_run) = (0.01 * normal(rng), 0.05 * normal(rng));
+            let mut rows = Vec::new();
+            let mut wall = 0.0;
+            for epoch in 1..=4 {
+                let train_s = 20.0 * (t_seed + t_run + 0.03 * normal(rng)).exp();
+                wall += train_s + 5.0;
+                let map = 0.30 + 0.04 * epoch as f64 + m_seed + m_run + 0.01 * normal(rng);
+                rows.push(EpochRow { epoch, iterations: 100, train_s, eval_s: 5.0, wall_s: wall, map_voc07: Some(map), map_voc10: Some(map), ..Default::default() });
+            }
+            out.push(ohem_harness::report::RunLog { arm: arm.to_string(), seed: seed as u64, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 4, manifest: None, config: None });
+        }
+    }
+    out
+}
+
+/// Across all the Findings of a whole simulated study (4 arms, 2 baselines, so reverse pairs,
+/// 4 measures, a time-to-target verdict; some seeds censored), with no true difference
+/// anywhere, a false "resolved" appears in at most 5% of studies: the study's family holds
+/// together. And in more than 1%, so that intervals simply too wide would fail here; the old
+/// per-baseline families fail the 5%.
+#[test]
+fn a_null_study_resolves_something_in_at_most_5_percent_of_studies() {
+    use ohem_harness::report::{aggregate, compare};
+    use ohem_harness::rundir::{GridMeta, Measure, ReportConfig, VerdictConfig};
+    let arms = ["a", "b", "c", "d"];
+    let verdict = VerdictConfig { claim: "b about 2x faster".into(), baseline: "a".into(), arm: "b".into(), measure: Measure::TimeToTarget, expected: 2.0, tolerance: 1.25, regime: None };
+    let meta = GridMeta { name: "null".into(), arms: arms.iter().map(|a| a.to_string()).collect(), report: ReportConfig { baselines: vec!["a".into(), "b".into()], target_map: Some(0.42), verdicts: vec![verdict], ..Default::default() } };
+    let mut rng = ChaCha8Rng::seed_from_u64(36);
+    let reps = 1000;
+    let (mut false_study, mut per_family_false, mut censored_seen) = (0, 0, 0);
+    for _ in 0..reps {
+        let runs = null_study(&mut rng, &arms, 5);
+        let agg = aggregate(&meta, &runs).unwrap();
+        let m = compare::study_family(&agg);
+        assert_eq!(m, 20, "5 pairs of arms (b against a counted once) × 4 measures");
+        let speedups = compare::speedups(&agg, m);
+        censored_seen += speedups.iter().any(|s| s.censored.is_some()) as usize;
+        let findings = compare::findings(&agg, &speedups, &compare::map_diffs(&agg, m));
+        assert_eq!(findings.len(), 20);
+        false_study += findings.iter().any(|f| f.finding.starts_with("resolved")) as usize;
+        // the same study judged per (baseline, measure) at 1 − 0.05 / 3, as before
+        let old = compare::speedups(&agg, 3);
+        per_family_false += (findings.iter().any(|f| f.finding.starts_with("resolved")) || old.iter().any(|s| s.fw_lo.zip(s.fw_hi).is_some_and(|(lo, hi)| lo > 1.0 || hi < 1.0)) || compare::map_diffs(&agg, 3).iter().any(|d| d.fw.and_then(|e| e.ci).is_some_and(|(lo, hi)| lo > 0.0 || hi < 0.0))) as usize;
+    }
+    let (rate, old_rate) = (false_study as f64 / reps as f64, per_family_false as f64 / reps as f64);
+    eprintln!("null studies with a false \"resolved\": {rate:.3} (families of 3 per baseline and measure: {old_rate:.3}); studies with a censored time to target: {censored_seen}");
+    assert!(rate <= 0.05 && rate > 0.01, "{rate}");
+    assert!(old_rate > 0.05, "{old_rate}");
+    assert!(censored_seen > 0, "the simulation never exercised the censored test");
 }

@@ -88,6 +88,18 @@ impl<'a> Aggregate<'a> {
         g
     }
 
+    /// Each finished seed of `arm`'s time to the target, censored where the run ended without
+    /// reaching it: (its training time to the target, true), or (its whole training time, false).
+    pub fn censored(&self, arm: &str) -> Vec<super::stats::Censored> {
+        self.by_arm(arm)
+            .iter()
+            .map(|r| match time_to_target(&r.rows, self.metric(), self.target) {
+                Some(t) => (t, true),
+                None => (super::training_time(&r.rows).last().copied().unwrap_or(0.0), false),
+            })
+            .collect()
+    }
+
     /// As [`Aggregate::per_seed`], with time to target taken at `target`.
     pub fn per_seed_at(&self, arm: &str, measure: Measure, target: f64) -> (Vec<Seeded>, usize) {
         let rs = self.by_arm(arm);

@@ -169,8 +169,8 @@ where
     let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
     let n = labels.len().max(1);
     // headroom above the highest whisker for the legend (upper left), so that it never hides one
-    let ymax = rows.iter().filter_map(|s| s.ci_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
-    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; 95% t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
+    let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
+    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; family-wise t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
     for (k, m) in Measure::ALL.into_iter().enumerate() {
@@ -178,7 +178,7 @@ where
         let bars: Vec<(f64, f64, Option<(f64, f64)>)> = labels
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.ci_lo.zip(s.ci_hi)))))
+            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.fw_lo.zip(s.fw_hi)))))
             .collect();
         chart
             .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + 0.2, *r)], c.filled())))
@@ -256,7 +256,7 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
 }
 
 /// `ttt_ratio_vs_target.png`: the time-to-target ratio (baseline / arm) and its
-/// 95% interval against the target, one line per compared pair.
+/// interval (Bonferroni over the curve's targets) against the target, one line per compared pair.
 pub fn draw_target_curve(dir: &Path, points: &[TargetPoint]) -> Result<String> {
     register_font();
     let mut pairs: Vec<(String, String)> = points.iter().map(|p| (p.baseline.clone(), p.arm.clone())).collect();
@@ -274,7 +274,7 @@ where
     let (x0, x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.target), b.max(p.target)));
     let ymax = points.iter().map(|p| p.ci.map(|c| c.1).unwrap_or(p.ratio)).fold(1.2f64, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(root)
-        .caption("Time-to-target ratio against the target (baseline / arm, 95% CI)", ("sans-serif", 22))
+        .caption("Time-to-target ratio against the target (baseline / arm; Bonferroni over the targets)", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)

@@ -9,12 +9,16 @@
 //! counts; evaluation is the harness's instrument and every arm pays the same,
 //! so it does not) through the first evaluated epoch at or above the target.
 //! Runs that never reach the target are did-not-finish (DNF) and are never
-//! dropped. Speed-ups against each baseline arm are ratios of means
-//! (baseline / arm, so > 1 means faster) and final-mAP differences are
-//! differences of means, each with the one 95% t-interval of [`stats`]
-//! (paired by seed when the arms ran the same seeds, Welch otherwise). The grid's `report.verdicts` turn chosen speed-ups
-//! into verdicts (supported, contradicted, not resolved, with the seeds a
-//! resolution would need). Offline-mining arms whose cache stayed empty are
+//! dropped: in a comparison they count as censored (at least their run's
+//! training time), and Gehan's rank test replaces the interval. Speed-ups
+//! against each baseline arm are ratios of means (baseline / arm, so > 1
+//! means faster) and final-mAP differences are differences of means, each
+//! with the t-interval of [`stats`] (paired by seed when the arms ran the
+//! same seeds, Welch otherwise), at 95% in the tables and at the study's
+//! family level ([`compare::study_family`]: Bonferroni over every comparison
+//! the Findings and Verdicts state) for every word. The grid's
+//! `report.verdicts` turn chosen speed-ups into verdicts (supported,
+//! contradicted, not resolved, with the seeds a resolution would need). Offline-mining arms whose cache stayed empty are
 //! flagged. Writes `summary.csv`, `speedups.csv`, `verdicts.csv`, `runs.csv`,
 //! `mining.csv` (every round of every cell), `summary.md` and the charts (PNG
 //! and SVG) into the results directory. It reads only the files of
@@ -220,10 +224,11 @@ pub fn generate(results: &Path) -> Result<Generated> {
         bail!("{} holds no readable cells{}", results.join(CELLS).display(), unreadable.iter().map(|u| format!("\n  unreadable: {u}")).collect::<String>());
     }
     let mut agg = aggregate(&meta, &runs)?;
-    let speedups = compare::speedups(&agg);
-    let map_diffs = compare::map_diffs(&agg);
+    let family = compare::study_family(&agg);
+    let speedups = compare::speedups(&agg, family);
+    let map_diffs = compare::map_diffs(&agg, family);
     let warnings = compare::warnings(&agg);
-    let verdicts = compare::verdicts(&agg, &warnings);
+    let verdicts = compare::verdicts(&agg, &warnings, family);
     let mut notes: Vec<String> = unreadable.iter().map(|u| format!("warning: a cell left out of the report, its cell.json unreadable: {u}")).collect();
     notes.extend(warnings.iter().map(|w| format!("warning: {}", w.text)));
     notes.extend(verdicts.iter().map(|v| format!("verdict: {}", write::verdict_line(v, meta.report.metric).replace("**", ""))));

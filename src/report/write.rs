@@ -7,7 +7,7 @@ use anyhow::Result;
 use polars::prelude::*;
 
 use super::aggregate::Aggregate;
-use super::compare::{family_text, finding_line, Finding, MapDiff, Speedup, TargetPoint, Verdict, Warning, FAMILY_MIN};
+use super::compare::{family_text, finding_line, Finding, MapDiff, Speedup, TargetPoint, Verdict, Warning};
 use super::{mean_std, RunLog};
 use crate::eval::Metric;
 use crate::rundir::{write_file, MiningRow};
@@ -36,9 +36,10 @@ pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
     // no mAP sentence when the final mAPs were not compared (the note says why)
     let map_sentence = match v.map_diff {
         Some(d) => format!(
-            " Final {metric_name} {} − {} = {d:+.4} (95% CI {}).",
+            " Final {metric_name} {} − {} = {d:+.4} ({} CI {}).",
             v.arm,
             v.baseline,
+            family_text(v.family),
             v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into())
         ),
         None => String::new(),
@@ -69,8 +70,9 @@ pub fn target_curve_csv(results: &Path, points: &[TargetPoint]) -> Result<()> {
         "arm" => points.iter().map(|p| p.arm.clone()).collect::<Vec<_>>(),
         "target" => points.iter().map(|p| p.target).collect::<Vec<_>>(),
         "ratio" => points.iter().map(|p| p.ratio).collect::<Vec<_>>(),
-        "ci95_lo" => points.iter().map(|p| p.ci.map(|c| c.0)).collect::<Vec<_>>(),
-        "ci95_hi" => points.iter().map(|p| p.ci.map(|c| c.1)).collect::<Vec<_>>(),
+        "family" => points.iter().map(|p| p.family as u64).collect::<Vec<_>>(),
+        "ci_family_lo" => points.iter().map(|p| p.ci.map(|c| c.0)).collect::<Vec<_>>(),
+        "ci_family_hi" => points.iter().map(|p| p.ci.map(|c| c.1)).collect::<Vec<_>>(),
         "baseline_reached" => points.iter().map(|p| p.reached.0 as u64).collect::<Vec<_>>(),
         "baseline_seeds" => points.iter().map(|p| p.seeds.0 as u64).collect::<Vec<_>>(),
         "arm_reached" => points.iter().map(|p| p.reached.1 as u64).collect::<Vec<_>>(),
@@ -138,6 +140,9 @@ fn speedups_frame(speedups: &[Speedup]) -> PolarsResult<DataFrame> {
         "ci_family_lo" => speedups.iter().map(|s| s.fw_lo).collect::<Vec<_>>(),
         "ci_family_hi" => speedups.iter().map(|s| s.fw_hi).collect::<Vec<_>>(),
         "family_interval" => speedups.iter().map(|s| family_text(s.family)).collect::<Vec<_>>(),
+        "gehan_p" => speedups.iter().map(|s| s.censored.map(|c| c.p)).collect::<Vec<_>>(),
+        "gehan_p_min" => speedups.iter().map(|s| s.censored.map(|c| c.p_min)).collect::<Vec<_>>(),
+        "gehan_threshold" => speedups.iter().map(|s| s.censored.map(|c| c.threshold)).collect::<Vec<_>>(),
         "note" => speedups.iter().map(|s| s.note.clone()).collect::<Vec<_>>()
     )
 }
@@ -264,7 +269,7 @@ pub fn summary_md(results: &Path, agg: &Aggregate, speedups: &[Speedup], map_dif
 /// "## Verdicts": the rule, then one line per verdict; nothing without verdicts.
 fn verdicts_section(md: &mut String, verdicts: &[Verdict], metric: Metric) {
     if !verdicts.is_empty() {
-        md.push_str(&format!("## Verdicts\n\nA claim \"about Rx\" is supported when the interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise. The interval is 95% when fewer than {FAMILY_MIN} arms are compared with the claim's baseline, and otherwise Bonferroni's over all of them (each at 1 − 0.05 / m), so that the words about one baseline hold together at 95%.\n\n"));
+        md.push_str("## Verdicts\n\nA claim \"about Rx\" is supported when the interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise. The interval is Bonferroni's over the study's family: every comparison this summary's Verdicts and Findings state, one per pair of arms and measure (each interval at 1 − 0.05 / m), so that all of their words hold together at 95%. A time to target that some seeds never reach is censored at each run's end and judged by Gehan's rank test at the same level (contradicted when it resolves the arm as slower).\n\n");
         for v in verdicts {
             md.push_str(&format!("- {}\n", verdict_line(v, metric)));
         }
@@ -274,7 +279,8 @@ fn verdicts_section(md: &mut String, verdicts: &[Verdict], metric: Metric) {
 
 /// "## Findings": one line per comparison the report makes.
 fn findings_section(md: &mut String, findings: &[Finding]) {
-    md.push_str(&format!("## Findings\n\nEvery comparison the report makes, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Against a baseline compared with {FAMILY_MIN} or more arms, the interval is Bonferroni's over that family. Also in `findings.csv`.\n\n"));
+    let m = findings.first().map(|f| f.interval.clone()).unwrap_or_default();
+    md.push_str(&format!("## Findings\n\nEvery comparison the report makes, each pair of arms once per measure, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Every interval is Bonferroni's over the study's family ({m}: every comparison of these Findings and of the Verdicts), so that all the words of this summary hold together at 95%. A time to target that some seeds never reach counts those seeds as censored at their run's end: Gehan's rank test at the family's level says whether one arm is slower, and the line says how many seeds of each arm reached the target. Also in `findings.csv`.\n\n"));
     for f in findings {
         md.push_str(&format!("- {}\n", finding_line(f)));
     }
@@ -322,7 +328,7 @@ fn arms_table(md: &mut String, agg: &Aggregate) {
 
 /// The speed-ups, one row each.
 fn speedups_table(md: &mut String, speedups: &[Speedup]) {
-    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, with a 95% t-interval on the log scale (delta method), paired by seed when both arms ran the same seeds and Welch's otherwise; — with one seed.\n\n| baseline | arm | measure | speed-up | 95% CI | note |\n|---|---|---|---|---|---|\n");
+    md.push_str("\nSpeed-up = baseline / arm (> 1: the arm is faster), ratio of means over seeds, with the family-wise t-interval of the Findings on the log scale (delta method), paired by seed when both arms ran the same seeds and Welch's otherwise; — with one seed. `speedups.csv` also holds each comparison's 95% interval on its own (`ci95_*`), which resolves nothing.\n\n| baseline | arm | measure | speed-up | family-wise CI | note |\n|---|---|---|---|---|---|\n");
     for s in speedups {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
@@ -330,7 +336,7 @@ fn speedups_table(md: &mut String, speedups: &[Speedup]) {
             s.arm,
             s.measure,
             s.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
-            s.ci_lo.zip(s.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+            s.fw_lo.zip(s.fw_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
             s.note
         ));
     }
@@ -338,15 +344,15 @@ fn speedups_table(md: &mut String, speedups: &[Speedup]) {
 
 /// The differences of the final metric, one row each.
 fn map_diffs_table(md: &mut String, map_diffs: &[MapDiff], metric_name: &str) {
-    md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with a 95% t-interval (paired by seed when both arms ran the same seeds, Welch's otherwise). An interval that excludes 0 is a difference these seeds resolve; one that spans 0 is not resolved. Pairs of arms trained for different numbers of epochs are left out.\n\n| baseline | arm | difference | 95% CI | interval |\n|---|---|---|---|---|\n"));
+    md.push_str(&format!("\nFinal {metric_name}, arm − baseline: difference of the means over seeds, with the family-wise t-interval of the Findings (paired by seed when both arms ran the same seeds, Welch's otherwise). `map_diffs.csv` also holds each difference's 95% interval on its own (`ci95_*`), which resolves nothing. Pairs of arms trained for different numbers of epochs are left out.\n\n| baseline | arm | difference | family-wise CI | interval |\n|---|---|---|---|---|\n"));
     for d in map_diffs {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {} |\n",
             d.baseline,
             d.arm,
             d.diff.map(|x| format!("{:+.4}", x.value)).unwrap_or_else(|| "—".into()),
-            d.diff.and_then(|x| x.ci).map(|c| format!("[{:+.4}, {:+.4}]", c.0, c.1)).unwrap_or_else(|| "—".into()),
-            d.diff.map(interval_kind).unwrap_or_default()
+            d.fw.and_then(|x| x.ci).map(|c| format!("[{:+.4}, {:+.4}]", c.0, c.1)).unwrap_or_else(|| "—".into()),
+            d.fw.map(|e| format!("{}, {}", interval_kind(e), family_text(d.family))).unwrap_or_default()
         ));
     }
 }
