@@ -44,6 +44,130 @@ pub struct ClaimAPoint {
     pub device: String,
     pub processor: String,
     pub threads: i32,
+    /// Each round's seconds per iteration, `;`-separated, so that every interval recomputes
+    /// from the CSV (empty in sweeps that predate them).
+    #[serde(default)]
+    pub read_only_rounds: String,
+    #[serde(default)]
+    pub masked_rounds: String,
+    #[serde(default)]
+    pub peer_read_only_rounds: String,
+    #[serde(default)]
+    pub peer_masked_rounds: String,
+    /// The points of this point's series (one backbone, head width and scale), and the ratio's
+    /// interval at Bonferroni's level over them, with the band rule's word from it: the words
+    /// of a series hold together at 95%. Written by `write_sweep` and `--replot`.
+    #[serde(default)]
+    pub series_points: usize,
+    #[serde(default)]
+    pub series_lo: Option<f64>,
+    #[serde(default)]
+    pub series_hi: Option<f64>,
+    #[serde(default)]
+    pub series_word: String,
+    #[serde(default)]
+    pub peer_series_lo: Option<f64>,
+    #[serde(default)]
+    pub peer_series_hi: Option<f64>,
+    #[serde(default)]
+    pub peer_series_word: String,
+}
+
+/// Seconds per round as the CSV keeps them.
+fn rounds_text(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(";")
+}
+
+/// The rounds of a CSV cell; None when it is empty (a sweep that predates them) or unreadable.
+fn rounds_of(s: &str) -> Option<Vec<f64>> {
+    if s.trim().is_empty() {
+        return None;
+    }
+    s.split(';').map(|x| x.trim().parse::<f64>().ok()).collect()
+}
+
+/// The interval of masked / read-only at two-sided `level`, and its band word: from the
+/// rounds when the CSV has them (paired by round, as [`claim_a_ratio`]); else, for a sweep
+/// that predates them, from its 95% interval, whose half-width on the log scale is
+/// t(0.975, rounds − 1) standard errors.
+fn series_interval(read_only: Option<Vec<f64>>, masked: Option<Vec<f64>>, ratio: f64, ci95: Option<(f64, f64)>, rounds: usize, level: f64) -> (Option<(f64, f64)>, String) {
+    use crate::report::stats::{compare_at, t_quantile, Scale};
+    let seeded = |v: &[f64]| v.iter().enumerate().map(|(i, x)| (i as u64, *x)).collect::<Vec<_>>();
+    let ci = match (read_only, masked) {
+        (Some(ro), Some(ma)) => compare_at(&seeded(&ma), &seeded(&ro), Scale::Ratio, level).and_then(|e| e.ci),
+        _ => ci95.filter(|_| rounds >= 2).map(|(lo, hi)| {
+            let df = rounds as f64 - 1.0;
+            let se = (hi.ln() - lo.ln()) / (2.0 * t_quantile(0.95, df));
+            let half = t_quantile(level, df) * se;
+            ((ratio.ln() - half).exp(), (ratio.ln() + half).exp())
+        }),
+    };
+    let word = match ci {
+        Some((lo, hi)) if lo == hi => "no spread across rounds: not resolved".to_string(),
+        Some((lo, hi)) => crate::report::judge(lo, hi, 2.0, 1.25).to_string(),
+        None => String::new(),
+    };
+    (ci, word)
+}
+
+/// The series of each point (backbone, head width, scale), in the order they came.
+fn series_keys(points: &[ClaimAPoint]) -> Vec<(String, i64, u32)> {
+    let mut keys: Vec<(String, i64, u32)> = Vec::new();
+    for p in points {
+        let k = (p.backbone.clone(), p.fc_width, p.input_scale);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
+/// Gives every point its series' family-wise interval and word (ours and the peer's).
+pub fn correct_series(points: &mut [ClaimAPoint]) {
+    for (b, fc, scale) in series_keys(points) {
+        let members: Vec<usize> = (0..points.len()).filter(|&i| points[i].backbone == b && points[i].fc_width == fc && points[i].input_scale == scale).collect();
+        let level = crate::report::stats::family_level(members.len());
+        for i in members.iter().copied() {
+            let p = &mut points[i];
+            p.series_points = members.len();
+            let (ci, word) = series_interval(rounds_of(&p.read_only_rounds), rounds_of(&p.masked_rounds), p.ratio, p.ratio_lo.zip(p.ratio_hi), p.rounds, level);
+            (p.series_lo, p.series_hi, p.series_word) = (ci.map(|c| c.0), ci.map(|c| c.1), word);
+            if let Some(r) = p.peer_ratio {
+                let (ci, word) = series_interval(rounds_of(&p.peer_read_only_rounds), rounds_of(&p.peer_masked_rounds), r, p.peer_ratio_lo.zip(p.peer_ratio_hi), p.rounds, level);
+                (p.peer_series_lo, p.peer_series_hi, p.peer_series_word) = (ci.map(|c| c.0), ci.map(|c| c.1), word);
+            }
+        }
+    }
+}
+
+/// The generated findings of a sweep, one line per series and implementation: where "about
+/// 2x" is supported, contradicted (below or above the band) and not resolved, by the
+/// series-wise words.
+pub fn series_findings(points: &[ClaimAPoint]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (b, fc, scale) in series_keys(points) {
+        let ps: Vec<&ClaimAPoint> = points.iter().filter(|p| p.backbone == b && p.fc_width == fc && p.input_scale == scale).collect();
+        let m = ps.len();
+        for (who, word_of, hi_of) in [("ours", (|p: &ClaimAPoint| p.series_word.clone()) as fn(&ClaimAPoint) -> String, (|p: &ClaimAPoint| p.series_lo.map(|lo| lo > 2.5)) as fn(&ClaimAPoint) -> Option<bool>), ("PyTorch + torchvision", |p: &ClaimAPoint| p.peer_series_word.clone(), |p: &ClaimAPoint| p.peer_series_lo.map(|lo| lo > 2.5))] {
+            if ps.iter().all(|p| word_of(p).is_empty()) {
+                continue;
+            }
+            let at = |pred: &dyn Fn(&ClaimAPoint) -> bool| -> Vec<String> { ps.iter().filter(|p| pred(p)).map(|p| format!("{:.0}", p.rois_per_image)).collect() };
+            let supported = at(&|p| word_of(p) == "supported");
+            let mut parts = vec![if supported.is_empty() { "supported at no point".to_string() } else { format!("supported at {} RoIs/image", supported.join(", ")) }];
+            for (what, r) in [
+                ("contradicted below the band", at(&|p| word_of(p) == "contradicted" && hi_of(p) != Some(true))),
+                ("contradicted above the band", at(&|p| word_of(p) == "contradicted" && hi_of(p) == Some(true))),
+                ("not resolved", at(&|p| word_of(p) != "supported" && word_of(p) != "contradicted")),
+            ] {
+                if !r.is_empty() {
+                    parts.push(format!("{what} at {}", r.join(", ")));
+                }
+            }
+            out.push(format!("{b} fc {fc} at {scale} px ({who}), masked / read-only about 2x, each interval Bonferroni over the series' {m} points ({:.2}%): {}", 100.0 * crate::report::stats::family_level(m), parts.join("; ")));
+        }
+    }
+    out
 }
 
 /// masked / read-only over rounds: the ratio of the mean times, its interval
@@ -185,6 +309,17 @@ fn claim_a_point(base: &TrainConfig, n_props: usize, t: &PointTimes, rounds: usi
         device: if device.is_cuda() { "gpu".into() } else { "cpu".into() },
         processor: processor.to_string(),
         threads: tch::get_num_threads(),
+        read_only_rounds: rounds_text(ro),
+        masked_rounds: rounds_text(ma),
+        peer_read_only_rounds: rounds_text(pro),
+        peer_masked_rounds: rounds_text(pma),
+        series_points: 0,
+        series_lo: None,
+        series_hi: None,
+        series_word: String::new(),
+        peer_series_lo: None,
+        peer_series_hi: None,
+        peer_series_word: String::new(),
     }
 }
 
@@ -210,12 +345,10 @@ fn print_point(point: &ClaimAPoint) {
 /// Writes the sweep's `claim_a.csv`, then its table and chart ([`draw_claim_a`]), into `out`.
 fn write_sweep(out: &Path, points: &[ClaimAPoint]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for p in points {
-        w.serialize(p)?;
-    }
-    crate::rundir::write_file(&out.join("claim_a.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
-    draw_claim_a(out, points)?;
+    let mut points = points.to_vec();
+    correct_series(&mut points);
+    write_points(out, &points)?;
+    draw_claim_a(out, &points)?;
     println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
     Ok(())
 }
@@ -226,11 +359,25 @@ pub fn replot_claim_a(dir: &std::path::Path) -> Result<()> {
     let path = dir.join("claim_a.csv");
     let mut r = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
     let points: Vec<ClaimAPoint> = r.deserialize().collect::<Result<_, _>>().with_context(|| format!("reading {}", path.display()))?;
+    let mut points = points;
     if points.is_empty() {
         anyhow::bail!("{} has no points", path.display());
     }
+    // the series' words recomputed, and written back beside the measured columns
+    correct_series(&mut points);
+    write_points(dir, &points)?;
     draw_claim_a(dir, &points)?;
-    println!("wrote {}/claim_a.md, claim_a.png from claim_a.csv", dir.display());
+    println!("wrote {}/claim_a.csv (series-wise intervals), claim_a.md, claim_a.png from claim_a.csv", dir.display());
+    Ok(())
+}
+
+/// Writes `claim_a.csv`.
+fn write_points(out: &Path, points: &[ClaimAPoint]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for p in points {
+        w.serialize(p)?;
+    }
+    crate::rundir::write_file(&out.join("claim_a.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
     Ok(())
 }
 
@@ -238,13 +385,19 @@ pub fn replot_claim_a(dir: &std::path::Path) -> Result<()> {
 /// and scale (ours, and the peer's dashed), each point with its interval.
 fn draw_claim_a(out: &std::path::Path, points: &[ClaimAPoint]) -> Result<()> {
     let rounds = points.iter().map(|p| p.rounds).max().unwrap_or(1);
-    let mut md = format!("Masked / read-only OHEM seconds per iteration: the ratio of the means over {rounds} round(s), with the 95% interval paired by round (log scale), and the band rule's word for \"about 2x\" (the interval inside [1.6, 2.5]: supported; wholly outside: contradicted; else not resolved).\n\n| backbone | fc | px | RoIs/image | read-only s/iter | masked s/iter | masked / read-only | 95% CI | about 2x | peer ratio | peer 95% CI | peer: about 2x |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let derived = points.iter().any(|p| p.read_only_rounds.is_empty());
+    let how = if derived { " This sweep predates the per-round columns of claim_a.csv: its series-wise intervals come from each point's 95% interval (half-width t(0.975, rounds − 1) standard errors on the log scale), rescaled to the series' level." } else { "" };
+    let mut md = format!("Masked / read-only OHEM seconds per iteration: the ratio of the means over {rounds} round(s), with its interval paired by round (log scale) at Bonferroni's level over the points of its series (one backbone, head width and scale), and the band rule's word for \"about 2x\" from it (the interval inside the band 1.6–2.5x: supported; wholly outside: contradicted; else not resolved), so that the words of a series hold together at 95%. The 95% interval of each point alone is in claim_a.csv (`ratio_lo`, `ratio_hi`).{how}\n\n## Findings\n\n");
+    for f in series_findings(points) {
+        md.push_str(&format!("- {f}\n"));
+    }
+    md.push_str("\n| backbone | fc | px | RoIs/image | read-only s/iter | masked s/iter | masked / read-only | series-wise CI | about 2x | peer ratio | peer series-wise CI | peer: about 2x |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let ci = |lo: Option<f64>, hi: Option<f64>| lo.zip(hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into());
     for p in points {
         md.push_str(&format!(
             "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.2}x | {} | {} | {} | {} | {} |\n",
-            p.backbone, p.fc_width, p.input_scale, p.rois_per_image, p.read_only_s, p.masked_s, p.ratio, ci(p.ratio_lo, p.ratio_hi), if p.word.is_empty() { "—" } else { &p.word },
-            p.peer_ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()), ci(p.peer_ratio_lo, p.peer_ratio_hi), if p.peer_word.is_empty() { "—" } else { &p.peer_word }
+            p.backbone, p.fc_width, p.input_scale, p.rois_per_image, p.read_only_s, p.masked_s, p.ratio, ci(p.series_lo, p.series_hi), if p.series_word.is_empty() { "—" } else { &p.series_word },
+            p.peer_ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()), ci(p.peer_series_lo, p.peer_series_hi), if p.peer_series_word.is_empty() { "—" } else { &p.peer_series_word }
         ));
     }
     crate::rundir::write_file(&out.join("claim_a.md"), md.as_bytes())?;
@@ -260,11 +413,11 @@ fn draw_claim_a(out: &std::path::Path, points: &[ClaimAPoint]) -> Result<()> {
     for (backbone, fc, scale) in regimes {
         let label = format!("{backbone} fc {fc}");
         let mine: Vec<&ClaimAPoint> = points.iter().filter(|p| p.backbone == backbone && p.fc_width == fc && p.input_scale == scale).collect();
-        series.push((format!("{label} (ours)"), mine.iter().map(|p| (p.rois_per_image, p.ratio, p.ratio_lo.zip(p.ratio_hi))).collect::<Vec<_>>(), false));
-        let theirs: Vec<_> = mine.iter().filter_map(|p| p.peer_ratio.map(|r| (p.rois_per_image, r, p.peer_ratio_lo.zip(p.peer_ratio_hi)))).collect();
+        series.push((format!("{label} (ours)"), mine.iter().map(|p| (p.rois_per_image, p.ratio, p.series_lo.zip(p.series_hi))).collect::<Vec<_>>(), false));
+        let theirs: Vec<_> = mine.iter().filter_map(|p| p.peer_ratio.map(|r| (p.rois_per_image, r, p.peer_series_lo.zip(p.peer_series_hi)))).collect();
         if !theirs.is_empty() {
             series.push((format!("{label} (PyTorch + torchvision)"), theirs, true));
         }
     }
-    crate::report::charts::draw_sweep(out, "claim_a", "Masked / read-only OHEM, seconds per iteration (N = 2, B = 128; 95% intervals)", "RoIs per image (log scale)", "masked / read-only (x)", &series, (1.6, 2.5))
+    crate::report::charts::draw_sweep(out, "claim_a", "Masked / read-only OHEM, seconds per iteration (N = 2, B = 128; intervals Bonferroni over each series)", "RoIs per image (log scale)", "masked / read-only (x)", &series, (1.6, 2.5))
 }

@@ -16,7 +16,7 @@ mod proposals;
 mod samplers;
 mod train;
 
-pub use claim_a::{claim_a, claim_a_ratio, claim_a_widths, replot_claim_a, ClaimAPoint};
+pub use claim_a::{claim_a, claim_a_ratio, claim_a_widths, correct_series, replot_claim_a, series_findings, ClaimAPoint};
 pub use common::{bench_config, cuda_state, machine_line, measure_peak, median, peak_rss_mib, reset_peak_rss, rss_mib, PeakMemory, SMALL, VGG16};
 pub use data::{data, DataBench};
 pub use epoch::epoch;
