@@ -58,6 +58,15 @@ pub enum Command {
         /// A results directory written by `harness run`.
         results: PathBuf,
     },
+    /// The claims table: every verdict of every study under a folder of reports, and the claim-(a) sweeps' findings (the README's copy).
+    Claims {
+        /// A folder of results directories (`results`).
+        #[arg(default_value = "results")]
+        root: PathBuf,
+        /// Write the table here (e.g. results/claims.md) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Benchmarks: selective-search ms per image and evaluation time for 10,000 detections.
     Bench(BenchArgs),
 }
@@ -470,6 +479,16 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Report { results } => report(&results),
+        Command::Claims { root, out } => {
+            let md = crate::report::claims::claims_md(&root)?;
+            match out {
+                Some(p) => Ok(crate::rundir::write_file(&p, md.as_bytes())?),
+                None => {
+                    print!("{md}");
+                    Ok(())
+                }
+            }
+        }
         Command::Bench(a) => bench(a),
     }
 }

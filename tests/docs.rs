@@ -1,142 +1,230 @@
-//! The prose is held to the committed numbers: every interval that README.md,
-//! results/README.md and docs/*.md quote must be one that a committed study's
-//! CSV holds (a `*_lo` column and its `*_hi` twin, in one row), to the digits
-//! quoted. An interval typed by hand, or left behind when a study was re-run,
-//! fails here.
+//! The prose is held to the committed reports, with no exemptions. README.md,
+//! results/README.md, results/claim-a/README.md and docs/*.md state outcomes
+//! only by quoting a generated line verbatim (`> ` quote lines): a study's
+//! Verdicts or Findings line from its `summary.md`, or a claim-(a) sweep's
+//! Findings line from its `claim_a.md`; and the README's claims table is
+//! `harness claims results`' output as it comes. Every `[a, b]` of two
+//! numbers in the prose must sit in such a quote or in that table, every
+//! quote must be a generated line word for word, and every quoted Findings
+//! line must agree with the row of `findings.csv` for the *same* comparison
+//! and measure: its numbers to the digits printed, its interval and its
+//! words. A number typed by hand, a word changed, or a quote left behind when
+//! a study was re-run fails here.
 
-use std::path::PathBuf;
-
-/// Intervals quoted in prose that are not computed intervals of a study: the
-/// claim's band and the minibatch sizes.
-const NOT_STUDY_INTERVALS: &[&str] = &["[1.6, 2.5]", "[64, 128]", "[0.93, 0.99]"];
-
-/// Intervals the prose quotes that no report computes, each marked as such
-/// where it is quoted: paired t-intervals computed by hand from the cells'
-/// `metrics.csv` between two arms neither of which is a baseline of the grid
-/// (so not a row of its report), and one from a study that is no longer
-/// committed. Every entry is a debt: a report row for the pair removes it.
-const HAND_COMPUTED: &[(&str, &str)] = &[
-    ("docs/studies.md", "[1.48, 1.53]"),      // the earlier, sequential claim-(a) study on another CPU
-    ("docs/studies.md", "[−0.044, −0.032]"),  // speedup: ohem − frcn (frcn is no baseline of that grid)
-    ("docs/studies.md", "[0.023, 0.035]"),    // speedup: ohem-nonms − ohem
-    ("docs/studies.md", "[+0.029, +0.058]"),  // ablation: ohem-nms0.7 − all-rois
-    ("docs/studies.md", "[+0.007, +0.029]"),  // strategies: ohem-mmdet − ohem
-    ("docs/studies.md", "[−0.001, +0.004]"),  // strategies: pisa − iou-balanced
-];
+use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `(lo, hi)` pairs of every committed results CSV.
-fn committed_intervals() -> Vec<(f64, f64)> {
-    let mut out = Vec::new();
-    let mut stack = vec![root().join("results")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if p.file_name().is_some_and(|n| n != "cells") {
-                    stack.push(p);
-                }
-            } else if p.extension().is_some_and(|x| x == "csv") {
-                let mut r = csv::Reader::from_path(&p).unwrap();
-                let heads: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-                let pairs: Vec<(usize, usize)> = heads
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, h)| h.strip_suffix("_lo").and_then(|stem| heads.iter().position(|g| *g == format!("{stem}_hi")).map(|j| (i, j))))
-                    .collect();
-                for row in r.records().flatten() {
-                    for &(i, j) in &pairs {
-                        if let (Some(Ok(lo)), Some(Ok(hi))) = (row.get(i).map(str::parse::<f64>), row.get(j).map(str::parse::<f64>)) {
-                            out.push((lo, hi));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A quoted number: its value and its decimals ("−0.010" → (-0.01, 3); "1.21x" → (1.21, 2)).
-fn number(s: &str) -> Option<(f64, usize)> {
-    let s = s.trim().trim_end_matches('x').replace('−', "-").replace('+', "");
-    let d = s.split_once('.').map(|(_, f)| f.len()).unwrap_or(0);
-    s.parse().ok().map(|v| (v, d))
-}
-
-/// Every `[a, b]` of two numbers in a text, with its line.
-fn quoted(text: &str) -> Vec<(usize, String, (f64, usize), (f64, usize))> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let mut rest = line;
-        while let Some(open) = rest.find('[') {
-            let after = &rest[open + 1..];
-            let Some(close) = after.find(']') else { break };
-            let inner = &after[..close];
-            if let Some((a, b)) = inner.split_once(", ") {
-                if let (Some(x), Some(y)) = (number(a), number(b)) {
-                    out.push((n + 1, format!("[{inner}]"), x, y));
-                }
-            }
-            rest = &after[close..];
-        }
-    }
-    out
+/// `harness claims results`, run from the checkout's root.
+fn claims() -> String {
+    ohem_harness::report::claims::claims_md_as(&root().join("results"), Path::new("results")).unwrap()
 }
 
 fn prose_files() -> Vec<PathBuf> {
-    let mut v = vec![root().join("README.md"), root().join("results/README.md")];
+    let mut v = vec![root().join("README.md"), root().join("results/README.md"), root().join("results/claim-a/README.md")];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "md")).collect();
     docs.sort();
     v.extend(docs);
     v
 }
 
-fn matches(q: (f64, usize), v: f64) -> bool {
-    (v - q.0).abs() <= 0.5 * 10f64.powi(-(q.1 as i32)) + 1e-9
+/// A generated line a quote may copy: the text after the "- " of a list item, and the study
+/// whose findings.csv it must agree with (None for a claim-(a) sweep).
+struct Generated {
+    line: String,
+    study: Option<PathBuf>,
 }
 
-/// Whether the quoted `[lo, hi]` is the committed `[a, b]`, or the same
-/// comparison the other way round: `[-b, -a]` for a difference quoted as
-/// baseline − arm, `[1/b, 1/a]` for a ratio quoted as arm / baseline.
-fn holds(lo: (f64, usize), hi: (f64, usize), a: f64, b: f64) -> bool {
-    (matches(lo, a) && matches(hi, b)) || (matches(lo, -b) && matches(hi, -a)) || (a > 0.0 && matches(lo, 1.0 / b) && matches(hi, 1.0 / a))
-}
-
-#[test]
-fn every_quoted_interval_is_in_a_committed_csv() {
-    let known = committed_intervals();
-    assert!(known.len() > 100, "the committed studies' CSVs hold {} intervals", known.len());
-    let mut missing = Vec::new();
-    let mut checked = 0;
-    for f in prose_files() {
-        let text = std::fs::read_to_string(&f).unwrap();
-        for (line, s, lo, hi) in quoted(&text) {
-            let name = f.strip_prefix(root()).unwrap_or(&f).display().to_string();
-            if NOT_STUDY_INTERVALS.contains(&s.as_str()) || lo.1 == 0 || HAND_COMPUTED.contains(&(name.as_str(), s.as_str())) {
-                continue;
-            }
-            checked += 1;
-            if !known.iter().any(|&(a, b)| holds(lo, hi, a, b)) {
-                missing.push(format!("{name}:{line}: {s}"));
+/// Every generated line of the committed reports: the list items of each study's summary.md
+/// and of each claim-(a) sweep's claim_a.md.
+fn generated_lines() -> Vec<Generated> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root().join("results")).unwrap().flatten() {
+        let dir = e.path();
+        let (file, study) = if dir.join("summary.md").is_file() { (dir.join("summary.md"), Some(dir.clone())) } else { continue };
+        for l in std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.strip_prefix("- ")) {
+            out.push(Generated { line: l.to_string(), study: study.clone() });
+        }
+    }
+    for e in std::fs::read_dir(root().join("results/claim-a")).unwrap().flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path().join("claim_a.md")) {
+            for l in text.lines().filter_map(|l| l.strip_prefix("- ")) {
+                out.push(Generated { line: l.to_string(), study: None });
             }
         }
     }
-    assert!(checked > 50, "only {checked} intervals found in the prose");
-    assert!(missing.is_empty(), "intervals quoted in prose that no committed CSV holds:\n{}", missing.join("\n"));
+    out
+}
+
+/// Whether a line holds an interval: `[a, b]` of two numbers (signs, decimals, an `x`).
+fn has_interval(line: &str) -> bool {
+    let mut rest = line;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else { break };
+        if let Some((a, b)) = after[..close].split_once(", ") {
+            if number(a).is_some() && number(b).is_some() {
+                return true;
+            }
+        }
+        rest = &after[close..];
+    }
+    false
+}
+
+/// A printed number's value ("−0.010" and "-0.010" → -0.01; "1.21x" → 1.21).
+fn number(s: &str) -> Option<f64> {
+    let s = s.trim().trim_end_matches('x').replace('−', "-").replace('+', "");
+    if s.is_empty() || !s.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-') {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A Findings line parsed: (baseline, arm, measure, the value and interval as printed, interval text, words).
+fn parse_finding(line: &str) -> Option<(String, String, String, String, String, String)> {
+    let (what, rest) = line.split_once(": ")?;
+    let (pair, measure) = what.split_once(", ")?;
+    let (baseline, arm) = if let Some((b, a)) = pair.split_once(" / ") { (b, a) } else { let (a, b) = pair.split_once(" − ")?; (b, a) };
+    let open = rest.find(" (")?;
+    let numbers = &rest[..open];
+    let after = &rest[open + 2..];
+    let close = after.find("): ")?;
+    Some((baseline.into(), arm.into(), measure.into(), numbers.into(), after[..close].into(), after[close + 3..].into()))
+}
+
+/// The Findings line findings.csv's row gives, formatted independently of the report's code:
+/// a ratio to 2 decimals with an `x`, a difference to 4 with its sign; "—" without a value.
+fn expected_finding(study: &Path, baseline: &str, arm: &str, measure: &str) -> Option<(String, String, String)> {
+    let mut r = csv::Reader::from_path(study.join("findings.csv")).unwrap();
+    for row in r.records().flatten() {
+        if (&row[0], &row[1], &row[2]) != (baseline, arm, measure) {
+            continue;
+        }
+        let ratio = !measure.starts_with("final_");
+        let fmt = |s: &str| -> Option<String> { s.parse::<f64>().ok().map(|x| if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") }) };
+        let value = fmt(&row[3]).unwrap_or_else(|| "—".into());
+        let ci = fmt(&row[4]).zip(fmt(&row[5])).map(|(l, h)| format!(" [{l}, {h}]")).unwrap_or_default();
+        return Some((format!("{value}{ci}"), row[6].to_string(), row[7].to_string()));
+    }
+    None
+}
+
+/// What is wrong with one prose text: intervals outside quotes and the claims table, quotes
+/// that are no generated line, quoted findings that disagree with their CSV row.
+fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let claims_block: Vec<&str> = claims.lines().collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut in_claims = vec![false; lines.len()];
+    if let Some(start) = lines.iter().position(|l| l.starts_with("<!-- generated by `harness claims")) {
+        let end = start + claims_block.len();
+        if lines.get(start..end) != Some(&claims_block[..]) {
+            bad.push(format!("{name}:{}: the claims table is not `harness claims results`' output as it comes", start + 1));
+        }
+        for f in in_claims.iter_mut().skip(start).take(claims_block.len()) {
+            *f = true;
+        }
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let at = format!("{name}:{}", i + 1);
+        if in_claims[i] {
+            continue;
+        }
+        let Some(quote) = line.strip_prefix("> ") else {
+            if has_interval(line) {
+                bad.push(format!("{at}: an interval outside a quote of a generated line: {line}"));
+            }
+            continue;
+        };
+        let q = quote.strip_prefix("- ").unwrap_or(quote);
+        let Some(g) = generated.iter().find(|g| g.line == q) else {
+            if has_interval(q) || !q.trim().is_empty() && quote.starts_with("- ") {
+                bad.push(format!("{at}: a quote that is no generated line of a committed report: {q}"));
+            }
+            continue;
+        };
+        if let (Some(study), Some((b, a, m, nums, interval, words))) = (&g.study, parse_finding(q)) {
+            if !q.starts_with('"') {
+                match expected_finding(study, &b, &a, &m) {
+                    Some((n, i, w)) if n == nums && i == interval && w == words => {}
+                    Some((n, i, w)) => bad.push(format!("{at}: {b} / {a}, {m}: quoted \"{nums}\" ({interval}): {words}; findings.csv has \"{n}\" ({i}): {w}")),
+                    None => bad.push(format!("{at}: no row of {}/findings.csv for {b}, {a}, {m}", study.display())),
+                }
+            }
+        }
+    }
+    bad
 }
 
 #[test]
-fn the_check_finds_a_wrong_digit() {
-    let known = vec![(-0.0255, -0.0098)];
-    let q = quoted("OHEM ends below HNM, −0.018 [−0.026, −0.010], resolved; a typo [−0.026, −0.011]");
-    assert_eq!(q.len(), 2);
-    let ok = |i: usize| known.iter().any(|&(a, b)| holds(q[i].2, q[i].3, a, b));
-    assert!(ok(0) && !ok(1));
-    // the same comparison the other way round
-    let q = quoted("HNM ends 0.018 [0.010, 0.026] above OHEM");
-    assert!(holds(q[0].2, q[0].3, -0.0255, -0.0098));
+fn the_prose_quotes_the_reports_and_states_no_interval_of_its_own() {
+    let generated = generated_lines();
+    assert!(generated.len() > 200, "only {} generated lines found", generated.len());
+    let claims = claims();
+    let committed = std::fs::read_to_string(root().join("results/claims.md")).unwrap();
+    assert_eq!(committed, claims, "results/claims.md is not what `harness claims results --out results/claims.md` writes now");
+    let mut bad = Vec::new();
+    let mut quotes = 0;
+    for f in prose_files() {
+        let name = f.strip_prefix(root()).unwrap_or(&f).display().to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        quotes += text.lines().filter(|l| l.starts_with("> - ")).count();
+        bad.extend(check(&name, &text, &generated, &claims));
+    }
+    assert!(quotes >= 30, "only {quotes} quoted lines in the prose");
+    assert!(bad.is_empty(), "prose that is not the reports' own words:\n{}", bad.join("\n"));
+}
+
+/// The check can fail: one changed word, one changed digit, an interval of the wrong
+/// comparison, an interval typed outside a quote, and a claims table edited by hand.
+#[test]
+fn the_check_finds_a_changed_word_digit_or_comparison() {
+    let generated = generated_lines();
+    let claims = claims();
+    let line = std::fs::read_to_string(root().join("results/convergence/summary.md")).unwrap().lines().find(|l| l.starts_with("- ohem − hnm, final_map_voc07")).unwrap().to_string();
+    let ok = format!("A study.\n\n>{}\n", &line[1..].replacen("- ", " - ", 1));
+    assert!(check("t", &ok, &generated, &claims).is_empty(), "{:?}", check("t", &ok, &generated, &claims));
+    // one word changed in the quoted sentence
+    let word = ok.replace("ends lower than", "ends below");
+    assert_ne!(word, ok);
+    assert!(!check("t", &word, &generated, &claims).is_empty());
+    let word = ok.replace("not resolved", "resolved").replace("resolved below", "not resolved below");
+    assert!(!check("t", &word, &generated, &claims).is_empty());
+    // one digit
+    let digit = ok.replacen("-0.0", "-0.1", 1);
+    assert!(!check("t", &digit, &generated, &claims).is_empty());
+    // the interval of another comparison under this one's name
+    let other = std::fs::read_to_string(root().join("results/convergence/summary.md")).unwrap().lines().find(|l| l.starts_with("- ohem − frcn, final_map_voc07")).unwrap().to_string();
+    let swapped = format!("> {}", other.replace("ohem − frcn", "ohem − hnm"));
+    assert!(!check("t", &swapped, &generated, &claims).is_empty());
+    // the same numbers typed as prose
+    assert!(!check("t", "OHEM ends lower, −0.018 [−0.026, −0.010].", &generated, &claims).is_empty());
+    // the claims table edited
+    let mut table = format!("Intro.\n\n{claims}\nAfter.\n");
+    assert!(check("t", &table, &generated, &claims).is_empty(), "{:?}", check("t", &table, &generated, &claims));
+    table = table.replacen("not resolved", "supported", 1);
+    assert!(!check("t", &table, &generated, &claims).is_empty());
+    // a findings row parsed both ways round
+    let (b, a, m, nums, _, words) = parse_finding("hnm / ohem, total_wall_s: 1.14x [1.03x, 1.26x] (Bonferroni over 20 (99.75%)): resolved above 1: ohem is faster than hnm in total_wall_s").unwrap();
+    assert_eq!((b.as_str(), a.as_str(), m.as_str(), nums.as_str()), ("hnm", "ohem", "total_wall_s", "1.14x [1.03x, 1.26x]"));
+    assert!(words.starts_with("resolved above 1"));
+}
+
+/// `harness claims`: the table from the command line is the function's, `--out` writes it,
+/// and a folder that does not exist is an error naming it.
+#[test]
+fn the_claims_command_writes_the_table() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("claims.md");
+    let results = root().join("results");
+    let (ok, _, err) = crate::util::harness(&["claims", results.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(written, ohem_harness::report::claims::claims_md(&results).unwrap());
+    assert!(written.contains("| OHEM trains about 2x faster than offline hard-negative mining (time to target) |"), "{written}");
+    let (ok, _, err) = crate::util::harness(&["claims", "/no/such/results"]);
+    assert!(!ok && err.contains("/no/such/results") && !err.contains("panicked"), "{err}");
 }

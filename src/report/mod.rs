@@ -28,10 +28,12 @@
 //! The stages, each a function with typed input and output:
 //! [`load_runs`] (the logs) → [`aggregate::aggregate`] (per arm) →
 //! [`compare`] (speed-ups, mAP differences, warnings, verdicts) →
-//! [`write`] (CSV tables and summary.md) and [`charts`].
+//! [`write`] (CSV tables and summary.md) and [`charts`]. Across studies,
+//! [`claims`] gathers every study's verdicts into the README's claims table.
 
 pub mod aggregate;
 pub mod charts;
+pub mod claims;
 pub mod compare;
 pub mod stats;
 pub mod write;
