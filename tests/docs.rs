@@ -35,6 +35,8 @@ fn prose_files() -> Vec<PathBuf> {
 struct Generated {
     line: String,
     study: Option<PathBuf>,
+    /// The folder under results/ it comes from: a study's name, or "claim-a" for every sweep.
+    source: String,
 }
 
 /// Every generated line of the committed reports: the list items of each study's summary.md
@@ -44,14 +46,15 @@ fn generated_lines() -> Vec<Generated> {
     for e in std::fs::read_dir(root().join("results")).unwrap().flatten() {
         let dir = e.path();
         let (file, study) = if dir.join("summary.md").is_file() { (dir.join("summary.md"), Some(dir.clone())) } else { continue };
+        let source = dir.file_name().unwrap().to_string_lossy().into_owned();
         for l in std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.strip_prefix("- ")) {
-            out.push(Generated { line: l.to_string(), study: study.clone() });
+            out.push(Generated { line: l.to_string(), study: study.clone(), source: source.clone() });
         }
     }
     for e in std::fs::read_dir(root().join("results/claim-a")).unwrap().flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path().join("claim_a.md")) {
             for l in text.lines().filter_map(|l| l.strip_prefix("- ")) {
-                out.push(Generated { line: l.to_string(), study: None });
+                out.push(Generated { line: l.to_string(), study: None, source: "claim-a".into() });
             }
         }
     }
@@ -112,8 +115,16 @@ fn expected_finding(study: &Path, baseline: &str, arm: &str, measure: &str) -> O
     None
 }
 
+/// The last `results/<name>` a line names: the study its quotes below come from.
+fn named_source(line: &str) -> Option<String> {
+    let i = line.rfind("results/")?;
+    let name: String = line[i + 8..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    (!name.is_empty()).then_some(name)
+}
+
 /// What is wrong with one prose text: intervals outside quotes and the claims table, quotes
-/// that are no generated line, quoted findings that disagree with their CSV row.
+/// that are no generated line of the study the text last named (`results/<study>`), quoted
+/// findings that disagree with their CSV row.
 fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<String> {
     let mut bad = Vec::new();
     let claims_block: Vec<&str> = claims.lines().collect();
@@ -128,6 +139,7 @@ fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<S
             *f = true;
         }
     }
+    let mut source: Option<String> = None;
     for (i, line) in lines.iter().enumerate() {
         let at = format!("{name}:{}", i + 1);
         if in_claims[i] {
@@ -137,12 +149,15 @@ fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<S
             if has_interval(line) {
                 bad.push(format!("{at}: an interval outside a quote of a generated line: {line}"));
             }
+            if let Some(s) = named_source(line) {
+                source = Some(s);
+            }
             continue;
         };
         let q = quote.strip_prefix("- ").unwrap_or(quote);
-        let Some(g) = generated.iter().find(|g| g.line == q) else {
+        let Some(g) = generated.iter().find(|g| g.line == q && Some(&g.source) == source.as_ref()) else {
             if has_interval(q) || !q.trim().is_empty() && quote.starts_with("- ") {
-                bad.push(format!("{at}: a quote that is no generated line of a committed report: {q}"));
+                bad.push(format!("{at}: a quote that is no generated line of results/{} (the study the text last named): {q}", source.as_deref().unwrap_or("?")));
             }
             continue;
         };
@@ -185,7 +200,7 @@ fn the_check_finds_a_changed_word_digit_or_comparison() {
     let generated = generated_lines();
     let claims = claims();
     let line = std::fs::read_to_string(root().join("results/convergence/summary.md")).unwrap().lines().find(|l| l.starts_with("- ohem − hnm, final_map_voc07")).unwrap().to_string();
-    let ok = format!("A study.\n\n>{}\n", &line[1..].replacen("- ", " - ", 1));
+    let ok = format!("A study, `results/convergence`.\n\n>{}\n", &line[1..].replacen("- ", " - ", 1));
     assert!(check("t", &ok, &generated, &claims).is_empty(), "{:?}", check("t", &ok, &generated, &claims));
     // one word changed in the quoted sentence
     let word = ok.replace("ends lower than", "ends below");
@@ -198,8 +213,10 @@ fn the_check_finds_a_changed_word_digit_or_comparison() {
     assert!(!check("t", &digit, &generated, &claims).is_empty());
     // the interval of another comparison under this one's name
     let other = std::fs::read_to_string(root().join("results/convergence/summary.md")).unwrap().lines().find(|l| l.starts_with("- ohem − frcn, final_map_voc07")).unwrap().to_string();
-    let swapped = format!("> {}", other.replace("ohem − frcn", "ohem − hnm"));
+    let swapped = format!("results/convergence\n> {}", other.replace("ohem − frcn", "ohem − hnm"));
     assert!(!check("t", &swapped, &generated, &claims).is_empty());
+    // a true line of one study quoted under another's name
+    assert!(!check("t", &ok.replace("results/convergence", "results/speedup"), &generated, &claims).is_empty());
     // the same numbers typed as prose
     assert!(!check("t", "OHEM ends lower, −0.018 [−0.026, −0.010].", &generated, &claims).is_empty());
     // the claims table edited
@@ -227,4 +244,55 @@ fn the_claims_command_writes_the_table() {
     assert!(written.contains("| OHEM trains about 2x faster than offline hard-negative mining (time to target) |"), "{written}");
     let (ok, _, err) = crate::util::harness(&["claims", "/no/such/results"]);
     assert!(!ok && err.contains("/no/such/results") && !err.contains("panicked"), "{err}");
+}
+
+/// Copies `from` into `to`, folders and files (the cells' logs, the grid, the sweep's CSV).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if src.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+/// Every committed report is what the code writes now from its committed logs: each study
+/// regenerated in a copy (`harness report`) gives the same summary.md and tables, byte for
+/// byte, and each claim-(a) sweep replotted from its CSV the same claim_a.md and CSV. A quote
+/// of a committed line is then a quote of what main produces, and regenerating twice is a no-op.
+#[test]
+fn the_committed_reports_are_what_the_code_writes_now() {
+    let t = tempfile::tempdir().unwrap();
+    let mut studies = 0;
+    for e in std::fs::read_dir(root().join("results")).unwrap().flatten() {
+        let dir = e.path();
+        if !dir.join("grid.json").is_file() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let copy = t.path().join(&name);
+        copy_tree(&dir, &copy);
+        ohem_harness::report::generate(&copy).unwrap();
+        for f in ["summary.md", "summary.csv", "speedups.csv", "map_diffs.csv", "verdicts.csv", "findings.csv", "mining.csv", "runs.csv"] {
+            let now = std::fs::read_to_string(copy.join(f)).unwrap().replace(&copy.display().to_string(), &format!("results/{name}"));
+            let committed = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(now == committed, "results/{name}/{f} is not what `harness report results/{name}` writes now");
+        }
+        studies += 1;
+    }
+    assert!(studies >= 7, "{studies} studies");
+    for e in std::fs::read_dir(root().join("results/claim-a")).unwrap().flatten() {
+        if !e.path().join("claim_a.csv").is_file() {
+            continue;
+        }
+        let copy = t.path().join("claim-a").join(e.file_name());
+        copy_tree(&e.path(), &copy);
+        ohem_harness::bench::replot_claim_a(&copy).unwrap();
+        for f in ["claim_a.md", "claim_a.csv"] {
+            assert!(std::fs::read(copy.join(f)).unwrap() == std::fs::read(e.path().join(f)).unwrap(), "results/claim-a/{}/{f} is not what --replot writes now", e.file_name().to_string_lossy());
+        }
+    }
 }

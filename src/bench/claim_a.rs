@@ -31,8 +31,10 @@ pub struct ClaimAPoint {
     pub ratio: f64,
     pub ratio_lo: Option<f64>,
     pub ratio_hi: Option<f64>,
-    /// The band rule's word for "about 2x" ([1.6, 2.5]): supported, contradicted,
-    /// not resolved; empty with one round.
+    /// The band rule's word for "about 2x" (1.6–2.5x) from this point's 95% interval
+    /// alone: supported, contradicted, not resolved; empty with one round. The words the
+    /// bench states are the series-wise ones (`series_word`).
+    #[serde(rename = "word95", alias = "word")]
     pub word: String,
     pub rounds: usize,
     pub peer_read_only_s: Option<f64>,
@@ -40,6 +42,7 @@ pub struct ClaimAPoint {
     pub peer_ratio: Option<f64>,
     pub peer_ratio_lo: Option<f64>,
     pub peer_ratio_hi: Option<f64>,
+    #[serde(rename = "peer_word95", alias = "peer_word")]
     pub peer_word: String,
     pub device: String,
     pub processor: String,
@@ -78,24 +81,37 @@ fn rounds_text(v: &[f64]) -> String {
     v.iter().map(|x| format!("{x:e}")).collect::<Vec<_>>().join(";")
 }
 
-/// The rounds of a CSV cell; None when it is empty (a sweep that predates them) or unreadable.
-fn rounds_of(s: &str) -> Option<Vec<f64>> {
+/// The rounds of a CSV cell; None when it is empty (a sweep that predates them); an error
+/// naming the cell when a value is not a positive number.
+fn rounds_of(s: &str, what: &str) -> Result<Option<Vec<f64>>> {
     if s.trim().is_empty() {
-        return None;
+        return Ok(None);
     }
-    s.split(';').map(|x| x.trim().parse::<f64>().ok()).collect()
+    s.split(';')
+        .map(|x| x.trim().parse::<f64>().ok().filter(|v| *v > 0.0 && v.is_finite()).ok_or_else(|| anyhow::anyhow!("claim_a.csv: {what} = {s:?}: {x:?} is not a positive number of seconds")))
+        .collect::<Result<Vec<f64>>>()
+        .map(Some)
+}
+
+/// Both implementations' rounds of a point, which must pair up round for round.
+fn paired_rounds(read_only: &str, masked: &str, what: &str, rounds: usize) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+    match (rounds_of(read_only, &format!("{what}read_only_rounds"))?, rounds_of(masked, &format!("{what}masked_rounds"))?) {
+        (None, None) => Ok(None),
+        (Some(r), Some(m)) if r.len() == m.len() && r.len() == rounds => Ok(Some((r, m))),
+        (r, m) => anyhow::bail!("claim_a.csv: {what}read_only_rounds and {what}masked_rounds hold {} and {} rounds, and the point says {rounds}", r.map_or(0, |v| v.len()), m.map_or(0, |v| v.len())),
+    }
 }
 
 /// The interval of masked / read-only at two-sided `level`, and its band word: from the
 /// rounds when the CSV has them (paired by round, as [`claim_a_ratio`]); else, for a sweep
 /// that predates them, from its 95% interval, whose half-width on the log scale is
 /// t(0.975, rounds − 1) standard errors.
-fn series_interval(read_only: Option<Vec<f64>>, masked: Option<Vec<f64>>, ratio: f64, ci95: Option<(f64, f64)>, rounds: usize, level: f64) -> (Option<(f64, f64)>, String) {
+fn series_interval(rounds_times: Option<(Vec<f64>, Vec<f64>)>, ratio: f64, ci95: Option<(f64, f64)>, rounds: usize, level: f64) -> (Option<(f64, f64)>, String) {
     use crate::report::stats::{compare_at, t_quantile, Scale};
     let seeded = |v: &[f64]| v.iter().enumerate().map(|(i, x)| (i as u64, *x)).collect::<Vec<_>>();
-    let ci = match (read_only, masked) {
-        (Some(ro), Some(ma)) => compare_at(&seeded(&ma), &seeded(&ro), Scale::Ratio, level).and_then(|e| e.ci),
-        _ => ci95.filter(|_| rounds >= 2).map(|(lo, hi)| {
+    let ci = match rounds_times {
+        Some((ro, ma)) => compare_at(&seeded(&ma), &seeded(&ro), Scale::Ratio, level).and_then(|e| e.ci),
+        None => ci95.filter(|_| rounds >= 2).map(|(lo, hi)| {
             let df = rounds as f64 - 1.0;
             let se = (hi.ln() - lo.ln()) / (2.0 * t_quantile(0.95, df));
             let half = t_quantile(level, df) * se;
@@ -110,11 +126,19 @@ fn series_interval(read_only: Option<Vec<f64>>, masked: Option<Vec<f64>>, ratio:
     (ci, word)
 }
 
-/// The series of each point (backbone, head width, scale), in the order they came.
-fn series_keys(points: &[ClaimAPoint]) -> Vec<(String, i64, u32)> {
-    let mut keys: Vec<(String, i64, u32)> = Vec::new();
+/// A point's series: its backbone, head width and scale, on one device, processor and
+/// thread count (two runs on different machines in one CSV are two series).
+type SeriesKey = (String, i64, u32, String, String, i32);
+
+fn series_key(p: &ClaimAPoint) -> SeriesKey {
+    (p.backbone.clone(), p.fc_width, p.input_scale, p.device.clone(), p.processor.clone(), p.threads)
+}
+
+/// The series of the points, in the order they came.
+fn series_keys(points: &[ClaimAPoint]) -> Vec<SeriesKey> {
+    let mut keys: Vec<SeriesKey> = Vec::new();
     for p in points {
-        let k = (p.backbone.clone(), p.fc_width, p.input_scale);
+        let k = series_key(p);
         if !keys.contains(&k) {
             keys.push(k);
         }
@@ -122,22 +146,27 @@ fn series_keys(points: &[ClaimAPoint]) -> Vec<(String, i64, u32)> {
     keys
 }
 
-/// Gives every point its series' family-wise interval and word (ours and the peer's).
-pub fn correct_series(points: &mut [ClaimAPoint]) {
-    for (b, fc, scale) in series_keys(points) {
-        let members: Vec<usize> = (0..points.len()).filter(|&i| points[i].backbone == b && points[i].fc_width == fc && points[i].input_scale == scale).collect();
+/// Gives every point its series' family-wise interval and word (ours and the peer's); an
+/// error naming the column when a point's rounds are unreadable or do not pair up.
+pub fn correct_series(points: &mut [ClaimAPoint]) -> Result<()> {
+    for key in series_keys(points) {
+        let members: Vec<usize> = (0..points.len()).filter(|&i| series_key(&points[i]) == key).collect();
         let level = crate::report::stats::family_level(members.len());
         for i in members.iter().copied() {
             let p = &mut points[i];
+            let at = |what: &str| format!("{what} (the point at {} proposals of {} fc {})", p.proposals, p.backbone, p.fc_width);
             p.series_points = members.len();
-            let (ci, word) = series_interval(rounds_of(&p.read_only_rounds), rounds_of(&p.masked_rounds), p.ratio, p.ratio_lo.zip(p.ratio_hi), p.rounds, level);
+            let ours = paired_rounds(&p.read_only_rounds, &p.masked_rounds, "", p.rounds).with_context(|| at("ours"))?;
+            let (ci, word) = series_interval(ours, p.ratio, p.ratio_lo.zip(p.ratio_hi), p.rounds, level);
             (p.series_lo, p.series_hi, p.series_word) = (ci.map(|c| c.0), ci.map(|c| c.1), word);
             if let Some(r) = p.peer_ratio {
-                let (ci, word) = series_interval(rounds_of(&p.peer_read_only_rounds), rounds_of(&p.peer_masked_rounds), r, p.peer_ratio_lo.zip(p.peer_ratio_hi), p.rounds, level);
+                let theirs = paired_rounds(&p.peer_read_only_rounds, &p.peer_masked_rounds, "peer_", p.rounds).with_context(|| at("the peer"))?;
+                let (ci, word) = series_interval(theirs, r, p.peer_ratio_lo.zip(p.peer_ratio_hi), p.rounds, level);
                 (p.peer_series_lo, p.peer_series_hi, p.peer_series_word) = (ci.map(|c| c.0), ci.map(|c| c.1), word);
             }
         }
     }
+    Ok(())
 }
 
 /// The generated findings of a sweep, one line per series and implementation: where "about
@@ -145,8 +174,9 @@ pub fn correct_series(points: &mut [ClaimAPoint]) {
 /// series-wise words.
 pub fn series_findings(points: &[ClaimAPoint]) -> Vec<String> {
     let mut out = Vec::new();
-    for (b, fc, scale) in series_keys(points) {
-        let ps: Vec<&ClaimAPoint> = points.iter().filter(|p| p.backbone == b && p.fc_width == fc && p.input_scale == scale).collect();
+    for key in series_keys(points) {
+        let (b, fc, scale) = (&key.0, key.1, key.2);
+        let ps: Vec<&ClaimAPoint> = points.iter().filter(|p| series_key(p) == key).collect();
         let m = ps.len();
         for (who, word_of, hi_of) in [("ours", (|p: &ClaimAPoint| p.series_word.clone()) as fn(&ClaimAPoint) -> String, (|p: &ClaimAPoint| p.series_lo.map(|lo| lo > 2.5)) as fn(&ClaimAPoint) -> Option<bool>), ("PyTorch + torchvision", |p: &ClaimAPoint| p.peer_series_word.clone(), |p: &ClaimAPoint| p.peer_series_lo.map(|lo| lo > 2.5))] {
             if ps.iter().all(|p| word_of(p).is_empty()) {
@@ -327,7 +357,7 @@ fn claim_a_point(base: &TrainConfig, n_props: usize, t: &PointTimes, rounds: usi
 fn print_point(point: &ClaimAPoint) {
     let ci = |lo: Option<f64>, hi: Option<f64>| lo.zip(hi).map(|(l, h)| format!(" [{l:.2}, {h:.2}]")).unwrap_or_default();
     println!(
-        "{} fc {} at {} px, {:.0} RoIs/image ({} rounds): read-only {:.3} s/iter, masked {:.3}: masked / read-only {:.2}x{} {}{}",
+        "{} fc {} at {} px, {:.0} RoIs/image ({} rounds): read-only {:.3} s/iter, masked {:.3}: masked / read-only {:.2}x{} (this point's 95% interval alone: {}){}; the series' words are in claim_a.md",
         point.backbone,
         point.fc_width,
         point.input_scale,
@@ -338,7 +368,7 @@ fn print_point(point: &ClaimAPoint) {
         point.ratio,
         ci(point.ratio_lo, point.ratio_hi),
         point.word,
-        point.peer_ratio.map(|r| format!(" (peer {r:.2}x{} {})", ci(point.peer_ratio_lo, point.peer_ratio_hi), point.peer_word)).unwrap_or_default()
+        point.peer_ratio.map(|r| format!(" (peer {r:.2}x{}, 95% alone: {})", ci(point.peer_ratio_lo, point.peer_ratio_hi), point.peer_word)).unwrap_or_default()
     );
 }
 
@@ -346,7 +376,7 @@ fn print_point(point: &ClaimAPoint) {
 fn write_sweep(out: &Path, points: &[ClaimAPoint]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut points = points.to_vec();
-    correct_series(&mut points);
+    correct_series(&mut points)?;
     write_points(out, &points)?;
     draw_claim_a(out, &points)?;
     println!("wrote {}/claim_a.csv, claim_a.md, claim_a.png", out.display());
@@ -364,7 +394,7 @@ pub fn replot_claim_a(dir: &std::path::Path) -> Result<()> {
         anyhow::bail!("{} has no points", path.display());
     }
     // the series' words recomputed, and written back beside the measured columns
-    correct_series(&mut points);
+    correct_series(&mut points).with_context(|| format!("reading {}", path.display()))?;
     write_points(dir, &points)?;
     draw_claim_a(dir, &points)?;
     println!("wrote {}/claim_a.csv (series-wise intervals), claim_a.md, claim_a.png from claim_a.csv", dir.display());

@@ -89,13 +89,20 @@ impl<'a> Aggregate<'a> {
     }
 
     /// Each finished seed of `arm`'s time to the target, censored where the run ended without
-    /// reaching it: (its training time to the target, true), or (its whole training time, false).
+    /// reaching it: (its training time to the target, true), or (its training time through its
+    /// last evaluated epoch, false).
     pub fn censored(&self, arm: &str) -> Vec<super::stats::Censored> {
         self.by_arm(arm)
             .iter()
             .map(|r| match time_to_target(&r.rows, self.metric(), self.target) {
                 Some(t) => (t, true),
-                None => (super::training_time(&r.rows).last().copied().unwrap_or(0.0), false),
+                // censored at the last epoch that was evaluated: the run is known not to have
+                // reached the target by then, and no later
+                None => {
+                    let times = super::training_time(&r.rows);
+                    let last = r.rows.iter().rposition(|e| e.map(self.metric()).is_some());
+                    (last.map(|i| times[i]).unwrap_or(0.0), false)
+                }
             })
             .collect()
     }

@@ -20,7 +20,16 @@ struct Row {
     interval: String,
     verdict: String,
     seeds: usize,
+    note: String,
     regime: String,
+}
+
+/// A censored verdict's interval cell: the counts and Gehan's p, from its note.
+fn censored_cell(note: &str) -> String {
+    let Some(rest) = note.strip_prefix("DNF, censored at each run's end: ") else { return "—".into() };
+    let counts = rest.split("; ").next().unwrap_or("");
+    let p = rest.split("p = ").nth(1).and_then(|x| x.split(' ').next()).unwrap_or("?");
+    format!("none (censored: {counts}; Gehan's test, p = {p})")
 }
 
 /// The folders of `root` that hold a file `name`, sorted.
@@ -55,7 +64,7 @@ pub fn claims_md_as(dir: &Path, root: &Path) -> Result<String> {
                 v.arm,
                 v.measure,
                 v.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "—".into()),
-                v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}], {}", v.interval)).unwrap_or_else(|| "— (censored: Gehan's test, see the study)".into()),
+                v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}], {}", v.interval)).unwrap_or_else(|| censored_cell(&v.note)),
                 v.seeds,
                 v.verdict,
                 v.regime

@@ -109,6 +109,10 @@ pub fn study_family(agg: &Aggregate) -> usize {
     }
     for v in &agg.meta.report.verdicts {
         set.insert(key(&v.baseline, &v.arm, v.measure.name()));
+        // the verdict line also states the pair's final-mAP difference with a family-wise interval
+        if same_length(agg, &v.baseline, &v.arm) {
+            set.insert(key(&v.baseline, &v.arm, "final"));
+        }
     }
     set.len().max(1)
 }
@@ -191,7 +195,7 @@ fn censored_test(agg: &Aggregate, baseline: &str, arm: &str, family: usize) -> O
     let (bv, av) = (agg.censored(baseline), agg.censored(arm));
     let g = gehan(&bv, &av)?;
     let reached = |v: &[super::stats::Censored]| v.iter().filter(|x| x.1).count();
-    Some(CensoredTest { target: agg.target, base_reached: reached(&bv), base_seeds: bv.len(), arm_reached: reached(&av), arm_seeds: av.len(), w: g.w, p: g.p, p_min: g.p_min, threshold: 1.0 - family_level(family) })
+    Some(CensoredTest { target: agg.target, base_reached: reached(&bv), base_seeds: bv.len(), arm_reached: reached(&av), arm_seeds: av.len(), w: g.w, p: g.p, p_min: g.p_min, threshold: 0.05 / family.max(1) as f64 })
 }
 
 /// Every arm against every baseline, on every measure; intervals at the level of a family of `family` ([`study_family`]).
@@ -203,10 +207,16 @@ pub fn speedups(agg: &Aggregate, family: usize) -> Vec<Speedup> {
                 let (bv, bn) = agg.per_seed(b, measure);
                 let (av, an) = agg.per_seed(a, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
+                // a pair the findings do not compare (one arm trained for fewer epochs) gets its
+                // 95% interval for the tables, but no family-wise one and no test: it is no finding
+                let stated = comparable(agg, b, a, measure);
                 let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
-                let fw = if dnf { None } else { compare_at(&bv, &av, Scale::Ratio, family_level(family)) }.and_then(|x| x.ci);
-                let censored = if dnf { censored_test(agg, b, a, family) } else { None };
-                let note = if let Some(c) = censored {
+                let fw = if dnf || !stated { None } else { compare_at(&bv, &av, Scale::Ratio, family_level(family)) }.and_then(|x| x.ci);
+                let censored = if dnf && stated { censored_test(agg, b, a, family) } else { None };
+                let note = if !stated {
+                    let (eb, ea) = (epochs_of(agg, b).unwrap_or(0), epochs_of(agg, a).unwrap_or(0));
+                    format!("not compared: {b} ran {} and {a} {}", epochs_text(eb), epochs_text(ea))
+                } else if let Some(c) = censored {
                     format!("DNF, censored at each run's end: {}; {}", c.counts(b, a), c.test_text())
                 } else if r.is_none() {
                     "no finished seeds".into()
@@ -432,7 +442,7 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
                 (w, need, note)
             }
             (Some(_), None) => (Word::NotResolved, None, "one seed per arm: no interval".into()),
-            (None, _) if dnf => censored_verdict(censored_test(agg, &v.baseline, &v.arm, family), &v.baseline, &v.arm),
+            (None, _) if dnf => censored_verdict(censored_test(agg, &v.baseline, &v.arm, family), &v.baseline, &v.arm, band_lo),
             (None, _) => (Word::NotResolved, None, "no finished seeds".into()),
         };
         if !same_length {
@@ -474,13 +484,15 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
 }
 
 /// A time-to-target verdict with seeds that never reached the target: contradicted when
-/// Gehan's test resolves the arm as the slower (a ratio below 1, so below any band of a
-/// speed-up); otherwise not resolved, since no interval places the ratio in or out of the band.
-fn censored_verdict(c: Option<CensoredTest>, baseline: &str, arm: &str) -> (Word, Option<usize>, String) {
+/// Gehan's test resolves the arm as the slower and the band lies above 1 (a speed-up below 1
+/// is below it); otherwise not resolved, since no interval places the ratio in or out of the band.
+fn censored_verdict(c: Option<CensoredTest>, baseline: &str, arm: &str, band_lo: f64) -> (Word, Option<usize>, String) {
     let Some(c) = c else { return (Word::NotResolved, None, "no finished seeds".into()) };
     let what = format!("DNF, censored at each run's end: {}; {}", c.counts(baseline, arm), c.test_text());
     match c.arm_later() {
-        Some(true) => (Word::Contradicted, None, format!("{what}: {arm} is resolved slower than {baseline}")),
+        // slower means a ratio below 1, which contradicts only a band that lies above 1
+        Some(true) if band_lo > 1.0 => (Word::Contradicted, None, format!("{what}: {arm} is resolved slower than {baseline} by rank, so the speed-up lies below 1 and below the band")),
+        Some(true) => (Word::NotResolved, None, format!("{what}: {arm} is resolved slower, but with censored seeds no interval places the ratio in or out of the band")),
         Some(false) => (Word::NotResolved, None, format!("{what}: {arm} is resolved faster, but with censored seeds no interval places the ratio in or out of the band; lower report.target_map or train longer")),
         None => (Word::NotResolved, None, format!("{what}; lower report.target_map or train longer")),
     }

@@ -239,6 +239,14 @@ pub fn generate(results: &Path) -> Result<Generated> {
     let curve: Vec<compare::TargetPoint> = meta.report.verdicts.iter().filter(|v| v.measure == Measure::TimeToTarget).flat_map(|v| compare::target_curve(&agg, &v.baseline, &v.arm)).collect();
     if !curve.is_empty() {
         write::target_curve_csv(results, &curve)?;
+    } else {
+        // a curve an earlier report drew, which these logs no longer give, is not left behind
+        for stale in ["target_curve.csv", "ttt_ratio_vs_target.png", "ttt_ratio_vs_target.svg"] {
+            let p = results.join(stale);
+            if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing the stale {}", p.display()))?;
+            }
+        }
     }
     let mut charts = charts::draw_all(results, &meta, &agg.done, &agg.summaries, &speedups, meta.report.metric)?;
     if !curve.is_empty() {

@@ -159,11 +159,11 @@ pub struct Gehan {
     /// earlier, −1 where the base's is, 0 where censoring leaves it open or
     /// they tie: > 0, the arm tends to get there first.
     pub w: f64,
-    /// The two-sided permutation p-value of |W| (exact over every split of
-    /// the pooled seeds up to 22 seeds, else 200,000 random splits).
+    /// The two-sided permutation p-value of |W|, exact over every split of
+    /// the pooled seeds into the two arms' sizes.
     pub p: f64,
     /// The smallest p any split of these times could give: a test at a level
-    /// below it can never resolve, whatever the data.
+    /// below it can never resolve, whatever the order of the seeds.
     pub p_min: f64,
 }
 
@@ -174,68 +174,48 @@ fn surely_before(x: Censored, y: Censored) -> bool {
 }
 
 /// Gehan's test of `arm` against `base` (Gehan 1965): for censored data it
-/// counts only the orderings the data make sure of; its null distribution is
-/// the permutation one, so it holds at any number of seeds. None when an arm
-/// is empty.
+/// counts only the orderings the data make sure of. Its null distribution is
+/// the permutation one, exact: with `s_i = Σ_j u(i, j)` over every pooled
+/// seed (pairs within one arm cancel, u being antisymmetric), W is the sum of
+/// the arm's `s_i`, so its distribution over every split is that of a sum of
+/// `arm.len()` of the n integers `s_i`, counted by dynamic programming. It
+/// assumes that, under no difference, which seeds end censored does not
+/// depend on the arm (each seed's budget drawn alike), as a permutation test
+/// of censored data does. None when an arm is empty.
 pub fn gehan(base: &[Censored], arm: &[Censored]) -> Option<Gehan> {
     if base.is_empty() || arm.is_empty() {
         return None;
     }
     let pooled: Vec<Censored> = arm.iter().chain(base).copied().collect();
-    let n = pooled.len();
-    let u = |i: usize, j: usize| -> f64 {
+    let (n, k) = (pooled.len(), arm.len());
+    let u = |i: usize, j: usize| -> i64 {
         if surely_before(pooled[i], pooled[j]) {
-            1.0
+            1
         } else if surely_before(pooled[j], pooled[i]) {
-            -1.0
+            -1
         } else {
-            0.0
+            0
         }
     };
-    let score = |in_arm: &[bool]| -> f64 {
-        let mut w = 0.0;
-        for i in (0..n).filter(|&i| in_arm[i]) {
-            for j in (0..n).filter(|&j| !in_arm[j]) {
-                w += u(i, j);
+    let scores: Vec<i64> = (0..n).map(|i| (0..n).map(|j| u(i, j)).sum()).collect();
+    let w: i64 = scores[..k].iter().sum();
+    // ways[c][t]: subsets of c scores summing to t − offset
+    let offset = scores.iter().map(|s| s.abs()).sum::<i64>();
+    let width = (2 * offset + 1) as usize;
+    let mut ways = vec![vec![0f64; width]; k + 1];
+    ways[0][offset as usize] = 1.0;
+    for &s in &scores {
+        for c in (1..=k).rev() {
+            let (lower, upper) = ways.split_at_mut(c);
+            for (t, &m) in lower[c - 1].iter().enumerate().filter(|(_, m)| **m > 0.0) {
+                upper[0][(t as i64 + s) as usize] += m;
             }
         }
-        w
-    };
-    let observed: Vec<bool> = (0..n).map(|i| i < arm.len()).collect();
-    let w = score(&observed);
-    let (mut at_least, mut at_max, mut total, mut max) = (0u64, 0u64, 0u64, 0f64);
-    let mut tally = |s: f64| {
-        total += 1;
-        if s.abs() >= w.abs() - 1e-9 {
-            at_least += 1;
-        }
-        if s.abs() > max + 1e-9 {
-            max = s.abs();
-            at_max = 1;
-        } else if (s.abs() - max).abs() <= 1e-9 {
-            at_max += 1;
-        }
-    };
-    if n <= 22 {
-        // every subset of `arm.len()` of the n seeds (Gosper's hack)
-        let k = arm.len();
-        let mut set: u32 = (1u32 << k) - 1;
-        while set < (1u32 << n) {
-            let in_arm: Vec<bool> = (0..n).map(|i| set >> i & 1 == 1).collect();
-            tally(score(&in_arm));
-            let c = set & set.wrapping_neg();
-            let r = set + c;
-            set = (((r ^ set) >> 2) / c) | r;
-        }
-    } else {
-        use rand::seq::SliceRandom;
-        use rand::SeedableRng;
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x6e4a);
-        let mut in_arm = observed.clone();
-        for _ in 0..200_000 {
-            in_arm.shuffle(&mut rng);
-            tally(score(&in_arm));
-        }
     }
-    Some(Gehan { w, p: at_least as f64 / total as f64, p_min: at_max as f64 / total as f64 })
+    let dist: Vec<(i64, f64)> = ways[k].iter().enumerate().filter(|(_, m)| **m > 0.0).map(|(t, &m)| (t as i64 - offset, m)).collect();
+    let total: f64 = dist.iter().map(|d| d.1).sum();
+    let max = dist.iter().map(|d| d.0.abs()).max().unwrap_or(0);
+    let p = dist.iter().filter(|d| d.0.abs() >= w.abs()).map(|d| d.1).sum::<f64>() / total;
+    let p_min = dist.iter().filter(|d| d.0.abs() == max).map(|d| d.1).sum::<f64>() / total;
+    Some(Gehan { w: w as f64, p, p_min })
 }
