@@ -129,6 +129,21 @@ macro_rules! epoch_row {
             pub streamed_images: Option<f64>,
             #[serde(default)]
             pub prefetched_images: Option<f64>,
+            /// The process's CPU seconds (user + system, every thread) over the epoch's training
+            /// and mining; absent in logs that predate it and off Linux.
+            #[serde(default)]
+            pub cpu_s: Option<f64>,
+            /// The median and the interquartile range of the epoch's per-iteration seconds
+            /// (loading the batch and the step); absent in logs that predate them.
+            #[serde(default)]
+            pub iter_median_s: Option<f64>,
+            #[serde(default)]
+            pub iter_iqr_s: Option<f64>,
+            /// The share of the machine's CPU time (all cores) that other processes took over the
+            /// epoch's training and mining, from `/proc/stat`: how busy the machine was beside
+            /// this cell; absent in logs that predate it and off Linux.
+            #[serde(default)]
+            pub others_cpu_share: Option<f64>,
             $(
                 #[doc = concat!("COCO's `", stringify!($key), "` box summary on the test split (column `", stringify!($column), "`); absent in logs that predate it.")]
                 #[serde(default)]

@@ -368,7 +368,10 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
     assert_eq!(resumed.lines().count(), 3, "resumed at epoch 2:\n{resumed}");
     assert_eq!(resumed.lines().nth(1), full.lines().nth(1), "epoch 1 was not redone");
     // the same CPU run gives the same epoch-2 losses and mAP
-    let cols = |l: &str| l.split(',').enumerate().filter(|(i, _)| ![2, 3, 4, 5].contains(i)).map(|(_, v)| v.to_string()).collect::<Vec<_>>();
+    // every column but the timings (seconds, and the epoch's CPU and machine evidence)
+    let header: Vec<&str> = full.lines().next().unwrap().split(',').collect();
+    let timing = ["train_s", "mine_s", "eval_s", "wall_s", "load_s", "cpu_s", "iter_median_s", "iter_iqr_s", "others_cpu_share"];
+    let cols = |l: &str| l.split(',').enumerate().filter(|(i, _)| !timing.contains(&header[*i])).map(|(_, v)| v.to_string()).collect::<Vec<_>>();
     assert_eq!(cols(resumed.lines().nth(2).unwrap()), cols(full.lines().nth(2).unwrap()));
 
     // A cell that fails (a corrupt image in its dataset) is marked failed with its reason; the others finish.
@@ -579,4 +582,61 @@ fn runs_that_never_reach_the_target_are_censored_not_dropped() {
         let sp = std::fs::read_to_string(res.join("speedups.csv")).unwrap();
         assert!(sp.lines().next().unwrap().contains("gehan_p,gehan_p_min,gehan_threshold"), "{sp}");
     }
+}
+
+/// A run's timings flagged from its own evidence, by hand: an epoch 2x slower than the run's
+/// median epoch, other processes' share of the machine above a tenth, the load when the cell
+/// ended; and a quiet run, or the load when it started (the previous cell's), flags nothing.
+/// The report leaves flagged seeds out of both arms of a timing comparison, so it stays paired.
+#[test]
+fn timings_are_flagged_by_their_own_evidence_and_left_out() {
+    use ohem_harness::report::RunLog;
+    let run = |rows: Vec<EpochRow>, load: Option<(f64, f64)>| RunLog {
+        arm: "a".into(), seed: 0, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 3,
+        manifest: load.map(|(start, end)| serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": "x", "libtorch": "x", "device": "cpu", "host": "h", "started": "s", "cores": 2, "load_start": start, "load_end": end})).unwrap()),
+        config: None,
+    };
+    let quiet = || vec![row(1, 10.0, Some(0.3), 8.0, 0.0), row(2, 20.0, Some(0.4), 8.4, 0.0), row(3, 30.0, Some(0.5), 7.9, 0.0)];
+    assert_eq!(run(quiet(), None).timing_flag(), None);
+    // an epoch at twice the others' seconds per iteration
+    let mut slow = quiet();
+    slow[1].train_s = 16.0;
+    let why = run(slow, None).timing_flag().unwrap();
+    assert!(why.contains("epoch 2") && why.contains("2.0x"), "{why}");
+    // the epochs' own medians win over their means when present
+    let mut medians = quiet();
+    medians[1].train_s = 16.5;
+    for e in &mut medians {
+        e.iter_median_s = Some(0.8);
+    }
+    assert_eq!(run(medians, None).timing_flag(), None);
+    // other processes' share of the machine
+    let mut busy = quiet();
+    busy[2].others_cpu_share = Some(0.3);
+    assert!(run(busy, None).timing_flag().unwrap().contains("30% of the machine's CPU time in epoch 3"));
+    let mut calm = quiet();
+    calm[2].others_cpu_share = Some(0.05);
+    assert_eq!(run(calm, None).timing_flag(), None);
+    // the load when it ended, not when it started
+    assert!(run(quiet(), Some((1.0, 3.5))).timing_flag().unwrap().contains("3.50 on 2 cores"));
+    assert_eq!(run(quiet(), Some((3.5, 2.0))).timing_flag(), None);
+
+    // through the report: b's seed 1 is disturbed, so seed 1 leaves both arms of a / b
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let meta = GridMeta { name: "flag".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.45), ..Default::default() } };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    for seed in 0..3u64 {
+        let s = seed as f64;
+        fake_cell(res, "a", seed, State::Done, &[row(1, 10.0, Some(0.3), 8.0 + s, 0.0), row(2, 20.0, Some(0.5), 8.0 + s, 0.0), row(3, 30.0, Some(0.6), 8.0 + s, 0.0)]);
+        let b2 = if seed == 1 { 40.0 } else { 4.0 + s };
+        fake_cell(res, "b", seed, State::Done, &[row(1, 10.0, Some(0.3), 4.0 + s, 0.0), row(2, 20.0, Some(0.5), b2, 0.0), row(3, 30.0, Some(0.6), 4.0 + s, 0.0)]);
+    }
+    let out = ohem_harness::report::generate(res).unwrap();
+    assert!(out.notes.iter().any(|n| n.contains("b: 1 of 3 cells left out of every timing comparison") && n.contains("seed 1: epoch 2")), "{:?}", out.notes);
+    let mut s = csv::Reader::from_path(res.join("speedups.csv")).unwrap();
+    let sp: Vec<std::collections::HashMap<String, String>> = s.deserialize().map(|x| x.unwrap()).collect();
+    let per_iter = sp.iter().find(|r| r["measure"] == "s_per_iter").unwrap();
+    // seeds 0 and 2 only: a's (0.8 + 1.0) / 2 against b's (0.4 + 0.6) / 2 s per iteration = 1.8, paired
+    assert!((per_iter["speedup"].parse::<f64>().unwrap() - 1.8).abs() < 1e-9, "{per_iter:?}");
 }

@@ -884,3 +884,42 @@ fn a_bad_streamed_image_is_an_error_naming_it() {
     let e = ImageStore::load(&ds, anns.clone(), props, 0).err().expect("a missing image").to_string();
     assert!(e.contains(&format!("{}.jpg", anns[6].id)) && e.contains("missing"), "{e}");
 }
+
+/// The epoch's own timing evidence in metrics.csv: the process's CPU seconds, the median and
+/// interquartile range of its iterations, and the share of the machine other processes took,
+/// which a busy loop on every core beside the cell drives above the report's threshold.
+#[test]
+fn a_cell_beside_a_busy_loop_says_so_in_its_own_row() {
+    let t = tempfile::tempdir().unwrap();
+    let p = tiny_config(t.path(), "");
+    let out = t.path().join("run");
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    // a busy process beside the cell: one spinning child per core, for as long as the cell runs
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let spinners: Vec<std::process::Child> = (0..cores).map(|_| std::process::Command::new("sh").arg("-c").arg("while :; do :; done").spawn().unwrap()).collect();
+    let (ok, _, err) = harness(&["train", p.to_str().unwrap(), "--out", out.to_str().unwrap(), "--set", "train.epochs=1", "--cache-dir", &cache]);
+    for mut c in spinners {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(ok, "{err}");
+    let mut r = csv::Reader::from_path(out.join("metrics.csv")).unwrap();
+    let rows: Vec<ohem_harness::rundir::EpochRow> = r.deserialize().map(|x| x.unwrap()).collect();
+    let e = &rows[0];
+    assert!(e.cpu_s.is_some_and(|c| c > 0.0) && e.iter_median_s.is_some_and(|m| m > 0.0) && e.iter_iqr_s.is_some_and(|q| q >= 0.0), "{e:?}");
+    let share = e.others_cpu_share.unwrap();
+    assert!(share > ohem_harness::report::OTHERS_SHARE_MAX && share <= 1.0, "other processes took {share} of the machine beside {cores} spinning processes");
+}
+
+/// `/proc/stat`'s first line by hand: busy is everything but idle and iowait; and the median
+/// and interquartile range of iteration times by hand.
+#[test]
+fn cpu_counters_and_iteration_spread_by_hand() {
+    use ohem_harness::trainer::cpu::{machine_seconds, median_iqr};
+    let stat = "cpu  100 20 30 400 50 5 5 10 0 0\ncpu0 50 10 15 200 25 2 3 5 0 0\n";
+    let (busy, total) = machine_seconds(stat, 100.0).unwrap();
+    assert!((busy - 1.7).abs() < 1e-12 && (total - 6.2).abs() < 1e-12, "{busy} {total}");
+    assert_eq!(machine_seconds("intr 1 2\n", 100.0), None);
+    assert_eq!(median_iqr(&[4.0, 1.0, 3.0, 2.0, 5.0]), Some((3.0, 2.0)));
+    assert_eq!(median_iqr(&[]), None);
+}

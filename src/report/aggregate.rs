@@ -45,6 +45,9 @@ pub struct Aggregate<'a> {
     pub target_note: String,
     /// One per arm, in grid order.
     pub summaries: Vec<ArmSummary>,
+    /// Per arm, the finished seeds whose timings are not to be read, and why
+    /// ([`RunLog::timing_flag`]): left out of every timing comparison.
+    pub flagged: BTreeMap<String, BTreeMap<u64, String>>,
 }
 
 impl<'a> Aggregate<'a> {
@@ -62,9 +65,18 @@ impl<'a> Aggregate<'a> {
         self.finals.get(arm).cloned().unwrap_or_default()
     }
 
-    /// `measure` for each finished seed of `arm` that has it, and how many finished seeds there are.
-    pub fn per_seed(&self, arm: &str, measure: Measure) -> (Vec<Seeded>, usize) {
-        self.per_seed_at(arm, measure, self.target)
+    /// The finished runs of `arm` whose timings a comparison with `other` may read: those of
+    /// seeds flagged in neither arm (so that a seed left out of one arm leaves the other too,
+    /// and the comparison stays paired).
+    pub fn timed(&self, arm: &str, other: &str) -> Vec<&'a RunLog> {
+        let flagged = |a: &str, seed: u64| self.flagged.get(a).is_some_and(|f| f.contains_key(&seed));
+        self.by_arm(arm).into_iter().filter(|r| !flagged(arm, r.seed) && !flagged(other, r.seed)).collect()
+    }
+
+    /// `measure` (a timing) for each timed seed of `arm` against `other` that has it, and how
+    /// many timed seeds there are; time to target at `agg.target`.
+    pub fn per_seed(&self, arm: &str, other: &str, measure: Measure) -> (Vec<Seeded>, usize) {
+        self.per_seed_at(arm, other, measure, self.target)
     }
 
     /// The regime `arm` was measured in: its model, input and data (the first
@@ -91,8 +103,8 @@ impl<'a> Aggregate<'a> {
     /// Each finished seed of `arm`'s time to the target, censored where the run ended without
     /// reaching it: (its training time to the target, true), or (its training time through its
     /// last evaluated epoch, false).
-    pub fn censored(&self, arm: &str) -> Vec<super::stats::Censored> {
-        self.by_arm(arm)
+    pub fn censored(&self, arm: &str, other: &str) -> Vec<super::stats::Censored> {
+        self.timed(arm, other)
             .iter()
             .map(|r| match time_to_target(&r.rows, self.metric(), self.target) {
                 Some(t) => (t, true),
@@ -108,8 +120,8 @@ impl<'a> Aggregate<'a> {
     }
 
     /// As [`Aggregate::per_seed`], with time to target taken at `target`.
-    pub fn per_seed_at(&self, arm: &str, measure: Measure, target: f64) -> (Vec<Seeded>, usize) {
-        let rs = self.by_arm(arm);
+    pub fn per_seed_at(&self, arm: &str, other: &str, measure: Measure, target: f64) -> (Vec<Seeded>, usize) {
+        let rs = self.timed(arm, other);
         (rs.iter().filter_map(|r| r.measure(measure, self.metric(), target).map(|v| (r.seed, v))).collect(), rs.len())
     }
 }
@@ -151,7 +163,13 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
             reached: ttt.len(),
         });
     }
-    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries })
+    let mut flagged: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    for r in &done {
+        if let Some(why) = r.timing_flag() {
+            flagged.entry(r.arm.clone()).or_default().insert(r.seed, why);
+        }
+    }
+    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged })
 }
 
 /// The long table of every epoch of every run, as a polars DataFrame.

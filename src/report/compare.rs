@@ -192,7 +192,7 @@ fn dnf(measure: Measure, (bv, bn): (&[Seeded], usize), (av, an): (&[Seeded], usi
 
 /// Gehan's test of `arm` against `baseline` on time to `agg.target`, at the level of a family of `family`.
 fn censored_test(agg: &Aggregate, baseline: &str, arm: &str, family: usize) -> Option<CensoredTest> {
-    let (bv, av) = (agg.censored(baseline), agg.censored(arm));
+    let (bv, av) = (agg.censored(baseline, arm), agg.censored(arm, baseline));
     let g = gehan(&bv, &av)?;
     let reached = |v: &[super::stats::Censored]| v.iter().filter(|x| x.1).count();
     Some(CensoredTest { target: agg.target, base_reached: reached(&bv), base_seeds: bv.len(), arm_reached: reached(&av), arm_seeds: av.len(), w: g.w, p: g.p, p_min: g.p_min, threshold: 0.05 / family.max(1) as f64 })
@@ -204,8 +204,8 @@ pub fn speedups(agg: &Aggregate, family: usize) -> Vec<Speedup> {
     for b in &baselines(agg) {
         for a in agg.meta.arms.iter().filter(|a| *a != b) {
             for measure in Measure::ALL {
-                let (bv, bn) = agg.per_seed(b, measure);
-                let (av, an) = agg.per_seed(a, measure);
+                let (bv, bn) = agg.per_seed(b, a, measure);
+                let (av, an) = agg.per_seed(a, b, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
                 // a pair the findings do not compare (one arm trained for fewer epochs) gets its
                 // 95% interval for the tables, but no family-wise one and no test: it is no finding
@@ -367,16 +367,16 @@ fn epochs_text(n: usize) -> String {
 }
 
 /// What makes an arm's figures suspect: offline mining whose cache stayed
-/// empty (fixed-ratio in disguise), and cells that shared the machine (a load
-/// above the core count when they started or ended).
+/// empty (fixed-ratio in disguise), and cells whose timings their own evidence
+/// flags ([`crate::report::RunLog::timing_flag`]), which every timing
+/// comparison leaves out.
 pub fn warnings(agg: &Aggregate) -> Vec<Warning> {
     let mut out = mining_warnings(agg);
     for arm in &agg.meta.arms {
-        let rs = agg.by_arm(arm);
-        let loaded = rs.iter().filter(|r| r.manifest.as_ref().is_some_and(|m| m.overloaded())).count();
-        if loaded > 0 {
-            out.push(Warning { arm: arm.clone(), text: format!("{arm}: {loaded} of {} cells ran under a 1-minute load above the core count plus one (at their start or end: another busy process): their timings are suspect", rs.len()) });
-        }
+        let Some(f) = agg.flagged.get(arm) else { continue };
+        let n = agg.by_arm(arm).len();
+        let why: Vec<String> = f.iter().map(|(seed, why)| format!("seed {seed}: {why}")).collect();
+        out.push(Warning { arm: arm.clone(), text: format!("{arm}: {} of {n} cells left out of every timing comparison (and, to keep them paired, the same seeds of the arm compared with), their timings disturbed by their own evidence: {}", f.len(), why.join("; ")) });
     }
     out
 }
@@ -415,8 +415,8 @@ fn thin_cache(rs: &[&RunLog]) -> Option<(usize, i64)> {
 pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Verdict> {
     let mut out = Vec::new();
     for v in &agg.meta.report.verdicts {
-        let (bv, bn) = agg.per_seed(&v.baseline, v.measure);
-        let (av, an) = agg.per_seed(&v.arm, v.measure);
+        let (bv, bn) = agg.per_seed(&v.baseline, &v.arm, v.measure);
+        let (av, an) = agg.per_seed(&v.arm, &v.baseline, v.measure);
         let seeds = bn.min(an);
         let same_length = same_length(agg, &v.baseline, &v.arm);
         let md = if same_length { compare_at(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference, family_level(family)) } else { None };
@@ -528,8 +528,8 @@ pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoi
         if first.iter().all(|m| *m >= target) {
             continue;
         }
-        let (bv, bn) = agg.per_seed_at(baseline, Measure::TimeToTarget, target);
-        let (av, an) = agg.per_seed_at(arm, Measure::TimeToTarget, target);
+        let (bv, bn) = agg.per_seed_at(baseline, arm, Measure::TimeToTarget, target);
+        let (av, an) = agg.per_seed_at(arm, baseline, Measure::TimeToTarget, target);
         if bn == 0 || an == 0 || bv.len() < bn || av.len() < an {
             continue;
         }
@@ -540,8 +540,8 @@ pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoi
     // the curve as one family
     let k = out.len();
     for p in &mut out {
-        let (bv, _) = agg.per_seed_at(baseline, Measure::TimeToTarget, p.target);
-        let (av, _) = agg.per_seed_at(arm, Measure::TimeToTarget, p.target);
+        let (bv, _) = agg.per_seed_at(baseline, arm, Measure::TimeToTarget, p.target);
+        let (av, _) = agg.per_seed_at(arm, baseline, Measure::TimeToTarget, p.target);
         p.ci = compare_at(&bv, &av, Scale::Ratio, family_level(k)).and_then(|e| e.ci);
         p.family = k;
     }

@@ -76,6 +76,38 @@ impl RunLog {
         self.mines() && self.mining.iter().all(|m| m.stats.mined == 0) && self.rows.iter().all(|r| r.cache_size == 0)
     }
 
+    /// Why this run's timings are not to be read, from its own evidence, or None:
+    /// - its manifest's 1-minute load when it ended above the core count plus one (another
+    ///   busy process in its last minute);
+    /// - an epoch in which other processes took more than [`OTHERS_SHARE_MAX`] of the machine's
+    ///   CPU time (`others_cpu_share`, measured over the epoch);
+    /// - an epoch whose seconds per iteration (the median of its iterations, else its mean)
+    ///   lies more than [`EPOCH_DEPARTURE_MAX`] times above or below the run's own median over
+    ///   its epochs: something slowed that epoch alone.
+    pub fn timing_flag(&self) -> Option<String> {
+        // the load when the cell ended covers its own last minute (the one when it started is
+        // the previous cell's, and says nothing of this one)
+        if let Some((load, cores)) = self.manifest.as_ref().and_then(|m| m.load_end.zip(m.cores)).filter(|(l, c)| *l > *c as f64 + 1.0) {
+            return Some(format!("the 1-minute load when it ended was {load:.2} on {cores} cores"));
+        }
+        if let Some(e) = self.rows.iter().find(|e| e.others_cpu_share.is_some_and(|s| s > OTHERS_SHARE_MAX)) {
+            return Some(format!("other processes took {:.0}% of the machine's CPU time in epoch {}", 100.0 * e.others_cpu_share.unwrap_or(0.0), e.epoch));
+        }
+        let per_iter: Vec<(usize, f64)> = self.rows.iter().filter(|e| e.iterations > 0).map(|e| (e.epoch, e.iter_median_s.unwrap_or(e.train_s / e.iterations as f64))).collect();
+        let mut sorted: Vec<f64> = per_iter.iter().map(|x| x.1).collect();
+        sorted.sort_by(f64::total_cmp);
+        let median = match sorted.len() {
+            0 => return None,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]),
+        };
+        per_iter
+            .iter()
+            // "more than" 1.5x: an epoch at exactly 1.5x (up to rounding) is not flagged
+            .find(|(_, v)| median > 0.0 && (v / median > EPOCH_DEPARTURE_MAX + 1e-9 || median / v > EPOCH_DEPARTURE_MAX + 1e-9))
+            .map(|(epoch, v)| format!("epoch {epoch} took {v:.3} s per iteration, {:.1}x the run's median over its epochs ({median:.3} s)", v / median))
+    }
+
     /// The last evaluated mAP by `metric`.
     pub fn final_map(&self, metric: Metric) -> Option<f64> {
         self.rows.iter().rev().find_map(|e| e.map(metric))
@@ -91,6 +123,14 @@ impl RunLog {
         }
     }
 }
+
+/// The share of the machine's CPU time that other processes may take during an epoch before
+/// the run's timings are left out: a tenth (a quiet machine's background is a few percent).
+pub const OTHERS_SHARE_MAX: f64 = 0.10;
+
+/// How far one epoch's seconds per iteration may lie from the run's median over its epochs
+/// before the run's timings are left out (the quiet committed runs vary by at most 1.4x).
+pub const EPOCH_DEPARTURE_MAX: f64 = 1.5;
 
 /// mean ± sample std of values (std NaN for one value: no spread to speak of); None when empty.
 pub fn mean_std(v: &[f64]) -> Option<(f64, f64)> {

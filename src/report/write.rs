@@ -305,7 +305,7 @@ fn warnings_section(md: &mut String, warnings: &[Warning]) {
 fn arms_table(md: &mut String, agg: &Aggregate) {
     let metric_name = agg.metric().column();
     md.push_str("## Arms\n\n");
-    md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed); for the per-epoch and per-iteration columns, the std over seeds of each seed's mean over its epochs.\n\n", agg.target_note));
+    md.push_str(&format!("Target for time-to-target: {}. Time to target is training time, mining included and evaluation excluded: the cumulative train + mine seconds through the first evaluated epoch at or above the target. DNF = did not reach it; never dropped. ± is the std over seeds (— with one seed); for the per-epoch and per-iteration columns, the std over seeds of each seed's mean over its epochs. These columns hold every finished cell; the speed comparisons below leave out the cells the Warnings name as disturbed.\n\n", agg.target_note));
     md.push_str(&format!("| arm | seeds | failed | final {metric_name} | train s/epoch | mine s/epoch | eval s/epoch | s/iter | total wall s | time to target s | reached |\n|---|---|---|---|---|---|---|---|---|---|---|\n"));
     for s in &agg.summaries {
         md.push_str(&format!(

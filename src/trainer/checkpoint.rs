@@ -131,6 +131,17 @@ pub struct EpochStats {
     pub streamed: f64,
     #[serde(default)]
     pub prefetched: f64,
+    /// Seconds of each iteration (the batch's images and the step); this process's CPU seconds,
+    /// other processes' busy seconds and every core's seconds over the epoch so far (absent in
+    /// checkpoints that predate them).
+    #[serde(default)]
+    pub iter_s: Vec<f64>,
+    #[serde(default)]
+    pub cpu_s: f64,
+    #[serde(default)]
+    pub others_cpu_s: f64,
+    #[serde(default)]
+    pub machine_cpu_s: f64,
 }
 
 impl EpochStats {
@@ -180,6 +191,10 @@ impl EpochStats {
             load_s: Some(self.load_s),
             streamed_images: (self.streamed > 0.0).then_some(self.streamed),
             prefetched_images: (self.streamed > 0.0).then_some(self.prefetched),
+            cpu_s: (self.machine_cpu_s > 0.0).then_some(self.cpu_s),
+            iter_median_s: super::cpu::median_iqr(&self.iter_s).map(|m| m.0),
+            iter_iqr_s: super::cpu::median_iqr(&self.iter_s).map(|m| m.1),
+            others_cpu_share: (self.machine_cpu_s > 0.0).then(|| self.others_cpu_s / self.machine_cpu_s),
             // the COCO columns: empty until the epoch is evaluated
             ..EpochRow::default()
         }

@@ -15,6 +15,7 @@
 
 pub mod batch;
 pub mod checkpoint;
+pub mod cpu;
 pub mod detect;
 pub mod mining;
 pub mod observer;
@@ -400,6 +401,22 @@ struct EpochState {
     /// Seconds of the epoch before this process resumed it, and this process's start of it.
     elapsed_before: f64,
     started: Instant,
+    /// The CPU counters when this process started (or resumed) the epoch.
+    cpu_at: Option<cpu::CpuSnapshot>,
+}
+
+impl EpochState {
+    /// The epoch's statistics with the CPU time since this process took it up added.
+    fn stats_now(&self) -> EpochStats {
+        let mut st = self.st.clone();
+        if let (Some(at), Some(now)) = (self.cpu_at, cpu::snapshot()) {
+            let d = now.since(&at);
+            st.cpu_s += d.own_s;
+            st.others_cpu_s += d.others_s;
+            st.machine_cpu_s += d.total_s;
+        }
+        st
+    }
 }
 
 impl Run<'_> {
@@ -429,7 +446,7 @@ impl Run<'_> {
         let n = self.data.train.len();
         let (order, rng) = epoch_order(cfg.seed, epoch, n);
         let next_order = (epoch + 1 < sched.epochs).then(|| epoch_order(cfg.seed, epoch + 1, n).0);
-        let mut e = EpochState { order, next_order, rng, st: EpochStats::default(), elapsed_before: 0.0, started: Instant::now() };
+        let mut e = EpochState { order, next_order, rng, st: EpochStats::default(), elapsed_before: 0.0, started: Instant::now(), cpu_at: cpu::snapshot() };
         let mut first_iter = 0;
         if let Some(p) = partial {
             // continue where the mid-epoch checkpoint left off: the same generators, sums and mining log
@@ -455,7 +472,7 @@ impl Run<'_> {
         self.obs.epoch_trained();
         let train_s = e.elapsed_before + e.started.elapsed().as_secs_f64() - e.st.mine_s;
         let lr = cfg.train.stepped_lr(&sched, epoch * sched.iters_per_epoch + iters - 1);
-        let mut row = e.st.row(epoch, train_s, self.sampler.cache_size(), lr);
+        let mut row = e.stats_now().row(epoch, train_s, self.sampler.cache_size(), lr);
         // the wall clock up to here; finish_epoch adds the checkpoint's and the evaluation's time
         let now = Instant::now();
         row.wall_s = self.wall + now.duration_since(e.started).as_secs_f64();
@@ -467,6 +484,7 @@ impl Run<'_> {
     /// One iteration: the batch's images (and the next ones asked for ahead), then one SGD step.
     fn iteration(&mut self, epoch: usize, it: usize, iters: usize, e: &mut EpochState) -> Result<()> {
         let cfg = self.cfg;
+        let began = Instant::now();
         let n_img = cfg.train.images_per_batch;
         let before = self.data.train.loader_stats();
         let prepared: Vec<batch::Prepared> = (0..n_img)
@@ -485,6 +503,7 @@ impl Run<'_> {
         let lr = cfg.train.lr_at(&self.sched, epoch * self.sched.iters_per_epoch + it);
         let out = train_step(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
         e.st.add(&out);
+        e.st.iter_s.push(began.elapsed().as_secs_f64());
         self.progressed = true;
         self.obs.iteration_done(epoch, e.st.mean_loss());
         Ok(())
@@ -502,7 +521,7 @@ impl Run<'_> {
         self.enter(PhaseKind::Checkpointing, epoch, next_iter, iters);
         let mining = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
         let secs = e.started.elapsed().as_secs_f64();
-        let p = Partial { epoch, next_iter, stats: e.st.clone(), elapsed_s: e.elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: e.rng.get_word_pos().to_string(), mining, files: Default::default() };
+        let p = Partial { epoch, next_iter, stats: e.stats_now(), elapsed_s: e.elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: e.rng.get_word_pos().to_string(), mining, files: Default::default() };
         if let Err(err) = self.ck.save_partial(&p, &self.vs, &self.opt, self.sampler.as_ref(), self.device) {
             return err;
         }
