@@ -41,9 +41,24 @@ fn grids_expand_to_arms_times_axes_times_seeds_with_stable_ids() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), g.cells.len());
-    // run order: seed-major, every arm of seed 0 (in grid order) before any of seed 1
+    // run order: seed-major, every arm of seed 0 before any of seed 1
     assert_eq!(g.cells.iter().map(|c| c.seed).collect::<Vec<_>>(), [vec![0; 12], vec![1; 12]].concat());
-    assert_eq!(g.cells[..12].iter().map(|c| &c.arm).collect::<Vec<_>>(), g.arms.iter().collect::<Vec<_>>());
+    // within a seed, every arm once, in an order shuffled by the grid's order_seed and the seed:
+    // the same file gives the same order, the two seeds' orders differ, another order_seed moves it
+    let order = |g: &Grid, seed: u64| g.cells.iter().filter(|c| c.seed == seed).map(|c| c.arm.clone()).collect::<Vec<_>>();
+    let mut arms0 = order(&g, 0);
+    assert_ne!(arms0, g.arms, "seed 0 runs the arms in grid order");
+    assert_ne!(order(&g, 0), order(&g, 1));
+    assert_eq!(order(&g, 0), order(&again, 0));
+    arms0.sort();
+    let mut all = g.arms.clone();
+    all.sort();
+    assert_eq!(arms0, all);
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, format!("{text}order_seed: 7\n")).unwrap();
+    let other = Grid::load(&p, &[]).unwrap();
+    assert_ne!(order(&other, 0), order(&g, 0));
+    assert_eq!(other.cells.iter().map(|c| &c.id).collect::<std::collections::BTreeSet<_>>(), g.cells.iter().map(|c| &c.id).collect::<std::collections::BTreeSet<_>>(), "the order changes no cell");
 }
 
 #[test]

@@ -26,6 +26,11 @@ struct GridFile {
     #[serde(default)]
     axes: Option<serde_json::Map<String, Value>>,
     seeds: Option<Vec<u64>>,
+    /// The seed of the run order within each seed block (default 0): the arms of each seed
+    /// run in an order shuffled by it, so that a drift of the machine does not land on the
+    /// same arm in every block. Part of the grid file, so the order is reproducible.
+    #[serde(default)]
+    order_seed: u64,
     #[serde(default)]
     report: ReportConfig,
 }
@@ -179,10 +184,12 @@ impl Grid {
                 }
             }
         }
-        // Seed-major: every arm's seed 0, then every arm's seed 1, … (arms in grid order within a
-        // seed), so that no arm runs all its seeds in one stretch and a machine that slows down
-        // during the grid slows every arm alike. cells.json and the Slurm array take this order.
+        // Seed-major: every arm's seed 0, then every arm's seed 1, …, so that no arm runs all its
+        // seeds in one stretch; within each seed the arms in an order shuffled by `order_seed`
+        // and the seed, so that no arm always runs first (or after the same neighbour).
+        // cells.json and the Slurm array take this order.
         cells.sort_by_key(|c| seeds.iter().position(|s| *s == c.seed));
+        shuffle_within_seeds(&mut cells, file.order_seed);
         let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
         ids.sort();
         ids.dedup();
@@ -198,6 +205,21 @@ impl Grid {
             arms: arm_labels,
             report: file.report,
         })
+    }
+}
+
+/// Shuffles the cells of each seed block (cells sorted seed-major) with a generator seeded by
+/// `order_seed` and the block's seed: the same grid file always gives the same order.
+fn shuffle_within_seeds(cells: &mut [Cell], order_seed: u64) {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut start = 0;
+    while start < cells.len() {
+        let seed = cells[start].seed;
+        let end = start + cells[start..].iter().take_while(|c| c.seed == seed).count();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(order_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed);
+        cells[start..end].shuffle(&mut rng);
+        start = end;
     }
 }
 
