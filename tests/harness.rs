@@ -558,7 +558,8 @@ fn a_grid_in_iterations_plans_epochs_per_instances_file() {
     assert!(n_full > n_small && n_small > 0, "{n_full} {n_small}");
     let want = |n: usize| 20usize.div_ceil(n.div_ceil(2));
     assert_ne!(want(n_full), want(n_small));
-    let epochs: Vec<(String, usize)> = g.cells.iter().map(|c| (c.arm.clone(), c.epochs)).collect();
+    let mut epochs: Vec<(String, usize)> = g.cells.iter().map(|c| (c.arm.clone(), c.epochs)).collect();
+    epochs.sort();
     assert_eq!(epochs, vec![("full".to_string(), want(n_full)), ("small".to_string(), want(n_small))]);
 }
 
