@@ -534,18 +534,18 @@ pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoi
             continue;
         }
         if let Some(e) = compare(&bv, &av, Scale::Ratio) {
-            out.push(TargetPoint { baseline: baseline.into(), arm: arm.into(), target, ratio: e.value, ci: e.ci, family: 1, reached: (bv.len(), av.len()), seeds: (bn, an) });
+            out.push((TargetPoint { baseline: baseline.into(), arm: arm.into(), target, ratio: e.value, ci: e.ci, family: 1, reached: (bv.len(), av.len()), seeds: (bn, an) }, bv, av));
         }
     }
-    // the curve as one family
+    // the curve as one family, from the seeds each point was computed from
     let k = out.len();
-    for p in &mut out {
-        let (bv, _) = agg.per_seed_at(baseline, arm, Measure::TimeToTarget, p.target);
-        let (av, _) = agg.per_seed_at(arm, baseline, Measure::TimeToTarget, p.target);
-        p.ci = compare_at(&bv, &av, Scale::Ratio, family_level(k)).and_then(|e| e.ci);
-        p.family = k;
-    }
-    out
+    out.into_iter()
+        .map(|(mut p, bv, av)| {
+            p.ci = compare_at(&bv, &av, Scale::Ratio, family_level(k)).and_then(|e| e.ci);
+            p.family = k;
+            p
+        })
+        .collect()
 }
 
 /// "over targets 0.40–0.47 …, the ratio runs 0.65–0.94x": how the verdict depends on the target.
