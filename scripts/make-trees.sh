@@ -15,9 +15,17 @@
 # except that the last tile of a row or column is moved back to end at the image's edge (see
 # `harness tile --help`). Boxes cut by a tile edge: kept at >= 70% inside, difficult at 30-70%
 # (neither trained on nor counted by VOC AP), dropped below 30% (the defaults).
+#
+# With --pool (./scripts/make-trees.sh --pool [out], default data/trees-pool): the same four
+# photographs cut into 400-px tiles without overlap (the last tile of a row or column still moved
+# back to the edge) into one split, `all`, for grids that resample the split themselves
+# (`splits:`, experiments/trees-splits.yaml); each tile's source photograph and position are in
+# the root's tiles.csv, which grouping by photograph or by spatial block reads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-data/trees}
+pool=0
+if [ "${1:-}" = "--pool" ]; then pool=1; shift; fi
+if [ $pool = 1 ]; then out=${1:-data/trees-pool}; else out=${1:-data/trees}; fi
 H=${HARNESS:-./target/release/harness}
 [ -x "$H" ] || { echo "error: $H not found; run cargo build --release --locked first" >&2; exit 1; }
 if [ -e "$out" ]; then echo "error: $out exists; remove it or give another folder" >&2; exit 1; fi
@@ -53,10 +61,16 @@ with zipfile.ZipFile(whl) as z:
         open(f"{dst}/{stem}.xml", "wb").write(xml)
         open(f"{dst}/{image}", "wb").write(read(z, image))
 PY
-"$H" tile --out "$part" --split trainval --size 400 --overlap 100 --class-map Dead=Tree,Alive=Tree \
-  "$src/2019_YELL_2_528000_4978000_image_crop2.xml" "$src/OSBS_029.xml"
-"$H" tile --out "$part" --split test --size 400 --overlap 0 --class-map Dead=Tree,Alive=Tree \
-  "$src/2019_YELL_2_541000_4977000_image_crop.xml" "$src/SOAP_061.xml"
+if [ $pool = 1 ]; then
+  "$H" tile --out "$part" --split all --size 400 --overlap 0 --class-map Dead=Tree,Alive=Tree \
+    "$src/2019_YELL_2_528000_4978000_image_crop2.xml" "$src/OSBS_029.xml" \
+    "$src/2019_YELL_2_541000_4977000_image_crop.xml" "$src/SOAP_061.xml"
+else
+  "$H" tile --out "$part" --split trainval --size 400 --overlap 100 --class-map Dead=Tree,Alive=Tree \
+    "$src/2019_YELL_2_528000_4978000_image_crop2.xml" "$src/OSBS_029.xml"
+  "$H" tile --out "$part" --split test --size 400 --overlap 0 --class-map Dead=Tree,Alive=Tree \
+    "$src/2019_YELL_2_541000_4977000_image_crop.xml" "$src/SOAP_061.xml"
+fi
 echo "$sha  $(basename "$whl")" > "$part/SOURCE"
 mv "$part" "$out"
 echo "$out: made from $(basename "$whl") (sha256 $sha)"

@@ -718,8 +718,15 @@ fn origin_name(o: crate::pretrain::Origin) -> &'static str {
 /// `--dry-run`: the cells, and the datasets still to be made.
 fn dry_run(g: &crate::harness::Grid) {
     println!("{}: {} cells in {}", g.name, g.cells.len(), g.results.display());
+    for (root, plan) in &g.plans {
+        println!("  splits of {}: {} images pooled", root.display(), plan.groups.len());
+        for s in &plan.splits {
+            println!("    {}: {} training, {} test, {} left out of training for overlapping a test tile ({})", s.label, s.train.len(), s.test.len(), s.buffered.len(), s.name);
+        }
+    }
     for c in &g.cells {
-        println!("  {}  {:<40} seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
+        let split = c.split.as_ref().map(|s| format!("split {:<4}", s.label)).unwrap_or_default();
+        println!("  {}  {:<40} {split}seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
     }
     for root in g.missing_datasets() {
         let size = match root.file_name().and_then(|n| n.to_str()) {

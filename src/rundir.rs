@@ -27,6 +27,8 @@ pub const CONFIG: &str = "config.yaml";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const CELLS: &str = "cells";
 pub const GRID_JSON: &str = "grid.json";
+/// A run directory's final evaluation as match outcomes ([`crate::eval::bootstrap`]).
+pub const OUTCOMES: &str = "outcomes.txt";
 pub const STATUS: &str = "status.json";
 pub const MANIFEST: &str = "manifest.json";
 pub const CELL_JSON: &str = "cell.json";
@@ -423,6 +425,22 @@ pub struct CellMeta {
     pub arm: String,
     pub seed: u64,
     pub epochs: usize,
+    /// The data split the cell trains and tests on, in a grid with `splits:` (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<CellSplit>,
+}
+
+/// Which of a grid's resampled splits a cell ran on ([`crate::harness::splits`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct CellSplit {
+    /// 0-based, in the grid's order of splits.
+    pub index: usize,
+    /// `f0`, `f1`, … (folds) or `r0`, … (repeats).
+    pub label: String,
+    /// Images trained on and tested on, and training-side images left out for overlapping a test tile.
+    pub train: usize,
+    pub test: usize,
+    pub buffered: usize,
 }
 
 /// What `grid.json` holds at the top of a results directory.
@@ -760,6 +778,8 @@ pub struct CellEntry {
     /// The cell's directory under `cells/`.
     pub dir: String,
     pub epochs: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<CellSplit>,
 }
 
 pub fn read_cells(results: &Path) -> Result<Vec<CellEntry>> {

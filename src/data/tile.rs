@@ -209,6 +209,73 @@ struct PlannedTile {
     ann: Annotation,
 }
 
+/// Where a tile was cut from: one row of the root's `tiles.csv`, which `harness tile` appends to
+/// (grid `splits:` group tiles by it, so that tiles of one photograph or one spatial block never
+/// straddle training and test).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TileRecord {
+    pub id: String,
+    /// The source photograph: the id prefix and the source XML's stem (`<prefix><stem>`).
+    pub source: String,
+    /// The tile's 0-based top-left pixel in the source, and its size.
+    pub x0: u32,
+    pub y0: u32,
+    pub size: u32,
+    pub source_width: u32,
+    pub source_height: u32,
+}
+
+/// The header of `tiles.csv`.
+pub const TILES_HEADER: &str = "id,source,x0,y0,size,source_width,source_height";
+
+/// The tile records of a VOC root (`<root>/tiles.csv`), keyed by tile id; None when the root has
+/// no such file (it was not made by `harness tile`). Errors name the file, the line and the value.
+pub fn read_tile_records(root: &Path) -> Result<Option<std::collections::HashMap<String, TileRecord>>> {
+    let path = root.join("tiles.csv");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = read_to_string(&path)?;
+    let mut out = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if n == 0 {
+            if line != TILES_HEADER {
+                bail!("{}:1: expected the header `{TILES_HEADER}`, found {line:?}", path.display());
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 7 {
+            bail!("{}:{}: expected 7 fields ({TILES_HEADER}), found {}", path.display(), n + 1, f.len());
+        }
+        let num = |k: usize| -> Result<u32> { f[k].trim().parse::<u32>().with_context(|| format!("{}:{}: {:?} is not a pixel count", path.display(), n + 1, f[k])) };
+        let r = TileRecord { id: f[0].to_string(), source: f[1].to_string(), x0: num(2)?, y0: num(3)?, size: num(4)?, source_width: num(5)?, source_height: num(6)? };
+        if out.insert(r.id.clone(), r).is_some() {
+            bail!("{}:{}: tile {:?} is listed twice", path.display(), n + 1, f[0]);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Appends the planned tiles' records to the root's `tiles.csv` (written whole, atomically).
+fn append_tile_records(root: &Path, plans: &[(PathBuf, Annotation, Vec<PlannedTile>)], prefixes: &[String], p: &TileParams) -> Result<()> {
+    let path = root.join("tiles.csv");
+    let mut text = if path.is_file() { read_to_string(&path)? } else { format!("{TILES_HEADER}\n") };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for ((_, ann, tiles), prefix) in plans.iter().zip(prefixes) {
+        for t in tiles {
+            text.push_str(&format!("{},{prefix}{},{},{},{},{},{}\n", t.ann.id, ann.id, t.x0, t.y0, p.size, ann.width, ann.height));
+        }
+    }
+    Ok(write_file(&path, text.as_bytes())?)
+}
+
 /// Cuts one source annotation into tiles (no image is read), counting into `sum`.
 fn plan_source(ann: &Annotation, prefix: &str, p: &TileParams, sum: &mut TileSummary) -> Vec<PlannedTile> {
     let mut tiles = Vec::new();
@@ -306,7 +373,8 @@ fn write_tiles(ds: &Dataset, plans: &[(PathBuf, Annotation, Vec<PlannedTile>)], 
 /// source, a file or a split of the root already holds is refused before
 /// anything is written, naming both, so no split can overwrite another's
 /// images. The split file is written last, so an interrupted call leaves no
-/// split behind.
+/// split behind. Each tile's source and position are appended to the root's `tiles.csv`
+/// ([`read_tile_records`]).
 pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -> Result<TileSummary> {
     p.check()?;
     if sources.is_empty() {
@@ -322,6 +390,7 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
     // first every tile from the annotations alone, checked; then the images, cut and written
     let mut sum = TileSummary::default();
     let mut plans = Vec::with_capacity(sources.len());
+    let mut prefixes = Vec::with_capacity(sources.len());
     for xml in sources {
         let ann = read_annotation(xml, &mut classes, &p.class_map)?;
         if existing && classes.len() > fixed.len() {
@@ -333,7 +402,12 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
         check_image(xml, &ann)?;
         sum.images += 1;
         sum.boxes += ann.objects.len();
-        let tiles = plan_source(&ann, &prefix_of(&p.prefix, xml)?, p, &mut sum);
+        let prefix = prefix_of(&p.prefix, xml)?;
+        let tiles = plan_source(&ann, &prefix, p, &mut sum);
+        if ann.id.contains(',') || prefix.contains(',') {
+            bail!("{}: a source name with a comma cannot be recorded in tiles.csv; rename the file", xml.display());
+        }
+        prefixes.push(prefix);
         plans.push((xml.clone(), ann, tiles));
     }
     if plans.iter().all(|(_, _, t)| t.is_empty()) {
@@ -341,7 +415,7 @@ pub fn tile_into(out: &Path, split: &str, sources: &[PathBuf], p: &TileParams) -
     }
     check_ids(&ds, &plans)?;
     let mut ids = Vec::new();
-    let written = write_tiles(&ds, &plans, p, &mut ids);
+    let written = write_tiles(&ds, &plans, p, &mut ids).and_then(|()| append_tile_records(out, &plans, &prefixes, p));
     if let Err(e) = written {
         // a failure half-way (an image that no longer decodes, a full disk) takes back what this
         // call wrote, so that the same call can run again
@@ -470,6 +544,12 @@ mod file_tests {
         tile_into(&out, "test", &[xml2.clone()], &pre).unwrap();
         let test = ds.split_ids("test").unwrap();
         assert_eq!(test[0], "b_scene_x0_y0");
+        // both calls' tiles are recorded with their source and position, the first call's kept
+        let rec = read_tile_records(&out).unwrap().unwrap();
+        assert_eq!(rec.len(), 8);
+        assert_eq!(rec["scene_x150_y50"], TileRecord { id: "scene_x150_y50".into(), source: "scene".into(), x0: 150, y0: 50, size: 150, source_width: 300, source_height: 200 });
+        assert_eq!(rec["b_scene_x0_y50"].source, "b_scene");
+        assert_eq!((rec["b_scene_x0_y50"].x0, rec["b_scene_x0_y50"].y0), (0, 50));
         assert!(test.iter().all(|id| !ids.contains(&id.as_str())), "the splits share ids: {test:?}");
         let after: Vec<Vec<u8>> = ids.iter().flat_map(|id| [std::fs::read(ds.image_path(id)).unwrap(), std::fs::read(ds.annotation_path(id)).unwrap()]).collect();
         assert!(before == after, "the second split changed trainval's files");

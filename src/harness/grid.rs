@@ -9,6 +9,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::{from_value, parse_override, parse_yaml, set_dotted, TrainConfig};
+use crate::harness::splits::{Plan, SplitSpec};
+use crate::rundir::CellSplit;
 
 pub use crate::rundir::ReportConfig;
 
@@ -31,6 +33,10 @@ struct GridFile {
     /// same arm in every block. Part of the grid file, so the order is reproducible.
     #[serde(default)]
     order_seed: u64,
+    /// Resampled, grouped splits of a pooled dataset ([`crate::harness::splits`]): every arm and
+    /// seed runs on each.
+    #[serde(default)]
+    splits: Option<SplitSpec>,
     #[serde(default)]
     report: ReportConfig,
 }
@@ -43,6 +49,8 @@ pub struct Cell {
     /// The arm label: the arm name plus any axis values (everything but the seed).
     pub arm: String,
     pub seed: u64,
+    /// The resampled split it runs on (a grid with `splits:`).
+    pub split: Option<CellSplit>,
     pub config: TrainConfig,
     /// Epochs it trains: `train.epochs`, or what `train.iterations` makes of the
     /// training set (0 while the dataset does not exist yet).
@@ -60,6 +68,8 @@ pub struct Grid {
     /// Arm labels in grid order.
     pub arms: Vec<String>,
     pub report: ReportConfig,
+    /// The split plans of `splits:`, per dataset root (empty without).
+    pub plans: Vec<(PathBuf, Plan)>,
 }
 
 /// Deep-merges `over` into `base` (maps merge key by key; anything else replaces).
@@ -138,6 +148,10 @@ impl Grid {
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
         let mut cells = Vec::new();
         let mut arm_labels = Vec::new();
+        let mut plans: Vec<((PathBuf, Vec<String>), Plan)> = Vec::new();
+        if let Some(sp) = &file.splits {
+            sp.check(&origin)?;
+        }
         // trainable training images per (root, format, train split, instances file): a few entries
         let mut trainable: Vec<((PathBuf, Option<crate::config::DataFormat>, String, Option<PathBuf>), usize)> = Vec::new();
         for (arm, arm_over) in &arms {
@@ -158,6 +172,7 @@ impl Grid {
                     for (k, x) in &overrides {
                         set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
                     }
+                  for (split, v) in split_variants(v, file.splits.as_ref(), &mut plans, &origin, &where_, require_data)? {
                     let config = cell_config(v, &origin, &where_, combo, seed, require_data)?;
                     let id = cell_id(&config);
                     let epochs = match config.train.iterations {
@@ -180,7 +195,9 @@ impl Grid {
                             config.train.schedule(n).epochs
                         }
                     };
-                    cells.push(Cell { dir_name: format!("{}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, config, epochs });
+                    let split_part = split.as_ref().map(|s| format!("-{}", s.label)).unwrap_or_default();
+                    cells.push(Cell { dir_name: format!("{}{split_part}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, split, config, epochs });
+                  }
                 }
             }
         }
@@ -188,7 +205,7 @@ impl Grid {
         // seeds in one stretch; within each seed the arms in an order shuffled by `order_seed`
         // and the seed, so that no arm always runs first (or after the same neighbour).
         // cells.json and the Slurm array take this order.
-        cells.sort_by_key(|c| seeds.iter().position(|s| *s == c.seed));
+        cells.sort_by_key(|c| (seeds.iter().position(|s| *s == c.seed), c.split.as_ref().map(|s| s.index)));
         shuffle_within_seeds(&mut cells, file.order_seed);
         let mut ids: Vec<&str> = cells.iter().map(|c| c.id.as_str()).collect();
         ids.sort();
@@ -204,20 +221,58 @@ impl Grid {
             cells,
             arms: arm_labels,
             report: file.report,
+            plans: plans.into_iter().map(|((root, _), p)| (root, p)).collect(),
         })
     }
 }
 
-/// Shuffles the cells of each seed block (cells sorted seed-major) with a generator seeded by
-/// `order_seed` and the block's seed: the same grid file always gives the same order.
+/// A cell's config value once per split of `splits:` (with `dataset.train_split` and
+/// `test_split` naming the split's files), or once as it is without. The splits are planned once
+/// per dataset root and pool, and written into the root when `write` (not for a dry run).
+fn split_variants(v: Value, spec: Option<&SplitSpec>, plans: &mut Vec<((PathBuf, Vec<String>), Plan)>, origin: &str, where_: &str, write: bool) -> Result<Vec<(Option<CellSplit>, Value)>> {
+    let Some(spec) = spec else { return Ok(vec![(None, v)]) };
+    let text = |k: &str| v.get("dataset").and_then(|d| d.get(k)).and_then(|x| x.as_str()).map(str::to_string);
+    let root = PathBuf::from(text("root").ok_or_else(|| anyhow!("{where_}: splits: need dataset.root"))?);
+    let pool = spec.pool.clone().unwrap_or_else(|| vec![text("train_split").unwrap_or_else(|| "trainval".into()), text("test_split").unwrap_or_else(|| "test".into())]);
+    if !root.is_dir() {
+        bail!("{origin}: key splits: the dataset {} must exist to plan its splits (make it first; the dry run needs it too)", root.display());
+    }
+    let key = (root.clone(), pool.clone());
+    let plan = match plans.iter().position(|(k, _)| *k == key) {
+        Some(i) => &plans[i].1,
+        None => {
+            let plan = spec.plan(&root, &pool).with_context(|| format!("{origin}: key splits"))?;
+            if write {
+                plan.write(&root).with_context(|| format!("{origin}: key splits: writing the split files"))?;
+            }
+            plans.push((key, plan));
+            &plans[plans.len() - 1].1
+        }
+    };
+    plan.splits
+        .iter()
+        .enumerate()
+        .map(|(index, s)| {
+            let mut v = v.clone();
+            set_dotted(&mut v, "dataset.train_split", Value::from(s.train_split()))?;
+            set_dotted(&mut v, "dataset.test_split", Value::from(s.test_split()))?;
+            Ok((Some(CellSplit { index, label: s.label.clone(), train: s.train.len(), test: s.test.len(), buffered: s.buffered.len() }), v))
+        })
+        .collect()
+}
+
+/// Shuffles the cells of each block (cells sorted seed-major, then by split) with a generator
+/// seeded by `order_seed`, the block's seed and its split: the same grid file always gives the
+/// same order.
 fn shuffle_within_seeds(cells: &mut [Cell], order_seed: u64) {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let mut start = 0;
     while start < cells.len() {
-        let seed = cells[start].seed;
-        let end = start + cells[start..].iter().take_while(|c| c.seed == seed).count();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(order_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed);
+        let (seed, split) = (cells[start].seed, cells[start].split.as_ref().map(|s| s.index));
+        let end = start + cells[start..].iter().take_while(|c| c.seed == seed && c.split.as_ref().map(|s| s.index) == split).count();
+        let block = split.map_or(0, |i| (i as u64 + 1) << 40);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(order_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed ^ block);
         cells[start..end].shuffle(&mut rng);
         start = end;
     }

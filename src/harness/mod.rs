@@ -1,6 +1,7 @@
 //! Stage 7 of the pipeline: `harness run grid.yaml`.
 //!
-//! A grid ([`grid`]) expands into cells; each cell gets its own directory
+//! A grid ([`grid`]) expands into cells (arms × axes × resampled splits of the data
+//! ([`splits`]) × seeds); each cell gets its own directory
 //! under `<results>/cells/` with the exact config, `cell.json` (arm, seed,
 //! id), `status.json` (pending, running, done or failed, with the reason),
 //! `manifest.json` (versions, device, host, times), `train.log`, and what
@@ -17,6 +18,7 @@
 
 pub mod grid;
 pub mod slurm;
+pub mod splits;
 pub mod status;
 
 use std::collections::VecDeque;
@@ -77,11 +79,16 @@ pub fn prepare(grid: &Grid) -> Result<()> {
     }
     let meta = GridMeta { name: grid.name.clone(), arms: grid.arms.clone(), report: grid.report.clone() };
     write_file(&gpath, serde_json::to_string_pretty(&meta)?.as_bytes())?;
-    let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.epochs }).collect();
+    let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.epochs, split: c.split.clone() }).collect();
     write_file(&grid.results.join(CELLS_JSON), serde_json::to_string_pretty(&entries)?.as_bytes())?;
+    // each pool image's group and role in every split, beside the cells (one file per dataset root)
+    for (i, (_, plan)) in grid.plans.iter().enumerate() {
+        let name = if i == 0 { "splits.csv".to_string() } else { format!("splits-{i}.csv") };
+        write_file(&grid.results.join(name), plan.csv().as_bytes())?;
+    }
     for c in &grid.cells {
         let dir = grid.results.join(CELLS).join(&c.dir_name);
-        let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.epochs };
+        let meta = CellMeta { id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, epochs: c.epochs, split: c.split.clone() };
         write_file(&dir.join(CELL_JSON), serde_json::to_string_pretty(&meta)?.as_bytes())?;
         if config_is_stale(&dir.join(CONFIG), c) {
             write_file(&dir.join(CONFIG), c.config.to_yaml()?.as_bytes())?;

@@ -17,7 +17,7 @@ fn cells_from_dirs(results: &Path, arms: &[String]) -> Result<Vec<CellEntry>> {
         let d = e?.path();
         let Ok(text) = std::fs::read_to_string(d.join(CELL_JSON)) else { continue };
         let m: CellMeta = serde_json::from_str(&text).with_context(|| format!("parsing {}", d.join(CELL_JSON).display()))?;
-        v.push(CellEntry { index: 0, id: m.id, arm: m.arm, seed: m.seed, dir: d.file_name().unwrap_or_default().to_string_lossy().into_owned(), epochs: m.epochs });
+        v.push(CellEntry { index: 0, id: m.id, arm: m.arm, seed: m.seed, dir: d.file_name().unwrap_or_default().to_string_lossy().into_owned(), epochs: m.epochs, split: m.split });
     }
     v.sort_by_key(|c| (arms.iter().position(|a| *a == c.arm).unwrap_or(usize::MAX), c.seed));
     for (i, c) in v.iter_mut().enumerate() {
