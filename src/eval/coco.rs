@@ -80,11 +80,11 @@ pub const MAX_DETS: [usize; 3] = [1, 10, 100];
 /// Area ranges `all, small, medium, large` (closed intervals).
 pub const AREA_RANGES: [[f64; 2]; 4] = [[0.0, 1e10], [0.0, 1024.0], [1024.0, 9216.0], [9216.0, 1e10]];
 
-const T: usize = 10;
-const R: usize = 101;
+pub(crate) const T: usize = 10;
+pub(crate) const R: usize = 101;
 
 /// numpy's `linspace(start, stop, num)`: `i * step + start`, the last point `stop`.
-fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     let step = (stop - start) / (num - 1) as f64;
     let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
     v[num - 1] = stop;
@@ -282,6 +282,50 @@ type Acc = Option<(Vec<Vec<f64>>, Vec<f64>)>;
 /// input order: per image (in image order) the detections by score (stable), the first 100,
 /// and their IoUs with the ground truth; then each area range's matches and each cap's curve.
 fn category_results(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[DetBox]) -> Vec<Vec<Acc>> {
+    let thrs = iou_thresholds();
+    let rec_thrs = linspace(0.0, 1.0, R);
+    let prepared = prepare(img_index, gts, dets);
+    AREA_RANGES
+        .iter()
+        .map(|&range| {
+            let res: Vec<ImageResult> = prepared.par_iter().map(|(_, g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
+            let refs: Vec<&ImageResult> = res.iter().collect();
+            // the caps one after another: each holds a curve as long as the category's detections
+            MAX_DETS.iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
+        })
+        .collect()
+}
+
+/// One image of one category, as `evaluateImg` leaves it for AP at every area and 100
+/// detections: its non-ignored ground truth, and per detection (by score, stable; the first
+/// 100) its score and, per IoU threshold, bit 0 matched, bit 1 ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOutcomes {
+    /// The image's position among the sorted, deduplicated image ids.
+    pub image: usize,
+    pub npig: usize,
+    pub scores: Vec<f64>,
+    /// `[T × D]`, threshold-major.
+    pub flags: Vec<u8>,
+}
+
+/// The per-image matches of one category for area "all" (what AP@[.5:.95] accumulates), in
+/// image order: [`evaluate`]'s own steps, so that accumulating them gives its AP.
+pub fn category_outcomes(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[DetBox]) -> Vec<ImageOutcomes> {
+    let thrs = iou_thresholds();
+    prepare(img_index, gts, dets)
+        .par_iter()
+        .map(|(i, g, d, ious)| {
+            let r = evaluate_image(g, d, ious, &thrs, AREA_RANGES[0]);
+            ImageOutcomes { image: *i, npig: r.npig, scores: r.scores, flags: r.flags }
+        })
+        .collect()
+}
+
+/// Per image with ground truth or detections of one category (in image order): its ground
+/// truth, its detections by score (stable) cut to the largest cap, and their IoUs `[D × G]`.
+#[allow(clippy::type_complexity)]
+fn prepare<'a>(img_index: &HashMap<i64, usize>, gts: &[&'a GtBox], dets: &'a [DetBox]) -> Vec<(usize, Vec<&'a GtBox>, Vec<&'a DetBox>, Vec<f64>)> {
     type Cell<'a> = (Vec<&'a GtBox>, Vec<&'a DetBox>);
     let mut cells: HashMap<usize, Cell> = HashMap::new();
     for &g in gts {
@@ -292,28 +336,17 @@ fn category_results(img_index: &HashMap<i64, usize>, gts: &[&GtBox], dets: &[Det
             cells.entry(i).or_default().1.push(d);
         }
     }
-    let thrs = iou_thresholds();
-    let rec_thrs = linspace(0.0, 1.0, R);
     let max_det = MAX_DETS[MAX_DETS.len() - 1];
     let mut cells: Vec<(usize, Cell)> = cells.into_iter().collect();
     cells.sort_unstable_by_key(|c| c.0);
     // per image: its IoUs [D × G] in one array
-    let prepared: Vec<(Vec<&GtBox>, Vec<&DetBox>, Vec<f64>)> = cells
+    cells
         .into_par_iter()
-        .map(|(_, (g, mut d))| {
+        .map(|(i, (g, mut d))| {
             d.sort_by(|a, b| b.score.total_cmp(&a.score));
             d.truncate(max_det);
             let ious = d.iter().flat_map(|dd| g.iter().map(|gg| bb_iou(&dd.bbox, &gg.bbox, gg.iscrowd))).collect();
-            (g, d, ious)
-        })
-        .collect();
-    AREA_RANGES
-        .iter()
-        .map(|&range| {
-            let res: Vec<ImageResult> = prepared.par_iter().map(|(g, d, ious)| evaluate_image(g, d, ious, &thrs, range)).collect();
-            let refs: Vec<&ImageResult> = res.iter().collect();
-            // the caps one after another: each holds a curve as long as the category's detections
-            MAX_DETS.iter().map(|&m| accumulate(&refs, m, &rec_thrs)).collect()
+            (i, g, d, ious)
         })
         .collect()
 }

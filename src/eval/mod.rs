@@ -16,6 +16,7 @@
 //! class with no non-difficult ground truth has no AP (`None`) and is left out
 //! of the mAP.
 
+pub mod bootstrap;
 pub mod coco;
 
 use std::collections::HashMap;
@@ -108,10 +109,20 @@ struct ImageGt {
     matched: Vec<bool>,
 }
 
-/// Evaluates one class. `class` indexes `Object::class`; a detection's `image` indexes `anns`.
-pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: VocMetric) -> (Option<f64>, usize, usize) {
+/// What VOC's matching makes of one detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    TruePositive,
+    FalsePositive,
+    /// Matched a difficult (or crowd) object: counted as neither.
+    Ignored,
+}
+
+/// VOC's matching of one class: the non-difficult objects of each image, and each detection's
+/// outcome in the order the curve takes them (by score, stable).
+pub fn match_class(anns: &[Annotation], class: usize, dets: &[Detection]) -> (Vec<usize>, Vec<(usize, Outcome)>) {
     let mut gt: Vec<ImageGt> = Vec::with_capacity(anns.len());
-    let mut npos = 0;
+    let mut npos_of = Vec::with_capacity(anns.len());
     for a in anns {
         gt.push(ImageGt::default());
         let e = gt.last_mut().expect("pushed");
@@ -121,12 +132,12 @@ pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric:
             let difficult = o.difficult || o.crowd;
             e.difficult.push(difficult);
             e.matched.push(false);
-            npos += !difficult as usize;
         }
+        npos_of.push(e.difficult.iter().filter(|d| !**d).count());
     }
     let mut order: Vec<usize> = (0..dets.len()).collect();
     order.sort_by(|&i, &j| dets[j].score.total_cmp(&dets[i].score));
-    let (mut tp, mut fp) = (Vec::with_capacity(dets.len()), Vec::with_capacity(dets.len()));
+    let mut out = Vec::with_capacity(dets.len());
     for &d in &order {
         let det = &dets[d];
         let (mut is_tp, mut is_fp) = (false, true);
@@ -150,10 +161,18 @@ pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric:
                 }
             }
         }
-        // an ignored detection (difficult match) counts as neither
-        tp.push(is_tp as u32 as f64);
-        fp.push(is_fp as u32 as f64);
+        out.push((d, if is_tp { Outcome::TruePositive } else if is_fp { Outcome::FalsePositive } else { Outcome::Ignored }));
     }
+    (npos_of, out)
+}
+
+/// Evaluates one class. `class` indexes `Object::class`; a detection's `image` indexes `anns`.
+pub fn eval_class(anns: &[Annotation], class: usize, dets: &[Detection], metric: VocMetric) -> (Option<f64>, usize, usize) {
+    let (npos_of, matched) = match_class(anns, class, dets);
+    let npos: usize = npos_of.iter().sum();
+    // an ignored detection (difficult match) counts as neither
+    let tp: Vec<f64> = matched.iter().map(|m| (m.1 == Outcome::TruePositive) as u32 as f64).collect();
+    let fp: Vec<f64> = matched.iter().map(|m| (m.1 == Outcome::FalsePositive) as u32 as f64).collect();
     let ntp = tp.iter().sum::<f64>() as usize;
     if npos == 0 {
         return (None, npos, ntp);

@@ -160,6 +160,8 @@ fn check_same_config(cfg: &TrainConfig, config_path: &Path) -> Result<()> {
 /// A run directory's logs: the rows of its finished epochs (`metrics.csv`) and
 /// their mining rounds (`mining.csv`; a killed epoch's rounds are redone on resume).
 struct Logs {
+    /// `outcomes.txt`: the final evaluation's matches, for the report's test-set bootstrap.
+    outcomes_path: PathBuf,
     metrics_path: PathBuf,
     mining_path: PathBuf,
     rows: Vec<EpochRow>,
@@ -172,7 +174,7 @@ impl Logs {
         let rows = read_metrics(&metrics_path)?;
         let mut mining = read_mining(&mining_path)?;
         mining.retain(|m| m.epoch <= rows.len());
-        Ok(Logs { metrics_path, mining_path, rows, mining })
+        Ok(Logs { outcomes_path: run_dir.join(crate::rundir::OUTCOMES), metrics_path, mining_path, rows, mining })
     }
 
     /// Keeps the first `n` epochs' rows and mining rounds (a resume from an earlier checkpoint).
@@ -274,7 +276,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut ck = Checkpoints::new(run_dir);
     ck.kill_after_writes = opts.kill_checkpoint_after;
     if opts.force {
-        for f in [METRICS, MINING, PROGRESS] {
+        for f in [METRICS, MINING, PROGRESS, crate::rundir::OUTCOMES] {
             let _ = std::fs::remove_file(run_dir.join(f));
         }
         ck.clear();
@@ -589,6 +591,11 @@ impl Run<'_> {
         let ids = crate::data::coco::image_ids(&d.test.anns);
         let mut dets_of = |cat: i64| d.category_ids.iter().position(|c| *c == cat).map(|c| eval::coco::dets_of_class(&ids, &dets[c], cat)).unwrap_or_default();
         let coco = eval::coco::evaluate_by_category(&ids, &d.category_ids, &d.coco_gt, &mut dets_of);
+        if epoch + 1 == self.sched.epochs {
+            // the last evaluation's matches, so that the report can resample the test set
+            let o = eval::bootstrap::Outcomes::compute(&d.test.anns, &d.classes, &dets, &d.coco_gt, &d.category_ids);
+            write_file(&self.logs.outcomes_path, o.to_text().as_bytes())?;
+        }
         Ok((t.elapsed().as_secs_f64(), Some((m07, m10, coco))))
     }
 }
