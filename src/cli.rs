@@ -277,6 +277,11 @@ pub struct RunArgs {
     /// Rerun finished cells from scratch.
     #[arg(long)]
     force: bool,
+    /// Measure again the timings of the finished cells that the report flags (their own
+    /// evidence of a busy machine): each trains again from scratch beside itself; when its
+    /// accuracy rows come out identical (the same CPU model), its timings replace the old ones.
+    #[arg(long, conflicts_with_all = ["force", "dry_run"])]
+    retime: bool,
     /// Results directory [default: the grid's `results`, else runs/<grid file stem>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -715,6 +720,43 @@ fn origin_name(o: crate::pretrain::Origin) -> &'static str {
     }
 }
 
+/// `harness run --retime`: the flagged cells' timings measured again, one cell at a time, then
+/// the report regenerated.
+fn retime(g: &crate::harness::Grid, cache_dir: Option<&std::path::Path>) -> Result<()> {
+    let (_, runs, _) = crate::report::load_runs(&g.results)?;
+    let exe = std::env::current_exe().context("locating the harness executable")?;
+    let flagged: Vec<(&crate::harness::Cell, String)> = g
+        .cells
+        .iter()
+        .filter_map(|c| {
+            let unit = crate::report::unit_of(c.split.as_ref().map(|s| s.index), c.seed);
+            let r = runs.iter().find(|r| r.arm == c.arm && r.unit() == unit && r.state == crate::rundir::State::Done)?;
+            r.timing_flag().map(|why| (c, why))
+        })
+        .collect();
+    println!("{}: {} finished cells flagged for their timings", g.name, flagged.len());
+    let mut kept = Vec::new();
+    for (c, why) in &flagged {
+        let dir = g.results.join(crate::harness::CELLS).join(&c.dir_name);
+        println!("  {} (flagged: {why}): training again ...", c.dir_name);
+        match crate::harness::retime_cell(&exe, &dir, &c.config.device, cache_dir) {
+            Ok(words) => println!("  {}: {words}", c.dir_name),
+            Err(e) => {
+                println!("  {}: not retimed: {e:#}", c.dir_name);
+                kept.push(format!("{}: {e:#}", c.dir_name));
+            }
+        }
+    }
+    let rep = crate::report::generate(&g.results)?;
+    let (_, runs, _) = crate::report::load_runs(&g.results)?;
+    let still = flagged.iter().filter(|(c, _)| runs.iter().any(|r| r.arm == c.arm && r.unit() == crate::report::unit_of(c.split.as_ref().map(|s| s.index), c.seed) && r.timing_flag().is_some())).count();
+    println!("report: {} ({still} of the {} flagged cells are flagged still: run --retime again on a quieter machine)", rep.summary.display(), flagged.len());
+    if !kept.is_empty() {
+        bail!("{} of {} flagged cells kept their old timings:\n  {}", kept.len(), flagged.len(), kept.join("\n  "));
+    }
+    Ok(())
+}
+
 /// `--dry-run`: the cells, and the datasets still to be made.
 fn dry_run(g: &crate::harness::Grid) {
     println!("{}: {} cells in {}", g.name, g.cells.len(), g.results.display());
@@ -746,6 +788,9 @@ fn run_grid(a: RunArgs, progress: bool) -> Result<()> {
     if a.dry_run {
         dry_run(&g);
         return Ok(());
+    }
+    if a.retime {
+        return retime(&g, a.cache_dir.as_deref());
     }
     if a.executor == Executor::Slurm {
         return submit(&g, a.slurm, a.force, a.cache_dir);

@@ -27,6 +27,10 @@ pub const CONFIG: &str = "config.yaml";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const CELLS: &str = "cells";
 pub const GRID_JSON: &str = "grid.json";
+/// The columns of `metrics.csv` and `mining.csv` that are clocks or the machine's load: what
+/// `harness run --retime` measures anew. Every other column is the run's deterministic result.
+pub const TIMING_COLUMNS: [&str; 10] = ["train_s", "mine_s", "eval_s", "wall_s", "load_s", "cpu_s", "iter_median_s", "iter_iqr_s", "others_cpu_share", "seconds"];
+
 /// A run directory's final evaluation as match outcomes ([`crate::eval::bootstrap`]).
 pub const OUTCOMES: &str = "outcomes.txt";
 pub const STATUS: &str = "status.json";

@@ -125,7 +125,7 @@ fn fake_cell(results: &Path, arm: &str, seed: u64, state: State, rows: &[EpochRo
 fn fake_cell_of(results: &Path, arm: &str, seed: u64, epochs: usize, state: State, rows: &[EpochRow]) {
     let dir = results.join("cells").join(format!("{arm}-s{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("cell.json"), serde_json::to_string(&CellMeta { id: format!("{arm}{seed}"), arm: arm.into(), seed, epochs }).unwrap()).unwrap();
+    std::fs::write(dir.join("cell.json"), serde_json::to_string(&CellMeta { id: format!("{arm}{seed}"), arm: arm.into(), seed, epochs, split: None }).unwrap()).unwrap();
     std::fs::write(dir.join("status.json"), format!("{{\"state\": \"{}\", \"reason\": null, \"updated\": \"x\"}}", match state { State::Done => "done", State::Failed => "failed", _ => "running" })).unwrap();
     let mut w = csv::Writer::from_path(dir.join("metrics.csv")).unwrap();
     for r in rows {
@@ -608,7 +608,7 @@ fn runs_that_never_reach_the_target_are_censored_not_dropped() {
 fn timings_are_flagged_by_their_own_evidence_and_left_out() {
     use ohem_harness::report::RunLog;
     let run = |rows: Vec<EpochRow>, load: Option<(f64, f64)>| RunLog {
-        arm: "a".into(), seed: 0, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 3,
+        arm: "a".into(), seed: 0, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 3,
         manifest: load.map(|(start, end)| serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": "x", "libtorch": "x", "device": "cpu", "host": "h", "started": "s", "cores": 2, "load_start": start, "load_end": end})).unwrap()),
         config: None,
     };
@@ -655,4 +655,106 @@ fn timings_are_flagged_by_their_own_evidence_and_left_out() {
     let per_iter = sp.iter().find(|r| r["measure"] == "s_per_iter").unwrap();
     // seeds 0 and 2 only: a's (0.8 + 1.0) / 2 against b's (0.4 + 0.6) / 2 s per iteration = 1.8, paired
     assert!((per_iter["speedup"].parse::<f64>().unwrap() - 1.8).abs() < 1e-9, "{per_iter:?}");
+}
+
+/// Issue 37: a grid over resampled splits, run for real. Cells are arms × splits × seeds with
+/// the split in their ids and folders; each fold's files partition the pool; each cell keeps
+/// its final evaluation's outcomes, which give back its own final mAP (else the report would
+/// say so); the report's intervals are the corrected ones and it has its section across splits
+/// and test sets; a second run skips every cell and writes no split file anew.
+#[test]
+fn a_grid_over_resampled_splits_runs_and_reports_across_them() {
+    let t = tempfile::tempdir().unwrap();
+    let data = crate::util::copy_of(tiny_dataset());
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let body = "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  ohem:\n    sampler: {kind: ohem}\nsplits:\n  folds: 2\n  group_by: image\nseeds: [0]\nreport:\n  baselines: [frcn]\n";
+    let p = write_grid(t.path(), body);
+    let root = data.path().to_str().unwrap();
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run", "--set", &format!("dataset.root={root}")]);
+    assert!(ok && out.contains("4 cells") && out.contains("f0: ") && out.contains("f1: ") && out.contains("split f1"), "{out}{err}");
+    let main = data.path().join("ImageSets/Main");
+    assert!(!std::fs::read_dir(&main).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("cv-")), "the dry run wrote split files");
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--set", &format!("dataset.root={root}")]);
+    assert!(ok && out.contains("4 run"), "{out}\n{err}");
+    // the folds partition the pool (trainval + test of the tiny set): each image tested once
+    let ids = |f: &str| std::fs::read_to_string(main.join(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
+    let mut pool = [ids("trainval.txt"), ids("test.txt")].concat();
+    pool.sort();
+    let mut split_files: Vec<String> = std::fs::read_dir(&main).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("cv-")).collect();
+    split_files.sort();
+    assert_eq!(split_files.len(), 4, "{split_files:?}");
+    let mut tested: Vec<String> = split_files.iter().filter(|f| f.ends_with("-test.txt")).flat_map(|f| ids(f)).collect();
+    tested.sort();
+    assert_eq!(tested, pool, "each pooled image is in exactly one test fold");
+    for f in split_files.iter().filter(|f| f.ends_with("-test.txt")) {
+        let test = ids(f);
+        let train = ids(&f.replace("-test.txt", "-train.txt"));
+        assert!(train.iter().all(|i| !test.contains(i)), "{f}: a test image is trained on");
+        assert_eq!(train.len() + test.len(), pool.len());
+    }
+    let res = t.path().join("results");
+    let cells = ohem_harness::rundir::read_cells(&res).unwrap();
+    assert_eq!(cells.len(), 4);
+    for c in &cells {
+        let s = c.split.as_ref().expect("a split");
+        assert!(c.dir.contains(&format!("-{}-s0-", s.label)), "{}", c.dir);
+        assert!(res.join("cells").join(&c.dir).join("outcomes.txt").is_file());
+    }
+    assert!(res.join("splits.csv").is_file());
+    let summary = std::fs::read_to_string(res.join("summary.md")).unwrap();
+    assert!(summary.contains("## Across splits and test sets") && summary.contains("Nadeau-Bengio corrected over (split, seed) units"), "{summary}");
+    assert!(summary.contains("per split (mean, seeds): f0 ") && summary.contains("test-set bootstrap of the mean difference ["), "{summary}");
+    assert!(!summary.contains("outcomes give"), "outcomes that do not give back the logged mAP:\n{summary}");
+    // the second time: every cell skipped, the same split files
+    let before: Vec<Vec<u8>> = split_files.iter().map(|f| std::fs::read(main.join(f)).unwrap()).collect();
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--set", &format!("dataset.root={root}")]);
+    assert!(ok && out.contains("0 run, 4 already done"), "{out}{err}");
+    let after: Vec<Vec<u8>> = split_files.iter().map(|f| std::fs::read(main.join(f)).unwrap()).collect();
+    assert!(before == after);
+}
+
+/// Issue 37: `harness run --retime` trains a flagged cell again and takes its timings when
+/// every deterministic column comes out the same; a cell whose logged accuracy the rerun does
+/// not reproduce keeps what it had, and the command says so and fails.
+#[test]
+fn retime_replaces_the_timings_of_flagged_cells_only_when_the_accuracy_reproduces() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  hnm:\n    sampler: {kind: hnm}\nseeds: [0]\n");
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache]);
+    assert!(ok, "{out}{err}");
+    let res = t.path().join("results");
+    let cell = |arm: &str| std::fs::read_dir(res.join("cells")).unwrap().map(|e| e.unwrap().path()).find(|d| d.file_name().unwrap().to_string_lossy().starts_with(&format!("{arm}-"))).unwrap();
+    // flag both cells by their own evidence (another process's share of the CPU), and break frcn's accuracy row
+    let set = |dir: &Path, col: &str, value: &str| {
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let i = header.iter().position(|h| *h == col).unwrap();
+        let body: Vec<String> = text.lines().skip(1).map(|l| l.split(',').enumerate().map(|(k, v)| if k == i { value.to_string() } else { v.to_string() }).collect::<Vec<_>>().join(",")).collect();
+        std::fs::write(dir.join("metrics.csv"), format!("{}\n{}\n", header.join(","), body.join("\n"))).unwrap();
+    };
+    let (hnm, frcn) = (cell("hnm"), cell("frcn"));
+    let hnm_before = std::fs::read_to_string(hnm.join("metrics.csv")).unwrap();
+    set(&hnm, "others_cpu_share", "0.5");
+    set(&frcn, "others_cpu_share", "0.5");
+    set(&frcn, "loss", "9.5");
+    let frcn_broken = std::fs::read_to_string(frcn.join("metrics.csv")).unwrap();
+    let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--retime", "--cache-dir", &cache]);
+    assert!(!ok && out.contains("2 finished cells flagged"), "{out}{err}");
+    assert!(out.contains("retimed: the accuracy rows came out identical") && out.contains("column loss: 9.5 against"), "{out}");
+    assert!(err.contains("1 of 2 flagged cells kept their old timings") && !err.contains("panicked"), "{err}");
+    // hnm: every deterministic column as it first ran, the timings new (not the 0.5 planted)
+    let hnm_after = std::fs::read_to_string(hnm.join("metrics.csv")).unwrap();
+    assert_eq!(ohem_harness::harness::deterministic_difference(&hnm_before, &hnm_after), None);
+    assert!(!hnm_after.contains(",0.5,") && !hnm_after.ends_with(",0.5\n"), "{hnm_after}");
+    assert!(std::fs::read_to_string(hnm.join("train.log")).unwrap().contains("retimed"));
+    assert!(!hnm.join("retime").exists());
+    // frcn: untouched
+    assert_eq!(std::fs::read_to_string(frcn.join("metrics.csv")).unwrap(), frcn_broken);
+    assert!(!frcn.join("retime").exists());
+    // the comparison of two CSVs by hand: a timing column may differ, nothing else
+    let a = "epoch,loss,train_s\n1,0.5,3.0\n";
+    assert_eq!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.5,9.0\n"), None);
+    assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.6,3.0\n").unwrap().contains("column loss"));
+    assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.5,3.0\n2,0.4,3.0\n").unwrap().contains("rows"));
 }

@@ -91,66 +91,82 @@ impl Outcomes {
     /// VOC07 mAP and COCO AP@[.5:.95] with image i counted `w[i]` times (None where no class has
     /// ground truth). With every weight 1: the evaluation's mAP07 and COCO AP.
     pub fn metrics(&self, w: &[u32]) -> (Option<f64>, Option<f64>) {
+        (self.voc07(w), self.coco_ap(w))
+    }
+
+    /// VOC07 mAP with image i counted `w[i]` times.
+    pub fn voc07(&self, w: &[u32]) -> Option<f64> {
         debug_assert_eq!(w.len(), self.images);
-        let rec_thrs = linspace(0.0, 1.0, R);
         let mut aps = Vec::new();
-        let (mut coco_sum, mut coco_n) = (0.0f64, 0usize);
+        let (mut rec, mut prec) = (Vec::new(), Vec::new());
         for c in &self.classes {
             let npos: u64 = c.npos.iter().zip(w).map(|(&n, &w)| n as u64 * w as u64).sum();
-            if npos > 0 {
-                let (mut ctp, mut cfp) = (0.0f64, 0.0f64);
-                let (mut rec, mut prec) = (Vec::with_capacity(c.voc.len()), Vec::with_capacity(c.voc.len()));
-                for &(i, _, o) in &c.voc {
-                    let k = w[i as usize] as f64;
-                    if k == 0.0 || o == Outcome::Ignored {
-                        continue; // a point that repeats the previous one: no change to either AP
-                    }
-                    if o == Outcome::TruePositive {
-                        ctp += k;
-                    } else {
-                        cfp += k;
-                    }
-                    rec.push(ctp / npos as f64);
-                    prec.push(ctp / (ctp + cfp));
-                }
-                aps.push(average_precision(&rec, &prec, VocMetric::Voc07));
+            if npos == 0 {
+                continue;
             }
+            let (mut ctp, mut cfp) = (0.0f64, 0.0f64);
+            rec.clear();
+            prec.clear();
+            for &(i, _, o) in &c.voc {
+                let k = w[i as usize] as f64;
+                if k == 0.0 || o == Outcome::Ignored {
+                    continue; // a point that repeats the previous one: no change to either AP
+                }
+                if o == Outcome::TruePositive {
+                    ctp += k;
+                } else {
+                    cfp += k;
+                }
+                rec.push(ctp / npos as f64);
+                prec.push(ctp / (ctp + cfp));
+            }
+            aps.push(average_precision(&rec, &prec, VocMetric::Voc07));
+        }
+        (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64)
+    }
+
+    /// COCO AP@[.5:.95] (all areas, 100 detections) with image i counted `w[i]` times.
+    pub fn coco_ap(&self, w: &[u32]) -> Option<f64> {
+        debug_assert_eq!(w.len(), self.images);
+        let rec_thrs = linspace(0.0, 1.0, R);
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        let (mut rc, mut pr) = (Vec::new(), Vec::new());
+        for c in &self.classes {
             let npig: u64 = c.npig.iter().zip(w).map(|(&n, &w)| n as u64 * w as u64).sum();
-            if npig > 0 {
-                for t in 0..T {
-                    let (mut tp, mut fp) = (0u64, 0u64);
-                    let mut rc = Vec::with_capacity(c.coco.len());
-                    let mut pr = Vec::with_capacity(c.coco.len());
-                    for &(i, _, f) in &c.coco {
-                        let k = w[i as usize] as u64;
-                        if k == 0 {
-                            continue;
-                        }
-                        match f[t] {
-                            1 => tp += k,
-                            0 => fp += k,
-                            _ => {}
-                        }
-                        let (tpf, fpf) = (tp as f64, fp as f64);
-                        rc.push(tpf / npig as f64);
-                        pr.push(tpf / (fpf + tpf + f64::EPSILON));
+            if npig == 0 {
+                continue;
+            }
+            for t in 0..T {
+                let (mut tp, mut fp) = (0u64, 0u64);
+                rc.clear();
+                pr.clear();
+                for &(i, _, f) in &c.coco {
+                    let k = w[i as usize] as u64;
+                    if k == 0 {
+                        continue;
                     }
-                    for i in (1..pr.len()).rev() {
-                        if pr[i] > pr[i - 1] {
-                            pr[i - 1] = pr[i];
-                        }
+                    match f[t] {
+                        1 => tp += k,
+                        0 => fp += k,
+                        _ => {}
                     }
-                    for &r in &rec_thrs {
-                        let pi = rc.partition_point(|&x| x < r);
-                        coco_sum += pr.get(pi).copied().unwrap_or(0.0);
-                        coco_n += 1;
+                    let (tpf, fpf) = (tp as f64, fp as f64);
+                    rc.push(tpf / npig as f64);
+                    pr.push(tpf / (fpf + tpf + f64::EPSILON));
+                }
+                for i in (1..pr.len()).rev() {
+                    if pr[i] > pr[i - 1] {
+                        pr[i - 1] = pr[i];
                     }
+                }
+                for &r in &rec_thrs {
+                    let pi = rc.partition_point(|&x| x < r);
+                    sum += pr.get(pi).copied().unwrap_or(0.0);
+                    n += 1;
                 }
             }
         }
-        let map = (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64);
-        let coco = (coco_n > 0).then(|| coco_sum / coco_n as f64);
-        (map, coco)
+        (n > 0).then(|| sum / n as f64)
     }
 
     pub fn to_text(&self) -> String {

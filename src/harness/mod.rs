@@ -454,6 +454,69 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
     }
 }
 
+/// The first difference between two CSV files outside the timing columns
+/// ([`crate::rundir::TIMING_COLUMNS`]): None when every deterministic value is the same.
+pub fn deterministic_difference(a: &str, b: &str) -> Option<String> {
+    let (mut la, mut lb) = (a.lines(), b.lines());
+    let (ha, hb) = (la.next().unwrap_or_default(), lb.next().unwrap_or_default());
+    if ha != hb {
+        return Some(format!("the header differs ({ha:?} against {hb:?})"));
+    }
+    let header: Vec<&str> = ha.split(',').collect();
+    for (n, (x, y)) in la.by_ref().zip(lb.by_ref()).enumerate() {
+        let (fx, fy): (Vec<&str>, Vec<&str>) = (x.split(',').collect(), y.split(',').collect());
+        for (i, name) in header.iter().enumerate() {
+            if !crate::rundir::TIMING_COLUMNS.contains(name) && fx.get(i) != fy.get(i) {
+                return Some(format!("row {}, column {name}: {} against {}", n + 1, fx.get(i).unwrap_or(&""), fy.get(i).unwrap_or(&"")));
+            }
+        }
+    }
+    (a.lines().count() != b.lines().count()).then(|| format!("{} rows against {}", a.lines().count() - 1, b.lines().count() - 1))
+}
+
+/// `harness run --retime`: trains a finished cell again from scratch in `<cell>/retime/`, and,
+/// when every deterministic column of `metrics.csv` and `mining.csv` and the final evaluation's
+/// outcomes come out the same (they do on the same CPU model), replaces the cell's timings and
+/// manifest with the new run's; else leaves the cell as it was and says what differed. Returns
+/// the new run's directory's verdict in words.
+pub fn retime_cell(exe: &Path, cell: &Path, cfg_device: &str, cache_dir: Option<&Path>) -> Result<String> {
+    use crate::rundir::{MINING, OUTCOMES};
+    let tmp = cell.join("retime");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing the unfinished {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::copy(cell.join(CONFIG), tmp.join(CONFIG)).with_context(|| format!("copying {}", cell.join(CONFIG).display()))?;
+    let outcome = run_cell(exe, &tmp, None, cfg_device, true, cache_dir, &[])?;
+    let result = (|| -> Result<String> {
+        match outcome {
+            CellOutcome::Done => {}
+            CellOutcome::Failed(why) => bail!("the rerun failed: {why}"),
+            CellOutcome::Busy => bail!("the rerun's directory is locked by another process"),
+            CellOutcome::Preempted(p) => bail!("the rerun was pre-empted ({p})"),
+        }
+        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+        for f in [crate::rundir::METRICS, MINING] {
+            if let Some(d) = deterministic_difference(&read(cell, f), &read(&tmp, f)) {
+                bail!("{f} of the rerun differs from the cell's ({d}): on another CPU model the floats move; the cell keeps its timings");
+            }
+        }
+        if cell.join(OUTCOMES).is_file() && read(cell, OUTCOMES) != read(&tmp, OUTCOMES) {
+            bail!("{OUTCOMES} of the rerun differs from the cell's; the cell keeps its timings");
+        }
+        for f in [crate::rundir::METRICS, MINING, crate::rundir::MANIFEST] {
+            if tmp.join(f).is_file() {
+                crate::rundir::rename_durably(&tmp.join(f), &cell.join(f))?;
+            }
+        }
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(cell.join("train.log"))?;
+        writeln!(log, "retimed {}: trained again from scratch; every deterministic column identical, the timings and the manifest are the rerun's", now())?;
+        Ok("retimed: the accuracy rows came out identical; the timings are the rerun's".into())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 /// `harness cell <results> --index I`: runs cell I of `cells.json` (one Slurm
 /// array task), with the same skip, resume and lock rules as `harness run`.
 pub fn run_one(results: &Path, index: usize, force: bool, cache_dir: Option<&Path>) -> Result<CellOutcome> {

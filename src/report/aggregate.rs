@@ -48,6 +48,11 @@ pub struct Aggregate<'a> {
     /// Per arm, the finished seeds whose timings are not to be read, and why
     /// ([`RunLog::timing_flag`]): left out of every timing comparison.
     pub flagged: BTreeMap<String, BTreeMap<u64, String>>,
+    /// Nadeau and Bengio's n_test / n_train over the cells' resampled splits (0 without
+    /// splits): every interval over units is widened by it ([`super::stats::compare_units`]).
+    pub rho: f64,
+    /// How many resampled splits the finished cells ran on (0 without `splits:`).
+    pub splits: usize,
 }
 
 impl<'a> Aggregate<'a> {
@@ -70,7 +75,7 @@ impl<'a> Aggregate<'a> {
     /// and the comparison stays paired).
     pub fn timed(&self, arm: &str, other: &str) -> Vec<&'a RunLog> {
         let flagged = |a: &str, seed: u64| self.flagged.get(a).is_some_and(|f| f.contains_key(&seed));
-        self.by_arm(arm).into_iter().filter(|r| !flagged(arm, r.seed) && !flagged(other, r.seed)).collect()
+        self.by_arm(arm).into_iter().filter(|r| !flagged(arm, r.unit()) && !flagged(other, r.unit())).collect()
     }
 
     /// `measure` (a timing) for each timed seed of `arm` against `other` that has it, and how
@@ -122,7 +127,7 @@ impl<'a> Aggregate<'a> {
     /// As [`Aggregate::per_seed`], with time to target taken at `target`.
     pub fn per_seed_at(&self, arm: &str, other: &str, measure: Measure, target: f64) -> (Vec<Seeded>, usize) {
         let rs = self.timed(arm, other);
-        (rs.iter().filter_map(|r| r.measure(measure, self.metric(), target).map(|v| (r.seed, v))).collect(), rs.len())
+        (rs.iter().filter_map(|r| r.measure(measure, self.metric(), target).map(|v| (r.unit(), v))).collect(), rs.len())
     }
 }
 
@@ -131,7 +136,7 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
     let metric = meta.report.metric;
     let done: Vec<&RunLog> = runs.iter().filter(|r| r.state == State::Done && !r.rows.is_empty()).collect();
     let by_arm = |arm: &str| -> Vec<&RunLog> { done.iter().copied().filter(|r| r.arm == arm).collect() };
-    let finals: BTreeMap<String, Vec<Seeded>> = meta.arms.iter().map(|a| (a.clone(), by_arm(a).iter().filter_map(|r| r.final_map(metric).map(|m| (r.seed, m))).collect())).collect();
+    let finals: BTreeMap<String, Vec<Seeded>> = meta.arms.iter().map(|a| (a.clone(), by_arm(a).iter().filter_map(|r| r.final_map(metric).map(|m| (r.unit(), m))).collect())).collect();
     let values = |v: &[Seeded]| v.iter().map(|x| x.1).collect::<Vec<f64>>();
     let best_final = finals.values().filter_map(|v| mean_std(&values(v)).map(|m| m.0)).fold(f64::NAN, f64::max);
     let (target, target_note) = match meta.report.target_map {
@@ -166,16 +171,21 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
     let mut flagged: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
     for r in &done {
         if let Some(why) = r.timing_flag() {
-            flagged.entry(r.arm.clone()).or_default().insert(r.seed, why);
+            flagged.entry(r.arm.clone()).or_default().insert(r.unit(), why);
         }
     }
-    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged })
+    // Nadeau and Bengio's correction: the mean share of test to training images over the
+    // finished cells' splits (0 without splits: the seed-only interval, unchanged)
+    let ratios: Vec<f64> = done.iter().filter_map(|r| r.split.as_ref()).map(|s| s.test as f64 / s.train.max(1) as f64).collect();
+    let rho = if ratios.is_empty() { 0.0 } else { ratios.iter().sum::<f64>() / ratios.len() as f64 };
+    let splits = done.iter().filter_map(|r| r.split.as_ref().map(|s| s.index)).collect::<std::collections::BTreeSet<_>>().len();
+    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged, rho, splits })
 }
 
 /// The long table of every epoch of every run, as a polars DataFrame.
 pub fn long_table(runs: &[RunLog], metric: Metric) -> Result<DataFrame> {
     let rows: Vec<(&RunLog, &EpochRow)> = runs.iter().flat_map(|r| r.rows.iter().map(move |e| (r, e))).collect();
-    let df = df!(
+    let mut df = df!(
         "arm" => rows.iter().map(|(r, _)| r.arm.clone()).collect::<Vec<_>>(),
         "seed" => rows.iter().map(|(r, _)| r.seed).collect::<Vec<_>>(),
         "state" => rows.iter().map(|(r, _)| format!("{:?}", r.state).to_lowercase()).collect::<Vec<_>>(),
@@ -193,6 +203,10 @@ pub fn long_table(runs: &[RunLog], metric: Metric) -> Result<DataFrame> {
         "cache_size" => rows.iter().map(|(_, e)| e.cache_size as u64).collect::<Vec<_>>(),
         "map" => rows.iter().map(|(_, e)| e.map(metric)).collect::<Vec<_>>()
     )?;
+    if runs.iter().any(|r| r.split.is_some()) {
+        let split = Column::new("split".into(), rows.iter().map(|(r, _)| r.split.as_ref().map(|s| s.label.clone()).unwrap_or_default()).collect::<Vec<_>>());
+        df.insert_column(2, split)?;
+    }
     Ok(df)
 }
 
@@ -202,12 +216,18 @@ fn column_stats(df: &DataFrame, arm: &str, col: &str) -> Result<Option<(f64, f64
     let mask = df.column("arm")?.str()?.equal(arm) & df.column("state")?.str()?.equal("done");
     let sub = df.filter(&mask)?;
     let seeds = sub.column("seed")?.u64()?;
-    let mut uniq: Vec<u64> = seeds.iter().flatten().collect();
+    // the unit: the seed, or (split, seed) where the table has splits
+    let splits: Vec<String> = match sub.column("split") {
+        Ok(c) => c.str()?.iter().map(|x| x.unwrap_or_default().to_string()).collect(),
+        Err(_) => vec![String::new(); sub.height()],
+    };
+    let mut uniq: Vec<(String, u64)> = splits.iter().cloned().zip(seeds.iter().flatten()).collect();
     uniq.sort_unstable();
     uniq.dedup();
     let mut per_seed = Vec::new();
-    for s in uniq {
-        let rows = sub.filter(&seeds.equal(s))?;
+    for (split, seed) in uniq {
+        let in_split = BooleanChunked::from_iter(splits.iter().map(|x| *x == split));
+        let rows = sub.filter(&(seeds.equal(seed) & in_split))?;
         per_seed.extend(rows.column(col)?.f64()?.mean());
     }
     Ok(mean_std(&per_seed))

@@ -5,7 +5,7 @@
 use super::aggregate::Aggregate;
 use std::collections::BTreeSet;
 
-use super::stats::{compare, compare_at, family_level, gehan, seeds_needed, Estimate, Scale, Seeded};
+use super::stats::{compare_units, family_level, gehan, seeds_needed, Estimate, Scale, Seeded};
 use super::{judge, RunLog};
 use crate::rundir::{Measure, Regime};
 
@@ -83,6 +83,16 @@ pub struct MapDiff {
 /// How an interval was made, for the tables: "95%" for a family of one, else "Bonferroni over m (99.8%)".
 pub fn family_text(m: usize) -> String {
     if m >= 2 { format!("Bonferroni over {m} ({:.2}%)", 100.0 * family_level(m)) } else { "95%".into() }
+}
+
+/// How an interval over units was made: the family's text, plus, in a study over resampled
+/// splits, "corrected resampled t over (split, seed) units".
+fn units_text(agg: &Aggregate, family: String) -> String {
+    if agg.rho > 0.0 {
+        format!("{family}, Nadeau-Bengio corrected over (split, seed) units")
+    } else {
+        family
+    }
 }
 
 /// The study's family: every comparison its Findings and Verdicts state, one per unordered
@@ -210,8 +220,8 @@ pub fn speedups(agg: &Aggregate, family: usize) -> Vec<Speedup> {
                 // a pair the findings do not compare (one arm trained for fewer epochs) gets its
                 // 95% interval for the tables, but no family-wise one and no test: it is no finding
                 let stated = comparable(agg, b, a, measure);
-                let r = if dnf { None } else { compare(&bv, &av, Scale::Ratio) };
-                let fw = if dnf || !stated { None } else { compare_at(&bv, &av, Scale::Ratio, family_level(family)) }.and_then(|x| x.ci);
+                let r = if dnf { None } else { compare_units(&bv, &av, Scale::Ratio, 0.95, agg.rho) };
+                let fw = if dnf || !stated { None } else { compare_units(&bv, &av, Scale::Ratio, family_level(family), agg.rho) }.and_then(|x| x.ci);
                 let censored = if dnf && stated { censored_test(agg, b, a, family) } else { None };
                 let note = if !stated {
                     let (eb, ea) = (epochs_of(agg, b).unwrap_or(0), epochs_of(agg, a).unwrap_or(0));
@@ -240,8 +250,8 @@ pub fn map_diffs(agg: &Aggregate, family: usize) -> Vec<MapDiff> {
         let arms: Vec<&String> = agg.meta.arms.iter().filter(|a| *a != b && same_length(agg, b, a)).collect();
         for a in arms {
             let (bv, av) = (agg.finals_of(b), agg.finals_of(a));
-            let diff = compare(&bv, &av, Scale::Difference);
-            let fw = compare_at(&bv, &av, Scale::Difference, family_level(family));
+            let diff = compare_units(&bv, &av, Scale::Difference, 0.95, agg.rho);
+            let fw = compare_units(&bv, &av, Scale::Difference, family_level(family), agg.rho);
             out.push(MapDiff { baseline: b.clone(), arm: a.clone(), diff, family, fw, baseline_seeds: bv.len(), arm_seeds: av.len() });
         }
     }
@@ -294,7 +304,7 @@ pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) ->
             value: d.diff.map(|x| x.value),
             ci_lo: ci.map(|c| c.0),
             ci_hi: ci.map(|c| c.1),
-            interval: family_text(d.family),
+            interval: units_text(agg, family_text(d.family)),
             finding: words(ci, 0.0, &format!("{a} ends higher than {b}"), &format!("{a} ends lower than {b}"), "fewer than 2 seeds in an arm"),
         });
     }
@@ -327,7 +337,7 @@ pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) ->
             value: s.ratio,
             ci_lo: ci.map(|c| c.0),
             ci_hi: ci.map(|c| c.1),
-            interval: family_text(s.family),
+            interval: units_text(agg, family_text(s.family)),
             finding: words(ci, 1.0, &format!("{a} is faster than {b} in {m}"), &format!("{a} is slower than {b} in {m}"), &missing),
         });
     }
@@ -375,7 +385,9 @@ pub fn warnings(agg: &Aggregate) -> Vec<Warning> {
     for arm in &agg.meta.arms {
         let Some(f) = agg.flagged.get(arm) else { continue };
         let n = agg.by_arm(arm).len();
-        let why: Vec<String> = f.iter().map(|(seed, why)| format!("seed {seed}: {why}")).collect();
+        let runs = agg.by_arm(arm);
+        let name = |u: u64| runs.iter().find(|r| r.unit() == u).map(|r| r.unit_name()).unwrap_or_else(|| format!("seed {u}"));
+        let why: Vec<String> = f.iter().map(|(u, why)| format!("{}: {why}", name(*u))).collect();
         out.push(Warning { arm: arm.clone(), text: format!("{arm}: {} of {n} cells left out of every timing comparison (and, to keep them paired, the same seeds of the arm compared with), their timings disturbed by their own evidence: {}", f.len(), why.join("; ")) });
     }
     out
@@ -419,11 +431,11 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
         let (av, an) = agg.per_seed(&v.arm, &v.baseline, v.measure);
         let seeds = bn.min(an);
         let same_length = same_length(agg, &v.baseline, &v.arm);
-        let md = if same_length { compare_at(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference, family_level(family)) } else { None };
+        let md = if same_length { compare_units(&agg.finals_of(&v.baseline), &agg.finals_of(&v.arm), Scale::Difference, family_level(family), agg.rho) } else { None };
         let dnf = dnf(v.measure, (&bv, bn), (&av, an));
         // the verdict's words come from the study's family-wise interval
         let level = family_level(family);
-        let r = if dnf { None } else { compare_at(&bv, &av, Scale::Ratio, level) };
+        let r = if dnf { None } else { compare_units(&bv, &av, Scale::Ratio, level, agg.rho) };
         let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
         let regime = agg.regime(&v.arm);
         let (word, need, mut note) = match (r, r.and_then(|x| x.ci)) {
@@ -533,7 +545,7 @@ pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoi
         if bn == 0 || an == 0 || bv.len() < bn || av.len() < an {
             continue;
         }
-        if let Some(e) = compare(&bv, &av, Scale::Ratio) {
+        if let Some(e) = compare_units(&bv, &av, Scale::Ratio, 0.95, agg.rho) {
             out.push((TargetPoint { baseline: baseline.into(), arm: arm.into(), target, ratio: e.value, ci: e.ci, family: 1, reached: (bv.len(), av.len()), seeds: (bn, an) }, bv, av));
         }
     }
@@ -541,7 +553,7 @@ pub fn target_curve(agg: &Aggregate, baseline: &str, arm: &str) -> Vec<TargetPoi
     let k = out.len();
     out.into_iter()
         .map(|(mut p, bv, av)| {
-            p.ci = compare_at(&bv, &av, Scale::Ratio, family_level(k)).and_then(|e| e.ci);
+            p.ci = compare_units(&bv, &av, Scale::Ratio, family_level(k), agg.rho).and_then(|e| e.ci);
             p.family = k;
             p
         })

@@ -35,6 +35,7 @@ pub mod aggregate;
 pub mod charts;
 pub mod claims;
 pub mod compare;
+pub mod splits;
 pub mod stats;
 pub mod write;
 
@@ -53,6 +54,10 @@ pub use compare::{Finding, MapDiff, Speedup, Verdict, Warning, Word};
 pub struct RunLog {
     pub arm: String,
     pub seed: u64,
+    /// The resampled split it ran on (a grid with `splits:`).
+    pub split: Option<crate::rundir::CellSplit>,
+    /// Its final evaluation's match outcomes (`outcomes.txt`), where the run wrote them.
+    pub outcomes: Option<PathBuf>,
     pub state: State,
     pub reason: Option<String>,
     pub rows: Vec<EpochRow>,
@@ -66,6 +71,20 @@ pub struct RunLog {
 }
 
 impl RunLog {
+    /// The unit its comparisons pair on: the seed, or (split, seed) in a grid with `splits:`
+    /// (`(split index + 1) << 32 | seed`: the seed alone where there are no splits).
+    pub fn unit(&self) -> u64 {
+        unit_of(self.split.as_ref().map(|s| s.index), self.seed)
+    }
+
+    /// "seed 3", or "split f2 seed 3".
+    pub fn unit_name(&self) -> String {
+        match &self.split {
+            Some(s) => format!("split {} seed {}", s.label, self.seed),
+            None => format!("seed {}", self.seed),
+        }
+    }
+
     /// Whether the run mined offline (rounds logged, or mining time spent).
     pub fn mines(&self) -> bool {
         !self.mining.is_empty() || self.rows.iter().any(|r| r.mine_s > 0.0)
@@ -241,6 +260,8 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)>
             mining,
             arm: cell.arm,
             seed: cell.seed,
+            split: cell.split,
+            outcomes: Some(d.join(crate::rundir::OUTCOMES)).filter(|p| p.is_file()),
             state: status.as_ref().map(|s| s.state).unwrap_or(State::Pending),
             reason: status.and_then(|s| s.reason),
             rows,
@@ -248,6 +269,11 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)>
         });
     }
     Ok((meta, runs, unreadable))
+}
+
+/// The unit key of (split index, seed): the seed alone without a split.
+pub fn unit_of(split: Option<usize>, seed: u64) -> u64 {
+    split.map_or(0, |i| (i as u64 + 1) << 32) | seed
 }
 
 /// What [`generate`] wrote, and what the command line should say.
@@ -276,6 +302,14 @@ pub fn generate(results: &Path) -> Result<Generated> {
     notes.extend(verdicts.iter().map(|v| format!("verdict: {}", write::verdict_line(v, meta.report.metric).replace("**", ""))));
     let findings = compare::findings(&agg, &speedups, &map_diffs);
     write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts, &findings)?;
+    let (across, across_notes) = splits::across(&agg, &map_diffs, family);
+    let shown = agg.splits > 0 || across.iter().any(|r| r.test_units > 0);
+    let across_csv = results.join("across_splits.csv");
+    if shown {
+        write::across_csv(&across_csv, &across)?;
+    } else if across_csv.exists() {
+        std::fs::remove_file(&across_csv).with_context(|| format!("removing the stale {}", across_csv.display()))?;
+    }
     let curve: Vec<compare::TargetPoint> = meta.report.verdicts.iter().filter(|v| v.measure == Measure::TimeToTarget).flat_map(|v| compare::target_curve(&agg, &v.baseline, &v.arm)).collect();
     if !curve.is_empty() {
         write::target_curve_csv(results, &curve)?;
@@ -293,6 +327,6 @@ pub fn generate(results: &Path) -> Result<Generated> {
         charts.push(charts::draw_target_curve(results, &curve)?);
     }
     let path = results.join("summary.md");
-    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, &warnings, &unreadable, &charts).as_bytes())?;
+    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), &warnings, &unreadable, &charts).as_bytes())?;
     Ok(Generated { summary: path, notes })
 }
