@@ -614,10 +614,13 @@ pub enum Measure {
     TotalWallS,
     /// Training seconds per iteration.
     SPerIter,
+    /// The process's CPU seconds (user + system) per training iteration, on CPU runs that
+    /// logged them: the timing that moved least beside a busy process (docs/benchmarks.md).
+    CpuSPerIter,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 3] = [Measure::TimeToTarget, Measure::TotalWallS, Measure::SPerIter];
+    pub const ALL: [Measure; 4] = [Measure::TimeToTarget, Measure::TotalWallS, Measure::SPerIter, Measure::CpuSPerIter];
 
     /// The name grid files and the report's tables use.
     pub fn name(self) -> &'static str {
@@ -625,6 +628,7 @@ impl Measure {
             Measure::TimeToTarget => "time_to_target",
             Measure::TotalWallS => "total_wall_s",
             Measure::SPerIter => "s_per_iter",
+            Measure::CpuSPerIter => "cpu_s_per_iter",
         }
     }
 }

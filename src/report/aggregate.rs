@@ -53,6 +53,9 @@ pub struct Aggregate<'a> {
     pub rho: f64,
     /// How many resampled splits the finished cells ran on (0 without `splits:`).
     pub splits: usize,
+    /// Whether any finished cell logged its CPU seconds (on the CPU): only then is
+    /// `cpu_s_per_iter` compared (older logs' reports are unchanged).
+    pub has_cpu: bool,
 }
 
 impl<'a> Aggregate<'a> {
@@ -179,7 +182,8 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
     let ratios: Vec<f64> = done.iter().filter_map(|r| r.split.as_ref()).map(|s| s.test as f64 / s.train.max(1) as f64).collect();
     let rho = if ratios.is_empty() { 0.0 } else { ratios.iter().sum::<f64>() / ratios.len() as f64 };
     let splits = done.iter().filter_map(|r| r.split.as_ref().map(|s| s.index)).collect::<std::collections::BTreeSet<_>>().len();
-    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged, rho, splits })
+    let has_cpu = done.iter().any(|r| r.cpu_s_per_iter().is_some());
+    Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged, rho, splits, has_cpu })
 }
 
 /// The long table of every epoch of every run, as a polars DataFrame.

@@ -172,21 +172,24 @@ where
     let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
     let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; family-wise t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
-    let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-    for (k, m) in Measure::ALL.into_iter().enumerate() {
+    let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
+    // the measures the rows hold (cpu_s_per_iter only where the cells logged CPU seconds)
+    let measures: Vec<Measure> = Measure::ALL.into_iter().filter(|m| rows.iter().any(|s| s.measure == *m)).collect();
+    let width = 0.75 / measures.len().max(1) as f64;
+    for (k, m) in measures.into_iter().enumerate() {
         let c = shades[k];
         let bars: Vec<(f64, f64, Option<(f64, f64)>)> = labels
             .iter()
             .enumerate()
-            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + 0.25 * k as f64, r, s.fw_lo.zip(s.fw_hi)))))
+            .filter_map(|(i, a)| rows.iter().find(|s| &s.arm == a && s.measure == m).and_then(|s| s.ratio.map(|r| (i as f64 - 0.375 + width * k as f64, r, s.fw_lo.zip(s.fw_hi)))))
             .collect();
         chart
-            .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + 0.2, *r)], c.filled())))
+            .draw_series(bars.iter().map(|(x, r, _)| Rectangle::new([(*x, 0.0), (*x + width * 0.8, *r)], c.filled())))
             .map_err(err)?
             .label(m.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         chart
-            .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + 0.1, lo), (*x + 0.1, hi)], BLACK.stroke_width(2)))))
+            .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + width * 0.4, lo), (*x + width * 0.4, hi)], BLACK.stroke_width(2)))))
             .map_err(err)?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;

@@ -213,7 +213,7 @@ pub fn speedups(agg: &Aggregate, family: usize) -> Vec<Speedup> {
     let mut out = Vec::new();
     for b in &baselines(agg) {
         for a in agg.meta.arms.iter().filter(|a| *a != b) {
-            for measure in Measure::ALL {
+            for measure in Measure::ALL.into_iter().filter(|m| *m != Measure::CpuSPerIter || agg.has_cpu) {
                 let (bv, bn) = agg.per_seed(b, a, measure);
                 let (av, an) = agg.per_seed(a, b, measure);
                 let dnf = dnf(measure, (&bv, bn), (&av, an));
@@ -357,7 +357,11 @@ pub fn finding_line(f: &Finding) -> String {
 /// iteration between any two arms; time to target and total wall clock only between arms
 /// trained for as long (a one-epoch timing arm against full runs is no comparison).
 pub fn comparable(agg: &Aggregate, baseline: &str, arm: &str, measure: Measure) -> bool {
-    measure == Measure::SPerIter || same_length(agg, baseline, arm)
+    match measure {
+        Measure::CpuSPerIter => agg.has_cpu,
+        Measure::SPerIter => true,
+        _ => same_length(agg, baseline, arm),
+    }
 }
 
 /// The most epochs any cell of `arm` trained.

@@ -77,6 +77,18 @@ impl RunLog {
         unit_of(self.split.as_ref().map(|s| s.index), self.seed)
     }
 
+    /// CPU seconds per training iteration over the run, where every epoch logged them and the
+    /// run trained on the CPU (on a GPU the process's CPU time is not the training's cost).
+    pub fn cpu_s_per_iter(&self) -> Option<f64> {
+        let on_gpu = self.manifest.as_ref().and_then(|m| m.device_used.as_deref()).is_some_and(|d| d.starts_with("cuda"));
+        if on_gpu || self.rows.is_empty() {
+            return None;
+        }
+        let cpu: Option<f64> = self.rows.iter().map(|e| e.cpu_s).sum();
+        let iters: usize = self.rows.iter().map(|e| e.iterations).sum();
+        cpu.filter(|_| iters > 0).map(|c| c / iters as f64)
+    }
+
     /// "seed 3", or "split f2 seed 3".
     pub fn unit_name(&self) -> String {
         match &self.split {
@@ -139,6 +151,7 @@ impl RunLog {
             Measure::TimeToTarget => time_to_target(&self.rows, metric, target),
             Measure::TotalWallS => self.rows.last().map(|e| e.wall_s),
             Measure::SPerIter => Some(self.rows.iter().map(|e| e.train_s / e.iterations.max(1) as f64).sum::<f64>() / self.rows.len() as f64),
+            Measure::CpuSPerIter => self.cpu_s_per_iter(),
         }
     }
 }
