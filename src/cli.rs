@@ -734,6 +734,13 @@ fn retime(g: &crate::harness::Grid, cache_dir: Option<&std::path::Path>) -> Resu
             r.timing_flag().map(|why| (c, why))
         })
         .collect();
+    // a cell still training would both disturb the reruns and be disturbed by them
+    for c in &g.cells {
+        let dir = g.results.join(crate::harness::CELLS).join(&c.dir_name);
+        if crate::harness::read_status(&dir).is_some_and(|s| s.state == crate::rundir::State::Running) && crate::rundir::try_lock(&dir).is_err() {
+            bail!("{}: the cell is training now; retime when the grid's run has ended, on a quiet machine", dir.display());
+        }
+    }
     println!("{}: {} finished cells flagged for their timings", g.name, flagged.len());
     let mut kept = Vec::new();
     for (c, why) in &flagged {
@@ -761,7 +768,8 @@ fn retime(g: &crate::harness::Grid, cache_dir: Option<&std::path::Path>) -> Resu
 fn dry_run(g: &crate::harness::Grid) {
     println!("{}: {} cells in {}", g.name, g.cells.len(), g.results.display());
     for (root, plan) in &g.plans {
-        println!("  splits of {}: {} images pooled", root.display(), plan.groups.len());
+        let overlaps = if plan.overlap_checked { "" } else { "; no tile records (tiles.csv): images that share pixels, if any, are not kept apart unless the groups do it" };
+        println!("  splits of {}: {} images pooled{overlaps}", root.display(), plan.groups.len());
         for s in &plan.splits {
             println!("    {}: {} training, {} test, {} left out of training for overlapping a test tile ({})", s.label, s.train.len(), s.test.len(), s.buffered.len(), s.name);
         }
@@ -790,6 +798,9 @@ fn run_grid(a: RunArgs, progress: bool) -> Result<()> {
         return Ok(());
     }
     if a.retime {
+        if a.executor == Executor::Slurm {
+            bail!("--retime runs here, one cell at a time, to time them on one quiet machine; leave out --executor slurm");
+        }
         return retime(&g, a.cache_dir.as_deref());
     }
     if a.executor == Executor::Slurm {

@@ -463,7 +463,7 @@ fn the_report_names_every_cell_it_leaves_out_and_no_spread_resolves_nothing() {
     assert!(out.notes.iter().any(|n| n.starts_with("warning:") && n.contains(&path)), "{:?}", out.notes);
     let text = std::fs::read_to_string(&out.summary).unwrap();
     let left = text.split("Cells not in the tables above:").nth(1).expect("a section of the cells left out");
-    for needle in ["- b seed 2: failed: out of memory", "- a seed 3: running", "- a seed 4: pending", &format!("- unreadable, left out: {path}")] {
+    for needle in ["- b seed 2: failed: out of memory", "- a seed 3: running", "- a seed 4: pending", &format!("- left out: {path}: unreadable")] {
         assert!(left.contains(needle), "{needle:?} not in:\n{left}");
     }
     // the zero-width interval: said, and never a resolution
@@ -667,15 +667,15 @@ fn a_grid_over_resampled_splits_runs_and_reports_across_them() {
     let t = tempfile::tempdir().unwrap();
     let data = crate::util::copy_of(tiny_dataset());
     let cache = crate::util::cache_dir().to_str().unwrap().to_string();
-    let body = "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  ohem:\n    sampler: {kind: ohem}\nsplits:\n  folds: 2\n  group_by: image\nseeds: [0]\nreport:\n  baselines: [frcn]\n";
+    let body = "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  ohem:\n    sampler: {kind: ohem}\nsplits:\n  folds: 2\n  group_by: image\nseeds: [0, 1]\nreport:\n  baselines: [frcn]\n";
     let p = write_grid(t.path(), body);
     let root = data.path().to_str().unwrap();
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run", "--set", &format!("dataset.root={root}")]);
-    assert!(ok && out.contains("4 cells") && out.contains("f0: ") && out.contains("f1: ") && out.contains("split f1"), "{out}{err}");
+    assert!(ok && out.contains("8 cells") && out.contains("f0: ") && out.contains("f1: ") && out.contains("split f1") && out.contains("no tile records"), "{out}{err}");
     let main = data.path().join("ImageSets/Main");
     assert!(!std::fs::read_dir(&main).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("cv-")), "the dry run wrote split files");
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--set", &format!("dataset.root={root}")]);
-    assert!(ok && out.contains("4 run"), "{out}\n{err}");
+    assert!(ok && out.contains("8 run"), "{out}\n{err}");
     // the folds partition the pool (trainval + test of the tiny set): each image tested once
     let ids = |f: &str| std::fs::read_to_string(main.join(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
     let mut pool = [ids("trainval.txt"), ids("test.txt")].concat();
@@ -694,10 +694,10 @@ fn a_grid_over_resampled_splits_runs_and_reports_across_them() {
     }
     let res = t.path().join("results");
     let cells = ohem_harness::rundir::read_cells(&res).unwrap();
-    assert_eq!(cells.len(), 4);
+    assert_eq!(cells.len(), 8);
     for c in &cells {
         let s = c.split.as_ref().expect("a split");
-        assert!(c.dir.contains(&format!("-{}-s0-", s.label)), "{}", c.dir);
+        assert!(c.dir.contains(&format!("-{}-s{}-", s.label, c.seed)), "{}", c.dir);
         assert!(res.join("cells").join(&c.dir).join("outcomes.txt").is_file());
     }
     assert!(res.join("splits.csv").is_file());
@@ -705,10 +705,37 @@ fn a_grid_over_resampled_splits_runs_and_reports_across_them() {
     assert!(summary.contains("## Across splits and test sets") && summary.contains("Nadeau-Bengio corrected over (split, seed) units"), "{summary}");
     assert!(summary.contains("per split (mean, seeds): f0 ") && summary.contains("test-set bootstrap of the mean difference ["), "{summary}");
     assert!(!summary.contains("outcomes give"), "outcomes that do not give back the logged mAP:\n{summary}");
+    // the units pair across arms by split and seed: the Findings' difference is the mean of the
+    // per-(split, seed) differences, computed here from the cells' own metrics.csv
+    let final_map = |dir: &str| -> f64 {
+        let text = std::fs::read_to_string(res.join("cells").join(dir).join("metrics.csv")).unwrap();
+        let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+        let i = header.iter().position(|h| *h == "map_voc07").unwrap();
+        text.lines().last().unwrap().split(',').nth(i).unwrap().parse().unwrap()
+    };
+    let mut diffs = Vec::new();
+    for c in cells.iter().filter(|c| c.arm == "ohem") {
+        let b = cells.iter().find(|b| b.arm == "frcn" && b.seed == c.seed && b.split.as_ref().unwrap().index == c.split.as_ref().unwrap().index).unwrap();
+        diffs.push(final_map(&c.dir) - final_map(&b.dir));
+    }
+    let want = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let mut f = csv::Reader::from_path(res.join("findings.csv")).unwrap();
+    let rows: Vec<std::collections::HashMap<String, String>> = f.deserialize().map(|x| x.unwrap()).collect();
+    let got: f64 = rows.iter().find(|r| r["measure"] == "final_map_voc07").unwrap()["value"].parse().unwrap();
+    assert!((got - want).abs() < 1e-9, "{got} against the paired mean {want}");
+    // a folder an earlier plan left behind is not a cell of this grid: left out, and named
+    let first = res.join("cells").join(&cells[0].dir);
+    crate::util::copy_dir(&first, &res.join("cells").join("frcn-f0-s0-0123456789ab"));
+    let rep = ohem_harness::report::generate(&res).unwrap();
+    assert!(rep.notes.iter().any(|n| n.contains("frcn-f0-s0-0123456789ab") && n.contains("not a cell of")), "{:?}", rep.notes);
+    let again = std::fs::read_to_string(res.join("summary.md")).unwrap();
+    let tables = |t: &str| t.split("\nCells not in the tables").next().unwrap().split("\nCharts:").next().unwrap().to_string();
+    assert_eq!(tables(&again), tables(&summary), "the leftover folder changed the tables");
+    std::fs::remove_dir_all(res.join("cells").join("frcn-f0-s0-0123456789ab")).unwrap();
     // the second time: every cell skipped, the same split files
     let before: Vec<Vec<u8>> = split_files.iter().map(|f| std::fs::read(main.join(f)).unwrap()).collect();
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--set", &format!("dataset.root={root}")]);
-    assert!(ok && out.contains("0 run, 4 already done"), "{out}{err}");
+    assert!(ok && out.contains("0 run, 8 already done"), "{out}{err}");
     let after: Vec<Vec<u8>> = split_files.iter().map(|f| std::fs::read(main.join(f)).unwrap()).collect();
     assert!(before == after);
 }

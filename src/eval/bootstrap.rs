@@ -280,6 +280,11 @@ mod tests {
     /// A random VOC case: `n` images with objects of 3 classes (some difficult), detections
     /// near and far from them with tied scores now and then.
     fn case(seed: u64, n: usize) -> (Vec<Annotation>, Vec<String>, Vec<Vec<Detection>>) {
+        case_with(seed, n, true)
+    }
+
+    /// [`case`], with scores tied now and then (`tied`) or all distinct.
+    fn case_with(seed: u64, n: usize, tied: bool) -> (Vec<Annotation>, Vec<String>, Vec<Vec<Detection>>) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let classes: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         let mut anns = Vec::new();
@@ -294,7 +299,7 @@ mod tests {
             for o in &objects {
                 for _ in 0..rng.random_range(0..3) {
                     let j = rng.random_range(-8.0..8.0f32);
-                    let score = (rng.random_range(0..20) as f32) / 20.0;
+                    let score = if tied { (rng.random_range(0..20) as f32) / 20.0 } else { rng.random_range(0.0..1.0) };
                     dets[o.class].push(Detection { image: i as u32, score, bbox: [o.bbox[0] + j, o.bbox[1] + j, o.bbox[2] + j, o.bbox[3] - j] });
                 }
             }
@@ -336,10 +341,10 @@ mod tests {
     }
 
     /// A resample is a real test set: the weights of a draw give what evaluating the drawn
-    /// images (each copy a new image) gives.
+    /// images (each copy a new image) gives, exactly where no two detections tie in score.
     #[test]
     fn weights_equal_evaluating_the_copies() {
-        let (anns, classes, dets) = case(3, 30);
+        let (anns, classes, dets) = case_with(3, 30, false);
         let gt = crate::eval::coco::gt_of_annotations(&anns);
         let o = Outcomes::compute(&anns, &classes, &dets, &gt, &[1, 2, 3]);
         let w = draw(anns.len(), &mut rand_chacha::ChaCha8Rng::seed_from_u64(4));
@@ -356,10 +361,14 @@ mod tests {
                 }
             }
         }
-        let (m07, _) = o.metrics(&w);
+        let (m07, ap) = o.metrics(&w);
         let want = crate::eval::evaluate(&anns2, &classes, &dets2, VocMetric::Voc07).map;
-        // equal up to the order of tied scores across copies (one tie block per detection)
-        assert!((m07.unwrap() - want).abs() < 0.02, "{m07:?} vs {want}");
+        assert!((m07.unwrap() - want).abs() < 1e-12, "{m07:?} vs {want}");
+        let gt2 = crate::eval::coco::gt_of_annotations(&anns2);
+        let ids2 = crate::data::coco::image_ids(&anns2);
+        let mut dets_of = |cat: i64| crate::eval::coco::dets_of_class(&ids2, &dets2[(cat - 1) as usize], cat);
+        let want = evaluate_by_category(&ids2, &[1, 2, 3], &gt2, &mut dets_of).stats[0];
+        assert!((ap.unwrap() - want).abs() < 1e-12, "{ap:?} vs {want}");
     }
 
     /// The COCO side on pycocotools' own random case (crowds, area edges, > 100 detections).

@@ -151,6 +151,9 @@ impl Grid {
         let mut plans: Vec<((PathBuf, Vec<String>), Plan)> = Vec::new();
         if let Some(sp) = &file.splits {
             sp.check(&origin)?;
+            if let Some(s) = seeds.iter().find(|s| **s >= 1 << 32) {
+                bail!("{origin}: key seeds: seed {s} is 2^32 or more; with splits: a seed must be below 2^32 (the report keys a unit by split and seed)");
+            }
         }
         // trainable training images per (root, format, train split, instances file): a few entries
         let mut trainable: Vec<((PathBuf, Option<crate::config::DataFormat>, String, Option<PathBuf>), usize)> = Vec::new();

@@ -481,6 +481,8 @@ pub fn deterministic_difference(a: &str, b: &str) -> Option<String> {
 /// the new run's directory's verdict in words.
 pub fn retime_cell(exe: &Path, cell: &Path, cfg_device: &str, cache_dir: Option<&Path>) -> Result<String> {
     use crate::rundir::{MINING, OUTCOMES};
+    // the cell's own lock, held throughout: no `harness run` trains it meanwhile
+    let _lock = crate::rundir::try_lock(cell).with_context(|| format!("{}: locked by another process (is a grid running?)", cell.display()))?;
     let tmp = cell.join("retime");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing the unfinished {}", tmp.display()))?;

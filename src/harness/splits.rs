@@ -96,6 +96,9 @@ pub struct Plan {
     pub splits: Vec<SplitPlan>,
     /// (image id, group) in pool order.
     pub groups: Vec<(String, String)>,
+    /// Whether the root's tile records let the buffer check overlaps (a root without
+    /// `tiles.csv` holds separate photographs, or its overlaps are not known).
+    pub overlap_checked: bool,
 }
 
 impl SplitSpec {
@@ -160,6 +163,13 @@ impl SplitSpec {
             }
         }
         let tiles = read_tile_records(root)?;
+        if let Some(t) = &tiles {
+            // the buffer needs every pooled tile's position: a tile without a row could overlap a test tile unseen
+            let missing: Vec<&String> = ids.iter().filter(|id| !t.contains_key(*id)).collect();
+            if let Some(first) = missing.first() {
+                bail!("{}: {} of the {} pooled images have no row ({first:?} the first), so overlaps between training and test tiles cannot be checked; tile them with `harness tile`, or pool only tiled splits", root.join("tiles.csv").display(), missing.len(), ids.len());
+            }
+        }
         let groups = self.groups_of(root, &ids, tiles.as_ref())?;
         let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, g) in groups.iter().enumerate() {
@@ -234,7 +244,7 @@ impl SplitSpec {
         for s in &mut splits {
             s.name = format!("cv-{hash}-{}", s.label);
         }
-        Ok(Plan { splits, groups: ids.into_iter().zip(groups).collect() })
+        Ok(Plan { splits, groups: ids.into_iter().zip(groups).collect(), overlap_checked: tiles.is_some() })
     }
 
     /// Each image's group, in `ids` order.

@@ -32,6 +32,17 @@ fn censored_cell(note: &str) -> String {
     format!("none (censored: {counts}; Gehan's test, p = {p})")
 }
 
+/// What a study's intervals cover: the seeds on one split, or, in a study over resampled splits
+/// (`splits.csv` beside its cells), (split, seed) units over its splits.
+fn covers(study: &Path, units: usize) -> String {
+    let splits = crate::rundir::read_cells(study).ok().map(|cells| cells.iter().filter_map(|c| c.split.as_ref().map(|s| s.index)).collect::<std::collections::BTreeSet<_>>().len()).unwrap_or(0);
+    if study.join("splits.csv").is_file() && splits > 0 {
+        format!("{units} (split, seed) units: the seeds (initialisation and data order) and {splits} grouped splits of the data (Nadeau-Bengio corrected), one machine")
+    } else {
+        "the seeds (initialisation and data order), on one split of the data, one machine".to_string()
+    }
+}
+
 /// The folders of `root` that hold a file `name`, sorted.
 fn folders_with(root: &Path, name: &str) -> Result<Vec<std::path::PathBuf>> {
     let mut v: Vec<_> = std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))?.flatten().map(|e| e.path()).filter(|p| p.join(name).is_file()).collect();
@@ -57,7 +68,7 @@ pub fn claims_md_as(dir: &Path, root: &Path) -> Result<String> {
             let v = row.with_context(|| format!("reading {}", path.display()))?;
             let study = study_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             md.push_str(&format!(
-                "| {} | [{study}]({}/{study}/summary.md) | {} / {}, {} | {} | {} | {} | {} | the seeds (initialisation and data order), on one split of the data, one machine | {} |\n",
+                "| {} | [{study}]({}/{study}/summary.md) | {} / {}, {} | {} | {} | {} | {} | {} | {} |\n",
                 v.claim,
                 root.display(),
                 v.baseline,
@@ -67,6 +78,7 @@ pub fn claims_md_as(dir: &Path, root: &Path) -> Result<String> {
                 v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}], {}", v.interval)).unwrap_or_else(|| censored_cell(&v.note)),
                 v.seeds,
                 v.verdict,
+                covers(&study_dir, v.seeds),
                 v.regime
             ));
         }

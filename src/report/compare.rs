@@ -117,14 +117,6 @@ pub fn study_family(agg: &Aggregate) -> usize {
             }
         }
     }
-    // the section across splits states P(arm > baseline) of each final-mAP pair: one more
-    // comparison each, where it is shown (a study over splits, or cells with outcomes)
-    if agg.splits > 0 || agg.done.iter().any(|r| r.outcomes.is_some()) {
-        let finals: Vec<(String, String, String)> = set.iter().filter(|k| k.2 == "final").cloned().collect();
-        for (x, y, _) in finals {
-            set.insert((x, y, "p_better".to_string()));
-        }
-    }
     for v in &agg.meta.report.verdicts {
         set.insert(key(&v.baseline, &v.arm, v.measure.name()));
         // the verdict line also states the pair's final-mAP difference with a family-wise interval

@@ -255,12 +255,20 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)>
     let cells = results.join(CELLS);
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&cells).with_context(|| format!("reading {}", cells.display()))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
     dirs.sort();
+    // the grid's cells: a folder that cells.json does not list (an earlier plan's, say a grid
+    // whose splits were planned again) would pair with the current cells of its split and seed
+    let listed: Option<std::collections::HashSet<String>> = crate::rundir::read_cells(results).ok().map(|c| c.into_iter().map(|c| c.dir).collect());
     for d in dirs {
+        let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if listed.as_ref().is_some_and(|l| !l.contains(&name)) {
+            unreadable.push(format!("{}: not a cell of {} (an earlier plan of the grid?)", d.display(), results.join(crate::rundir::CELLS_JSON).display()));
+            continue;
+        }
         let cpath = d.join(CELL_JSON);
         let cell: CellMeta = match std::fs::read_to_string(&cpath).map_err(anyhow::Error::from).and_then(|t| serde_json::from_str(&t).map_err(anyhow::Error::from)) {
             Ok(c) => c,
             Err(e) => {
-                unreadable.push(format!("{}: {e}", cpath.display()));
+                unreadable.push(format!("{}: unreadable: {e}", cpath.display()));
                 continue;
             }
         };
@@ -310,7 +318,7 @@ pub fn generate(results: &Path) -> Result<Generated> {
     let map_diffs = compare::map_diffs(&agg, family);
     let warnings = compare::warnings(&agg);
     let verdicts = compare::verdicts(&agg, &warnings, family);
-    let mut notes: Vec<String> = unreadable.iter().map(|u| format!("warning: a cell left out of the report, its cell.json unreadable: {u}")).collect();
+    let mut notes: Vec<String> = unreadable.iter().map(|u| format!("warning: a cell left out of the report: {u}")).collect();
     notes.extend(warnings.iter().map(|w| format!("warning: {}", w.text)));
     notes.extend(verdicts.iter().map(|v| format!("verdict: {}", write::verdict_line(v, meta.report.metric).replace("**", ""))));
     let findings = compare::findings(&agg, &speedups, &map_diffs);

@@ -70,6 +70,9 @@ fn metric_of(o: &Outcomes, w: &[u32], metric: Metric) -> Option<f64> {
 /// outcomes do not give back the run's own final value with unit weights: then a note).
 fn resampled(agg: &Aggregate, notes: &mut Vec<String>) -> HashMap<(String, u64), Vec<f64>> {
     let metric = agg.metric();
+    if !matches!(metric, Metric::Voc07 | Metric::Coco(0)) {
+        return HashMap::new(); // the rows say which metrics the outcomes give
+    }
     let runs: Vec<&RunLog> = agg.done.iter().copied().filter(|r| r.outcomes.is_some()).collect();
     let loaded: Vec<(&RunLog, anyhow::Result<Outcomes>)> = runs.par_iter().map(|r| (*r, Outcomes::read(r.outcomes.as_ref().expect("filtered")))).collect();
     // the draws of each split: seeded by the split alone, so every arm and seed of it shares them
@@ -133,8 +136,11 @@ pub fn across(agg: &Aggregate, map_diffs: &[MapDiff], family: usize) -> (Vec<Acr
         let per_split: Vec<(String, f64, usize)> = by_split.into_iter().map(|(k, v)| (k, v.iter().sum::<f64>() / v.len() as f64, v.len())).collect();
         let agree = per_split.iter().filter(|s| s.1 != 0.0 && (s.1 > 0.0) == (mean > 0.0) && mean != 0.0).count();
         let p = pairs.iter().map(|(_, x)| if *x > 0.0 { 1.0 } else if *x == 0.0 { 0.5 } else { 0.0 }).sum::<f64>() / n as f64;
-        let n_eff = 1.0 / (1.0 / n as f64 + agg.rho);
-        let (p_lo, p_hi) = if n >= 2 { wilson(p, n_eff, level) } else { (f64::NAN, f64::NAN) };
+        // descriptive, at 95%: the effective count of Nadeau and Bengio's correction over the
+        // splits (their seeds are no new splits), or the seeds on one split
+        let j = if agg.splits > 0 { per_split.len() } else { n };
+        let n_eff = 1.0 / (1.0 / j as f64 + agg.rho);
+        let (p_lo, p_hi) = if n >= 2 { wilson(p, n_eff, 0.95) } else { (f64::NAN, f64::NAN) };
         // the paired bootstrap: units with both arms' outcomes
         let both: Vec<(&Vec<f64>, &Vec<f64>)> = pairs.iter().filter_map(|(u, _)| Some((boot.get(&(d.arm.clone(), *u))?, boot.get(&(d.baseline.clone(), *u))?))).collect();
         let (test_lo, test_hi, note) = if both.is_empty() {
@@ -159,7 +165,7 @@ pub fn section(md: &mut String, agg: &Aggregate, rows: &[Across], notes: &[Strin
     let metric = agg.metric().column();
     let units = if agg.splits > 0 { format!("(split, seed) units over {} splits", agg.splits) } else { "seeds".to_string() };
     md.push_str(&format!(
-        "## Across splits and test sets\n\nFor each final-{metric} difference (arm − baseline): the mean over each split's seeds and how many splits agree in sign with the mean over all units; P(arm > baseline), the share of {units} in which the arm ends higher (a tie counts half), with Wilson's interval at the family's level ({}) on Nadeau and Bengio's effective count 1 / (1/J + n_test/n_train); and the interval a paired bootstrap of the test images gives ({DRAWS} draws, the same images for every arm and seed of a split, percentile interval at the family's level): how much of the uncertainty the test set alone makes. P(arm > baseline) is resolved when its interval excludes 0.5. Also in `across_splits.csv`.\n\n",
+        "## Across splits and test sets\n\nFor each final-{metric} difference (arm − baseline): the mean over each split's seeds and how many splits agree in sign with the mean over all units; P(arm > baseline), the share of {units} in which the arm ends higher (a tie counts half), with Wilson's 95% interval on Nadeau and Bengio's effective count 1 / (1/J + n_test/n_train) over the J splits: a description, not a finding (it is not in the family, and its words are the Findings'); and the interval a paired bootstrap of the test images gives ({DRAWS} draws, the same images for every arm and seed of a split, percentile interval at the family's level, {}): how much of the uncertainty the test set alone makes, beside the Findings' interval. Also in `across_splits.csv`.\n\n",
         super::compare::family_text(family)
     ));
     for r in rows {
@@ -180,11 +186,8 @@ pub fn line(r: &Across) -> String {
         String::new()
     };
     let p = match (r.p_better, r.p_lo, r.p_hi) {
-        (Some(p), Some(lo), Some(hi)) => {
-            let w = if lo > 0.5 { format!("resolved above 0.5: {} ends higher than {} in most units", r.arm, r.baseline) } else if hi < 0.5 { format!("resolved below 0.5: {} ends lower than {} in most units", r.arm, r.baseline) } else { "not resolved (the interval spans 0.5)".into() };
-            format!("P({} > {}) = {p:.2} [{lo:.2}, {hi:.2}] over {} units: {w}", r.arm, r.baseline, r.units)
-        }
-        (Some(p), _, _) => format!("P({} > {}) = {p:.2} over {} unit: not resolved (one unit)", r.arm, r.baseline, r.units),
+        (Some(p), Some(lo), Some(hi)) => format!("P({} > {}) = {p:.2} over {} units (95% Wilson {lo:.2} to {hi:.2}, descriptive)", r.arm, r.baseline, r.units),
+        (Some(p), _, _) => format!("P({} > {}) = {p:.2} over {} unit", r.arm, r.baseline, r.units),
         _ => String::new(),
     };
     let test = match (r.test_lo, r.test_hi) {

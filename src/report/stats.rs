@@ -90,12 +90,35 @@ pub fn compare_at(base: &[Seeded], arm: &[Seeded], scale: Scale, level: f64) -> 
 
 /// [`compare_at`] over units that are (split, seed) pairs of a resampled dataset, whose
 /// training sets overlap: Nadeau and Bengio's corrected resampled t (Machine Learning 52, 2003;
-/// for repeated k-fold, Bouckaert and Frank 2004). The variance of the mean over J units is
-/// `σ² (1/J + ρ)` instead of `σ²/J`, with ρ = n_test / n_train, on J − 1 degrees of freedom:
+/// for repeated k-fold, Bouckaert and Frank 2004). Each split's seeds are averaged first (they
+/// share its training and test sets, so they are no new splits); the variance of the mean over
+/// the J splits is `σ² (1/J + ρ)` instead of `σ²/J`, with ρ = n_test / n_train, on J − 1
+/// degrees of freedom:
 /// the units' results are correlated through the data they share, and the plain `σ²/J`
 /// shrinks with J as if they were not (tests/stats.rs shows the plain interval falling short
 /// of 95% under a simulated split effect, and this one holding). `rho` 0 is the plain interval.
 pub fn compare_units(base: &[Seeded], arm: &[Seeded], scale: Scale, level: f64, rho: f64) -> Option<Estimate> {
+    if rho > 0.0 {
+        // the seeds of one split share its training and test sets: they are not new splits, so
+        // the units the correction counts are the splits, each its seeds' mean (J = the splits)
+        return compare_plain(&split_means(base), &split_means(arm), scale, level, rho);
+    }
+    compare_plain(base, arm, scale, level, rho)
+}
+
+/// Each split's mean over its seeds, keyed by the split's part of the unit key
+/// (`crate::report::unit_of`: the split index + 1 in the high 32 bits).
+fn split_means(v: &[Seeded]) -> Vec<Seeded> {
+    let mut by: std::collections::BTreeMap<u64, (f64, usize)> = std::collections::BTreeMap::new();
+    for (u, x) in v {
+        let e = by.entry(u >> 32 << 32).or_insert((0.0, 0));
+        e.0 += x;
+        e.1 += 1;
+    }
+    by.into_iter().map(|(k, (s, n))| (k, s / n as f64)).collect()
+}
+
+fn compare_plain(base: &[Seeded], arm: &[Seeded], scale: Scale, level: f64, rho: f64) -> Option<Estimate> {
     if base.is_empty() || arm.is_empty() {
         return None;
     }
@@ -161,16 +184,16 @@ pub fn seeds_needed(est: &Estimate, edge: f64, seeds: usize, level: f64) -> Opti
         Scale::Ratio => (est.value.ln(), edge.ln()),
     };
     let dist = (centre - edge).abs();
-    if !(dist > 1e-12 && est.se.is_finite() && est.se > 0.0 && seeds >= 2) {
+    // over resampled splits more seeds do not shrink the split's share of the variance: no
+    // count of seeds is promised (more splits would be needed, and the correction has no power
+    // statement of its own)
+    if !(dist > 1e-12 && est.se.is_finite() && est.se > 0.0 && seeds >= 2) || est.rho > 0.0 {
         return None;
     }
-    // the standard error at n units: se · √((1/n + ρ) / (1/n₀ + ρ)), which with ρ > 0 does not
-    // fall below se · √(ρ / (1/n₀ + ρ)) however many seeds run on the same splits
     (2..=100_000).find(|&n| {
         let df = if est.paired { n as f64 - 1.0 } else { 2.0 * n as f64 - 2.0 };
         let z = t_quantile(level, df) + t_quantile(0.60, df); // t(1 − α/2) + t(0.80)
-        let factor = if est.rho == 0.0 { seeds as f64 / n as f64 } else { (1.0 / n as f64 + est.rho) / (1.0 / seeds as f64 + est.rho) };
-        dist >= z * est.se * factor.sqrt()
+        dist >= z * est.se * (seeds as f64 / n as f64).sqrt()
     })
 }
 

@@ -282,7 +282,7 @@ fn verdicts_section(md: &mut String, verdicts: &[Verdict], metric: Metric) {
 /// "## Findings": one line per comparison the report makes.
 fn findings_section(md: &mut String, findings: &[Finding], family: usize, splits: usize, has_cpu: bool) {
     let m = family_text(family);
-    let cpu = if has_cpu { " Of the speed measures, cpu_s_per_iter (the process's CPU seconds, user + system, per training iteration) is the one that moved least when another process ran beside the cells (docs/benchmarks.md, \"Which timing moves least beside a busy process\"): it is the speed finding to read first; the wall-clock measures are what the claims name, and the cells whose own evidence shows a busy machine are left out of all of them." } else { "" };
+    let cpu = if has_cpu { " Of the speed measures, cpu_s_per_iter (the process's CPU seconds of training and mining, user + system, per training iteration) is the one that moved least when another process ran beside the cells (docs/benchmarks.md, \"Which timing moves least beside a busy process\"): it is the speed finding to read first; the wall-clock measures are what the claims name, and the cells whose own evidence shows a busy machine are left out of all of them." } else { "" };
     let units = if splits > 0 { format!(" The units are (split, seed) pairs over {splits} resampled splits of the data, paired across arms, and every interval is Nadeau and Bengio's corrected resampled t (the variance of a mean over J units taken as σ² (1/J + n_test/n_train), on J − 1 degrees of freedom), so that it covers the variation of the split as well as of the seed.") } else { String::new() };
     md.push_str(&format!("## Findings\n\nEvery comparison the report makes, each pair of arms once per measure, and only the words its interval allows: resolved above or below (the interval excludes 0 for a difference, 1 for a speed-up), or not resolved. Every interval is Bonferroni's over the study's family ({m}: every comparison of these Findings and of the Verdicts), so that all the words of this summary hold together at 95%.{units}{cpu} A time to target that some seeds never reach counts those seeds as censored at their run's end: Gehan's rank test at the family's level says whether one arm is slower, and the line says how many seeds of each arm reached the target. Also in `findings.csv`.\n\n"));
     for f in findings {
@@ -406,7 +406,7 @@ fn cells_left_out(md: &mut String, agg: &Aggregate, unreadable: &[String]) {
             }
         }
         for u in unreadable {
-            md.push_str(&format!("- unreadable, left out: {u}\n"));
+            md.push_str(&format!("- left out: {u}\n"));
         }
     }
 }
