@@ -327,8 +327,10 @@ impl Plan {
             .iter()
             .map(|s| s.train.iter().map(|i| (i.as_str(), "train")).chain(s.test.iter().map(|i| (i.as_str(), "test"))).chain(s.buffered.iter().map(|i| (i.as_str(), "buffer"))).collect())
             .collect();
+        // RFC 4180: a field with a comma or a quote is quoted (a block group is `<photo>@<bx>,<by>`)
+        let field = |f: &str| if f.contains([',', '"']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f.to_string() };
         for (id, g) in &self.groups {
-            out.push_str(&format!("{id},{g}"));
+            out.push_str(&format!("{},{}", field(id), field(g)));
             for r in &roles {
                 out.push_str(&format!(",{}", r.get(id.as_str()).copied().unwrap_or("")));
             }
@@ -407,6 +409,13 @@ mod tests {
         // 3 folds of 2 groups is refused, naming the counts
         let e = spec(3, GroupBy::Source).plan(&root, &pool).unwrap_err().to_string();
         assert!(e.contains("folds = 3") && e.contains("only 2 groups"), "{e}");
+        // splits.csv reads back with a CSV reader: a block group's comma is quoted
+        let plan = spec(3, GroupBy::Block(100)).plan(&root, &pool).unwrap();
+        let text = plan.csv();
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
+        assert_eq!(rows.len(), 7);
+        assert!(rows.iter().all(|x| x.len() == 5 && x[1].contains('@') && (2..5).filter(|&k| &x[k] == "test").count() == 1), "{rows:?}");
         // the same spec plans the same names; another seed other memberships and names
         let a = spec(3, GroupBy::Image).plan(&root, &pool).unwrap();
         let b = spec(3, GroupBy::Image).plan(&root, &pool).unwrap();
