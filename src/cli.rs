@@ -67,7 +67,7 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Benchmarks: selective-search ms per image and evaluation time for 10,000 detections.
+    /// Benchmarks, one per argument (see docs/benchmarks.md): proposals, eval (and the test-set bootstrap; --coco against pycocotools), train, samplers (--peer against PyTorch + torchvision), epoch, claim-a, data, or all (the first four).
     Bench(BenchArgs),
 }
 
@@ -156,7 +156,7 @@ impl TileArgs {
 
 #[derive(Args, Debug)]
 pub struct ProposalsArgs {
-    /// VOC-layout dataset root.
+    /// Dataset root, VOC or COCO layout (detected, as `dataset.format` does).
     dataset: PathBuf,
     #[arg(long, default_value = "trainval")]
     split: String,
@@ -604,8 +604,11 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     // the ground truth and the detections, in both forms
     let (anns, classes, dets, coco_gt, coco_dets, image_ids, category_ids) = if a.dataset.is_file() {
         let gt = CocoFile::read(&a.dataset)?;
+        if !a.dets.exists() {
+            bail!("--dets {}: not found (a COCO results JSON, as the instances file {} calls for)", a.dets.display(), a.dataset.display());
+        }
         if !a.dets.is_file() {
-            bail!("--dets {}: expected a COCO results JSON file beside a COCO instances file", a.dets.display());
+            bail!("--dets {}: a folder; a COCO instances file is scored against a COCO results JSON file", a.dets.display());
         }
         let (cd, left_out) = eval::coco::read_results(&a.dets, &gt)?;
         if left_out.results > 0 {
@@ -634,7 +637,7 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     } else {
         let ds = Dataset::open(&a.dataset)?;
         let anns = ds.load_split(&a.split)?;
-        let d = eval::read_results_dir(&a.dets, &ds.classes, &anns)?;
+        let d = eval::read_results_dir_of(&a.dets, &a.split, &ds.classes, &anns)?;
         let cats: Vec<i64> = (1..=ds.classes.len() as i64).collect();
         let cd = eval::coco::dets_of_annotations(&anns, &d, &cats);
         let gt = eval::coco::gt_of_annotations(&anns);

@@ -241,6 +241,21 @@ fn results_files_round_trip_and_bad_lines_are_named() {
     let err = read_results_dir(t.path(), &classes, &anns).unwrap_err().to_string();
     assert!(err.contains("comp4_det_test_ring.txt:1") && err.contains("5 fields"), "{err}");
 
+    // a results file for a class the dataset lacks is named, not ignored
+    std::fs::write(t.path().join("comp4_det_test_ring.txt"), "000002 0.5 1 1 9 9\n").unwrap();
+    std::fs::write(t.path().join("comp4_det_test_square.txt"), "000002 0.5 1 1 9 9\n").unwrap();
+    let err = read_results_dir(t.path(), &classes, &anns).unwrap_err().to_string();
+    assert!(err.contains("comp4_det_test_square.txt") && err.contains("\"square\"") && err.contains("disc, ring"), "{err}");
+    std::fs::remove_file(t.path().join("comp4_det_test_square.txt")).unwrap();
+    // the devkit names a val split's files comp4_det_val_<class>.txt: read for --split val
+    let v = tempfile::tempdir().unwrap();
+    std::fs::write(v.path().join("comp4_det_val_ring.txt"), "000002 0.5 1 1 9 9\n").unwrap();
+    let back = ohem_harness::eval::read_results_dir_of(v.path(), "val", &classes, &anns).unwrap();
+    assert_eq!((back[0].len(), back[1].len()), (0, 1));
+    // and a val evaluation of test-named files still reads them
+    let back = ohem_harness::eval::read_results_dir_of(t.path(), "val", &classes, &anns).unwrap();
+    assert_eq!(back[1].len(), 1);
+
     let empty = tempfile::tempdir().unwrap();
     let err = read_results_dir(empty.path(), &classes, &anns).unwrap_err().to_string();
     assert!(err.contains("no comp4_det_test_<class>.txt"), "{err}");

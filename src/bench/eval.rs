@@ -45,7 +45,7 @@ fn bootstrap() -> Result<()> {
     let voc: f64 = draws.iter().filter_map(|w| o.voc07(w)).sum::<f64>() / draws.len() as f64;
     let voc_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let coco: f64 = draws.iter().filter_map(|w| o.coco_ap(w)).sum::<f64>() / draws.len() as f64;
+    let coco: f64 = draws.iter().filter_map(|w| o.coco_box_ap(w)).sum::<f64>() / draws.len() as f64;
     let coco_s = t.elapsed().as_secs_f64();
     println!("test-set bootstrap: 1,000 images, 20,000 detections, 1,000 resamples on one thread: outcomes {compute_s:.2} s once, VOC07 mAP {voc_s:.2} s (mean {voc:.3}), COCO AP {coco_s:.2} s (mean {coco:.3})");
     Ok(())

@@ -444,6 +444,9 @@ pub fn convert(src: &Path, out: &Path, splits: &[String]) -> anyhow::Result<Conv
     if out.exists() {
         bail!("{} exists; refusing to write a dataset over it", out.display());
     }
+    if !src.is_dir() {
+        bail!("{}: not found (a dataset root, VOC or COCO layout)", src.display());
+    }
     let to_coco = !looks_like_coco(src);
     let splits: Vec<String> = if splits.is_empty() { list_splits(src, !to_coco) } else { splits.to_vec() };
     if splits.is_empty() {

@@ -91,7 +91,7 @@ impl Outcomes {
     /// VOC07 mAP and COCO AP@[.5:.95] with image i counted `w[i]` times (None where no class has
     /// ground truth). With every weight 1: the evaluation's mAP07 and COCO AP.
     pub fn metrics(&self, w: &[u32]) -> (Option<f64>, Option<f64>) {
-        (self.voc07(w), self.coco_ap(w))
+        (self.voc07(w), self.coco_box_ap(w))
     }
 
     /// VOC07 mAP with image i counted `w[i]` times.
@@ -126,7 +126,7 @@ impl Outcomes {
     }
 
     /// COCO AP@[.5:.95] (all areas, 100 detections) with image i counted `w[i]` times.
-    pub fn coco_ap(&self, w: &[u32]) -> Option<f64> {
+    pub fn coco_box_ap(&self, w: &[u32]) -> Option<f64> {
         debug_assert_eq!(w.len(), self.images);
         let rec_thrs = linspace(0.0, 1.0, R);
         let (mut sum, mut n) = (0.0f64, 0usize);

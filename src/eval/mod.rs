@@ -214,15 +214,31 @@ pub fn results_file_name(class: &str) -> String {
 /// <y1> <x2> <y2>`, 1-based pixels). A missing file means no detections for
 /// that class. Image ids must belong to `anns`.
 pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> Result<Vec<Vec<Detection>>> {
+    read_results_dir_of(dir, "test", classes, anns)
+}
+
+/// [`read_results_dir`] for the split `split`: the devkit's `comp4_det_<split>_<class>.txt`,
+/// else (for a split other than `test`, where no such file exists) `comp4_det_test_<class>.txt`.
+/// A results file of that set for a class the dataset does not have is an error naming it.
+pub fn read_results_dir_of(dir: &Path, split: &str, classes: &[String], anns: &[Annotation]) -> Result<Vec<Vec<Detection>>> {
     if !dir.is_dir() {
         bail!("detections directory {} does not exist", dir.display());
+    }
+    let files: Vec<String> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let set = if split != "test" && !files.iter().any(|f| f.starts_with(&format!("comp4_det_{split}_"))) { "test" } else { split };
+    let prefix = format!("comp4_det_{set}_");
+    for f in files.iter().filter(|f| f.starts_with(&prefix) && f.ends_with(".txt")) {
+        let class = &f[prefix.len()..f.len() - 4];
+        if !classes.iter().any(|c| c == class) {
+            bail!("{}: class {class:?} is not one of the dataset's classes ({})", dir.join(f).display(), classes.join(", "));
+        }
     }
     // an id listed twice in the split is its first entry
     let index: HashMap<&str, u32> = anns.iter().enumerate().rev().map(|(i, a)| (a.id.as_str(), i as u32)).collect();
     let mut found_any = false;
     let mut out = Vec::new();
     for class in classes {
-        let path = dir.join(results_file_name(class));
+        let path = dir.join(format!("{prefix}{class}.txt"));
         let mut dets = Vec::new();
         if path.exists() {
             found_any = true;
@@ -237,7 +253,8 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
         out.push(dets);
     }
     if !found_any {
-        bail!("{} holds no comp4_det_test_<class>.txt file for any of the classes {}", dir.display(), classes.join(", "));
+        let names = if split == "test" { "comp4_det_test_<class>.txt".to_string() } else { format!("comp4_det_{split}_<class>.txt nor comp4_det_test_<class>.txt") };
+        bail!("{} holds no {names} file for any of the classes {}", dir.display(), classes.join(", "));
     }
     Ok(out)
 }

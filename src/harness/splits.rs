@@ -171,53 +171,7 @@ impl SplitSpec {
             }
         }
         let groups = self.groups_of(root, &ids, tiles.as_ref())?;
-        let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, g) in groups.iter().enumerate() {
-            by_group.entry(g.as_str()).or_default().push(i);
-        }
-        let mut keys: Vec<&str> = by_group.keys().copied().collect();
-        let test_sets: Vec<(String, Vec<bool>)> = match (self.folds, self.repeats) {
-            (Some(k), _) => {
-                if keys.len() < k {
-                    bail!("{}: splits.folds = {k}, but the pool has only {} groups ({:?}); use fewer folds or smaller groups", root.display(), keys.len(), self.group_by);
-                }
-                shuffle(&mut keys, self.seed);
-                // largest first (stable: ties keep the shuffled order), each to the emptiest fold
-                keys.sort_by_key(|g| std::cmp::Reverse(by_group[g].len()));
-                let mut fold_of: HashMap<&str, usize> = HashMap::new();
-                let mut sizes = vec![0usize; k];
-                for g in &keys {
-                    let f = (0..k).min_by_key(|&f| (sizes[f], f)).unwrap_or(0);
-                    sizes[f] += by_group[g].len();
-                    fold_of.insert(g, f);
-                }
-                (0..k).map(|f| (format!("f{f}"), groups.iter().map(|g| fold_of[g.as_str()] == f).collect())).collect()
-            }
-            (None, Some(r)) => {
-                let frac = self.test_fraction.unwrap_or(0.2);
-                if keys.len() < 2 {
-                    bail!("{}: splits.repeats: the pool has one group only ({:?}); nothing to hold out", root.display(), self.group_by);
-                }
-                let want = ((ids.len() as f64) * frac).ceil() as usize;
-                (0..r)
-                    .map(|rep| {
-                        let mut order = keys.clone();
-                        shuffle(&mut order, self.seed ^ ((rep as u64 + 1) << 32));
-                        let mut test: Vec<&str> = Vec::new();
-                        let mut n = 0;
-                        for g in &order[..order.len() - 1] {
-                            if n >= want {
-                                break;
-                            }
-                            n += by_group[g].len();
-                            test.push(g);
-                        }
-                        (format!("r{rep}"), groups.iter().map(|g| test.contains(&g.as_str())).collect())
-                    })
-                    .collect()
-            }
-            _ => bail!("splits: give folds or repeats"),
-        };
+        let test_sets = self.test_sets(root, ids.len(), &groups)?;
         let mut splits = Vec::new();
         for (label, is_test) in test_sets {
             let test: Vec<usize> = (0..ids.len()).filter(|&i| is_test[i]).collect();
@@ -245,6 +199,59 @@ impl SplitSpec {
             s.name = format!("cv-{hash}-{}", s.label);
         }
         Ok(Plan { splits, groups: ids.into_iter().zip(groups).collect(), overlap_checked: tiles.is_some() })
+    }
+
+    /// Each split's label and, per pooled image, whether it is in that split's test set: the
+    /// groups (`groups`, one per image) dealt into folds or drawn into repeated partitions.
+    fn test_sets(&self, root: &Path, n_images: usize, groups: &[String]) -> Result<Vec<(String, Vec<bool>)>> {
+        let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            by_group.entry(g.as_str()).or_default().push(i);
+        }
+        let mut keys: Vec<&str> = by_group.keys().copied().collect();
+        let sets: Vec<(String, Vec<bool>)> = match (self.folds, self.repeats) {
+            (Some(k), _) => {
+                if keys.len() < k {
+                    bail!("{}: splits.folds = {k}, but the pool has only {} groups ({:?}); use fewer folds or smaller groups", root.display(), keys.len(), self.group_by);
+                }
+                shuffle(&mut keys, self.seed);
+                // largest first (stable: ties keep the shuffled order), each to the emptiest fold
+                keys.sort_by_key(|g| std::cmp::Reverse(by_group[g].len()));
+                let mut fold_of: HashMap<&str, usize> = HashMap::new();
+                let mut sizes = vec![0usize; k];
+                for g in &keys {
+                    let f = (0..k).min_by_key(|&f| (sizes[f], f)).unwrap_or(0);
+                    sizes[f] += by_group[g].len();
+                    fold_of.insert(g, f);
+                }
+                (0..k).map(|f| (format!("f{f}"), groups.iter().map(|g| fold_of[g.as_str()] == f).collect())).collect()
+            }
+            (None, Some(r)) => {
+                let frac = self.test_fraction.unwrap_or(0.2);
+                if keys.len() < 2 {
+                    bail!("{}: splits.repeats: the pool has one group only ({:?}); nothing to hold out", root.display(), self.group_by);
+                }
+                let want = ((n_images as f64) * frac).ceil() as usize;
+                (0..r)
+                    .map(|rep| {
+                        let mut order = keys.clone();
+                        shuffle(&mut order, self.seed ^ ((rep as u64 + 1) << 32));
+                        let mut test: Vec<&str> = Vec::new();
+                        let mut n = 0;
+                        for g in &order[..order.len() - 1] {
+                            if n >= want {
+                                break;
+                            }
+                            n += by_group[g].len();
+                            test.push(g);
+                        }
+                        (format!("r{rep}"), groups.iter().map(|g| test.contains(&g.as_str())).collect())
+                    })
+                    .collect()
+            }
+            _ => bail!("splits: give folds or repeats"),
+        };
+        Ok(sets)
     }
 
     /// Each image's group, in `ids` order.

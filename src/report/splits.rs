@@ -61,7 +61,7 @@ pub fn wilson(p: f64, n: f64, level: f64) -> (f64, f64) {
 fn metric_of(o: &Outcomes, w: &[u32], metric: Metric) -> Option<f64> {
     match metric {
         Metric::Voc07 => o.voc07(w),
-        Metric::Coco(0) => o.coco_ap(w),
+        Metric::Coco(0) => o.coco_box_ap(w),
         _ => None,
     }
 }
@@ -144,7 +144,7 @@ pub fn across(agg: &Aggregate, map_diffs: &[MapDiff], family: usize) -> (Vec<Acr
         // the paired bootstrap: units with both arms' outcomes
         let both: Vec<(&Vec<f64>, &Vec<f64>)> = pairs.iter().filter_map(|(u, _)| Some((boot.get(&(d.arm.clone(), *u))?, boot.get(&(d.baseline.clone(), *u))?))).collect();
         let (test_lo, test_hi, note) = if both.is_empty() {
-            (None, None, "no outcomes.txt in these cells (runs older than the test-set bootstrap, or a metric it does not recompute: map_voc07 and coco_ap only)".to_string())
+            (None, None, format!("no outcomes.txt in these cells (runs older than the test-set bootstrap), or a metric it does not recompute (it recomputes {} and {})", Metric::Voc07.column(), Metric::Coco(0).column()))
         } else {
             let mut diffs: Vec<f64> = (0..DRAWS).map(|k| both.iter().map(|(x, y)| x[k] - y[k]).sum::<f64>() / both.len() as f64).collect();
             diffs.sort_by(f64::total_cmp);
