@@ -68,13 +68,23 @@ where
     root.fill(&WHITE).map_err(err)?;
     let xmax = data.iter().flatten().map(|p| p.0).fold(1.0f64, f64::max);
     let ymax = data.iter().flatten().map(|p| p.1 + p.2).fold(0.05f64, f64::max) * 1.1;
+    // the axis starts near the lowest point (less a tenth of the range) when the curves live
+    // far from 0, so that a few points of mAP between arms are not flattened against the axis
+    // counts (negatives mined) are whole numbers: no ".0" on their ticks, and their axis starts at 0
+    let integer_y = data.iter().flatten().all(|p| p.1.fract() == 0.0 && p.2 == 0.0);
+    let lowest = data.iter().flatten().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
+    let ymin = if !integer_y && lowest.is_finite() && lowest > 0.25 * ymax { (lowest - 0.1 * (ymax - lowest)).max(0.0) } else { 0.0 };
+    // the legend goes in the right-hand corner with fewer points near it
+    let crowd = |upper: bool| data.iter().flatten().filter(|p| p.0 > xmax / 2.0 && ((p.1 > (ymin + ymax) / 2.0) == upper)).count();
+    let legend_at = if crowd(false) > crowd(true) { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight };
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 24))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..xmax * 1.02, 0.0..ymax)
+        .build_cartesian_2d(0.0..xmax * 1.02, ymin..ymax)
         .map_err(err)?;
+    let whole_y = |y: &f64| format!("{y:.0}");
     // epochs and mining rounds are whole numbers: ticks at integers only
     let integer_x = data.iter().flatten().all(|p| p.0.fract() == 0.0);
     let whole = |x: &f64| if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { String::new() };
@@ -83,12 +93,15 @@ where
     if integer_x {
         mesh.x_labels((xmax as usize + 1).min(21)).x_label_formatter(&whole);
     }
+    if integer_y {
+        mesh.y_label_formatter(&whole_y);
+    }
     mesh.draw().map_err(err)?;
     for (i, (arm, pts)) in arms.iter().zip(data).enumerate() {
         let c = colour(i);
         if band && pts.len() > 1 {
             let mut poly: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
-            poly.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(0.0))));
+            poly.extend(pts.iter().rev().map(|p| (p.0, (p.1 - p.2).max(ymin))));
             chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(err)?;
         }
         chart
@@ -97,7 +110,7 @@ where
             .label(arm.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(legend_at).draw().map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -170,7 +183,7 @@ where
     let n = labels.len().max(1);
     // headroom above the highest whisker for the legend (upper left), so that it never hides one
     let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
-    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; family-wise t-interval over seeds)"), &labels, ymax, "speed-up (x)")?;
+    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; the Findings' family-wise interval)"), &labels, ymax, "speed-up (x)")?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
     // the measures the rows hold (cpu_s_per_iter only where the cells logged CPU seconds)
