@@ -699,6 +699,8 @@ fn a_grid_over_resampled_splits_runs_and_reports_across_them() {
         let s = c.split.as_ref().expect("a split");
         assert!(c.dir.contains(&format!("-{}-s{}-", s.label, c.seed)), "{}", c.dir);
         assert!(res.join("cells").join(&c.dir).join("outcomes.txt").is_file());
+        // a finished cell shows no phase ("evaluating" was the last one written)
+        assert!(!res.join("cells").join(&c.dir).join("progress.json").exists(), "{}", c.dir);
     }
     assert!(res.join("splits.csv").is_file());
     let summary = std::fs::read_to_string(res.join("summary.md")).unwrap();

@@ -93,6 +93,14 @@ pub fn tables(results: &Path, agg: &mut Aggregate, speedups: &[Speedup], map_dif
     let mut diff_df = map_diffs_frame(map_diffs)?;
     let mut findings_df = findings_frame(findings)?;
     for (name, df) in [("summary.csv", &mut summary_df), ("speedups.csv", &mut speed_df), ("map_diffs.csv", &mut diff_df), ("verdicts.csv", &mut verdict_df), ("findings.csv", &mut findings_df), ("mining.csv", &mut mining_df), ("runs.csv", &mut agg.long)] {
+        if name == "mining.csv" && df.height() == 0 {
+            // no arm mined: no table (a stale one from an earlier report is not left behind)
+            let stale = results.join(name);
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(|e| anyhow::anyhow!("removing the stale {}: {e}", stale.display()))?;
+            }
+            continue;
+        }
         let mut buf = Vec::new();
         CsvWriter::new(&mut buf).finish(df)?;
         write_file(&results.join(name), &buf)?;

@@ -348,6 +348,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         run.epoch(epoch, partial.take())?;
         epoch += 1;
     }
+    // the run is done: no phase is left to show (the last one written was its evaluation)
+    let _ = std::fs::remove_file(run_dir.join(PROGRESS));
     Ok(run.logs.rows)
 }
 
