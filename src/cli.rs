@@ -781,6 +781,18 @@ fn dry_run(g: &crate::harness::Grid) {
         let split = c.split.as_ref().map(|s| format!("split {:<4}", s.label)).unwrap_or_default();
         println!("  {}  {:<40} {split}seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
     }
+    // a proposals file the run would refuse: said now, not when the cell starts
+    let mut missing: Vec<(&str, &std::path::Path)> = Vec::new();
+    for c in &g.cells {
+        for (key, f) in [("proposals.train_file", &c.config.proposals.train_file), ("proposals.test_file", &c.config.proposals.test_file)] {
+            if let Some(f) = f.as_deref().filter(|f| !f.is_file() && !missing.iter().any(|m| m.1 == *f)) {
+                missing.push((key, f));
+            }
+        }
+    }
+    for (key, f) in missing {
+        eprintln!("warning: {key} = {} does not exist: the run will refuse its cells until it does (harness proposals --out writes one)", f.display());
+    }
     for root in g.missing_datasets() {
         let size = match root.file_name().and_then(|n| n.to_str()) {
             Some("tiny") => "tiny",
