@@ -67,6 +67,7 @@ fn bad_grid_files_are_rejected_with_file_key_and_value() {
         ("seeds: [0\n", &["grid.yaml", "line"]),
         ("seeds: [0]\nbogus: 1\n", &["grid.yaml", "bogus"]),
         ("seeds: [0]\narms:\n  a:\n    model: {backbon: small}\n", &["grid.yaml", "arm a", "model.backbon"]),
+        ("seeds: [0]\narms:\n  a: {}\n", &[]), // (the base's typo is planted below)
         ("seeds: [0]\naxes:\n  sampler.nms_iuo: [0.5]\n", &["grid.yaml", "sampler.nms_iuo"]),
         ("seeds: [0]\naxes:\n  train.lr: []\n", &["grid.yaml", "axes.train.lr", "empty"]),
         ("seeds: [0]\narms:\n  a: {}\n  a: {}\n", &["grid.yaml", "duplicate", "a"]),
@@ -82,6 +83,21 @@ fn bad_grid_files_are_rejected_with_file_key_and_value() {
     for (body, needles) in cases {
         let t = tempfile::tempdir().unwrap();
         let p = write_grid(t.path(), body);
+        if needles.is_empty() {
+            // a typo in base is named in base, not against the first arm
+            let text = std::fs::read_to_string(&p).unwrap().replace("  model:\n", "  model:\n    backbon: small\n");
+            std::fs::write(&p, text).unwrap();
+            let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+            assert!(err.contains("grid.yaml: base") && err.contains("model.backbon") && !err.contains("arm a"), "{err}");
+            // a typo in --set is named in the --set, not against the grid file
+            let p = write_grid(t.path(), body);
+            let err = format!("{:#}", Grid::load(&p, &["train.lrr=0.5".to_string()]).unwrap_err());
+            assert!(err.contains("--set train.lrr") && !err.contains("grid.yaml"), "{err}");
+            // a sampler key is the cells' to judge: one that only an arm's kind takes is fine
+            let ohem = write_grid(t.path(), "seeds: [0]\narms:\n  a: {sampler: {kind: ohem}}\n");
+            assert!(Grid::load(&ohem, &["sampler.nms_iou=0.5".to_string()]).is_ok());
+            continue;
+        }
         let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
         for n in *needles {
             assert!(err.contains(n), "{body:?}: {err:?} lacks {n:?}");

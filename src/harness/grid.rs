@@ -146,6 +146,14 @@ impl Grid {
         let arms = file.arms(&origin)?;
         let axes = file.axes(&origin)?;
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
+        // an unknown key is named where it was written: in base (not against the first arm), or
+        // in a --set (not against the grid file)
+        unknown_key(&file.base, &format!("{origin}: base"))?;
+        for (k, x) in &overrides {
+            let mut v = Value::Object(Default::default());
+            set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
+            unknown_key(&v, &format!("--set {k}"))?;
+        }
         let mut cells = Vec::new();
         let mut arm_labels = Vec::new();
         let mut plans: Vec<((PathBuf, Vec<String>), Plan)> = Vec::new();
@@ -339,6 +347,20 @@ impl GridFile {
             axes.push((k.clone(), vals.clone()));
         }
         Ok(axes)
+    }
+}
+
+/// An unknown key in a partial config (a grid's base, one --set), as an error naming `label`;
+/// whatever else the part lacks (keys an arm or the base gives) is no error here. The `sampler`
+/// section is left to the cells: which keys it has depends on the kind, which an arm may set.
+fn unknown_key(part: &Value, label: &str) -> Result<()> {
+    let mut part = part.clone();
+    if let Some(m) = part.as_object_mut() {
+        m.remove("sampler");
+    }
+    match TrainConfig::from_value(part, label) {
+        Err(e) if format!("{e:#}").contains("unknown field") => Err(e),
+        _ => Ok(()),
     }
 }
 
