@@ -473,11 +473,29 @@ pub struct ReportConfig {
     pub bootstrap: usize,
     /// Claims the report gives a verdict on.
     pub verdicts: Vec<VerdictConfig>,
+    /// A sensitivity study's methods: each one's arms (its settings), its default setting and
+    /// the knobs its arms vary (issue 38: the tuning tax).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<ArmGroup>,
+}
+
+/// One method of a sensitivity study: its settings as arms of the grid.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmGroup {
+    /// The method's name (e.g. `fixed_ratio`).
+    pub name: String,
+    /// The arms that are its settings.
+    pub arms: Vec<String>,
+    /// The arm that is its default setting (one of `arms`).
+    pub default: String,
+    /// The dotted config keys its arms vary (e.g. `sampler.fg_fraction`): one chart each.
+    pub knobs: Vec<String>,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        ReportConfig { baselines: Vec::new(), metric: Metric::Voc07, target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new() }
+        ReportConfig { baselines: Vec::new(), metric: Metric::Voc07, target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new(), groups: Vec::new() }
     }
 }
 

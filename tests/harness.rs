@@ -79,6 +79,9 @@ fn bad_grid_files_are_rejected_with_file_key_and_value() {
         ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  verdicts:\n    - {claim: x, baseline: a, arm: b, measure: speed}\n", &["grid.yaml", "report.verdicts[0].measure", "speed"]),
         ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  verdicts:\n    - {claim: x, baseline: a, arm: b, measure: s_per_iter, tolerance: 0.5}\n", &["grid.yaml", "report.verdicts[0].tolerance = 0.5"]),
         ("seeds: [0]\nreport:\n  target_map: 1.5\n", &["grid.yaml", "report.target_map = 1.5"]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  groups:\n    - {name: g, arms: [a, b], default: c, knobs: [train.lr]}\n", &["grid.yaml", "report.groups[0]", "\"c\""]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  groups:\n    - {name: g, arms: [a, b], default: a, knobs: [train.lrr]}\n", &["grid.yaml", "report.groups[0].knobs", "train.lrr"]),
+        ("seeds: [0]\narms:\n  a: {}\n  b: {train: {lr: 0.1}}\nreport:\n  groups:\n    - {name: g, arms: [a], default: a, knobs: [train.lr]}\n    - {name: h, arms: [a, b], default: b, knobs: [train.lr]}\n", &["grid.yaml", "arm \"a\" is in two groups"]),
     ];
     for (body, needles) in cases {
         let t = tempfile::tempdir().unwrap();

@@ -225,6 +225,19 @@ impl Grid {
             bail!("{origin}: two cells have the same config (an arm or axis changes nothing?)");
         }
         check_report(&file.report, &arm_labels, &origin)?;
+        // each group's knobs are keys of its arms' configs
+        for (i, g) in file.report.groups.iter().enumerate() {
+            for k in &g.knobs {
+                let known = cells.iter().filter(|c| g.arms.contains(&c.arm)).all(|c| {
+                    let mut flat = Vec::new();
+                    flatten("", &serde_json::to_value(&c.config).unwrap_or_default(), &mut flat);
+                    flat.iter().any(|(f, _)| f == k)
+                });
+                if !known {
+                    bail!("{origin}: key report.groups[{i}].knobs names {k:?}, which is not a config key of the group's arms");
+                }
+            }
+        }
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
         Ok(Grid {
             name: file.name.unwrap_or_else(|| stem.clone()),
@@ -415,6 +428,29 @@ fn check_report(report: &ReportConfig, arm_labels: &[String], origin: &str) -> R
         }
         if !(v.tolerance > 1.0 && v.tolerance.is_finite()) {
             bail!("{origin}: key report.verdicts[{i}].tolerance = {}: must be above 1 (the band is [expected / tolerance, expected × tolerance])", v.tolerance);
+        }
+    }
+    let mut grouped: Vec<&String> = Vec::new();
+    for (i, g) in report.groups.iter().enumerate() {
+        if g.arms.is_empty() {
+            bail!("{origin}: key report.groups[{i}] ({}) lists no arms", g.name);
+        }
+        for a in g.arms.iter().chain(std::iter::once(&g.default)) {
+            if !arm_labels.contains(a) {
+                bail!("{origin}: key report.groups[{i}] ({}) names {a:?}, which is not an arm (arms: {})", g.name, arm_labels.join(", "));
+            }
+        }
+        if !g.arms.contains(&g.default) {
+            bail!("{origin}: key report.groups[{i}].default = {:?} is not one of the group's arms", g.default);
+        }
+        for a in &g.arms {
+            if grouped.contains(&a) {
+                bail!("{origin}: key report.groups: arm {a:?} is in two groups");
+            }
+            grouped.push(a);
+        }
+        if g.knobs.is_empty() {
+            bail!("{origin}: key report.groups[{i}] ({}) names no knobs (the dotted keys its arms vary)", g.name);
         }
     }
     if let Some(t) = report.target_map {
