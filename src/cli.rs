@@ -791,7 +791,7 @@ fn dry_run(g: &crate::harness::Grid) {
         }
     }
     for (key, f) in missing {
-        eprintln!("warning: {key} = {} does not exist: the run will refuse its cells until it does (harness proposals --out writes one)", f.display());
+        eprintln!("warning: {key} = {} does not exist: the run will refuse to start until it does (harness proposals --out writes one)", f.display());
     }
     for root in g.missing_datasets() {
         let size = match root.file_name().and_then(|n| n.to_str()) {

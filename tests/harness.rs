@@ -365,7 +365,7 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
     assert!(!ok && err.contains("/no/such/large") && !err.contains("panicked"), "{err}");
     // a proposals file that does not exist: the dry run says so (the run refuses the cells)
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--dry-run", "--set", "proposals.train_file=/no/such/props.txt"]);
-    assert!(ok && out.contains("4 cells") && err.contains("warning: proposals.train_file = /no/such/props.txt does not exist"), "{out}{err}");
+    assert!(ok && out.contains("4 cells") && err.contains("warning: proposals.train_file = /no/such/props.txt does not exist: the run will refuse to start"), "{out}{err}");
 
     let (ok, out, err) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache, "--jobs", "2"]);
     assert!(ok, "{out}\n{err}");

@@ -225,7 +225,7 @@ pub fn read_results_dir_of(dir: &Path, split: &str, classes: &[String], anns: &[
         bail!("detections directory {} does not exist", dir.display());
     }
     let files: Vec<String> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    let set = if split != "test" && !files.iter().any(|f| f.starts_with(&format!("comp4_det_{split}_"))) { "test" } else { split };
+    let set = if split != "test" && !files.iter().any(|f| f.starts_with(&format!("comp4_det_{split}_")) && f.ends_with(".txt")) { "test" } else { split };
     let prefix = format!("comp4_det_{set}_");
     for f in files.iter().filter(|f| f.starts_with(&prefix) && f.ends_with(".txt")) {
         let class = &f[prefix.len()..f.len() - 4];

@@ -228,7 +228,9 @@ impl Grid {
         // each group's knobs are keys of its arms' configs
         for (i, g) in file.report.groups.iter().enumerate() {
             for k in &g.knobs {
-                let known = cells.iter().filter(|c| g.arms.contains(&c.arm)).all(|c| {
+                // a key some arm of the group has (an arm that leaves an optional key unset
+                // does not write it)
+                let known = cells.iter().filter(|c| g.arms.contains(&c.arm)).any(|c| {
                     let mut flat = Vec::new();
                     flatten("", &serde_json::to_value(&c.config).unwrap_or_default(), &mut flat);
                     flat.iter().any(|(f, _)| f == k)
@@ -443,7 +445,10 @@ fn check_report(report: &ReportConfig, arm_labels: &[String], origin: &str) -> R
         if !g.arms.contains(&g.default) {
             bail!("{origin}: key report.groups[{i}].default = {:?} is not one of the group's arms", g.default);
         }
-        for a in &g.arms {
+        for (j, a) in g.arms.iter().enumerate() {
+            if g.arms[..j].contains(a) {
+                bail!("{origin}: key report.groups[{i}] ({}) lists arm {a:?} twice", g.name);
+            }
             if grouped.contains(&a) {
                 bail!("{origin}: key report.groups: arm {a:?} is in two groups");
             }

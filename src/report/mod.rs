@@ -20,7 +20,8 @@
 //! `report.verdicts` turn chosen speed-ups into verdicts (supported,
 //! contradicted, not resolved, with the seeds a resolution would need). Offline-mining arms whose cache stayed empty are
 //! flagged. Writes `summary.csv`, `speedups.csv`, `verdicts.csv`, `runs.csv`,
-//! `mining.csv` (every round of every cell), `summary.md` and the charts (PNG
+//! `mining.csv` (every round of every cell, where an arm mined), `across_splits.csv` (over
+//! resampled splits, or where cells kept their outcomes), `summary.md` and the charts (PNG
 //! and SVG) into the results directory. It reads only the files of
 //! [`crate::rundir`].
 
