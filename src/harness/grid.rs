@@ -225,21 +225,7 @@ impl Grid {
             bail!("{origin}: two cells have the same config (an arm or axis changes nothing?)");
         }
         check_report(&file.report, &arm_labels, &origin)?;
-        // each group's knobs are keys of its arms' configs
-        for (i, g) in file.report.groups.iter().enumerate() {
-            for k in &g.knobs {
-                // a key some arm of the group has (an arm that leaves an optional key unset
-                // does not write it)
-                let known = cells.iter().filter(|c| g.arms.contains(&c.arm)).any(|c| {
-                    let mut flat = Vec::new();
-                    flatten("", &serde_json::to_value(&c.config).unwrap_or_default(), &mut flat);
-                    flat.iter().any(|(f, _)| f == k)
-                });
-                if !known {
-                    bail!("{origin}: key report.groups[{i}].knobs names {k:?}, which is not a config key of the group's arms");
-                }
-            }
-        }
+        check_group_knobs(&file.report, &cells, &origin)?;
         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "grid".into());
         Ok(Grid {
             name: file.name.unwrap_or_else(|| stem.clone()),
@@ -363,6 +349,24 @@ impl GridFile {
         }
         Ok(axes)
     }
+}
+
+/// Each group's knobs are keys of its arms' configs: a key some arm of the group has (an arm
+/// that leaves an optional key unset does not write it).
+fn check_group_knobs(report: &ReportConfig, cells: &[Cell], origin: &str) -> Result<()> {
+    for (i, g) in report.groups.iter().enumerate() {
+        for k in &g.knobs {
+            let known = cells.iter().filter(|c| g.arms.contains(&c.arm)).any(|c| {
+                let mut flat = Vec::new();
+                flatten("", &serde_json::to_value(&c.config).unwrap_or_default(), &mut flat);
+                flat.iter().any(|(f, _)| f == k)
+            });
+            if !known {
+                bail!("{origin}: key report.groups[{i}].knobs names {k:?}, which is not a config key of the group's arms");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An unknown key in a partial config (a grid's base, one --set), as an error naming `label`;
