@@ -84,7 +84,8 @@ pub fn merge(base: &mut Value, over: &Value) {
     }
 }
 
-fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+/// A JSON value's leaves under their dotted keys (`sampler.fg_fraction`), `prefix` before each.
+pub fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {

@@ -412,3 +412,87 @@ where
     line_chart(&panels[2], "previous cache still hard", "mining round", "share", miners, &still, false)?;
     Ok(())
 }
+
+/// `knob_<key>.png`/`.svg`: final `metric` against one knob's values (categories in the given
+/// order), one line per method (mean over units, band ± std), each group's other knobs at its
+/// default. Returns the PNG file name.
+pub fn draw_knob(dir: &Path, knob: &str, metric: Metric, series: &[super::groups::KnobSeries]) -> Result<String> {
+    register_font();
+    let mut values: Vec<String> = Vec::new();
+    for (_, _, pts) in series {
+        for (v, _) in pts {
+            if !values.contains(v) {
+                values.push(v.clone());
+            }
+        }
+    }
+    // the categories in their numeric order, `none` after the numbers
+    values.sort_by(|a, b| super::groups::order_key(a).total_cmp(&super::groups::order_key(b)).then(a.cmp(b)));
+    let stem = format!("knob_{}", knob.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+    let mut files = Vec::new();
+    both!(dir, stem, files, |root| knob_chart(&root, knob, metric, &values, series));
+    Ok(files.remove(0))
+}
+
+fn knob_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, knob: &str, metric: Metric, values: &[String], series: &[super::groups::KnobSeries]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let stats: Vec<(String, Vec<(f64, f64, f64)>)> = series
+        .iter()
+        .map(|(name, _, pts)| {
+            let p = pts
+                .iter()
+                .filter_map(|(v, ys)| {
+                    let x = values.iter().position(|w| w == v)? as f64;
+                    mean_std(ys).map(|(m, s)| (x, m, if s.is_finite() { s } else { 0.0 }))
+                })
+                .collect();
+            (name.clone(), p)
+        })
+        .collect();
+    let all = stats.iter().flat_map(|s| s.1.iter());
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1 - p.2), b.max(p.1 + p.2)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.15).max(0.01);
+    let n = values.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("Final {} against {knob} (mean ± std over units; other knobs at the default)", metric.column()), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, (lo - pad).max(0.0)..hi + pad)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { values.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
+        .x_desc(knob)
+        .y_desc(format!("final {} on the test split", metric.column()))
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    for (i, (name, pts)) in stats.iter().enumerate() {
+        let c = colour(i);
+        if pts.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = pts.iter().map(|p| (p.0, p.1 + p.2)).collect();
+            poly.extend(pts.iter().rev().map(|p| (p.0, p.1 - p.2)));
+            chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(err)?;
+        } else {
+            chart.draw_series(pts.iter().map(|p| PathElement::new(vec![(p.0, p.1 - p.2), (p.0, p.1 + p.2)], c.stroke_width(2)))).map_err(err)?;
+        }
+        chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)).point_size(4))
+            .map_err(err)?
+            .label(format!("{name} (filled: its default)"))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+        // the method's default setting, a filled dot
+        let default_x = series[i].1.as_ref().and_then(|d| values.iter().position(|v| v == d)).map(|x| x as f64);
+        chart.draw_series(pts.iter().filter(|p| Some(p.0) == default_x).map(|p| Circle::new((p.0, p.1), 7, c.filled()))).map_err(err)?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::LowerRight).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

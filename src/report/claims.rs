@@ -1,5 +1,6 @@
 //! `harness claims [results]`: the claims table of the README, generated from the committed
-//! reports alone: every verdict of every study (`<study>/verdicts.csv`), and the series-wise
+//! reports alone: every verdict of every study (`<study>/verdicts.csv`), the tuning verdict of
+//! each sensitivity study (a study with `groups.csv`, quoted from its summary.md), and the series-wise
 //! findings of each claim-(a) sweep (`claim-a/<sweep>/claim_a.md`), quoted as the report and
 //! the bench wrote them. tests/docs.rs checks that the README's copy is this text.
 
@@ -81,6 +82,21 @@ pub fn claims_md_as(dir: &Path, root: &Path) -> Result<String> {
                 covers(&study_dir, v.seeds),
                 v.regime
             ));
+        }
+    }
+    // the tuning claim: each sensitivity study's verdict line, as its summary.md wrote it
+    let tuning: Vec<(String, String)> = folders_with(dir, "groups.csv")?
+        .into_iter()
+        .filter_map(|study| {
+            let text = std::fs::read_to_string(study.join("summary.md")).ok()?;
+            let line = text.lines().find(|l| l.starts_with(&format!("- {}: ", super::groups::CLAIM)))?;
+            Some((study.file_name()?.to_string_lossy().into_owned(), line[2..].to_string()))
+        })
+        .collect();
+    if !tuning.is_empty() {
+        md.push_str("\nThe tuning claim, each sensitivity study's verdict as its report wrote it (each method over its own knobs, `report.groups`):\n\n");
+        for (study, line) in tuning {
+            md.push_str(&format!("- [{study}]({}/{study}/summary.md): {line}\n", root.display()));
         }
     }
     let sweeps = dir.join("claim-a");

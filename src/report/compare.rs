@@ -95,7 +95,8 @@ fn units_text(agg: &Aggregate, family: String) -> String {
     }
 }
 
-/// The study's family: every comparison its Findings and Verdicts state, one per unordered
+/// The study's family: every comparison its Findings, Verdicts and tuning section
+/// ([`super::groups`]) state, one per unordered
 /// pair of arms and measure (final mAP, or a speed measure), so that a pair compared in both
 /// directions counts once. Every interval the words use is Bonferroni's over all of them, each
 /// at `1 − 0.05 / m`: together they cover their true values with at least 95% probability,
@@ -116,6 +117,11 @@ pub fn study_family(agg: &Aggregate) -> usize {
                 set.insert(key(b, a, measure.name()));
             }
         }
+    }
+    // a sensitivity study's groups: every pair of settings a pick of best, worst or default
+    // may land on, and OHEM's default against every other method's setting
+    for (a, b) in super::groups::family_pairs(agg) {
+        set.insert(key(&a, &b, "final"));
     }
     for v in &agg.meta.report.verdicts {
         set.insert(key(&v.baseline, &v.arm, v.measure.name()));

@@ -36,6 +36,7 @@ pub mod aggregate;
 pub mod charts;
 pub mod claims;
 pub mod compare;
+pub mod groups;
 pub mod splits;
 pub mod stats;
 pub mod write;
@@ -322,6 +323,11 @@ pub fn generate(results: &Path) -> Result<Generated> {
     let mut notes: Vec<String> = unreadable.iter().map(|u| format!("warning: a cell left out of the report: {u}")).collect();
     notes.extend(warnings.iter().map(|w| format!("warning: {}", w.text)));
     notes.extend(verdicts.iter().map(|v| format!("verdict: {}", write::verdict_line(v, meta.report.metric).replace("**", ""))));
+    let groups = groups::analyse(&agg, family);
+    let tuning = groups::verdict(&agg, &groups, family);
+    if let (false, Ok(v)) = (groups.is_empty(), &tuning) {
+        notes.push(format!("verdict: {}", v.text.replace("**", "")));
+    }
     let findings = compare::findings(&agg, &speedups, &map_diffs);
     write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts, &findings)?;
     let (across, across_notes) = splits::across(&agg, &map_diffs, family);
@@ -348,7 +354,18 @@ pub fn generate(results: &Path) -> Result<Generated> {
     if !curve.is_empty() {
         charts.push(charts::draw_target_curve(results, &curve)?);
     }
+    let groups_csv = results.join("groups.csv");
+    if !groups.is_empty() {
+        write::groups_csv(&groups_csv, &groups, family)?;
+        for (knob, series) in groups::knob_series(&agg) {
+            if series.iter().any(|s| !s.2.is_empty()) {
+                charts.push(charts::draw_knob(results, &knob, meta.report.metric, &series)?);
+            }
+        }
+    } else if groups_csv.exists() {
+        std::fs::remove_file(&groups_csv).with_context(|| format!("removing the stale {}", groups_csv.display()))?;
+    }
     let path = results.join("summary.md");
-    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), &warnings, &unreadable, &charts).as_bytes())?;
+    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), (&groups, &tuning), &warnings, &unreadable, &charts).as_bytes())?;
     Ok(Generated { summary: path, notes })
 }
