@@ -285,6 +285,10 @@ pub struct RunArgs {
     /// Results directory [default: the grid's `results`, else runs/<grid file stem>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Copy, instead of training again, each cell whose twin (the same cell id: the same config
+    /// and seed) is a finished cell of this other results directory (repeatable).
+    #[arg(long, value_name = "RESULTS_DIR", conflicts_with_all = ["force", "dry_run", "retime"])]
+    reuse: Vec<PathBuf>,
     /// Proposal cache folder [default: ~/.cache/ohem-harness/proposals].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -817,6 +821,13 @@ fn run_grid(a: RunArgs, progress: bool) -> Result<()> {
             bail!("--retime runs here, one cell at a time, to time them on one quiet machine; leave out --executor slurm");
         }
         return retime(&g, a.cache_dir.as_deref());
+    }
+    for from in &a.reuse {
+        let copied = crate::harness::reuse(&g, from)?;
+        println!("{}: {} cells copied from {} (the same cell ids), not trained again", g.name, copied.len(), from.display());
+        for (cell, src) in copied {
+            println!("  {cell} <- {}", src.display());
+        }
     }
     if a.executor == Executor::Slurm {
         return submit(&g, a.slurm, a.force, a.cache_dir);

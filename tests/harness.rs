@@ -389,6 +389,32 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
     let (ok, out, _) = harness(&["run", p.to_str().unwrap(), "--cache-dir", &cache]);
     assert!(ok && out.contains("0 run, 4 already done"), "{out}");
 
+    // Another grid whose arm `fixed` is frcn's config: --reuse copies its two finished cells
+    // (the same cell ids) instead of training them, under this grid's arm name.
+    let p4 = write_grid(t.path(), "arms:\n  fixed:\n    sampler: {kind: fixed_ratio}\nseeds: [0, 1]\n");
+    let r4 = t.path().join("r4");
+    let (ok, out, err) = harness(&["run", p4.to_str().unwrap(), "--cache-dir", &cache, "--out", r4.to_str().unwrap(), "--reuse", res.to_str().unwrap()]);
+    assert!(ok && out.contains("2 cells copied from") && out.contains("0 run, 2 already done"), "{out}{err}");
+    for seed in [0, 1] {
+        let find = |root: &Path, prefix: &str| std::fs::read_dir(root.join("cells")).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&format!("{prefix}-s{seed}-"))).unwrap();
+        let (src, dst) = (find(&res, "frcn"), find(&r4, "fixed"));
+        assert_eq!(std::fs::read(src.join("metrics.csv")).unwrap(), std::fs::read(dst.join("metrics.csv")).unwrap());
+        assert_eq!(std::fs::read(src.join("config.yaml")).unwrap(), std::fs::read(dst.join("config.yaml")).unwrap());
+        let cell: CellMeta = serde_json::from_str(&std::fs::read_to_string(dst.join("cell.json")).unwrap()).unwrap();
+        assert_eq!((cell.arm.as_str(), cell.seed), ("fixed", seed));
+        assert!(std::fs::read_to_string(dst.join("train.log")).unwrap().contains("copied by `harness run --reuse` from"));
+        assert!(!dst.join("lock").exists());
+    }
+    // a second time copies nothing; a twin whose config.yaml is not its id's is refused by name
+    let (ok, out, _) = harness(&["run", p4.to_str().unwrap(), "--cache-dir", &cache, "--out", r4.to_str().unwrap(), "--reuse", res.to_str().unwrap()]);
+    assert!(ok && out.contains("0 cells copied"), "{out}");
+    let twin = std::fs::read_dir(res.join("cells")).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("frcn-s0-")).unwrap();
+    let original = std::fs::read_to_string(twin.join("config.yaml")).unwrap();
+    std::fs::write(twin.join("config.yaml"), original.replace("seed: 0", "seed: 7")).unwrap();
+    let (ok, _, err) = harness(&["run", p4.to_str().unwrap(), "--cache-dir", &cache, "--out", t.path().join("r5").to_str().unwrap(), "--reuse", res.to_str().unwrap()]);
+    assert!(!ok && err.contains(&twin.join("config.yaml").display().to_string()) && err.contains("not reused") && !err.contains("panicked"), "{err}");
+    std::fs::write(twin.join("config.yaml"), original).unwrap();
+
     // Simulate a SIGKILL in the middle of a cell's second epoch: status left "running", one epoch logged.
     let p2 = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\nseeds: [0]\n");
     let (ok, _, err) = harness(&["run", p2.to_str().unwrap(), "--cache-dir", &cache, "--set", "train.epochs=2", "--out", t.path().join("r2").to_str().unwrap()]);

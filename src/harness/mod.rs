@@ -113,6 +113,72 @@ fn config_is_stale(path: &Path, c: &grid::Cell) -> bool {
 
 pub use crate::fmt_duration;
 
+/// `harness run --reuse DIR`: each cell of `grid` not yet done whose twin is a finished cell of
+/// the results directory `from` (the same cell id, so the same config and seed; the id is
+/// recomputed from the twin's own `config.yaml`, and the same epochs) is copied from it
+/// instead of trained again: its logs verbatim (the lock and any retime folder left out), and a
+/// line in its `train.log` that says where it came from. A cell that has started here (its
+/// folder holds metrics or checkpoints) is never replaced. Returns the cells copied (this
+/// grid's folder name and the twin's folder).
+pub fn reuse(grid: &Grid, from: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = read_cells(from).with_context(|| format!("--reuse {}", from.display()))?;
+    let mut copied = Vec::new();
+    for c in &grid.cells {
+        let dst = grid.results.join(CELLS).join(&c.dir_name);
+        if dst.join(crate::rundir::METRICS).exists() || dst.join("checkpoints").exists() {
+            continue;
+        }
+        let Some(e) = entries.iter().find(|e| e.id == c.id && e.seed == c.seed && e.epochs == c.epochs) else { continue };
+        let src = from.join(CELLS).join(&e.dir);
+        if !is_done(&src, e.epochs) {
+            continue;
+        }
+        let cfg_path = src.join(CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?;
+        let cfg: crate::config::TrainConfig = serde_saphyr::from_str(&text).map_err(|err| anyhow::anyhow!("parsing {}: {err}", cfg_path.display()))?;
+        if grid::cell_id(&cfg) != c.id {
+            bail!("{}: this config gives the cell id {}, not the {} that {} says: the cell is not reused (was its config.yaml edited?)", cfg_path.display(), grid::cell_id(&cfg), c.id, from.join(CELLS_JSON).display());
+        }
+        // copied into a folder beside, then moved into place: an interrupted copy leaves no
+        // half-copied cell that would read as done
+        let tmp = grid.results.join(CELLS).join(format!(".{}.reuse", c.dir_name));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        copy_cell(&src, &tmp)?;
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(tmp.join("train.log")).with_context(|| format!("writing {}", tmp.join("train.log").display()))?;
+        writeln!(log, "{}: copied by `harness run --reuse` from {} (the same cell id {}, so the same config and seed): not trained again here", now(), src.display(), c.id)?;
+        drop(log);
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).with_context(|| format!("replacing {}", dst.display()))?;
+        }
+        std::fs::rename(&tmp, &dst).with_context(|| format!("moving {} to {}", tmp.display(), dst.display()))?;
+        crate::rundir::sync_dir(&grid.results.join(CELLS));
+        copied.push((c.dir_name.clone(), src));
+    }
+    Ok(copied)
+}
+
+/// Copies a cell's folder, all but its lock, its progress file and any retime folder.
+fn copy_cell(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if ["lock", "retime", crate::rundir::PROGRESS].iter().any(|n| name == *n) {
+            continue;
+        }
+        let (from, to) = (e.path(), dst.join(&name));
+        if e.file_type()?.is_dir() {
+            copy_cell(&from, &to)?;
+        } else {
+            std::fs::copy(&from, &to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            std::fs::File::open(&to).and_then(|f| f.sync_all()).with_context(|| format!("flushing {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// A cell being run, as the progress watcher sees it.
 struct Running {
     dir: PathBuf,
