@@ -430,7 +430,7 @@ pub enum BenchWhat {
     Eval,
     /// ms per training iteration split by stage, peak memory, RoI pooling vs the per-RoI reference.
     Train,
-    /// s per iteration of each sampler (fixed-ratio, OHEM read-only and masked, all RoIs), HNM mining time.
+    /// s per iteration of each sampler (fixed-ratio, OHEM read-only and masked, all RoIs), HNM mining time, the per-class bookkeeping's cost.
     Samplers,
     /// Test-split evaluation against a training epoch of a config, in one run (not part of `all`: it needs the data).
     Epoch,
@@ -679,7 +679,7 @@ fn train(a: TrainArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     crate::rundir::set_phase_dir(&out);
     crate::rundir::catch_preemption_signals()?;
-    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None, stop_in: None, warnings: None };
+    let opts = crate::trainer::TrainOptions { progress, force: a.force, cache_dir: a.cache_dir, pretrain_dir: None, stop: Some(&crate::rundir::STOP), kill_checkpoint_after: None, stop_in: None, warnings: None, class_every: None };
     let rows = crate::trainer::train(&cfg, &out, &opts)?;
     if let Some(r) = rows.last() {
         let map = |m: Option<f64>| m.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into());

@@ -34,6 +34,36 @@ pub const TIMING_COLUMNS: [&str; 11] = ["train_s", "mine_s", "eval_s", "wall_s",
 
 /// A run directory's final evaluation as match outcomes ([`crate::eval::bootstrap`]).
 pub const OUTCOMES: &str = "outcomes.txt";
+/// A run directory's per-class bookkeeping of the sampler's picks ([`ClassRow`]).
+pub const CLASSES: &str = "classes.csv";
+
+/// One class (or background) at one bookkeeping iteration, a row of `classes.csv`: over the
+/// minibatch's RoIs (every RoI of its images: proposals and ground truth), how many are the
+/// class's, how many of them the sampler picked, and the per-RoI loss (classification +
+/// smooth L1, Fast R-CNN's, before the step) summed over all of them and over those not picked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassRow {
+    /// 1-based epoch, the iteration within it (0-based) and over the run (0-based).
+    pub epoch: usize,
+    pub iter_in_epoch: usize,
+    pub iteration: usize,
+    /// 0 is background; 1..=K the dataset's classes.
+    pub class: usize,
+    pub name: String,
+    pub candidates: i64,
+    pub selected: i64,
+    pub loss_sum: f64,
+    pub unpicked_loss_sum: f64,
+}
+
+/// Reads `classes.csv` (no file: no rows).
+pub fn read_classes(path: &Path) -> Result<Vec<ClassRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
 pub const STATUS: &str = "status.json";
 pub const MANIFEST: &str = "manifest.json";
 pub const CELL_JSON: &str = "cell.json";

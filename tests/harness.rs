@@ -383,6 +383,12 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
         assert!(m["cpu"].as_str().is_some_and(|c| !c.is_empty()) && m["cores"].as_u64().unwrap() >= 1, "{m}");
         assert!(m["load_start"].as_f64().unwrap() >= 0.0 && m["load_end"].as_f64().unwrap() >= 0.0, "{m}");
         assert!(c.join("config.yaml").exists() && c.join("metrics.csv").exists() && c.join("checkpoints").exists());
+        // the per-class bookkeeping of the run's first iteration (every 20th): background and
+        // each class once
+        let classes = ohem_harness::rundir::read_classes(&c.join("classes.csv")).unwrap();
+        assert!(!classes.is_empty() && classes.iter().all(|r| r.iteration == 0 && r.epoch == 1), "{classes:?}");
+        assert_eq!(classes.iter().map(|r| r.class).collect::<Vec<_>>(), (0..classes.len()).collect::<Vec<_>>());
+        assert_eq!(classes[0].name, "background");
     }
 
     // Rerun: everything is skipped.

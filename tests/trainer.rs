@@ -176,9 +176,11 @@ fn preempted_at_every_iteration_resumes_exactly() {
     for sampler in ["  kind: ohem\n", "  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n"] {
         let t = tempfile::tempdir().unwrap();
         let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n{sampler}")), &["train.iters_per_epoch=4".into()]).unwrap();
-        let whole = train(&cfg, &t.path().join("whole"), &test_opts()).unwrap();
+        // the per-class bookkeeping every 3 iterations: before, after and across the stops
+        let every3 = ohem_harness::trainer::TrainOptions { class_every: Some(3), ..test_opts() };
+        let whole = train(&cfg, &t.path().join("whole"), &every3).unwrap();
         let cut = t.path().join("cut");
-        let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), ..test_opts() };
+        let stopping = ohem_harness::trainer::TrainOptions { stop: Some(&ALWAYS), class_every: Some(3), ..test_opts() };
         let mut stops = 0;
         let rows = loop {
             match train(&cfg, &cut, &stopping) {
@@ -200,6 +202,11 @@ fn preempted_at_every_iteration_resumes_exactly() {
             ohem_harness::rundir::read_mining(&t.path().join(d).join("mining.csv")).unwrap().iter().map(|m| (m.round, m.iteration, m.stats.mined, m.stats.mined_loss)).collect()
         };
         assert_eq!(mining("cut"), mining("whole"), "{sampler}");
+        // iterations 0, 3 and 6 of 8, each once, as the uninterrupted run logged them
+        let classes = |d: &str| ohem_harness::rundir::read_classes(&t.path().join(d).join("classes.csv")).unwrap();
+        let iters: std::collections::BTreeSet<usize> = classes("cut").iter().map(|c| c.iteration).collect();
+        assert_eq!(iters.into_iter().collect::<Vec<_>>(), [0, 3, 6], "{sampler}");
+        assert_eq!(classes("cut"), classes("whole"), "{sampler}: the bookkeeping of a pre-empted run differs");
         assert!(!cut.join("checkpoints/partial").exists(), "a finished epoch removes its mid-epoch checkpoint");
     }
 }
@@ -922,4 +929,68 @@ fn cpu_counters_and_iteration_spread_by_hand() {
     assert_eq!(machine_seconds("intr 1 2\n", 100.0), None);
     assert_eq!(median_iqr(&[4.0, 1.0, 3.0, 2.0, 5.0]), Some((3.0, 2.0)));
     assert_eq!(median_iqr(&[]), None);
+}
+
+/// The per-class bookkeeping by hand: counts, loss sums and the unpicked RoIs' losses of a
+/// small batch; the shares sum to 1.
+#[test]
+fn class_tally_by_hand() {
+    use ohem_harness::trainer::class_tally;
+    use tch::Tensor;
+    let labels = Tensor::from_slice(&[0i64, 1, 1, 2, 0, 0, 2]);
+    let sel = Tensor::from_slice(&[1i64, 4, 6]);
+    let loss = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    let t = class_tally(&labels, &sel, &loss, 3);
+    assert_eq!(t.candidates, [3, 2, 2, 0]);
+    assert_eq!(t.selected, [1, 1, 1, 0]);
+    assert_eq!(t.loss_sum, [12.0, 5.0, 11.0, 0.0]);
+    // not picked: background 0 and 5 (1 + 6), class 1's 2 (3), class 2's 3 (4)
+    assert_eq!(t.unpicked_loss_sum, [7.0, 3.0, 4.0, 0.0]);
+    let share = |v: &[i64]| v.iter().map(|&x| x as f64 / v.iter().sum::<i64>() as f64).sum::<f64>();
+    assert!((share(&t.candidates) - 1.0).abs() < 1e-12 && (share(&t.selected) - 1.0).abs() < 1e-12);
+}
+
+/// The bookkeeping changes nothing of the step: from the same weights on the same batch, a
+/// step with it and one without make bit-identical updates (fixed ratio: its own read-only
+/// forward; OHEM: the losses it ranked by), and its counts cover every RoI and every pick.
+#[test]
+fn the_class_bookkeeping_leaves_the_step_unchanged() {
+    let _rng = crate::util::torch_rng_lock();
+    use ohem_harness::data::Dataset;
+    use ohem_harness::model::sgd::Sgd;
+    use ohem_harness::model::FastRcnn;
+    use ohem_harness::trainer::{batch, load_split, train_step_tallied};
+    use tch::nn::VarStore;
+    let t = tempfile::tempdir().unwrap();
+    for sampler in ["sampler:\n  kind: fixed_ratio\n", "sampler:\n  kind: ohem\n  batch_size: 32\n"] {
+        let cfg = TrainConfig::load(&tiny_config(t.path(), sampler), &["model.dropout=0.0".into()]).unwrap();
+        let ds = Dataset::open(&cfg.dataset.root).unwrap();
+        let store = load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
+        let dev = tch::Device::Cpu;
+        let run = |tally: bool| {
+            tch::manual_seed(7);
+            let vs = VarStore::new(dev);
+            let model = FastRcnn::new(&vs.root(), &cfg.model, ds.classes.len());
+            let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+            let mut s = cfg.sampler.build();
+            let prepared: Vec<batch::Prepared> = [0, 3].iter().map(|&i| batch::prepare(&store, i, &cfg.input, i == 3, dev).unwrap()).collect();
+            tch::manual_seed(5);
+            let out = train_step_tallied(&model, &mut opt, 0.01, s.as_mut(), &prepared, &cfg, tally).unwrap();
+            (vs, out)
+        };
+        let (vs_a, out_a) = run(false);
+        let (vs_b, out_b) = run(true);
+        assert!(out_a.classes.is_none());
+        let c = out_b.classes.unwrap();
+        assert_eq!(c.candidates.len(), ds.classes.len() + 1);
+        assert_eq!(c.candidates.iter().sum::<i64>(), out_b.rois_all, "every RoI counted once");
+        assert_eq!(c.selected.iter().sum::<i64>(), out_b.rois, "every pick counted once");
+        assert_eq!(c.selected.iter().skip(1).sum::<i64>(), out_b.fg);
+        assert!(c.loss_sum.iter().zip(&c.unpicked_loss_sum).all(|(a, u)| *u <= *a + 1e-9 && *u >= 0.0));
+        assert_eq!((out_a.loss_cls, out_a.loss_bbox), (out_b.loss_cls, out_b.loss_bbox));
+        let (a, b) = (vs_a.variables(), vs_b.variables());
+        for (name, ta) in &a {
+            assert!(ta.equal(&b[name]), "{sampler}: {name} differs with the bookkeeping");
+        }
+    }
 }

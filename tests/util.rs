@@ -62,7 +62,7 @@ pub fn tiny_config(dir: &Path, extra: &str) -> PathBuf {
 
 /// Training options for tests: no progress bars, the shared cache.
 pub fn test_opts() -> ohem_harness::trainer::TrainOptions {
-    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()), pretrain_dir: Some(cache_dir().join("pretrain")), stop: None, kill_checkpoint_after: None, stop_in: None, warnings: None }
+    ohem_harness::trainer::TrainOptions { progress: false, force: false, cache_dir: Some(cache_dir().to_path_buf()), pretrain_dir: Some(cache_dir().join("pretrain")), stop: None, kill_checkpoint_after: None, stop_in: None, warnings: None, class_every: None }
 }
 
 /// libtorch's CPU random generator is global to the process; tests whose

@@ -58,6 +58,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
 
     if let (Some((store, n_props)), false, false) = (store_for_mining, vgg16, profile) {
         time_mining(&base, &store, n_props, device)?;
+        time_class_bookkeeping(&base, &store, iters, device)?;
     }
     Ok(())
 }
@@ -216,6 +217,34 @@ fn time_mining(base: &TrainConfig, store: &ImageStore, n_props: usize, device: D
     sync(device);
     let s = t.elapsed().as_secs_f64();
     println!("HNM mining pass (frozen model, every proposal): {:.1} s per 100 images (measured over {} images, {n_props} proposals each)", s * 100.0 / scores.len() as f64, scores.len());
+    Ok(())
+}
+
+/// The per-class bookkeeping's cost (`classes.csv`, every [`crate::trainer::CLASS_EVERY`]
+/// iterations): fixed ratio's step with and without it (its own read-only forward of the head
+/// over all RoIs; OHEM's reuses the losses it ranked by), alternating step by step on one model
+/// so that drift lands on both, and its share of training time at the trainer's cadence.
+fn time_class_bookkeeping(base: &TrainConfig, store: &ImageStore, iters: usize, device: Device) -> Result<()> {
+    use crate::trainer::{train_step_tallied, CLASS_EVERY};
+    let mut cfg = base.clone();
+    cfg.sampler = SamplerConfig::FixedRatio(Default::default());
+    let (vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
+    let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+    let mut sampler = cfg.sampler.build();
+    let (mut plain, mut tallied) = (Vec::new(), Vec::new());
+    for it in 0..2 * iters.max(2) + 2 {
+        let pair = bench_pair(store, &cfg.input, it / 2, device);
+        let tally = it % 2 == 1;
+        let t = Instant::now();
+        train_step_tallied(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg, tally)?;
+        sync(device);
+        if it >= 2 {
+            if tally { tallied.push(t.elapsed().as_secs_f64()) } else { plain.push(t.elapsed().as_secs_f64()) }
+        }
+    }
+    let (p, q) = (super::common::median(&plain), super::common::median(&tallied));
+    let share = (q - p).max(0.0) / (CLASS_EVERY as f64 * p);
+    println!("per-class bookkeeping (classes.csv), fixed ratio's read-only forward over all RoIs: a step with it {:.1} ms, without {:.1} ms (medians of {} each, alternating); at one step in {CLASS_EVERY}, {:.2}% of training time (OHEM reuses its ranking losses: no extra forward)", q * 1e3, p * 1e3, plain.len(), 100.0 * share);
     Ok(())
 }
 

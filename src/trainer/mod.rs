@@ -36,13 +36,13 @@ use crate::eval::{self, VocMetric};
 use crate::model::sgd::Sgd;
 use crate::model::{FastRcnn, Init};
 use crate::proposals;
-use crate::rundir::{read_metrics, read_mining, write_csv, write_file, write_mining, EpochRow, MiningRow, PhaseKind, CONFIG, METRICS, MINING, PROGRESS};
+use crate::rundir::{read_classes, read_metrics, read_mining, write_csv, write_file, write_mining, ClassRow, EpochRow, MiningRow, PhaseKind, CLASSES, CONFIG, METRICS, MINING, PROGRESS};
 use crate::sampler::{Progress, Sampler};
 use batch::{prepare, ImageStore};
 use checkpoint::{Checkpoints, EpochStats, Partial, Resume};
 pub use mining::FrozenScorer;
 use observer::{Console, Observer};
-pub use step::{minibatch_loss, train_step, IterOut};
+pub use step::{class_tally, minibatch_loss, train_step, train_step_tallied, ClassTally, IterOut};
 /// Options of a training run that are not part of the experiment.
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -64,6 +64,8 @@ pub struct TrainOptions {
     pub stop_in: Option<PhaseKind>,
     /// Also collects the warnings of a resume (checkpoints passed over), which go to stderr.
     pub warnings: Option<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
+    /// For tests: the per-class bookkeeping's cadence in iterations (None: [`CLASS_EVERY`]).
+    pub class_every: Option<usize>,
 }
 
 impl TrainOptions {
@@ -166,29 +168,53 @@ struct Logs {
     mining_path: PathBuf,
     rows: Vec<EpochRow>,
     mining: Vec<MiningRow>,
+    /// `classes.csv`: the per-class bookkeeping every [`CLASS_EVERY`] iterations.
+    classes_path: PathBuf,
+    classes: Vec<ClassRow>,
 }
+
+/// The per-class bookkeeping ([`step::ClassTally`], `classes.csv`) runs every this many
+/// iterations of a run (its first included): where the sampler computes no per-RoI losses it
+/// costs a read-only forward of the head over all RoIs, and at this cadence that stays under 2%
+/// of the training time (`harness bench samplers` measures it).
+pub const CLASS_EVERY: usize = 20;
 
 impl Logs {
     fn open(run_dir: &Path) -> Result<Logs> {
-        let (metrics_path, mining_path) = (run_dir.join(METRICS), run_dir.join(MINING));
+        let (metrics_path, mining_path, classes_path) = (run_dir.join(METRICS), run_dir.join(MINING), run_dir.join(CLASSES));
         let rows = read_metrics(&metrics_path)?;
         let mut mining = read_mining(&mining_path)?;
         mining.retain(|m| m.epoch <= rows.len());
-        Ok(Logs { outcomes_path: run_dir.join(crate::rundir::OUTCOMES), metrics_path, mining_path, rows, mining })
+        // kept as far as the resumed state reaches ([`Logs::keep_epochs`])
+        let classes = read_classes(&classes_path)?;
+        Ok(Logs { outcomes_path: run_dir.join(crate::rundir::OUTCOMES), metrics_path, mining_path, rows, mining, classes_path, classes })
     }
 
-    /// Keeps the first `n` epochs' rows and mining rounds (a resume from an earlier checkpoint).
-    fn keep_epochs(&mut self, n: usize) {
+    /// Keeps the first `n` epochs' rows and mining rounds (a resume from an earlier checkpoint),
+    /// and the bookkeeping of the iterations the resumed state has trained: the first `trained`
+    /// epochs', and of epoch `trained + 1` (1-based) those before iteration `next` of a
+    /// mid-epoch checkpoint.
+    fn keep_epochs(&mut self, n: usize, trained: usize, next: Option<usize>) {
         self.rows.truncate(n);
         self.mining.retain(|m| m.epoch <= n);
+        self.classes.retain(|c| c.epoch <= trained || next.is_some_and(|i| c.epoch == trained + 1 && c.iter_in_epoch < i));
     }
 
-    /// Rewrites both files (each atomically).
+    /// Rewrites the files (each atomically).
     fn write(&self) -> Result<()> {
         if !self.mining.is_empty() || self.mining_path.exists() {
             write_mining(&self.mining_path, &self.mining)?;
         }
+        self.write_classes()?;
         write_csv(&self.metrics_path, &self.rows)
+    }
+
+    /// Rewrites `classes.csv` (atomically), where there is bookkeeping.
+    fn write_classes(&self) -> Result<()> {
+        if !self.classes.is_empty() || self.classes_path.exists() {
+            write_csv(&self.classes_path, &self.classes)?;
+        }
+        Ok(())
     }
 }
 
@@ -276,7 +302,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut ck = Checkpoints::new(run_dir);
     ck.kill_after_writes = opts.kill_checkpoint_after;
     if opts.force {
-        for f in [METRICS, MINING, PROGRESS, crate::rundir::OUTCOMES] {
+        for f in [METRICS, MINING, CLASSES, PROGRESS, crate::rundir::OUTCOMES] {
             let _ = std::fs::remove_file(run_dir.join(f));
         }
         ck.clear();
@@ -330,7 +356,10 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         Resume::Partial(p) => (p.epoch, Some(p), None),
         Resume::Evaluate(m) => (m.epoch - 1, None, Some(m)),
     };
-    logs.keep_epochs(first_epoch);
+    // the epochs whose iterations the resumed state has trained (an epoch awaiting its
+    // evaluation is trained), and the next iteration of a mid-epoch checkpoint
+    let trained = pending.as_ref().map_or(first_epoch, |m| m.epoch);
+    logs.keep_epochs(first_epoch, trained, partial.as_ref().map(|p| p.next_iter));
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
     let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false };
     let mut epoch = first_epoch;
@@ -481,6 +510,9 @@ impl Run<'_> {
         let now = Instant::now();
         row.wall_s = self.wall + now.duration_since(e.started).as_secs_f64();
         let mining: Vec<MiningRow> = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
+        // the epoch's bookkeeping before its checkpoint: an epoch resumed for its evaluation
+        // is not trained again
+        self.logs.write_classes()?;
         self.ck.save_epoch(epoch + 1, &self.vs, &self.opt, self.sampler.as_ref(), &row, &mining)?;
         self.finish_epoch(epoch, row, now)
     }
@@ -504,8 +536,16 @@ impl Run<'_> {
             e.st.streamed += (after.decoded - before.decoded) as f64;
             e.st.prefetched += (after.prefetched - before.prefetched) as f64;
         }
-        let lr = cfg.train.lr_at(&self.sched, epoch * self.sched.iters_per_epoch + it);
-        let out = train_step(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
+        let iteration = epoch * self.sched.iters_per_epoch + it;
+        let lr = cfg.train.lr_at(&self.sched, iteration);
+        let tally = iteration % self.opts.class_every.unwrap_or(CLASS_EVERY).max(1) == 0;
+        let mut out = train_step_tallied(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg, tally).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
+        if let Some(t) = out.classes.take() {
+            for c in 0..t.candidates.len() {
+                let name = if c == 0 { "background".to_string() } else { self.data.classes.get(c - 1).cloned().unwrap_or_default() };
+                self.logs.classes.push(ClassRow { epoch: epoch + 1, iter_in_epoch: it, iteration, class: c, name, candidates: t.candidates[c], selected: t.selected[c], loss_sum: t.loss_sum[c], unpicked_loss_sum: t.unpicked_loss_sum[c] });
+            }
+        }
         e.st.add(&out);
         e.st.iter_s.push(began.elapsed().as_secs_f64());
         self.progressed = true;
@@ -524,6 +564,9 @@ impl Run<'_> {
         self.obs.epoch_trained();
         self.enter(PhaseKind::Checkpointing, epoch, next_iter, iters);
         let mining = self.logs.mining.iter().filter(|m| m.epoch == epoch + 1).cloned().collect();
+        if let Err(err) = self.logs.write_classes() {
+            return err;
+        }
         let secs = e.started.elapsed().as_secs_f64();
         let p = Partial { epoch, next_iter, stats: e.stats_now(), elapsed_s: e.elapsed_before + secs, wall_s: self.wall + secs, rng_word_pos: e.rng.get_word_pos().to_string(), mining, files: Default::default() };
         if let Err(err) = self.ck.save_partial(&p, &self.vs, &self.opt, self.sampler.as_ref(), self.device) {

@@ -27,6 +27,36 @@ pub struct IterOut {
     /// The images of the minibatch and their RoIs (proposals and ground truth), before sampling.
     pub images: i64,
     pub rois_all: i64,
+    /// The per-class bookkeeping, when asked for ([`train_step_tallied`]).
+    pub classes: Option<ClassTally>,
+}
+
+/// Per class, index 0 background and 1..=K the classes, over a minibatch's RoIs (all of its
+/// images' proposals and ground truth): how many RoIs are the class's, how many of them the
+/// sampler picked, and the per-RoI loss (Fast R-CNN's classification + smooth L1, from the
+/// weights before the step) summed over them all and over those not picked.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClassTally {
+    pub candidates: Vec<i64>,
+    pub selected: Vec<i64>,
+    pub loss_sum: Vec<f64>,
+    pub unpicked_loss_sum: Vec<f64>,
+}
+
+/// [`ClassTally`] of RoIs with `labels` `[ΣR]` (0..=k), picked at offsets `sel` `[S]`, with
+/// per-RoI losses `loss` `[ΣR]`: tensor counts, no loop over RoIs.
+pub fn class_tally(labels: &Tensor, sel: &Tensor, loss: &Tensor, k: i64) -> ClassTally {
+    let n = k + 1;
+    let loss = loss.to_kind(Kind::Double);
+    let picked = Tensor::zeros_like(&loss).index_fill(0, sel, 1.0);
+    let vec_i = |t: Tensor| Vec::<i64>::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default();
+    let vec_f = |t: Tensor| Vec::<f64>::try_from(t.to_device(tch::Device::Cpu)).unwrap_or_default();
+    ClassTally {
+        candidates: vec_i(labels.bincount::<Tensor>(None, n)),
+        selected: vec_i(labels.index_select(0, sel).bincount::<Tensor>(None, n)),
+        loss_sum: vec_f(labels.bincount(Some(&loss), n)),
+        unpicked_loss_sum: vec_f(labels.bincount(Some(&(&loss * (1.0 - picked))), n)),
+    }
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -55,6 +85,22 @@ pub fn train_step(
     batch: &[batch::Prepared],
     cfg: &TrainConfig,
 ) -> Result<IterOut> {
+    train_step_tallied(model, opt, lr, sampler, batch, cfg, false)
+}
+
+/// [`train_step`], with the per-class bookkeeping when `tally` ([`ClassTally`]): where the
+/// sampler computed no per-RoI losses, a read-only forward of the head over all RoIs (no
+/// gradient, features detached, the weights before the step) gives them; it draws no random
+/// number and changes no weight, so the step is the same with or without it.
+pub fn train_step_tallied(
+    model: &FastRcnn,
+    opt: &mut Sgd,
+    lr: f64,
+    sampler: &mut dyn sampler::Sampler,
+    batch: &[batch::Prepared],
+    cfg: &TrainConfig,
+    tally: bool,
+) -> Result<IterOut> {
     let images = collate(batch); // [N, 3, H, W]
     let feats = model.features(&images, true); // [N, C, H/16, W/16]
     let per_image = cfg.rois_per_image();
@@ -73,6 +119,18 @@ pub fn train_step(
         Backprop::MaskedAll => backprop_masked_all(model, &feats, &a, batch, select, &loss_cfg)?,
     };
     let n_sel = sel.size()[0];
+    let classes = tally.then(|| {
+        let _scope = super::scope::Scope::new("ohem::classes");
+        let loss = match &ranked {
+            Some(ls) => Tensor::cat(&ls.iter().map(|l| &l.cls + &l.loc).collect::<Vec<_>>(), 0),
+            None => tch::no_grad(|| {
+                let (logits, deltas) = head(model, &feats.detach(), &a.all_rois, false);
+                let (cls, loc) = per_roi_losses(&logits, &deltas, &a.all_labels, &a.all_targets, model.num_classes);
+                cls + loc
+            }),
+        };
+        class_tally(&a.all_labels, &sel, &loss, model.num_classes)
+    });
     (&loss_cls + &loss_bbox).backward();
     scoped("ohem::sgd", || opt.step(lr));
 
@@ -97,6 +155,7 @@ pub fn train_step(
         all_loss,
         images: batch.len() as i64,
         rois_all: sizes.iter().sum(),
+        classes,
     })
 }
 
