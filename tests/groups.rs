@@ -22,7 +22,7 @@ fn config(sampler: &str) -> TrainConfig {
 /// One finished run of `arm`, seed `seed`, ending at `map` after 2 epochs.
 fn run(arm: &str, seed: u64, map: f64, sampler: &str) -> RunLog {
     let rows = (1..=2).map(|epoch| EpochRow { epoch, iterations: 10, train_s: 10.0, eval_s: 1.0, wall_s: 11.0 * epoch as f64, map_voc07: Some(map - 0.1 * (2 - epoch) as f64), map_voc10: Some(map), ..Default::default() }).collect();
-    RunLog { arm: arm.into(), seed, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 2, manifest: None, config: Some(config(sampler)) }
+    RunLog { arm: arm.into(), seed, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), epochs: 2, manifest: None, config: Some(config(sampler)) }
 }
 
 fn group(name: &str, arms: &[&str], default: &str, knobs: &[&str]) -> ArmGroup {

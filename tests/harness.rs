@@ -662,7 +662,7 @@ fn runs_that_never_reach_the_target_are_censored_not_dropped() {
 fn timings_are_flagged_by_their_own_evidence_and_left_out() {
     use ohem_harness::report::RunLog;
     let run = |rows: Vec<EpochRow>, load: Option<(f64, f64)>| RunLog {
-        arm: "a".into(), seed: 0, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), epochs: 3,
+        arm: "a".into(), seed: 0, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), epochs: 3,
         manifest: load.map(|(start, end)| serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": "x", "libtorch": "x", "device": "cpu", "host": "h", "started": "s", "cores": 2, "load_start": start, "load_end": end})).unwrap()),
         config: None,
     };

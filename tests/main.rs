@@ -5,6 +5,7 @@ mod coco;
 mod dataset;
 mod docs;
 mod evaluation;
+mod balance;
 mod groups;
 mod harness;
 mod layers;

@@ -496,3 +496,55 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// `classes_<arm>.png`/`.svg`: per class, its share of the picked RoIs (thick) and of the
+/// candidate RoIs (thin) at each bookkeeping iteration, means over units. Returns the PNG's name.
+pub fn draw_classes(dir: &Path, arm: &str, curves: &super::classes::ClassCurves) -> Result<String> {
+    register_font();
+    let stem = format!("classes_{}", arm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+    let mut files = Vec::new();
+    both!(dir, stem, files, |root| classes_chart(&root, arm, curves));
+    Ok(files.remove(0))
+}
+
+fn classes_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, arm: &str, curves: &super::classes::ClassCurves) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    // the foreground classes (the background, index 0 and first, holds the rest and would
+    // flatten them against the axis)
+    // each curve smoothed by a centred mean over 5 bookkeeping steps (100 iterations)
+    let smooth = |p: &[(f64, f64, f64)]| -> Vec<(f64, f64, f64)> {
+        (0..p.len())
+            .map(|i| {
+                let w = &p[i.saturating_sub(2)..(i + 3).min(p.len())];
+                let n = w.len() as f64;
+                (p[i].0, w.iter().map(|q| q.1).sum::<f64>() / n, w.iter().map(|q| q.2).sum::<f64>() / n)
+            })
+            .collect()
+    };
+    let curves: Vec<(String, Vec<(f64, f64, f64)>)> = curves[1.min(curves.len())..].iter().map(|(n, p)| (n.clone(), smooth(p))).collect();
+    let pts = curves.iter().flat_map(|c| c.1.iter());
+    let (xmax, ymax) = pts.fold((1.0f64, 0.01f64), |(x, y), p| (x.max(p.0), y.max(p.1).max(p.2)));
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{arm}: class shares of the picked RoIs (thick) and of the candidates (thin), mean of 5 steps"), ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax * 1.02, 0.0..(ymax * 1.1).min(1.0))
+        .map_err(err)?;
+    chart.configure_mesh().x_desc("iteration").y_desc("share (mean over units)").label_style(("sans-serif", 15)).x_label_formatter(&|x| format!("{x:.0}")).draw().map_err(err)?;
+    for (i, (name, p)) in curves.iter().enumerate() {
+        let c = colour(i + 1);
+        chart.draw_series(LineSeries::new(p.iter().map(|q| (q.0, q.2)), c.mix(0.6).stroke_width(1))).map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(p.iter().map(|q| (q.0, q.1)), c.stroke_width(2)))
+            .map_err(err)?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).position(SeriesLabelPosition::UpperRight).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

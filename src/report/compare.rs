@@ -123,6 +123,10 @@ pub fn study_family(agg: &Aggregate) -> usize {
     for (a, b) in super::groups::family_pairs(agg) {
         set.insert(key(&a, &b, "final"));
     }
+    // each arm's self-balancing feedback (its per-class bookkeeping) against 0
+    for a in super::classes::arms_with_classes(agg) {
+        set.insert(key(&a, &a, "feedback"));
+    }
     for v in &agg.meta.report.verdicts {
         set.insert(key(&v.baseline, &v.arm, v.measure.name()));
         // the verdict line also states the pair's final-mAP difference with a family-wise interval

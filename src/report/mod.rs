@@ -34,6 +34,7 @@
 
 pub mod aggregate;
 pub mod charts;
+pub mod classes;
 pub mod claims;
 pub mod compare;
 pub mod groups;
@@ -65,6 +66,8 @@ pub struct RunLog {
     pub rows: Vec<EpochRow>,
     /// Offline mining rounds (`mining.csv`; empty for samplers that do not mine).
     pub mining: Vec<MiningRow>,
+    /// The per-class bookkeeping (`classes.csv`; empty in logs that predate it).
+    pub classes: Vec<crate::rundir::ClassRow>,
     pub epochs: usize,
     /// What ran the cell (absent in directories that predate manifests).
     pub manifest: Option<Manifest>,
@@ -281,6 +284,7 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)>
             manifest: read_manifest(&d),
             config: std::fs::read_to_string(d.join(crate::rundir::CONFIG)).ok().and_then(|t| serde_saphyr::from_str(&t).ok()),
             mining,
+            classes: crate::rundir::read_classes(&d.join(crate::rundir::CLASSES))?,
             arm: cell.arm,
             seed: cell.seed,
             split: cell.split,
@@ -328,6 +332,7 @@ pub fn generate(results: &Path) -> Result<Generated> {
     if let (false, Ok(v)) = (groups.is_empty(), &tuning) {
         notes.push(format!("verdict: {}", v.text.replace("**", "")));
     }
+    let feedback = classes::analyse(&agg, family);
     let findings = compare::findings(&agg, &speedups, &map_diffs);
     write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts, &findings)?;
     let (across, across_notes) = splits::across(&agg, &map_diffs, family);
@@ -354,6 +359,9 @@ pub fn generate(results: &Path) -> Result<Generated> {
     if !curve.is_empty() {
         charts.push(charts::draw_target_curve(results, &curve)?);
     }
+    for arm in classes::arms_with_classes(&agg) {
+        charts.push(charts::draw_classes(results, &arm, &classes::curves(&agg, &arm))?);
+    }
     let groups_csv = results.join("groups.csv");
     if !groups.is_empty() {
         write::groups_csv(&groups_csv, &groups, family)?;
@@ -366,6 +374,6 @@ pub fn generate(results: &Path) -> Result<Generated> {
         std::fs::remove_file(&groups_csv).with_context(|| format!("removing the stale {}", groups_csv.display()))?;
     }
     let path = results.join("summary.md");
-    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), (&groups, &tuning), &warnings, &unreadable, &charts).as_bytes())?;
+    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), (&groups, &tuning), &feedback, &warnings, &unreadable, &charts).as_bytes())?;
     Ok(Generated { summary: path, notes })
 }
