@@ -84,6 +84,10 @@ pub struct MakeDatasetArgs {
     /// voc: Annotations/, JPEGImages/, ImageSets/Main/; coco: annotations/instances_<split>.json and images/.
     #[arg(long, value_enum, default_value_t = DataFormat::Voc)]
     format: DataFormat,
+    /// A long tail: the classes' object counts fall geometrically, the last class R times rarer
+    /// than the first (the same scenes, sizes and object counts; only the classes change).
+    #[arg(long, value_name = "R")]
+    long_tail: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -540,7 +544,7 @@ fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
         if voc.exists() {
             std::fs::remove_dir_all(&voc).with_context(|| format!("removing {}", voc.display()))?;
         }
-        let r = synth::make_dataset(&voc, a.size, a.seed, progress).and_then(|m| {
+        let r = synth::make_dataset_with(&voc, a.size, a.seed, a.long_tail, progress).and_then(|m| {
             crate::data::coco::convert(&voc, &a.out, &[])?;
             std::fs::copy(voc.join("ohem_dataset.json"), a.out.join("ohem_dataset.json")).context("copying the dataset manifest")?;
             Ok(m)
@@ -548,7 +552,7 @@ fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
         let _ = std::fs::remove_dir_all(&voc);
         r?
     } else {
-        synth::make_dataset(&a.out, a.size, a.seed, progress)?
+        synth::make_dataset_with(&a.out, a.size, a.seed, a.long_tail, progress)?
     };
     let ds = open_any(&a.out, "trainval")?;
     let mut counts = vec![(0, 0); ds.classes.len()];

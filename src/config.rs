@@ -340,11 +340,17 @@ pub struct SolverConfig {
     pub warmup_iters: usize,
     /// Checkpoints kept in the run directory.
     pub keep_checkpoints: usize,
+    /// Repeat-factor sampling (LVIS, Gupta et al. 2019) at this threshold t: each class's
+    /// factor is `max(1, sqrt(t / f))`, f the share of training images that hold it, and each
+    /// image repeats in an epoch's order by its rarest class's factor (stochastic rounding).
+    /// Any RoI sampler combines with it. Absent: every image once an epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat_factor: Option<f64>,
 }
 
 impl Default for SolverConfig {
     fn default() -> Self {
-        SolverConfig { epochs: 12, iterations: None, lr_steps_iters: None, images_per_batch: 2, iters_per_epoch: None, lr: 0.005, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![9], gamma: 0.1, warmup_iters: 50, keep_checkpoints: 2 }
+        SolverConfig { epochs: 12, iterations: None, lr_steps_iters: None, images_per_batch: 2, iters_per_epoch: None, lr: 0.005, momentum: 0.9, weight_decay: 5e-4, lr_steps: vec![9], gamma: 0.1, warmup_iters: 50, keep_checkpoints: 2, repeat_factor: None }
     }
 }
 
@@ -470,6 +476,9 @@ impl TrainConfig {
         }
         if t.images_per_batch == 0 {
             bail!("train.images_per_batch = 0: at least one image per iteration");
+        }
+        if let Some(r) = t.repeat_factor.filter(|r| !(*r > 0.0 && *r <= 1.0)) {
+            bail!("train.repeat_factor = {r}: the threshold is a share of the training images, in (0, 1]");
         }
         if t.iters_per_epoch == Some(0) {
             bail!("train.iters_per_epoch = 0: at least one iteration");

@@ -56,6 +56,32 @@ pub struct ClassRow {
     pub unpicked_loss_sum: f64,
 }
 
+/// A run directory's per-class AP at each evaluation ([`PerClassRow`]).
+pub const PER_CLASS: &str = "per_class.csv";
+
+/// One class at one evaluation, a row of `per_class.csv`: its VOC07 and VOC10 AP on the test
+/// split (empty: no non-difficult ground truth there) and its count of such boxes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PerClassRow {
+    /// The 1-based epoch evaluated.
+    pub epoch: usize,
+    /// 1..=K, and its name.
+    pub class: usize,
+    pub name: String,
+    pub npos: usize,
+    pub ap_voc07: Option<f64>,
+    pub ap_voc10: Option<f64>,
+}
+
+/// Reads `per_class.csv` (no file: no rows).
+pub fn read_per_class(path: &Path) -> Result<Vec<PerClassRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r = csv::Reader::from_path(path).with_context(|| format!("reading {}", path.display()))?;
+    r.deserialize().enumerate().map(|(i, row)| row.with_context(|| format!("{}: row {}", path.display(), i + 2))).collect()
+}
+
 /// Reads `classes.csv` (no file: no rows).
 pub fn read_classes(path: &Path) -> Result<Vec<ClassRow>> {
     if !path.exists() {
@@ -507,6 +533,12 @@ pub struct ReportConfig {
     /// the knobs its arms vary (issue 38: the tuning tax).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<ArmGroup>,
+    /// A study of class balance (issue 38's long tail): the report states each arm's
+    /// self-balancing feedback and the rarest and most common thirds' AP against each baseline,
+    /// each a comparison of the family. Off, the per-class table is still given (it states no
+    /// interval), and the family is left as the other sections make it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub balance: bool,
 }
 
 /// One method of a sensitivity study: its settings as arms of the grid.
@@ -525,7 +557,7 @@ pub struct ArmGroup {
 
 impl Default for ReportConfig {
     fn default() -> Self {
-        ReportConfig { baselines: Vec::new(), metric: Metric::Voc07, target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new(), groups: Vec::new() }
+        ReportConfig { baselines: Vec::new(), metric: Metric::Voc07, target_map: None, target_fraction: 0.9, bootstrap: 2000, verdicts: Vec::new(), groups: Vec::new(), balance: false }
     }
 }
 

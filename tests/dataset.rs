@@ -144,3 +144,59 @@ fn generator_refuses_to_overwrite() {
     // same parameters: a no-op
     make_dataset(tiny_dataset(), SynthSize::Tiny, 0, false).unwrap();
 }
+
+/// `--long-tail R`: the quotas fall geometrically to a last class R times rarer, within
+/// rounding; a generated long-tail dataset has the default's scenes (the same objects per
+/// image, up to the few a different shape leaves unseen) with its classes dealt by the quotas.
+#[test]
+fn the_long_tail_generator_follows_its_ratio() {
+    use ohem_harness::data::synth::{long_tail_quotas, make_dataset_with, CLASSES};
+    let q = long_tail_quotas(10_000, 20.0);
+    assert_eq!(q.iter().sum::<usize>(), 10_000);
+    // weights 20^(-c/5): 1, 0.549, 0.302, 0.166, 0.091, 0.05 over 2.158
+    let exact: Vec<f64> = (0..6).map(|c| 10_000.0 * 20f64.powf(-(c as f64) / 5.0) / (0..6).map(|k| 20f64.powf(-(k as f64) / 5.0)).sum::<f64>()).collect();
+    for (c, (&n, e)) in q.iter().zip(&exact).enumerate() {
+        assert!((n as f64 - e).abs() < 1.0, "class {c}: {n} against {e:.2}");
+    }
+    assert!((q[0] as f64 / q[5] as f64 - 20.0).abs() < 0.1, "{q:?}");
+    assert_eq!(long_tail_quotas(7, 1.0).iter().sum::<usize>(), 7);
+
+    let t = tempfile::tempdir().unwrap();
+    let lt = t.path().join("lt");
+    let m = make_dataset_with(&lt, SynthSize::Tiny, 0, Some(20.0), false).unwrap();
+    assert_eq!(m.long_tail, Some(20.0));
+    let count = |root: &std::path::Path| -> (Vec<usize>, Vec<usize>) {
+        let ds = ohem_harness::data::Dataset::open(root).unwrap();
+        let mut per_class = vec![0; CLASSES.len()];
+        let mut per_image = Vec::new();
+        for split in ["trainval", "test"] {
+            for a in ds.load_split(split).unwrap() {
+                per_image.push(a.objects.len());
+                for o in &a.objects {
+                    per_class[o.class] += 1;
+                }
+            }
+        }
+        (per_class, per_image)
+    };
+    let (lt_classes, lt_images) = count(&lt);
+    let (_, default_images) = count(tiny_dataset());
+    let total: usize = lt_classes.iter().sum();
+    let quotas = long_tail_quotas(total, 20.0);
+    let off: usize = lt_classes.iter().zip(&quotas).map(|(a, b)| a.abs_diff(*b)).sum();
+    // the quotas deal the placed objects; the annotations lack the few no pixel shows (60
+    // annotated objects here: within an eighth)
+    assert!(off * 8 <= total, "annotated {lt_classes:?} against the quotas {quotas:?}");
+    assert!(lt_classes[0] > 5 * lt_classes[5].max(1), "{lt_classes:?}");
+    // the default's scenes, object for object: per image the same placed objects, of which a
+    // swapped shape may show one more or one fewer
+    assert_eq!(lt_images.len(), default_images.len());
+    assert!(lt_images.iter().zip(&default_images).all(|(a, b)| a.abs_diff(*b) <= 1), "{lt_images:?} against {default_images:?}");
+    assert!(lt_images.iter().zip(&default_images).filter(|(a, b)| a == b).count() * 4 >= lt_images.len() * 3);
+    // the same parameters again: a no-op; a long tail over the plain dataset: refused by name
+    make_dataset_with(&lt, SynthSize::Tiny, 0, Some(20.0), false).unwrap();
+    let err = make_dataset_with(&lt, SynthSize::Tiny, 0, None, false).unwrap_err().to_string();
+    assert!(err.contains("different parameters") && err.contains("long tail 20"), "{err}");
+    let err = make_dataset_with(&t.path().join("bad"), SynthSize::Tiny, 0, Some(0.5), false).unwrap_err().to_string();
+    assert!(err.contains("--long-tail 0.5"), "{err}");
+}

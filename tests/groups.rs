@@ -22,7 +22,7 @@ fn config(sampler: &str) -> TrainConfig {
 /// One finished run of `arm`, seed `seed`, ending at `map` after 2 epochs.
 fn run(arm: &str, seed: u64, map: f64, sampler: &str) -> RunLog {
     let rows = (1..=2).map(|epoch| EpochRow { epoch, iterations: 10, train_s: 10.0, eval_s: 1.0, wall_s: 11.0 * epoch as f64, map_voc07: Some(map - 0.1 * (2 - epoch) as f64), map_voc10: Some(map), ..Default::default() }).collect();
-    RunLog { arm: arm.into(), seed, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), epochs: 2, manifest: None, config: Some(config(sampler)) }
+    RunLog { arm: arm.into(), seed, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), per_class: Vec::new(), epochs: 2, manifest: None, config: Some(config(sampler)) }
 }
 
 fn group(name: &str, arms: &[&str], default: &str, knobs: &[&str]) -> ArmGroup {
@@ -149,6 +149,17 @@ fn the_tuning_verdict_follows_the_rule() {
     assert!(gs.iter().all(|g| g.resolved_pairs.is_empty() && g.above_default.is_empty()), "{gs:?}");
     let v = groups::verdict(&agg, &gs, m).unwrap();
     assert_eq!(v.word, Word::NotResolved, "{}", v.text);
+    // a setting with no finished cell (f3's cells not run): named, and the verdict waits for it
+    let (meta, mut runs) = study([0.50, 0.45, 0.40, 0.52, 0.515, 0.48], 0.001, 5);
+    runs.retain(|r| r.arm != "f3");
+    let agg = aggregate(&meta, &runs).unwrap();
+    let m = compare::study_family(&agg);
+    let gs = groups::analyse(&agg, m);
+    assert_eq!(gs[0].missing, ["f3"]);
+    assert!(groups::line(&gs[0]).starts_with("fixed_ratio (3 settings, 1 without a finished cell: f3)"), "{}", groups::line(&gs[0]));
+    let v = groups::verdict(&agg, &gs, m).unwrap();
+    assert_eq!(v.word, Word::NotResolved, "{}", v.text);
+    assert!(v.text.contains("settings without a finished cell: f3"), "{}", v.text);
     // without an OHEM group: no verdict, and why
     let (mut meta, runs) = study([0.5; 6], 0.01, 3);
     meta.report.groups.retain(|g| g.name != "ohem");

@@ -389,6 +389,13 @@ fn run_grid_end_to_end_with_resume_and_failure_isolation() {
         assert!(!classes.is_empty() && classes.iter().all(|r| r.iteration == 0 && r.epoch == 1), "{classes:?}");
         assert_eq!(classes.iter().map(|r| r.class).collect::<Vec<_>>(), (0..classes.len()).collect::<Vec<_>>());
         assert_eq!(classes[0].name, "background");
+        // each class's AP at every evaluation: their mean is the logged mAP
+        let per_class = ohem_harness::rundir::read_per_class(&c.join("per_class.csv")).unwrap();
+        let rows = ohem_harness::rundir::read_metrics(&c.join("metrics.csv")).unwrap();
+        for r in &rows {
+            let aps: Vec<f64> = per_class.iter().filter(|p| p.epoch == r.epoch).filter_map(|p| p.ap_voc07).collect();
+            assert!(!aps.is_empty() && (aps.iter().sum::<f64>() / aps.len() as f64 - r.map_voc07.unwrap()).abs() < 1e-12, "epoch {}: {per_class:?}", r.epoch);
+        }
     }
 
     // Rerun: everything is skipped.
@@ -662,7 +669,7 @@ fn runs_that_never_reach_the_target_are_censored_not_dropped() {
 fn timings_are_flagged_by_their_own_evidence_and_left_out() {
     use ohem_harness::report::RunLog;
     let run = |rows: Vec<EpochRow>, load: Option<(f64, f64)>| RunLog {
-        arm: "a".into(), seed: 0, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), epochs: 3,
+        arm: "a".into(), seed: 0, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), per_class: Vec::new(), epochs: 3,
         manifest: load.map(|(start, end)| serde_json::from_value(serde_json::json!({"harness_version": "x", "git_revision": "x", "libtorch": "x", "device": "cpu", "host": "h", "started": "s", "cores": 2, "load_start": start, "load_end": end})).unwrap()),
         config: None,
     };

@@ -395,7 +395,7 @@ fn null_study(rng: &mut ChaCha8Rng, arms: &[&str], n: usize) -> Vec<ohem_harness
                 let map = 0.30 + 0.04 * epoch as f64 + m_seed + m_run + 0.01 * normal(rng);
                 rows.push(EpochRow { epoch, iterations: 100, train_s, eval_s: 5.0, wall_s: wall, map_voc07: Some(map), map_voc10: Some(map), ..Default::default() });
             }
-            out.push(ohem_harness::report::RunLog { arm: arm.to_string(), seed: seed as u64, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), epochs: 4, manifest: None, config: None });
+            out.push(ohem_harness::report::RunLog { arm: arm.to_string(), seed: seed as u64, split: None, outcomes: None, state: State::Done, reason: None, rows, mining: Vec::new(), classes: Vec::new(), per_class: Vec::new(), epochs: 4, manifest: None, config: None });
         }
     }
     out

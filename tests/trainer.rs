@@ -173,9 +173,12 @@ fn an_iteration_schedule_equal_to_the_epoch_schedule_trains_the_same_run() {
 fn preempted_at_every_iteration_resumes_exactly() {
     static ALWAYS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
     let _rng = crate::util::torch_rng_lock();
-    for sampler in ["  kind: ohem\n", "  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n"] {
+    // (and fixed ratio over an epoch order with repeat factors)
+    for (sampler, repeat) in [("  kind: ohem\n", None), ("  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n", None), ("  kind: fixed_ratio\n", Some("train.repeat_factor=0.9"))] {
         let t = tempfile::tempdir().unwrap();
-        let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n{sampler}")), &["train.iters_per_epoch=4".into()]).unwrap();
+        let mut sets = vec!["train.iters_per_epoch=4".to_string()];
+        sets.extend(repeat.map(str::to_string));
+        let cfg = TrainConfig::load(&tiny_config(t.path(), &format!("sampler:\n{sampler}")), &sets).unwrap();
         // the per-class bookkeeping every 3 iterations: before, after and across the stops
         let every3 = ohem_harness::trainer::TrainOptions { class_every: Some(3), ..test_opts() };
         let whole = train(&cfg, &t.path().join("whole"), &every3).unwrap();
@@ -207,6 +210,9 @@ fn preempted_at_every_iteration_resumes_exactly() {
         let iters: std::collections::BTreeSet<usize> = classes("cut").iter().map(|c| c.iteration).collect();
         assert_eq!(iters.into_iter().collect::<Vec<_>>(), [0, 3, 6], "{sampler}");
         assert_eq!(classes("cut"), classes("whole"), "{sampler}: the bookkeeping of a pre-empted run differs");
+        let per_class = |d: &str| ohem_harness::rundir::read_per_class(&t.path().join(d).join("per_class.csv")).unwrap();
+        assert_eq!(per_class("cut").len(), 2 * 6, "{sampler}: each class once an evaluation");
+        assert_eq!(per_class("cut"), per_class("whole"), "{sampler}");
         assert!(!cut.join("checkpoints/partial").exists(), "a finished epoch removes its mid-epoch checkpoint");
     }
 }
@@ -993,4 +999,44 @@ fn the_class_bookkeeping_leaves_the_step_unchanged() {
             assert!(ta.equal(&b[name]), "{sampler}: {name} differs with the bookkeeping");
         }
     }
+}
+
+/// Repeat-factor sampling by hand: the classes' factors from the images that hold them, each
+/// image's its rarest class's; an epoch's order repeats each image by its factor on average
+/// and is the same for the same seed and epoch.
+#[test]
+fn repeat_factors_by_hand() {
+    use ohem_harness::trainer::{epoch_order, repeat_factors};
+    // five images, the fifth with no label (factor 1): class 1 in 3 of them, 2 and 3 in one each
+    let labels: Vec<&[i64]> = vec![&[1], &[1, 2, 2], &[1], &[3], &[]];
+    let r = repeat_factors(&labels, 0.5);
+    let s2 = 2f64.sqrt();
+    // t = 0.5: class 1 in 3 of 5 → sqrt(0.5/0.6) < 1 → 1; classes 2 and 3 in 1 of 5 → sqrt(2.5)
+    let r23 = (0.5f64 / 0.2).sqrt();
+    assert_eq!(r, vec![1.0, r23, 1.0, r23, 1.0]);
+    assert!(r23 > s2);
+    // the first four alone: class 1 in 3 of 4 → 1; 2 and 3 in 1 of 4 → sqrt(0.5 / 0.25) = √2
+    assert_eq!(repeat_factors(&labels[..4], 0.5), vec![1.0, s2, 1.0, s2]);
+    // each image's mean count over many epochs is its factor
+    let f = [1.0, 2.5, 1.0, 3.2];
+    let epochs = 4000;
+    let mut counts = [0usize; 4];
+    for e in 0..epochs {
+        for i in epoch_order(7, e, 4, Some(&f)).0 {
+            counts[i] += 1;
+        }
+    }
+    for (i, &c) in counts.iter().enumerate() {
+        let mean = c as f64 / epochs as f64;
+        assert!((mean - f[i]).abs() < 0.05, "image {i}: {mean} against {}", f[i]);
+    }
+    assert_eq!(epoch_order(7, 3, 4, Some(&f)).0, epoch_order(7, 3, 4, Some(&f)).0);
+    // without factors: a permutation, as before
+    let mut p = epoch_order(7, 3, 5, None).0;
+    p.sort();
+    assert_eq!(p, vec![0, 1, 2, 3, 4]);
+    // a threshold outside (0, 1] is refused by name
+    let t = tempfile::tempdir().unwrap();
+    let err = TrainConfig::load(&tiny_config(t.path(), ""), &["train.repeat_factor=1.5".into()]).unwrap_err();
+    assert!(format!("{err:#}").contains("train.repeat_factor = 1.5"), "{err:#}");
 }

@@ -57,6 +57,48 @@ pub struct SynthManifest {
     pub seed: u64,
     pub trainval: usize,
     pub test: usize,
+    /// `--long-tail R`: the classes' object counts fall geometrically, the last class R times
+    /// rarer than the first ([`long_tail_quotas`]); absent: uniform at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_tail: Option<f64>,
+}
+
+/// Object counts per class for `n` objects falling geometrically from the first class to the
+/// last, which is `ratio` times rarer: the weights `ratio^(-c / (K - 1))`, rounded by largest
+/// remainder so that they sum to `n`.
+pub fn long_tail_quotas(n: usize, ratio: f64) -> Vec<usize> {
+    let k = CLASSES.len();
+    let w: Vec<f64> = (0..k).map(|c| ratio.powf(-(c as f64) / (k - 1) as f64)).collect();
+    let total: f64 = w.iter().sum();
+    let exact: Vec<f64> = w.iter().map(|x| n as f64 * x / total).collect();
+    let mut q: Vec<usize> = exact.iter().map(|x| x.floor() as usize).collect();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|a, b| (exact[*b] - exact[*b].floor()).total_cmp(&(exact[*a] - exact[*a].floor())).then(a.cmp(b)));
+    for &c in order.iter().take(n - q.iter().sum::<usize>()) {
+        q[c] += 1;
+    }
+    q
+}
+
+/// The classes of every image's objects under `--long-tail ratio`: the objects' count per
+/// image is the scene's own (the generator's first draws), the classes the quotas of
+/// [`long_tail_quotas`] over all of them, dealt in an order shuffled with `seed`.
+fn long_tail_classes(seed: u64, n_images: usize, ratio: f64) -> Vec<Vec<usize>> {
+    use rand::seq::SliceRandom;
+    let counts: Vec<usize> = (0..n_images).into_par_iter().map(|i| {
+        let mut rng = scene_rng(seed, i as u64);
+        let (w, h) = scene_dims(&mut rng);
+        let _ = paint_background(&mut rng, w, h);
+        rng.random_range(1..=5usize)
+    }).collect();
+    let quotas = long_tail_quotas(counts.iter().sum(), ratio);
+    let mut deck: Vec<usize> = quotas.iter().enumerate().flat_map(|(c, &q)| std::iter::repeat_n(c, q)).collect();
+    deck.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x6c6f_6e67_7461_696c));
+    let mut at = 0;
+    counts.iter().map(|&n| {
+        at += n;
+        deck[at - n..at].to_vec()
+    }).collect()
 }
 
 pub(crate) const GENERATOR: &str = "shapes-in-clutter v1";
@@ -64,8 +106,17 @@ pub(crate) const GENERATOR: &str = "shapes-in-clutter v1";
 /// Writes a generated dataset at `out`. Refuses to touch a non-empty folder it
 /// did not make; re-running with the same size and seed is a no-op.
 pub fn make_dataset(out: &Path, size: SynthSize, seed: u64, progress: bool) -> Result<SynthManifest> {
+    make_dataset_with(out, size, seed, None, progress)
+}
+
+/// [`make_dataset`], with `long_tail`: the classes' counts falling geometrically to a last class
+/// that many times rarer than the first (the same scenes' layouts, sizes and counts of objects).
+pub fn make_dataset_with(out: &Path, size: SynthSize, seed: u64, long_tail: Option<f64>, progress: bool) -> Result<SynthManifest> {
+    if let Some(r) = long_tail.filter(|r| !(r.is_finite() && *r >= 1.0)) {
+        bail!("--long-tail {r}: the ratio of the most common class to the rarest must be a number at least 1");
+    }
     let (n_trainval, n_test) = size.counts();
-    let manifest = SynthManifest { generator: GENERATOR.into(), size, seed, trainval: n_trainval, test: n_test };
+    let manifest = SynthManifest { generator: GENERATOR.into(), size, seed, trainval: n_trainval, test: n_test, long_tail };
     let manifest_path = out.join("ohem_dataset.json");
     if manifest_path.exists() {
         let text = std::fs::read_to_string(&manifest_path).with_context(|| format!("reading {}", manifest_path.display()))?;
@@ -74,10 +125,11 @@ pub fn make_dataset(out: &Path, size: SynthSize, seed: u64, progress: bool) -> R
             return Ok(manifest);
         }
         bail!(
-            "{} already holds a generated dataset with different parameters ({:?}, seed {}); choose another --out",
+            "{} already holds a generated dataset with different parameters ({:?}, seed {}{}); choose another --out",
             out.display(),
             old.size,
-            old.seed
+            old.seed,
+            old.long_tail.map(|r| format!(", long tail {r}")).unwrap_or_default()
         );
     }
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
@@ -86,10 +138,11 @@ pub fn make_dataset(out: &Path, size: SynthSize, seed: u64, progress: bool) -> R
     let ds = Dataset { root: out.to_path_buf(), classes: CLASSES.iter().map(|s| s.to_string()).collect(), coco: None };
     ds.write_classes()?;
     let n = n_trainval + n_test;
+    let classes = long_tail.map(|r| long_tail_classes(seed, n, r));
     let bar = crate::progress_bar(n as u64, "generating images", progress);
     (0..n).into_par_iter().try_for_each(|i| -> Result<()> {
         let id = format!("{:06}", i + 1);
-        let (img, ann) = render_image(seed, i as u64, &id);
+        let (img, ann) = render_scene(seed, i as u64, &id, classes.as_ref().map(|c| c[i].as_slice()));
         let mut jpg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 90)
             .encode_image(&img)
@@ -371,10 +424,15 @@ pub(crate) fn scene_size(seed: u64, index: u64) -> (u32, u32) {
 
 /// Renders image `index` of the dataset with this seed. Pure: same inputs, same pixels.
 pub(crate) fn render_image(seed: u64, index: u64, id: &str) -> (RgbImage, Annotation) {
+    render_scene(seed, index, id, None)
+}
+
+/// [`render_image`], the objects' classes given (`--long-tail`) rather than drawn.
+fn render_scene(seed: u64, index: u64, id: &str, classes: Option<&[usize]>) -> (RgbImage, Annotation) {
     let mut rng = scene_rng(seed, index);
     let (w, h) = scene_dims(&mut rng);
     let mut canvas = paint_background(&mut rng, w, h);
-    let items = place_items(&mut rng, w, h);
+    let items = place_items(&mut rng, w, h, classes);
     let order = {
         let mut o: Vec<usize> = (0..items.len()).collect();
         for i in (1..o.len()).rev() {
@@ -423,12 +481,16 @@ fn paint_background(rng: &mut ChaCha8Rng, w: u32, h: u32) -> Vec<[f32; 3]> {
 
 /// The objects (1 to 5, of the six classes), their near-miss distractors and
 /// a few clutter strokes, each placed, sized, turned and textured at random.
-fn place_items(rng: &mut ChaCha8Rng, w: u32, h: u32) -> Vec<Placed> {
+fn place_items(rng: &mut ChaCha8Rng, w: u32, h: u32, given: Option<&[usize]>) -> Vec<Placed> {
     let n_obj = rng.random_range(1..=5);
     let n_dis = rng.random_range(3..=9);
     let mut items: Vec<Placed> = Vec::new();
     for k in 0..n_obj + n_dis {
-        let class = if k < n_obj { Some(rng.random_range(0..CLASSES.len())) } else { None };
+        // the class is drawn either way, and a given class's shape is made from a copy of the
+        // generator while the drawn class's consumes the draws: every other draw, and so every
+        // object's place, size, turn and texture, is the default scene's
+        let drawn = (k < n_obj).then(|| rng.random_range(0..CLASSES.len()));
+        let class = drawn.map(|c| given.and_then(|g| g.get(k).copied()).unwrap_or(c));
         let shape = match class {
             Some(c) => class_shape(c),
             None => DISTRACTORS[rng.random_range(0..DISTRACTORS.len())],
@@ -440,8 +502,17 @@ fn place_items(rng: &mut ChaCha8Rng, w: u32, h: u32) -> Vec<Placed> {
         let theta: f32 = rng.random_range(0.0..std::f32::consts::TAU);
         // allow centres slightly outside the image, so some objects are truncated
         let m = diam * 0.3;
+        // where the default scene makes the drawn class's shape: a given class's from a copy
+        let test = match (drawn, class) {
+            (Some(d), Some(c)) if c != d => {
+                let made = ShapeTest::new(shape, &mut rng.clone());
+                let _ = ShapeTest::new(class_shape(d), rng);
+                made
+            }
+            _ => ShapeTest::new(shape, rng),
+        };
         items.push(Placed {
-            test: ShapeTest::new(shape, rng),
+            test,
             texture: Texture::random(rng, w, h),
             cx: rng.random_range(-m..w as f32 + m),
             cy: rng.random_range(-m..h as f32 + m),

@@ -69,14 +69,8 @@ pub struct RunSummary {
 /// Writes the results directory's grid.json and cells.json, and each cell's directory files.
 /// A results directory of another grid (another `name`) is refused.
 pub fn prepare(grid: &Grid) -> Result<()> {
+    check_results_dir(grid)?;
     let gpath = grid.results.join(GRID_JSON);
-    if let Ok(text) = std::fs::read_to_string(&gpath) {
-        if let Ok(old) = serde_json::from_str::<GridMeta>(&text) {
-            if old.name != grid.name {
-                bail!("{} holds the results of grid {:?}, not {:?}: use another results directory (--out)", grid.results.display(), old.name, grid.name);
-            }
-        }
-    }
     let meta = GridMeta { name: grid.name.clone(), arms: grid.arms.clone(), report: grid.report.clone() };
     write_file(&gpath, serde_json::to_string_pretty(&meta)?.as_bytes())?;
     let entries: Vec<CellEntry> = grid.cells.iter().enumerate().map(|(index, c)| CellEntry { index, id: c.id.clone(), arm: c.arm.clone(), seed: c.seed, dir: c.dir_name.clone(), epochs: c.epochs, split: c.split.clone() }).collect();
@@ -95,6 +89,19 @@ pub fn prepare(grid: &Grid) -> Result<()> {
         }
         if read_status(&dir).is_none() {
             write_status(&dir, State::Pending, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a results directory that holds another grid's results (another `name`).
+fn check_results_dir(grid: &Grid) -> Result<()> {
+    let gpath = grid.results.join(GRID_JSON);
+    if let Ok(text) = std::fs::read_to_string(&gpath) {
+        if let Ok(old) = serde_json::from_str::<GridMeta>(&text) {
+            if old.name != grid.name {
+                bail!("{} holds the results of grid {:?}, not {:?}: use another results directory (--out)", grid.results.display(), old.name, grid.name);
+            }
         }
     }
     Ok(())
@@ -121,11 +128,14 @@ pub use crate::fmt_duration;
 /// folder holds metrics or checkpoints) is never replaced. Returns the cells copied (this
 /// grid's folder name and the twin's folder).
 pub fn reuse(grid: &Grid, from: &Path) -> Result<Vec<(String, PathBuf)>> {
+    check_results_dir(grid)?;
     let entries = read_cells(from).with_context(|| format!("--reuse {}", from.display()))?;
     let mut copied = Vec::new();
     for c in &grid.cells {
         let dst = grid.results.join(CELLS).join(&c.dir_name);
-        if dst.join(crate::rundir::METRICS).exists() || dst.join("checkpoints").exists() {
+        // started here, or running now (maybe still at its proposals): never replaced
+        let running = read_status(&dst).is_some_and(|s| s.state != State::Pending);
+        if running || dst.join(crate::rundir::METRICS).exists() || dst.join("checkpoints").exists() {
             continue;
         }
         let Some(e) = entries.iter().find(|e| e.id == c.id && e.seed == c.seed && e.epochs == c.epochs) else { continue };

@@ -121,7 +121,7 @@ fn categorical<'a, DB: DrawingBackend>(
     title: &str,
     labels: &'a [String],
     ymax: f64,
-    ydesc: &str,
+    (xdesc, ydesc): (&str, &str),
 ) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>>
 where
     DB::ErrorType: 'static,
@@ -140,7 +140,7 @@ where
         .disable_x_mesh()
         .x_labels(n)
         .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
-        .x_desc("arm")
+        .x_desc(xdesc)
         .y_desc(ydesc)
         .label_style(("sans-serif", 15))
         .draw()
@@ -155,7 +155,7 @@ where
     let parts = |s: &ArmSummary| [s.train_s_per_epoch, s.mine_s_per_epoch, s.eval_s_per_epoch].map(|v| v.map(|x| x.0).unwrap_or(0.0));
     let ymax = summaries.iter().map(|s| parts(s).iter().sum::<f64>()).fold(1.0f64, f64::max) * 1.15;
     let labels: Vec<String> = summaries.iter().map(|s| s.arm.clone()).collect();
-    let mut chart = categorical(root, "Seconds per epoch: training, mining (training stalled), evaluation", &labels, ymax, "seconds per epoch (mean over epochs and seeds)")?;
+    let mut chart = categorical(root, "Seconds per epoch: training, mining (training stalled), evaluation", &labels, ymax, ("arm", "seconds per epoch (mean over epochs and seeds)"))?;
     let names = ["train", "mine", "eval"];
     let shades = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(127, 127, 127)];
     for (k, name) in names.iter().enumerate() {
@@ -183,7 +183,7 @@ where
     let n = labels.len().max(1);
     // headroom above the highest whisker for the legend (upper left), so that it never hides one
     let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
-    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; the Findings' family-wise interval)"), &labels, ymax, "speed-up (x)")?;
+    let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; the Findings' family-wise interval)"), &labels, ymax, ("arm", "speed-up (x)"))?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
     // the measures the rows hold (cpu_s_per_iter only where the cells logged CPU seconds)
@@ -543,6 +543,34 @@ where
             .map_err(err)?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).position(SeriesLabelPosition::UpperRight).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+/// `per_class_ap.png`/`.svg`: each class's final VOC07 AP (mean over units), one bar per arm.
+pub fn draw_per_class(dir: &Path, arms: &[String], classes: &[String], values: &[Vec<Option<f64>>]) -> Result<String> {
+    register_font();
+    let mut files = Vec::new();
+    both!(dir, "per_class_ap", files, |root| per_class_chart(&root, arms, classes, values));
+    Ok(files.remove(0))
+}
+
+fn per_class_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, arms: &[String], classes: &[String], values: &[Vec<Option<f64>>]) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let ymax = values.iter().flatten().flatten().fold(0.1f64, |a, b| a.max(*b)) * 1.25;
+    let mut chart = categorical(root, "Final VOC07 AP per class (mean over units)", classes, ymax.min(1.05), ("class", "AP"))?;
+    let width = 0.8 / arms.len().max(1) as f64;
+    for (k, (arm, v)) in arms.iter().zip(values).enumerate() {
+        let c = colour(k);
+        chart
+            .draw_series(v.iter().enumerate().filter_map(|(i, x)| x.map(|y| Rectangle::new([(i as f64 - 0.4 + width * k as f64, 0.0), (i as f64 - 0.4 + width * (k as f64 + 0.9), y)], c.filled()))))
+            .map_err(err)?
+            .label(arm.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).position(SeriesLabelPosition::UpperRight).draw().map_err(err)?;
     root.present().map_err(err)?;

@@ -8,9 +8,10 @@
 //! loss, over all its RoIs, less its share of the RoIs picked), and at the next bookkeeping step
 //! its *excess pick share* `e = pick share − candidate share` (how much more of the picked RoIs
 //! it holds than of the RoIs it could have been picked from). Each class's `d` and `e` are
-//! centred on the class's own mean over the run (a class that is simply hard throughout would
-//! otherwise correlate with itself), and the statistic is Pearson's correlation of `d_t` with
-//! `e_{t+1}` pooled over the classes. A deficit followed by more picks than the class's
+//! centred on their own moving mean over [`DETREND`] steps (a class that is simply hard
+//! throughout, or whose loss and picks drift together as training goes on, would otherwise
+//! correlate with itself), and the statistic is Pearson's correlation of `d_t` with `e_{t+1}`
+//! pooled over the classes. A deficit followed by more picks than the class's
 //! candidates alone would give is positive; a sampler whose picks at t+1 depend on t+1's
 //! images alone gives about 0.
 //!
@@ -28,6 +29,10 @@ use super::aggregate::Aggregate;
 use super::compare::family_text;
 use super::stats::{compare_units, family_level, Estimate, Scale, Seeded};
 use crate::rundir::ClassRow;
+
+/// The window, in bookkeeping steps, of the moving mean each class's series is centred on (9
+/// steps: 180 iterations at one in 20).
+pub const DETREND: usize = 9;
 
 /// The feedback statistic of one run's bookkeeping, or None with fewer than 3 pairs of
 /// consecutive steps or no spread.
@@ -60,8 +65,14 @@ pub fn feedback(rows: &[ClassRow]) -> Option<f64> {
     }
     let mut centred: Vec<(f64, f64)> = Vec::new();
     for v in pairs.values().filter(|v| v.len() >= 2) {
-        let (md, me) = (v.iter().map(|p| p.0).sum::<f64>() / v.len() as f64, v.iter().map(|p| p.1).sum::<f64>() / v.len() as f64);
-        centred.extend(v.iter().map(|(d, e)| (d - md, e - me)));
+        // each series less its centred moving mean over DETREND steps: a class's slow drift over
+        // training (falling losses, the learning-rate step) is no feedback, only its step-to-step
+        // departures are
+        let local = |i: usize, f: fn(&(f64, f64)) -> f64| {
+            let w = &v[i.saturating_sub(DETREND / 2)..(i + DETREND / 2 + 1).min(v.len())];
+            w.iter().map(f).sum::<f64>() / w.len() as f64
+        };
+        centred.extend(v.iter().enumerate().map(|(i, (d, e))| (d - local(i, |p| p.0), e - local(i, |p| p.1))));
     }
     if centred.len() < 3 {
         return None;
@@ -80,8 +91,12 @@ pub struct ArmFeedback {
     pub est: Option<Estimate>,
 }
 
-/// The arms whose finished cells logged bookkeeping, in grid order.
+/// The arms whose finished cells logged bookkeeping, in grid order, in a study of class
+/// balance (`report.balance`; elsewhere none: the section and its comparisons are left out).
 pub fn arms_with_classes(agg: &Aggregate) -> Vec<String> {
+    if !agg.meta.report.balance {
+        return Vec::new();
+    }
     agg.meta.arms.iter().filter(|a| agg.by_arm(a).iter().any(|r| !r.classes.is_empty())).cloned().collect()
 }
 
@@ -121,7 +136,7 @@ pub fn section(md: &mut String, rows: &[ArmFeedback], family: usize) {
         return;
     }
     md.push_str(&format!(
-        "## Self-balancing classes\n\nFrom each cell's `classes.csv` (one iteration in 20): per foreground class, its deficit at one bookkeeping step (its share of the minibatch's per-RoI loss less its share of the picked RoIs) against its excess pick share at the next (its share of the picked RoIs less its share of the candidate RoIs), each centred on the class's own mean over the run; the feedback is their correlation pooled over the classes, per cell, then its mean over units with the t-interval at the family's level ({}). The claim that classes balance themselves predicts it above 0 for OHEM and about 0 for a fixed ratio. Charts: `classes_<arm>.png`.\n\n",
+        "## Self-balancing classes\n\nFrom each cell's `classes.csv` (one iteration in 20): per foreground class, its deficit at one bookkeeping step (its share of the minibatch's per-RoI loss less its share of the picked RoIs) against its excess pick share at the next (its share of the picked RoIs less its share of the candidate RoIs), each centred on the class's own moving mean over 9 steps (so that a drift over training is no feedback); the feedback is their correlation pooled over the classes, per cell, then its mean over units with the t-interval at the family's level ({}). The claim that classes balance themselves predicts it above 0 for OHEM and about 0 for a fixed ratio. Charts: `classes_<arm>.png`.\n\n",
         family_text(family)
     ));
     for f in rows {

@@ -123,6 +123,10 @@ pub fn study_family(agg: &Aggregate) -> usize {
     for (a, b) in super::groups::family_pairs(agg) {
         set.insert(key(&a, &b, "final"));
     }
+    // the rarest and the most common third of the classes, each arm against each baseline
+    for (b, a, t) in super::per_class::family_pairs(agg, &baselines(agg)) {
+        set.insert(key(&b, &a, t));
+    }
     // each arm's self-balancing feedback (its per-class bookkeeping) against 0
     for a in super::classes::arms_with_classes(agg) {
         set.insert(key(&a, &a, "feedback"));
@@ -196,7 +200,7 @@ pub struct Verdict {
 }
 
 /// The baselines of the speed-ups and differences: `report.baselines`, else the first arm.
-fn baselines(agg: &Aggregate) -> Vec<String> {
+pub fn baselines(agg: &Aggregate) -> Vec<String> {
     let m = agg.meta;
     if m.report.baselines.is_empty() {
         m.arms.iter().take(1).cloned().collect()

@@ -59,6 +59,9 @@ pub struct GroupResult {
     pub resolved_pairs: Vec<(String, String)>,
     /// The sampler kind of the default arm's config (`ohem`, `fixed_ratio`, ...), where known.
     pub kind: Option<String>,
+    /// Settings with no finished cell: left out of every comparison, named, and no verdict
+    /// is supported or contradicted without them.
+    pub missing: Vec<String>,
 }
 
 /// The claim's verdict.
@@ -183,6 +186,7 @@ fn analyse_group(agg: &Aggregate, g: &ArmGroup, level: f64) -> GroupResult {
         spread: if pair_ests.is_empty() { None } else { max_bound(&pair_ests) },
         resolved_pairs,
         kind: kind_of(agg, &g.default),
+        missing: settings.iter().filter(|s| s.units == 0).map(|s| s.arm.clone()).collect(),
         settings,
     }
 }
@@ -191,7 +195,7 @@ fn fmt_bound(b: Option<MaxBound>) -> String {
     match b {
         Some(MaxBound { value, ci: Some((l, h)) }) => format!("{value:+.4} [{l:+.4}, {h:+.4}]"),
         Some(MaxBound { value, ci: None }) => format!("{value:+.4} (no interval: fewer than 2 units, or no spread, in a pair of settings)"),
-        None => "— (no finished settings to compare)".into(),
+        None => "— (fewer than two settings with finished cells)".into(),
     }
 }
 
@@ -218,7 +222,8 @@ pub fn verdict(agg: &Aggregate, groups: &[GroupResult], family: usize) -> Result
     let (fs, os) = (f.spread.and_then(|b| b.ci), o.spread.and_then(|b| b.ci));
     let f_larger = fs.zip(os).is_some_and(|(fc, oc)| fc.0 > oc.1);
     let o_larger = fs.zip(os).is_some_and(|(fc, oc)| oc.0 > fc.1);
-    let missing = closest.is_none() || against.iter().any(|(_, e)| e.and_then(informative).is_none()) || fs.is_none() || os.is_none();
+    let unfinished: Vec<&String> = groups.iter().flat_map(|g| g.missing.iter()).collect();
+    let missing = closest.is_none() || against.iter().any(|(_, e)| e.and_then(informative).is_none()) || fs.is_none() || os.is_none() || !unfinished.is_empty();
     let (word, why) = if !above.is_empty() || o_larger {
         let mut why = Vec::new();
         if !above.is_empty() {
@@ -230,6 +235,8 @@ pub fn verdict(agg: &Aggregate, groups: &[GroupResult], family: usize) -> Result
         (Word::Contradicted, why.join("; "))
     } else if f_larger && !missing {
         (Word::Supported, format!("no other method's setting is resolved above OHEM's default {}, and {}'s spread is resolved larger than {}'s", o.default, f.name, o.name))
+    } else if !unfinished.is_empty() {
+        (Word::NotResolved, format!("settings without a finished cell: {}", unfinished.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")))
     } else if missing {
         (Word::NotResolved, "a comparison has no interval (fewer than 2 units, or no spread across them)".to_string())
     } else {
@@ -259,8 +266,9 @@ pub fn line(g: &GroupResult) -> String {
         }
         Some(_) => "not resolved (no two settings are resolved apart)".to_string(),
     };
+    let unfinished = if g.missing.is_empty() { String::new() } else { format!(", {} without a finished cell: {}", g.missing.len(), g.missing.join(", ")) };
     format!(
-        "{} ({} settings): best {}{}, worst {}{}; the default {}'s gap to the best {}: {gap_words}; the spread, best − worst, {}: {spread_words}",
+        "{} ({} settings{unfinished}): best {}{}, worst {}{}; the default {}'s gap to the best {}: {gap_words}; the spread, best − worst, {}: {spread_words}",
         g.name,
         g.settings.len(),
         g.best.as_deref().unwrap_or("—"),

@@ -38,6 +38,7 @@ pub mod classes;
 pub mod claims;
 pub mod compare;
 pub mod groups;
+pub mod per_class;
 pub mod splits;
 pub mod stats;
 pub mod write;
@@ -68,6 +69,8 @@ pub struct RunLog {
     pub mining: Vec<MiningRow>,
     /// The per-class bookkeeping (`classes.csv`; empty in logs that predate it).
     pub classes: Vec<crate::rundir::ClassRow>,
+    /// Each class's AP at every evaluation (`per_class.csv`; empty in logs that predate it).
+    pub per_class: Vec<crate::rundir::PerClassRow>,
     pub epochs: usize,
     /// What ran the cell (absent in directories that predate manifests).
     pub manifest: Option<Manifest>,
@@ -285,6 +288,7 @@ pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)>
             config: std::fs::read_to_string(d.join(crate::rundir::CONFIG)).ok().and_then(|t| serde_saphyr::from_str(&t).ok()),
             mining,
             classes: crate::rundir::read_classes(&d.join(crate::rundir::CLASSES))?,
+            per_class: crate::rundir::read_per_class(&d.join(crate::rundir::PER_CLASS))?,
             arm: cell.arm,
             seed: cell.seed,
             split: cell.split,
@@ -333,6 +337,7 @@ pub fn generate(results: &Path) -> Result<Generated> {
         notes.push(format!("verdict: {}", v.text.replace("**", "")));
     }
     let feedback = classes::analyse(&agg, family);
+    let thirds = per_class::third_diffs(&agg, &compare::baselines(&agg), family);
     let findings = compare::findings(&agg, &speedups, &map_diffs);
     write::tables(results, &mut agg, &speedups, &map_diffs, &verdicts, &findings)?;
     let (across, across_notes) = splits::across(&agg, &map_diffs, family);
@@ -359,6 +364,10 @@ pub fn generate(results: &Path) -> Result<Generated> {
     if !curve.is_empty() {
         charts.push(charts::draw_target_curve(results, &curve)?);
     }
+    if per_class::present(&agg) {
+        let (names, values) = per_class::chart_data(&agg);
+        charts.push(charts::draw_per_class(results, &meta.arms, &names, &values)?);
+    }
     for arm in classes::arms_with_classes(&agg) {
         charts.push(charts::draw_classes(results, &arm, &classes::curves(&agg, &arm))?);
     }
@@ -374,6 +383,6 @@ pub fn generate(results: &Path) -> Result<Generated> {
         std::fs::remove_file(&groups_csv).with_context(|| format!("removing the stale {}", groups_csv.display()))?;
     }
     let path = results.join("summary.md");
-    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), (&groups, &tuning), &feedback, &warnings, &unreadable, &charts).as_bytes())?;
+    crate::rundir::write_file(&path, write::summary_md(results, &agg, &speedups, &map_diffs, &verdicts, &findings, (&across, &across_notes), (&groups, &tuning), (&feedback, &thirds), &warnings, &unreadable, &charts).as_bytes())?;
     Ok(Generated { summary: path, notes })
 }

@@ -322,6 +322,11 @@ impl ImageStore {
         before - self.anns.len()
     }
 
+    /// Image `i`'s ground-truth labels (1..=K; neither difficult nor crowd).
+    pub fn labels_of(&self, i: usize) -> &[i64] {
+        &self.gt[i].1
+    }
+
     pub fn len(&self) -> usize {
         self.anns.len()
     }

@@ -36,7 +36,7 @@ use crate::eval::{self, VocMetric};
 use crate::model::sgd::Sgd;
 use crate::model::{FastRcnn, Init};
 use crate::proposals;
-use crate::rundir::{read_classes, read_metrics, read_mining, write_csv, write_file, write_mining, ClassRow, EpochRow, MiningRow, PhaseKind, CLASSES, CONFIG, METRICS, MINING, PROGRESS};
+use crate::rundir::{read_classes, read_metrics, read_mining, read_per_class, write_csv, write_file, write_mining, ClassRow, EpochRow, MiningRow, PerClassRow, PhaseKind, CLASSES, CONFIG, METRICS, MINING, PER_CLASS, PROGRESS};
 use crate::sampler::{Progress, Sampler};
 use batch::{prepare, ImageStore};
 use checkpoint::{Checkpoints, EpochStats, Partial, Resume};
@@ -171,6 +171,9 @@ struct Logs {
     /// `classes.csv`: the per-class bookkeeping every [`CLASS_EVERY`] iterations.
     classes_path: PathBuf,
     classes: Vec<ClassRow>,
+    /// `per_class.csv`: each class's AP at every evaluation of the finished epochs.
+    per_class_path: PathBuf,
+    per_class: Vec<PerClassRow>,
 }
 
 /// The per-class bookkeeping ([`step::ClassTally`], `classes.csv`) runs every this many
@@ -187,7 +190,10 @@ impl Logs {
         mining.retain(|m| m.epoch <= rows.len());
         // kept as far as the resumed state reaches ([`Logs::keep_epochs`])
         let classes = read_classes(&classes_path)?;
-        Ok(Logs { outcomes_path: run_dir.join(crate::rundir::OUTCOMES), metrics_path, mining_path, rows, mining, classes_path, classes })
+        let per_class_path = run_dir.join(PER_CLASS);
+        let mut per_class = read_per_class(&per_class_path)?;
+        per_class.retain(|p| p.epoch <= rows.len());
+        Ok(Logs { outcomes_path: run_dir.join(crate::rundir::OUTCOMES), metrics_path, mining_path, rows, mining, classes_path, classes, per_class_path, per_class })
     }
 
     /// Keeps the first `n` epochs' rows and mining rounds (a resume from an earlier checkpoint),
@@ -197,6 +203,7 @@ impl Logs {
     fn keep_epochs(&mut self, n: usize, trained: usize, next: Option<usize>) {
         self.rows.truncate(n);
         self.mining.retain(|m| m.epoch <= n);
+        self.per_class.retain(|p| p.epoch <= n);
         self.classes.retain(|c| c.epoch <= trained || next.is_some_and(|i| c.epoch == trained + 1 && c.iter_in_epoch < i));
     }
 
@@ -206,6 +213,9 @@ impl Logs {
             write_mining(&self.mining_path, &self.mining)?;
         }
         self.write_classes()?;
+        if !self.per_class.is_empty() || self.per_class_path.exists() {
+            write_csv(&self.per_class_path, &self.per_class)?;
+        }
         write_csv(&self.metrics_path, &self.rows)
     }
 
@@ -302,7 +312,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let mut ck = Checkpoints::new(run_dir);
     ck.kill_after_writes = opts.kill_checkpoint_after;
     if opts.force {
-        for f in [METRICS, MINING, CLASSES, PROGRESS, crate::rundir::OUTCOMES] {
+        for f in [METRICS, MINING, CLASSES, PER_CLASS, PROGRESS, crate::rundir::OUTCOMES] {
             let _ = std::fs::remove_file(run_dir.join(f));
         }
         ck.clear();
@@ -361,7 +371,8 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     let trained = pending.as_ref().map_or(first_epoch, |m| m.epoch);
     logs.keep_epochs(first_epoch, trained, partial.as_ref().map(|p| p.next_iter));
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
-    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false };
+    let repeat = cfg.train.repeat_factor.map(|t| repeat_factors(&(0..data.train.len()).map(|i| data.train.labels_of(i)).collect::<Vec<_>>(), t));
+    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false, repeat };
     let mut epoch = first_epoch;
     if let Some(m) = pending {
         run.obs.note(&format!("epoch {} was trained and checkpointed but not evaluated: evaluating it from its checkpoint", m.epoch));
@@ -385,11 +396,38 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
 /// The data order of epoch `epoch` (0-based) over `n` images, and the epoch's generator
 /// after the shuffle (it then draws the flips): seeded per epoch, so that a resumed run
 /// draws what an uninterrupted one would, and the next epoch's order is known in advance.
-fn epoch_order(seed: u64, epoch: usize, n: usize) -> (Vec<usize>, ChaCha8Rng) {
+///
+/// With repeat factors (`train.repeat_factor`, [`repeat_factors`]), image i appears
+/// `floor(r_i)` times plus once more with probability `r_i − floor(r_i)` (detectron2's
+/// `RepeatFactorTrainingSampler`), drawn from the same generator before the shuffle; the epoch
+/// keeps its iterations, so it takes the first of the longer order, and an image's expected
+/// share of the epoch is `r_i / Σ r`.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize, repeat: Option<&[f64]>) -> (Vec<usize>, ChaCha8Rng) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = match repeat {
+        None => (0..n).collect(),
+        Some(r) => (0..n).flat_map(|i| std::iter::repeat_n(i, r[i].floor() as usize + (rng.random::<f64>() < r[i].fract()) as usize)).collect(),
+    };
     crate::shuffle(&mut order, &mut rng);
     (order, rng)
+}
+
+/// Repeat-factor sampling's per-image factors (LVIS, Gupta et al. 2019) at threshold `t`, from
+/// each training image's labels: a class's `r_c = max(1, sqrt(t / f_c))`, f_c the share of the
+/// images that hold it; an image's `r_i = max` over its classes (1 with none).
+pub fn repeat_factors(labels: &[&[i64]], t: f64) -> Vec<f64> {
+    let n = labels.len().max(1) as f64;
+    let mut images_with: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+    for l in labels {
+        let mut seen: Vec<i64> = l.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for c in seen {
+            *images_with.entry(c).or_default() += 1;
+        }
+    }
+    let r_c = |c: &i64| (t / (images_with[c] as f64 / n)).sqrt().max(1.0);
+    labels.iter().map(|l| l.iter().map(r_c).fold(1.0, f64::max)).collect()
 }
 
 /// The images to decode ahead after iteration `it` of an epoch of `iters` iterations of
@@ -423,6 +461,8 @@ struct Run<'a> {
     wall: f64,
     /// Whether this process did a unit of work yet (an iteration, a mining pass, an evaluation).
     progressed: bool,
+    /// The training images' repeat factors (`train.repeat_factor`), else None.
+    repeat: Option<Vec<f64>>,
 }
 
 /// An epoch in progress: its order and generator, its running sums, and its clocks.
@@ -477,8 +517,8 @@ impl Run<'_> {
         // Seeds per epoch, so a resumed run draws what an uninterrupted one would.
         tch::manual_seed((cfg.seed as i64).wrapping_mul(1_000_003).wrapping_add(epoch as i64));
         let n = self.data.train.len();
-        let (order, rng) = epoch_order(cfg.seed, epoch, n);
-        let next_order = (epoch + 1 < sched.epochs).then(|| epoch_order(cfg.seed, epoch + 1, n).0);
+        let (order, rng) = epoch_order(cfg.seed, epoch, n, self.repeat.as_deref());
+        let next_order = (epoch + 1 < sched.epochs).then(|| epoch_order(cfg.seed, epoch + 1, n, self.repeat.as_deref()).0);
         let mut e = EpochState { order, next_order, rng, st: EpochStats::default(), elapsed_before: 0.0, started: Instant::now(), cpu_at: cpu::snapshot() };
         let mut first_iter = 0;
         if let Some(p) = partial {
@@ -629,8 +669,14 @@ impl Run<'_> {
         self.enter(PhaseKind::Evaluating, epoch, 0, 0);
         let stop = || self.should_stop();
         let dets = detect::detect_until(&self.model, &self.data.test, &cfg.input, &cfg.test, self.device, &stop)?;
-        let m07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07).map;
-        let m10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10).map;
+        let r07 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc07);
+        let r10 = eval::evaluate(&self.data.test.anns, &self.data.classes, &dets, VocMetric::Voc10);
+        let (m07, m10) = (r07.map, r10.map);
+        // each class's AP, kept with the epoch's row (finish_epoch writes them together)
+        self.logs.per_class.retain(|p| p.epoch != epoch + 1);
+        for (c, (a, b)) in r07.per_class.iter().zip(&r10.per_class).enumerate() {
+            self.logs.per_class.push(PerClassRow { epoch: epoch + 1, class: c + 1, name: a.class.clone(), npos: a.npos, ap_voc07: a.ap, ap_voc10: b.ap });
+        }
         // COCO's summaries one category at a time: one category's boxes beside the detections
         let d = &self.data;
         let ids = crate::data::coco::image_ids(&d.test.anns);
