@@ -27,6 +27,12 @@ const PALETTE: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// A name (an arm's, a config key's) as part of a chart's file name: letters, digits and `-`
+/// kept, anything else `_`.
+fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
 /// The colour of arm `i` in every chart.
 pub fn colour(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
@@ -260,7 +266,7 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
     baselines.dedup();
     for b in baselines {
         let rows: Vec<&Speedup> = speedups.iter().filter(|s| s.baseline == b).collect();
-        let stem = format!("speedup_vs_{}", b.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+        let stem = format!("speedup_vs_{}", file_stem(b));
         both!(dir, stem, files, |root| speedup_bars(&root, b, &rows, arms));
     }
     both!(dir, "fg_fraction", files, |root| line_chart(&root, "Foreground fraction of the backpropagated RoIs", "epoch", "foreground fraction", arms, &fg, true));
@@ -428,7 +434,7 @@ pub fn draw_knob(dir: &Path, knob: &str, metric: Metric, series: &[super::groups
     }
     // the categories in their numeric order, `none` after the numbers
     values.sort_by(|a, b| super::groups::order_key(a).total_cmp(&super::groups::order_key(b)).then(a.cmp(b)));
-    let stem = format!("knob_{}", knob.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+    let stem = format!("knob_{}", file_stem(knob));
     let mut files = Vec::new();
     both!(dir, stem, files, |root| knob_chart(&root, knob, metric, &values, series));
     Ok(files.remove(0))
@@ -501,7 +507,7 @@ where
 /// candidate RoIs (thin) at each bookkeeping iteration, means over units. Returns the PNG's name.
 pub fn draw_classes(dir: &Path, arm: &str, curves: &super::classes::ClassCurves) -> Result<String> {
     register_font();
-    let stem = format!("classes_{}", arm.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect::<String>());
+    let stem = format!("classes_{}", file_stem(arm));
     let mut files = Vec::new();
     both!(dir, stem, files, |root| classes_chart(&root, arm, curves));
     Ok(files.remove(0))

@@ -119,13 +119,7 @@ pub fn line(f: &ArmFeedback) -> String {
         Some(e) => (format!("{:+.3}", e.value), e.ci),
         None => ("—".into(), None),
     };
-    let words = match ci {
-        None => "not resolved (fewer than 2 units)".to_string(),
-        Some((lo, hi)) if lo == hi => super::compare::NO_SPREAD.to_string(),
-        Some((lo, _)) if lo > 0.0 => "resolved above 0: a deficit is followed by more picks".to_string(),
-        Some((_, hi)) if hi < 0.0 => "resolved below 0: a deficit is followed by fewer picks".to_string(),
-        Some(_) => "not resolved (the interval spans 0)".to_string(),
-    };
+    let words = super::compare::words(ci, 0.0, "a deficit is followed by more picks", "a deficit is followed by fewer picks", "fewer than 2 units");
     let ci = ci.map(|(l, h)| format!(" [{l:+.3}, {h:+.3}]")).unwrap_or_default();
     format!("{}: feedback {value}{ci} over {} units: {words}", f.arm, f.units.len())
 }

@@ -289,7 +289,7 @@ pub struct Finding {
 
 /// The words an interval allows: resolved above, resolved below, or not resolved (with why,
 /// when there is no interval or no spread). `null` is 0 for a difference, 1 for a ratio.
-fn words(ci: Option<(f64, f64)>, null: f64, above: &str, below: &str, missing: &str) -> String {
+pub(crate) fn words(ci: Option<(f64, f64)>, null: f64, above: &str, below: &str, missing: &str) -> String {
     match ci {
         None => format!("not resolved ({missing})"),
         Some((lo, hi)) if lo == hi => NO_SPREAD.into(),

@@ -127,16 +127,9 @@ pub fn section(md: &mut String, agg: &Aggregate, diffs: &[ThirdDiff], family: us
     let name = |c: &usize| cls.iter().find(|x| x.0 == *c).map(|x| x.1.clone()).unwrap_or_default();
     md.push_str("## Per class\n\nEach class's VOC07 AP at the last evaluation, mean over units (`per_class.csv` in each cell: every evaluation), with its count of test boxes. Chart: `per_class_ap.png`.\n\n");
     md.push_str(&format!("| class | test boxes | {} |\n|---|---|{}\n", agg.meta.arms.join(" | "), "---|".repeat(agg.meta.arms.len())));
-    for (c, n, npos) in &cls {
-        let cells: Vec<String> = agg
-            .meta
-            .arms
-            .iter()
-            .map(|a| {
-                let v: Vec<f64> = agg.by_arm(a).iter().filter_map(|r| last_aps(r).get(c).copied()).collect();
-                super::mean_std(&v).map(|m| format!("{:.4}", m.0)).unwrap_or_else(|| "—".into())
-            })
-            .collect();
+    let (_, means) = chart_data(agg);
+    for (i, (_, n, npos)) in cls.iter().enumerate() {
+        let cells: Vec<String> = means.iter().map(|arm| arm[i].map(|m| format!("{m:.4}")).unwrap_or_else(|| "—".into())).collect();
         md.push_str(&format!("| {n} | {npos} | {} |\n", cells.join(" | ")));
     }
     if !diffs.is_empty() {
@@ -151,13 +144,10 @@ pub fn section(md: &mut String, agg: &Aggregate, diffs: &[ThirdDiff], family: us
                 Some(e) => (format!("{:+.4}", e.value), e.ci),
                 None => ("—".into(), None),
             };
-            let words = match ci {
-                None => "not resolved (fewer than 2 units in an arm)".to_string(),
-                Some((lo, hi)) if lo == hi => super::compare::NO_SPREAD.to_string(),
-                Some((lo, _)) if lo > 0.0 => format!("resolved above 0: {} ends higher than {} on the {}", d.arm, d.baseline, d.third.replace('_', " ")),
-                Some((_, hi)) if hi < 0.0 => format!("resolved below 0: {} ends lower than {} on the {}", d.arm, d.baseline, d.third.replace('_', " ")),
-                Some(_) => "not resolved (the interval spans 0)".to_string(),
-            };
+            let third = d.third.replace('_', " ");
+            let above = format!("{} ends higher than {} on the {third}", d.arm, d.baseline);
+            let below = format!("{} ends lower than {} on the {third}", d.arm, d.baseline);
+            let words = super::compare::words(ci, 0.0, &above, &below, "fewer than 2 units in an arm");
             let ci = ci.map(|(l, h)| format!(" [{l:+.4}, {h:+.4}]")).unwrap_or_default();
             md.push_str(&format!("- {} − {}, {}: {value}{ci}: {words}\n", d.arm, d.baseline, d.third));
         }
