@@ -14,6 +14,7 @@ mod sampler;
 mod slurm;
 mod stats;
 mod strategies;
+mod tensorboard;
 mod trainer;
 mod pretrain;
 mod proposals;

@@ -59,6 +59,7 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
     if let (Some((store, n_props)), false, false) = (store_for_mining, vgg16, profile) {
         time_mining(&base, &store, n_props, device)?;
         time_class_bookkeeping(&base, &store, iters, device)?;
+        time_tensorboard(&base, &store, iters, device)?;
     }
     Ok(())
 }
@@ -245,6 +246,45 @@ fn time_class_bookkeeping(base: &TrainConfig, store: &ImageStore, iters: usize, 
     let (p, q) = (super::common::median(&plain), super::common::median(&tallied));
     let share = (q - p).max(0.0) / (CLASS_EVERY as f64 * p);
     println!("per-class bookkeeping (classes.csv), fixed ratio's read-only forward over all RoIs: a step with it {:.1} ms, without {:.1} ms (medians of {} each, alternating); at one step in {CLASS_EVERY}, {:.2}% of training time (OHEM reuses its ranking losses: no extra forward)", q * 1e3, p * 1e3, plain.len(), 100.0 * share);
+    Ok(())
+}
+
+/// The TensorBoard scalars' cost: fixed ratio's steps as the trainer runs them (the per-class
+/// bookkeeping every [`crate::trainer::CLASS_EVERY`]), each followed by the trainer's writes of
+/// its scalars to an event file ([`crate::trainer::tensorboard::Events`], flushed every step),
+/// the two timed apart; the writes' share of a step.
+fn time_tensorboard(base: &TrainConfig, store: &ImageStore, iters: usize, device: Device) -> Result<()> {
+    use crate::trainer::{tensorboard::Events, train_step_tallied, CLASS_EVERY};
+    let mut cfg = base.clone();
+    cfg.sampler = SamplerConfig::FixedRatio(Default::default());
+    let (vs, model) = build_model(&cfg, device, synth::CLASSES.len(), None)?;
+    let mut opt = Sgd::new(&vs, 0.9, 5e-4);
+    let mut sampler = cfg.sampler.build();
+    let dir = tempfile::tempdir()?;
+    let mut tb = Events::open(dir.path(), 1)?;
+    let names: Vec<String> = std::iter::once("background").chain(synth::CLASSES.iter().copied()).map(str::to_string).collect();
+    let (mut steps, mut writes) = (Vec::new(), Vec::new());
+    let n = (2 * iters).max(CLASS_EVERY + 1);
+    for it in 0..n {
+        let pair = bench_pair(store, &cfg.input, it, device);
+        let t = Instant::now();
+        let out = train_step_tallied(&model, &mut opt, 1e-3, sampler.as_mut(), &pair, &cfg, it % CLASS_EVERY == 0)?;
+        sync(device);
+        let step_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        tb.iteration(it as i64 + 1, &out, 1e-3, step_s)?;
+        if let Some(c) = &out.classes {
+            tb.classes(it as i64 + 1, c, &names)?;
+        }
+        tb.flush()?;
+        let write_s = t.elapsed().as_secs_f64();
+        if it > 0 {
+            steps.push(step_s);
+            writes.push(write_s);
+        }
+    }
+    let (s, w) = (super::common::median(&steps), writes.iter().sum::<f64>() / writes.len() as f64);
+    println!("TensorBoard scalars (every iteration, flushed; per class every {CLASS_EVERY}): {:.1} µs per iteration on average against a {:.1} ms step (median of {}): {:.3}% of training time", w * 1e6, s * 1e3, steps.len(), 100.0 * w / s);
     Ok(())
 }
 

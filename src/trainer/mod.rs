@@ -21,6 +21,7 @@ pub mod mining;
 pub mod observer;
 pub mod scope;
 pub mod step;
+pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -315,6 +316,11 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
         for f in [METRICS, MINING, CLASSES, PER_CLASS, PROGRESS, crate::rundir::OUTCOMES] {
             let _ = std::fs::remove_file(run_dir.join(f));
         }
+        for entry in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
+            if tensorboard::is_event_file(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         ck.clear();
     } else {
         check_same_config(cfg, &run_dir.join(CONFIG))?;
@@ -372,7 +378,21 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     logs.keep_epochs(first_epoch, trained, partial.as_ref().map(|p| p.next_iter));
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
     let repeat = cfg.train.repeat_factor.map(|t| repeat_factors(&(0..data.train.len()).map(|i| data.train.labels_of(i)).collect::<Vec<_>>(), t));
-    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false, repeat };
+    // TensorBoard's steps are iterations trained: this process writes from the one after the
+    // resumed state's (an epoch awaiting evaluation: after its last iteration)
+    let done = match (&pending, &partial) {
+        (Some(_), _) => end_step(&sched, trained - 1),
+        (None, Some(p)) => (p.epoch * sched.iters_per_epoch + p.next_iter) as i64,
+        (None, None) => (first_epoch * sched.iters_per_epoch) as i64,
+    };
+    let tb = match tensorboard::Events::open(run_dir, done + 1) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn(format!("no TensorBoard scalars for this run: {e:#}"));
+            None
+        }
+    };
+    let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false, repeat, tb };
     let mut epoch = first_epoch;
     if let Some(m) = pending {
         run.obs.note(&format!("epoch {} was trained and checkpointed but not evaluated: evaluating it from its checkpoint", m.epoch));
@@ -463,6 +483,13 @@ struct Run<'a> {
     progressed: bool,
     /// The training images' repeat factors (`train.repeat_factor`), else None.
     repeat: Option<Vec<f64>>,
+    /// The run's TensorBoard scalars ([`tensorboard`]); None after a write failed (warned once).
+    tb: Option<tensorboard::Events>,
+}
+
+/// The TensorBoard step of epoch `epoch`'s (0-based) end: the iterations trained by then.
+fn end_step(sched: &Schedule, epoch: usize) -> i64 {
+    (epoch * sched.iters_per_epoch + sched.iters_in(epoch)) as i64
 }
 
 /// An epoch in progress: its order and generator, its running sums, and its clocks.
@@ -580,6 +607,14 @@ impl Run<'_> {
         let lr = cfg.train.lr_at(&self.sched, iteration);
         let tally = iteration % self.opts.class_every.unwrap_or(CLASS_EVERY).max(1) == 0;
         let mut out = train_step_tallied(&self.model, &mut self.opt, lr, self.sampler.as_mut(), &prepared, cfg, tally).with_context(|| format!("epoch {} iteration {}", epoch + 1, it + 1))?;
+        let seconds = began.elapsed().as_secs_f64();
+        self.tensorboard(|tb, names| {
+            tb.iteration(iteration as i64 + 1, &out, lr, seconds)?;
+            if let Some(t) = &out.classes {
+                tb.classes(iteration as i64 + 1, t, names)?;
+            }
+            tb.flush()
+        });
         if let Some(t) = out.classes.take() {
             for c in 0..t.candidates.len() {
                 let name = if c == 0 { "background".to_string() } else { self.data.classes.get(c - 1).cloned().unwrap_or_default() };
@@ -587,7 +622,7 @@ impl Run<'_> {
             }
         }
         e.st.add(&out);
-        e.st.iter_s.push(began.elapsed().as_secs_f64());
+        e.st.iter_s.push(seconds);
         self.progressed = true;
         self.obs.iteration_done(epoch, e.st.mean_loss());
         Ok(())
@@ -632,11 +667,28 @@ impl Run<'_> {
         self.wall = row.wall_s;
         self.logs.rows.push(row);
         self.logs.write()?;
+        if maps.is_some() {
+            let (row, step) = (self.logs.rows.last().expect("just pushed").clone(), end_step(&self.sched, epoch));
+            let per_class: Vec<PerClassRow> = self.logs.per_class.iter().filter(|p| p.epoch == epoch + 1).cloned().collect();
+            self.tensorboard(|tb, _| tb.evaluation(step, &row, &per_class));
+        }
         self.ck.remove_partial();
         self.ck.prune(epoch + 1, self.cfg.train.keep_checkpoints);
         self.progressed = true;
         self.obs.epoch_finished(self.logs.rows.last().expect("just pushed"));
         Ok(())
+    }
+
+    /// Writes TensorBoard scalars with `f` (given the event file and the class names, background
+    /// first). A failure is a warning, once, and the run goes on without them: they duplicate
+    /// what `metrics.csv` and the other logs keep.
+    fn tensorboard(&mut self, f: impl FnOnce(&mut tensorboard::Events, &[String]) -> Result<()>) {
+        let Some(tb) = self.tb.as_mut() else { return };
+        let names: Vec<String> = std::iter::once("background".to_string()).chain(self.data.classes.iter().cloned()).collect();
+        if let Err(e) = f(tb, &names) {
+            eprintln!("warning: no more TensorBoard scalars for this run: {e:#}");
+            self.tb = None;
+        }
     }
 
     /// Lets the sampler mine before an iteration, and logs the round it reports.
@@ -651,6 +703,10 @@ impl Run<'_> {
             st.mine_s += stats.seconds;
             let round = self.logs.mining.len() + 1;
             self.obs.mined(round, &stats);
+            self.tensorboard(|tb, _| {
+                tb.mining(at.iteration as i64, &stats)?;
+                tb.flush()
+            });
             self.logs.mining.push(MiningRow { round, epoch: at.epoch + 1, iteration: at.iteration, stats });
             self.progressed = true;
         }
