@@ -38,8 +38,10 @@ pub enum Command {
     Tile(TileArgs),
     /// Compute (or load) region proposals for a split and report their recall.
     Proposals(ProposalsArgs),
-    /// Score detections against a split: VOC results files against a VOC root, or a COCO results JSON against an instances JSON.
+    /// Score detections against a split: VOC results files or a COCO results JSON against a VOC root, or a COCO results JSON against an instances JSON.
     Eval(EvalArgs),
+    /// Run one epoch's checkpoint of a run or cell over a split and write its detections (COCO results JSON, or VOC comp4 files), which `harness eval` scores.
+    Detect(DetectArgs),
     /// Train one configuration; a rerun resumes after the last finished epoch.
     Train(TrainArgs),
     /// Pre-train the shared backbone of a training config (`model.init: pretrained`), or find it in the cache.
@@ -206,7 +208,7 @@ pub struct EvalArgs {
     /// The VOC split.
     #[arg(long, default_value = "test")]
     split: String,
-    /// VOC: a folder of comp4_det_test_<class>.txt files; COCO: a results JSON [{image_id, category_id, bbox, score}].
+    /// A folder of comp4_det_<split>_<class>.txt files (VOC root only; comp4_det_test_<class>.txt for another split if it has none), or a COCO results JSON [{image_id, category_id, bbox, score}].
     #[arg(long)]
     dets: PathBuf,
     /// voc07 / voc10: VOC mAP; coco: pycocotools' 12 box summaries.
@@ -215,6 +217,39 @@ pub struct EvalArgs {
     /// Print the result as JSON (coco: the 12 summaries under AP, AP50, …, ARl).
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DetectArgs {
+    /// A run or cell directory (its newest kept checkpoint, or --epoch's), or a checkpoint file (`checkpoints/epoch_NNN.safetensors`).
+    target: PathBuf,
+    /// The split to detect on [default: the run's test split].
+    #[arg(long)]
+    split: Option<String>,
+    /// The epoch whose checkpoint to use (1-based) [default: the newest kept].
+    #[arg(long)]
+    epoch: Option<usize>,
+    /// Where to write: a COCO results JSON file (--format coco) or a folder of comp4 files (--format voc).
+    #[arg(long)]
+    out: PathBuf,
+    /// coco: a results JSON [{image_id, category_id, bbox, score}]; voc: comp4_det_<split>_<class>.txt files [default: the dataset's own layout].
+    #[arg(long, value_enum)]
+    format: Option<DetFormat>,
+    /// The run's config [default: config.yaml of the run directory].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// cpu, cuda, cuda:N [default: the config's].
+    #[arg(long)]
+    device: Option<String>,
+    /// Proposal cache folder [default: the project cache].
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DetFormat {
+    Coco,
+    Voc,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -483,6 +518,7 @@ pub fn run() -> Result<()> {
         Command::Tile(a) => tile(a),
         Command::Proposals(a) => proposals(a, progress),
         Command::Eval(a) => evaluate(a),
+        Command::Detect(a) => detect(a, progress),
         Command::Train(a) => train(a, progress),
         Command::Pretrain(a) => pretrain(a, progress),
         Command::Run(a) => run_grid(a, progress),
@@ -645,7 +681,7 @@ fn evaluate(a: EvalArgs) -> Result<()> {
     } else {
         let ds = Dataset::open(&a.dataset)?;
         let anns = ds.load_split(&a.split)?;
-        let d = eval::read_results_dir_of(&a.dets, &a.split, &ds.classes, &anns)?;
+        let d = if a.dets.is_file() { eval::coco::read_results_of_split(&a.dets, &anns, ds.classes.len())? } else { eval::read_results_dir_of(&a.dets, &a.split, &ds.classes, &anns)? };
         let cats: Vec<i64> = (1..=ds.classes.len() as i64).collect();
         let cd = eval::coco::dets_of_annotations(&anns, &d, &cats);
         let gt = eval::coco::gt_of_annotations(&anns);
@@ -671,6 +707,44 @@ fn evaluate(a: EvalArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn detect(a: DetectArgs, progress: bool) -> Result<()> {
+    if let Some(d) = &a.device {
+        parse_device(d)?;
+    }
+    let opts = crate::trainer::TrainOptions { progress, cache_dir: a.cache_dir.clone(), ..Default::default() };
+    let r = crate::trainer::detect::detect_checkpoint(&a.target, a.config.as_deref(), a.epoch, a.split.as_deref(), a.device.as_deref(), &opts)?;
+    let format = a.format.unwrap_or(if r.coco_instances.is_some() { DetFormat::Coco } else { DetFormat::Voc });
+    let n: usize = r.dets.iter().map(Vec::len).sum();
+    let against = match format {
+        DetFormat::Coco => {
+            let boxes: Vec<eval::coco::DetBox> = r.dets.iter().enumerate().flat_map(|(c, d)| eval::coco::dets_of_class(&r.image_ids, d, r.category_ids[c])).collect();
+            crate::rundir::write_file(&a.out, eval::coco::results_json(&boxes).as_bytes())?;
+            r.coco_instances.clone().unwrap_or_else(|| r.cfg.dataset.root.clone())
+        }
+        DetFormat::Voc => {
+            if let Some(f) = &r.coco_instances {
+                bail!("--format voc: split {:?} is a COCO split ({}); its detections are written as a COCO results JSON (--format coco)", r.split, f.display());
+            }
+            if a.out.is_file() {
+                bail!("--out {}: a file; --format voc writes a folder of comp4 files", a.out.display());
+            }
+            eval::write_results_dir_of(&a.out, &r.split, &r.classes, &r.anns, &r.dets)?;
+            r.cfg.dataset.root.clone()
+        }
+    };
+    let m07 = eval::evaluate(&r.anns, &r.classes, &r.dets, eval::VocMetric::Voc07).map;
+    let epoch = r.epoch.map_or_else(|| "its".to_string(), |e| format!("epoch {e}'s"));
+    println!("{}: {n} detections of split {:?} from {epoch} checkpoint {}", a.out.display(), r.split, r.checkpoint.display());
+    let logged = r.logged.as_ref().filter(|_| r.split == r.cfg.dataset.test_split).and_then(|row| row.map_voc07);
+    match logged {
+        Some(l) => println!("  mAP VOC07 {m07:.4} (the run logged {l:.4} for this epoch)"),
+        None => println!("  mAP VOC07 {m07:.4}"),
+    }
+    let split = if r.coco_instances.is_some() { String::new() } else { format!(" --split {}", r.split) };
+    println!("  score it: harness eval {}{split} --dets {}", against.display(), a.out.display());
     Ok(())
 }
 

@@ -546,8 +546,13 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
 
 /// Parses YAML text into a generic value; errors name `origin` (a file), with line and column.
 pub fn parse_yaml(text: &str, origin: &str) -> Result<Value> {
-    let v: Value = serde_saphyr::from_str(text).map_err(|e| anyhow!("{origin}: {e}"))?;
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| anyhow!("{origin}: {}", yaml_message(&e.to_string(), origin)))?;
     Ok(if v.is_null() { Value::Object(Default::default()) } else { v })
+}
+
+/// A YAML parser's message without its own "error: " and with the file's name for `<input>`.
+fn yaml_message(msg: &str, origin: &str) -> String {
+    msg.strip_prefix("error: ").unwrap_or(msg).replace("<input>", origin)
 }
 
 /// Sets a dotted key (`sampler.fg_fraction`) in a value, creating maps on the way.
@@ -579,7 +584,7 @@ pub fn set_dotted(root: &mut Value, key: &str, value: Value) -> Result<()> {
 pub fn parse_override(s: &str) -> Result<(String, Value)> {
     let (k, v) = s.split_once('=').ok_or_else(|| anyhow!("--set {s:?}: expected key=value"))?;
     // a value, not a document: `key=`, `key=null` and `key=~` are null (parse_yaml would make them {})
-    let value: Value = if v.trim().is_empty() { Value::Null } else { serde_saphyr::from_str(v).map_err(|e| anyhow!("--set {k}: {e}"))? };
+    let value: Value = if v.trim().is_empty() { Value::Null } else { serde_saphyr::from_str(v).map_err(|e| anyhow!("--set {k}: {}", yaml_message(&e.to_string(), "the value")))? };
     Ok((k.trim().to_string(), value))
 }
 
@@ -590,12 +595,145 @@ pub fn default_sampler_kind(v: &mut Value) {
     }
 }
 
-/// Converts a value into a typed config; unknown keys and bad types name the dotted key.
+/// A config key that does not convert: an unknown key, a missing one, or a value of the wrong
+/// type, named in full (`sampler.nms_thresh`) and, once [`with_line`] found it in the file, with
+/// its line.
+#[derive(Debug)]
+pub struct KeyError {
+    pub origin: String,
+    pub key: String,
+    pub msg: String,
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{} (line {l}): {}", self.origin, self.msg),
+            None => write!(f, "{}: {}", self.origin, self.msg),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// A serde type as a reader says it: `usize` is a whole number ≥ 0, a sequence a list.
+fn plain_type(t: &str) -> String {
+    let t = t.trim();
+    let plain = match t {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number ≥ 0",
+        "i64" | "i32" | "isize" => "a whole number",
+        "f64" | "f32" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "a map" => "a section of key: value lines",
+        "a string" => "text",
+        _ if t.starts_with("struct ") || t.starts_with("a map") => "a section of key: value lines",
+        _ if t.starts_with("internally tagged enum") => "a section with its kind",
+        _ => return t.replace('`', ""),
+    };
+    plain.to_string()
+}
+
+/// serde's words for a value (`string "two"`, `integer `3``) as the YAML wrote it.
+fn plain_value(v: &str) -> String {
+    let v = v.trim();
+    match v {
+        "sequence" => return "a list".into(),
+        "map" => return "a section".into(),
+        "unit" => return "nothing".into(),
+        _ => {}
+    }
+    for p in ["string ", "integer ", "floating point ", "boolean ", "unsigned integer "] {
+        if let Some(rest) = v.strip_prefix(p) {
+            return rest.trim_matches('`').to_string();
+        }
+    }
+    v.replace('`', "")
+}
+
+/// The message of a key that does not convert, in the reader's words, the key dotted in full.
+fn key_error(origin: &str, path: &str, msg: &str) -> KeyError {
+    let path = if path == "." { "" } else { path };
+    // serde_path_to_error's path ends at the unknown key, but for one inside an internally
+    // tagged enum (`sampler`), whose path stops at the enum
+    let join = |k: &str| if path.is_empty() || path == k || path.ends_with(&format!(".{k}")) { if path.is_empty() { k.to_string() } else { path.to_string() } } else { format!("{path}.{k}") };
+    let tick = |s: &str| s.split('`').nth(1).unwrap_or("").to_string();
+    let (key, text) = if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let k = join(&tick(rest));
+        let expected = rest.split_once(", expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
+        let hint = if expected.is_empty() { String::new() } else { format!(" (expected {expected})") };
+        (k.clone(), format!("unknown key {k}{hint}"))
+    } else if let Some(rest) = msg.strip_prefix("missing field ") {
+        let k = join(&tick(rest));
+        (k.clone(), format!("missing key {k}"))
+    } else if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let expected = rest.split_once(", expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
+        (path.to_string(), format!("key {path} = {}: expected {expected}", tick(rest)))
+    } else if let Some((got, want)) = msg.strip_prefix("invalid type: ").or_else(|| msg.strip_prefix("invalid value: ")).and_then(|r| r.split_once(", expected ")) {
+        (path.to_string(), format!("key {path} = {}: expected {}", plain_value(got), plain_type(want)))
+    } else {
+        (path.to_string(), format!("key {path}: {msg}"))
+    };
+    KeyError { origin: origin.to_string(), key, msg: text, line: None }
+}
+
+/// Converts a value into a typed config; unknown keys and bad types name the dotted key
+/// ([`KeyError`]).
 pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Result<T> {
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        anyhow!("{origin}: key {path}: {}", e.into_inner())
+        key_error(origin, &path, &e.into_inner().to_string()).into()
     })
+}
+
+/// The 1-based line of dotted `key` in YAML `text`, looked for under each of `scopes` in turn
+/// (e.g. `[["arms", "ohem"], ["base"]]`; `[[]]` for the top level): each part of the scope and
+/// the key, in order, on a later line than the part before, as `part:` (block or flow style).
+/// A missing key's line is its section's.
+pub fn locate_key(text: &str, scopes: &[&[&str]], key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let names = |l: &str, part: &str| {
+        let l = l.split(" #").next().unwrap_or("");
+        l.match_indices(&format!("{part}:")).any(|(i, _)| i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'{' | b',' | b'\t' | b'-'))
+    };
+    for scope in scopes {
+        let parts: Vec<&str> = scope.iter().copied().chain(key.split('.').filter(|p| !p.is_empty())).collect();
+        let (mut from, mut found) = (0, None);
+        for (i, part) in parts.iter().enumerate() {
+            match (from..lines.len()).find(|&n| names(lines[n], part)) {
+                Some(n) => {
+                    found = Some(n + 1);
+                    from = n;
+                    // a flow section (`a: {b: 1}`) holds its keys on its own line
+                    if !lines[n].contains('{') {
+                        from = n + 1;
+                    }
+                }
+                // the scope must be there; of the key, the deepest part found
+                None if i < scope.len() => {
+                    found = None;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// `e` with its key's line in `text` ([`locate_key`] under `scopes`) when it is a [`KeyError`].
+pub fn with_line(e: anyhow::Error, text: &str, scopes: &[&[&str]]) -> anyhow::Error {
+    match e.downcast::<KeyError>() {
+        Ok(mut k) => {
+            k.line = locate_key(text, scopes, &k.key);
+            k.into()
+        }
+        Err(e) => e,
+    }
 }
 
 impl TrainConfig {
@@ -608,7 +746,19 @@ impl TrainConfig {
             let (k, val) = parse_override(o)?;
             set_dotted(&mut v, &k, val)?;
         }
-        let cfg = TrainConfig::from_value(v, &origin)?;
+        let set: Vec<String> = overrides.iter().filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string())).collect();
+        let cfg = TrainConfig::from_value(v, &origin).map_err(|e| match e.downcast::<KeyError>() {
+            // a key an override set is the override's fault, else the file's, at its line
+            Ok(mut k) => {
+                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}."))) {
+                    k.origin = format!("--set {o}");
+                } else {
+                    k.line = locate_key(&text, &[&[]], &k.key);
+                }
+                k.into()
+            }
+            Err(e) => e,
+        })?;
         cfg.check().with_context(|| format!("{origin}: invalid config"))?;
         Ok(cfg)
     }

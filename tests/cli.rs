@@ -101,3 +101,52 @@ fn bad_input_is_a_clear_error() {
     assert_clean_failure(&["make-dataset", "--out", other.path().to_str().unwrap()], &["not empty"]);
     assert_clean_failure(&["make-dataset", "--out", "/tmp/x", "--size", "huge"], &["huge"]);
 }
+
+/// `harness detect` then `harness eval` give, to the last bit, the mAP and COCO AP the run
+/// logged for that epoch: in VOC comp4 files and in a COCO results JSON, for each kept epoch.
+#[test]
+fn detect_then_eval_reproduces_the_logged_map_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = crate::util::tiny_config(t.path(), "");
+    let run = t.path().join("run");
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let (ok, _, err) = harness(&["train", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--cache-dir", &cache]);
+    assert!(ok, "{err}");
+    let rows = ohem_harness::rundir::read_metrics(&run.join("metrics.csv")).unwrap();
+    let ds = tiny_dataset().to_str().unwrap();
+    let eval = |dets: &std::path::Path, metric: &str| -> serde_json::Value {
+        let (ok, out, err) = harness(&["eval", ds, "--split", "test", "--dets", dets.to_str().unwrap(), "--metric", metric, "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    for row in &rows {
+        let e = row.epoch.to_string();
+        let (voc, coco) = (t.path().join(format!("voc{e}")), t.path().join(format!("coco{e}.json")));
+        for (out, format) in [(&voc, "voc"), (&coco, "coco")] {
+            let (ok, stdout, err) = harness(&["detect", run.to_str().unwrap(), "--epoch", &e, "--out", out.to_str().unwrap(), "--format", format, "--cache-dir", &cache]);
+            assert!(ok, "{err}");
+            assert!(stdout.contains(&format!("the run logged {:.4}", row.map_voc07.unwrap())), "{stdout}");
+        }
+        assert!(voc.join("comp4_det_test_disc.txt").is_file());
+        for dets in [&voc, &coco] {
+            assert_eq!(eval(dets, "voc07")["map"].as_f64(), row.map_voc07, "epoch {e}, {}", dets.display());
+            assert_eq!(eval(dets, "voc10")["map"].as_f64(), row.map_voc10, "epoch {e}, {}", dets.display());
+            let c = eval(dets, "coco");
+            for (key, logged) in ohem_harness::eval::coco::SUMMARY_KEYS.iter().zip(row.coco()) {
+                assert_eq!(c[key].as_f64().filter(|v| *v >= 0.0), logged, "epoch {e}, {key}, {}", dets.display());
+            }
+        }
+    }
+    // a checkpoint file names its run; an epoch no longer kept names those that are
+    let ck = run.join("checkpoints/epoch_002.safetensors");
+    let (ok, stdout, err) = harness(&["detect", ck.to_str().unwrap(), "--out", t.path().join("f.json").to_str().unwrap(), "--format", "coco", "--cache-dir", &cache]);
+    assert!(ok && stdout.contains("epoch 2's"), "{err}");
+    let out = t.path().join("x.json");
+    assert_clean_failure(&["detect", run.to_str().unwrap(), "--epoch", "7", "--out", out.to_str().unwrap()], &["no checkpoint of epoch 7", "epochs 1, 2"]);
+    assert_clean_failure(&["detect", t.path().join("nothing").to_str().unwrap(), "--out", out.to_str().unwrap()], &["nothing: not found"]);
+    // a results JSON with a category the dataset lacks names the file and the entry
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(t.path().join("f.json")).unwrap()).unwrap();
+    let image = written[0]["image_id"].as_i64().unwrap();
+    std::fs::write(&out, format!(r#"[{{"image_id": {image}, "category_id": 99, "bbox": [1, 1, 5, 5], "score": 0.5}}]"#)).unwrap();
+    assert_clean_failure(&["eval", ds, "--split", "test", "--dets", out.to_str().unwrap()], &["x.json", "result [0]", "category_id 99"]);
+}

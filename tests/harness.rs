@@ -65,8 +65,10 @@ fn grids_expand_to_arms_times_axes_times_seeds_with_stable_ids() {
 fn bad_grid_files_are_rejected_with_file_key_and_value() {
     let cases: &[(&str, &[&str])] = &[
         ("seeds: [0\n", &["grid.yaml", "line"]),
-        ("seeds: [0]\nbogus: 1\n", &["grid.yaml", "bogus"]),
-        ("seeds: [0]\narms:\n  a:\n    model: {backbon: small}\n", &["grid.yaml", "arm a", "model.backbon"]),
+        // (the grid's 15 lines of header first: the line numbers count them)
+        ("seeds: [0]\nbogus: 1\n", &["grid.yaml (line 17): unknown key bogus"]),
+        ("seeds: [0]\narms:\n  a:\n    model: {backbon: small}\n", &["grid.yaml: arm a (line 19): unknown key model.backbon"]),
+        ("seeds: [0]\narms:\n  a:\n    sampler:\n      kind: ohem\n      nms_iuo: 0.5\n", &["grid.yaml: arm a (line 21): unknown key sampler.nms_iuo"]),
         ("seeds: [0]\narms:\n  a: {}\n", &[]), // (the base's typo is planted below)
         ("seeds: [0]\naxes:\n  sampler.nms_iuo: [0.5]\n", &["grid.yaml", "sampler.nms_iuo"]),
         ("seeds: [0]\naxes:\n  train.lr: []\n", &["grid.yaml", "axes.train.lr", "empty"]),
@@ -91,7 +93,7 @@ fn bad_grid_files_are_rejected_with_file_key_and_value() {
             let text = std::fs::read_to_string(&p).unwrap().replace("  model:\n", "  model:\n    backbon: small\n");
             std::fs::write(&p, text).unwrap();
             let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
-            assert!(err.contains("grid.yaml: base") && err.contains("model.backbon") && !err.contains("arm a"), "{err}");
+            assert!(err.contains("grid.yaml: base (line 7): unknown key model.backbon") && !err.contains("arm a"), "{err}");
             // a typo in --set is named in the --set, not against the grid file
             let p = write_grid(t.path(), body);
             let err = format!("{:#}", Grid::load(&p, &["train.lrr=0.5".to_string()]).unwrap_err());

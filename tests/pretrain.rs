@@ -86,7 +86,7 @@ fn bad_pretrain_configs_name_the_key_and_value() {
         ("pretrain.bg_fraction=1.5", &["pretrain.bg_fraction = 1.5"]),
         ("pretrain.batch_size=1", &["pretrain.batch_size = 1"]),
         ("pretrain.source=imagenet", &["pretrain.source", "imagenet"]),
-        ("pretrain.epoch=3", &["pretrain.epoch", "unknown field"]),
+        ("pretrain.epoch=3", &["pretrain.epoch", "unknown key"]),
         ("model.init=random", &["model.init", "random"]),
         ("model.stride=4", &["model.stride = 4"]),
     ];

@@ -19,7 +19,13 @@ fn load_err(extra_yaml: &str, overrides: &[&str]) -> String {
 #[test]
 fn bad_configs_name_the_key_and_value() {
     let cases: &[(&str, &[&str], &[&str])] = &[
-        ("", &["model.backbon=small"], &["config.yaml", "model.backbon", "unknown field"]),
+        ("", &["model.backbon=small"], &["--set model.backbon", "unknown key model.backbon (expected one of"]),
+        // a key of the file: its line (the tiny config's 16 lines, then these), dotted in full
+        // inside the sampler's tagged section, a type in plain words
+        ("sampler:\n  kind: ohem\n  nms_thresh: 0.7\n", &[], &["config.yaml (line 19): unknown key sampler.nms_thresh (expected one of batch_size"]),
+        ("test:\n  eval_every: often\n", &[], &["config.yaml (line 18): key test.eval_every = \"often\": expected a whole number ≥ 0"]),
+        ("", &["train.epochs=two"], &["--set train.epochs: key train.epochs = \"two\": expected a whole number ≥ 0"]),
+        ("", &["train.lr=[1]"], &["--set train.lr: key train.lr = a list: expected a number"]),
         ("sampler:\n  kind: fixed_ratio\n  fg_fraction: 1.5\n", &[], &["sampler.fg_fraction = 1.5"]),
         ("sampler:\n  kind: fixed_ratio\n  bg_thresh_lo: 0.6\n  bg_thresh_hi: 0.5\n  fg_thresh: 0.7\n", &[], &["sampler.bg_thresh_lo = 0.6", "0.5"]),
         ("", &["sampler.batch_size=0"], &["sampler.batch_size = 0"]),
@@ -43,7 +49,14 @@ fn bad_configs_name_the_key_and_value() {
         for n in *needles {
             assert!(err.contains(n), "{yaml:?} {overrides:?}: {err:?} lacks {n:?}");
         }
+        assert!(!err.contains("error:") && !err.contains("<input>") && !err.contains("usize") && !err.contains("field"), "{err:?}");
     }
+    // no dataset section: the key named, not "key ."
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("c.yaml");
+    std::fs::write(&p, "seed: 1\nmodel:\n  fc_dim: 64\n").unwrap();
+    let err = format!("{:#}", TrainConfig::load(&p, &[]).unwrap_err());
+    assert!(err.ends_with("c.yaml: missing key dataset"), "{err}");
 }
 
 #[test]

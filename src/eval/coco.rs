@@ -582,3 +582,25 @@ pub fn read_results(path: &Path, gt: &CocoFile) -> Result<(Vec<DetBox>, LeftOut)
     category_ids.dedup();
     Ok((kept, LeftOut { results: other.len(), category_ids }))
 }
+
+/// Reads COCO results against a VOC split's annotations `anns` of `k` classes (what
+/// `harness detect --format coco` writes for a VOC dataset): image ids as
+/// [`crate::data::coco::image_ids`] numbers the split, category ids 1..=k. Per class, the
+/// detections as VOC mAP reads them. An image or category outside the split is an error naming
+/// the file and the entry.
+pub fn read_results_of_split(path: &Path, anns: &[crate::data::Annotation], k: usize) -> Result<Vec<Vec<super::Detection>>, crate::data::DataError> {
+    let text = crate::data::voc::read_to_string(path)?;
+    let err = |msg: String| crate::data::DataError::Coco { path: path.to_path_buf(), msg };
+    let dets: Vec<DetBox> = serde_json::from_str(&text).map_err(|e| err(format!("not a COCO results list [{{image_id, category_id, bbox, score}}]: {e}")))?;
+    // an id listed twice in the split is its first entry
+    let index: std::collections::HashMap<i64, u32> = crate::data::coco::image_ids(anns).into_iter().enumerate().rev().map(|(i, id)| (id, i as u32)).collect();
+    let mut out = vec![Vec::new(); k];
+    for (n, d) in dets.iter().enumerate() {
+        let image = *index.get(&d.image_id).ok_or_else(|| err(format!("result [{n}]: image_id {} is not an image of the split", d.image_id)))?;
+        if d.category_id < 1 || d.category_id > k as i64 {
+            return Err(err(format!("result [{n}]: category_id {} is not one of the dataset's 1..={k}", d.category_id)));
+        }
+        out[(d.category_id - 1) as usize].push(super::Detection { image, score: d.score as f32, bbox: crate::data::coco::coco_to_voc(d.bbox) });
+    }
+    Ok(out)
+}

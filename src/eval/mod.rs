@@ -221,8 +221,11 @@ pub fn read_results_dir(dir: &Path, classes: &[String], anns: &[Annotation]) -> 
 /// else (for a split other than `test`, where no such file exists) `comp4_det_test_<class>.txt`.
 /// A results file of that set for a class the dataset does not have is an error naming it.
 pub fn read_results_dir_of(dir: &Path, split: &str, classes: &[String], anns: &[Annotation]) -> Result<Vec<Vec<Detection>>> {
+    if !dir.exists() {
+        bail!("{}: not found (a folder of comp4_det_<split>_<class>.txt files, or a COCO results JSON)", dir.display());
+    }
     if !dir.is_dir() {
-        bail!("detections directory {} does not exist", dir.display());
+        bail!("{}: not a folder of comp4_det_<split>_<class>.txt files", dir.display());
     }
     let files: Vec<String> = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     let set = if split != "test" && !files.iter().any(|f| f.starts_with(&format!("comp4_det_{split}_")) && f.ends_with(".txt")) { "test" } else { split };
@@ -261,12 +264,20 @@ pub fn read_results_dir_of(dir: &Path, split: &str, classes: &[String], anns: &[
 
 /// Writes detections in the VOC results format, one file per class (the images named by their ids in `anns`).
 pub fn write_results_dir(dir: &Path, classes: &[String], anns: &[Annotation], dets: &[Vec<Detection>]) -> Result<()> {
+    write_results_dir_of(dir, "test", classes, anns, dets)
+}
+
+/// [`write_results_dir`] for the split `split`: the devkit's `comp4_det_<split>_<class>.txt`.
+/// Scores and corners are written as the shortest decimals that read back to the same float32,
+/// so that scoring the files gives what scoring the detections gave, to the last bit.
+pub fn write_results_dir_of(dir: &Path, split: &str, classes: &[String], anns: &[Annotation], dets: &[Vec<Detection>]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for (class, ds) in classes.iter().zip(dets) {
         let mut s = String::new();
         for d in ds {
-            s.push_str(&format!("{} {:.6} {:.1} {:.1} {:.1} {:.1}\n", anns[d.image as usize].id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
+            s.push_str(&format!("{} {} {} {} {} {}\n", anns[d.image as usize].id, d.score, d.bbox[0], d.bbox[1], d.bbox[2], d.bbox[3]));
         }
-        crate::rundir::write_file(&dir.join(results_file_name(class)), s.as_bytes())?;
+        crate::rundir::write_file(&dir.join(format!("comp4_det_{split}_{class}.txt")), s.as_bytes())?;
     }
     Ok(())
 }

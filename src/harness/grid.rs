@@ -149,7 +149,8 @@ impl Grid {
         let overrides: Vec<(String, Value)> = overrides.iter().map(|o| parse_override(o)).collect::<Result<_>>()?;
         // an unknown key is named where it was written: in base (not against the first arm), or
         // in a --set (not against the grid file)
-        unknown_key(&file.base, &format!("{origin}: base"))?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        unknown_key(&file.base, &format!("{origin}: base")).map_err(|e| crate::config::with_line(e, &text, &[&["base"]]))?;
         for (k, x) in &overrides {
             let mut v = Value::Object(Default::default());
             set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
@@ -185,7 +186,7 @@ impl Grid {
                         set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
                     }
                   for (split, v) in split_variants(v, file.splits.as_ref(), &mut plans, &origin, &where_, require_data)? {
-                    let config = cell_config(v, &origin, &where_, combo, seed, require_data)?;
+                    let config = cell_config(v, &origin, &where_, combo, seed, require_data).map_err(|e| crate::config::with_line(e, &text, &[&["arms", arm], &["base"]]))?;
                     let id = cell_id(&config);
                     let epochs = match config.train.iterations {
                         None => config.train.epochs,
@@ -296,7 +297,7 @@ impl GridFile {
     fn read(path: &Path) -> Result<GridFile> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).with_context(|| format!("reading grid file {origin}"))?;
-        let file: GridFile = from_value(parse_yaml(&text, &origin)?, &origin)?;
+        let file: GridFile = from_value(parse_yaml(&text, &origin)?, &origin).map_err(|e| crate::config::with_line(e, &text, &[&[]]))?;
         let seeds = file.seeds.as_ref().ok_or_else(|| anyhow!("{origin}: key seeds is missing: list at least one seed"))?;
         if seeds.is_empty() {
             bail!("{origin}: key seeds is an empty list: list at least one seed");
@@ -379,7 +380,7 @@ fn unknown_key(part: &Value, label: &str) -> Result<()> {
         m.remove("sampler");
     }
     match TrainConfig::from_value(part, label) {
-        Err(e) if format!("{e:#}").contains("unknown field") => Err(e),
+        Err(e) if e.downcast_ref::<crate::config::KeyError>().is_some_and(|k| k.msg.starts_with("unknown key")) => Err(e),
         _ => Ok(()),
     }
 }

@@ -158,3 +158,101 @@ fn postprocess(probs: &[f32], boxes: &[f32], n: usize, k: usize, test: &TestConf
     }
     per_image
 }
+
+/// A split's detections from one epoch's checkpoint of a run (`harness detect`), with what
+/// scoring them needs and what the run logged for that epoch.
+pub struct CheckpointDetections {
+    /// The run's config, its epoch (1-based, when the checkpoint's name gives it) and the split.
+    pub cfg: crate::config::TrainConfig,
+    pub epoch: Option<usize>,
+    pub split: String,
+    pub checkpoint: std::path::PathBuf,
+    pub anns: Vec<crate::data::Annotation>,
+    pub classes: Vec<String>,
+    /// Per class, over the split's images (indices into `anns`).
+    pub dets: Vec<Vec<Detection>>,
+    /// COCO's numbers: each class's category id and each image's id.
+    pub category_ids: Vec<i64>,
+    pub image_ids: Vec<i64>,
+    /// The COCO split's instances file (what `harness eval` scores COCO results against), else None.
+    pub coco_instances: Option<std::path::PathBuf>,
+    /// The run's `metrics.csv` row of that epoch, when there is one.
+    pub logged: Option<crate::rundir::EpochRow>,
+}
+
+/// Runs the checkpoint `target` names over split `split` (the config's test split when None):
+/// `target` is a run (or cell) directory, whose checkpoint of epoch `epoch` (1-based; the
+/// newest kept when None) is used, or a checkpoint file. The config is `config`, else the
+/// run's `config.yaml`. The split's proposals are the run's (its `proposals.*_file` or the
+/// selective-search cache), and inference is the trainer's own: for the test split and an
+/// evaluated epoch, the same detections the run scored.
+pub fn detect_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, opts: &super::TrainOptions) -> anyhow::Result<CheckpointDetections> {
+    use anyhow::{bail, Context};
+    use std::path::Path;
+    let (run_dir, checkpoint, epoch) = if target.is_dir() {
+        let ck = super::checkpoint::Checkpoints::new(target);
+        let kept: Vec<usize> = (1..=9999).filter(|&e| ck.epoch_path(e).is_file()).collect();
+        let e = match epoch {
+            Some(e) if kept.contains(&e) => e,
+            Some(e) => {
+                let kept_s: Vec<String> = kept.iter().map(|k| k.to_string()).collect();
+                bail!("{}: no checkpoint of epoch {e} ({}; a run keeps its last train.keep_checkpoints)", target.display(), if kept.is_empty() { "it has none".to_string() } else { format!("it keeps epochs {}", kept_s.join(", ")) });
+            }
+            None => *kept.last().with_context(|| format!("{}: no epoch checkpoint (checkpoints/epoch_NNN.safetensors): not a run directory, or no epoch finished yet", target.display()))?,
+        };
+        (Some(target.to_path_buf()), ck.epoch_path(e), Some(e))
+    } else if target.is_file() {
+        if epoch.is_some() {
+            bail!("--epoch names a checkpoint of a run directory; {} is a checkpoint file already", target.display());
+        }
+        let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let e = name.strip_prefix("epoch_").and_then(|n| n.strip_suffix(".safetensors")).and_then(|n| n.parse::<usize>().ok());
+        let run = target.parent().filter(|p| p.file_name().is_some_and(|n| n == crate::rundir::CHECKPOINTS)).and_then(Path::parent).map(Path::to_path_buf);
+        (run, target.to_path_buf(), e)
+    } else {
+        bail!("{}: not found (a run or cell directory, or a checkpoint file)", target.display());
+    };
+    let config_path = match (config, &run_dir) {
+        (Some(c), _) => c.to_path_buf(),
+        (None, Some(r)) => r.join(crate::rundir::CONFIG),
+        (None, None) => bail!("{}: not inside a run directory's checkpoints/ folder; name its config with --config", checkpoint.display()),
+    };
+    if !config_path.is_file() {
+        bail!("{}: not found (the run's config; name another with --config)", config_path.display());
+    }
+    let mut cfg = crate::config::TrainConfig::load(&config_path, &[])?;
+    if let Some(d) = device {
+        cfg.device = d.to_string();
+    }
+    let device = crate::config::parse_device(&cfg.device)?;
+    let split = split.unwrap_or(&cfg.dataset.test_split).to_string();
+    let ds = crate::data::Dataset::from_config(&cfg.dataset)?;
+    let (anns, category_ids, coco_instances) = match ds.coco_split(&split) {
+        Some(s) => {
+            let f = ds.coco_file(&split)?;
+            (f.annotations(&s.images), f.category_ids(), Some(s.ann.clone()))
+        }
+        None => (ds.load_split(&split)?, (1..=ds.classes.len() as i64).collect(), None),
+    };
+    let file = if split == cfg.dataset.test_split {
+        cfg.proposals.test_file.clone()
+    } else if split == cfg.dataset.train_split {
+        cfg.proposals.train_file.clone()
+    } else {
+        None
+    };
+    let store = super::store_of(&ds, &cfg, &split, anns, file.as_deref(), opts)?;
+    // the model as the run built it, then every variable from the checkpoint
+    let mut built = cfg.clone();
+    built.model.init = crate::model::Init::Scratch;
+    built.model.weights = None;
+    let (mut vs, model) = super::build_model(&built, device, ds.classes.len(), None)?;
+    vs.load(&checkpoint).with_context(|| format!("{}: the weights do not load into the model of {}", checkpoint.display(), config_path.display()))?;
+    let dets = detect(&model, &store, &cfg.input, &cfg.test, device)?;
+    let logged = match (&run_dir, epoch) {
+        (Some(r), Some(e)) => crate::rundir::read_metrics(&r.join(crate::rundir::METRICS))?.into_iter().find(|row| row.epoch == e),
+        _ => None,
+    };
+    let image_ids = crate::data::coco::image_ids(&store.anns);
+    Ok(CheckpointDetections { cfg, epoch, split, checkpoint, anns: store.anns.clone(), classes: ds.classes.clone(), dets, category_ids, image_ids, coco_instances, logged })
+}
