@@ -60,6 +60,15 @@ pub enum Command {
         /// A results directory written by `harness run`.
         results: PathBuf,
     },
+    /// Two or more studies side by side: what differs in their recipes, the arms they share, and their findings in one table, each as its own report states it; with --out, also one chart.
+    Compare {
+        /// Results directories written by `harness run` and reported (`harness report`).
+        #[arg(required = true, num_args = 2..)]
+        results: Vec<PathBuf>,
+        /// Write compare.md and the chart (compare.png, compare.svg) into this folder instead of printing the table.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The claims table: every verdict of every study under a folder of reports, and the claim-(a) sweeps' findings (the README's copy).
     Claims {
         /// A folder of results directories (`results`).
@@ -528,6 +537,21 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Report { results } => report(&results),
+        Command::Compare { results, out } => {
+            let md = crate::report::studies::compare_md(&results, &results, out.as_deref())?;
+            match out {
+                Some(dir) => {
+                    let p = dir.join("compare.md");
+                    crate::rundir::write_file(&p, md.as_bytes())?;
+                    println!("{}", p.display());
+                    Ok(())
+                }
+                None => {
+                    print!("{md}");
+                    Ok(())
+                }
+            }
+        }
         Command::Claims { root, out } => {
             let md = crate::report::claims::claims_md(&root)?;
             match out {

@@ -150,3 +150,25 @@ fn detect_then_eval_reproduces_the_logged_map_exactly() {
     std::fs::write(&out, format!(r#"[{{"image_id": {image}, "category_id": 99, "bbox": [1, 1, 5, 5], "score": 0.5}}]"#)).unwrap();
     assert_clean_failure(&["eval", ds, "--split", "test", "--dets", out.to_str().unwrap()], &["x.json", "result [0]", "category_id 99"]);
 }
+
+/// `harness compare`: the committed convergence and trees studies side by side; --out writes the
+/// table and its chart; one folder, or a folder without a report, is an error naming it.
+#[test]
+fn compare_puts_two_studies_side_by_side() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (a, b) = (root.join("results/convergence"), root.join("results/trees"));
+    let (ok, out, err) = harness(&["compare", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    // the shared arms, the recipes' differences, each study's own finding for OHEM against FRCN
+    for needle in ["| frcn |", "| ohem-nonms |", "`train.iterations` | — | 600 |", "| frcn / ohem, final_map_voc07 |", "resolved below 0"] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (ok, _, err) = harness(&["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--out", t.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let md = std::fs::read_to_string(t.path().join("compare.md")).unwrap();
+    assert!(md.contains("![final-accuracy findings of each study](compare.png)") && t.path().join("compare.png").is_file() && t.path().join("compare.svg").is_file());
+    let (ok, _, err) = harness(&["compare", a.to_str().unwrap()]);
+    assert!(!ok && err.contains("compare") && !err.contains("panicked"), "{err}");
+    assert_clean_failure(&["compare", a.to_str().unwrap(), t.path().to_str().unwrap()], &[&t.path().display().to_string()]);
+}

@@ -582,3 +582,62 @@ where
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// `compare.png`/`.svg` (`harness compare`): each study's final-accuracy findings between
+/// shared arms, `labels[j]` a pair, `values[s][j]` study s's difference with its own
+/// family-wise interval (low, high), one colour per study, and the line of no difference.
+/// Returns the PNG file name.
+pub fn draw_compare(dir: &Path, studies: &[String], labels: &[String], values: &[Vec<Option<(f64, f64, f64)>>], measure: &str) -> Result<String> {
+    register_font();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = Vec::new();
+    both!(dir, "compare", files, |root| compare_chart(&root, studies, labels, values, measure));
+    Ok(files.remove(0))
+}
+
+fn compare_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, studies: &[String], labels: &[String], values: &[Vec<Option<(f64, f64, f64)>>], measure: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(err)?;
+    let pts = values.iter().flatten().flatten();
+    let lo = pts.clone().map(|p| p.1.min(p.0)).fold(0.0f64, f64::min);
+    let hi = pts.map(|p| p.2.max(p.0)).fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.1).max(0.005);
+    // headroom above for the legend (upper left)
+    let (ylo, yhi) = (lo - pad, hi + pad + (hi - lo + 2.0 * pad) * 0.3);
+    let n = labels.len().max(1);
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("Each study's {measure} findings (arm − baseline; its own family-wise interval)"), ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, ylo..yhi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
+        .x_desc("arm − baseline")
+        .y_desc(format!("difference in {measure}"))
+        .y_label_formatter(&|y| if y.abs() < 1e-9 { "0".into() } else { format!("{y:+.2}") })
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
+    chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 0.0), (n as f64 - 0.5, 0.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    let width = 0.6 / studies.len().max(1) as f64;
+    for (s, name) in studies.iter().enumerate() {
+        let c = colour(s);
+        let xs: Vec<(f64, (f64, f64, f64))> = values[s].iter().enumerate().filter_map(|(j, v)| v.map(|v| (j as f64 - 0.3 + width * (s as f64 + 0.5), v))).collect();
+        chart
+            .draw_series(xs.iter().map(|(x, v)| Circle::new((*x, v.0), 5, c.filled())))
+            .map_err(err)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Circle::new((x + 7, y), 5, c.filled()));
+        chart.draw_series(xs.iter().map(|(x, v)| PathElement::new(vec![(*x, v.1), (*x, v.2)], c.stroke_width(2)))).map_err(err)?;
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -41,6 +41,7 @@ pub mod groups;
 pub mod per_class;
 pub mod splits;
 pub mod stats;
+pub mod studies;
 pub mod write;
 
 use std::path::{Path, PathBuf};
