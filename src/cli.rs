@@ -887,6 +887,11 @@ fn dry_run(g: &crate::harness::Grid) {
         let split = c.split.as_ref().map(|s| format!("split {:<4}", s.label)).unwrap_or_default();
         println!("  {}  {:<40} {split}seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
     }
+    // the cost, from this grid's finished cells where it has some
+    match crate::harness::status::read(&g.results).ok().and_then(|s| s.estimate()) {
+        Some(e) => println!("estimated cost: {} left of {} in all, one cell at a time (each arm's mean wall clock over the {} finished cells in {})", crate::fmt_duration(e.remaining_s), crate::fmt_duration(e.total_s), e.from_cells, g.results.display()),
+        None => println!("no cost estimate: no cell of this grid has finished in {} yet (`harness status` gives one once a cell has)", g.results.display()),
+    }
     // a proposals file the run would refuse: said now, not when the cell starts
     let mut missing: Vec<(&str, &std::path::Path)> = Vec::new();
     for c in &g.cells {

@@ -850,3 +850,29 @@ fn retime_replaces_the_timings_of_flagged_cells_only_when_the_accuracy_reproduce
     assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.6,3.0\n").unwrap().contains("column loss"));
     assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.5,3.0\n2,0.4,3.0\n").unwrap().contains("rows"));
 }
+
+/// The grid's remaining cost, by hand: each arm's mean wall clock over its finished cells, a
+/// running cell's share by its epochs left, an arm with none finished at the mean of all.
+#[test]
+fn the_status_estimate_by_hand() {
+    use ohem_harness::harness::status::{CellState, GridStatus};
+    use ohem_harness::rundir::State;
+    let cell = |arm: &str, state: State, done: usize, wall: Option<f64>| CellState { index: 0, arm: arm.into(), seed: 0, dir: "x".into(), state, stale: false, reason: None, phase: None, epochs_done: done, epochs: 4, last_map: None, started: None, ended: None, wall_s: wall };
+    let mut g = GridStatus { name: "g".into(), arms: vec!["a".into(), "b".into()], cells: vec![cell("a", State::Pending, 0, None), cell("b", State::Pending, 0, None)] };
+    assert_eq!(g.estimate(), None, "nothing finished: no estimate");
+    g.cells = vec![
+        cell("a", State::Done, 4, Some(100.0)),
+        cell("a", State::Done, 4, Some(200.0)),
+        cell("a", State::Running, 1, Some(40.0)),
+        cell("b", State::Pending, 0, None),
+        cell("b", State::Failed, 2, Some(50.0)),
+    ];
+    let e = g.estimate().unwrap();
+    // a's mean 150: the running one has 3/4 left (112.5); b has none finished: the mean of all
+    // finished, 150, for each of its two cells (the failed one runs again)
+    assert_eq!(e.from_cells, 2);
+    assert!((e.remaining_s - (112.5 + 150.0 + 150.0)).abs() < 1e-9, "{e:?}");
+    assert!((e.total_s - (100.0 + 200.0 + 150.0 + 150.0 + 150.0)).abs() < 1e-9, "{e:?}");
+    let text = g.to_string();
+    assert!(text.contains("estimated: 6m53s left of 12m30s in all"), "{text}");
+}

@@ -186,3 +186,20 @@ fn coco_metric_names_are_defined_once() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// ISO 8601 UTC times: parse_iso inverts iso_of (dates across leap years and centuries, by
+/// hand), and refuses anything else.
+#[test]
+fn iso_times_read_back() {
+    use ohem_harness::rundir::{iso_of, parse_iso};
+    // by hand: 2000-03-01 is 11017 days after 1970-01-01; 1970-01-01 is 0
+    assert_eq!(parse_iso("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(parse_iso("2000-03-01T00:00:00Z"), Some(11_017 * 86_400));
+    assert_eq!(parse_iso("2026-12-07T13:01:02Z"), Some(1_796_648_462));
+    for s in [0u64, 951_782_400, 1_709_164_799, 1_796_648_462, 4_102_444_800] {
+        assert_eq!(parse_iso(&iso_of(s)), Some(s), "{}", iso_of(s));
+    }
+    for bad in ["2026-12-07 13:01:02Z", "2026-13-07T13:01:02Z", "2026-12-07T13:01:02", "yesterday"] {
+        assert_eq!(parse_iso(bad), None, "{bad}");
+    }
+}

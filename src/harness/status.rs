@@ -41,6 +41,11 @@ pub struct CellState {
     pub epochs_done: usize,
     pub epochs: usize,
     pub last_map: Option<f64>,
+    /// When the cell's last process started and ended (its manifest, ISO 8601 UTC).
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    /// The cell's wall clock over its finished epochs, every process that worked on it (`metrics.csv`).
+    pub wall_s: Option<f64>,
 }
 
 /// Whether some process holds a run directory's lock (false when there is no lock file).
@@ -87,12 +92,71 @@ pub fn read(results: &Path) -> Result<GridStatus> {
             epochs_done: rows.len(),
             epochs: c.epochs,
             last_map: rows.iter().rev().find_map(|r| r.map_voc07),
+            started: crate::rundir::read_manifest(&results.join(CELLS).join(&c.dir)).map(|m| m.started),
+            ended: crate::rundir::read_manifest(&results.join(CELLS).join(&c.dir)).and_then(|m| m.ended),
+            wall_s: rows.last().map(|r| r.wall_s),
         });
     }
     Ok(GridStatus { name: meta.name, arms: meta.arms, cells: out })
 }
 
+/// A grid's remaining cost, from the wall clock of its finished cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// Seconds of the cells still to run, one cell at a time.
+    pub remaining_s: f64,
+    /// Seconds of the whole grid, one cell at a time.
+    pub total_s: f64,
+    /// The finished cells it comes from.
+    pub from_cells: usize,
+}
+
+impl GridStatus {
+    /// The cost of the cells not finished, one at a time: each arm's mean wall clock over its
+    /// finished cells (the mean over all finished cells for an arm with none), a running cell's
+    /// share by its epochs still to train; a failed cell counts as to run again. None before any
+    /// cell has finished.
+    pub fn estimate(&self) -> Option<Estimate> {
+        let done: Vec<&CellState> = self.cells.iter().filter(|c| c.state == State::Done && c.wall_s.is_some()).collect();
+        let all = super::super::report::mean_std(&done.iter().filter_map(|c| c.wall_s).collect::<Vec<_>>())?.0;
+        let mean_of = |arm: &str| super::super::report::mean_std(&done.iter().filter(|c| c.arm == arm).filter_map(|c| c.wall_s).collect::<Vec<_>>()).map_or(all, |m| m.0);
+        let (mut remaining, mut total) = (0.0, 0.0);
+        for c in &self.cells {
+            let m = mean_of(&c.arm);
+            let left = match c.state {
+                State::Done => 0.0,
+                State::Running if c.epochs > 0 => m * (1.0 - c.epochs_done as f64 / c.epochs as f64),
+                _ => m,
+            };
+            remaining += left;
+            total += if c.state == State::Done { c.wall_s.unwrap_or(m) } else { m };
+        }
+        Some(Estimate { remaining_s: remaining, total_s: total, from_cells: done.len() })
+    }
+}
+
+/// "12-07 13:01" of an ISO 8601 time, the time as written when it does not parse.
+fn short_time(t: &str) -> String {
+    match crate::rundir::parse_iso(t) {
+        Some(_) => format!("{} {}", &t[5..10], &t[11..16]),
+        None => t.to_string(),
+    }
+}
+
 impl CellState {
+    /// When it ran: its last process's start and end, and its wall clock over its epochs.
+    pub fn times(&self) -> String {
+        let wall = self.wall_s.map(|w| format!(", {} over its epochs", crate::fmt_duration(w))).unwrap_or_default();
+        match (&self.started, &self.ended, self.state) {
+            (Some(s), Some(e), State::Done | State::Failed) => format!("{} → {}{wall}", short_time(s), short_time(e)),
+            (Some(s), _, State::Running) => {
+                let since = crate::rundir::parse_iso(s).zip(crate::rundir::parse_iso(&crate::rundir::now())).map(|(a, b)| format!(", {} ago", crate::fmt_duration(b.saturating_sub(a) as f64))).unwrap_or_default();
+                format!("started {}{since}", short_time(s))
+            }
+            _ => String::new(),
+        }
+    }
+
     /// The state in words, with the phase, the mAP or the reason.
     pub fn describe(&self) -> String {
         match (self.state, self.stale) {
@@ -118,9 +182,15 @@ impl std::fmt::Display for GridStatus {
             let a = Some(a.as_str());
             writeln!(f, "{:<24} {:>5} {:>8} {:>8} {:>7}", a.unwrap_or_default(), count(a, Done), count(a, Running), count(a, Pending), count(a, Failed))?;
         }
+        match self.estimate() {
+            Some(e) => writeln!(f, "\nestimated: {} left of {} in all, one cell at a time (each arm's mean wall clock over the {} finished cells)", crate::fmt_duration(e.remaining_s), crate::fmt_duration(e.total_s), e.from_cells)?,
+            None => writeln!(f, "\nno estimate yet: no cell has finished")?,
+        }
         writeln!(f)?;
         for c in &self.cells {
-            writeln!(f, "{:>4}  {:<24} seed {:<4} {}/{} epochs  {}", c.index, c.arm, c.seed, c.epochs_done, c.epochs, c.describe())?;
+            let times = c.times();
+            let times = if times.is_empty() { String::new() } else { format!("  [{times}]") };
+            writeln!(f, "{:>4}  {:<24} seed {:<4} {}/{} epochs  {}{times}", c.index, c.arm, c.seed, c.epochs_done, c.epochs, c.describe())?;
         }
         Ok(())
     }
