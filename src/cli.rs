@@ -888,7 +888,12 @@ fn dry_run(g: &crate::harness::Grid) {
         println!("  {}  {:<40} {split}seed {:<4} {}", c.id, c.arm, c.seed, g.results.join(crate::harness::CELLS).join(&c.dir_name).display());
     }
     // the cost, from this grid's finished cells where it has some
-    match crate::harness::status::read(&g.results).ok().and_then(|s| s.estimate()) {
+    // (this grid's cells: a results folder of an earlier version of the grid has others)
+    let estimate = crate::harness::status::read(&g.results).ok().and_then(|mut s| {
+        s.cells.retain(|c| g.cells.iter().any(|x| c.dir.file_name().is_some_and(|n| n.to_string_lossy() == x.dir_name)));
+        s.estimate()
+    });
+    match estimate {
         Some(e) => println!("estimated cost: {} left of {} in all, one cell at a time (each arm's mean wall clock over the {} finished cells in {})", crate::fmt_duration(e.remaining_s), crate::fmt_duration(e.total_s), e.from_cells, g.results.display()),
         None => println!("no cost estimate: no cell of this grid has finished in {} yet (`harness status` gives one once a cell has)", g.results.display()),
     }

@@ -671,7 +671,9 @@ fn key_error(origin: &str, path: &str, msg: &str) -> KeyError {
         let expected = rest.split_once(", expected ").map(|(_, e)| e.replace('`', "")).unwrap_or_default();
         (path.to_string(), format!("key {path} = {}: expected {expected}", tick(rest)))
     } else if let Some((got, want)) = msg.strip_prefix("invalid type: ").or_else(|| msg.strip_prefix("invalid value: ")).and_then(|r| r.split_once(", expected ")) {
-        (path.to_string(), format!("key {path} = {}: expected {}", plain_value(got), plain_type(want)))
+        // inside the sampler's section (a tagged enum) the path stops at the section
+        let named = if path == "sampler" && !want.contains("tagged") { "of section sampler".to_string() } else { path.to_string() };
+        (path.to_string(), format!("key {named} = {}: expected {}", plain_value(got), plain_type(want)))
     } else {
         (path.to_string(), format!("key {path}: {msg}"))
     };
@@ -688,41 +690,51 @@ pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Res
 }
 
 /// The 1-based line of dotted `key` in YAML `text`, looked for under each of `scopes` in turn
-/// (e.g. `[["arms", "ohem"], ["base"]]`; `[[]]` for the top level): each part of the scope and
-/// the key, in order, on a later line than the part before, as `part:` (block or flow style).
-/// A missing key's line is its section's.
+/// (e.g. `[["arms", "ohem"], ["base"]]`; `[[]]` for the top level): the scope's first part at
+/// column 0, and each next part inside the block of the one before (the lines indented deeper,
+/// or the rest of its line in flow style `a: {b: 1}`), as `part:`; comments left out. The first
+/// scope that holds the whole key gives its line; else (a missing key) the deepest part found
+/// under a scope that is there.
 pub fn locate_key(text: &str, scopes: &[&[&str]], key: &str) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let names = |l: &str, part: &str| {
-        let l = l.split(" #").next().unwrap_or("");
-        l.match_indices(&format!("{part}:")).any(|(i, _)| i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'{' | b',' | b'\t' | b'-'))
-    };
-    for scope in scopes {
-        let parts: Vec<&str> = scope.iter().copied().chain(key.split('.').filter(|p| !p.is_empty())).collect();
-        let (mut from, mut found) = (0, None);
-        for (i, part) in parts.iter().enumerate() {
-            match (from..lines.len()).find(|&n| names(lines[n], part)) {
-                Some(n) => {
-                    found = Some(n + 1);
-                    from = n;
-                    // a flow section (`a: {b: 1}`) holds its keys on its own line
-                    if !lines[n].contains('{') {
-                        from = n + 1;
-                    }
-                }
-                // the scope must be there; of the key, the deepest part found
-                None if i < scope.len() => {
-                    found = None;
-                    break;
-                }
-                None => break,
+    // each line without its comment (`#` at the start or after white space)
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let cut = l.char_indices().find(|&(i, c)| c == '#' && (i == 0 || l[..i].ends_with([' ', '\t']))).map_or(l.len(), |(i, _)| i);
+            &l[..cut]
+        })
+        .collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let names = |l: &str, part: &str| l.match_indices(&format!("{part}:")).any(|(i, _)| i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'{' | b',' | b'\t' | b'-'));
+    // how many parts were found in their blocks, and the line of the last
+    let find = |parts: &[&str]| -> (usize, Option<usize>) {
+        let (mut lo, mut hi, mut top) = (0, lines.len(), true);
+        let (mut depth, mut line) = (0, None);
+        for part in parts {
+            let Some(n) = (lo..hi).find(|&n| names(lines[n], part) && (!top || indent(lines[n]) == 0)) else { break };
+            (depth, line, top) = (depth + 1, Some(n + 1), false);
+            if lines[n].contains('{') {
+                (lo, hi) = (n, n + 1);
+            } else {
+                let d = indent(lines[n]);
+                lo = n + 1;
+                hi = (n + 1..hi).find(|&m| !lines[m].trim().is_empty() && indent(lines[m]) <= d).unwrap_or(hi);
             }
         }
-        if found.is_some() {
-            return found;
+        (depth, line)
+    };
+    let mut fallback = None;
+    for scope in scopes {
+        let parts: Vec<&str> = scope.iter().copied().chain(key.split('.').filter(|p| !p.is_empty())).collect();
+        let (depth, line) = find(&parts);
+        if depth == parts.len() {
+            return line;
+        }
+        if depth >= scope.len().max(1) && fallback.is_none() {
+            fallback = line;
         }
     }
-    None
+    fallback
 }
 
 /// `e` with its key's line in `text` ([`locate_key`] under `scopes`) when it is a [`KeyError`].
@@ -750,7 +762,8 @@ impl TrainConfig {
         let cfg = TrainConfig::from_value(v, &origin).map_err(|e| match e.downcast::<KeyError>() {
             // a key an override set is the override's fault, else the file's, at its line
             Ok(mut k) => {
-                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}."))) {
+                // (a key inside the sampler's section is named by its section only)
+                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}.")) || (k.key == "sampler" && o.starts_with("sampler."))) {
                     k.origin = format!("--set {o}");
                 } else {
                     k.line = locate_key(&text, &[&[]], &k.key);

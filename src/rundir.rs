@@ -840,7 +840,8 @@ pub fn parse_iso(t: &str) -> Option<u64> {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+    // an impossible date (February 31st) does not come back as itself
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok().filter(|&s| iso_of(s) == t)
 }
 
 /// Seconds since the Unix epoch as ISO 8601 UTC.

@@ -11,7 +11,7 @@ use ohem_harness::trainer::{train, TrainOptions};
 
 use crate::util::{test_opts, tiny_config};
 
-type Scalars = BTreeMap<String, Vec<(i64, f64)>>;
+pub type Scalars = BTreeMap<String, Vec<(i64, f64)>>;
 
 /// The tensorboard venv's python: `OHEM_TB_PYTHON` (set by scripts/test.sh), else the venv
 /// that scripts/tb-venv.sh makes.
@@ -25,7 +25,7 @@ fn tb_python() -> PathBuf {
 }
 
 /// Every scalar TensorBoard shows for the run in `dir`: tag → (step, value) in its order.
-fn read_back(dir: &Path) -> Scalars {
+pub fn read_back(dir: &Path) -> Scalars {
     let script = r#"
 import json, sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -104,7 +104,8 @@ fn every_scalar_reads_back_in_tensorboard_as_the_logs_hold_it() {
         let mining = read_mining(&dir.join("mining.csv")).unwrap();
         assert_eq!(s.get("mining/mined").map_or(0, Vec::len), mining.len(), "{sampler}: one point per mining round");
         for m in &mining {
-            assert_eq!(at(&s, "mining/mined", m.iteration as i64), m.stats.mined as f64);
+            // at the step of the iteration the round comes before
+            assert_eq!(at(&s, "mining/mined", m.iteration as i64 + 1), m.stats.mined as f64);
         }
     }
 }

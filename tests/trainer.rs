@@ -227,6 +227,11 @@ fn preempted_at_every_iteration_resumes_exactly() {
         assert_eq!(per_class("cut").len(), 2 * 6, "{sampler}: each class once an evaluation");
         assert_eq!(per_class("cut"), per_class("whole"), "{sampler}");
         assert!(!cut.join("checkpoints/partial").exists(), "a finished epoch removes its mid-epoch checkpoint");
+        // TensorBoard, read back by its own reader: each of the 10 processes' session starts
+        // (mid-epoch, at an evaluation, at an epoch boundary, around mining rounds) keeps every
+        // point, each once, as the uninterrupted run wrote them
+        let timeless = |s: crate::tensorboard::Scalars| -> crate::tensorboard::Scalars { s.into_iter().filter(|(k, _)| !["train/s_per_iter", "time/wall_s", "mining/seconds"].contains(&k.as_str())).collect() };
+        assert_eq!(timeless(crate::tensorboard::read_back(&cut)), timeless(crate::tensorboard::read_back(&t.path().join("whole"))), "{sampler}: TensorBoard's points");
     }
 }
 

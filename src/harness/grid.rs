@@ -186,7 +186,7 @@ impl Grid {
                         set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
                     }
                   for (split, v) in split_variants(v, file.splits.as_ref(), &mut plans, &origin, &where_, require_data)? {
-                    let config = cell_config(v, &origin, &where_, combo, seed, require_data).map_err(|e| crate::config::with_line(e, &text, &[&["arms", arm], &["base"]]))?;
+                    let config = cell_config(v, &origin, &where_, combo, seed, require_data).map_err(|e| blame(e, &text, arm, &overrides, combo))?;
                     let id = cell_id(&config);
                     let epochs = match config.train.iterations {
                         None => config.train.epochs,
@@ -383,6 +383,21 @@ fn unknown_key(part: &Value, label: &str) -> Result<()> {
         Err(e) if e.downcast_ref::<crate::config::KeyError>().is_some_and(|k| k.msg.starts_with("unknown key")) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// A cell's config error where its key was written: a `--set` or an axis that set it, else the
+/// arm's or the base's line in the grid file.
+fn blame(e: anyhow::Error, text: &str, arm: &str, overrides: &[(String, Value)], combo: &[(String, Value)]) -> anyhow::Error {
+    let Some(k) = e.downcast_ref::<crate::config::KeyError>() else { return e };
+    let hits = |o: &str| k.key == o || k.key.starts_with(&format!("{o}.")) || (k.key == "sampler" && o.starts_with("sampler."));
+    if let Some((o, _)) = overrides.iter().find(|(o, _)| hits(o)) {
+        return crate::config::KeyError { origin: format!("--set {o}"), key: k.key.clone(), msg: k.msg.clone(), line: None }.into();
+    }
+    if let Some((o, _)) = combo.iter().find(|(o, _)| hits(o)) {
+        let line = text.lines().position(|l| l.trim_start().starts_with(&format!("{o}:"))).map(|n| n + 1);
+        return crate::config::KeyError { origin: format!("{}: axis {o}", k.origin.split(": arm").next().unwrap_or(&k.origin)), key: k.key.clone(), msg: k.msg.clone(), line }.into();
+    }
+    crate::config::with_line(e, text, &[&["arms", arm], &["base"]])
 }
 
 /// The cartesian product of the axes' values.

@@ -587,6 +587,16 @@ pub fn retime_cell(exe: &Path, cell: &Path, cfg_device: &str, cache_dir: Option<
                 crate::rundir::rename_durably(&tmp.join(f), &cell.join(f))?;
             }
         }
+        // TensorBoard's timings are the rerun's too: its event files replace the cell's
+        let events = |d: &Path| -> Vec<std::path::PathBuf> { std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| crate::trainer::tensorboard::is_event_file(&n.to_string_lossy()))).collect() };
+        for old in events(cell) {
+            let _ = std::fs::remove_file(old);
+        }
+        for new in events(&tmp) {
+            if let Some(name) = new.file_name() {
+                crate::rundir::rename_durably(&new, &cell.join(name))?;
+            }
+        }
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(cell.join("train.log"))?;
         writeln!(log, "retimed {}: trained again from scratch; every deterministic column identical, the timings and the manifest are the rerun's", now())?;
         Ok("retimed: the accuracy rows came out identical; the timings are the rerun's".into())

@@ -113,9 +113,9 @@ pub struct Estimate {
 
 impl GridStatus {
     /// The cost of the cells not finished, one at a time: each arm's mean wall clock over its
-    /// finished cells (the mean over all finished cells for an arm with none), a running cell's
-    /// share by its epochs still to train; a failed cell counts as to run again. None before any
-    /// cell has finished.
+    /// finished cells (the mean over all finished cells for an arm with none), a cell with
+    /// epochs done (running, pre-empted or failed: it resumes) by its share of epochs still to
+    /// train. None before any cell has finished.
     pub fn estimate(&self) -> Option<Estimate> {
         let done: Vec<&CellState> = self.cells.iter().filter(|c| c.state == State::Done && c.wall_s.is_some()).collect();
         let all = super::super::report::mean_std(&done.iter().filter_map(|c| c.wall_s).collect::<Vec<_>>())?.0;
@@ -123,9 +123,10 @@ impl GridStatus {
         let (mut remaining, mut total) = (0.0, 0.0);
         for c in &self.cells {
             let m = mean_of(&c.arm);
+            // a cell with epochs done (running, pre-empted, failed) resumes from its checkpoint
             let left = match c.state {
                 State::Done => 0.0,
-                State::Running if c.epochs > 0 => m * (1.0 - c.epochs_done as f64 / c.epochs as f64),
+                _ if c.epochs > 0 => m * (1.0 - c.epochs_done.min(c.epochs) as f64 / c.epochs as f64),
                 _ => m,
             };
             remaining += left;

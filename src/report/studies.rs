@@ -124,6 +124,79 @@ fn measure_rank(m: &str) -> usize {
     ["final_", "s_per_iter", "cpu_s_per_iter", "total_wall_s", "time_to_target"].iter().position(|p| m.starts_with(p)).unwrap_or(9)
 }
 
+/// A Markdown table's header: `first` then one column per study.
+fn header(first: &str, studies: &[Study]) -> String {
+    format!("| {first} | {} |\n|---|{}\n", studies.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(studies.len()))
+}
+
+/// The studies: cells, arms, cells per arm, splits, wall clock and their findings' interval.
+fn studies_table(md: &mut String, studies: &[Study]) {
+    md.push_str("\n| study | cells done | arms | finished cells per arm | splits | wall clock (finished cells) | its findings' interval |\n|---|---|---|---|---|---|---|\n");
+    for s in studies {
+        let per_arm = s.arms.iter().map(|a| s.runs_of(a).count()).max().unwrap_or(0);
+        let wall: f64 = s.done.iter().filter_map(|r| r.rows.last().map(|x| x.wall_s)).sum();
+        let splits = if s.splits > 0 { s.splits.to_string() } else { "one".into() };
+        md.push_str(&format!("| [{}]({}/summary.md) | {} of {} | {} | {per_arm} | {splits} | {} | {} |\n", s.name, s.shown.display(), s.done.len(), s.cells, s.arms.len(), crate::fmt_duration(wall), s.family()));
+    }
+}
+
+/// What differs between the studies' recipes: the first shared arm finished in every study,
+/// its first finished cell in each (by split, then seed).
+fn recipe_table(md: &mut String, studies: &[Study], shared: &[String]) {
+    let Some(arm) = shared.iter().find(|a| studies.iter().all(|s| s.runs_of(a).any(|r| r.config.is_some()))) else { return };
+    let configs: Vec<&TrainConfig> = studies.iter().filter_map(|s| s.runs_of(arm).filter(|r| r.config.is_some()).min_by_key(|r| (r.split.as_ref().map(|x| x.index), r.seed)).and_then(|r| r.config.as_ref())).collect();
+    let diff = config_diff(&configs);
+    md.push_str(&format!("\nWhat differs between the studies' recipes (the config of each one's first finished {arm} cell; seed and device left out):\n\n"));
+    md.push_str(&header("key", studies));
+    if diff.is_empty() {
+        md.push_str(&format!("| (none) |{}\n", " |".repeat(studies.len())));
+    }
+    for (k, vals) in &diff {
+        md.push_str(&format!("| `{k}` | {} |\n", vals.join(" | ")));
+    }
+}
+
+/// The shared arms: final accuracy (mean ± sd over finished cells) and seconds per iteration.
+fn arms_table(md: &mut String, studies: &[Study], shared: &[String]) {
+    let metric = studies[0].findings.iter().find(|f| f.measure.starts_with("final_")).map(|f| f.measure.trim_start_matches("final_").to_string()).unwrap_or_else(|| "map_voc07".into());
+    let m = crate::rundir::Metric::from_column(&metric).unwrap_or_default();
+    md.push_str(&format!("\nThe arms they share: final {metric} (mean ± sd over finished cells, their count) and seconds per iteration (mean).\n\n"));
+    md.push_str(&header("arm", studies));
+    for a in shared {
+        let cells: Vec<String> = studies
+            .iter()
+            .map(|s| {
+                let finals: Vec<f64> = s.runs_of(a).filter_map(|r| r.rows.iter().rev().find_map(|x| x.map(m))).collect();
+                let spi: Vec<f64> = s.runs_of(a).filter_map(|r| super::mean_std(&r.rows.iter().filter(|x| x.iterations > 0).map(|x| x.train_s / x.iterations as f64).collect::<Vec<_>>()).map(|x| x.0)).collect();
+                let spi = super::mean_std(&spi).map(|x| format!("{:.3} s/iter", x.0)).unwrap_or_else(|| "—".into());
+                format!("{}; {spi}", mean_sd(&finals))
+            })
+            .collect();
+        md.push_str(&format!("| {a} | {} |\n", cells.join(" | ")));
+    }
+}
+
+/// Every finding between two shared arms, accuracy first; returns the (baseline, arm, measure) keys.
+fn findings_table(md: &mut String, studies: &[Study], shared: &[String]) -> Vec<(String, String, String)> {
+    let mut keys: Vec<(String, String, String)> = Vec::new();
+    for s in studies {
+        for f in &s.findings {
+            let k = (f.baseline.clone(), f.arm.clone(), f.measure.clone());
+            if shared.contains(&f.baseline) && shared.contains(&f.arm) && !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+    }
+    keys.sort_by_key(|(b, a, m)| (measure_rank(m), shared.iter().position(|x| x == b), shared.iter().position(|x| x == a)));
+    md.push_str("\nTheir findings between shared arms, each as its own report states it (the value, its family-wise interval over that study's comparisons, its words); no interval here compares one study with another.\n\n");
+    md.push_str(&header("baseline / arm, measure", studies));
+    for (b, a, m) in &keys {
+        let cells: Vec<String> = studies.iter().map(|s| s.findings.iter().find(|f| (&f.baseline, &f.arm, &f.measure) == (b, a, m)).map(fmt_finding).unwrap_or_else(|| "—".into())).collect();
+        md.push_str(&format!("| {b} / {a}, {m} | {} |\n", cells.join(" | ")));
+    }
+    keys
+}
+
 /// The studies in `dirs` side by side as Markdown, each named by the matching `shown` path (the
 /// command line's); with `charts`, the final-accuracy findings' chart is drawn into that folder
 /// and linked.
@@ -135,67 +208,14 @@ pub fn compare_md(dirs: &[PathBuf], shown: &[PathBuf], charts: Option<&Path>) ->
     let shared: Vec<String> = studies[0].arms.iter().filter(|a| studies[1..].iter().all(|s| s.arms.contains(a))).cloned().collect();
     let cmd = shown.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
     let mut md = format!("<!-- generated by `harness compare {cmd}` from the studies' logs and reports -->\n");
-    // the studies
-    md.push_str("\n| study | cells done | arms | seeds per arm | splits | wall clock (all cells) | its findings' interval |\n|---|---|---|---|---|---|---|\n");
-    for s in &studies {
-        let seeds = s.arms.iter().map(|a| s.runs_of(a).count()).max().unwrap_or(0);
-        let wall: f64 = s.done.iter().filter_map(|r| r.rows.last().map(|x| x.wall_s)).sum();
-        let splits = if s.splits > 0 { s.splits.to_string() } else { "one".into() };
-        md.push_str(&format!("| [{}]({}/summary.md) | {} of {} | {} | {seeds} | {splits} | {} | {} |\n", s.name, s.shown.display(), s.done.len(), s.cells, s.arms.len(), crate::fmt_duration(wall), s.family()));
-    }
+    studies_table(&mut md, &studies);
     if shared.is_empty() {
         md.push_str("\nThe studies share no arm.\n");
         return Ok(md);
     }
-    // what differs between their recipes: a shared arm's first finished cell in each
-    let first = |s: &Study| shared.iter().find_map(|a| s.runs_of(a).min_by_key(|r| (r.split.as_ref().map(|x| x.index), r.seed)).and_then(|r| r.config.clone()));
-    let configs: Vec<Option<TrainConfig>> = studies.iter().map(first).collect();
-    if let Some(cs) = configs.iter().map(Option::as_ref).collect::<Option<Vec<&TrainConfig>>>() {
-        let diff = config_diff(&cs);
-        let arm = shared.iter().find(|a| studies.iter().all(|s| s.runs_of(a).next().is_some())).cloned().unwrap_or_default();
-        md.push_str(&format!("\nWhat differs between the studies' recipes (the config of each one's first finished {arm} cell; seed and device left out):\n\n"));
-        md.push_str(&format!("| key | {} |\n|---|{}\n", studies.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(studies.len())));
-        if diff.is_empty() {
-            md.push_str(&format!("| (none) |{}\n", " |".repeat(studies.len())));
-        }
-        for (k, vals) in &diff {
-            md.push_str(&format!("| `{k}` | {} |\n", vals.join(" | ")));
-        }
-    }
-    // the shared arms
-    let metric = studies[0].findings.iter().find(|f| f.measure.starts_with("final_")).map(|f| f.measure.trim_start_matches("final_").to_string()).unwrap_or_else(|| "map_voc07".into());
-    md.push_str(&format!("\nThe arms they share: final {metric} (mean ± sd over finished cells, their count) and seconds per iteration (mean).\n\n"));
-    md.push_str(&format!("| arm | {} |\n|---|{}\n", studies.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(studies.len())));
-    for a in &shared {
-        let cells: Vec<String> = studies
-            .iter()
-            .map(|s| {
-                let m = crate::rundir::Metric::from_column(&metric).unwrap_or_default();
-                let finals: Vec<f64> = s.runs_of(a).filter_map(|r| r.rows.iter().rev().find_map(|x| x.map(m))).collect();
-                let spi: Vec<f64> = s.runs_of(a).filter_map(|r| super::mean_std(&r.rows.iter().filter(|x| x.iterations > 0).map(|x| x.train_s / x.iterations as f64).collect::<Vec<_>>()).map(|x| x.0)).collect();
-                let spi = super::mean_std(&spi).map(|x| format!("{:.3} s/iter", x.0)).unwrap_or_else(|| "—".into());
-                format!("{}; {spi}", mean_sd(&finals))
-            })
-            .collect();
-        md.push_str(&format!("| {a} | {} |\n", cells.join(" | ")));
-    }
-    // the findings between shared arms
-    let mut keys: Vec<(String, String, String)> = Vec::new();
-    for s in &studies {
-        for f in &s.findings {
-            let k = (f.baseline.clone(), f.arm.clone(), f.measure.clone());
-            if shared.contains(&f.baseline) && shared.contains(&f.arm) && !keys.contains(&k) {
-                keys.push(k);
-            }
-        }
-    }
-    keys.sort_by_key(|(b, a, m)| (measure_rank(m), shared.iter().position(|x| x == b), shared.iter().position(|x| x == a)));
-    md.push_str("\nTheir findings between shared arms, each as its own report states it (the value, its family-wise interval over that study's comparisons, its words); no interval here compares one study with another.\n\n");
-    md.push_str(&format!("| baseline / arm, measure | {} |\n|---|{}\n", studies.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(studies.len())));
-    for (b, a, m) in &keys {
-        let cells: Vec<String> = studies.iter().map(|s| s.findings.iter().find(|f| (&f.baseline, &f.arm, &f.measure) == (b, a, m)).map(fmt_finding).unwrap_or_else(|| "—".into())).collect();
-        md.push_str(&format!("| {b} / {a}, {m} | {} |\n", cells.join(" | ")));
-    }
+    recipe_table(&mut md, &studies, &shared);
+    arms_table(&mut md, &studies, &shared);
+    let keys = findings_table(&mut md, &studies, &shared);
     if let Some(dir) = charts {
         let acc: Vec<&(String, String, String)> = keys.iter().filter(|k| k.2.starts_with("final_")).collect();
         if !acc.is_empty() {

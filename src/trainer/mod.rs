@@ -378,20 +378,7 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     logs.keep_epochs(first_epoch, trained, partial.as_ref().map(|p| p.next_iter));
     let wall = logs.rows.last().map(|r| r.wall_s).unwrap_or(0.0);
     let repeat = cfg.train.repeat_factor.map(|t| repeat_factors(&(0..data.train.len()).map(|i| data.train.labels_of(i)).collect::<Vec<_>>(), t));
-    // TensorBoard's steps are iterations trained: this process writes from the one after the
-    // resumed state's (an epoch awaiting evaluation: after its last iteration)
-    let done = match (&pending, &partial) {
-        (Some(_), _) => end_step(&sched, trained - 1),
-        (None, Some(p)) => (p.epoch * sched.iters_per_epoch + p.next_iter) as i64,
-        (None, None) => (first_epoch * sched.iters_per_epoch) as i64,
-    };
-    let tb = match tensorboard::Events::open(run_dir, done + 1) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            warn(format!("no TensorBoard scalars for this run: {e:#}"));
-            None
-        }
-    };
+    let tb = open_tensorboard(run_dir, &sched, first_epoch, pending.is_some(), partial.as_ref(), &mut warn);
     let mut run = Run { cfg, opts, device, vs, model, opt, sampler, data, ck, logs, obs, sched, wall, progressed: false, repeat, tb };
     let mut epoch = first_epoch;
     if let Some(m) = pending {
@@ -411,6 +398,19 @@ pub fn train(cfg: &TrainConfig, run_dir: &Path, opts: &TrainOptions) -> Result<V
     // the run is done: no phase is left to show (the last one written was its evaluation)
     let _ = std::fs::remove_file(run_dir.join(PROGRESS));
     Ok(run.logs.rows)
+}
+
+/// The run's TensorBoard event file for this process ([`tensorboard`]), whose steps are
+/// iterations trained: it writes from the one after the resumed state's (`first_epoch` epochs,
+/// an epoch awaiting evaluation after them when `evaluating`, or a mid-epoch checkpoint). A
+/// failure to open it is a warning, and the run goes on without.
+fn open_tensorboard(run_dir: &Path, sched: &Schedule, first_epoch: usize, evaluating: bool, partial: Option<&Partial>, warn: &mut dyn FnMut(String)) -> Option<tensorboard::Events> {
+    let done = match (evaluating, partial) {
+        (true, _) => end_step(sched, first_epoch),
+        (false, Some(p)) => (p.epoch * sched.iters_per_epoch + p.next_iter) as i64,
+        (false, None) => (first_epoch * sched.iters_per_epoch) as i64,
+    };
+    tensorboard::Events::open(run_dir, done + 1).map_err(|e| warn(format!("no TensorBoard scalars for this run: {e:#}"))).ok()
 }
 
 /// The data order of epoch `epoch` (0-based) over `n` images, and the epoch's generator
@@ -704,7 +704,9 @@ impl Run<'_> {
             let round = self.logs.mining.len() + 1;
             self.obs.mined(round, &stats);
             self.tensorboard(|tb, _| {
-                tb.mining(at.iteration as i64, &stats)?;
+                // at the step of the iteration it comes before (this process's session starts
+                // there at the earliest, so a killed process's round is dropped, not doubled)
+                tb.mining(at.iteration as i64 + 1, &stats)?;
                 tb.flush()
             });
             self.logs.mining.push(MiningRow { round, epoch: at.epoch + 1, iteration: at.iteration, stats });

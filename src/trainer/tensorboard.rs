@@ -110,9 +110,20 @@ impl Events {
     pub fn open(dir: &Path, first_step: i64) -> Result<Events> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let host = hostname();
-        // seconds and nanoseconds in the name: two processes of one run never share a file,
-        // and a later one's name sorts after (TensorBoard reads a run's files in name order)
-        let name = format!("events.out.tfevents.{:010}.{:09}.{host}.{}", now.as_secs(), now.subsec_nanos(), std::process::id());
+        // seconds and nanoseconds in the name: two processes of one run never share a file, and
+        // a later one's name sorts after (TensorBoard reads a run's files in name order), even
+        // on a host whose clock is behind the last one's: never before an existing file
+        let mut at = (now.as_secs(), now.subsec_nanos());
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let mut parts = name.strip_prefix("events.out.tfevents.").unwrap_or("").split('.');
+            if let (Some(Ok(s)), Some(Ok(n))) = (parts.next().map(str::parse::<u64>), parts.next().map(str::parse::<u32>)) {
+                if (s, n) >= at {
+                    at = if n >= 999_999_999 { (s + 1, 0) } else { (s, n + 1) };
+                }
+            }
+        }
+        let name = format!("events.out.tfevents.{:010}.{:09}.{host}.{}", at.0, at.1, std::process::id());
         let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut ev = Events { path, out: BufWriter::new(file), pending: Vec::new(), pending_step: first_step };
@@ -179,7 +190,8 @@ impl Events {
         Ok(())
     }
 
-    /// A mining round at `step`: its seconds, the hard negatives cached and their mean loss.
+    /// A mining round at `step` (the iteration it comes before): its seconds, the hard negatives
+    /// cached and their mean loss.
     pub fn mining(&mut self, step: i64, s: &MiningStats) -> Result<()> {
         self.scalar(step, "mining/seconds", s.seconds)?;
         self.scalar(step, "mining/mined", s.mined as f64)?;
