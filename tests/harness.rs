@@ -827,6 +827,9 @@ fn retime_replaces_the_timings_of_flagged_cells_only_when_the_accuracy_reproduce
     };
     let (hnm, frcn) = (cell("hnm"), cell("frcn"));
     let hnm_before = std::fs::read_to_string(hnm.join("metrics.csv")).unwrap();
+    let events = |d: &Path| -> Vec<String> { std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains("tfevents")).collect() };
+    let (hnm_events, frcn_events) = (events(&hnm), events(&frcn));
+    assert_eq!((hnm_events.len(), frcn_events.len()), (1, 1));
     set(&hnm, "others_cpu_share", "0.5");
     set(&frcn, "others_cpu_share", "0.5");
     set(&frcn, "loss", "9.5");
@@ -841,8 +844,12 @@ fn retime_replaces_the_timings_of_flagged_cells_only_when_the_accuracy_reproduce
     assert!(!hnm_after.contains(",0.5,") && !hnm_after.ends_with(",0.5\n"), "{hnm_after}");
     assert!(std::fs::read_to_string(hnm.join("train.log")).unwrap().contains("retimed"));
     assert!(!hnm.join("retime").exists());
+    // its TensorBoard file is the rerun's (one, another)
+    let after = events(&hnm);
+    assert!(after.len() == 1 && after != hnm_events, "{after:?} against {hnm_events:?}");
     // frcn: untouched
     assert_eq!(std::fs::read_to_string(frcn.join("metrics.csv")).unwrap(), frcn_broken);
+    assert_eq!(events(&frcn), frcn_events);
     assert!(!frcn.join("retime").exists());
     // the comparison of two CSVs by hand: a timing column may differ, nothing else
     let a = "epoch,loss,train_s\n1,0.5,3.0\n";
