@@ -172,3 +172,37 @@ fn compare_puts_two_studies_side_by_side() {
     assert!(!ok && err.contains("compare") && !err.contains("panicked"), "{err}");
     assert_clean_failure(&["compare", a.to_str().unwrap(), t.path().to_str().unwrap()], &[&t.path().display().to_string()]);
 }
+
+/// On a COCO-layout dataset, `detect` writes a COCO results JSON (the default) that `eval`
+/// scores against the split's instances file to the run's logged numbers exactly; VOC comp4
+/// files are refused with the reason.
+#[test]
+fn detect_on_a_coco_dataset_reproduces_its_logged_numbers() {
+    let t = tempfile::tempdir().unwrap();
+    let ds = t.path().join("coco");
+    let (ok, _, err) = harness(&["make-dataset", "--out", ds.to_str().unwrap(), "--size", "tiny", "--format", "coco"]);
+    assert!(ok, "{err}");
+    let cfg = crate::util::tiny_config(t.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(&tiny_dataset().display().to_string(), &ds.display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let run = t.path().join("run");
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let (ok, _, err) = harness(&["train", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--set", "train.epochs=1", "--cache-dir", &cache]);
+    assert!(ok, "{err}");
+    let row = ohem_harness::rundir::read_metrics(&run.join("metrics.csv")).unwrap().remove(0);
+    let out = t.path().join("dets.json");
+    let (ok, stdout, err) = harness(&["detect", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--cache-dir", &cache]);
+    assert!(ok && stdout.contains("instances_test.json"), "{stdout}{err}");
+    let gt = ds.join("annotations/instances_test.json");
+    let eval = |metric: &str| -> serde_json::Value {
+        let (ok, out_, err) = harness(&["eval", gt.to_str().unwrap(), "--dets", out.to_str().unwrap(), "--metric", metric, "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out_).unwrap()
+    };
+    assert_eq!(eval("voc07")["map"].as_f64(), row.map_voc07);
+    let c = eval("coco");
+    for (key, logged) in ohem_harness::eval::coco::SUMMARY_KEYS.iter().zip(row.coco()) {
+        assert_eq!(c[key].as_f64().filter(|v| *v >= 0.0), logged, "{key}");
+    }
+    assert_clean_failure(&["detect", run.to_str().unwrap(), "--out", t.path().join("voc").to_str().unwrap(), "--format", "voc"], &["is a COCO split", "--format coco"]);
+}
