@@ -272,8 +272,9 @@ pub fn map_diffs(agg: &Aggregate, family: usize) -> Vec<MapDiff> {
     out
 }
 
-/// One line of the findings: a comparison and the words its interval allows, nothing more.
-#[derive(Debug, Clone, serde::Serialize)]
+/// One line of the findings: a comparison and the words its interval allows, nothing more
+/// (a row of `findings.csv`, which `harness compare` reads back).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Finding {
     pub baseline: String,
     pub arm: String,

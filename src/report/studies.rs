@@ -10,22 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use super::compare::Finding;
 use super::RunLog;
 use crate::config::TrainConfig;
 use crate::rundir::State;
-
-/// A row of a report's `findings.csv`.
-#[derive(Debug, Clone, serde::Deserialize)]
-pub struct FindingRow {
-    pub baseline: String,
-    pub arm: String,
-    pub measure: String,
-    pub value: Option<f64>,
-    pub ci_lo: Option<f64>,
-    pub ci_hi: Option<f64>,
-    pub interval: String,
-    pub finding: String,
-}
 
 /// One study: its folder, as named in the output, its grid's name and arms, its finished
 /// cells and its findings.
@@ -36,7 +24,7 @@ struct Study {
     done: Vec<RunLog>,
     cells: usize,
     splits: usize,
-    findings: Vec<FindingRow>,
+    findings: Vec<Finding>,
 }
 
 impl Study {
@@ -47,7 +35,7 @@ impl Study {
             bail!("{}: no findings.csv: run `harness report {}` first", dir.display(), dir.display());
         }
         let mut r = csv::Reader::from_path(&fpath).with_context(|| format!("reading {}", fpath.display()))?;
-        let findings = r.deserialize().collect::<std::result::Result<Vec<FindingRow>, _>>().with_context(|| format!("reading {}", fpath.display()))?;
+        let findings = r.deserialize().collect::<std::result::Result<Vec<Finding>, _>>().with_context(|| format!("reading {}", fpath.display()))?;
         let cells = runs.len();
         let splits = runs.iter().filter_map(|r| r.split.as_ref().map(|s| s.index)).collect::<std::collections::BTreeSet<_>>().len();
         let done = runs.into_iter().filter(|r| r.state == State::Done).collect();
@@ -100,7 +88,7 @@ pub fn config_diff(configs: &[&TrainConfig]) -> Vec<(String, Vec<String>)> {
 
 /// A finding's numbers as the report's Findings write them: a ratio to 2 decimals with an x, a
 /// difference to 4 with its sign, the interval after.
-fn fmt_finding(f: &FindingRow) -> String {
+fn fmt_finding(f: &Finding) -> String {
     let ratio = !f.measure.starts_with("final_");
     // (a ratio's bound from a disturbed cell can run to 1e30: in powers of ten past 10^4)
     let fmt = |x: f64| if ratio && x >= 1e4 { format!("{x:.1e}x") } else if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") };
