@@ -319,6 +319,11 @@ pub struct RunArgs {
     /// Print the expanded cells and their ids; run nothing.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: estimate the grid's cost from a short timed run of each arm here,
+    /// 2 × N iterations from scratch weights with one evaluation (and one mining round
+    /// where the sampler mines) [N: 10]; see docs/grids.md.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "10", requires = "dry_run")]
+    calibrate: Option<usize>,
     /// Cells run at once (one GPU each when several are present).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -873,8 +878,8 @@ fn retime(g: &crate::harness::Grid, cache_dir: Option<&std::path::Path>) -> Resu
     Ok(())
 }
 
-/// `--dry-run`: the cells, and the datasets still to be made.
-fn dry_run(g: &crate::harness::Grid) {
+/// `--dry-run`: the cells, their cost, and the datasets still to be made.
+fn dry_run(g: &crate::harness::Grid, calibrate: Option<usize>, cache_dir: Option<&std::path::Path>) -> Result<()> {
     println!("{}: {} cells in {}", g.name, g.cells.len(), g.results.display());
     for (root, plan) in &g.plans {
         let overlaps = if plan.overlap_checked { "" } else { "; no tile records (tiles.csv): images that share pixels, if any, are not kept apart unless the groups do it" };
@@ -893,9 +898,10 @@ fn dry_run(g: &crate::harness::Grid) {
         s.cells.retain(|c| g.cells.iter().any(|x| c.dir.file_name().is_some_and(|n| n.to_string_lossy() == x.dir_name)));
         s.estimate()
     });
-    match estimate {
-        Some(e) => println!("estimated cost: {} left of {} in all, one cell at a time (each arm's mean wall clock over the {} finished cells in {})", crate::fmt_duration(e.remaining_s), crate::fmt_duration(e.total_s), e.from_cells, g.results.display()),
-        None => println!("no cost estimate: no cell of this grid has finished in {} yet (`harness status` gives one once a cell has)", g.results.display()),
+    match (calibrate, estimate) {
+        (Some(n), _) => print_calibrated(g, n, cache_dir)?,
+        (None, Some(e)) => println!("estimated cost: {} left of {} in all, one cell at a time (each arm's mean wall clock over the {} finished cells in {})", crate::fmt_duration(e.remaining_s), crate::fmt_duration(e.total_s), e.from_cells, g.results.display()),
+        (None, None) => println!("no cost estimate: no cell of this grid has finished in {} yet (`--dry-run --calibrate` times a few iterations of each arm here for one; `harness status` gives one once a cell has)", g.results.display()),
     }
     // a proposals file the run would refuse: said now, not when the cell starts
     let mut missing: Vec<(&str, &std::path::Path)> = Vec::new();
@@ -917,16 +923,35 @@ fn dry_run(g: &crate::harness::Grid) {
         };
         eprintln!("warning: dataset.root = {} does not exist yet; make it (a generated dataset) with `harness make-dataset --out {} --size {size}` (with `--format coco` for the COCO layout), or point dataset.root at a VOC or COCO root", root.display(), root.display());
     }
+    Ok(())
+}
+
+/// The cost of `g` from a timed calibration of each arm (`harness run --dry-run --calibrate`).
+fn print_calibrated(g: &crate::harness::Grid, iterations: usize, cache_dir: Option<&std::path::Path>) -> Result<()> {
+    use crate::harness::calibrate;
+    let timings = calibrate::calibrate(g, iterations, cache_dir)?;
+    for t in &timings {
+        let mine = t.mine_s_per_image.map(|m| format!(", mining {:.1} ms/image", m * 1e3)).unwrap_or_default();
+        println!("  calibration {}: {:.3} s/iteration, evaluation {:.1} ms/image{mine}", t.arm, t.s_per_iter, t.eval_s_per_image * 1e3);
+    }
+    let (left, total) = calibrate::estimate(g, &timings, &|c| crate::harness::is_done(&g.results.join(crate::harness::CELLS).join(&c.dir_name), c.epochs))?;
+    println!(
+        "estimated cost: {} left of {} in all, one cell at a time (from a timed calibration here: {} iterations of each arm from scratch weights, start-up {:.0} s a cell; pre-training a backbone not cached yet is not counted)",
+        crate::fmt_duration(left),
+        crate::fmt_duration(total),
+        2 * iterations,
+        timings.first().map_or(0.0, |t| t.overhead_s)
+    );
+    Ok(())
 }
 
 fn run_grid(a: RunArgs, progress: bool) -> Result<()> {
-    let mut g = if a.dry_run { crate::harness::Grid::load_without_data(&a.grid, &a.overrides)? } else { crate::harness::Grid::load(&a.grid, &a.overrides)? };
+    let mut g = if a.dry_run && a.calibrate.is_none() { crate::harness::Grid::load_without_data(&a.grid, &a.overrides)? } else { crate::harness::Grid::load(&a.grid, &a.overrides)? };
     if let Some(o) = a.out {
         g.results = o;
     }
     if a.dry_run {
-        dry_run(&g);
-        return Ok(());
+        return dry_run(&g, a.calibrate, a.cache_dir.as_deref());
     }
     if a.retime {
         if a.executor == Executor::Slurm {

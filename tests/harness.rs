@@ -907,3 +907,48 @@ fn a_key_is_located_in_its_own_block() {
     let err = format!("{:#}", Grid::load(&p, &["sampler.batch_size=abc".to_string()]).unwrap_err());
     assert!(err.contains("--set sampler.batch_size") && err.contains("of section sampler"), "{err}");
 }
+
+/// Issue 39: a cell's cost is its own schedule: its iterations, its evaluations (every
+/// `test.eval_every` epochs and the last) and its mining rounds (as its sampler schedules them),
+/// counted by hand here.
+#[test]
+fn a_cells_work_is_counted_from_its_own_schedule() {
+    use ohem_harness::harness::calibrate::{ArmTiming, CellWork};
+    let t = tempfile::tempdir().unwrap();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  hnm:\n    sampler: {kind: hnm, mine_every_epochs: 2}\n  hnm-iters:\n    sampler: {kind: hnm, mine_every_epochs: null, mine_every_iters: 3}\nseeds: [0]\n");
+    let g = Grid::load(&p, &["train.epochs=5".into(), "train.iters_per_epoch=4".into(), "test.eval_every=2".into()]).unwrap();
+    let cfg = |arm: &str| g.cells.iter().find(|c| c.arm == arm).unwrap().config.clone();
+    // 5 epochs of 4 iterations (20 training images, N = 2, capped at 4); evaluated after epochs 2, 4 and 5
+    let w = CellWork::of(&cfg("frcn"), 20, 7);
+    assert_eq!(w, CellWork { iterations: 20, evaluations: 3, mining_rounds: 0, train_images: 20, test_images: 7 });
+    // every 2 epochs: at the start of epoch 3 and of epoch 5 (1-based), never before training
+    assert_eq!(CellWork::of(&cfg("hnm"), 20, 7).mining_rounds, 2);
+    // every 3 iterations of 20: at iterations 3, 6, ..., 18
+    assert_eq!(CellWork::of(&cfg("hnm-iters"), 20, 7).mining_rounds, 6);
+    // a short epoch: 5 training images make 3 iterations an epoch (the last batch short)
+    assert_eq!(CellWork::of(&cfg("frcn"), 5, 7).iterations, 15);
+    // priced: start-up + iterations + evaluations × test images + rounds × training images
+    let at = ArmTiming { arm: "hnm".into(), s_per_iter: 0.5, eval_s_per_image: 0.1, mine_s_per_image: Some(0.01), overhead_s: 3.0 };
+    let s = CellWork { iterations: 20, evaluations: 3, mining_rounds: 2, train_images: 20, test_images: 7 }.seconds(&at);
+    assert!((s - (3.0 + 10.0 + 2.1 + 0.4)).abs() < 1e-9, "{s}");
+}
+
+/// Issue 39: before any cell has finished, `--dry-run --calibrate` prices the grid from a short
+/// timed run of each arm; it says where the figures come from, and runs no cell.
+#[test]
+fn a_dry_run_calibrates_the_cost_when_no_cell_has_finished() {
+    let t = tempfile::tempdir().unwrap();
+    let cache = crate::util::cache_dir().to_str().unwrap().to_string();
+    let p = write_grid(t.path(), "arms:\n  frcn:\n    sampler: {kind: fixed_ratio}\n  hnm:\n    sampler: {kind: hnm, mine_every_epochs: 1}\nseeds: [0, 1]\n");
+    let g = p.to_str().unwrap();
+    let (ok, out, err) = harness(&["run", g, "--dry-run"]);
+    assert!(ok && out.contains("no cost estimate") && out.contains("--dry-run --calibrate"), "{out}{err}");
+    let (ok, out, err) = harness(&["run", g, "--dry-run", "--calibrate", "2", "--cache-dir", &cache, "--set", "train.epochs=3"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("calibration frcn: ") && !out.lines().find(|l| l.contains("calibration frcn")).unwrap().contains("mining"), "{out}");
+    assert!(out.lines().any(|l| l.contains("calibration hnm: ") && l.contains("mining")), "{out}");
+    assert!(out.contains("from a timed calibration here: 4 iterations of each arm"), "{out}");
+    assert!(!t.path().join("results/cells").exists(), "--calibrate runs no cell");
+    let (ok, _, err) = harness(&["run", g, "--calibrate"]);
+    assert!(!ok && err.contains("--dry-run") && !err.contains("panicked"), "{err}");
+}

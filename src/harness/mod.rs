@@ -16,6 +16,7 @@
 //! `harness train` holds an exclusive lock on its run directory, so two
 //! processes never run the same cell.
 
+pub mod calibrate;
 pub mod grid;
 pub mod slurm;
 pub mod splits;

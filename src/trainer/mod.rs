@@ -291,6 +291,12 @@ pub fn trainable_images(cfg: &TrainConfig) -> Result<usize> {
     Ok(ds.load_split(&cfg.dataset.train_split)?.iter().filter(|a| has_foreground(a)).count())
 }
 
+/// Whether epoch `epoch` (0-based) of `epochs` ends with an evaluation of the test split:
+/// every `test.eval_every` epochs, and the last.
+pub fn evaluates(test: &crate::config::TestConfig, epoch: usize, epochs: usize) -> bool {
+    epoch + 1 == epochs || (epoch + 1) % test.eval_every == 0
+}
+
 /// The epochs a run of `cfg` trains, from its config alone (`train.epochs`) or,
 /// with `train.iterations`, from the training images it keeps.
 pub fn planned_epochs(cfg: &TrainConfig) -> Result<usize> {
@@ -721,7 +727,7 @@ impl Run<'_> {
     /// it returns [`Stopped`].
     fn evaluate(&mut self, epoch: usize) -> Result<(f64, Option<(f64, f64, eval::coco::CocoReport)>)> {
         let (cfg, t) = (self.cfg, Instant::now());
-        if epoch + 1 != self.sched.epochs && (epoch + 1) % cfg.test.eval_every != 0 {
+        if !evaluates(&cfg.test, epoch, self.sched.epochs) {
             return Ok((t.elapsed().as_secs_f64(), None));
         }
         self.enter(PhaseKind::Evaluating, epoch, 0, 0);
