@@ -47,7 +47,8 @@ fn generated_lines() -> Vec<Generated> {
         let dir = e.path();
         let (file, study) = if dir.join("summary.md").is_file() { (dir.join("summary.md"), Some(dir.clone())) } else { continue };
         let source = dir.file_name().unwrap().to_string_lossy().into_owned();
-        for l in std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.strip_prefix("- ")) {
+        // a list item, or one nested under it (a verdict's remarks)
+        for l in std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.trim_start().strip_prefix("- ")) {
             out.push(Generated { line: l.to_string(), study: study.clone(), source: source.clone() });
         }
     }
@@ -167,9 +168,10 @@ fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<S
             }
             continue;
         };
-        let q = quote.strip_prefix("- ").unwrap_or(quote);
+        let item = quote.trim_start().strip_prefix("- ");
+        let q = item.unwrap_or(quote);
         let Some(g) = generated.iter().find(|g| g.line == q && Some(&g.source) == source.as_ref()) else {
-            if has_interval(q) || !q.trim().is_empty() && quote.starts_with("- ") {
+            if has_interval(q) || !q.trim().is_empty() && item.is_some() {
                 bad.push(format!("{at}: a quote that is no generated line of results/{} (the study the text last named): {q}", source.as_deref().unwrap_or("?")));
             }
             continue;

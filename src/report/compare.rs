@@ -193,7 +193,11 @@ pub struct Verdict {
     pub map_diff: Option<f64>,
     pub map_diff_lo: Option<f64>,
     pub map_diff_hi: Option<f64>,
+    /// `notes` joined by "; " (verdicts.csv's column).
     pub note: String,
+    /// What qualifies the verdict, one remark each (summary.md lists them under it).
+    #[serde(skip)]
+    pub notes: Vec<String>,
     /// The regime of the arm's measurement, and what of the claim's stated regime it differs in.
     pub regime: Regime,
     pub differs: Vec<&'static str>,
@@ -457,7 +461,7 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
         let r = if dnf { None } else { compare_units(&bv, &av, Scale::Ratio, level, agg.rho) };
         let (band_lo, band_hi) = (v.expected / v.tolerance, v.expected * v.tolerance);
         let regime = agg.regime(&v.arm);
-        let (word, need, mut note) = match (r, r.and_then(|x| x.ci)) {
+        let (word, need, note) = match (r, r.and_then(|x| x.ci)) {
             // every seed gave the same ratio: a zero-width interval, which resolves nothing
             (Some(_), Some((lo, hi))) if lo == hi => (Word::NotResolved, None, NO_SPREAD.into()),
             (Some(est), Some((lo, hi))) => {
@@ -476,18 +480,15 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
             (None, _) if dnf => censored_verdict(censored_test(agg, &v.baseline, &v.arm, family), &v.baseline, &v.arm, band_lo),
             (None, _) => (Word::NotResolved, None, "no finished seeds".into()),
         };
+        let mut notes: Vec<String> = [note].into_iter().filter(|n: &String| !n.is_empty()).collect();
         if !same_length {
             let (eb, ea) = (epochs_of(agg, &v.baseline).unwrap_or(0), epochs_of(agg, &v.arm).unwrap_or(0));
-            note = format!("{note}{}final mAP not compared: {} ran {} and {} {}", if note.is_empty() { "" } else { "; " }, v.baseline, epochs_text(eb), v.arm, epochs_text(ea));
+            notes.push(format!("final mAP not compared: {} ran {} and {} {}", v.baseline, epochs_text(eb), v.arm, epochs_text(ea)));
         }
         if v.measure == Measure::TimeToTarget {
-            if let Some(range) = target_range(agg, &v.baseline, &v.arm) {
-                note = format!("{note}{}{range}", if note.is_empty() { "" } else { "; " });
-            }
+            notes.extend(target_range(agg, &v.baseline, &v.arm));
         }
-        for w in warnings.iter().filter(|w| w.arm == v.arm || w.arm == v.baseline) {
-            note = format!("{note}{}caution: {}", if note.is_empty() { "" } else { "; " }, w.text);
-        }
+        notes.extend(warnings.iter().filter(|w| w.arm == v.arm || w.arm == v.baseline).map(|w| format!("caution: {}", w.text)));
         out.push(Verdict {
             claim: v.claim.clone(),
             baseline: v.baseline.clone(),
@@ -506,7 +507,8 @@ pub fn verdicts(agg: &Aggregate, warnings: &[Warning], family: usize) -> Vec<Ver
             map_diff: md.map(|x| x.value),
             map_diff_lo: md.and_then(|x| x.ci).map(|c| c.0),
             map_diff_hi: md.and_then(|x| x.ci).map(|c| c.1),
-            note,
+            note: notes.join("; "),
+            notes,
             differs: v.regime.as_ref().map(|c| regime.differs_from(c)).unwrap_or_default(),
             regime,
         });

@@ -30,20 +30,59 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "—".into())
 }
 
-/// A verdict as one line of summary.md (bold verdict word).
-pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
-    let metric_name = metric.column();
-    // no mAP sentence when the final mAPs were not compared (the note says why)
-    let map_sentence = match v.map_diff {
+/// A verdict's sentence on the final mAPs ("" when they were not compared: a note says why).
+fn map_sentence(v: &Verdict, metric: Metric) -> String {
+    match v.map_diff {
         Some(d) => format!(
-            " Final {metric_name} {} − {} = {d:+.4} ({} CI {}).",
+            "Final {} {} − {} = {d:+.4} ({} CI {}).",
+            metric.column(),
             v.arm,
             v.baseline,
             family_text(v.family),
             v.map_diff_lo.zip(v.map_diff_hi).map(|(l, h)| format!("[{l:+.4}, {h:+.4}]")).unwrap_or_else(|| "—".into())
         ),
         None => String::new(),
-    };
+    }
+}
+
+/// A verdict as summary.md lists it: its claim, ratio, interval and word on the first line,
+/// and under it one line per remark, the final mAPs and the regime it was measured in.
+pub fn verdict_md(v: &Verdict, metric: Metric) -> String {
+    let mut md = format!("- {}\n", verdict_head(v));
+    for n in &v.notes {
+        md.push_str(&format!("  - {n}\n"));
+    }
+    let map = map_sentence(v, metric);
+    if !map.is_empty() {
+        md.push_str(&format!("  - {map}\n"));
+    }
+    md.push_str(&format!("  - Measured in: {}.\n", v.regime.describe()));
+    md
+}
+
+/// A verdict's claim, ratio, interval and word ("…: **not resolved**").
+fn verdict_head(v: &Verdict) -> String {
+    format!(
+        "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}.",
+        v.claim,
+        v.baseline,
+        v.arm,
+        v.measure,
+        v.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
+        family_text(v.family),
+        v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
+        v.band_lo,
+        v.band_hi,
+        v.seeds,
+        v.verdict,
+        if v.differs.is_empty() { String::new() } else { format!(" in this regime (the claim's differs in {})", v.differs.join(", ")) },
+    )
+}
+
+/// A verdict as one line (the run's closing notes; bold verdict word).
+pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
+    let map = map_sentence(v, metric);
+    let map_sentence = if map.is_empty() { map } else { format!(" {map}") };
     format!(
             "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}.{map_sentence} Measured in: {}.",
             v.claim,
@@ -348,7 +387,7 @@ fn verdicts_section(md: &mut String, verdicts: &[Verdict], metric: Metric) {
     if !verdicts.is_empty() {
         md.push_str("## Verdicts\n\nA claim \"about Rx\" is supported when the interval of the speed-up lies inside the band [R / tolerance, R × tolerance], contradicted when it lies wholly outside, and not resolved otherwise. The interval is Bonferroni's over the study's family: every comparison this summary's Verdicts and Findings state, one per pair of arms and measure (each interval at 1 − 0.05 / m), so that all of their words hold together at 95%. A time to target that some seeds never reach is censored at each run's end and judged by Gehan's rank test at the same level (contradicted when it resolves the arm as slower).\n\n");
         for v in verdicts {
-            md.push_str(&format!("- {}\n", verdict_line(v, metric)));
+            md.push_str(&verdict_md(v, metric));
         }
         md.push('\n');
     }
