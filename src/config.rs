@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
 
 use crate::model::ModelConfig;
@@ -683,10 +683,30 @@ fn key_error(origin: &str, path: &str, msg: &str) -> KeyError {
 /// Converts a value into a typed config; unknown keys and bad types name the dotted key
 /// ([`KeyError`]).
 pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Result<T> {
+    // serde's path stops at an internally tagged enum (`sampler`): its section is read again
+    // as its kind's own struct, whose path goes on to the key
+    let sampler = v.get("sampler").cloned();
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
-        key_error(origin, &path, &e.into_inner().to_string()).into()
+        let inner = (path == "sampler").then(|| sampler.as_ref().and_then(crate::sampler::section_error)).flatten();
+        match inner {
+            Some((p, msg)) => key_error(origin, &if p.is_empty() || p == "." { "sampler".to_string() } else { format!("sampler.{p}") }, &msg).into(),
+            None => key_error(origin, &path, &e.into_inner().to_string()).into(),
+        }
     })
+}
+
+/// A failed check ([`TrainConfig::check`]) whose message opens with the key it is about
+/// (`sampler.fg_fraction = 2 is outside [0, 1]`) as a [`KeyError`] of that key, so that it is
+/// blamed where the key was written (a `--set`, an axis, the file's line); other errors as
+/// they are.
+pub fn check_error(e: anyhow::Error, origin: &str) -> anyhow::Error {
+    let msg = format!("{e:#}");
+    let key: String = msg.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '[' | ']')).collect();
+    if key.is_empty() || !msg[key.len()..].starts_with(" = ") {
+        return e.context(format!("{origin}: invalid config"));
+    }
+    KeyError { origin: origin.to_string(), key, msg: format!("invalid config: {msg}"), line: None }.into()
 }
 
 /// The 1-based line of dotted `key` in YAML `text`, looked for under each of `scopes` in turn
@@ -696,6 +716,13 @@ pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Res
 /// scope that holds the whole key gives its line; else (a missing key) the deepest part found
 /// under a scope that is there.
 pub fn locate_key(text: &str, scopes: &[&[&str]], key: &str) -> Option<usize> {
+    let (whole, fallback) = locate(text, scopes, key);
+    whole.or(fallback)
+}
+
+/// [`locate_key`]'s two answers: the line of the first scope that holds the whole key, and the
+/// line of the deepest part found under a scope that is there.
+fn locate(text: &str, scopes: &[&[&str]], key: &str) -> (Option<usize>, Option<usize>) {
     // each line without its comment (`#` at the start or after white space)
     let lines: Vec<&str> = text
         .lines()
@@ -728,13 +755,18 @@ pub fn locate_key(text: &str, scopes: &[&[&str]], key: &str) -> Option<usize> {
         let parts: Vec<&str> = scope.iter().copied().chain(key.split('.').filter(|p| !p.is_empty())).collect();
         let (depth, line) = find(&parts);
         if depth == parts.len() {
-            return line;
+            return (line, fallback);
         }
         if depth >= scope.len().max(1) && fallback.is_none() {
             fallback = line;
         }
     }
-    fallback
+    (None, fallback)
+}
+
+/// Whether `scope` of YAML `text` holds the whole dotted `key` (not only a section above it).
+pub fn holds_key(text: &str, scope: &[&str], key: &str) -> bool {
+    locate(text, &[scope], key).0.is_some()
 }
 
 /// `e` with its key's line in `text` ([`locate_key`] under `scopes`) when it is a [`KeyError`].
@@ -751,7 +783,7 @@ pub fn with_line(e: anyhow::Error, text: &str, scopes: &[&[&str]]) -> anyhow::Er
 impl TrainConfig {
     /// Reads a config file, applies `key=value` overrides, converts and checks it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = crate::read_text(path, "a config file, YAML")?;
         let origin = path.display().to_string();
         let mut v = parse_yaml(&text, &origin)?;
         for o in overrides {
@@ -759,11 +791,10 @@ impl TrainConfig {
             set_dotted(&mut v, &k, val)?;
         }
         let set: Vec<String> = overrides.iter().filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string())).collect();
-        let cfg = TrainConfig::from_value(v, &origin).map_err(|e| match e.downcast::<KeyError>() {
-            // a key an override set is the override's fault, else the file's, at its line
+        // a key an override set is the override's fault, else the file's, at its line
+        let blame = |e: anyhow::Error| match e.downcast::<KeyError>() {
             Ok(mut k) => {
-                // (a key inside the sampler's section is named by its section only)
-                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}.")) || (k.key == "sampler" && o.starts_with("sampler."))) {
+                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}."))) {
                     k.origin = format!("--set {o}");
                 } else {
                     k.line = locate_key(&text, &[&[]], &k.key);
@@ -771,8 +802,9 @@ impl TrainConfig {
                 k.into()
             }
             Err(e) => e,
-        })?;
-        cfg.check().with_context(|| format!("{origin}: invalid config"))?;
+        };
+        let cfg = TrainConfig::from_value(v, &origin).map_err(blame)?;
+        cfg.check().map_err(|e| blame(check_error(e, &origin)))?;
         Ok(cfg)
     }
 

@@ -60,6 +60,22 @@ pub fn progress_bar(len: u64, msg: &'static str, show: bool) -> indicatif::Progr
     bar
 }
 
+/// A text file's contents, or an error that says in words what is wrong with `path` (not
+/// found, a folder, not text), then `what` it should be; never "(os error N)".
+pub fn read_text(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use std::io::ErrorKind::*;
+    std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            NotFound => "not found".to_string(),
+            IsADirectory => "is a folder, not a file".to_string(),
+            PermissionDenied => "permission denied".to_string(),
+            InvalidData => "is not UTF-8 text".to_string(),
+            _ => e.to_string().split(" (os error").next().unwrap_or_default().to_string(),
+        };
+        anyhow::anyhow!("{}: {why} ({what})", path.display())
+    })
+}
+
 /// "1m05s", "2h03m".
 pub fn fmt_duration(s: f64) -> String {
     let s = s.max(0.0).round() as u64;

@@ -900,7 +900,7 @@ pub struct CellEntry {
 
 pub fn read_cells(results: &Path) -> Result<Vec<CellEntry>> {
     let p = results.join(CELLS_JSON);
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", p.display(), results.display()))?;
+    let text = crate::read_text(&p, &format!("is {} a results directory of `harness run`?", results.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
 }
 

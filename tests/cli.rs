@@ -63,6 +63,25 @@ fn bad_input_is_a_clear_error() {
     let ds = tiny_dataset().to_str().unwrap();
     assert_clean_failure(&["proposals", "/no/such/root", "--split", "test"], &["/no/such/root"]);
     assert_clean_failure(&["proposals", ds, "--split", "nope"], &["nope.txt"]);
+    // a missing or wrong file in words, not "(os error 2)"
+    let no_os = |args: &[&str], needle: &str| {
+        let (ok, _, err) = harness(args);
+        assert!(!ok && err.contains(needle) && !err.contains("os error"), "{args:?}: {err}");
+    };
+    no_os(&["train", "/no/such/c.yaml", "--out", "/no/such/out"], "/no/such/c.yaml: not found (a config file, YAML)");
+    no_os(&["train", ds, "--out", "/no/such/out"], &format!("{ds}: is a folder, not a file (a config file, YAML)"));
+    no_os(&["run", "/no/such/g.yaml", "--dry-run"], "/no/such/g.yaml: not found (a grid file, YAML)");
+    no_os(&["status", ds], &format!("{ds}/grid.json: not found (is {ds} a results directory of `harness run`?)"));
+    no_os(&["report", ds], &format!("{ds}/grid.json: not found"));
+    // a config's sampler key, named in full at its line; a value out of range at its line, or the --set's
+    let cd = tempfile::tempdir().unwrap();
+    let c = cd.path().join("c.yaml");
+    std::fs::write(&c, format!("dataset:\n  root: {ds}\nsampler:\n  kind: ohem\n  batch_size: 12.5\n")).unwrap();
+    let c = c.to_str().unwrap();
+    assert_clean_failure(&["train", c, "--out", "/no/such/out"], &["c.yaml (line 5): key sampler.batch_size = 12.5: expected a whole number"]);
+    assert_clean_failure(&["train", c, "--out", "/no/such/out", "--set", "sampler.batch_size=64", "--set", "sampler.fg_thresh=2"], &["--set sampler.fg_thresh: invalid config: sampler.fg_thresh = 2 is outside [0, 1]"]);
+    std::fs::write(c, format!("dataset:\n  root: {ds}\nsampler:\n  kind: ohem\n  fg_thresh: 2\n")).unwrap();
+    assert_clean_failure(&["train", c, "--out", "/no/such/out"], &["c.yaml (line 5): invalid config: sampler.fg_thresh = 2 is outside [0, 1]"]);
     // the Slurm executor's own inputs, refused before anything is submitted
     assert_clean_failure(&["cell", "/no/such/results", "--index", "0"], &["/no/such/results/cells.json"]);
     let g = tempfile::tempdir().unwrap();

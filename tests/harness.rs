@@ -905,7 +905,45 @@ fn a_key_is_located_in_its_own_block() {
     let err = format!("{:#}", Grid::load(&p, &["train.lr=abc".to_string()]).unwrap_err());
     assert!(err.contains("--set train.lr") && err.contains("expected a number") && !err.contains("grid.yaml"), "{err}");
     let err = format!("{:#}", Grid::load(&p, &["sampler.batch_size=abc".to_string()]).unwrap_err());
-    assert!(err.contains("--set sampler.batch_size") && err.contains("of section sampler"), "{err}");
+    assert!(err.contains("--set sampler.batch_size: key sampler.batch_size = \"abc\": expected a whole number"), "{err}");
+    // a value out of range is the --set's too, and a file's at its line
+    let err = format!("{:#}", Grid::load(&p, &["sampler.fg_fraction=2".to_string()]).unwrap_err());
+    assert!(err.contains("--set sampler.fg_fraction: invalid config: sampler.fg_fraction = 2 is outside [0, 1]") && !err.contains("grid.yaml"), "{err}");
+}
+
+/// Issue 39: a key inside `sampler:` (an internally tagged enum, where serde's path stops) is
+/// named in full at its own line, whatever its kind; one the base wrote is the base's, not the
+/// arm's it was merged into; a grid without arms is not "arm base"; a value out of range has
+/// its line.
+#[test]
+fn a_sampler_key_is_named_in_full_where_it_was_written() {
+    let t = tempfile::tempdir().unwrap();
+    let load = |body: &str| {
+        let p = write_grid(t.path(), body);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+        (text, err)
+    };
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (kind, key, value, want) in [
+        ("ohem", "batch_size", "12.5", "key sampler.batch_size = 12.5: expected a whole number"),
+        ("hnm", "fp_rule", "worst", "key sampler.fp_rule = worst: expected score or topk"),
+        ("ohem", "impl", "fast", "key sampler.impl = fast: expected read_only or masked"),
+        ("focal", "alpha", "x", "key sampler.alpha = \"x\": expected a number"),
+        ("fixed_ratio", "fg_fraction", "2", "invalid config: sampler.fg_fraction = 2 is outside [0, 1]"),
+    ] {
+        let (text, err) = load(&format!("arms:\n  a:\n    sampler:\n      kind: {kind}\n      {key}: {value}\nseeds: [0]\n"));
+        let line = line_of(&text, &format!("{key}: {value}"));
+        assert!(err.contains(&format!("arm a (line {line}): {want}")), "{kind} {key}: {err}");
+    }
+    // the base's key, merged into an arm that does not write it
+    let (text, err) = load("  sampler:\n    batch_sise: 64\narms:\n  a: {sampler: {kind: fixed_ratio}}\nseeds: [0]\n");
+    assert!(err.contains(&format!("grid.yaml: base (in arm a) (line {}): unknown key sampler.batch_sise", line_of(&text, "batch_sise"))), "{err}");
+    let (_, err) = load("arms:\n  a: {sampler: {kind: fixed_ratio, batch_sise: 64}}\nseeds: [0]\n");
+    assert!(err.contains("grid.yaml: arm a (line ") && err.contains("unknown key sampler.batch_sise"), "{err}");
+    // no arms: the base
+    let (_, err) = load("  sampler:\n    kind: ohem\n    nms_iou: 1.5\nseeds: [0]\n");
+    assert!(err.contains("grid.yaml: base (line ") && err.contains("sampler.nms_iou = 1.5") && !err.contains("arm base"), "{err}");
 }
 
 /// Issue 39: a cell's cost is its own schedule: its iterations, its evaluations (every

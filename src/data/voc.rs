@@ -27,7 +27,7 @@ pub const VOC_CLASSES: [&str; 20] = [
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
-    #[error("dataset root {0} does not exist or is not a directory")]
+    #[error("{0}: not found, or not a folder (a dataset root: a VOC or COCO layout folder)")]
     MissingRoot(PathBuf),
     #[error("split file {path} not found (expected ImageSets/Main/<split>.txt)")]
     MissingSplit { path: PathBuf },

@@ -174,7 +174,9 @@ impl Grid {
                     .collect::<Vec<_>>()
                     .join(" ");
                 arm_labels.push(label.clone());
-                let where_ = if combo.is_empty() { format!("{origin}: arm {arm}") } else { format!("{origin}: arm {arm}, axes {}", combo.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(", ")) };
+                // (a grid without arms has one, its base)
+                let named = if file.arms.is_none() { format!("{origin}: base") } else { format!("{origin}: arm {arm}") };
+                let where_ = if combo.is_empty() { named } else { format!("{named}, axes {}", combo.iter().map(|(k, v)| format!("{k}={}", short(v))).collect::<Vec<_>>().join(", ")) };
                 for &seed in &seeds {
                     let mut v = file.base.clone();
                     merge(&mut v, arm_over);
@@ -186,7 +188,7 @@ impl Grid {
                         set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
                     }
                   for (split, v) in split_variants(v, file.splits.as_ref(), &mut plans, &origin, &where_, require_data)? {
-                    let config = cell_config(v, &origin, &where_, combo, seed, require_data).map_err(|e| blame(e, &text, arm, &overrides, combo))?;
+                    let config = cell_config(v, &origin, &where_, combo, require_data).map_err(|e| blame(e, &text, arm, &overrides, combo))?;
                     let id = cell_id(&config);
                     let epochs = match config.train.iterations {
                         None => config.train.epochs,
@@ -296,7 +298,7 @@ impl GridFile {
     /// Reads a grid file and checks what needs no expansion: seeds, base and the report's numbers.
     fn read(path: &Path) -> Result<GridFile> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading grid file {origin}"))?;
+        let text = crate::read_text(path, "a grid file, YAML")?;
         let file: GridFile = from_value(parse_yaml(&text, &origin)?, &origin).map_err(|e| crate::config::with_line(e, &text, &[&[]]))?;
         let seeds = file.seeds.as_ref().ok_or_else(|| anyhow!("{origin}: key seeds is missing: list at least one seed"))?;
         if seeds.is_empty() {
@@ -389,13 +391,22 @@ fn unknown_key(part: &Value, label: &str) -> Result<()> {
 /// arm's or the base's line in the grid file.
 fn blame(e: anyhow::Error, text: &str, arm: &str, overrides: &[(String, Value)], combo: &[(String, Value)]) -> anyhow::Error {
     let Some(k) = e.downcast_ref::<crate::config::KeyError>() else { return e };
-    let hits = |o: &str| k.key == o || k.key.starts_with(&format!("{o}.")) || (k.key == "sampler" && o.starts_with("sampler."));
+    let hits = |o: &str| k.key == o || k.key.starts_with(&format!("{o}."));
     if let Some((o, _)) = overrides.iter().find(|(o, _)| hits(o)) {
         return crate::config::KeyError { origin: format!("--set {o}"), key: k.key.clone(), msg: k.msg.clone(), line: None }.into();
     }
     if let Some((o, _)) = combo.iter().find(|(o, _)| hits(o)) {
         let line = text.lines().position(|l| l.trim_start().starts_with(&format!("{o}:"))).map(|n| n + 1);
         return crate::config::KeyError { origin: format!("{}: axis {o}", k.origin.split(": arm").next().unwrap_or(&k.origin)), key: k.key.clone(), msg: k.msg.clone(), line }.into();
+    }
+    // a key the base wrote and the arm does not is the base's
+    if !crate::config::holds_key(text, &["arms", arm], &k.key) && crate::config::holds_key(text, &["base"], &k.key) {
+        let origin = match k.origin.split_once(": arm ") {
+            Some((file, _)) => format!("{file}: base (in arm {arm})"),
+            None => k.origin.clone(),
+        };
+        let e = crate::config::KeyError { origin, key: k.key.clone(), msg: k.msg.clone(), line: None };
+        return crate::config::with_line(e.into(), text, &[&["base"]]);
     }
     crate::config::with_line(e, text, &[&["arms", arm], &["base"]])
 }
@@ -420,7 +431,7 @@ fn combos(axes: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
 
 /// A cell's typed, checked config from its merged value. An axis must name a
 /// real key: it has to survive the round trip into the typed config.
-fn cell_config(v: Value, origin: &str, where_: &str, combo: &[(String, Value)], seed: u64, require_data: bool) -> Result<TrainConfig> {
+fn cell_config(v: Value, origin: &str, where_: &str, combo: &[(String, Value)], require_data: bool) -> Result<TrainConfig> {
     let config = TrainConfig::from_value(v, where_)?;
     let mut flat = Vec::new();
     flatten("", &serde_json::to_value(&config)?, &mut flat);
@@ -429,7 +440,7 @@ fn cell_config(v: Value, origin: &str, where_: &str, combo: &[(String, Value)], 
             bail!("{origin}: key axes.{k}: no such config key");
         }
     }
-    if require_data { config.check() } else { config.check_values() }.with_context(|| format!("{where_}, seed {seed}: invalid config"))?;
+    if require_data { config.check() } else { config.check_values() }.map_err(|e| crate::config::check_error(e, where_))?;
     Ok(config)
 }
 

@@ -71,7 +71,7 @@ pub struct GridStatus {
 /// The state of every cell of a results directory, from the run directories alone.
 pub fn read(results: &Path) -> Result<GridStatus> {
     let gpath = results.join(GRID_JSON);
-    let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?).with_context(|| format!("parsing {}", gpath.display()))?;
+    let meta: GridMeta = serde_json::from_str(&crate::read_text(&gpath, &format!("is {} a results directory of `harness run`?", results.display()))?).with_context(|| format!("parsing {}", gpath.display()))?;
     let cells = if results.join(CELLS_JSON).exists() { read_cells(results)? } else { cells_from_dirs(results, &meta.arms)? };
     let mut out = Vec::new();
     for c in cells {

@@ -257,7 +257,7 @@ pub fn judge(lo: f64, hi: f64, expected: f64, tolerance: f64) -> Word {
 /// parsed is left out and named in the third list (path and reason), never dropped in silence.
 pub fn load_runs(results: &Path) -> Result<(GridMeta, Vec<RunLog>, Vec<String>)> {
     let gpath = results.join(GRID_JSON);
-    let meta: GridMeta = serde_json::from_str(&std::fs::read_to_string(&gpath).with_context(|| format!("reading {} (is {} a results directory of `harness run`?)", gpath.display(), results.display()))?)
+    let meta: GridMeta = serde_json::from_str(&crate::read_text(&gpath, &format!("is {} a results directory of `harness run`?", results.display()))?)
         .with_context(|| format!("parsing {}", gpath.display()))?;
     let mut runs = Vec::new();
     let mut unreadable = Vec::new();

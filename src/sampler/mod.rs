@@ -236,6 +236,28 @@ pub enum SamplerConfig {
     Pisa(PisaConfig),
 }
 
+/// Why a `sampler:` section does not convert, as the path inside it and serde's message: the
+/// section read as its kind's own struct (serde's path stops at the tagged enum). None when its
+/// kind is missing or unknown, or it converts.
+pub fn section_error(v: &serde_json::Value) -> Option<(String, String)> {
+    fn inner<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Option<(String, String)> {
+        serde_path_to_error::deserialize::<_, T>(v).err().map(|e| (e.path().to_string(), e.into_inner().to_string()))
+    }
+    let mut rest = v.as_object()?.clone();
+    let kind = rest.remove("kind")?;
+    let rest = serde_json::Value::Object(rest);
+    match kind.as_str()? {
+        "fixed_ratio" => inner::<FixedRatioConfig>(rest),
+        "hnm" => inner::<HnmConfig>(rest),
+        "ohem" => inner::<OhemConfig>(rest),
+        "all" => inner::<AllConfig>(rest),
+        "iou_balanced" => inner::<IouBalancedConfig>(rest),
+        "focal" => inner::<FocalConfig>(rest),
+        "pisa" => inner::<PisaConfig>(rest),
+        _ => None,
+    }
+}
+
 impl Default for SamplerConfig {
     fn default() -> Self {
         SamplerConfig::FixedRatio(FixedRatioConfig::default())
