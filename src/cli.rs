@@ -479,7 +479,9 @@ pub enum Executor {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchWhat {
+    /// Selective search (fast mode, one thread) on generated images: mean and median ms per image.
     Proposals,
+    /// VOC07/VOC10 evaluation of 10,000 generated detections, the report's bootstrap, and with --coco COCO AP against pycocotools.
     Eval,
     /// ms per training iteration split by stage, peak memory, RoI pooling vs the per-RoI reference.
     Train,
@@ -491,6 +493,7 @@ pub enum BenchWhat {
     ClaimA,
     /// Memory over the whole pipeline on datasets of 1,000, 5,000 and 20,000 images: peak RSS of each stage (pre-training, training over --epochs of --iters, a mining round, evaluation, training held), the wait for images per epoch (not part of `all`).
     Data,
+    /// proposals, eval, train and samplers, one after another.
     All,
 }
 
