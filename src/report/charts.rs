@@ -181,15 +181,40 @@ where
     Ok(())
 }
 
-fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, baseline: &str, rows: &[&Speedup], arms: &[String]) -> Result<()>
+/// A claim's band of a ratio (`[R / tolerance, R × tolerance]`) between two arms, for a measure:
+/// what the charts shade behind the ratio they draw.
+#[derive(Debug, Clone)]
+pub struct ClaimBand {
+    pub baseline: String,
+    pub arm: String,
+    pub measure: Measure,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+fn speedup_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, baseline: &str, rows: &[&Speedup], arms: &[String], bands: &[ClaimBand]) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let labels: Vec<String> = arms.iter().filter(|a| a.as_str() != baseline).cloned().collect();
     let n = labels.len().max(1);
-    // headroom above the highest whisker for the legend (upper left), so that it never hides one
-    let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(1.2f64, f64::max) * 1.35;
+    let bands: Vec<(usize, &ClaimBand)> = bands.iter().filter(|b| b.baseline == baseline).filter_map(|b| labels.iter().position(|a| *a == b.arm).map(|i| (i, b))).collect();
+    // headroom above the highest whisker (and band) for the legend (upper left), so that it never
+    // hides one; a whisker that runs past 3x the highest bar and band (an interval that says
+    // nothing) is cut at the top, its end written there, so that the bars stay readable
+    let tops = rows.iter().filter_map(|s| s.ratio).chain(bands.iter().map(|(_, b)| b.hi)).fold(1.2f64, f64::max);
+    let cut = tops * 3.0;
+    let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(tops, f64::max).min(cut) * 1.35;
     let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; the Findings' family-wise interval)"), &labels, ymax, ("arm", "speed-up (x)"))?;
+    // each claim's band behind its arm's bars, hatched by measure is too busy: one shade, labelled
+    if !bands.is_empty() {
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(bands.iter().map(|(i, b)| Rectangle::new([(*i as f64 - 0.45, b.lo), (*i as f64 + 0.45, b.hi)], grey.mix(0.18).filled())))
+            .map_err(err)?
+            .label(format!("a claim's band ({})", bands.iter().map(|(_, b)| format!("{}: {:.2}-{:.2}x", b.measure.name(), b.lo, b.hi)).collect::<Vec<_>>().join("; ")))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.18).filled()));
+    }
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
     // the measures the rows hold (cpu_s_per_iter only where the cells logged CPU seconds)
@@ -208,7 +233,14 @@ where
             .label(m.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         chart
-            .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + width * 0.4, lo), (*x + width * 0.4, hi)], BLACK.stroke_width(2)))))
+            .draw_series(bars.iter().filter_map(|(x, _, ci)| ci.map(|(lo, hi)| PathElement::new(vec![(*x + width * 0.4, lo.min(cut)), (*x + width * 0.4, hi.min(cut))], BLACK.stroke_width(2)))))
+            .map_err(err)?;
+        chart
+            .draw_series(bars.iter().filter_map(|(x, _, ci)| {
+                // staggered by measure, so that neighbouring bars' ends do not overwrite each other
+                let text = |hi: f64| if hi >= 1e4 { format!("to {hi:.1e}x") } else { format!("to {hi:.2}x") };
+                ci.filter(|c| c.1 > cut).map(|(_, hi)| Text::new(text(hi), (*x, cut * (1.04 - 0.07 * k as f64)), ("sans-serif", 13).into_font()))
+            }))
             .map_err(err)?;
     }
     chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 15)).position(SeriesLabelPosition::UpperLeft).draw().map_err(err)?;
@@ -240,7 +272,7 @@ macro_rules! both {
 }
 
 /// Draws every chart into `dir`; returns the PNG file names.
-pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmSummary], speedups: &[Speedup], metric: Metric) -> Result<Vec<String>> {
+pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmSummary], speedups: &[Speedup], metric: Metric, bands: &[ClaimBand]) -> Result<Vec<String>> {
     register_font();
     let arms = &meta.arms;
     let mut files = Vec::new();
@@ -267,7 +299,7 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
     for b in baselines {
         let rows: Vec<&Speedup> = speedups.iter().filter(|s| s.baseline == b).collect();
         let stem = format!("speedup_vs_{}", file_stem(b));
-        both!(dir, stem, files, |root| speedup_bars(&root, b, &rows, arms));
+        both!(dir, stem, files, |root| speedup_bars(&root, b, &rows, arms, bands));
     }
     both!(dir, "fg_fraction", files, |root| line_chart(&root, "Foreground fraction of the backpropagated RoIs", "epoch", "foreground fraction", arms, &fg, true));
     let miners: Vec<String> = arms.iter().filter(|a| done.iter().any(|r| &r.arm == *a && !r.mining.is_empty())).cloned().collect();
@@ -279,22 +311,26 @@ pub fn draw_all(dir: &Path, meta: &GridMeta, done: &[&RunLog], summaries: &[ArmS
 
 /// `ttt_ratio_vs_target.png`: the time-to-target ratio (baseline / arm) and its
 /// interval (Bonferroni over the curve's targets) against the target, one line per compared pair.
-pub fn draw_target_curve(dir: &Path, points: &[TargetPoint]) -> Result<String> {
+/// The curve's claim bands (time to target) are shaded, and the report's own target (at which
+/// the verdicts and Findings take time to target) drawn as a vertical line.
+pub fn draw_target_curve(dir: &Path, points: &[TargetPoint], bands: &[ClaimBand], target: f64) -> Result<String> {
     register_font();
     let mut pairs: Vec<(String, String)> = points.iter().map(|p| (p.baseline.clone(), p.arm.clone())).collect();
     pairs.dedup();
+    let bands: Vec<&ClaimBand> = bands.iter().filter(|b| b.measure == Measure::TimeToTarget && pairs.iter().any(|(x, y)| *x == b.baseline && *y == b.arm)).collect();
     let mut files = Vec::new();
-    both!(dir, "ttt_ratio_vs_target", files, |root| target_chart(&root, &pairs, points));
+    both!(dir, "ttt_ratio_vs_target", files, |root| target_chart(&root, &pairs, points, &bands, target));
     Ok(files.remove(0))
 }
 
-fn target_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, pairs: &[(String, String)], points: &[TargetPoint]) -> Result<()>
+fn target_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, pairs: &[(String, String)], points: &[TargetPoint], bands: &[&ClaimBand], target: f64) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     root.fill(&WHITE).map_err(err)?;
     let (x0, x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.target), b.max(p.target)));
-    let ymax = points.iter().map(|p| p.ci.map(|c| c.1).unwrap_or(p.ratio)).fold(1.2f64, f64::max) * 1.1;
+    let (x0, x1) = (x0.min(target), x1.max(target));
+    let ymax = points.iter().map(|p| p.ci.map(|c| c.1).unwrap_or(p.ratio)).chain(bands.iter().map(|b| b.hi)).fold(1.2f64, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(root)
         .caption("Time-to-target ratio against the target (baseline / arm; Bonferroni over the targets)", ("sans-serif", 22))
         .margin(15)
@@ -304,6 +340,19 @@ where
         .map_err(err)?;
     chart.configure_mesh().x_desc("target mAP").y_desc("time-to-target ratio (x)").label_style(("sans-serif", 15)).draw().map_err(err)?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(x0 - 0.01, 1.0), (x1 + 0.01, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
+    let grey = RGBColor(120, 120, 120);
+    for b in bands {
+        chart
+            .draw_series(std::iter::once(Rectangle::new([(x0 - 0.01, b.lo), (x1 + 0.01, b.hi)], grey.mix(0.15).filled())))
+            .map_err(err)?
+            .label(format!("claim band, {} / {}: {:.2}-{:.2}x", b.baseline, b.arm, b.lo, b.hi))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.15).filled()));
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(vec![(target, 0.0), (target, ymax)], BLACK.stroke_width(2))))
+        .map_err(err)?
+        .label(format!("the report's target, {target:.4}"))
+        .legend(move |(x, y)| PathElement::new(vec![(x + 10, y - 7), (x + 10, y + 7)], BLACK.stroke_width(2)));
     for (i, (b, a)) in pairs.iter().enumerate() {
         let c = colour(i);
         let pts: Vec<&TargetPoint> = points.iter().filter(|p| &p.baseline == b && &p.arm == a).collect();

@@ -361,9 +361,10 @@ pub fn generate(results: &Path) -> Result<Generated> {
             }
         }
     }
-    let mut charts = charts::draw_all(results, &meta, &agg.done, &agg.summaries, &speedups, meta.report.metric)?;
+    let bands: Vec<charts::ClaimBand> = verdicts.iter().map(|v| charts::ClaimBand { baseline: v.baseline.clone(), arm: v.arm.clone(), measure: v.measure, lo: v.band_lo, hi: v.band_hi }).collect();
+    let mut charts = charts::draw_all(results, &meta, &agg.done, &agg.summaries, &speedups, meta.report.metric, &bands)?;
     if !curve.is_empty() {
-        charts.push(charts::draw_target_curve(results, &curve)?);
+        charts.push(charts::draw_target_curve(results, &curve, &bands, agg.target)?);
     }
     if per_class::present(&agg) {
         let (names, values) = per_class::chart_data(&agg);
