@@ -127,7 +127,23 @@ fn categorical<'a, DB: DrawingBackend>(
     title: &str,
     labels: &'a [String],
     ymax: f64,
+    descs: (&str, &str),
+) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>>
+where
+    DB::ErrorType: 'static,
+{
+    categorical_in(root, title, labels, (0.0, ymax), descs, None)
+}
+
+/// [`categorical`] over the y range `(ylo, yhi)`, its labels written by `ylabel` (plotters' own
+/// without).
+fn categorical_in<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    labels: &'a [String],
+    (ylo, yhi): (f64, f64),
     (xdesc, ydesc): (&str, &str),
+    ylabel: Option<&dyn Fn(&f64) -> String>,
 ) -> Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>>
 where
     DB::ErrorType: 'static,
@@ -139,18 +155,15 @@ where
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5..n as f64 - 0.5, 0.0..ymax)
+        .build_cartesian_2d(-0.5..n as f64 - 0.5, ylo..yhi)
         .map_err(err)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
-        .x_desc(xdesc)
-        .y_desc(ydesc)
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
+    let xlabel = |x: &f64| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() };
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(n).x_label_formatter(&xlabel).x_desc(xdesc).y_desc(ydesc).label_style(("sans-serif", 15));
+    if let Some(f) = ylabel {
+        mesh.y_label_formatter(f);
+    }
+    mesh.draw().map_err(err)?;
     Ok(chart)
 }
 
@@ -238,8 +251,7 @@ where
         chart
             .draw_series(bars.iter().filter_map(|(x, _, ci)| {
                 // staggered by measure, so that neighbouring bars' ends do not overwrite each other
-                let text = |hi: f64| if hi >= 1e4 { format!("to {hi:.1e}x") } else { format!("to {hi:.2}x") };
-                ci.filter(|c| c.1 > cut).map(|(_, hi)| Text::new(text(hi), (*x, cut * (1.04 - 0.07 * k as f64)), ("sans-serif", 13).into_font()))
+                ci.filter(|c| c.1 > cut).map(|(_, hi)| Text::new(format!("to {}", super::compare::compact_ratio(hi)), (*x, cut * (1.04 - 0.07 * k as f64)), ("sans-serif", 13).into_font()))
             }))
             .map_err(err)?;
     }
@@ -648,7 +660,6 @@ fn compare_chart<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, studies: &[S
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(err)?;
     let pts = values.iter().flatten().flatten();
     let lo = pts.clone().map(|p| p.1.min(p.0)).fold(0.0f64, f64::min);
     let hi = pts.map(|p| p.2.max(p.0)).fold(0.0f64, f64::max);
@@ -656,24 +667,9 @@ where
     // headroom above for the legend (upper left)
     let (ylo, yhi) = (lo - pad, hi + pad + (hi - lo + 2.0 * pad) * 0.3);
     let n = labels.len().max(1);
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("Each study's {measure} findings (arm − baseline; its own family-wise interval)"), ("sans-serif", 20))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(-0.5..n as f64 - 0.5, ylo..yhi)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| if (x - x.round()).abs() < 1e-6 && *x >= 0.0 { labels.get(x.round() as usize).cloned().unwrap_or_default() } else { String::new() })
-        .x_desc("arm − baseline")
-        .y_desc(format!("difference in {measure}"))
-        .y_label_formatter(&|y| if y.abs() < 1e-9 { "0".into() } else { format!("{y:+.2}") })
-        .label_style(("sans-serif", 15))
-        .draw()
-        .map_err(err)?;
+    let title = format!("Each study's {measure} findings (arm − baseline; its own family-wise interval)");
+    let ydesc = format!("difference in {measure}");
+    let mut chart = categorical_in(root, &title, labels, (ylo, yhi), ("arm − baseline", &ydesc), Some(&|y: &f64| if y.abs() < 1e-9 { "0".into() } else { format!("{y:+.2}") }))?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 0.0), (n as f64 - 0.5, 0.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let width = 0.6 / studies.len().max(1) as f64;
     for (s, name) in studies.iter().enumerate() {

@@ -364,6 +364,16 @@ pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) ->
 }
 
 /// A finding as one line of summary.md.
+/// A ratio to 2 decimals with an x, in powers of ten past 10^4 (a ratio's bound from a
+/// disturbed cell can run to 1e30), where space is short (`compare`'s tables, the charts).
+pub fn compact_ratio(x: f64) -> String {
+    if x >= 1e4 {
+        format!("{x:.1e}x")
+    } else {
+        format!("{x:.2}x")
+    }
+}
+
 pub fn finding_line(f: &Finding) -> String {
     let ratio = !f.measure.starts_with("final_");
     let num = |x: f64| if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") };

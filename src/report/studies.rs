@@ -90,8 +90,7 @@ pub fn config_diff(configs: &[&TrainConfig]) -> Vec<(String, Vec<String>)> {
 /// difference to 4 with its sign, the interval after.
 fn fmt_finding(f: &Finding) -> String {
     let ratio = !f.measure.starts_with("final_");
-    // (a ratio's bound from a disturbed cell can run to 1e30: in powers of ten past 10^4)
-    let fmt = |x: f64| if ratio && x >= 1e4 { format!("{x:.1e}x") } else if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") };
+    let fmt = |x: f64| if ratio { super::compare::compact_ratio(x) } else { format!("{x:+.4}") };
     let value = f.value.map(fmt).unwrap_or_else(|| "—".into());
     let ci = f.ci_lo.zip(f.ci_hi).map(|(l, h)| format!(" [{}, {}]", fmt(l), fmt(h))).unwrap_or_default();
     // the finding's words up to their explanation (`resolved below 0`, `not resolved`)
