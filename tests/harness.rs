@@ -990,3 +990,25 @@ fn a_dry_run_calibrates_the_cost_when_no_cell_has_finished() {
     let (ok, _, err) = harness(&["run", g, "--calibrate"]);
     assert!(!ok && err.contains("--dry-run") && !err.contains("panicked"), "{err}");
 }
+
+/// Issue 39: the grid's own keys (seeds, report, splits, axes) are blamed at their line too.
+#[test]
+fn a_grid_level_key_error_has_its_line() {
+    let t = tempfile::tempdir().unwrap();
+    for (body, needle, want) in [
+        ("arms:\n  frcn: {}\nseeds: [0]\nreport:\n  baselines: [frnc]\n", "baselines:", "key report.baselines names \"frnc\", which is not an arm"),
+        ("arms:\n  frcn: {}\nseeds: [0, 0]\n", "seeds:", "key seeds = [0, 0] repeats a seed"),
+        ("arms:\n  frcn: {}\nsplits:\n  folds: 1\nseeds: [0]\n", "folds:", "key splits.folds = 1: at least 2 folds"),
+        ("arms:\n  frcn: {}\nseeds: [0]\nreport:\n  verdicts:\n    - claim: x\n      baseline: frcn\n      arm: nope\n      measure: s_per_iter\n      expected: 2.0\n", "verdicts:", "key report.verdicts[0].arm names \"nope\""),
+    ] {
+        let p = write_grid(t.path(), body);
+        let text = std::fs::read_to_string(&p).unwrap();
+        let line = text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+        assert!(err.contains(&format!("grid.yaml (line {line}): {want}")), "{body}: {err}");
+    }
+    // a missing key has no line to give
+    let p = write_grid(t.path(), "arms:\n  frcn: {}\n");
+    let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
+    assert!(err.contains("grid.yaml: key seeds is missing"), "{err}");
+}

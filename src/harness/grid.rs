@@ -142,6 +142,14 @@ impl Grid {
 
     fn load_impl(path: &Path, overrides: &[String], require_data: bool) -> Result<Grid> {
         let origin = path.display().to_string();
+        Self::expand(path, overrides, require_data).map_err(|e| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            grid_line(e, &origin, &text)
+        })
+    }
+
+    fn expand(path: &Path, overrides: &[String], require_data: bool) -> Result<Grid> {
+        let origin = path.display().to_string();
         let file = GridFile::read(path)?;
         let seeds = file.seeds.clone().unwrap_or_default(); // present: checked by GridFile::read
         let arms = file.arms(&origin)?;
@@ -384,6 +392,22 @@ fn unknown_key(part: &Value, label: &str) -> Result<()> {
     match TrainConfig::from_value(part, label) {
         Err(e) if e.downcast_ref::<crate::config::KeyError>().is_some_and(|k| k.msg.starts_with("unknown key")) => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A grid-level error, "ORIGIN: key K …" (the grid's own keys: seeds, arms, axes, splits,
+/// report), with K's line in the grid file: "ORIGIN (line N): key K …". A key inside a list
+/// (`report.verdicts[1].arm`) gets its list's line. Other errors as they are.
+fn grid_line(e: anyhow::Error, origin: &str, text: &str) -> anyhow::Error {
+    if e.downcast_ref::<crate::config::KeyError>().is_some() {
+        return e;
+    }
+    let msg = format!("{e:#}");
+    let Some(rest) = msg.strip_prefix(&format!("{origin}: key ")) else { return e };
+    let key: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')).collect();
+    match crate::config::locate_key(text, &[&[]], key.trim_end_matches('.')) {
+        Some(line) if !key.is_empty() => anyhow!("{origin} (line {line}): key {rest}"),
+        _ => e,
     }
 }
 
