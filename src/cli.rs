@@ -949,6 +949,14 @@ fn print_calibrated(g: &crate::harness::Grid, iterations: usize, cache_dir: Opti
 }
 
 fn run_grid(a: RunArgs, progress: bool) -> Result<()> {
+    if a.calibrate.is_some() {
+        // the calibration trains on the data: a dataset still to make is said as the dry run says it
+        let g = crate::harness::Grid::load_without_data(&a.grid, &a.overrides)?;
+        if !g.missing_datasets().is_empty() {
+            dry_run(&g, None, None)?;
+            bail!("--calibrate trains each arm on its data: make the datasets above first");
+        }
+    }
     let mut g = if a.dry_run && a.calibrate.is_none() { crate::harness::Grid::load_without_data(&a.grid, &a.overrides)? } else { crate::harness::Grid::load(&a.grid, &a.overrides)? };
     if let Some(o) = a.out {
         g.results = o;

@@ -37,6 +37,8 @@ struct Generated {
     study: Option<PathBuf>,
     /// The folder under results/ it comes from: a study's name, or "claim-a" for every sweep.
     source: String,
+    /// For an item nested under another (a verdict's remark), that item's line.
+    parent: Option<String>,
 }
 
 /// Every generated line of the committed reports: the list items of each study's summary.md
@@ -47,15 +49,21 @@ fn generated_lines() -> Vec<Generated> {
         let dir = e.path();
         let (file, study) = if dir.join("summary.md").is_file() { (dir.join("summary.md"), Some(dir.clone())) } else { continue };
         let source = dir.file_name().unwrap().to_string_lossy().into_owned();
-        // a list item, or one nested under it (a verdict's remarks)
-        for l in std::fs::read_to_string(file).unwrap().lines().filter_map(|l| l.trim_start().strip_prefix("- ")) {
-            out.push(Generated { line: l.to_string(), study: study.clone(), source: source.clone() });
+        // a list item, or one nested under it (a verdict's remarks), with its parent
+        let mut head: Option<String> = None;
+        for l in std::fs::read_to_string(file).unwrap().lines() {
+            let Some(item) = l.trim_start().strip_prefix("- ") else { continue };
+            let nested = l.starts_with(' ');
+            if !nested {
+                head = Some(item.to_string());
+            }
+            out.push(Generated { line: item.to_string(), study: study.clone(), source: source.clone(), parent: if nested { head.clone() } else { None } });
         }
     }
     for e in std::fs::read_dir(root().join("results/claim-a")).unwrap().flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path().join("claim_a.md")) {
             for l in text.lines().filter_map(|l| l.strip_prefix("- ")) {
-                out.push(Generated { line: l.to_string(), study: None, source: "claim-a".into() });
+                out.push(Generated { line: l.to_string(), study: None, source: "claim-a".into(), parent: None });
             }
         }
     }
@@ -154,6 +162,8 @@ fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<S
         }
     }
     let mut source: Option<String> = None;
+    // the last quoted top-level item: a nested quote must be one of its own remarks
+    let mut head: Option<String> = None;
     for (i, line) in lines.iter().enumerate() {
         let at = format!("{name}:{}", i + 1);
         if in_claims[i] {
@@ -170,7 +180,12 @@ fn check(name: &str, text: &str, generated: &[Generated], claims: &str) -> Vec<S
         };
         let item = quote.trim_start().strip_prefix("- ");
         let q = item.unwrap_or(quote);
-        let Some(g) = generated.iter().find(|g| g.line == q && Some(&g.source) == source.as_ref()) else {
+        let nested = item.is_some() && quote.starts_with(' ');
+        if item.is_some() && !nested {
+            head = Some(q.to_string());
+        }
+        let parent = if nested { head.clone() } else { None };
+        let Some(g) = generated.iter().find(|g| g.line == q && Some(&g.source) == source.as_ref() && (!nested || g.parent == parent)) else {
             if has_interval(q) || !q.trim().is_empty() && item.is_some() {
                 bad.push(format!("{at}: a quote that is no generated line of results/{} (the study the text last named): {q}", source.as_deref().unwrap_or("?")));
             }

@@ -944,6 +944,18 @@ fn a_sampler_key_is_named_in_full_where_it_was_written() {
     // no arms: the base
     let (_, err) = load("  sampler:\n    kind: ohem\n    nms_iou: 1.5\nseeds: [0]\n");
     assert!(err.contains("grid.yaml: base (line ") && err.contains("sampler.nms_iou = 1.5") && !err.contains("arm base"), "{err}");
+    // every kind, as serde lists them (a kind the section's reader forgets fails here)
+    let (_, err) = load("arms:\n  a: {sampler: {kind: nope}}\nseeds: [0]\n");
+    let kinds: Vec<String> = err.split("expected one of ").nth(1).unwrap_or_else(|| panic!("{err}")).split(", ").map(|k| k.trim().to_string()).collect();
+    assert!(kinds.len() >= 7 && kinds.contains(&"pisa".to_string()), "{kinds:?}");
+    for kind in kinds {
+        let (_, err) = load(&format!("arms:\n  a: {{sampler: {{kind: {kind}, batch_size: 1.5}}}}\nseeds: [0]\n"));
+        assert!(err.contains("key sampler.batch_size = 1.5: expected a whole number"), "{kind}: {err}");
+    }
+    // a check about two keys is the fault of whichever of them a --set set
+    let p = write_grid(t.path(), "arms:\n  a: {sampler: {kind: fixed_ratio}}\nseeds: [0]\n");
+    let err = format!("{:#}", Grid::load(&p, &["train.images_per_batch=256".to_string()]).unwrap_err());
+    assert!(err.contains("--set train.images_per_batch: invalid config: sampler.batch_size = 128 is below train.images_per_batch = 256"), "{err}");
 }
 
 /// Issue 39: a cell's cost is its own schedule: its iterations, its evaluations (every

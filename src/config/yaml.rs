@@ -1,8 +1,10 @@
 //! The YAML plumbing of configs and grid files: parsing, dotted keys and `--set`
 //! overrides, and the errors that name the key, the file and the line ([`KeyError`]).
 //! Kept apart from `config.rs` (whose code keys the pre-trained backbone,
-//! `src/pretrain/cache.rs`): nothing here decides a value a run reads, only how a
-//! value is found and how an error is worded.
+//! `src/pretrain/cache.rs`): what is here does shape the values a run reads (parsing,
+//! `--set`, the default sampler kind), but the backbone's key hashes those values
+//! themselves, so a change here that moved one would change the key anyway; the rest is
+//! how a key is found and how an error is worded.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -159,17 +161,49 @@ pub fn from_value<T: serde::de::DeserializeOwned>(v: Value, origin: &str) -> Res
     })
 }
 
-/// A failed check ([`TrainConfig::check`]) whose message opens with the key it is about
-/// (`sampler.fg_fraction = 2 is outside [0, 1]`) as a [`KeyError`] of that key, so that it is
-/// blamed where the key was written (a `--set`, an axis, the file's line); other errors as
-/// they are.
+impl KeyError {
+    /// Whether it is a failed check ([`check_error`]), not a key that did not convert.
+    pub fn is_check(&self) -> bool {
+        self.msg.starts_with(CHECK)
+    }
+
+    /// The keys it is about: a check's message can name several (`sampler.batch_size = 2 is
+    /// below train.images_per_batch = 4`), each written `key = value`; else its one key.
+    pub fn keys(&self) -> Vec<String> {
+        if !self.is_check() {
+            return vec![self.key.clone()];
+        }
+        let is_key = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '[' | ']');
+        let mut keys: Vec<String> = Vec::new();
+        for (i, _) in self.msg.match_indices(" = ") {
+            let before = &self.msg[..i];
+            let start = before.rfind(|c: char| !is_key(c)).map_or(0, |j| j + 1);
+            let k = &before[start..];
+            if k.starts_with(|c: char| c.is_ascii_lowercase()) && !keys.iter().any(|x| x == k) {
+                keys.push(k.to_string());
+            }
+        }
+        if keys.is_empty() {
+            keys.push(self.key.clone());
+        }
+        keys
+    }
+}
+
+/// What a failed check's message opens with.
+const CHECK: &str = "invalid config: ";
+
+/// A failed check ([`crate::config::TrainConfig::check`]) whose message opens with the key it
+/// is about (`sampler.fg_fraction = 2 is outside [0, 1]`) as a [`KeyError`] of that key, so
+/// that it is blamed where one of its keys was written (a `--set`, an axis, the file's line;
+/// [`KeyError::keys`]); other errors as they are.
 pub fn check_error(e: anyhow::Error, origin: &str) -> anyhow::Error {
     let msg = format!("{e:#}");
     let key: String = msg.chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '[' | ']')).collect();
     if key.is_empty() || !msg[key.len()..].starts_with(" = ") {
         return e.context(format!("{origin}: invalid config"));
     }
-    KeyError { origin: origin.to_string(), key, msg: format!("invalid config: {msg}"), line: None }.into()
+    KeyError { origin: origin.to_string(), key, msg: format!("{CHECK}{msg}"), line: None }.into()
 }
 
 /// The 1-based line of dotted `key` in YAML `text`, looked for under each of `scopes` in turn

@@ -11,8 +11,8 @@
 //! its arm's figures: its iterations, its evaluations (every `test.eval_every` epochs and
 //! the last) over its test images, its mining rounds (as its sampler schedules them) over
 //! its training images, and the start-up every cell pays (the calibration's wall clock
-//! outside those phases, the least over the arms, since the first arm also computes any
-//! proposals still missing from the cache).
+//! outside those phases, the least over the arms; proposals missing from the cache are made
+//! before the clock starts, as they are made once for the whole grid).
 //!
 //! What it does not count: pre-training a backbone that is not cached yet, and the
 //! evaluation's non-maximum suppression under trained weights (untrained ones score
@@ -88,6 +88,8 @@ fn image_counts(cfg: &TrainConfig) -> Result<(usize, usize)> {
 /// `iterations`, evaluated at the end, and a sampler that mines doing so once, in the second.
 fn calibration_config(cell: &TrainConfig, iterations: usize) -> TrainConfig {
     let mut c = cell.clone();
+    // (batch norm stays as the cell has it: frozen under a pre-trained backbone)
+    c.model.freeze_bn = Some(cell.model.bn_frozen());
     c.model.init = crate::model::Init::Scratch;
     c.train.iterations = Some(2 * iterations);
     c.train.lr_steps_iters = Some(Vec::new());
@@ -116,6 +118,12 @@ pub fn calibrate(g: &Grid, iterations: usize, cache_dir: Option<&Path>) -> Resul
         let tmp = tempfile::Builder::new().prefix("ohem-calibrate").tempdir().context("creating a temporary folder")?;
         let opts = crate::trainer::TrainOptions { progress: false, force: true, cache_dir: cache_dir.map(Path::to_path_buf), ..Default::default() };
         eprintln!("calibrating arm {arm}: {} iterations of {} on {n_train} training and {n_test} test images", 2 * iterations, cell.dir_name);
+        // proposals missing from the cache are made before the clock starts: once for the grid,
+        // not a part of every cell's start-up
+        let ds = crate::data::Dataset::from_config(&cfg.dataset)?;
+        for (split, file) in [(&cfg.dataset.train_split, &cfg.proposals.train_file), (&cfg.dataset.test_split, &cfg.proposals.test_file)] {
+            crate::trainer::load_split(&ds, &cfg, split, file.as_deref(), &opts).with_context(|| format!("calibrating arm {arm}: the proposals of split {split}"))?;
+        }
         let started = std::time::Instant::now();
         let rows = crate::trainer::train(&cfg, tmp.path(), &opts).with_context(|| format!("calibrating arm {arm} (cell {})", cell.dir_name))?;
         let wall = started.elapsed().as_secs_f64();

@@ -173,8 +173,7 @@ impl Grid {
                 bail!("{origin}: key seeds: seed {s} is 2^32 or more; with splits: a seed must be below 2^32 (the report keys a unit by split and seed)");
             }
         }
-        // trainable training images per (root, format, train split, instances file): a few entries
-        let mut trainable: Vec<((PathBuf, Option<crate::config::DataFormat>, String, Option<PathBuf>), usize)> = Vec::new();
+        let mut trainable: Vec<(TrainingSet, usize)> = Vec::new();
         for (arm, arm_over) in &arms {
             for combo in &combos(&axes) {
                 let label = std::iter::once(arm.clone())
@@ -196,28 +195,9 @@ impl Grid {
                         set_dotted(&mut v, k, x.clone()).with_context(|| format!("--set {k}"))?;
                     }
                   for (split, v) in split_variants(v, file.splits.as_ref(), &mut plans, &origin, &where_, require_data)? {
-                    let config = cell_config(v, &origin, &where_, combo, require_data).map_err(|e| blame(e, &text, arm, &overrides, combo))?;
+                    let config = cell_config(v, &origin, &where_, combo, require_data).map_err(|e| blame(e, &text, &origin, &where_, arm, &overrides, combo))?;
                     let id = cell_id(&config);
-                    let epochs = match config.train.iterations {
-                        None => config.train.epochs,
-                        Some(_) if !require_data => 0,
-                        Some(_) => {
-                            // the annotations are read once per training set, whatever the cells' schedules:
-                            // keyed by all that decides which images it has (a COCO instances file may differ
-                            // between cells under one root, or the format that reads the root)
-                            let d = &config.dataset;
-                            let key = (d.root.clone(), d.format, d.train_split.clone(), d.train_ann.clone());
-                            let n = match trainable.iter().find(|(k, _)| *k == key) {
-                                Some(&(_, n)) => n,
-                                None => {
-                                    let n = crate::trainer::trainable_images(&config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
-                                    trainable.push((key, n));
-                                    n
-                                }
-                            };
-                            config.train.schedule(n).epochs
-                        }
-                    };
+                    let epochs = cell_epochs(&config, require_data, &where_, &mut trainable)?;
                     let split_part = split.as_ref().map(|s| format!("-{}", s.label)).unwrap_or_default();
                     cells.push(Cell { dir_name: format!("{}{split_part}-s{seed}-{id}", slug(&label)), id, arm: label.clone(), seed, split, config, epochs });
                   }
@@ -247,6 +227,33 @@ impl Grid {
             report: file.report,
             plans: plans.into_iter().map(|((root, _), p)| (root, p)).collect(),
         })
+    }
+}
+
+/// What decides a training set's images: its root, format, split and COCO instances file.
+type TrainingSet = (PathBuf, Option<crate::config::DataFormat>, String, Option<PathBuf>);
+
+/// The epochs a cell trains: `train.epochs`, or what `train.iterations` makes of its training
+/// set (0 without the data). The annotations are read once per training set (`trainable`, a
+/// few entries), whatever the cells' schedules: keyed by all that decides which images it has
+/// (a COCO instances file may differ between cells under one root, or the format that reads it).
+fn cell_epochs(config: &TrainConfig, require_data: bool, where_: &str, trainable: &mut Vec<(TrainingSet, usize)>) -> Result<usize> {
+    match config.train.iterations {
+        None => Ok(config.train.epochs),
+        Some(_) if !require_data => Ok(0),
+        Some(_) => {
+            let d = &config.dataset;
+            let key = (d.root.clone(), d.format, d.train_split.clone(), d.train_ann.clone());
+            let n = match trainable.iter().find(|(k, _)| *k == key) {
+                Some(&(_, n)) => n,
+                None => {
+                    let n = crate::trainer::trainable_images(config).with_context(|| format!("{where_}: the epochs of train.iterations"))?;
+                    trainable.push((key, n));
+                    n
+                }
+            };
+            Ok(config.train.schedule(n).epochs)
+        }
     }
 }
 
@@ -412,25 +419,34 @@ fn grid_line(e: anyhow::Error, origin: &str, text: &str) -> anyhow::Error {
 }
 
 /// A cell's config error where its key was written: a `--set` or an axis that set it, else the
-/// arm's or the base's line in the grid file.
-fn blame(e: anyhow::Error, text: &str, arm: &str, overrides: &[(String, Value)], combo: &[(String, Value)]) -> anyhow::Error {
-    let Some(k) = e.downcast_ref::<crate::config::KeyError>() else { return e };
-    let hits = |o: &str| k.key == o || k.key.starts_with(&format!("{o}."));
+/// arm's or the base's line in the grid file (`file`); `where_` names the cell's arm and axes.
+/// A failed check can name several keys ([`crate::config::KeyError::keys`]): any of them.
+fn blame(e: anyhow::Error, text: &str, file: &str, where_: &str, arm: &str, overrides: &[(String, Value)], combo: &[(String, Value)]) -> anyhow::Error {
+    use crate::config::{holds_key, locate_key, KeyError};
+    let Some(k) = e.downcast_ref::<KeyError>() else { return e };
+    let keys = k.keys();
+    let hits = |o: &str| keys.iter().any(|key| key == o || key.starts_with(&format!("{o}.")));
+    let keyed = |origin: String, line: Option<usize>| -> anyhow::Error { KeyError { origin, key: k.key.clone(), msg: k.msg.clone(), line }.into() };
     if let Some((o, _)) = overrides.iter().find(|(o, _)| hits(o)) {
-        return crate::config::KeyError { origin: format!("--set {o}"), key: k.key.clone(), msg: k.msg.clone(), line: None }.into();
+        return keyed(format!("--set {o}"), None);
     }
     if let Some((o, _)) = combo.iter().find(|(o, _)| hits(o)) {
         let line = text.lines().position(|l| l.trim_start().starts_with(&format!("{o}:"))).map(|n| n + 1);
-        return crate::config::KeyError { origin: format!("{}: axis {o}", k.origin.split(": arm").next().unwrap_or(&k.origin)), key: k.key.clone(), msg: k.msg.clone(), line }.into();
+        return keyed(format!("{file}: axis {o}"), line);
+    }
+    let held = |scope: &[&str]| keys.iter().find(|key| holds_key(text, scope, key)).map(|key| locate_key(text, &[scope], key));
+    if let Some(line) = held(&["arms", arm]) {
+        return keyed(where_.to_string(), line);
     }
     // a key the base wrote and the arm does not is the base's
-    if !crate::config::holds_key(text, &["arms", arm], &k.key) && crate::config::holds_key(text, &["base"], &k.key) {
-        let origin = match k.origin.split_once(": arm ") {
-            Some((file, _)) => format!("{file}: base (in arm {arm})"),
-            None => k.origin.clone(),
-        };
-        let e = crate::config::KeyError { origin, key: k.key.clone(), msg: k.msg.clone(), line: None };
-        return crate::config::with_line(e.into(), text, &[&["base"]]);
+    if let Some(line) = held(&["base"]) {
+        let cell = where_.strip_prefix(&format!("{file}: ")).unwrap_or(where_);
+        let origin = if cell.starts_with("base") { where_.to_string() } else { format!("{file}: base (in {cell})") };
+        return keyed(origin, line);
+    }
+    if k.is_check() {
+        // a value out of range that the grid file does not write (a default): no line to give
+        return e;
     }
     crate::config::with_line(e, text, &[&["arms", arm], &["base"]])
 }

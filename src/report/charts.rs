@@ -219,20 +219,21 @@ where
     let cut = tops * 3.0;
     let ymax = rows.iter().filter_map(|s| s.fw_hi.or(s.ratio)).fold(tops, f64::max).min(cut) * 1.35;
     let mut chart = categorical(root, &format!("Speed-up against {baseline} (baseline / arm; the Findings' family-wise interval)"), &labels, ymax, ("arm", "speed-up (x)"))?;
-    // each claim's band behind its arm's bars, hatched by measure is too busy: one shade, labelled
-    if !bands.is_empty() {
-        let grey = RGBColor(120, 120, 120);
-        chart
-            .draw_series(bands.iter().map(|(i, b)| Rectangle::new([(*i as f64 - 0.45, b.lo), (*i as f64 + 0.45, b.hi)], grey.mix(0.18).filled())))
-            .map_err(err)?
-            .label(format!("a claim's band ({})", bands.iter().map(|(_, b)| format!("{}: {:.2}-{:.2}x", b.measure.name(), b.lo, b.hi)).collect::<Vec<_>>().join("; ")))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.18).filled()));
-    }
-    chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let shades = [RGBColor(44, 160, 44), RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(148, 103, 189)];
     // the measures the rows hold (cpu_s_per_iter only where the cells logged CPU seconds)
     let measures: Vec<Measure> = Measure::ALL.into_iter().filter(|m| rows.iter().any(|s| s.measure == *m)).collect();
     let width = 0.75 / measures.len().max(1) as f64;
+    // each claim's band behind the one bar of its measure and arm
+    let boxes: Vec<(f64, &ClaimBand)> = bands.iter().filter_map(|(i, b)| measures.iter().position(|m| *m == b.measure).map(|k| (*i as f64 - 0.375 + width * k as f64, *b))).collect();
+    if !boxes.is_empty() {
+        let grey = RGBColor(120, 120, 120);
+        chart
+            .draw_series(boxes.iter().map(|(x, b)| Rectangle::new([(x - width * 0.1, b.lo), (x + width * 0.9, b.hi)], grey.mix(0.25).filled())))
+            .map_err(err)?
+            .label(format!("a claim's band, behind its measure's bar ({})", boxes.iter().map(|(_, b)| format!("{}: {:.2}-{:.2}x", b.measure.name(), b.lo, b.hi)).collect::<Vec<_>>().join("; ")))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.25).filled()));
+    }
+    chart.draw_series(std::iter::once(PathElement::new(vec![(-0.5, 1.0), (n as f64 - 0.5, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     for (k, m) in measures.into_iter().enumerate() {
         let c = shades[k];
         let bars: Vec<(f64, f64, Option<(f64, f64)>)> = labels

@@ -363,7 +363,6 @@ pub fn findings(agg: &Aggregate, speedups: &[Speedup], map_diffs: &[MapDiff]) ->
     out
 }
 
-/// A finding as one line of summary.md.
 /// A ratio to 2 decimals with an x, in powers of ten past 10^4 (a ratio's bound from a
 /// disturbed cell can run to 1e30), where space is short (`compare`'s tables, the charts).
 pub fn compact_ratio(x: f64) -> String {
@@ -374,6 +373,7 @@ pub fn compact_ratio(x: f64) -> String {
     }
 }
 
+/// A finding as one line of summary.md.
 pub fn finding_line(f: &Finding) -> String {
     let ratio = !f.measure.starts_with("final_");
     let num = |x: f64| if ratio { format!("{x:.2}x") } else { format!("{x:+.4}") };
