@@ -931,6 +931,9 @@ fn a_sampler_key_is_named_in_full_where_it_was_written() {
         ("ohem", "impl", "fast", "key sampler.impl = fast: expected read_only or masked"),
         ("focal", "alpha", "x", "key sampler.alpha = \"x\": expected a number"),
         ("fixed_ratio", "fg_fraction", "2", "invalid config: sampler.fg_fraction = 2 is outside [0, 1]"),
+        // a check about two keys, at the line of the one the arm wrote (the other a default)
+        ("hnm", "mine_every_iters", "50", "invalid config: sampler.mine_every_epochs = 1 and sampler.mine_every_iters = 50: set exactly one of them"),
+        ("pisa", "bias", "1.5", "invalid config: sampler.bias = 1.5 is outside [0, 1]"),
     ] {
         let (text, err) = load(&format!("arms:\n  a:\n    sampler:\n      kind: {kind}\n      {key}: {value}\nseeds: [0]\n"));
         let line = line_of(&text, &format!("{key}: {value}"));

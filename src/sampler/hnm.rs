@@ -106,18 +106,22 @@ impl HnmConfig {
         }
         let sum = self.fg_fraction + self.hard_fraction + self.random_fraction;
         if sum > 1.0 + 1e-9 {
-            bail!("sampler.fg_fraction + hard_fraction + random_fraction = {} + {} + {} = {sum} exceeds 1", self.fg_fraction, self.hard_fraction, self.random_fraction);
+            bail!("sampler.fg_fraction = {}, sampler.hard_fraction = {} and sampler.random_fraction = {} sum to {sum}, which exceeds 1", self.fg_fraction, self.hard_fraction, self.random_fraction);
         }
         if self.bg_thresh_lo > self.bg_thresh_hi || self.bg_thresh_hi > self.fg_thresh {
-            bail!("need sampler.bg_thresh_lo <= bg_thresh_hi <= fg_thresh, got {} / {} / {}", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
+            bail!("sampler.bg_thresh_lo = {}, sampler.bg_thresh_hi = {} and sampler.fg_thresh = {}: need bg_thresh_lo <= bg_thresh_hi <= fg_thresh", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
         }
         match (self.mine_every_epochs, self.mine_every_iters) {
-            (Some(0), _) | (_, Some(0)) => bail!("sampler.mine_every_epochs / mine_every_iters must be at least 1"),
-            (Some(_), Some(_)) | (None, None) => bail!("set exactly one of sampler.mine_every_epochs and sampler.mine_every_iters (the other to null)"),
+            (Some(0), _) => bail!("sampler.mine_every_epochs = 0: at least 1"),
+            (_, Some(0)) => bail!("sampler.mine_every_iters = 0: at least 1"),
+            (e, i) if e.is_some() == i.is_some() => {
+                let text = |v: Option<usize>| v.map_or("null".to_string(), |v| v.to_string());
+                bail!("sampler.mine_every_epochs = {} and sampler.mine_every_iters = {}: set exactly one of them (the other to null)", text(e), text(i))
+            }
             _ => {}
         }
         if self.fp_topk == 0 || self.cache_cap_per_image == 0 {
-            bail!("sampler.fp_topk and sampler.cache_cap_per_image must be at least 1");
+            bail!("sampler.fp_topk = {} and sampler.cache_cap_per_image = {}: each must be at least 1", self.fp_topk, self.cache_cap_per_image);
         }
         Ok(())
     }

@@ -73,12 +73,14 @@ impl PisaConfig {
             }
         }
         if self.bg_thresh_lo > self.bg_thresh_hi || self.bg_thresh_hi > self.fg_thresh {
-            bail!("sampler: need bg_thresh_lo ({}) <= bg_thresh_hi ({}) <= fg_thresh ({})", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
+            bail!("sampler.bg_thresh_lo = {}, sampler.bg_thresh_hi = {} and sampler.fg_thresh = {}: need bg_thresh_lo <= bg_thresh_hi <= fg_thresh", self.bg_thresh_lo, self.bg_thresh_hi, self.fg_thresh);
         }
         for (name, kb) in [("k", Some(KBias { k: self.k, bias: self.bias })), ("isr_p", self.isr_p), ("carl", self.carl)] {
             if let Some(kb) = kb {
                 if !(kb.k > 0.0 && kb.k.is_finite()) || !(0.0..=1.0).contains(&kb.bias) {
-                    bail!("sampler.{name}: k = {} must be positive and bias = {} in [0, 1]", kb.k, kb.bias);
+                    // (the top-level pair is sampler.k and sampler.bias; the others are sections)
+                    let at = if name == "k" { "sampler.".to_string() } else { format!("sampler.{name}.") };
+                    bail!("{at}k = {} and {at}bias = {}: k must be positive and bias in [0, 1]", kb.k, kb.bias);
                 }
             }
         }
