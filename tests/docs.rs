@@ -337,3 +337,47 @@ fn the_committed_reports_are_what_the_code_writes_now() {
         }
     }
 }
+
+/// Issue 39: the charts draw what the words use. Regenerated from each committed study's logs,
+/// the speed-up chart of a verdict's baseline names the verdict's band (from verdicts.csv,
+/// formatted here), the time-to-target curve names its band and the report's target, and a
+/// family-wise whisker that runs past 10^4 (an interval that says nothing, speedups.csv) is
+/// cut with its end written.
+#[test]
+fn the_charts_draw_the_claims_bands_the_target_and_cut_whiskers() {
+    let t = tempfile::tempdir().unwrap();
+    let (mut bands, mut cuts) = (0, 0);
+    for e in std::fs::read_dir(root().join("results")).unwrap().flatten() {
+        let dir = e.path();
+        if !dir.join("grid.json").is_file() || !dir.join("summary.md").is_file() {
+            continue;
+        }
+        let copy = t.path().join(dir.file_name().unwrap());
+        copy_tree(&dir, &copy);
+        ohem_harness::report::generate(&copy).unwrap();
+        let svg = |name: &str| std::fs::read_to_string(copy.join(name)).unwrap_or_default().replace("&apos;", "'");
+        let stem = |b: &str| b.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>();
+        let mut r = csv::Reader::from_path(copy.join("verdicts.csv")).unwrap();
+        for row in r.records().flatten() {
+            let (baseline, arm, measure) = (&row[1], &row[2], &row[3]);
+            let (lo, hi): (f64, f64) = (row[5].parse().unwrap(), row[6].parse().unwrap());
+            let chart = svg(&format!("speedup_vs_{}.svg", stem(baseline)));
+            assert!(chart.contains(&format!("{measure}: {lo:.2}-{hi:.2}x")), "{}: speedup_vs_{baseline}.svg lacks the band of {arm}, {measure}", dir.display());
+            bands += 1;
+            if measure == "time_to_target" && copy.join("target_curve.csv").is_file() {
+                let curve = svg("ttt_ratio_vs_target.svg");
+                assert!(curve.contains(&format!("claim band, {baseline} / {arm}: {lo:.2}-{hi:.2}x")) && curve.contains("the report's target, 0."), "{}: the curve lacks its band or target", dir.display());
+            }
+        }
+        let mut r = csv::Reader::from_path(copy.join("speedups.csv")).unwrap();
+        for row in r.records().flatten() {
+            if let Ok(hi) = row[8].parse::<f64>() {
+                if hi >= 1e4 {
+                    assert!(svg(&format!("speedup_vs_{}.svg", stem(&row[0]))).contains(&format!("to {hi:.1e}x")), "{}: {} / {} {}: the whisker to {hi} is not cut and written", dir.display(), &row[0], &row[1], &row[2]);
+                    cuts += 1;
+                }
+            }
+        }
+    }
+    assert!(bands >= 5 && cuts >= 3, "{bands} bands and {cuts} cut whiskers checked");
+}
