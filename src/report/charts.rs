@@ -343,26 +343,41 @@ where
     root.fill(&WHITE).map_err(err)?;
     let (x0, x1) = points.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.target), b.max(p.target)));
     let (x0, x1) = (x0.min(target), x1.max(target));
-    let ymax = points.iter().map(|p| p.ci.map(|c| c.1).unwrap_or(p.ratio)).chain(bands.iter().map(|b| b.hi)).fold(1.2f64, f64::max) * 1.1;
+    // a ratio on a log axis (a speed-up and a slow-down of one factor sit as far from 1), over the
+    // ratios, the band and the intervals, within 10^-3..10^3 (an interval past that says nothing,
+    // and is drawn cut at the edge): a wide interval no longer flattens the band and the curve
+    let (floor, ceil) = (1e-3, 1e3);
+    let values = || points.iter().flat_map(|p| [Some(p.ratio), p.ci.map(|c| c.0), p.ci.map(|c| c.1)]).flatten().chain(bands.iter().flat_map(|b| [b.lo, b.hi])).chain([1.0]);
+    let ymin = (values().fold(f64::INFINITY, f64::min) / 1.5).clamp(floor, 0.5);
+    // headroom above for the legend (upper left)
+    let ymax = (values().fold(f64::NEG_INFINITY, f64::max) * 1.5).clamp(2.0, ceil) * 8.0;
+    let clamp = |y: f64| y.clamp(ymin, ymax);
     let mut chart = ChartBuilder::on(root)
         .caption("Time-to-target ratio against the target (baseline / arm; Bonferroni over the targets)", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 - 0.01)..(x1 + 0.01), 0.0..ymax)
+        .build_cartesian_2d((x0 - 0.01)..(x1 + 0.01), (ymin..ymax).log_scale())
         .map_err(err)?;
-    chart.configure_mesh().x_desc("target mAP").y_desc("time-to-target ratio (x)").label_style(("sans-serif", 15)).draw().map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("target mAP")
+        .y_desc("time-to-target ratio (x, log scale)")
+        .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y:.2}") })
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err)?;
     chart.draw_series(std::iter::once(PathElement::new(vec![(x0 - 0.01, 1.0), (x1 + 0.01, 1.0)], BLACK.stroke_width(1)))).map_err(err)?;
     let grey = RGBColor(120, 120, 120);
     for b in bands {
         chart
-            .draw_series(std::iter::once(Rectangle::new([(x0 - 0.01, b.lo), (x1 + 0.01, b.hi)], grey.mix(0.15).filled())))
+            .draw_series(std::iter::once(Rectangle::new([(x0 - 0.01, clamp(b.lo)), (x1 + 0.01, clamp(b.hi))], grey.mix(0.25).filled())))
             .map_err(err)?
             .label(format!("claim band, {} / {}: {:.2}-{:.2}x", b.baseline, b.arm, b.lo, b.hi))
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.15).filled()));
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], grey.mix(0.25).filled()));
     }
     chart
-        .draw_series(std::iter::once(PathElement::new(vec![(target, 0.0), (target, ymax)], BLACK.stroke_width(2))))
+        .draw_series(std::iter::once(PathElement::new(vec![(target, ymin), (target, ymax)], BLACK.stroke_width(2))))
         .map_err(err)?
         .label(format!("the report's target, {target:.4}"))
         .legend(move |(x, y)| PathElement::new(vec![(x + 10, y - 7), (x + 10, y + 7)], BLACK.stroke_width(2)));
@@ -371,12 +386,12 @@ where
         let pts: Vec<&TargetPoint> = points.iter().filter(|p| &p.baseline == b && &p.arm == a).collect();
         let with_ci: Vec<(f64, (f64, f64))> = pts.iter().filter_map(|p| p.ci.map(|ci| (p.target, ci))).collect();
         if with_ci.len() > 1 {
-            let mut poly: Vec<(f64, f64)> = with_ci.iter().map(|(x, ci)| (*x, ci.1)).collect();
-            poly.extend(with_ci.iter().rev().map(|(x, ci)| (*x, ci.0)));
+            let mut poly: Vec<(f64, f64)> = with_ci.iter().map(|(x, ci)| (*x, clamp(ci.1))).collect();
+            poly.extend(with_ci.iter().rev().map(|(x, ci)| (*x, clamp(ci.0))));
             chart.draw_series(std::iter::once(Polygon::new(poly, c.mix(0.2).filled()))).map_err(err)?;
         }
         chart
-            .draw_series(LineSeries::new(pts.iter().map(|p| (p.target, p.ratio)), c.stroke_width(2)).point_size(3))
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.target, clamp(p.ratio))), c.stroke_width(2)).point_size(3))
             .map_err(err)?
             .label(format!("{b} / {a}"))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3)));
