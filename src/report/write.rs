@@ -48,7 +48,7 @@ fn map_sentence(v: &Verdict, metric: Metric) -> String {
 /// A verdict as summary.md lists it: its claim, ratio, interval and word on the first line,
 /// and under it one line per remark, the final mAPs and the regime it was measured in.
 pub fn verdict_md(v: &Verdict, metric: Metric) -> String {
-    let mut md = format!("- {}\n", verdict_head(v));
+    let mut md = format!("- {}.\n", verdict_head(v));
     for n in &v.notes {
         md.push_str(&format!("  - {n}\n"));
     }
@@ -60,10 +60,10 @@ pub fn verdict_md(v: &Verdict, metric: Metric) -> String {
     md
 }
 
-/// A verdict's claim, ratio, interval and word ("…: **not resolved**").
+/// A verdict's claim, ratio, interval and word ("…: **not resolved**"), without a full stop.
 fn verdict_head(v: &Verdict) -> String {
     format!(
-        "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}.",
+        "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}",
         v.claim,
         v.baseline,
         v.arm,
@@ -83,23 +83,8 @@ fn verdict_head(v: &Verdict) -> String {
 pub fn verdict_line(v: &Verdict, metric: Metric) -> String {
     let map = map_sentence(v, metric);
     let map_sentence = if map.is_empty() { map } else { format!(" {map}") };
-    format!(
-            "\"{}\": {}/{} {} = {} ({} CI {}; band {:.2}-{:.2}x, {} seeds): **{}**{}{}.{map_sentence} Measured in: {}.",
-            v.claim,
-            v.baseline,
-            v.arm,
-            v.measure,
-            v.ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "—".into()),
-            family_text(v.family),
-            v.ci_lo.zip(v.ci_hi).map(|(l, h)| format!("[{l:.2}, {h:.2}]")).unwrap_or_else(|| "—".into()),
-            v.band_lo,
-            v.band_hi,
-            v.seeds,
-            v.verdict,
-            if v.differs.is_empty() { String::new() } else { format!(" in this regime (the claim's differs in {})", v.differs.join(", ")) },
-            if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) },
-            v.regime.describe(),
-        )
+    let note = if v.note.is_empty() { String::new() } else { format!(" ({})", v.note) };
+    format!("{}{note}.{map_sentence} Measured in: {}.", verdict_head(v), v.regime.describe())
 }
 
 /// Writes `target_curve.csv`: the time-to-target ratio of each time-to-target verdict at every target both arms reach.
