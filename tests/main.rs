@@ -18,5 +18,6 @@ mod tensorboard;
 mod trainer;
 mod pretrain;
 mod proposals;
+mod rpn;
 mod rundir;
 mod util;

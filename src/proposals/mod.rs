@@ -1,5 +1,9 @@
 //! Stage 2 of the pipeline: region proposals.
 //!
+//! Two sources: computed once per image, offline, by selective search (below), or learned with
+//! the detector by a region proposal network over the shared backbone's features ([`rpn`],
+//! Faster R-CNN's).
+//!
 //! Selective search computes them ([`selective_search`]); results are cached
 //! per image on disk, keyed by a SHA-256 of the image file's bytes and the
 //! parameters, so later runs never recompute them. Users can also bring their
@@ -8,6 +12,7 @@
 
 pub mod binary;
 pub mod felzenszwalb;
+pub mod rpn;
 pub mod selective_search;
 
 use std::collections::HashMap;
