@@ -720,6 +720,40 @@ fn timings_are_flagged_by_their_own_evidence_and_left_out() {
     assert!((per_iter["speedup"].parse::<f64>().unwrap() - 1.8).abs() < 1e-9, "{per_iter:?}");
 }
 
+/// A study resumed on another machine: the cells that ran on another machine than most of the
+/// study's (here another CPU's vector extensions, as the manifests record them) are left out of
+/// every timing comparison, with the two machines named, and the comparison stays paired.
+#[test]
+fn cells_of_another_machine_are_left_out_of_the_timings() {
+    let t = tempfile::tempdir().unwrap();
+    let res = t.path();
+    let meta = GridMeta { name: "machines".into(), arms: vec!["a".into(), "b".into()], report: ReportConfig { baselines: vec!["a".into()], target_map: Some(0.45), ..Default::default() } };
+    std::fs::write(res.join("grid.json"), serde_json::to_string(&meta).unwrap()).unwrap();
+    let manifest = |isa: &str| serde_json::json!({"harness_version": "x", "git_revision": "x", "libtorch": "x", "device": "auto", "device_used": "cpu", "host": "h", "started": "s", "cpu": "AMD EPYC", "cores": 2, "cpu_isa": isa, "load_start": 0.5, "load_end": 1.0}).to_string();
+    for seed in 0..3u64 {
+        let s = seed as f64;
+        fake_cell(res, "a", seed, State::Done, &[row(1, 10.0, Some(0.3), 8.0 + s, 0.0), row(2, 20.0, Some(0.5), 8.0 + s, 0.0), row(3, 30.0, Some(0.6), 8.0 + s, 0.0)]);
+        // b's seed 1 ran on the faster machine: a quarter of its time
+        let b = if seed == 1 { 1.0 } else { 4.0 + s };
+        fake_cell(res, "b", seed, State::Done, &[row(1, 10.0, Some(0.3), b, 0.0), row(2, 20.0, Some(0.5), b, 0.0), row(3, 30.0, Some(0.6), b, 0.0)]);
+        for arm in ["a", "b"] {
+            let isa = if arm == "b" && seed == 1 { "AVX2 yes, AVX-512 yes, AMX no" } else { "AVX2 yes, AVX-512 no, AMX no" };
+            std::fs::write(res.join("cells").join(format!("{arm}-s{seed}")).join("manifest.json"), manifest(isa)).unwrap();
+        }
+    }
+    let out = ohem_harness::report::generate(res).unwrap();
+    assert!(
+        out.notes.iter().any(|n| n.contains("b: 1 of 3 cells left out of every timing comparison") && n.contains("seed 1: it ran on cpu (AMD EPYC; AVX2 yes, AVX-512 yes, AMX no; 2 cores), and most of the study's cells on cpu (AMD EPYC; AVX2 yes, AVX-512 no, AMX no; 2 cores)")),
+        "{:?}",
+        out.notes
+    );
+    let mut s = csv::Reader::from_path(res.join("speedups.csv")).unwrap();
+    let sp: Vec<std::collections::HashMap<String, String>> = s.deserialize().map(|x| x.unwrap()).collect();
+    let per_iter = sp.iter().find(|r| r["measure"] == "s_per_iter").unwrap();
+    // seeds 0 and 2 only: a's (0.8 + 1.0) / 2 against b's (0.4 + 0.6) / 2 s per iteration = 1.8
+    assert!((per_iter["speedup"].parse::<f64>().unwrap() - 1.8).abs() < 1e-9, "{per_iter:?}");
+}
+
 /// Issue 37: a grid over resampled splits, run for real. Cells are arms × splits × seeds with
 /// the split in their ids and folders; each fold's files partition the pool; each cell keeps
 /// its final evaluation's outcomes, which give back its own final mAP (else the report would
@@ -1026,4 +1060,37 @@ fn a_grid_level_key_error_has_its_line() {
     let p = write_grid(t.path(), "arms:\n  frcn: {}\n");
     let err = format!("{:#}", Grid::load(&p, &[]).unwrap_err());
     assert!(err.contains("grid.yaml: key seeds is missing"), "{err}");
+}
+
+/// Every committed study's grid file still expands to the cells its results hold (the same ids,
+/// so the same configs): a new config key that leaves the configs as they were keeps them, one
+/// that changes a committed cell's canonical config shows here. A grid whose splits need a
+/// dataset that is not made here (the trees pool) is skipped with a note.
+#[test]
+fn committed_grids_expand_to_the_cells_of_their_results() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("results")).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("cells.json")) else { continue };
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let grid_file = root.join("experiments").join(format!("{name}.yaml"));
+        let committed: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let g = match Grid::load_without_data(&grid_file, &[]) {
+            Ok(g) => g,
+            Err(e) if format!("{e:#}").contains("must exist to plan its splits") => {
+                eprintln!("{name}: skipped ({e:#})");
+                continue;
+            }
+            Err(e) => panic!("{}: {e:#}", grid_file.display()),
+        };
+        let ours: Vec<&str> = g.cells.iter().map(|c| c.dir_name.as_str()).collect();
+        let theirs: Vec<&str> = committed.iter().map(|c| c["dir"].as_str().unwrap()).collect();
+        let (mut a, mut b) = (ours.clone(), theirs.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{}: the grid no longer expands to the cells of {}", grid_file.display(), dir.display());
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} committed studies checked");
 }

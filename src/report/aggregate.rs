@@ -172,8 +172,11 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
         });
     }
     let mut flagged: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    let common = common_machine(&done);
     for r in &done {
-        if let Some(why) = r.timing_flag() {
+        let other = r.machine().zip(common.as_ref()).filter(|(m, c)| m != *c);
+        let why = r.timing_flag().or_else(|| other.map(|(m, c)| format!("it ran on {m}, and most of the study's cells on {c}: timings of two machines do not compare")));
+        if let Some(why) = why {
             flagged.entry(r.arm.clone()).or_default().insert(r.unit(), why);
         }
     }
@@ -184,6 +187,17 @@ pub fn aggregate<'a>(meta: &'a GridMeta, runs: &'a [RunLog]) -> Result<Aggregate
     let splits = done.iter().filter_map(|r| r.split.as_ref().map(|s| s.index)).collect::<std::collections::BTreeSet<_>>().len();
     let has_cpu = done.iter().any(|r| r.cpu_s_per_iter().is_some());
     Ok(Aggregate { meta, runs, done, long, finals, target, target_note, summaries, flagged, rho, splits, has_cpu })
+}
+
+/// The machine most of the finished runs ran on ([`RunLog::machine`]; a tie goes to the one
+/// named first in sort order), or None where no run has a manifest.
+fn common_machine(done: &[&RunLog]) -> Option<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for m in done.iter().filter_map(|r| r.machine()) {
+        *counts.entry(m).or_default() += 1;
+    }
+    let most = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, n)| *n == most).map(|(m, _)| m)
 }
 
 /// The long table of every epoch of every run, as a polars DataFrame.

@@ -148,6 +148,20 @@ impl RunLog {
             .map(|(epoch, v)| format!("epoch {epoch} took {v:.3} s per iteration, {:.1}x the run's median over its epochs ({median:.3} s)", v / median))
     }
 
+    /// The machine that ran it, as its manifest names it (device, CPU model, vector extensions,
+    /// cores); `None` without a manifest. Timings compare only between runs of one machine.
+    pub fn machine(&self) -> Option<String> {
+        let m = self.manifest.as_ref()?;
+        let unknown = || "?".to_string();
+        Some(format!(
+            "{} ({}; {}; {} cores)",
+            m.device_used.clone().unwrap_or_else(unknown),
+            m.cpu.clone().unwrap_or_else(unknown),
+            m.cpu_isa.clone().unwrap_or_else(unknown),
+            m.cores.map_or_else(unknown, |c| c.to_string())
+        ))
+    }
+
     /// The last evaluated mAP by `metric`.
     pub fn final_map(&self, metric: Metric) -> Option<f64> {
         self.rows.iter().rev().find_map(|e| e.map(metric))
