@@ -171,8 +171,9 @@ impl TileArgs {
 
 #[derive(Args, Debug)]
 pub struct ProposalsArgs {
-    /// Dataset root, VOC or COCO layout (detected, as `dataset.format` does).
-    dataset: PathBuf,
+    /// Dataset root, VOC or COCO layout (detected, as `dataset.format` does); with --rpn, the run's.
+    #[arg(required_unless_present = "rpn", conflicts_with = "rpn")]
+    dataset: Option<PathBuf>,
     #[arg(long, default_value = "trainval")]
     split: String,
     /// Selective-search diversification.
@@ -202,6 +203,18 @@ pub struct ProposalsArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// The region proposal network of a Faster R-CNN run instead of selective search: a run (or
+    /// cell) directory, whose newest kept checkpoint (or --epoch's) is used, or a checkpoint file;
+    /// the run's dataset, the RPN at its test-time settings.
+    #[arg(long, conflicts_with_all = ["from", "no_cache", "cache_dir"])]
+    rpn: Option<PathBuf>,
+    /// With --rpn: the epoch whose checkpoint to use (1-based; the newest kept when absent).
+    #[arg(long, requires = "rpn")]
+    epoch: Option<usize>,
+    /// Recall also at the first N proposals of each image, for each N (comma-separated, e.g.
+    /// 300,1000,2000); with --rpn the network keeps up to the largest N after its NMS.
+    #[arg(long, value_delimiter = ',')]
+    top: Vec<usize>,
 }
 
 impl ProposalsArgs {
@@ -638,8 +651,71 @@ fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
     Ok(())
 }
 
+/// A trained RPN's proposals for split `split` (`harness proposals --rpn`), up to `top` an image
+/// when given: the annotations, the boxes, and the dataset root.
+fn rpn_proposals(run: &std::path::Path, epoch: Option<usize>, split: &str, top: Option<usize>, progress: bool) -> Result<(Vec<crate::data::voc::Annotation>, Vec<Vec<crate::boxes::BBox>>, PathBuf)> {
+    let opts = crate::trainer::TrainOptions { progress, ..Default::default() };
+    let mut l = crate::trainer::detect::load_checkpoint(run, None, epoch, Some(split), None, &opts)?;
+    let Some(rpn) = l.model.rpn.as_mut() else { bail!("{}: a run of model.detector fast_rcnn, which has no region proposal network", run.display()) };
+    if let Some(n) = top {
+        rpn.cfg.post_nms_top_n_test = n as i64;
+        rpn.cfg.pre_nms_top_n_test = rpn.cfg.pre_nms_top_n_test.max(n as i64);
+    }
+    let boxes = crate::trainer::detect::propose(&l.model, &l.store, &l.cfg.input, l.device)?;
+    Ok((l.store.anns.clone(), boxes, l.cfg.dataset.root.clone()))
+}
+
 fn proposals(a: ProposalsArgs, progress: bool) -> Result<()> {
-    let ds = open_any(&a.dataset, &a.split)?;
+    if a.top.contains(&0) {
+        bail!("--top 0: give positive numbers of proposals");
+    }
+    let (anns, boxes, stats, root) = match &a.rpn {
+        Some(run) => {
+            let (anns, boxes, root) = rpn_proposals(run, a.epoch, &a.split, a.top.iter().max().copied(), progress)?;
+            (anns, boxes, proposals::ComputeStats { images: 0, ..Default::default() }, root)
+        }
+        None => {
+            let dataset = a.dataset.clone().expect("clap requires DATASET without --rpn");
+            let (anns, boxes, stats) = ss_proposals(&a, &dataset, progress)?;
+            (anns, boxes, stats, dataset)
+        }
+    };
+    if let Some(o) = &a.out {
+        let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
+        proposals::write_proposals_file(o, &ids, &boxes)?;
+    }
+    let r = proposals::recall_report(&anns, &boxes);
+    let top: Vec<(usize, proposals::RecallReport)> = a.top.iter().map(|&n| (n, proposals::recall_report(&anns, &boxes.iter().map(|b| b[..b.len().min(n)].to_vec()).collect::<Vec<_>>()))).collect();
+    let source = match (&a.rpn, &a.from) {
+        (Some(r), _) => format!("the RPN of {}", r.display()),
+        (None, Some(f)) => f.display().to_string(),
+        (None, None) => "selective search".to_string(),
+    };
+    if a.json {
+        let top_json: Vec<serde_json::Value> = top.iter().map(|(n, r)| serde_json::json!({"top": n, "recall": r})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"split": a.split, "params": a.rpn.is_none().then(|| a.params()), "source": source, "recall": r, "at_top": top_json, "compute": stats}))?);
+        return Ok(());
+    }
+    println!("proposals ({source}) for {} / {}: {} images, {} non-difficult ground-truth boxes", root.display(), a.split, r.images, r.gt_boxes);
+    println!("  recall@0.5  {:.4}", r.recall_at_05);
+    println!("  recall@0.7  {:.4}", r.recall_at_07);
+    println!("  ABO         {:.4}", r.abo);
+    println!("  boxes/image {:.1}", r.mean_boxes_per_image);
+    for (n, t) in &top {
+        println!("  first {n:>5}: recall@0.5 {:.4}, recall@0.7 {:.4} ({:.1} boxes/image)", t.recall_at_05, t.recall_at_07, t.mean_boxes_per_image);
+    }
+    if a.from.is_none() && a.rpn.is_none() {
+        println!("  ms/image    {:.1} (computed {}, from cache {})", stats.compute_ms_per_image, stats.computed, stats.from_cache);
+    }
+    if let Some(o) = &a.out {
+        println!("  written to  {}", o.display());
+    }
+    Ok(())
+}
+
+/// Selective search's proposals for `a`'s split of `dataset` (or those of `--from`).
+fn ss_proposals(a: &ProposalsArgs, dataset: &std::path::Path, progress: bool) -> Result<(Vec<crate::data::voc::Annotation>, Vec<Vec<crate::boxes::BBox>>, proposals::ComputeStats)> {
+    let ds = open_any(dataset, &a.split)?;
     let anns = ds.load_split(&a.split)?;
     if anns.is_empty() {
         bail!("split file {} lists no images", ds.split_path(&a.split).display());
@@ -652,27 +728,7 @@ fn proposals(a: ProposalsArgs, progress: bool) -> Result<()> {
             proposals::compute(&ds, &anns, &params, cache.as_deref(), progress)?
         }
     };
-    if let Some(o) = &a.out {
-        let ids: Vec<&str> = anns.iter().map(|a| a.id.as_str()).collect();
-        proposals::write_proposals_file(o, &ids, &boxes)?;
-    }
-    let r = proposals::recall_report(&anns, &boxes);
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"split": a.split, "params": params, "source": a.from, "recall": r, "compute": stats}))?);
-        return Ok(());
-    }
-    println!("proposals for {} / {}: {} images, {} non-difficult ground-truth boxes", a.dataset.display(), a.split, r.images, r.gt_boxes);
-    println!("  recall@0.5  {:.4}", r.recall_at_05);
-    println!("  recall@0.7  {:.4}", r.recall_at_07);
-    println!("  ABO         {:.4}", r.abo);
-    println!("  boxes/image {:.1}", r.mean_boxes_per_image);
-    if a.from.is_none() {
-        println!("  ms/image    {:.1} (computed {}, from cache {})", stats.compute_ms_per_image, stats.computed, stats.from_cache);
-    }
-    if let Some(o) = &a.out {
-        println!("  written to  {}", o.display());
-    }
-    Ok(())
+    Ok((anns, boxes, stats))
 }
 
 fn evaluate(a: EvalArgs) -> Result<()> {

@@ -11,7 +11,7 @@
 //! the file and the line are in `config/yaml.rs`, outside the sources that key
 //! the pre-trained backbone (they move no value a run reads).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
@@ -456,6 +456,12 @@ impl TrainConfig {
         parse_device(&self.device)?;
         self.proposals.ss_params().check()?;
         self.model.check()?;
+        if self.model.rpn_config().is_some() {
+            if let Some(f) = self.proposals.train_file.as_ref().or(self.proposals.test_file.as_ref()) {
+                bail!("proposals.{}_file = {}: model.detector: faster_rcnn proposes its own RoIs; drop the file or use fast_rcnn", if self.proposals.train_file.is_some() { "train" } else { "test" }, f.display());
+            }
+        }
+        self.sampler.check_detector(self.model.detector)?;
         self.pretrain.check()?;
         let i = &self.input;
         if i.scale < 16 || i.max_size < i.scale {
@@ -551,33 +557,6 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
 
 
 impl TrainConfig {
-    /// Reads a config file, applies `key=value` overrides, converts and checks it.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = crate::read_text(path, "a config file, YAML")?;
-        let origin = path.display().to_string();
-        let mut v = parse_yaml(&text, &origin)?;
-        for o in overrides {
-            let (k, val) = parse_override(o)?;
-            set_dotted(&mut v, &k, val)?;
-        }
-        let set: Vec<String> = overrides.iter().filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string())).collect();
-        // a key an override set is the override's fault, else the file's, at its line
-        let blame = |e: anyhow::Error| match e.downcast::<KeyError>() {
-            Ok(mut k) => {
-                if let Some(o) = set.iter().find(|o| k.key == **o || k.key.starts_with(&format!("{o}."))) {
-                    k.origin = format!("--set {o}");
-                } else {
-                    k.line = locate_key(&text, &[&[]], &k.key);
-                }
-                k.into()
-            }
-            Err(e) => e,
-        };
-        let cfg = TrainConfig::from_value(v, &origin).map_err(blame)?;
-        cfg.check().map_err(|e| blame(check_error(e, &origin)))?;
-        Ok(cfg)
-    }
-
     /// The typed config of a YAML value (a config file's, or a grid cell's
     /// merged one): `sampler.kind` defaulted, and with `train.iterations` the
     /// epoch keys it replaces set to their "unset" values (0 epochs, no epoch

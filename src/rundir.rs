@@ -159,7 +159,8 @@ macro_rules! epoch_row {
             pub eval_s: f64,
             /// Wall-clock seconds since the run started, this epoch included (resumes add up).
             pub wall_s: f64,
-            /// Mean training loss, and its two terms.
+            /// Mean training loss, and the head's two terms (Faster R-CNN's RPN terms are
+            /// `loss_rpn_obj` and `loss_rpn_box`).
             pub loss: f64,
             pub loss_cls: f64,
             pub loss_bbox: f64,
@@ -212,6 +213,12 @@ macro_rules! epoch_row {
                 #[serde(default)]
                 pub $column: Option<f64>,
             )*
+            /// Faster R-CNN: the region proposal network's mean objectness and box losses (both
+            /// in `loss` too); empty for Fast R-CNN, absent in logs that predate them.
+            #[serde(default)]
+            pub loss_rpn_obj: Option<f64>,
+            #[serde(default)]
+            pub loss_rpn_box: Option<f64>,
         }
 
         impl EpochRow {

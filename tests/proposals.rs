@@ -189,3 +189,39 @@ fn binary_proposals_refuse_a_corrupt_index_at_open() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// `harness proposals --rpn`: a Faster R-CNN run's proposals on a split, their recall at the
+/// first N an image (never more than N boxes, recall not falling as N grows), and clear errors
+/// for a Fast R-CNN run and an epoch without a checkpoint.
+#[test]
+fn a_trained_rpns_proposals_and_their_recall_at_top_n() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = crate::util::tiny_config(t.path(), "");
+    let run = t.path().join("run");
+    let (ok, _, err) = crate::util::harness(&["train", cfg.to_str().unwrap(), "--out", run.to_str().unwrap(), "--set", "model.detector=faster_rcnn"]);
+    assert!(ok, "{err}");
+    let out = t.path().join("rpn.txt");
+    let (ok, stdout, err) = crate::util::harness(&["proposals", "--rpn", run.to_str().unwrap(), "--split", "test", "--top", "5,50", "--json", "--out", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let top = v["at_top"].as_array().unwrap();
+    let (r5, r50) = (&top[0]["recall"], &top[1]["recall"]);
+    assert_eq!((top[0]["top"].as_u64(), top[1]["top"].as_u64()), (Some(5), Some(50)));
+    assert!(r5["mean_boxes_per_image"].as_f64().unwrap() <= 5.0 && v["recall"]["mean_boxes_per_image"].as_f64().unwrap() <= 50.0, "{v}");
+    assert!(r5["recall_at_05"].as_f64().unwrap() <= r50["recall_at_05"].as_f64().unwrap());
+    // the file holds every image's boxes, 1-based inside the image
+    let ds = Dataset::open(tiny_dataset()).unwrap();
+    let anns = ds.load_split("test").unwrap();
+    let written = read_proposals_file(&out).unwrap();
+    assert_eq!(written.len(), anns.len());
+    for a in &anns {
+        assert!(written[&a.id].iter().all(|b| b[0] >= 1.0 && b[1] >= 1.0 && b[2] <= a.width as f32 && b[3] <= a.height as f32 && b[0] <= b[2] && b[1] <= b[3]));
+    }
+    let (ok, _, err) = crate::util::harness(&["proposals", "--rpn", run.to_str().unwrap(), "--epoch", "7"]);
+    assert!(!ok && err.contains("no checkpoint of epoch 7"), "{err}");
+    let fast = t.path().join("fast");
+    let (ok, _, err) = crate::util::harness(&["train", cfg.to_str().unwrap(), "--out", fast.to_str().unwrap(), "--set", "train.epochs=1", "--set", "train.lr_steps=[]"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = crate::util::harness(&["proposals", "--rpn", fast.to_str().unwrap()]);
+    assert!(!ok && err.contains("fast_rcnn, which has no region proposal network") && !err.contains("panicked"), "{err}");
+}

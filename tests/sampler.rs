@@ -40,6 +40,7 @@ pub fn rois_with_iou(iou: &[f32]) -> ImageRois {
         max_iou,
         targets: Tensor::zeros([n, 4], (Kind::Float, tch::Device::Cpu)),
         gt_index: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)),
+        n_mined: 0,
     }
 }
 
@@ -219,7 +220,7 @@ fn hnm_quotas_with_a_cache_and_fixed_ratio_before_mining() {
     // with a cache of 10 hard negatives: all 10 used (quota 32), randoms fill up to 64 - 16 - 10
     let bg: Vec<i64> = (0..400).filter(|&i| iou[i as usize] < 0.5).map(|i| i as i64).collect();
     let cached: Vec<i64> = bg[..10].to_vec();
-    s.state = HnmState { rounds: 1, cache: vec![cached.clone()] };
+    s.state = HnmState { rounds: 1, cache: vec![cached.clone()], ..Default::default() };
     let sel: Vec<i64> = Vec::try_from(&s.select(&r, None, 64)).unwrap();
     let mut u = sel.clone();
     u.sort();
@@ -230,7 +231,7 @@ fn hnm_quotas_with_a_cache_and_fixed_ratio_before_mining() {
     assert_eq!((n_fg, n_hard, sel.len()), (16, 10, 64));
 
     // with a big cache: hard negatives capped at half the batch, random ones at a quarter
-    s.state = HnmState { rounds: 1, cache: vec![bg[..200].to_vec()] };
+    s.state = HnmState { rounds: 1, cache: vec![bg[..200].to_vec()], ..Default::default() };
     let sel: Vec<i64> = Vec::try_from(&s.select(&r, None, 64)).unwrap();
     let n_hard = sel.iter().filter(|i| bg[..200].contains(i)).count();
     assert!(n_hard >= 32 && sel.len() == 64, "{n_hard} hard of {}", sel.len());
@@ -395,6 +396,7 @@ fn mining_logs_where_the_hard_negatives_lie() {
         fg_score: t(&[0.9, 0.8, 0.1, 0.1, 0.1]),
         loss: t(&[5.0, 4.0, 3.0, 2.0, 1.0]),
         difficult_iou: t(&[0.0, 0.6, 0.0, 0.05, 0.0]),
+        boxes: None,
     }];
     let mut hnm = Hnm::new(HnmConfig { fp_topk: 2, ..Default::default() });
     let rep = hnm.update_cache(&scores);
@@ -405,4 +407,45 @@ fn mining_logs_where_the_hard_negatives_lie() {
     assert!(close(rep.mined_on_difficult, 0.5) && close(rep.random_on_difficult, 0.2), "{rep:?}");
     // touching no box: only proposal 3 (IoU 0 with the labelled boxes, 0.05 with the difficult one)
     assert!(close(rep.mined_no_box, 0.0) && close(rep.random_no_box, 0.2), "{rep:?}");
+}
+
+/// On Faster R-CNN the proposals change every iteration, so a mining round keeps its negatives'
+/// boxes: the trainer appends them to the image's RoIs, and the hard quota is drawn from that
+/// block alone (the image's last `n_mined` proposals), never from the RPN's own.
+#[test]
+fn mined_boxes_come_back_as_the_images_last_proposals() {
+    use ohem_harness::sampler::ImageScores;
+    let _rng = crate::util::torch_rng_lock();
+    tch::manual_seed(3);
+    let t = |v: &[f32]| Tensor::from_slice(v);
+    let boxes = Tensor::from_slice(&[0.0f32, 0.0, 9.0, 9.0, 10.0, 0.0, 19.0, 9.0, 20.0, 0.0, 29.0, 9.0, 30.0, 0.0, 39.0, 9.0]).view([4, 4]);
+    let scores = vec![ImageScores {
+        image: 1,
+        labels: Tensor::from_slice(&[0i64, 0, 0, 0]),
+        max_iou: t(&[0.2, 0.2, 0.2, 0.2]),
+        fg_score: t(&[0.1, 0.1, 0.1, 0.1]),
+        loss: t(&[1.0, 4.0, 2.0, 3.0]),
+        difficult_iou: t(&[0.0, 0.0, 0.0, 0.0]),
+        boxes: Some(boxes),
+    }];
+    let mut hnm = Hnm::new(HnmConfig { fp_topk: 2, ..Default::default() });
+    hnm.update_cache(&scores);
+    // the two of highest loss (1 then 3), as boxes
+    assert_eq!(hnm.state.boxes[1], vec![[10.0, 0.0, 19.0, 9.0], [30.0, 0.0, 39.0, 9.0]]);
+    assert!(hnm.mined_rois(0).is_none());
+    let m: Vec<f32> = Vec::try_from(hnm.mined_rois(1).unwrap().flatten(0, -1)).unwrap();
+    assert_eq!(m, vec![10.0, 0.0, 19.0, 9.0, 30.0, 0.0, 39.0, 9.0]);
+    // 12 background proposals, the last 2 the mined ones: the hard quota (32 of 64 RoIs an image)
+    // takes exactly those two, the rest is random background
+    let mut r = rois_with_iou(&[0.2; 12]);
+    r.image = 1;
+    r.n_mined = 2;
+    let picked: Vec<i64> = Vec::try_from(hnm.select(&r, None, 64)).unwrap();
+    assert_eq!(picked.len(), 12);
+    let hard: Vec<i64> = picked.iter().copied().filter(|&i| i >= 10).collect();
+    assert_eq!(hard.len(), 2);
+    // Fast R-CNN's state (indices into fixed proposals) serialises as before: no boxes key
+    let mut fast = Hnm::new(HnmConfig { fp_topk: 2, ..Default::default() });
+    fast.update_cache(&[ImageScores { boxes: None, ..scores.into_iter().next().unwrap() }]);
+    assert!(fast.state.boxes.is_empty() && !fast.state().to_string().contains("boxes"));
 }

@@ -276,3 +276,39 @@ pub fn with_line(e: anyhow::Error, text: &str, scopes: &[&[&str]]) -> anyhow::Er
         Err(e) => e,
     }
 }
+
+/// Reading a config file lives here, with the rest of the YAML plumbing, outside the sources that
+/// key the pre-trained backbone ([`crate::pretrain`]): how an error is worded or blamed does not
+/// change the weights.
+impl super::TrainConfig {
+    /// Reads a config file, applies `key=value` overrides, converts and checks it.
+    pub fn load(path: &std::path::Path, overrides: &[String]) -> Result<Self> {
+        let text = crate::read_text(path, "a config file, YAML")?;
+        let origin = path.display().to_string();
+        let mut v = parse_yaml(&text, &origin)?;
+        for o in overrides {
+            let (k, val) = parse_override(o)?;
+            set_dotted(&mut v, &k, val)?;
+        }
+        let set: Vec<String> = overrides.iter().filter_map(|o| o.split_once('=').map(|(k, _)| k.trim().to_string())).collect();
+        // a key an override set is the override's fault, else the file's, at its line
+        let blame = |e: anyhow::Error| match e.downcast::<KeyError>() {
+            Ok(mut k) => {
+                // a check about several keys is the override's when it set any of them
+                let keys = k.keys();
+                if let Some((key, o)) = keys.iter().find_map(|key| set.iter().find(|o| key == *o || key.starts_with(&format!("{o}."))).map(|o| (key.clone(), o))) {
+                    k.key = key;
+                    k.origin = format!("--set {o}");
+                } else {
+                    k.line = locate_key(&text, &[&[]], &k.key);
+                }
+                k.into()
+            }
+            Err(e) => e,
+        };
+        let cfg = Self::from_value(v, &origin).map_err(blame)?;
+        cfg.check().map_err(|e| blame(check_error(e, &origin)))?;
+        Ok(cfg)
+    }
+
+}

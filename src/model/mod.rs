@@ -1,4 +1,6 @@
 //! Stage 3 of the pipeline: the Fast R-CNN model (its initial weights come from [`crate::pretrain`]).
+//! With `model.detector: faster_rcnn` it is Faster R-CNN: the same network with a region proposal
+//! network ([`crate::proposals::rpn`]) on the shared features, whose proposals replace the given ones.
 //!
 //! Image batch `[N, 3, H, W]` → backbone → features `[N, C, H/s, W/s]` (stride s = 8 or 16);
 //! RoIs `[R, 5]` → RoI max pooling `[R, C, 7, 7]` → fc6 → fc7 →
@@ -19,6 +21,8 @@ use tch::Tensor;
 
 pub use backbone::Backbone;
 pub use loss::{minibatch_loss, per_roi_losses};
+
+use crate::proposals::rpn::{Rpn, RpnConfig};
 
 /// A tensor's values on the host, flattened.
 pub(crate) fn host<T>(t: &Tensor) -> Vec<T>
@@ -66,6 +70,29 @@ pub struct ModelConfig {
     /// when off, so existing cell ids stay.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub fold_bn: bool,
+    /// `fast_rcnn` (the default: RoIs are the given proposals, selective search's or a file's)
+    /// or `faster_rcnn` (RoIs are a region proposal network's, trained jointly). Left out of a
+    /// config's identity when `fast_rcnn`, so existing cell ids stay.
+    #[serde(skip_serializing_if = "Detector::is_fast_rcnn")]
+    pub detector: Detector,
+    /// The region proposal network of `faster_rcnn` (its defaults when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpn: Option<RpnConfig>,
+}
+
+/// `model.detector`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Detector {
+    #[default]
+    FastRcnn,
+    FasterRcnn,
+}
+
+impl Detector {
+    pub fn is_fast_rcnn(&self) -> bool {
+        *self == Detector::FastRcnn
+    }
 }
 
 /// `model.init`.
@@ -78,7 +105,7 @@ pub enum Init {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, stride: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.0, fold_bn: false }
+        ModelConfig { backbone: Backbone::Small, init: Init::Pretrained, weights: None, freeze_bn: None, stride: None, roi_size: 7, roi_samples: 2, fc_dim: None, dropout: 0.0, fold_bn: false, detector: Detector::FastRcnn, rpn: None }
     }
 }
 
@@ -109,6 +136,11 @@ impl ModelConfig {
                 if self.bn_frozen() { "frozen" } else { "trained" }
             );
         }
+        match (&self.rpn, self.detector) {
+            (Some(_), Detector::FastRcnn) => bail!("model.rpn configures the region proposal network of model.detector: faster_rcnn (here fast_rcnn, which trains on the given proposals)"),
+            (Some(r), Detector::FasterRcnn) => r.check()?,
+            (None, _) => {}
+        }
         if let Some(w) = &self.weights {
             if !w.is_file() {
                 bail!("model.weights = {}: no such file", w.display());
@@ -130,13 +162,19 @@ impl ModelConfig {
         self.stride.unwrap_or_else(|| self.backbone.default_stride())
     }
 
+    /// The region proposal network's config: `Some` for Faster R-CNN (its defaults unless set).
+    pub fn rpn_config(&self) -> Option<RpnConfig> {
+        (self.detector == Detector::FasterRcnn).then(|| self.rpn.clone().unwrap_or_default())
+    }
+
     /// fc6/fc7 width, the backbone's default unless set.
     pub fn fc_width(&self) -> i64 {
         self.fc_dim.unwrap_or_else(|| self.backbone.default_fc_dim())
     }
 }
 
-/// Fast R-CNN: backbone, RoI pooling, fc6/fc7, classifier and box regressor.
+/// Fast R-CNN: backbone, RoI pooling, fc6/fc7, classifier and box regressor; with a region
+/// proposal network, Faster R-CNN.
 pub struct FastRcnn {
     pub cfg: ModelConfig,
     /// Object classes K (background is class 0 of the scores).
@@ -147,6 +185,9 @@ pub struct FastRcnn {
     bbox_pred: nn::Linear,
     /// Variable-name prefixes that are not trained.
     pub frozen: Vec<String>,
+    /// Faster R-CNN's region proposal network (variables `rpn.*`), made after the head's
+    /// variables so that Fast R-CNN's initial weights stay what they were.
+    pub rpn: Option<Rpn>,
 }
 
 impl FastRcnn {
@@ -159,7 +200,8 @@ impl FastRcnn {
         // Fast R-CNN's initialisation: N(0, 0.01) for scores, N(0, 0.001) for boxes.
         let cls_score = nn::linear(p / "cls_score", fc_dim, k + 1, nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.01 }, bs_init: Some(nn::Init::Const(0.0)), bias: true });
         let bbox_pred = nn::linear(p / "bbox_pred", fc_dim, 4 * k, nn::LinearConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.001 }, bs_init: Some(nn::Init::Const(0.0)), bias: true });
-        FastRcnn { cfg: cfg.clone(), num_classes: k, features, fc, cls_score, bbox_pred, frozen }
+        let rpn = cfg.rpn_config().map(|r| Rpn::new(&(p / "rpn"), &r, cfg.backbone.channels(), cfg.feature_stride()));
+        FastRcnn { cfg: cfg.clone(), num_classes: k, features, fc, cls_score, bbox_pred, frozen, rpn }
     }
 
     /// Loads `cfg.weights` (missing head layers are fine) and freezes the frozen layers.

@@ -379,9 +379,10 @@ pub struct PretrainRow {
     pub val_accuracy: f64,
 }
 
-/// The model config the pre-training trains: the detector's, from scratch, batch norm in training mode.
+/// The model config the pre-training trains: the detector's, from scratch, batch norm in training
+/// mode, without a region proposal network (Fast and Faster R-CNN share one backbone).
 fn pretrain_model_cfg(m: &ModelConfig) -> ModelConfig {
-    ModelConfig { init: Init::Scratch, weights: None, freeze_bn: Some(false), ..m.clone() }
+    ModelConfig { init: Init::Scratch, weights: None, freeze_bn: Some(false), detector: crate::model::Detector::FastRcnn, rpn: None, ..m.clone() }
 }
 
 /// The weights' file name in a cache or shipped folder, and the log's.

@@ -87,30 +87,30 @@ impl Default for RpnConfig {
 impl RpnConfig {
     pub fn check(&self) -> Result<()> {
         if self.anchor_sizes.is_empty() || self.anchor_sizes.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            bail!("rpn.anchor_sizes = {:?}: give one or more positive sizes in pixels", self.anchor_sizes);
+            bail!("model.rpn.anchor_sizes = {:?}: give one or more positive sizes in pixels", self.anchor_sizes);
         }
         if self.aspect_ratios.is_empty() || self.aspect_ratios.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
-            bail!("rpn.aspect_ratios = {:?}: give one or more positive ratios (height / width)", self.aspect_ratios);
+            bail!("model.rpn.aspect_ratios = {:?}: give one or more positive ratios (height / width)", self.aspect_ratios);
         }
         if !(0.0..=1.0).contains(&self.bg_iou) || !(0.0..=1.0).contains(&self.fg_iou) || self.bg_iou > self.fg_iou {
-            bail!("rpn.bg_iou = {} and rpn.fg_iou = {}: both in [0, 1], bg_iou at most fg_iou", self.bg_iou, self.fg_iou);
+            bail!("model.rpn.bg_iou = {} and model.rpn.fg_iou = {}: both in [0, 1], bg_iou at most fg_iou", self.bg_iou, self.fg_iou);
         }
         if self.batch_per_image < 1 {
-            bail!("rpn.batch_per_image = {} must be positive", self.batch_per_image);
+            bail!("model.rpn.batch_per_image = {} must be positive", self.batch_per_image);
         }
         if !(0.0..=1.0).contains(&self.positive_fraction) {
-            bail!("rpn.positive_fraction = {} is outside [0, 1]", self.positive_fraction);
+            bail!("model.rpn.positive_fraction = {} is outside [0, 1]", self.positive_fraction);
         }
         for (key, v) in [("pre_nms_top_n_train", self.pre_nms_top_n_train), ("pre_nms_top_n_test", self.pre_nms_top_n_test), ("post_nms_top_n_train", self.post_nms_top_n_train), ("post_nms_top_n_test", self.post_nms_top_n_test)] {
             if v < 1 {
-                bail!("rpn.{key} = {v} must be positive");
+                bail!("model.rpn.{key} = {v} must be positive");
             }
         }
         if !(self.nms > 0.0 && self.nms <= 1.0) {
-            bail!("rpn.nms = {} is outside (0, 1]", self.nms);
+            bail!("model.rpn.nms = {} is outside (0, 1]", self.nms);
         }
         if !(self.min_size.is_finite() && self.min_size >= 0.0) {
-            bail!("rpn.min_size = {} must be 0 or more", self.min_size);
+            bail!("model.rpn.min_size = {} must be 0 or more", self.min_size);
         }
         Ok(())
     }
@@ -325,6 +325,21 @@ impl RpnHead {
         let deltas = self.bbox.forward(&t).view([n, self.anchors, 4, h, w]).permute([0, 3, 4, 1, 2]).reshape([n, -1, 4]);
         (logits, deltas)
     }
+}
+
+/// Boxes `[R, 4]` in the crate's inclusive pixels (width `x2 - x1 + 1`) to the RPN's continuous
+/// coordinates (width `x2 - x1`): the box covers its last pixel.
+pub fn from_inclusive(b: &Tensor) -> Tensor {
+    let one = Tensor::from_slice(&[0.0f32, 0.0, 1.0, 1.0]).to_device(b.device()).to_kind(b.kind());
+    b + one.unsqueeze(0)
+}
+
+/// The inverse of [`from_inclusive`], a box narrower than one pixel kept one pixel wide.
+pub fn to_inclusive(b: &Tensor) -> Tensor {
+    let (x1, y1) = (b.select(1, 0), b.select(1, 1));
+    let x2 = (b.select(1, 2) - 1.0).maximum(&x1);
+    let y2 = (b.select(1, 3) - 1.0).maximum(&y1);
+    Tensor::stack(&[x1, y1, x2, y2], 1)
 }
 
 /// What one RPN forward gives: each image's proposals (`[P, 4]`, continuous coordinates, best

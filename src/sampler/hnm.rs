@@ -128,10 +128,15 @@ impl HnmConfig {
 }
 
 /// The mined state: per training image, proposal indices of hard negatives, hardest first.
+/// Where the scored proposals were not the image's given ones (Faster R-CNN: the RPN's of that
+/// round), `boxes` holds the same entries' boxes, 0-based pixels of the original image, for the
+/// trainer to add to the image's RoIs ([`Sampler::mined_rois`]); the indices then only count.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HnmState {
     pub rounds: usize,
     pub cache: Vec<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boxes: Vec<Vec<[f32; 4]>>,
 }
 
 pub struct Hnm {
@@ -165,6 +170,11 @@ impl Hnm {
     /// A mining round with nothing scored yet.
     pub fn begin_round(&self) -> Round {
         Round { cache: vec![Vec::new(); self.state.cache.len()], ..Round::default() }
+    }
+
+    /// Whether the cache holds boxes rather than proposal indices (see [`HnmState`]).
+    fn mines_boxes(&self) -> bool {
+        !self.state.boxes.is_empty()
     }
 
     /// Adds one image's scores to a round: its cache entries and its share of the round's
@@ -204,8 +214,9 @@ impl Hnm {
         for &i in &bg {
             r.place_all.iter_mut().zip(place(i)).for_each(|(a, v)| *a += v);
         }
-        let old = self.state.cache.get(s.image);
-        if self.state.rounds > 0 {
+        // another round's proposals (Faster R-CNN) cannot be rescored: no old entries then
+        let old = self.state.cache.get(s.image).filter(|_| s.boxes.is_none());
+        if self.state.rounds > 0 && s.boxes.is_none() {
             if let Some(old) = old {
                 let old: Vec<usize> = old.iter().map(|&i| i as usize).filter(|&i| i < labels.len() && is_bg(i)).collect();
                 r.prev_total += old.len();
@@ -233,6 +244,13 @@ impl Hnm {
         if s.image >= r.cache.len() {
             r.cache.resize(s.image + 1, Vec::new());
         }
+        if let Some(b) = &s.boxes {
+            let b = super::host_boxes(b);
+            if s.image >= r.boxes.len() {
+                r.boxes.resize(s.image + 1, Vec::new());
+            }
+            r.boxes[s.image] = entries.iter().map(|&i| b[i]).collect();
+        }
         r.cache[s.image] = entries.into_iter().map(|i| i as i64).collect();
     }
 
@@ -247,6 +265,11 @@ impl Hnm {
         rep.prev_still_hard = mean(r.prev_hard as f64, r.prev_total);
         [rep.mined_gt_iou, rep.mined_on_difficult, rep.mined_no_box] = r.place_mined.map(|v| mean(v, rep.mined));
         [rep.random_gt_iou, rep.random_on_difficult, rep.random_no_box] = r.place_all.map(|v| mean(v, rep.negatives));
+        if !r.boxes.is_empty() {
+            let mut boxes = r.boxes;
+            boxes.resize(r.cache.len(), Vec::new());
+            self.state.boxes = boxes;
+        }
         self.state.cache = r.cache;
         self.state.rounds += 1;
         rep
@@ -257,6 +280,8 @@ impl Hnm {
 #[derive(Debug, Default)]
 pub struct Round {
     cache: Vec<Vec<i64>>,
+    /// The entries' boxes, when the scored proposals were not the given ones.
+    boxes: Vec<Vec<[f32; 4]>>,
     rep: MiningStats,
     loss_all: f64,
     fg_all: f64,
@@ -281,8 +306,13 @@ impl Sampler for Hnm {
         let bg_mask = fixed_ratio::background_mask(r, bg);
         let n_pos = pos.size()[0];
         let dev = r.max_iou.device();
-        let cached: Vec<i64> = self.state.cache.get(r.image).cloned().unwrap_or_default();
-        let cached: Vec<i64> = cached.into_iter().filter(|&i| i < r.n_proposals).collect();
+        let cached: Vec<i64> = if self.mines_boxes() {
+            // the cached boxes came in as the image's last proposals
+            (r.n_proposals - r.n_mined..r.n_proposals).collect()
+        } else {
+            let cached = self.state.cache.get(r.image).cloned().unwrap_or_default();
+            cached.into_iter().filter(|&i| i < r.n_proposals).collect()
+        };
         let in_cache = Tensor::zeros_like(&bg_mask).index_fill(0, &Tensor::from_slice(&cached).to_device(dev), 1).to_kind(Kind::Bool);
         let hard_quota = fixed_ratio::quota(c.hard_fraction, k).min(k - n_pos);
         let hard = sample_where(&in_cache.logical_and(&bg_mask), hard_quota);
@@ -308,6 +338,11 @@ impl Sampler for Hnm {
 
     fn is_due(&self, at: Progress) -> bool {
         self.due(at)
+    }
+
+    fn mined_rois(&self, image: usize) -> Option<Tensor> {
+        let b = self.state.boxes.get(image).filter(|b| !b.is_empty())?;
+        Some(Tensor::from_slice(&b.iter().flatten().copied().collect::<Vec<f32>>()).view([-1, 4]))
     }
 
     fn cache_size(&self) -> usize {

@@ -67,6 +67,9 @@ pub struct ImageRois {
     pub targets: Tensor,
     /// `[R]` int64: the index of that box in the image's ground truth (0 when there is none).
     pub gt_index: Tensor,
+    /// How many of the proposals, the last ones, are RoIs the sampler brought itself
+    /// ([`Sampler::mined_rois`]: offline mining's negatives on Faster R-CNN); 0 otherwise.
+    pub n_mined: i64,
 }
 
 /// Assigns RoIs `[R, 4]` to ground truth `gt` `[G, 4]` with labels `gt_labels` `[G]` (1..=K).
@@ -82,13 +85,14 @@ pub fn assign(image: usize, n_proposals: i64, rois: Tensor, gt: &Tensor, gt_labe
             targets: Tensor::zeros([r, 4], (Kind::Float, dev)),
             gt_index: Tensor::zeros([r], (Kind::Int64, dev)),
             rois,
+            n_mined: 0,
         };
     }
     let iou = box_coder::iou_matrix(&rois, gt); // [R, G]
     let (max_iou, arg) = iou.max_dim(1, false); // [R], [R]
     let labels = gt_labels.index_select(0, &arg) * max_iou.ge(fg_thresh).to_kind(Kind::Int64); // [R]
     let targets = box_coder::encode(&rois, &gt.index_select(0, &arg)); // [R, 4]
-    ImageRois { image, n_proposals, rois, labels, max_iou, targets, gt_index: arg }
+    ImageRois { image, n_proposals, rois, labels, max_iou, targets, gt_index: arg, n_mined: 0 }
 }
 
 /// Per-RoI losses from the read-only forward, for samplers that rank by loss.
@@ -144,6 +148,9 @@ pub struct ImageScores {
     /// `[P]` best IoU with a difficult box of the image (0 when it has none):
     /// what the mining log says about where hard negatives lie.
     pub difficult_iou: Tensor,
+    /// `[P, 4]` the scored boxes in 0-based pixels of the original image, when they are not the
+    /// image's given proposals (Faster R-CNN: the RPN's at mining time); None otherwise.
+    pub boxes: Option<Tensor>,
 }
 
 /// Scores the training set with the model frozen (no gradient, eval mode).
@@ -192,6 +199,15 @@ pub trait Sampler {
 
     /// Runs before each iteration; a mining sampler scores the training set here
     /// and returns what the round found (a row of the run's `mining.csv`).
+    /// RoIs the sampler brings to training image `image` beyond its proposals, `[M, 4]` in
+    /// 0-based pixels of the original image, or None: offline mining's cached negatives where
+    /// the proposals change at every iteration (Faster R-CNN). The trainer appends them to the
+    /// image's proposals (flipped and scaled as the image is) and counts them in
+    /// [`ImageRois::n_mined`].
+    fn mined_rois(&self, _image: usize) -> Option<Tensor> {
+        None
+    }
+
     fn before_iteration(&mut self, _at: Progress, _miner: &mut dyn Miner) -> Result<Option<MiningStats>> {
         Ok(None)
     }
@@ -319,6 +335,17 @@ impl SamplerConfig {
             SamplerConfig::Focal(c) => c.check(),
             SamplerConfig::Pisa(c) => c.check(),
         }
+    }
+
+    /// What the strategy needs of the detector (`model.detector`): on Faster R-CNN, offline
+    /// mining's cache holds boxes of one round's proposals, which the next round cannot rescore.
+    pub fn check_detector(&self, detector: crate::model::Detector) -> Result<()> {
+        if let (SamplerConfig::Hnm(c), crate::model::Detector::FasterRcnn) = (self, detector) {
+            if c.cache == hnm::CachePolicy::Accumulate {
+                anyhow::bail!("sampler.cache = accumulate: on model.detector = faster_rcnn each mining round scores new proposals (the RPN's at that time), so old entries cannot be scored again; use replace");
+            }
+        }
+        Ok(())
     }
 
     pub fn build(&self) -> Box<dyn Sampler> {

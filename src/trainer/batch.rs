@@ -338,12 +338,18 @@ impl ImageStore {
     /// `[P]` each proposal's best IoU with a difficult box or a crowd region of image `i`
     /// (0 when it has none), in the original image's pixels (IoU does not change with the scale).
     pub fn difficult_iou(&self, i: usize) -> Result<Tensor> {
+        Ok(self.difficult_iou_of(i, &self.proposals_of(i)?))
+    }
+
+    /// [`ImageStore::difficult_iou`] of other boxes `p` `[P, 4]` of image `i` (0-based pixels
+    /// of the original image): Faster R-CNN's proposals.
+    pub fn difficult_iou_of(&self, i: usize, p: &Tensor) -> Tensor {
         let boxes: Vec<BBox> = self.anns[i].objects.iter().filter(|o| o.difficult || o.crowd).map(|o| o.bbox).collect();
-        let p = self.proposals_of(i)?;
+        let p = p.shallow_clone();
         if boxes.is_empty() {
-            return Ok(Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device())));
+            return Tensor::zeros([p.size()[0]], (tch::Kind::Float, p.device()));
         }
-        Ok(crate::model::box_coder::iou_matrix(&p, &to_tensor(&boxes)).amax([1], false))
+        crate::model::box_coder::iou_matrix(&p, &to_tensor(&boxes).to_device(p.device())).amax([1], false)
     }
 
     /// Image `i`'s proposals, `[P, 4]` float, 0-based pixels of the original image.
@@ -424,6 +430,19 @@ pub struct Prepared {
     /// `[G, 4]` ground truth in input pixels and `[G]` labels.
     pub gt: Tensor,
     pub gt_labels: Tensor,
+    /// Whether the image was flipped, and its width before scaling.
+    pub flipped: bool,
+    pub width: i64,
+}
+
+impl Prepared {
+    /// Boxes `[M, 4]` in 0-based pixels of the original image to this input's pixels: flipped
+    /// when the image was, then scaled.
+    pub fn to_input(&self, boxes: &Tensor) -> Tensor {
+        let b = boxes.to_device(self.image.device());
+        let b = if self.flipped { flip_boxes(&b, self.width) } else { b };
+        b * self.scale
+    }
 }
 
 fn flip_boxes(b: &Tensor, w: i64) -> Tensor {
@@ -447,7 +466,7 @@ pub fn prepare(store: &ImageStore, i: usize, cfg: &InputConfig, flip: bool, devi
     let s = cfg.scale_for(h, w);
     let (nh, nw) = ((h as f64 * s).round() as i64, (w as f64 * s).round() as i64);
     let image = img.unsqueeze(0).upsample_bilinear2d([nh, nw], false, None, None).squeeze_dim(0); // [3, nh, nw]
-    Ok(Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: Tensor::from_slice(&store.gt[i].1).to_device(device) })
+    Ok(Prepared { index: i, image, scale: s, proposals: props * s, gt: gt * s, gt_labels: Tensor::from_slice(&store.gt[i].1).to_device(device), flipped: flip, width: w })
 }
 
 /// Zero-pads images to a common size: `[N, 3, Hmax, Wmax]`.

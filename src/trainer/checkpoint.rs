@@ -142,6 +142,14 @@ pub struct EpochStats {
     pub others_cpu_s: f64,
     #[serde(default)]
     pub machine_cpu_s: f64,
+    /// Faster R-CNN: the RPN's losses summed over the iterations (absent in checkpoints that
+    /// predate them, and 0 for Fast R-CNN).
+    #[serde(default)]
+    pub loss_rpn_obj: f64,
+    #[serde(default)]
+    pub loss_rpn_box: f64,
+    #[serde(default)]
+    pub rpn: bool,
 }
 
 impl EpochStats {
@@ -159,11 +167,16 @@ impl EpochStats {
         }
         self.images += out.images as f64;
         self.rois_all += out.rois_all as f64;
+        if let Some((o, b)) = out.loss_rpn {
+            self.loss_rpn_obj += o;
+            self.loss_rpn_box += b;
+            self.rpn = true;
+        }
     }
 
-    /// Mean training loss so far.
+    /// Mean training loss so far (the RPN's included).
     pub fn mean_loss(&self) -> f64 {
-        (self.loss_cls + self.loss_bbox) / self.iterations as f64
+        (self.loss_cls + self.loss_bbox + self.loss_rpn_obj + self.loss_rpn_box) / self.iterations as f64
     }
 
     /// The epoch's row of `metrics.csv`; the caller fills in what happened after training.
@@ -176,7 +189,7 @@ impl EpochStats {
             mine_s: self.mine_s,
             eval_s: 0.0,
             wall_s: 0.0,
-            loss: (self.loss_cls + self.loss_bbox) / n,
+            loss: (self.loss_cls + self.loss_bbox + self.loss_rpn_obj + self.loss_rpn_box) / n,
             loss_cls: self.loss_cls / n,
             loss_bbox: self.loss_bbox / n,
             rois_per_iter: self.rois / n,
@@ -195,6 +208,8 @@ impl EpochStats {
             iter_median_s: super::cpu::median_iqr(&self.iter_s).map(|m| m.0),
             iter_iqr_s: super::cpu::median_iqr(&self.iter_s).map(|m| m.1),
             others_cpu_share: (self.machine_cpu_s > 0.0).then(|| self.others_cpu_s / self.machine_cpu_s),
+            loss_rpn_obj: self.rpn.then(|| self.loss_rpn_obj / n),
+            loss_rpn_box: self.rpn.then(|| self.loss_rpn_box / n),
             // the COCO columns: empty until the epoch is evaluated
             ..EpochRow::default()
         }

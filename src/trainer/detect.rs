@@ -66,7 +66,8 @@ fn detect_impl(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: 
     let mut out = vec![Vec::new(); k];
     let mut images = Vec::with_capacity(store.len());
     for i in 0..store.len() {
-        if store.n_proposals(i)? > 0 {
+        // Faster R-CNN proposes for every image
+        if model.rpn.is_some() || store.n_proposals(i)? > 0 {
             images.push(i);
         }
     }
@@ -87,13 +88,18 @@ fn detect_impl(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: 
             for &i in group.iter() {
                 let ann = &store.anns[i];
                 let p = prepare(store, i, input, false, device)?;
-                let n = p.proposals.size()[0];
                 let feats = model.features(&p.image.unsqueeze(0), false);
+                // Faster R-CNN: the RPN's test-time proposals instead of the given ones
+                let props = match &model.rpn {
+                    Some(rpn) => super::step::rpn_proposals(rpn, &feats, std::slice::from_ref(&p), super::step::RpnUse::Testing).proposals.swap_remove(0),
+                    None => p.proposals.shallow_clone(),
+                };
+                let n = props.size()[0];
                 t.backbone += lap();
-                let rois = roi_pool::with_batch_index(0, &p.proposals); // [P, 5]
+                let rois = roi_pool::with_batch_index(0, &props); // [P, 5]
                 pooled.push(model.pool(&feats, &rois));
                 t.roi_pool += lap();
-                boxes.push((p.proposals, p.scale, ann.width as i64, ann.height as i64));
+                boxes.push((props, p.scale, ann.width as i64, ann.height as i64));
                 sizes.push(n);
             }
             let (logits, deltas) = model.head_from_pooled(&Tensor::cat(&pooled, 0), false); // [ΣP, K+1], [ΣP, 4K]
@@ -132,6 +138,24 @@ fn detect_impl(model: &FastRcnn, store: &ImageStore, input: &InputConfig, test: 
         times.host += t.host;
     }
     Ok(out)
+}
+
+/// Faster R-CNN's proposals for every image of `store`, at the RPN's test-time settings: each
+/// image's boxes in VOC 1-based pixels of the original image, best first.
+pub fn propose(model: &FastRcnn, store: &ImageStore, input: &InputConfig, device: Device) -> anyhow::Result<Vec<Vec<BBox>>> {
+    let Some(rpn) = &model.rpn else { anyhow::bail!("the model has no region proposal network (model.detector is fast_rcnn)") };
+    (0..store.len())
+        .map(|i| {
+            let ann = &store.anns[i];
+            let p = prepare(store, i, input, false, device)?;
+            let props = tch::no_grad(|| {
+                let feats = model.features(&p.image.unsqueeze(0), false);
+                super::step::rpn_proposals(rpn, &feats, std::slice::from_ref(&p), super::step::RpnUse::Testing).proposals.swap_remove(0)
+            });
+            let b = box_coder::clip(&(props / p.scale), ann.width as i64, ann.height as i64) + 1.0;
+            Ok(crate::sampler::host_boxes(&b))
+        })
+        .collect()
 }
 
 /// One image's detections from its class probabilities `[n, K+1]` and boxes `[n, K, 4]` (0-based).
@@ -187,6 +211,36 @@ pub struct CheckpointDetections {
 /// selective-search cache), and inference is the trainer's own: for the test split and an
 /// evaluated epoch, the same detections the run scored.
 pub fn detect_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, opts: &super::TrainOptions) -> anyhow::Result<CheckpointDetections> {
+    let l = load_checkpoint(target, config, epoch, split, device, opts)?;
+    let dets = detect(&l.model, &l.store, &l.cfg.input, &l.cfg.test, l.device)?;
+    let logged = match (&l.run_dir, l.epoch) {
+        (Some(r), Some(e)) => crate::rundir::read_metrics(&r.join(crate::rundir::METRICS))?.into_iter().find(|row| row.epoch == e),
+        _ => None,
+    };
+    let image_ids = crate::data::coco::image_ids(&l.store.anns);
+    Ok(CheckpointDetections { anns: l.store.anns.clone(), classes: l.classes, dets, category_ids: l.category_ids, image_ids, coco_instances: l.coco_instances, logged, cfg: l.cfg, epoch: l.epoch, split: l.split, checkpoint: l.checkpoint })
+}
+
+/// A run's model with one epoch's checkpoint loaded, and a split to run it on.
+pub struct LoadedCheckpoint {
+    pub cfg: crate::config::TrainConfig,
+    pub run_dir: Option<std::path::PathBuf>,
+    pub checkpoint: std::path::PathBuf,
+    pub epoch: Option<usize>,
+    pub split: String,
+    pub classes: Vec<String>,
+    pub category_ids: Vec<i64>,
+    pub coco_instances: Option<std::path::PathBuf>,
+    /// The split's images (with the run's proposals, where it has any).
+    pub store: ImageStore,
+    pub model: FastRcnn,
+    pub device: Device,
+    _vs: tch::nn::VarStore,
+}
+
+/// Loads the checkpoint `target` names for a run over split `split`, as [`detect_checkpoint`]
+/// describes.
+pub fn load_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, opts: &super::TrainOptions) -> anyhow::Result<LoadedCheckpoint> {
     use anyhow::{bail, Context};
     use std::path::Path;
     let (run_dir, checkpoint, epoch) = if target.is_dir() {
@@ -248,11 +302,5 @@ pub fn detect_checkpoint(target: &std::path::Path, config: Option<&std::path::Pa
     built.model.weights = None;
     let (mut vs, model) = super::build_model(&built, device, ds.classes.len(), None)?;
     vs.load(&checkpoint).with_context(|| format!("{}: the weights do not load into the model of {}", checkpoint.display(), config_path.display()))?;
-    let dets = detect(&model, &store, &cfg.input, &cfg.test, device)?;
-    let logged = match (&run_dir, epoch) {
-        (Some(r), Some(e)) => crate::rundir::read_metrics(&r.join(crate::rundir::METRICS))?.into_iter().find(|row| row.epoch == e),
-        _ => None,
-    };
-    let image_ids = crate::data::coco::image_ids(&store.anns);
-    Ok(CheckpointDetections { cfg, epoch, split, checkpoint, anns: store.anns.clone(), classes: ds.classes.clone(), dets, category_ids, image_ids, coco_instances, logged })
+    Ok(LoadedCheckpoint { cfg, run_dir, checkpoint, epoch, split, classes: ds.classes.clone(), category_ids, coco_instances, store, model, device, _vs: vs })
 }

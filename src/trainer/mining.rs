@@ -39,17 +39,25 @@ impl Miner for FrozenScorer<'_> {
             }
             self.store.ahead(&(i + 1..i + 1 + super::batch::AHEAD).collect::<Vec<_>>());
             let p = prepare(self.store, i, &self.cfg.input, false, self.device)?;
-            let n = p.proposals.size()[0];
-            let difficult_iou = self.store.difficult_iou(i)?;
-            let s = tch::no_grad(|| {
+            let s = tch::no_grad(|| -> Result<ImageScores> {
                 let feats = self.model.features(&p.image.unsqueeze(0), false);
-                let a = sampler::assign(i, n, p.proposals.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
-                let rois = roi_pool::with_batch_index(0, &p.proposals);
+                // Faster R-CNN mines the RPN's proposals of this moment, as training would see them
+                let (props, boxes, difficult_iou) = match &self.model.rpn {
+                    Some(rpn) => {
+                        let props = super::step::rpn_proposals(rpn, &feats, std::slice::from_ref(&p), super::step::RpnUse::TrainingPool).proposals.swap_remove(0);
+                        let orig = &props / p.scale;
+                        let d = self.store.difficult_iou_of(i, &orig);
+                        (props, Some(orig), d)
+                    }
+                    None => (p.proposals.shallow_clone(), None, self.store.difficult_iou(i)?),
+                };
+                let a = sampler::assign(i, props.size()[0], props.shallow_clone(), &p.gt, &p.gt_labels, fg_thresh);
+                let rois = roi_pool::with_batch_index(0, &props);
                 let (logits, deltas) = self.model.head(&feats, &rois, false);
                 let (cls, loc) = per_roi_losses(&logits, &deltas, &a.labels, &a.targets, k);
                 let fg_score = logits.softmax(-1, Kind::Float).narrow(1, 1, k).amax([1], false);
-                ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou }
-            });
+                Ok(ImageScores { image: i, labels: a.labels, max_iou: a.max_iou, fg_score, loss: cls + loc, difficult_iou, boxes })
+            })?;
             each(s)?;
         }
         Ok(())

@@ -105,6 +105,8 @@ fn store_of(ds: &Dataset, cfg: &TrainConfig, split: &str, anns: Vec<Annotation>,
         bail!("split {split:?} of {} is empty", ds.root.display());
     }
     let props = match file {
+        // Faster R-CNN proposes its own RoIs: no selective search, no file
+        _ if cfg.model.rpn_config().is_some() => vec![Vec::new(); anns.len()],
         // a binary file stays on disk, read one image at a time
         Some(f) if proposals::binary::is_binary(f) => {
             return ImageStore::load_with_file(ds, anns, proposals::binary::BinaryProposals::open(f)?, cfg.dataset.cache_mib()).with_context(|| f.display().to_string());
@@ -131,7 +133,8 @@ pub fn build_model(cfg: &TrainConfig, device: Device, num_classes: usize, weight
         model.set_background_prior(pi);
     }
     if cfg.model.init == Init::Pretrained && cfg.model.weights.is_none() {
-        let lacking: Vec<&String> = missing.iter().filter(|n| !n.starts_with("cls_score.") && !n.starts_with("bbox_pred.")).collect();
+        // the classifier, the box regressor and Faster R-CNN's RPN start from their own initialisation
+        let lacking: Vec<&String> = missing.iter().filter(|n| !["cls_score.", "bbox_pred.", "rpn."].iter().any(|p| n.starts_with(p))).collect();
         if !lacking.is_empty() {
             bail!("the pre-trained backbone {} lacks {} of the model's variables, e.g. {}", weights.unwrap_or(Path::new("?")).display(), lacking.len(), lacking[0]);
         }

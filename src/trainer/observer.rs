@@ -84,8 +84,12 @@ impl Observer for Console {
     }
 
     fn epoch_finished(&mut self, r: &EpochRow) {
+        let rpn = match (r.loss_rpn_obj, r.loss_rpn_box) {
+            (Some(o), Some(b)) => format!(", rpn obj {o:.4}, rpn box {b:.4}"),
+            _ => String::new(),
+        };
         self.note(&format!(
-            "epoch {:>3}: loss {:.4} (cls {:.4}, bbox {:.4}), fg {:.2}, train {:.1}s, eval {:.1}s, mAP07 {}",
+            "epoch {:>3}: loss {:.4} (cls {:.4}, bbox {:.4}{rpn}), fg {:.2}, train {:.1}s, eval {:.1}s, mAP07 {}",
             r.epoch,
             r.loss,
             r.loss_cls,

@@ -12,6 +12,7 @@ use crate::model::sgd::Sgd;
 pub use crate::model::minibatch_loss;
 use crate::model::loss::{self, LossConfig};
 use crate::model::{per_roi_losses, roi_pool, FastRcnn};
+use crate::proposals::rpn::{self, Rpn, RpnOut};
 use crate::sampler::{self, Backprop, ImageRois, Picked, RoiLosses};
 
 /// Result of one training iteration.
@@ -29,6 +30,8 @@ pub struct IterOut {
     pub rois_all: i64,
     /// The per-class bookkeeping, when asked for ([`train_step_tallied`]).
     pub classes: Option<ClassTally>,
+    /// Faster R-CNN: the RPN's (objectness, box) losses, which the step adds to the head's.
+    pub loss_rpn: Option<(f64, f64)>,
 }
 
 /// Per class, index 0 background and 1..=K the classes, over a minibatch's RoIs (all of its
@@ -105,9 +108,11 @@ pub fn train_step_tallied(
     let feats = model.features(&images, true); // [N, C, H/16, W/16]
     let per_image = cfg.rois_per_image();
     let fg_thresh = cfg.sampler.fg_thresh();
+    // Faster R-CNN: the RPN's proposals replace the given ones; its losses join the head's
+    let rpn = model.rpn.as_ref().map(|r| scoped("ohem::rpn", || rpn_proposals(r, &feats, batch, RpnUse::Training)));
 
     // Assignment: proposals first, then ground truth as extra RoIs.
-    let a = scoped("ohem::assign", || assign(batch, fg_thresh));
+    let a = scoped("ohem::assign", || assign(batch, rpn.as_ref().map(|o| o.proposals.as_slice()), &*sampler, fg_thresh));
     let loss_cfg = sampler.loss();
 
     // Selection, as offsets into the concatenated RoIs.
@@ -131,12 +136,17 @@ pub fn train_step_tallied(
         };
         class_tally(&a.all_labels, &sel, &loss, model.num_classes)
     });
-    (&loss_cls + &loss_bbox).backward();
+    let rpn_losses = rpn.and_then(|o| o.losses);
+    match &rpn_losses {
+        None => (&loss_cls + &loss_bbox).backward(),
+        Some((obj, bx)) => (&loss_cls + &loss_bbox + obj + bx).backward(),
+    }
     scoped("ohem::sgd", || opt.step(lr));
 
     let (lc, lb) = (scalar(&loss_cls), scalar(&loss_bbox));
-    if !lc.is_finite() || !lb.is_finite() {
-        bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {lb})");
+    let loss_rpn = rpn_losses.map(|(o, b)| (scalar(&o), scalar(&b)));
+    if !lc.is_finite() || !lb.is_finite() || loss_rpn.is_some_and(|(o, b)| !o.is_finite() || !b.is_finite()) {
+        bail!("the training loss is not finite (loss_cls {lc}, loss_bbox {lb}{})", loss_rpn.map(|(o, b)| format!(", loss_rpn_obj {o}, loss_rpn_box {b}")).unwrap_or_default());
     }
     // The logs' statistics, beyond the step itself.
     let _stats = super::scope::Scope::new("ohem::stats");
@@ -156,6 +166,7 @@ pub fn train_step_tallied(
         images: batch.len() as i64,
         rois_all: sizes.iter().sum(),
         classes,
+        loss_rpn,
     })
 }
 
@@ -172,13 +183,24 @@ struct Assignment {
     all_targets: Tensor,
 }
 
-/// Assigns each image's RoIs, its proposals first and then its ground truth as extra RoIs.
-fn assign(batch: &[batch::Prepared], fg_thresh: f64) -> Assignment {
+/// Assigns each image's RoIs, its proposals (the given ones, or `proposed`: the RPN's, followed
+/// by any the sampler brings, [`sampler::Sampler::mined_rois`]) first and then its ground truth
+/// as extra RoIs.
+fn assign(batch: &[batch::Prepared], proposed: Option<&[Tensor]>, sampler: &dyn sampler::Sampler, fg_thresh: f64) -> Assignment {
     let assigned: Vec<ImageRois> = batch
         .iter()
-        .map(|p| {
-            let rois = Tensor::cat(&[p.proposals.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
-            sampler::assign(p.index, p.proposals.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh)
+        .enumerate()
+        .map(|(i, p)| {
+            let mined = proposed.and(sampler.mined_rois(p.index)).map(|m| p.to_input(&m));
+            let props = match (proposed, &mined) {
+                (Some(r), Some(m)) => Tensor::cat(&[&r[i], m], 0),
+                (Some(r), None) => r[i].shallow_clone(),
+                (None, _) => p.proposals.shallow_clone(),
+            };
+            let rois = Tensor::cat(&[props.shallow_clone(), p.gt.shallow_clone()], 0); // [R, 4]
+            let mut a = sampler::assign(p.index, props.size()[0], rois, &p.gt, &p.gt_labels, fg_thresh);
+            a.n_mined = mined.map_or(0, |m| m.size()[0]);
+            a
         })
         .collect();
     let sizes: Vec<i64> = assigned.iter().map(|a| a.rois.size()[0]).collect();
@@ -284,6 +306,27 @@ fn backprop_masked_all(
         (loss_cls, loss_bbox, cls, loc)
     });
     Ok(Losses { loss_cls, loss_bbox, cls, loc, sel, ranked: Some(ranked) })
+}
+
+/// What the RPN's proposals are for ([`rpn_proposals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RpnUse {
+    /// A training step: the training top-k, and the RPN's losses.
+    Training,
+    /// Offline mining: the pool a training step would see (its top-k), without losses.
+    TrainingPool,
+    /// Inference: the test-time top-k.
+    Testing,
+}
+
+/// Faster R-CNN's RPN over a batch's features `[N, C, h, w]`: each image's proposals, in the
+/// input's inclusive pixels as the given proposals are, and for a training step its losses
+/// against the images' ground truth.
+pub(crate) fn rpn_proposals(rpn: &Rpn, feats: &Tensor, batch: &[batch::Prepared], using: RpnUse) -> RpnOut {
+    let sizes: Vec<(i64, i64)> = batch.iter().map(|p| (p.image.size()[1], p.image.size()[2])).collect();
+    let gt: Vec<Tensor> = batch.iter().map(|p| rpn::from_inclusive(&p.gt)).collect();
+    let out = rpn.forward(feats, &sizes, (using == RpnUse::Training).then_some(gt.as_slice()), using != RpnUse::Testing);
+    RpnOut { proposals: out.proposals.iter().map(rpn::to_inclusive).collect(), losses: out.losses }
 }
 
 /// The head over `rois` (the model's [`FastRcnn::head`]), its RoI pooling in the `ohem::roi_pool` scope.

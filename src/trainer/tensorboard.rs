@@ -164,9 +164,14 @@ impl Events {
     /// One training iteration's scalars at `step` (iterations trained): the loss and its terms,
     /// the learning rate, its seconds, and the RoIs the sampler picked.
     pub fn iteration(&mut self, step: i64, out: &IterOut, lr: f64, seconds: f64) -> Result<()> {
-        self.scalar(step, "loss/total", out.loss_cls + out.loss_bbox)?;
+        let (rpn_obj, rpn_box) = out.loss_rpn.unwrap_or((0.0, 0.0));
+        self.scalar(step, "loss/total", out.loss_cls + out.loss_bbox + rpn_obj + rpn_box)?;
         self.scalar(step, "loss/cls", out.loss_cls)?;
         self.scalar(step, "loss/bbox", out.loss_bbox)?;
+        if out.loss_rpn.is_some() {
+            self.scalar(step, "loss/rpn_objectness", rpn_obj)?;
+            self.scalar(step, "loss/rpn_box", rpn_box)?;
+        }
         self.scalar(step, "train/lr", lr)?;
         self.scalar(step, "train/s_per_iter", seconds)?;
         self.scalar(step, "sampler/rois", out.rois as f64)?;
