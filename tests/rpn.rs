@@ -157,6 +157,7 @@ fn rpn_nms_keeps_by_score_and_suppresses_strictly_above_the_threshold() {
 
 #[test]
 fn rpn_sampling_caps_the_positives_and_fills_with_negatives() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(0);
     // 10 positives, 300 negatives, 5 ignored
     let labels = Tensor::cat(&[Tensor::ones([10], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([300], (Kind::Float, tch::Device::Cpu)), Tensor::full([5], -1.0, (Kind::Float, tch::Device::Cpu))], 0);
@@ -175,6 +176,8 @@ fn rpn_sampling_caps_the_positives_and_fills_with_negatives() {
 /// The head's outputs follow the anchors' order: logit index (y·W + x)·A + a.
 #[test]
 fn rpn_head_outputs_run_in_the_anchors_order() {
+    // building the head draws its initial weights from libtorch's generator
+    let _rng = crate::util::torch_rng_lock();
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let cfg = RpnConfig::default();
     let (c, a, h, w) = (2i64, cfg.anchors_per_cell(), 3i64, 5i64);
@@ -217,6 +220,7 @@ fn rpn_head_outputs_run_in_the_anchors_order() {
 /// into the head; at test time, no losses and the test top-k.
 #[test]
 fn rpn_forward_trains_and_proposes() {
+    let _rng = crate::util::torch_rng_lock();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let cfg = RpnConfig { post_nms_top_n_train: 50, post_nms_top_n_test: 20, ..RpnConfig::default() };
