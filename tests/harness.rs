@@ -890,6 +890,11 @@ fn retime_replaces_the_timings_of_flagged_cells_only_when_the_accuracy_reproduce
     assert_eq!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.5,9.0\n"), None);
     assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.6,3.0\n").unwrap().contains("column loss"));
     assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s\n1,0.5,3.0\n2,0.4,3.0\n").unwrap().contains("rows"));
+    // a log written before a column existed: that column reads as empty, so a rerun that leaves it
+    // empty (Fast R-CNN's RPN losses) matches, and one that fills it does not
+    assert_eq!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s,loss_rpn_obj\n1,0.5,4.0,\n"), None);
+    assert!(ohem_harness::harness::deterministic_difference(a, "epoch,loss,train_s,loss_rpn_obj\n1,0.5,4.0,0.1\n").unwrap().contains("column loss_rpn_obj: "));
+    assert!(ohem_harness::harness::deterministic_difference("epoch,loss\n1,0.5\n", "loss,epoch\n0.6,1\n").unwrap().contains("column loss: 0.5 against 0.6"));
 }
 
 /// The grid's remaining cost, by hand: each arm's mean wall clock over its finished cells, a

@@ -242,3 +242,22 @@ fn rpn_forward_trains_and_proposes() {
     let test = rpn.forward(&feats, &sizes, None, false);
     assert!(test.losses.is_none() && test.proposals.iter().all(|p| p.size()[0] <= 20));
 }
+
+/// The RPN's defaults are part of what a Faster R-CNN cell means (a config that leaves `model.rpn`
+/// out takes them, and its id does not name them): pinned here, torchvision's Faster R-CNN
+/// defaults but for the anchor sizes, which fit the bundled data at stride 8. Changing one
+/// changes existing Faster R-CNN cells; write the old value into their grids first.
+#[test]
+fn rpn_defaults_are_pinned() {
+    let d = serde_json::to_value(RpnConfig::default()).unwrap();
+    let want = serde_json::json!({
+        "anchor_sizes": [16.0, 32.0, 64.0], "aspect_ratios": [0.5, 1.0, 2.0], "fg_iou": 0.7, "bg_iou": 0.3,
+        "batch_per_image": 256, "positive_fraction": 0.5, "pre_nms_top_n_train": 2000, "pre_nms_top_n_test": 1000,
+        "post_nms_top_n_train": 2000, "post_nms_top_n_test": 1000, "nms": 0.7, "min_size": 0.001
+    });
+    assert_eq!(d, want);
+    // an anchor that rounds to nothing is refused by name
+    let err = RpnConfig { anchor_sizes: vec![1.0, 16.0], ..RpnConfig::default() }.check().unwrap_err().to_string();
+    assert!(err.contains("model.rpn.anchor_sizes = [1.0, 16.0]") && err.contains("less than a pixel"), "{err}");
+    RpnConfig::default().check().unwrap();
+}

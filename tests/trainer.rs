@@ -127,9 +127,6 @@ fn same_seed_same_run_and_exact_resume() {
     assert!(err.contains("different config"), "{err}");
 }
 
-/// A finished run is noticed from its logs and annotations alone: with a training image gone
-/// (and a schedule in iterations, whose epochs need the training split's size), a rerun
-/// returns the run's rows without reading an image.
 /// Faster R-CNN trains through the same trainer: the RPN's losses are logged and part of `loss`,
 /// its proposals feed the head in training and at test time (mAP evaluated without selective
 /// search: the proposal cache stays untouched), two runs with one seed agree, and a resume after
@@ -139,6 +136,23 @@ fn same_seed_same_run_and_exact_resume() {
 fn faster_rcnn_trains_evaluates_and_resumes_exactly() {
     for sampler in ["sampler:\n  kind: ohem\n", "sampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n  fp_topk: 8\n"] {
         faster_run_and_resume(sampler);
+    }
+}
+
+/// Offline mining on Faster R-CNN keeps boxes in the original image's pixels and brings them back
+/// into a training input: `Prepared::to_input` of an image's proposals, flipped or not, is what
+/// `prepare` made of them.
+#[test]
+fn boxes_in_original_pixels_come_back_as_the_input_has_them() {
+    use ohem_harness::trainer::batch::prepare;
+    let t = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig::load(&tiny_config(t.path(), ""), &[]).unwrap();
+    let ds = ohem_harness::data::Dataset::open(tiny_dataset()).unwrap();
+    let store = ohem_harness::trainer::load_split(&ds, &cfg, "trainval", None, &test_opts()).unwrap();
+    for flip in [false, true] {
+        let p = prepare(&store, 0, &cfg.input, flip, tch::Device::Cpu).unwrap();
+        let back = p.to_input(&store.proposals_of(0).unwrap());
+        assert!(p.proposals.size()[0] > 0 && back.allclose(&p.proposals, 1e-6, 1e-4, false), "flip {flip}");
     }
 }
 
@@ -177,6 +191,9 @@ fn faster_run_and_resume(sampler: &str) {
     assert_eq!((outcome(&resumed[1]), rpn(&resumed[1])), (outcome(&ra[1]), rpn(&ra[1])), "{sampler}: a resumed Faster R-CNN epoch differs from the uninterrupted one");
 }
 
+/// A finished run is noticed from its logs and annotations alone: with a training image gone
+/// (and a schedule in iterations, whose epochs need the training split's size), a rerun
+/// returns the run's rows without reading an image.
 #[test]
 fn a_finished_run_is_noticed_before_any_image_is_read() {
     let _rng = crate::util::torch_rng_lock();

@@ -18,6 +18,9 @@ pub fn epoch(config: &std::path::Path, epochs: usize) -> Result<()> {
     use crate::trainer::{self, detect, load_split, TrainOptions};
     let mut cfg = TrainConfig::load(config, &[format!("train.epochs={epochs}"), "test.eval_every=1".into()])?;
     cfg.train.lr_steps.clear();
+    if cfg.model.rpn_config().is_some() {
+        anyhow::bail!("{}: model.detector = faster_rcnn; this bench times Fast R-CNN's epoch against its evaluation over given proposals, and does not time the RPN yet", config.display());
+    }
     let tmp = tempfile::Builder::new().prefix("ohem-bench-epoch").tempdir().context("creating a temporary folder")?;
     let dir = tmp.path().to_path_buf();
     let opts = TrainOptions { progress: false, force: true, ..Default::default() };

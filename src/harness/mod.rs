@@ -531,20 +531,25 @@ pub fn run_cell(exe: &Path, dir: &Path, device: Option<String>, cfg_device: &str
     }
 }
 
+/// The field of column `name` in a row `f` under header `h`; empty where the header lacks it.
+fn field<'a>(h: &[&str], f: &[&'a str], name: &str) -> &'a str {
+    h.iter().position(|c| *c == name).and_then(|i| f.get(i).copied()).unwrap_or("")
+}
+
 /// The first difference between two CSV files outside the timing columns
 /// ([`crate::rundir::TIMING_COLUMNS`]): None when every deterministic value is the same.
 pub fn deterministic_difference(a: &str, b: &str) -> Option<String> {
+    // by column name: a column one side lacks (a log written before it existed) reads as empty
     let (mut la, mut lb) = (a.lines(), b.lines());
-    let (ha, hb) = (la.next().unwrap_or_default(), lb.next().unwrap_or_default());
-    if ha != hb {
-        return Some(format!("the header differs ({ha:?} against {hb:?})"));
-    }
-    let header: Vec<&str> = ha.split(',').collect();
+    let (ha, hb): (Vec<&str>, Vec<&str>) = (la.next().unwrap_or_default().split(',').collect(), lb.next().unwrap_or_default().split(',').collect());
+    let mut names: Vec<&str> = ha.clone();
+    names.extend(hb.iter().filter(|n| !ha.contains(n)));
     for (n, (x, y)) in la.by_ref().zip(lb.by_ref()).enumerate() {
         let (fx, fy): (Vec<&str>, Vec<&str>) = (x.split(',').collect(), y.split(',').collect());
-        for (i, name) in header.iter().enumerate() {
-            if !crate::rundir::TIMING_COLUMNS.contains(name) && fx.get(i) != fy.get(i) {
-                return Some(format!("row {}, column {name}: {} against {}", n + 1, fx.get(i).unwrap_or(&""), fy.get(i).unwrap_or(&"")));
+        for name in names.iter().filter(|n| !crate::rundir::TIMING_COLUMNS.contains(n)) {
+            let (vx, vy) = (field(&ha, &fx, name), field(&hb, &fy, name));
+            if vx != vy {
+                return Some(format!("row {}, column {name}: {vx} against {vy}", n + 1));
             }
         }
     }

@@ -27,7 +27,7 @@
 //! box coder (weights 1, dw and dh clamped at ln(1000/16)); the RoI head that takes its
 //! proposals keeps Fast R-CNN's coder, pooling and losses ([`crate::model`]). Anchors, targets,
 //! filtering and the loss equal torchvision 0.28's on the inputs of `scripts/rpn_reference.py`
-//! (tests/proposals.rs). Every step is whole-tensor work on the features' device, except NMS's
+//! (tests/rpn.rs). Every step is whole-tensor work on the features' device, except NMS's
 //! greedy pass, which walks a host copy of the suppression matrix as torchvision's CPU kernel
 //! walks its boxes.
 
@@ -91,6 +91,11 @@ impl RpnConfig {
         }
         if self.aspect_ratios.is_empty() || self.aspect_ratios.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             bail!("model.rpn.aspect_ratios = {:?}: give one or more positive ratios (height / width)", self.aspect_ratios);
+        }
+        // anchors are rounded to whole pixels: one that rounds to no width or height has no box
+        let cell: Vec<f32> = Vec::try_from(cell_anchors(&self.anchor_sizes, &self.aspect_ratios).flatten(0, -1)).unwrap_or_default();
+        if cell.chunks(4).any(|a| a[2] - a[0] < 1.0 || a[3] - a[1] < 1.0) {
+            bail!("model.rpn.anchor_sizes = {:?} with model.rpn.aspect_ratios = {:?}: an anchor rounds to less than a pixel wide or high", self.anchor_sizes, self.aspect_ratios);
         }
         if !(0.0..=1.0).contains(&self.bg_iou) || !(0.0..=1.0).contains(&self.fg_iou) || self.bg_iou > self.fg_iou {
             bail!("model.rpn.bg_iou = {} and model.rpn.fg_iou = {}: both in [0, 1], bg_iou at most fg_iou", self.bg_iou, self.fg_iou);
@@ -291,6 +296,11 @@ pub fn sample_anchors(labels: &Tensor, batch: i64, fraction: f64) -> (Tensor, Te
 /// (indices into the same rows). Returns (objectness loss, box loss).
 pub fn rpn_loss(objectness: &Tensor, deltas: &Tensor, labels: &Tensor, targets: &Tensor, pos: &Tensor, neg: &Tensor) -> (Tensor, Tensor) {
     let sampled = Tensor::cat(&[pos, neg], 0);
+    if sampled.size()[0] == 0 {
+        // no anchor to learn from (a config check keeps this from happening): no loss, not NaN
+        let zero = objectness.sum(Kind::Float) * 0.0;
+        return (zero.shallow_clone(), zero);
+    }
     let box_loss = deltas.index_select(0, pos).smooth_l1_loss(&targets.index_select(0, pos), tch::Reduction::Sum, 1.0 / 9.0) / sampled.size()[0].max(1) as f64;
     let obj_loss = objectness.index_select(0, &sampled).binary_cross_entropy_with_logits::<Tensor>(&labels.index_select(0, &sampled), None, None, tch::Reduction::Mean);
     (obj_loss, box_loss)

@@ -45,7 +45,9 @@ impl Miner for FrozenScorer<'_> {
                 let (props, boxes, difficult_iou) = match &self.model.rpn {
                     Some(rpn) => {
                         let props = super::step::rpn_proposals(rpn, &feats, std::slice::from_ref(&p), super::step::RpnUse::TrainingPool).proposals.swap_remove(0);
-                        let orig = &props / p.scale;
+                        // in the original image's pixels, clipped to it (the input's rounded size can reach past it)
+                        let ann = &self.store.anns[i];
+                        let orig = crate::model::box_coder::clip(&(&props / p.scale), ann.width as i64, ann.height as i64);
                         let d = self.store.difficult_iou_of(i, &orig);
                         (props, Some(orig), d)
                     }
