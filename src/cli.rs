@@ -655,7 +655,7 @@ fn make_dataset(a: MakeDatasetArgs, progress: bool) -> Result<()> {
 /// when given: the annotations, the boxes, and the dataset root.
 fn rpn_proposals(run: &std::path::Path, epoch: Option<usize>, split: &str, top: Option<usize>, progress: bool) -> Result<(Vec<crate::data::voc::Annotation>, Vec<Vec<crate::boxes::BBox>>, PathBuf)> {
     let opts = crate::trainer::TrainOptions { progress, ..Default::default() };
-    let mut l = crate::trainer::detect::load_checkpoint(run, None, epoch, Some(split), None, &opts)?;
+    let mut l = crate::trainer::detect::load_checkpoint(run, None, epoch, Some(split), None, true, &opts)?;
     let Some(rpn) = l.model.rpn.as_mut() else { bail!("{}: a run of model.detector fast_rcnn, which has no region proposal network", run.display()) };
     if let Some(n) = top {
         rpn.cfg.post_nms_top_n_test = n as i64;

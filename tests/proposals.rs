@@ -224,4 +224,8 @@ fn a_trained_rpns_proposals_and_their_recall_at_top_n() {
     assert!(ok, "{err}");
     let (ok, _, err) = crate::util::harness(&["proposals", "--rpn", fast.to_str().unwrap()]);
     assert!(!ok && err.contains("fast_rcnn, which has no region proposal network") && !err.contains("panicked"), "{err}");
+    // refused before selective search ran on its split: a fresh cache stays untouched
+    let cache = t.path().join("fresh-cache");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness")).args(["proposals", "--rpn", fast.to_str().unwrap(), "--split", "test", "--quiet"]).env("OHEM_CACHE", &cache).output().unwrap();
+    assert!(!out.status.success() && !cache.join("proposals").exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -211,7 +211,7 @@ pub struct CheckpointDetections {
 /// selective-search cache), and inference is the trainer's own: for the test split and an
 /// evaluated epoch, the same detections the run scored.
 pub fn detect_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, opts: &super::TrainOptions) -> anyhow::Result<CheckpointDetections> {
-    let l = load_checkpoint(target, config, epoch, split, device, opts)?;
+    let l = load_checkpoint(target, config, epoch, split, device, false, opts)?;
     let dets = detect(&l.model, &l.store, &l.cfg.input, &l.cfg.test, l.device)?;
     let logged = match (&l.run_dir, l.epoch) {
         (Some(r), Some(e)) => crate::rundir::read_metrics(&r.join(crate::rundir::METRICS))?.into_iter().find(|row| row.epoch == e),
@@ -239,8 +239,9 @@ pub struct LoadedCheckpoint {
 }
 
 /// Loads the checkpoint `target` names for a run over split `split`, as [`detect_checkpoint`]
-/// describes.
-pub fn load_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, opts: &super::TrainOptions) -> anyhow::Result<LoadedCheckpoint> {
+/// describes. With `need_rpn`, a run without a region proposal network is refused before any
+/// image or proposal is read.
+pub fn load_checkpoint(target: &std::path::Path, config: Option<&std::path::Path>, epoch: Option<usize>, split: Option<&str>, device: Option<&str>, need_rpn: bool, opts: &super::TrainOptions) -> anyhow::Result<LoadedCheckpoint> {
     use anyhow::{bail, Context};
     use std::path::Path;
     let (run_dir, checkpoint, epoch) = if target.is_dir() {
@@ -275,6 +276,9 @@ pub fn load_checkpoint(target: &std::path::Path, config: Option<&std::path::Path
         bail!("{}: not found (the run's config; name another with --config)", config_path.display());
     }
     let mut cfg = crate::config::TrainConfig::load(&config_path, &[])?;
+    if need_rpn && cfg.model.rpn_config().is_none() {
+        bail!("{}: a run of model.detector fast_rcnn, which has no region proposal network", target.display());
+    }
     if let Some(d) = device {
         cfg.device = d.to_string();
     }
