@@ -83,6 +83,16 @@ fn the_cli_rejects_a_bad_config_before_any_work() {
     assert!(!out.exists(), "nothing is written for a rejected config");
 }
 
+/// A run directory as a kill after epoch 1 leaves it: epoch 2's row and checkpoint gone.
+fn kill_after_epoch_1(run: &Path) {
+    let rows = read_metrics(&run.join("metrics.csv")).unwrap();
+    let mut w = csv::Writer::from_path(run.join("metrics.csv")).unwrap();
+    w.serialize(&rows[0]).unwrap();
+    w.flush().unwrap();
+    std::fs::remove_file(run.join("checkpoints/epoch_002.safetensors")).unwrap();
+    std::fs::remove_file(run.join("checkpoints/epoch_002.sgd.safetensors")).unwrap();
+}
+
 /// The columns that must not depend on timing.
 fn outcome(r: &EpochRow) -> (usize, usize, f64, f64, f64, f64, f64, Option<f64>, Option<f64>) {
     (r.epoch, r.iterations, r.loss, r.loss_cls, r.loss_bbox, r.fg_fraction, r.lr, r.map_voc07, r.map_voc10)
@@ -103,12 +113,7 @@ fn same_seed_same_run_and_exact_resume() {
     assert!(a.join("config.yaml").exists() && a.join("checkpoints/epoch_002.safetensors").exists());
 
     // Simulate a kill after epoch 1: drop epoch 2's row and checkpoint, then rerun.
-    let rows = read_metrics(&b.join("metrics.csv")).unwrap();
-    let mut w = csv::Writer::from_path(b.join("metrics.csv")).unwrap();
-    w.serialize(&rows[0]).unwrap();
-    w.flush().unwrap();
-    std::fs::remove_file(b.join("checkpoints/epoch_002.safetensors")).unwrap();
-    std::fs::remove_file(b.join("checkpoints/epoch_002.sgd.safetensors")).unwrap();
+    kill_after_epoch_1(&b);
     let resumed = train(&cfg, &b, &test_opts()).unwrap();
     assert_eq!(resumed.len(), 2);
     assert_eq!(outcome(&resumed[1]), outcome(&ra[1]), "a resumed epoch differs from the uninterrupted one");
@@ -181,12 +186,7 @@ fn faster_run_and_resume(sampler: &str) {
     assert_eq!(read_metrics(&a.join("metrics.csv")).unwrap(), ra);
 
     // a kill after epoch 1: epoch 2 again from its checkpoint
-    let rows = read_metrics(&b.join("metrics.csv")).unwrap();
-    let mut w = csv::Writer::from_path(b.join("metrics.csv")).unwrap();
-    w.serialize(&rows[0]).unwrap();
-    w.flush().unwrap();
-    std::fs::remove_file(b.join("checkpoints/epoch_002.safetensors")).unwrap();
-    std::fs::remove_file(b.join("checkpoints/epoch_002.sgd.safetensors")).unwrap();
+    kill_after_epoch_1(&b);
     let resumed = train(&cfg, &b, &opts).unwrap();
     assert_eq!((outcome(&resumed[1]), rpn(&resumed[1])), (outcome(&ra[1]), rpn(&ra[1])), "{sampler}: a resumed Faster R-CNN epoch differs from the uninterrupted one");
 }
