@@ -139,6 +139,51 @@ fn cell_anchors_are_ratio_major_with_height_over_width() {
     assert_eq!(host(&g), want);
 }
 
+/// The slow, obvious NMS: the whole IoU matrix (torchvision's `box_iou`, as tensor ops), then
+/// the greedy pass over it in descending score (a stable sort).
+fn nms_by_matrix(boxes: &Tensor, scores: &Tensor, thresh: f64) -> Vec<i64> {
+    let n = boxes.size()[0] as usize;
+    let (_, order) = scores.sort_stable(true, 0, true);
+    let sorted = boxes.index_select(0, &order);
+    let over: Vec<bool> = Vec::try_from(ohem_harness::proposals::rpn::box_iou(&sorted, &sorted).gt(thresh).flatten(0, -1)).unwrap();
+    let order: Vec<i64> = Vec::try_from(&order).unwrap();
+    let mut removed = vec![false; n];
+    let mut keep = Vec::new();
+    for i in 0..n {
+        if !removed[i] {
+            keep.push(order[i]);
+            for j in i + 1..n {
+                removed[j] |= over[i * n + j];
+            }
+        }
+    }
+    keep
+}
+
+/// The RPN's NMS keeps what the IoU matrix gives, on proposals like the RPN's: many overlapping
+/// boxes, tied scores, boxes sharing an edge, duplicates, and IoUs at the threshold.
+#[test]
+fn rpn_nms_equals_the_iou_matrix_reference() {
+    let _rng = crate::util::torch_rng_lock();
+    tch::manual_seed(7);
+    for (n, thresh) in [(1, 0.7), (50, 0.5), (400, 0.7), (2000, 0.7), (2000, 0.3), (300, 1.0)] {
+        let xy = Tensor::rand([n, 2], (Kind::Float, tch::Device::Cpu)) * 200.0;
+        // whole-pixel sizes from a few values: exact duplicates and IoUs at round values
+        let wh = (Tensor::randint(4, [n, 2], (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float) + 1.0) * 16.0;
+        let mut boxes = Tensor::cat(&[&xy, &(&xy + &wh)], 1);
+        if n >= 50 {
+            let dup = boxes.narrow(0, 0, 10).copy();
+            boxes = Tensor::cat(&[boxes.narrow(0, 0, n - 10), dup], 0);
+        }
+        // scores from 8 levels: ties everywhere
+        let scores = Tensor::randint(8, [n], (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float) / 8.0;
+        let ours: Vec<i64> = Vec::try_from(nms(&boxes, &scores, thresh)).unwrap();
+        assert_eq!(ours, nms_by_matrix(&boxes, &scores, thresh), "{n} boxes, NMS {thresh}");
+        // at 1.0 nothing is suppressed, not even a duplicate (IoU 1 is not above 1)
+        assert!(!ours.is_empty() && (thresh < 1.0 || ours.len() as i64 == n), "{n} boxes, NMS {thresh}: {}", ours.len());
+    }
+}
+
 #[test]
 fn rpn_nms_keeps_by_score_and_suppresses_strictly_above_the_threshold() {
     // a: 10x10 at 0; b: shifted by 2 (IoU 80/120 = 0.667 with a); c: far away; d = a shifted by 1
