@@ -144,6 +144,31 @@ fn faster_rcnn_trains_evaluates_and_resumes_exactly() {
     }
 }
 
+/// An RPN whose filtering leaves an image no proposal (every box under `model.rpn.min_size`):
+/// training goes on with the ground truth as the only RoIs, every loss stays finite, mining finds
+/// nothing to mine, and evaluation, with no detection to rank, gives mAP 0 rather than an error.
+/// With fixed ratio, OHEM and offline HNM.
+#[test]
+fn faster_rcnn_with_no_proposal_left_after_filtering_trains_and_evaluates() {
+    let _rng = crate::util::torch_rng_lock();
+    let ds = ohem_harness::data::Dataset::open(tiny_dataset()).unwrap();
+    let most_boxes = ds.split_ids("trainval").unwrap().iter().map(|id| ds.annotation(id).unwrap().objects.len()).max().unwrap();
+    for sampler in ["", "sampler:\n  kind: ohem\n", "sampler:\n  kind: hnm\n  mine_every_epochs: null\n  mine_every_iters: 2\n  fp_topk: 8\n"] {
+        let t = tempfile::tempdir().unwrap();
+        let o = ["model.detector=faster_rcnn".to_string(), "model.rpn.min_size=100000".to_string()];
+        let cfg = TrainConfig::load(&tiny_config(t.path(), sampler), &o).unwrap();
+        let rows = train(&cfg, &t.path().join("run"), &test_opts()).unwrap_or_else(|e| panic!("{sampler:?}: {e:#}"));
+        assert_eq!(rows.len(), 2, "{sampler:?}");
+        for r in &rows {
+            assert!(r.loss.is_finite() && r.loss_rpn_obj.is_some_and(f64::is_finite) && r.loss_rpn_box.is_some_and(f64::is_finite), "{sampler:?}: {r:?}");
+            // the ground truth alone, no proposal
+            assert!(r.rois_per_image.is_some_and(|n| n >= 1.0 && n <= most_boxes as f64), "{sampler:?}: {r:?}");
+            assert_eq!(r.map_voc07, Some(0.0), "{sampler:?}: no proposal, no detection: {r:?}");
+            assert_eq!(r.cache_size, 0, "{sampler:?}: mined from no proposal: {r:?}");
+        }
+    }
+}
+
 /// Offline mining on Faster R-CNN keeps boxes in the original image's pixels and brings them back
 /// into a training input: `Prepared::to_input` of an image's proposals, flipped or not, is what
 /// `prepare` made of them.
