@@ -28,6 +28,14 @@ record_function scopes of the names the harness's step uses (ohem::assign, ohem:
 ohem::roi_pool, ohem::loss), so that `harness bench samplers --profile --peer` puts both sides'
 ops into the same families (src/bench/profile.rs).
 
+--detector faster_rcnn puts torchvision's RegionProposalNetwork (AnchorGenerator, RPNHead,
+Matcher, BalancedPositiveNegativeSampler, filter_proposals) on the same backbone, with the --anchor-*
+and --rpn-* settings the harness passes from its model.rpn: its training-time proposals replace the
+random ones, the ground truth joins them as in the Fast R-CNN step, and its two losses join the
+head's (approximate joint training, as torchvision's FasterRCNN trains). The RoI head and the four
+step kinds are the ones above. The JSON then also gives "rois_per_image": {kind: the RoIs per image
+before sampling, proposals and ground truth, averaged over the timed iterations}.
+
 Run it through `harness bench samplers --peer`, which installs torch and torchvision into a venv
 under the project's cache on first use (scripts/peer-venv.sh) and prints both side by side.
 """
@@ -39,7 +47,29 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import box_iou, nms, roi_pool
+
+
+def make_rpn(channels, a):
+    """torchvision's region proposal network over one feature map of `channels`, with the harness's
+    model.rpn settings (anchor sizes x aspect ratios, IoU thresholds, anchors sampled, proposals kept)."""
+    sizes = tuple(float(v) for v in a.anchor_sizes.split(","))
+    ratios = tuple(float(v) for v in a.aspect_ratios.split(","))
+    gen = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+    return RegionProposalNetwork(
+        gen,
+        RPNHead(channels, len(sizes) * len(ratios)),
+        fg_iou_thresh=a.rpn_fg_iou,
+        bg_iou_thresh=a.rpn_bg_iou,
+        batch_size_per_image=a.rpn_batch,
+        positive_fraction=a.rpn_positive_fraction,
+        pre_nms_top_n={"training": a.rpn_pre_nms, "testing": a.rpn_pre_nms},
+        post_nms_top_n={"training": a.rpn_post_nms, "testing": a.rpn_post_nms},
+        nms_thresh=a.rpn_nms,
+    )
 
 
 class Vgg16(nn.Module):
@@ -149,15 +179,26 @@ def sample_where(mask, k, gen):
     return idx
 
 
-def step(model, opt, images, per_image, kind, gen, k):
+def step(model, opt, images, per_image, kind, gen, k, rois_seen=None):
     from torch.profiler import record_function
     feats = model.features(images)
+    rpn_loss = None
+    if getattr(model, "rpn", None) is not None:
+        # Faster R-CNN: the RPN's training-time proposals replace the given ones
+        with record_function("ohem::rpn"):
+            h, w = images.shape[-2:]
+            image_list = ImageList(images, [(h, w)] * images.shape[0])
+            boxes, rpn_losses = model.rpn(image_list, {"0": feats}, [{"boxes": g} for _, g, _ in per_image])
+            rpn_loss = rpn_losses["loss_objectness"] + rpn_losses["loss_rpn_box_reg"]
+            per_image = [(b, g, l) for b, (_, g, l) in zip(boxes, per_image)]
     with record_function("ohem::assign"):
         assigned = [assign(p, g, l) for p, g, l in per_image]
         rois = torch.cat([torch.cat([torch.full((a[0].shape[0], 1), float(b), device=a[0].device), a[0]], 1) for b, a in enumerate(assigned)])
         labels = torch.cat([a[2] for a in assigned])
         targets = torch.cat([a[3] for a in assigned])
     sizes = [a[0].shape[0] for a in assigned]
+    if rois_seen is not None:
+        rois_seen.append(sum(sizes) / len(sizes))
     offsets = [0, sizes[0]]
     per = 64
 
@@ -212,6 +253,8 @@ def step(model, opt, images, per_image, kind, gen, k):
     n = sel.numel()
     with record_function("ohem::loss"):
         loss = cls.sum() / n + loc.sum() / n
+    if rpn_loss is not None:
+        loss = loss + rpn_loss
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -270,13 +313,26 @@ def main():
     ap.add_argument("--size", default="224x288", help="input height x width")
     ap.add_argument("--shapes", default="", help="each iteration's input HxW, the warm-up first (overrides --size)")
     ap.add_argument("--profile", action="store_true", help="record each kind's ops with torch.profiler and print the events instead of the timings")
+    ap.add_argument("--detector", default="fast_rcnn", choices=["fast_rcnn", "faster_rcnn"], help="faster_rcnn: torchvision's RPN proposes the RoIs")
+    ap.add_argument("--anchor-sizes", default="16,32,64")
+    ap.add_argument("--aspect-ratios", default="0.5,1,2")
+    ap.add_argument("--rpn-fg-iou", type=float, default=0.7)
+    ap.add_argument("--rpn-bg-iou", type=float, default=0.3)
+    ap.add_argument("--rpn-batch", type=int, default=256)
+    ap.add_argument("--rpn-positive-fraction", type=float, default=0.5)
+    ap.add_argument("--rpn-pre-nms", type=int, default=2000, help="proposals kept per image before NMS (training)")
+    ap.add_argument("--rpn-post-nms", type=int, default=2000, help="proposals kept per image after NMS (training)")
+    ap.add_argument("--rpn-nms", type=float, default=0.7)
     a = ap.parse_args()
     device = torch.device(a.device)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     k = 6
     h, w = (int(v) for v in a.size.split("x"))
-    model = (Vgg16(k, a.fc_dim) if a.backbone == "vgg16" else Small(k, a.fc_dim, a.stride, a.freeze_bn)).to(device).train()
+    model = Vgg16(k, a.fc_dim) if a.backbone == "vgg16" else Small(k, a.fc_dim, a.stride, a.freeze_bn)
+    if a.detector == "faster_rcnn":
+        model.rpn = make_rpn(512 if a.backbone == "vgg16" else 128, a)
+    model = model.to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9, weight_decay=5e-4)
     shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else [(h, w)] * (a.iters + 1)
     if len(shapes) != a.iters + 1:
@@ -290,23 +346,26 @@ def main():
         return
     steps = {}
     peak_mib = {}
+    rois_per_image = {}
     for kind in a.kinds.split(","):
         reset = reset_peak(device)
         total = 0.0
+        seen = []
         for it, (images, per_image) in enumerate(inputs):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            step(model, opt, images, per_image, kind, gen, k)
+            step(model, opt, images, per_image, kind, gen, k, seen if it > 0 else None)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if it > 0:  # the first iteration is a warm-up
                 total += time.perf_counter() - t
         steps[kind] = total / a.iters
         peak_mib[kind] = read_peak(device) if reset else None
+        rois_per_image[kind] = sum(seen) / len(seen)
     print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-                      "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "steps": steps,
-                      "peak_mib": peak_mib, "settings": settings}))
+                      "backbone": a.backbone, "size": a.size, "proposals": a.proposals, "stride": a.stride, "fc_dim": a.fc_dim, "freeze_bn": a.freeze_bn, "detector": a.detector, "steps": steps,
+                      "peak_mib": peak_mib, "rois_per_image": rois_per_image, "settings": settings}))
 
 
 if __name__ == "__main__":

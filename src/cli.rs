@@ -462,6 +462,11 @@ pub struct BenchArgs {
     /// same rounds (alternating which goes first), and print folded / unfolded.
     #[arg(long)]
     fold_bn: bool,
+    /// `bench samplers`: the detector whose step is timed; faster_rcnn: the RPN on the same
+    /// backbone proposes the RoIs (the default model.rpn), and --peer puts torchvision's
+    /// RegionProposalNetwork in front of the peer's head (--proposals does not apply).
+    #[arg(long, value_parser = ["fast_rcnn", "faster_rcnn"], default_value = "fast_rcnn")]
+    detector: String,
     /// `bench samplers`: instead of the timings, where each kind's step goes, op by op (libtorch's
     /// profiler, self time by family); with --peer, the peer's (torch.profiler) beside it on the same shapes.
     #[arg(long)]
@@ -1145,7 +1150,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         if a.fold_bn && a.profile {
             anyhow::bail!("--fold-bn and --profile: profile one model at a time; drop one of them");
         }
-        crate::bench::samplers(iters, &a.proposals, a.peer, a.vgg16, a.rounds as usize, a.fold_bn, a.profile)?;
+        crate::bench::samplers(iters, &a.proposals, a.peer, a.vgg16, a.rounds as usize, a.fold_bn, a.profile, a.detector == "faster_rcnn")?;
     }
     Ok(())
 }

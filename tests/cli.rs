@@ -225,3 +225,22 @@ fn detect_on_a_coco_dataset_reproduces_its_logged_numbers() {
     }
     assert_clean_failure(&["detect", run.to_str().unwrap(), "--out", t.path().join("voc").to_str().unwrap(), "--format", "voc"], &["is a COCO split", "--format coco"]);
 }
+
+/// `bench samplers --detector faster_rcnn` times the trainer's Faster R-CNN step: at a pinned
+/// count (the RPN's top N before and after an NMS that suppresses none) every kind's head sees
+/// that many proposals an image plus the ground truth, then the RPN as trained (NMS 0.7) decides
+/// its own count; Fast R-CNN's HNM and bookkeeping lines are left out.
+#[test]
+fn bench_samplers_times_the_faster_rcnn_step_at_a_pinned_proposal_count() {
+    let (ok, out, err) = crate::util::harness(&["bench", "samplers", "--detector", "faster_rcnn", "--iters", "1", "--proposals", "40"]);
+    assert!(ok, "{out}\n{err}");
+    let (pinned, trained) = out.split_once("Faster R-CNN as trained").unwrap_or_else(|| panic!("no as-trained pass: {out}"));
+    assert!(pinned.contains("the RPN's top 40 proposals per image by objectness"), "{out}");
+    let per_image = |text: &str| -> Vec<f64> { text.lines().filter_map(|l| l.split(" RoIs/image").next().filter(|_| l.contains(" RoIs/image")).and_then(|h| h.rsplit(' ').next()).map(|v| v.parse().unwrap())).collect() };
+    let (p, t) = (per_image(pinned), per_image(trained));
+    assert_eq!((p.len(), t.len()), (4, 4), "{out}");
+    // 40 proposals (a few may fall under min_size after clipping) and each image's few boxes
+    assert!(p.iter().all(|&n| (36.0..=60.0).contains(&n)), "{p:?}\n{out}");
+    assert!(t.iter().all(|&n| n > 1.0), "{t:?}\n{out}");
+    assert!(!out.contains("HNM mining pass") && !out.contains("per-class bookkeeping"), "{out}");
+}

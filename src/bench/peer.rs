@@ -18,6 +18,9 @@ pub(super) fn peer_python() -> Result<std::path::PathBuf> {
 pub(super) struct PeerSteps {
     steps: serde_json::Map<String, serde_json::Value>,
     peak_mib: serde_json::Map<String, serde_json::Value>,
+    /// RoIs per image before sampling (proposals and ground truth), per kind; a Faster R-CNN
+    /// peer's RPN decides them.
+    rois_per_image: serde_json::Map<String, serde_json::Value>,
 }
 
 impl PeerSteps {
@@ -26,6 +29,9 @@ impl PeerSteps {
     }
     pub(super) fn peak(&self, kind: &str) -> Option<f64> {
         self.peak_mib.get(kind).and_then(|v| v.as_f64())
+    }
+    pub(super) fn rois_per_image(&self, kind: &str) -> Option<f64> {
+        self.rois_per_image.get(kind).and_then(|v| v.as_f64())
     }
 }
 
@@ -37,7 +43,7 @@ pub(super) fn run_peer(python: &std::path::Path, n_props: usize, iters: usize, c
         print_settings(&v);
     }
     let steps = v["steps"].as_object().cloned().ok_or_else(|| anyhow::anyhow!("the peer's JSON has no steps"))?;
-    Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default() })
+    Ok(PeerSteps { steps, peak_mib: v["peak_mib"].as_object().cloned().unwrap_or_default(), rois_per_image: v["rois_per_image"].as_object().cloned().unwrap_or_default() })
 }
 
 /// Runs `scripts/bench_peer.py` on `shapes` (one per iteration, the warm-up first), `--profile` when `profile`; its JSON.
@@ -51,6 +57,15 @@ pub(super) fn peer_json(python: &std::path::Path, n_props: usize, iters: usize, 
         .args(["--device", if device.is_cuda() { "cuda" } else { "cpu" }]);
     if cfg.model.bn_frozen() {
         cmd.arg("--freeze-bn");
+    }
+    if !cfg.model.detector.is_fast_rcnn() {
+        // torchvision's RPN with the model's own settings
+        let r = cfg.model.rpn_config().unwrap_or_default();
+        let list = |v: &[f64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        cmd.args(["--detector", "faster_rcnn", "--anchor-sizes", &list(&r.anchor_sizes), "--aspect-ratios", &list(&r.aspect_ratios)])
+            .args(["--rpn-fg-iou", &r.fg_iou.to_string(), "--rpn-bg-iou", &r.bg_iou.to_string(), "--rpn-batch", &r.batch_per_image.to_string()])
+            .args(["--rpn-positive-fraction", &r.positive_fraction.to_string(), "--rpn-pre-nms", &r.pre_nms_top_n_train.to_string()])
+            .args(["--rpn-post-nms", &r.post_nms_top_n_train.to_string(), "--rpn-nms", &r.nms.to_string()]);
     }
     if profile {
         cmd.arg("--profile");

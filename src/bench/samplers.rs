@@ -29,22 +29,48 @@ use crate::trainer::{build_model, FrozenScorer};
 ///
 /// `vgg16`: the VGG16 backbone (fc 4096, random weights) at 600 px instead of
 /// the small one, and without the all-RoIs step.
-pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize, fold_ab: bool, profile: bool) -> Result<()> {
+///
+/// `faster`: Faster R-CNN (`model.detector: faster_rcnn`): the RPN on the same backbone
+/// proposes each image's RoIs in training, and the peer is torchvision's
+/// `RegionProposalNetwork` in front of the same head. How many proposals survive the RPN's NMS
+/// depends on each side's weights and images, so at each of `proposal_counts` the count is
+/// pinned: the top `count` by objectness before and after an NMS of 1.0, which suppresses none
+/// (the same code runs, the IoUs included), so that both sides' heads see the same shapes. A
+/// last pass runs the default `model.rpn` as trained (NMS 0.7), each side's RPN deciding its
+/// count, which is printed beside. The HNM, bookkeeping and TensorBoard lines, which time
+/// Fast R-CNN's pieces, are left out.
+#[allow(clippy::too_many_arguments)]
+pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool, rounds: usize, fold_ab: bool, profile: bool, faster: bool) -> Result<()> {
     let device = Device::cuda_if_available();
     let base = bench_config(if vgg16 { VGG16 } else { SMALL })?;
+    // (the random proposals per image of the store, the config timed)
+    let passes: Vec<(usize, TrainConfig)> = if faster {
+        let mut faster = base.clone();
+        faster.model.detector = crate::model::Detector::FasterRcnn;
+        let pinned = |n: usize| {
+            let mut c = faster.clone();
+            let n = n as i64;
+            c.model.rpn = Some(crate::proposals::rpn::RpnConfig { pre_nms_top_n_train: n, post_nms_top_n_train: n, nms: 1.0, ..Default::default() });
+            (FASTER_STORE_PROPOSALS, c)
+        };
+        proposal_counts.iter().map(|&n| pinned(n)).chain([(FASTER_STORE_PROPOSALS, faster.clone())]).collect()
+    } else {
+        proposal_counts.iter().map(|&n| (n, base.clone())).collect()
+    };
     let arms = sampler_arms(vgg16);
     let kinds: Vec<&str> = arms.iter().map(|a| a.1).collect();
     let peer_python = if peer { Some(peer_python()?) } else { None };
     let rounds = rounds.max(1);
     println!("{}", machine_line(device));
     let mut store_for_mining = None;
-    for &n_props in proposal_counts {
+    for (n_props, base) in &passes {
+        let (n_props, base) = (*n_props, base);
         let store = bench_store(n_props);
         let shapes = batch_shapes(&store, &base.input, iters, device);
-        let setup = Setup { base: &base, store: &store, shapes: &shapes, n_props, iters, device };
+        let setup = Setup { base, store: &store, shapes: &shapes, n_props, iters, device };
         print_header(&setup, rounds, peer, profile);
         if profile {
-            profile_kinds(&arms, &base, &store, iters, device, peer_python.as_deref(), n_props, &shapes)?;
+            profile_kinds(&arms, base, &store, iters, device, peer_python.as_deref(), n_props, &shapes)?;
             continue;
         }
         let timed = time_rounds(&setup, &arms, &kinds, rounds, fold_ab, peer_python.as_deref())?;
@@ -56,13 +82,17 @@ pub fn samplers(iters: usize, proposal_counts: &[usize], peer: bool, vgg16: bool
         store_for_mining = Some((store, n_props));
     }
 
-    if let (Some((store, n_props)), false, false) = (store_for_mining, vgg16, profile) {
+    if let (Some((store, n_props)), false, false, false) = (store_for_mining, vgg16, profile, faster) {
         time_mining(&base, &store, n_props, device)?;
         time_class_bookkeeping(&base, &store, iters, device)?;
         time_tensorboard(&base, &store, iters, device)?;
     }
     Ok(())
 }
+
+/// The random proposals per image of the store that a Faster R-CNN bench draws: its step uses
+/// the RPN's instead, and the peer is given as many (unused there too).
+const FASTER_STORE_PROPOSALS: usize = 10;
 
 /// The step kinds `bench samplers` times: (name printed, the peer's key, the
 /// sampler); VGG16 without the all-RoIs step.
@@ -94,8 +124,19 @@ struct Setup<'a> {
 /// The header of one proposal count: the model, the threads and rounds, and the batch shapes.
 fn print_header(s: &Setup, rounds: usize, peer: bool, profile: bool) {
     let (base, n_props, device) = (s.base, s.n_props, s.device);
+    let proposals = match base.model.rpn_config() {
+        None => format!("{n_props} proposals per image"),
+        Some(r) if r.nms >= 1.0 => format!(
+            "Faster R-CNN: the RPN's top {} proposals per image by objectness (anchors {:?} px x ratios {:?}; NMS {}, which suppresses none, so that both sides see {} per image), 256 anchors sampled per image",
+            r.post_nms_top_n_train, r.anchor_sizes, r.aspect_ratios, r.nms, r.post_nms_top_n_train
+        ),
+        Some(r) => format!(
+            "Faster R-CNN as trained: the RPN's proposals (anchors {:?} px x ratios {:?}, top {} before and {} after NMS {} in training; each side's RPN decides how many survive), 256 anchors sampled per image",
+            r.anchor_sizes, r.aspect_ratios, r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms
+        ),
+    };
     println!(
-        "{} per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images, {n_props} proposals per image, device {device:?}, {} libtorch threads{}:",
+        "{} per training iteration, {:?} backbone (fc {}, stride {}, batch norm {}), N = 2 images, {proposals}, device {device:?}, {} libtorch threads{}:",
         if profile { "where the time goes" } else { "seconds" },
         base.model.backbone,
         base.model.fc_width(),
@@ -109,19 +150,21 @@ fn print_header(s: &Setup, rounds: usize, peer: bool, profile: bool) {
 
 /// The timings of every round at one proposal count.
 struct Rounds {
-    /// Per kind, per round: (s/iter, RoIs backpropagated, peak memory).
-    ours: Vec<Vec<(f64, f64, PeakMemory)>>,
+    /// Per kind, per round: (s/iter, RoIs backpropagated, peak memory, RoIs per image before sampling).
+    ours: Vec<Vec<(f64, f64, PeakMemory, f64)>>,
     /// `--fold-bn`: the same kinds with model.fold_bn on, in the same rounds (s/iter per round).
     folded: Vec<Vec<f64>>,
     /// The peer's, per round.
     peers: Vec<PeerSteps>,
+    /// Faster R-CNN: the RoIs per image come from each side's RPN, and are printed.
+    faster: bool,
 }
 
 /// Times every kind in each of `rounds` rounds, the peer first in odd rounds
 /// and last in even ones, and with `fold_ab` the folded model first in odd rounds.
 fn time_rounds(s: &Setup, arms: &[(&str, &str, SamplerConfig)], kinds: &[&str], rounds: usize, fold_ab: bool, peer_python: Option<&Path>) -> Result<Rounds> {
     let (base, store, iters, device, n_props, shapes) = (s.base, s.store, s.iters, s.device, s.n_props, s.shapes);
-    let mut ours: Vec<Vec<(f64, f64, PeakMemory)>> = vec![Vec::new(); arms.len()];
+    let mut ours: Vec<Vec<(f64, f64, PeakMemory, f64)>> = vec![Vec::new(); arms.len()];
     let mut folded: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     let mut peers: Vec<PeerSteps> = Vec::new();
     for round in 0..rounds {
@@ -142,8 +185,8 @@ fn time_rounds(s: &Setup, arms: &[(&str, &str, SamplerConfig)], kinds: &[&str], 
                 folded[k].push(time_folded()?);
             }
             let (timed, mem) = measure_peak(device, || time_step(&cfg, store, iters, device));
-            let (s, rois, _) = timed?;
-            ours[k].push((s, rois, mem));
+            let (s, rois, per_image) = timed?;
+            ours[k].push((s, rois, mem, per_image));
             if fold_ab && round % 2 == 0 {
                 folded[k].push(time_folded()?);
             }
@@ -152,7 +195,7 @@ fn time_rounds(s: &Setup, arms: &[(&str, &str, SamplerConfig)], kinds: &[&str], 
             peers.push(run_peer(py, n_props, iters, base, device, shapes, kinds, peers.is_empty())?);
         }
     }
-    Ok(Rounds { ours, folded, peers })
+    Ok(Rounds { ours, folded, peers, faster: !base.model.detector.is_fast_rcnn() })
 }
 
 /// One line per kind: the median s/iter over rounds, the RoIs backpropagated,
@@ -166,6 +209,15 @@ fn print_kinds(arms: &[(&str, &str, SamplerConfig)], t: &Rounds, rounds: usize) 
         let s = median(&ours[k].iter().map(|o| o.0).collect::<Vec<_>>());
         let rois = ours[k][0].1;
         let mem = ours[k].iter().map(|o| o.2).last().expect("one round at least");
+        // Faster R-CNN: how many RoIs each side's RPN left per image (proposals and ground truth)
+        let seen = |ours_per_image: f64, peer: Option<f64>| -> String {
+            match (t.faster, peer) {
+                (false, _) => String::new(),
+                (true, Some(p)) => format!(", {ours_per_image:.0} RoIs/image (peer {p:.0})"),
+                (true, None) => format!(", {ours_per_image:.0} RoIs/image"),
+            }
+        };
+        let ours_per_image = median(&ours[k].iter().map(|o| o.3).collect::<Vec<_>>());
         let peer_s: Vec<f64> = peers.iter().filter_map(|p| p.secs(key)).collect();
         if peer_s.len() == rounds {
             let p = median(&peer_s);
@@ -173,10 +225,12 @@ fn print_kinds(arms: &[(&str, &str, SamplerConfig)], t: &Rounds, rounds: usize) 
             // the ratio of each round, ours and the peer's of the same round
             let ratios: Vec<f64> = ours[k].iter().zip(&peer_s).map(|(o, p)| o.0 / p).collect();
             let range = if rounds > 1 { format!(" (rounds {:.2}-{:.2})", ratios.iter().cloned().fold(f64::INFINITY, f64::min), ratios.iter().cloned().fold(0.0, f64::max)) } else { String::new() };
-            println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}   peer {p:>7.3} s/iter{peer_mem}   ours / peer {:.2}{range}", s / p);
+            let peer_per_image: Vec<f64> = peers.iter().filter_map(|p| p.rois_per_image(key)).collect();
+            let peer_per_image = (!peer_per_image.is_empty()).then(|| median(&peer_per_image));
+            println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated{}), {mem}   peer {p:>7.3} s/iter{peer_mem}   ours / peer {:.2}{range}", seen(ours_per_image, peer_per_image), s / p);
             peer_secs.push(p);
         } else {
-            println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated), {mem}");
+            println!("  {name:<20} {s:>7.3} s/iter ({rois:>4.0} RoIs backpropagated{}), {mem}", seen(ours_per_image, None));
         }
         secs.push(s);
     }
