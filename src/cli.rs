@@ -463,8 +463,9 @@ pub struct BenchArgs {
     #[arg(long)]
     fold_bn: bool,
     /// `bench samplers`: the detector whose step is timed; faster_rcnn: the RPN on the same
-    /// backbone proposes the RoIs (the default model.rpn), and --peer puts torchvision's
-    /// RegionProposalNetwork in front of the peer's head (--proposals does not apply).
+    /// backbone proposes the RoIs, its top --proposals by objectness (an NMS of 1.0, which
+    /// suppresses none: the same count on both sides), then once as trained (the default
+    /// model.rpn); --peer puts torchvision's RegionProposalNetwork in front of the peer's head.
     #[arg(long, value_parser = ["fast_rcnn", "faster_rcnn"], default_value = "fast_rcnn")]
     detector: String,
     /// `bench samplers`: instead of the timings, where each kind's step goes, op by op (libtorch's

@@ -241,6 +241,31 @@ fn bench_samplers_times_the_faster_rcnn_step_at_a_pinned_proposal_count() {
     assert_eq!((p.len(), t.len()), (4, 4), "{out}");
     // 40 proposals (a few may fall under min_size after clipping) and each image's few boxes
     assert!(p.iter().all(|&n| (36.0..=60.0).contains(&n)), "{p:?}\n{out}");
-    assert!(t.iter().all(|&n| n > 1.0), "{t:?}\n{out}");
+    assert!(t.iter().all(|&n| n > 1.0 && n <= 2010.0), "{t:?}\n{out}");
     assert!(!out.contains("HNM mining pass") && !out.contains("per-class bookkeeping"), "{out}");
+}
+
+/// The peer of `bench samplers --detector faster_rcnn`, where the peer venv is installed (not in
+/// CI): torchvision's RPN with the settings the harness passes, at a pinned count (top 50 before
+/// and after an NMS of 1.0), hands every kind's head 50 proposals an image plus the peer's 3
+/// ground-truth boxes, and its losses join the step's.
+#[test]
+fn bench_peer_runs_torchvisions_rpn_at_the_pinned_count() {
+    let Some(python) = crate::util::peer_python() else {
+        eprintln!("skipped: no torch + torchvision venv (scripts/peer-venv.sh makes one)");
+        return;
+    };
+    let out = std::process::Command::new(&python)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["scripts/bench_peer.py", "--detector", "faster_rcnn", "--iters", "1", "--proposals", "10", "--size", "64x96", "--stride", "8", "--freeze-bn"])
+        .args(["--rpn-pre-nms", "50", "--rpn-post-nms", "50", "--rpn-nms", "1.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["detector"], "faster_rcnn");
+    for kind in ["fixed_ratio", "ohem", "ohem_masked", "all"] {
+        assert_eq!(v["rois_per_image"][kind].as_f64(), Some(53.0), "{kind}: {v}");
+        assert!(v["steps"][kind].as_f64().is_some_and(|s| s > 0.0), "{kind}: {v}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The region proposal network held to torchvision (tests/fixtures/rpn_torchvision.json, written by
 //! scripts/rpn_reference.py) and to cases worked out by hand.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ohem_harness::proposals::rpn::{assign_anchors, cell_anchors, decode, encode, filter_proposals, grid_anchors, nms, rpn_loss, sample_anchors, Rpn, RpnConfig};
 use serde_json::Value;
@@ -100,21 +100,11 @@ fn rpn_anchors_targets_proposals_and_loss_equal_torchvisions() {
     check_against(&r);
 }
 
-/// The peer venv's python (scripts/peer-venv.sh): `OHEM_PEER_PYTHON`, else the venv's usual place.
-fn peer_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OHEM_PEER_PYTHON") {
-        return Some(p.into());
-    }
-    let cache = std::env::var_os("OHEM_CACHE").map(PathBuf::from).or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("ohem-harness"))).unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ohem-harness"));
-    let p = cache.join("peer-venv/bin/python");
-    p.exists().then_some(p)
-}
-
 /// torchvision run now gives what the committed reference holds (where the peer venv is installed;
 /// it is not in CI, which checks the committed file above).
 #[test]
 fn rpn_reference_file_is_what_torchvision_gives_now() {
-    let Some(python) = peer_python() else {
+    let Some(python) = crate::util::peer_python() else {
         eprintln!("skipped: no torch + torchvision venv (scripts/peer-venv.sh makes one); the committed reference is checked by rpn_anchors_targets_proposals_and_loss_equal_torchvisions");
         return;
     };
@@ -172,15 +162,17 @@ fn rpn_nms_equals_the_iou_matrix_reference() {
         let wh = (Tensor::randint(4, [n, 2], (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float) + 1.0) * 16.0;
         let mut boxes = Tensor::cat(&[&xy, &(&xy + &wh)], 1);
         if n >= 50 {
+            // duplicates, boxes of no width, and a pair at IoU 0.3 (rounded to f32) exactly
             let dup = boxes.narrow(0, 0, 10).copy();
-            boxes = Tensor::cat(&[boxes.narrow(0, 0, n - 10), dup], 0);
+            let flat = Tensor::from_slice(&[5.0f32, 5.0, 5.0, 40.0, 0.0, 0.0, 10.0, 1.0, 7.0, 0.0, 10.0, 1.0]).view([3, 4]);
+            boxes = Tensor::cat(&[boxes.narrow(0, 0, n - 13), dup, flat], 0);
         }
         // scores from 8 levels: ties everywhere
         let scores = Tensor::randint(8, [n], (Kind::Int64, tch::Device::Cpu)).to_kind(Kind::Float) / 8.0;
         let ours: Vec<i64> = Vec::try_from(nms(&boxes, &scores, thresh)).unwrap();
         assert_eq!(ours, nms_by_matrix(&boxes, &scores, thresh), "{n} boxes, NMS {thresh}");
         // at 1.0 nothing is suppressed, not even a duplicate (IoU 1 is not above 1)
-        assert!(!ours.is_empty() && (thresh < 1.0 || ours.len() as i64 == n), "{n} boxes, NMS {thresh}: {}", ours.len());
+        assert!(thresh < 1.0 || ours.len() as i64 == n, "{n} boxes, NMS {thresh}: {}", ours.len());
     }
 }
 
@@ -198,6 +190,11 @@ fn rpn_nms_keeps_by_score_and_suppresses_strictly_above_the_threshold() {
     let two = Tensor::from_slice(&[0.0f32, 0.0, 10.0, 10.0, 0.0, 0.0, 10.0, 5.0]).view([2, 4]);
     assert_eq!(Vec::<i64>::try_from(nms(&two, &Tensor::from_slice(&[1.0f32, 0.5]), 0.5)).unwrap(), vec![0, 1]);
     assert_eq!(nms(&Tensor::zeros([0, 4], (Kind::Float, tch::Device::Cpu)), &Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)), 0.7).size(), vec![0]);
+    // IoU 3/10, which is 0.3 rounded to f32 (above 0.3 in f64): compared in f32, as a float
+    // tensor's gt(0.3) compares, so not above the threshold, and kept
+    let edge = Tensor::from_slice(&[0.0f32, 0.0, 10.0, 1.0, 7.0, 0.0, 10.0, 1.0]).view([2, 4]);
+    assert_eq!(Vec::<i64>::try_from(nms(&edge, &Tensor::from_slice(&[1.0f32, 0.5]), 0.3)).unwrap(), vec![0, 1]);
+    assert_eq!(Vec::<i64>::try_from(nms(&edge, &Tensor::from_slice(&[1.0f32, 0.5]), 0.29)).unwrap(), vec![0]);
 }
 
 #[test]

@@ -163,8 +163,11 @@ fn faster_rcnn_with_no_proposal_left_after_filtering_trains_and_evaluates() {
             assert!(r.loss.is_finite() && r.loss_rpn_obj.is_some_and(f64::is_finite) && r.loss_rpn_box.is_some_and(f64::is_finite), "{sampler:?}: {r:?}");
             // the ground truth alone, no proposal
             assert!(r.rois_per_image.is_some_and(|n| n >= 1.0 && n <= most_boxes as f64), "{sampler:?}: {r:?}");
+            // evaluated, not an error (a scratch model this short scores 0 with proposals too)
             assert_eq!(r.map_voc07, Some(0.0), "{sampler:?}: no proposal, no detection: {r:?}");
-            assert_eq!(r.cache_size, 0, "{sampler:?}: mined from no proposal: {r:?}");
+            if sampler.contains("hnm") {
+                assert_eq!(r.cache_size, 0, "{sampler:?}: mined from no proposal: {r:?}");
+            }
         }
     }
 }

@@ -72,3 +72,13 @@ pub fn torch_rng_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The peer venv's python (scripts/peer-venv.sh): `OHEM_PEER_PYTHON`, else the venv's usual place.
+pub fn peer_python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("OHEM_PEER_PYTHON") {
+        return Some(p.into());
+    }
+    let cache = std::env::var_os("OHEM_CACHE").map(std::path::PathBuf::from).or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|x| std::path::PathBuf::from(x).join("ohem-harness"))).unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/ohem-harness"));
+    let p = cache.join("peer-venv/bin/python");
+    p.exists().then_some(p)
+}

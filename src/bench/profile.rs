@@ -127,8 +127,9 @@ const WORK: &[(&str, &[Pat])] = &[
     ("RoI pooling", &[Prefix("ohem::roi_pool"), Prefix("torchvision::roi_pool"), Prefix("torchvision::_roi_pool_backward"), Contains("RoiPoolFn"), Contains("RoIPoolFunction"), Contains("RoiPoolBackward")]),
     ("loss", &[Exact("ohem::loss"), Prefix("aten::cross_entropy"), Prefix("aten::log_softmax"), Prefix("aten::_log_softmax"), Prefix("aten::nll_loss"), Prefix("aten::smooth_l1_loss"), Contains("LogSoftmaxBackward"), Contains("NllLossBackward"), Contains("SmoothL1LossBackward")]),
     ("sampling and targets", &[Exact("ohem::assign"), Exact("ohem::select"), Prefix("torchvision::nms")]),
-    // Faster R-CNN: the RPN's anchors, targets, sampling, losses and proposal filtering (its
-    // convolutions go to the convolution families, its NMS to sampling)
+    // Faster R-CNN: the RPN's anchors, targets, sampling, losses and proposal filtering, ours
+    // with its NMS (host code); the RPN's convolutions go to the convolution families, and the
+    // peer's NMS (torchvision::nms, an op of its own) to sampling and targets
     ("region proposals (RPN)", &[Exact("ohem::rpn")]),
     ("SGD update", &[Exact("ohem::sgd"), Prefix("Optimizer.step"), Prefix("Optimizer.zero_grad"), Contains("AccumulateGrad")]),
     ("step statistics", &[Exact("ohem::stats")]),

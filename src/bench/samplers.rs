@@ -127,12 +127,12 @@ fn print_header(s: &Setup, rounds: usize, peer: bool, profile: bool) {
     let proposals = match base.model.rpn_config() {
         None => format!("{n_props} proposals per image"),
         Some(r) if r.nms >= 1.0 => format!(
-            "Faster R-CNN: the RPN's top {} proposals per image by objectness (anchors {:?} px x ratios {:?}; NMS {}, which suppresses none, so that both sides see {} per image), 256 anchors sampled per image",
-            r.post_nms_top_n_train, r.anchor_sizes, r.aspect_ratios, r.nms, r.post_nms_top_n_train
+            "Faster R-CNN: the RPN's top {} proposals per image by objectness (anchors {:?} px x ratios {:?}; NMS {}, which suppresses none, so that both sides see {} per image, the ground truth added), {} anchors sampled per image",
+            r.post_nms_top_n_train, r.anchor_sizes, r.aspect_ratios, r.nms, r.post_nms_top_n_train, r.batch_per_image
         ),
         Some(r) => format!(
-            "Faster R-CNN as trained: the RPN's proposals (anchors {:?} px x ratios {:?}, top {} before and {} after NMS {} in training; each side's RPN decides how many survive), 256 anchors sampled per image",
-            r.anchor_sizes, r.aspect_ratios, r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms
+            "Faster R-CNN as trained: the RPN's proposals (anchors {:?} px x ratios {:?}, top {} before and {} after NMS {} in training; how many survive depends on each side's weights and images, so the counts differ), {} anchors sampled per image",
+            r.anchor_sizes, r.aspect_ratios, r.pre_nms_top_n_train, r.post_nms_top_n_train, r.nms, r.batch_per_image
         ),
     };
     println!(

@@ -27,9 +27,8 @@
 //! box coder (weights 1, dw and dh clamped at ln(1000/16)); the RoI head that takes its
 //! proposals keeps Fast R-CNN's coder, pooling and losses ([`crate::model`]). Anchors, targets,
 //! filtering and the loss equal torchvision 0.28's on the inputs of `scripts/rpn_reference.py`
-//! (tests/rpn.rs). Every step is whole-tensor work on the features' device, except NMS's
-//! greedy pass, which walks a host copy of the suppression matrix as torchvision's CPU kernel
-//! walks its boxes.
+//! (tests/rpn.rs). Every step is whole-tensor work on the features' device, except NMS, which
+//! walks a host copy of the sorted boxes as torchvision's CPU kernel does.
 
 use anyhow::{bail, Result};
 use tch::nn::{self, Module};
@@ -226,11 +225,14 @@ fn centre_size(b: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
 /// their order), each kept unless its IoU with a kept box is strictly above `thresh`. Returns the
 /// kept indices `[K]` int64 in descending score, on the boxes' device.
 ///
-/// torchvision's `nms` kernel on the host: each kept box against the boxes after it that are
-/// still in, the IoU computed as [`box_iou`] computes it (f32, `inter / (area_i + area_j -
-/// inter)`) and compared in f32, as the tensor comparison does, so the kept set is the one an
-/// IoU matrix would give; without the `[N, N]` matrix, whose tensor ops took most of the RPN's
-/// time at 2000 proposals (`harness bench samplers --detector faster_rcnn --profile`).
+/// The algorithm of torchvision's CPU `nms` kernel, on the host: each kept box against the boxes
+/// after it that are still in, the IoU computed as [`box_iou`] computes it (f32, `inter /
+/// (area_i + area_j - inter)`). The comparison is in f32, as a float tensor's `gt(thresh)` makes
+/// it and as this function did when it thresholded a `[N, N]` IoU matrix, so the kept set is
+/// that matrix's; torchvision's kernel compares in f64, which differs only for an IoU equal to
+/// `thresh` rounded up to f32 (0.3: kept here, suppressed there). Without the matrix, whose
+/// tensor ops took most of the RPN's time at 2000 proposals (`harness bench samplers
+/// --detector faster_rcnn --profile`).
 pub fn nms(boxes: &Tensor, scores: &Tensor, thresh: f64) -> Tensor {
     let n = boxes.size()[0];
     let dev = boxes.device();
