@@ -231,8 +231,8 @@ fn centre_size(b: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
 /// it and as this function did when it thresholded a `[N, N]` IoU matrix, so the kept set is
 /// that matrix's; torchvision's kernel compares in f64, which differs only for an IoU equal to
 /// `thresh` rounded up to f32 (0.3: kept here, suppressed there). Without the matrix, whose
-/// tensor ops took most of the RPN's time at 2000 proposals (`harness bench samplers
-/// --detector faster_rcnn --profile`).
+/// tensor ops made the RPN 2.6 times the peer's in a profile at 2000 proposals (`harness bench
+/// samplers --detector faster_rcnn --profile`, beside a running study); docs/benchmarks.md.
 pub fn nms(boxes: &Tensor, scores: &Tensor, thresh: f64) -> Tensor {
     let n = boxes.size()[0];
     let dev = boxes.device();
